@@ -1,0 +1,110 @@
+"""Registers the `sae` backend and this package's task folder with lm-eval 0.4.13.
+
+lm-eval 0.4.13 reads no plugin entry points and resolves `--model` before loading any
+task YAML, so the wheel ships `sae_interp_tasks.pth`, which imports this module at
+interpreter start. It only adds a meta-path finder (no lm_eval import, no torch):
+
+- when `lm_eval.api.registry` has loaded, import `lm_eval.models` first (the built-in
+  models register only while the registry is empty), then register `sae` lazily as
+  "sae_interp_tasks.backend:SAEBackend";
+- when `lm_eval.tasks.manager` has loaded, every `TaskManager` also scans this
+  package's `task_configs/` folder;
+- our own `SaeInterpError` ends a CLI run with one line naming the fix, not a traceback.
+
+Without the `.pth` (e.g. a source checkout on PYTHONPATH) use
+`lm_eval --include_path <pkg>/task_configs` and call `register()` yourself.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+
+TASK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "task_configs")
+BACKEND = "sae_interp_tasks.backend:SAEBackend"
+
+
+def register_backend(registry_module) -> None:
+    import lm_eval.models  # noqa: F401  (built-ins before us, see the module docstring)
+
+    if "sae" not in registry_module.model_registry:
+        registry_module.model_registry.register("sae", target=BACKEND)
+    _install_excepthook()
+
+
+def add_task_dir(manager_module) -> None:
+    cls = manager_module.TaskManager
+    if getattr(cls.__init__, "_sae_interp_wrapped", False):
+        return
+    original = cls.__init__
+
+    def __init__(self, *args, include_path=None, **kwargs):
+        paths = [] if include_path is None else (
+            list(include_path) if isinstance(include_path, (list, tuple)) else [include_path])
+        if TASK_DIR not in [str(p) for p in paths]:
+            paths.insert(0, TASK_DIR)  # user paths come later, so they can override ours
+        original(self, *args, include_path=paths, **kwargs)
+
+    __init__._sae_interp_wrapped = True
+    cls.__init__ = __init__
+
+
+def register() -> None:
+    """Explicit registration, for processes where the `.pth` hook did not run."""
+    import lm_eval.api.registry as registry
+    import lm_eval.tasks.manager as manager
+
+    register_backend(registry)
+    add_task_dir(manager)
+
+
+def _install_excepthook() -> None:
+    previous = sys.excepthook
+    if getattr(previous, "_sae_interp", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        from sae_interp_tasks.errors import SaeInterpError
+
+        cause = exc
+        while cause is not None and not isinstance(cause, SaeInterpError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            return previous(exc_type, exc, tb)
+        sys.stderr.write(f"error: {cause}\n")
+
+    hook._sae_interp = True
+    sys.excepthook = hook
+
+
+_AFTER_IMPORT = {"lm_eval.api.registry": register_backend, "lm_eval.tasks.manager": add_task_dir}
+
+
+class _Loader(importlib.abc.Loader):
+    def __init__(self, inner, callback):
+        self.inner, self.callback = inner, callback
+
+    def create_module(self, spec):
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module):
+        self.inner.exec_module(module)
+        self.callback(module)
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        callback = _AFTER_IMPORT.get(fullname)
+        if callback is None:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _Loader(spec.loader, callback)
+        return spec
+
+
+if not any(isinstance(f, _Finder) for f in sys.meta_path):
+    sys.meta_path.insert(0, _Finder())

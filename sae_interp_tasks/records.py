@@ -1,0 +1,85 @@
+"""Typed records passed between pipeline stages (corpus -> activations -> examples -> explain -> score)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class Example:
+    """One example window: its tokens and one latent's activation on each token.
+
+    `decile` is 1 (weakest) .. 10 (strongest) for activating windows, 0 for non-activating ones.
+    """
+
+    tokens: np.ndarray  # int64 [window]
+    acts: np.ndarray  # float32 [window]
+    decile: int = 0
+
+    @property
+    def max_act(self) -> float:
+        return float(self.acts.max()) if self.acts.size else 0.0
+
+    @property
+    def is_activating(self) -> bool:
+        return self.max_act > 0
+
+
+@dataclass(frozen=True, eq=False)
+class LatentRecord:
+    """What the activation pass keeps for one latent (bounded by the sampling sizes, not the corpus)."""
+
+    latent: int
+    n_firing: int  # tokens with a nonzero activation
+    n_tokens: int  # tokens in the pass
+    max_act: float
+    top: list[Example]  # strongest windows, strongest first
+    activating: list[Example]  # uniform sample of activating windows
+    non_activating: list[Example]  # uniform sample of windows where the latent never fires
+
+    @property
+    def frequency(self) -> float:
+        return self.n_firing / max(self.n_tokens, 1)
+
+
+@dataclass(frozen=True, eq=False)
+class ExampleSplit:
+    """Disjoint explanation (train) and scoring (test) examples of one latent."""
+
+    latent: int
+    train: list[Example]
+    test_activating: list[Example]
+    test_non_activating: list[Example]
+
+    @property
+    def test(self) -> list[Example]:
+        return self.test_activating + self.test_non_activating
+
+
+@dataclass(frozen=True)
+class Explanation:
+    latent: int
+    text: str
+    explainer: str  # e.g. "tokens", "hf:<model>", "openai:<model>", "selfexplain"
+
+
+@dataclass(frozen=True)
+class WindowJudgement:
+    """A scorer's verdict on one test window; `prediction` is None when its batch could not be parsed."""
+
+    label: bool  # the truth: does the latent fire here (or: is this the true marking)
+    prediction: bool | None
+    probability: float | None = None  # P(yes), when the client gives logprobs
+    decile: int = 0
+
+
+@dataclass(frozen=True)
+class ScoredLatent:
+    latent: int
+    method: str
+    explanation: str
+    judgements: list[WindowJudgement]
+    metrics: dict[str, float] = field(default_factory=dict)
+    detail: dict = field(default_factory=dict)  # what --log_samples shows (prompts, raw answers)

