@@ -17,6 +17,7 @@ class Example:
     tokens: np.ndarray  # int64 [window]
     acts: np.ndarray  # float32 [window]
     decile: int = 0
+    window_id: int = -1  # position of the window in the pass (context * windows_per_context + k)
 
     @property
     def max_act(self) -> float:

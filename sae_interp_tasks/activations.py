@@ -1,0 +1,325 @@
+"""The activation pass: one streaming pass over the corpus that keeps, per latent, what later stages need.
+
+The subject model runs only up to the SAE's hook layer (`stop_at_layer`), the SAE encodes
+only the requested latents where that is exact for its architecture (a sliced copy of the
+SAE, so sae_lens's own `encode` does the math), and per latent we keep:
+  - firing count (tokens) and max activation,
+  - the top `n_top` windows by max activation,
+  - a uniform sample of `n_sample` activating windows (bottom-k of random keys),
+and, shared by all latents, a uniform sample of `n_random` windows with each latent's max
+activation on them (the pool non-activating examples are drawn from).
+Windows are the `window`-token slices of each context; token-level activations are kept
+for every stored window. Memory is latents x (n_top + n_sample) x window, whatever the
+corpus length. The state is checkpointed to disk as it goes, so an interrupted pass
+resumes; the finished pass is cached under a key of everything that determines it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sae_interp_tasks import corpus as corpus_mod
+from sae_interp_tasks.errors import SaeInterpError
+from sae_interp_tasks.records import Example, LatentRecord
+from sae_interp_tasks.subject import cache_root, stop_layer
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+# Architectures whose latents are computed independently of each other, so encoding a
+# subset is exact. TopK-style ones couple latents through the top-k and need the full encode.
+SUBSET_EXACT = {"standard", "jumprelu", "gated"}
+
+
+@dataclass(frozen=True)
+class PassConfig:
+    n_tokens: int = 262_144
+    context_size: int = 256
+    window: int = 32
+    batch_size: int = 8  # contexts per forward
+    n_top: int = 40
+    n_sample: int = 200
+    n_random: int = 2_000
+    seed: int = 0
+    checkpoint_seconds: float = 60.0
+
+    def validate(self) -> None:
+        for name in ("n_tokens", "context_size", "window", "batch_size", "n_top", "n_sample", "n_random"):
+            if getattr(self, name) <= 0:
+                raise SaeInterpError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.context_size % self.window:
+            raise SaeInterpError(f"context_size ({self.context_size}) must be a multiple of window ({self.window})")
+
+
+@dataclass
+class PassState:
+    """The running (and, at the end, final) per-latent summaries. Tensors on CPU."""
+
+    latents: torch.Tensor  # [L] latent ids
+    n_tokens: int = 0
+    n_contexts: int = 0
+    firing: torch.Tensor = None  # [L] int64 tokens with act > 0
+    max_act: torch.Tensor = None  # [L]
+    top_key: torch.Tensor = None  # [L, n_top] window max act (-inf = empty)
+    top_id: torch.Tensor = None  # [L, n_top] window id
+    top_tokens: torch.Tensor = None  # [L, n_top, W]
+    top_acts: torch.Tensor = None  # [L, n_top, W]
+    sample_key: torch.Tensor = None  # [L, n_sample] random key (+inf = empty)
+    sample_id: torch.Tensor = None
+    sample_tokens: torch.Tensor = None
+    sample_acts: torch.Tensor = None
+    random_key: torch.Tensor = None  # [G] random key (+inf = empty)
+    random_id: torch.Tensor = None  # [G]
+    random_tokens: torch.Tensor = None  # [G, W]
+    random_max: torch.Tensor = None  # [G, L] each latent's max act on the window
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, latents: torch.Tensor, cfg: PassConfig) -> PassState:
+        n, w = len(latents), cfg.window
+        return cls(
+            latents=latents.clone(),
+            firing=torch.zeros(n, dtype=torch.long), max_act=torch.zeros(n),
+            top_key=torch.full((n, cfg.n_top), -torch.inf), top_id=torch.full((n, cfg.n_top), -1),
+            top_tokens=torch.zeros(n, cfg.n_top, w, dtype=torch.int32), top_acts=torch.zeros(n, cfg.n_top, w),
+            sample_key=torch.full((n, cfg.n_sample), torch.inf, dtype=torch.float64), sample_id=torch.full((n, cfg.n_sample), -1),
+            sample_tokens=torch.zeros(n, cfg.n_sample, w, dtype=torch.int32),
+            sample_acts=torch.zeros(n, cfg.n_sample, w),
+            random_key=torch.full((cfg.n_random,), torch.inf, dtype=torch.float64), random_id=torch.full((cfg.n_random,), -1),
+            random_tokens=torch.zeros(cfg.n_random, w, dtype=torch.int32),
+            random_max=torch.zeros(cfg.n_random, n),
+            seed=cfg.seed,
+        )
+
+    # --- the streaming update -------------------------------------------------------------
+    def update(self, tokens: torch.Tensor, acts: torch.Tensor, window: int, first_window_id: int) -> None:
+        """Fold one batch in. tokens: [B, T]; acts: [B, T, L] (already zeroed where not counted)."""
+        b, t, n = acts.shape
+        nw = t // window
+        self.n_tokens += b * t
+        self.n_contexts += b
+        self.firing += (acts > 0).sum(dim=(0, 1))
+        self.max_act = torch.maximum(self.max_act, acts.amax(dim=(0, 1)))
+
+        win_tokens = tokens.reshape(b * nw, window).to(torch.int32)  # [N, W]
+        win_acts = acts.reshape(b * nw, window, n).permute(2, 0, 1)  # [L, N, W]
+        win_max = win_acts.amax(dim=2)  # [L, N]
+        ids = torch.arange(first_window_id, first_window_id + b * nw)
+
+        # top windows: keep the n_top largest window maxima
+        self.top_key, self.top_id, self.top_tokens, self.top_acts = _keep(
+            self.top_key, self.top_id, self.top_tokens, self.top_acts,
+            torch.where(win_max > 0, win_max, -torch.inf), ids, win_tokens, win_acts, largest=True)
+        # uniform sample of activating windows: the n_sample smallest random keys
+        keys = hash_uniform(self.latents, ids, self.seed)
+        self.sample_key, self.sample_id, self.sample_tokens, self.sample_acts = _keep(
+            self.sample_key, self.sample_id, self.sample_tokens, self.sample_acts,
+            torch.where(win_max > 0, keys, torch.inf), ids, win_tokens, win_acts, largest=False)
+        # shared uniform sample of all windows, for non-activating examples
+        rkeys = hash_uniform(torch.tensor([-1]), ids, self.seed)[0]
+        all_keys = torch.cat([self.random_key, rkeys])
+        keep = torch.topk(all_keys, len(self.random_key), largest=False).indices
+        self.random_key = all_keys[keep]
+        self.random_id = torch.cat([self.random_id, ids])[keep]
+        self.random_tokens = torch.cat([self.random_tokens, win_tokens])[keep]
+        self.random_max = torch.cat([self.random_max, win_max.T])[keep]
+
+    # --- reading records out ------------------------------------------------------------------
+    def index_of(self, latent: int) -> int:
+        hits = (self.latents == latent).nonzero()
+        if len(hits) == 0:
+            raise KeyError(f"latent {latent} was not in this pass")
+        return int(hits[0, 0])
+
+    def record(self, latent: int) -> LatentRecord:
+        i = self.index_of(latent)
+        top_order = torch.argsort(self.top_key[i], descending=True)
+        top = [_example(self.top_tokens[i, j], self.top_acts[i, j], self.top_id[i, j])
+               for j in top_order.tolist() if torch.isfinite(self.top_key[i, j])]
+        sample = [_example(self.sample_tokens[i, j], self.sample_acts[i, j], self.sample_id[i, j])
+                  for j in range(self.sample_key.shape[1]) if torch.isfinite(self.sample_key[i, j])]
+        quiet = ((self.random_max[:, i] <= 0) & torch.isfinite(self.random_key)).nonzero().flatten().tolist()
+        non_act = [Example(tokens=self.random_tokens[g].numpy().astype(np.int64),
+                           acts=np.zeros(self.random_tokens.shape[1], dtype=np.float32),
+                           window_id=int(self.random_id[g])) for g in quiet]
+        return LatentRecord(latent=latent, n_firing=int(self.firing[i]), n_tokens=self.n_tokens,
+                            max_act=float(self.max_act[i]), top=top, activating=sample, non_activating=non_act)
+
+    def random_windows(self) -> list[Example]:
+        """The shared window sample (tokens only), e.g. for hard negatives by embedding."""
+        return [Example(tokens=self.random_tokens[g].numpy().astype(np.int64),
+                        acts=np.zeros(self.random_tokens.shape[1], dtype=np.float32),
+                        window_id=int(self.random_id[g]))
+                for g in range(len(self.random_key)) if torch.isfinite(self.random_key[g])]
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PassState:
+        return cls(**d)
+
+
+def hash_uniform(latents: torch.Tensor, window_ids: torch.Tensor, seed: int) -> torch.Tensor:
+    """Uniform [0, 1) keys [L, N], a fixed function of (seed, latent, window).
+
+    Sampling by these keys makes a latent's sample independent of which other latents share
+    the pass and of the batch layout, so `--limit` and resumes never change its examples.
+    """
+    mask = (1 << 62) - 1
+    x = (latents.to(torch.int64)[:, None] * 0x2545F4914F6CDD1D + window_ids.to(torch.int64)[None, :] * 0x9E3779B97F4A7C15
+         + seed * 0x632BE59BD9B4E019) & mask
+    for shift, mult in ((31, 0x3C79AC492BA7B653), (29, 0x1C69B3F74AC4AE35), (32, 1)):
+        x = ((x ^ (x >> shift)) * mult) & mask
+    return (x >> 9).to(torch.float64) / float(1 << 53)
+
+
+def _example(tokens: torch.Tensor, acts: torch.Tensor, window_id: torch.Tensor) -> Example:
+    return Example(tokens=tokens.numpy().astype(np.int64), acts=acts.numpy().astype(np.float32),
+                   window_id=int(window_id))
+
+
+def _keep(key, ids, toks, acts, new_key, new_ids, new_toks, new_acts, largest: bool):
+    """Per latent, keep the k best of the current and the new windows by key.
+
+    key/ids: [L, k]; toks/acts: [L, k, W]; new_key: [L, N]; new_ids: [N]; new_toks: [N, W]; new_acts: [L, N, W].
+    """
+    n_lat, k = key.shape
+    all_key = torch.cat([key, new_key], dim=1)
+    sel = torch.topk(all_key, k, dim=1, largest=largest).indices  # [L, k]
+    all_ids = torch.cat([ids, new_ids.expand(n_lat, -1)], dim=1)
+    all_toks = torch.cat([toks, new_toks.expand(n_lat, -1, -1)], dim=1)
+    all_acts = torch.cat([acts, new_acts], dim=1)
+    w = toks.shape[2]
+    sel_w = sel.unsqueeze(-1).expand(-1, -1, w)
+    return (all_key.gather(1, sel), all_ids.gather(1, sel),
+            all_toks.gather(1, sel_w), all_acts.gather(1, sel_w))
+
+
+# --- encoding only some latents ---------------------------------------------------------------
+def subset_encoder(sae, latents: torch.Tensor):
+    """A function x -> acts[..., len(latents)], exact for the SAE's architecture.
+
+    For architectures in SUBSET_EXACT this encodes with a sliced copy of the SAE (every
+    parameter with a latent dimension cut to `latents`); otherwise it runs the full encode
+    and selects columns.
+    """
+    d_sae = sae.cfg.d_sae
+    full = len(latents) == d_sae and bool((latents == torch.arange(d_sae, device=latents.device)).all())
+    if full:
+        return sae.encode
+    if sae.cfg.architecture() not in SUBSET_EXACT:
+        idx = latents.to(sae.W_dec.device)
+        return lambda x: sae.encode(x)[..., idx]
+    import copy
+
+    sliced = copy.deepcopy(sae)
+    idx = latents.to(sae.W_dec.device)
+    with torch.no_grad():
+        for name, param in list(sliced.named_parameters(recurse=False)):
+            if name == "b_dec":
+                continue
+            if name.startswith("W_enc") or (param.ndim == 2 and param.shape[1] == d_sae and param.shape[0] != d_sae):
+                new = param.data[:, idx]
+            elif param.shape and param.shape[0] == d_sae:
+                new = param.data[idx]
+            else:
+                continue
+            setattr(sliced, name, torch.nn.Parameter(new.clone(), requires_grad=False))
+    sliced.cfg = copy.copy(sae.cfg)
+    sliced.cfg.d_sae = len(latents)
+    return sliced.encode
+
+
+# --- the pass itself --------------------------------------------------------------------------
+def cache_key(info, spec: corpus_mod.CorpusSpec, cfg: PassConfig, latents: torch.Tensor) -> str:
+    payload = {
+        "v": CACHE_VERSION, "sae": info.fingerprint, "model": info.model_name, "hook": info.hook_name,
+        "bos": info.prepend_bos, "corpus": asdict(spec), "corpus_fp": corpus_mod.fingerprint(spec),
+        "cfg": {k: v for k, v in asdict(cfg).items() if k not in ("batch_size", "checkpoint_seconds")},
+        "latents": hashlib.sha256(latents.numpy().astype(np.int64).tobytes()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def hook_activations(model, hook_name: str, tokens: torch.Tensor) -> torch.Tensor:
+    """The hooked activation [B, T, d_in], running the model no further than needed."""
+    _, cache = model.run_with_cache(tokens, names_filter=hook_name, stop_at_layer=stop_layer(hook_name),
+                                    return_type=None)
+    return cache[hook_name]
+
+
+def run_activation_pass(model, sae, info, spec: corpus_mod.CorpusSpec, cfg: PassConfig,
+                        latents: torch.Tensor | None = None, cache_dir: Path | None = None,
+                        progress: bool = True) -> PassState:
+    """The pass for `latents` (default: all), from the cache when it has it, resuming a partial one."""
+    cfg.validate()
+    if latents is None:
+        latents = torch.arange(info.d_sae)
+    latents = latents.to(torch.long).cpu()
+    if len(latents) == 0 or int(latents.min()) < 0 or int(latents.max()) >= info.d_sae:
+        raise SaeInterpError(f"latent ids must lie in 0..{info.d_sae - 1} (the SAE has d_sae={info.d_sae})")
+    folder = Path(cache_dir or cache_root() / "activations") / cache_key(info, spec, cfg, latents)
+    done, partial = folder / "pass.pt", folder / "partial.pt"
+    if done.exists():
+        log.info("activation pass: cached at %s", folder)
+        return PassState.from_dict(torch.load(done, weights_only=False))
+    folder.mkdir(parents=True, exist_ok=True)
+    state = (PassState.from_dict(torch.load(partial, weights_only=False)) if partial.exists()
+             else PassState.empty(latents, cfg))
+    if state.n_contexts:
+        log.info("activation pass: resuming after %d contexts", state.n_contexts)
+
+    encode = subset_encoder(sae, latents)
+    device = next(sae.parameters()).device
+    contexts = corpus_mod.token_contexts(spec, model.tokenizer, cfg.n_tokens, cfg.context_size,
+                                         info.prepend_bos, cfg.seed)
+    for _ in range(state.n_contexts):  # resume: skip what the checkpoint holds
+        next(contexts)
+    windows_per_ctx = cfg.context_size // cfg.window
+    bar = tqdm(total=cfg.n_tokens, initial=state.n_tokens, unit="tokens", unit_scale=True,
+               desc="activation pass", disable=not progress)
+    last_save = time.monotonic()
+    batch: list[torch.Tensor] = []
+
+    def flush():
+        tokens = torch.stack(batch)
+        with torch.no_grad():
+            x = hook_activations(model, info.hook_name, tokens.to(device))
+            acts = encode(x.to(sae.W_dec.dtype)).float().cpu()
+        if info.prepend_bos:
+            acts[:, 0] = 0  # BOS is not text: its activations would swamp every statistic
+        state.update(tokens, acts, cfg.window, state.n_contexts * windows_per_ctx)
+        bar.update(tokens.numel())
+        batch.clear()
+
+    for ctx in contexts:
+        batch.append(ctx)
+        if len(batch) == cfg.batch_size:
+            flush()
+            if time.monotonic() - last_save > cfg.checkpoint_seconds:
+                _atomic_save(state.to_dict(), partial)
+                last_save = time.monotonic()
+    if batch:
+        flush()
+    bar.close()
+    _atomic_save(state.to_dict(), done)
+    partial.unlink(missing_ok=True)
+    return state
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    tmp.replace(path)

@@ -1,0 +1,112 @@
+"""From a latent's pass record to disjoint explanation (train) and scoring (test) examples."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from sae_interp_tasks.errors import SaeInterpError
+from sae_interp_tasks.records import Example, ExampleSplit, LatentRecord
+
+TRAIN_SAMPLINGS = ("deciles", "top", "random")
+
+
+@dataclass(frozen=True)
+class ExampleConfig:
+    n_train: int = 40
+    train_sampling: str = "deciles"  # deciles (spread across them) | top | random
+    n_test_per_decile: int = 5
+    n_deciles: int = 10
+    n_test_non_activating: int = 50
+    min_examples: int = 20  # fewer activating windows than this: "dead or rare", not scored
+
+    def validate(self) -> None:
+        if self.train_sampling not in TRAIN_SAMPLINGS:
+            raise SaeInterpError(f"train_sampling must be one of {', '.join(TRAIN_SAMPLINGS)}, got {self.train_sampling!r}")
+        for name in ("n_train", "n_test_per_decile", "n_deciles", "n_test_non_activating", "min_examples"):
+            if getattr(self, name) <= 0:
+                raise SaeInterpError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+def assign_deciles(examples: list[Example], n_deciles: int = 10) -> list[Example]:
+    """Label each activating example with its decile (1 weakest .. n strongest) among these examples."""
+    order = sorted(range(len(examples)), key=lambda i: examples[i].max_act)
+    labelled = list(examples)
+    for rank, i in enumerate(order):
+        labelled[i] = replace(examples[i], decile=1 + rank * n_deciles // len(examples))
+    return labelled
+
+
+def is_live(record: LatentRecord, cfg: ExampleConfig) -> bool:
+    return record.n_firing >= cfg.min_examples and len(record.activating) >= cfg.min_examples
+
+
+def split_examples(record: LatentRecord, cfg: ExampleConfig, seed: int) -> ExampleSplit:
+    """Train windows (by `train_sampling`) and test windows (per decile + non-activating), never overlapping."""
+    rng = random.Random(f"{seed}:{record.latent}")
+    sample = assign_deciles(record.activating, cfg.n_deciles)
+    by_decile: dict[int, list[Example]] = {d: [] for d in range(1, cfg.n_deciles + 1)}
+    for ex in sample:
+        by_decile[ex.decile].append(ex)
+    for group in by_decile.values():
+        rng.shuffle(group)
+
+    # test first, so every decile keeps its test windows; train takes from what is left
+    test_act = [ex for d in by_decile for ex in by_decile[d][:cfg.n_test_per_decile]]
+    test_ids = {ex.window_id for ex in test_act}
+    if cfg.train_sampling == "top":
+        pool = [ex for ex in record.top if ex.window_id not in test_ids]
+        train = pool[:cfg.n_train]
+    elif cfg.train_sampling == "random":
+        pool = [ex for ex in sample if ex.window_id not in test_ids]
+        train = rng.sample(pool, min(cfg.n_train, len(pool)))
+    else:
+        rest = {d: [ex for ex in g[cfg.n_test_per_decile:]] for d, g in by_decile.items()}
+        train = _round_robin(rest, cfg.n_train)
+    non_act = list(record.non_activating)
+    rng.shuffle(non_act)
+    return ExampleSplit(latent=record.latent, train=train, test_activating=test_act,
+                        test_non_activating=non_act[:cfg.n_test_non_activating])
+
+
+def _round_robin(groups: dict[int, list[Example]], n: int) -> list[Example]:
+    """Up to n examples spread evenly across the groups (strongest group first in each round)."""
+    out: list[Example] = []
+    keys = sorted(groups, reverse=True)
+    depth = 0
+    while len(out) < n and any(len(groups[k]) > depth for k in keys):
+        for k in keys:
+            if depth < len(groups[k]) and len(out) < n:
+                out.append(groups[k][depth])
+        depth += 1
+    return out
+
+
+def highlight(tokens: np.ndarray, marks: np.ndarray, decode, open_mark: str = "<<", close_mark: str = ">>") -> str:
+    """The window's text with marked tokens wrapped as <<like this>>; adjacent marked tokens share one pair.
+
+    The one highlighting function: explainer prompts, fuzzing prompts and logged samples all use it.
+    """
+    pieces: list[str] = []
+    inside = False
+    for tok, mark in zip(tokens.tolist(), marks.tolist()):
+        text = decode([tok])
+        if mark and not inside:
+            pieces.append(open_mark)
+            inside = True
+        elif not mark and inside:
+            pieces.append(close_mark)
+            inside = False
+        pieces.append(text)
+    if inside:
+        pieces.append(close_mark)
+    return "".join(pieces)
+
+
+def activating_marks(example: Example, threshold_frac: float = 0.3) -> np.ndarray:
+    """Tokens at or above threshold_frac x the window's max activation."""
+    if example.max_act <= 0:
+        return np.zeros(len(example.tokens), dtype=bool)
+    return example.acts >= threshold_frac * example.max_act
