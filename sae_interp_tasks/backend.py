@@ -29,6 +29,9 @@ MODEL_ARGS = ("release", "sae_id", "path", "model", "device", "dtype", "batch_si
 # request kind -> "module:function" serving it; a handler takes (backend, [payload]) -> [response]
 HANDLERS = {
     "core": "sae_interp_tasks.tasks:serve_core",
+    "detection": "sae_interp_tasks.pipeline:serve_interp",
+    "fuzzing": "sae_interp_tasks.pipeline:serve_interp",
+    "embedding": "sae_interp_tasks.pipeline:serve_interp",
 }
 
 
@@ -97,12 +100,14 @@ class SAEBackend(TemplateLM):
     # --- the package's own request type ----------------------------------------------------------
     def interpret(self, requests) -> list:
         payloads = [json.loads(req.args[0]) for req in requests]
-        by_kind: dict[str, list[int]] = defaultdict(list)
+        # one call per handler, all its kinds together: tasks that share a latent selection or
+        # explanations must be seen at once (e.g. detection and fuzzing on the same slots)
+        by_handler: dict[str, list[int]] = defaultdict(list)
         for i, p in enumerate(payloads):
-            by_kind[p["kind"]].append(i)
+            by_handler[HANDLERS[p["kind"]]].append(i)
         results: list = [None] * len(requests)
-        for kind, indices in by_kind.items():
-            module, _, fn = HANDLERS[kind].partition(":")
+        for target, indices in by_handler.items():
+            module, _, fn = target.partition(":")
             handler = getattr(__import__(module, fromlist=[fn]), fn)
             for i, out in zip(indices, handler(self, [payloads[i] for i in indices]), strict=True):
                 results[i] = out

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 from lm_eval.api.instance import Instance
-from lm_eval.api.metrics import mean
+from lm_eval.api.metrics import mean, nanmean
 from lm_eval.api.task import Task
 from tqdm.auto import tqdm
 
-from sae_interp_tasks import core
+from sae_interp_tasks import core, pipeline  # pipeline registers the interp tasks' settings
 from sae_interp_tasks.corpus import token_contexts
 from sae_interp_tasks.settings import HARNESS_KEYS, MODEL_ARG_KEYS, settings_for
 from sae_interp_tasks.subject import cache_root
@@ -176,3 +176,55 @@ def _core_cache_dir(backend, corpus, cs, seed) -> Path:
     folder = cache_root() / "core" / hashlib.sha256(key.encode()).hexdigest()[:24]
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+# --- auto-interp: detection, fuzzing, embedding -----------------------------------------------
+def total(values) -> float:
+    """Aggregation for counts (e.g. dead-or-rare latents passed over): their sum over docs."""
+    return float(sum(values))
+
+
+class SAEInterpTask(SAETask):
+    """Docs are latent slots; each is filled by a seeded sample of live latents (or `latents: [...]`)."""
+
+    def make_docs(self) -> list[dict]:
+        sel = self.settings["LatentSelection"]
+        n = len(sel.latents) if sel.latents is not None else sel.n_latents
+        return [{"slot": i} for i in range(n)]
+
+    def process_results(self, doc, results) -> dict:
+        response = results[0]
+        values = {name: response["metrics"].get(name, float("nan")) for name in self.METRICS}
+        values["skipped_dead"] = response["skipped_before"]
+        return values
+
+
+_CLASSIFIER_METRICS = {
+    "balanced_acc": (nanmean, True),
+    "f1": (nanmean, True),
+    "precision": (nanmean, True),
+    "recall": (nanmean, True),
+    "auroc": (nanmean, True),
+    "balanced_acc_shuffled": (nanmean, False),
+    "auroc_shuffled": (nanmean, False),
+    "answered_frac": (nanmean, True),
+    "parse_failures": (total, False),
+    **{f"recall_decile{d}": (nanmean, True) for d in range(1, 11)},
+    "skipped_dead": (total, False),
+}
+
+
+class SAEDetectionTask(SAEInterpTask):
+    KIND = "detection"
+    METRICS = _CLASSIFIER_METRICS
+
+
+class SAEFuzzingTask(SAEInterpTask):
+    KIND = "fuzzing"
+    METRICS = _CLASSIFIER_METRICS
+
+
+class SAEEmbeddingTask(SAEInterpTask):
+    KIND = "embedding"
+    METRICS = {"auroc": (nanmean, True), "auroc_shuffled": (nanmean, False), "skipped_dead": (total, False)}
+

@@ -1,0 +1,110 @@
+"""Explainers: from a latent's train windows to a one-line explanation of what it detects.
+
+- `llm` explainers (through an `hf` or `openai` client): the prompt shows each train window
+  with its activating tokens marked <<like this>> (tokens at or above `highlight_threshold`
+  x the window's max), then the activating tokens with activations scaled to 0..10.
+- `tokens`: the non-LLM floor, naming the most frequent activating tokens.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sae_interp_tasks.clients.base import ClientConfig, LLMClient, Prompt
+from sae_interp_tasks.errors import SaeInterpError
+from sae_interp_tasks.examples import activating_marks, highlight
+from sae_interp_tasks.records import Example, ExampleSplit, Explanation
+
+EXPLAINERS = ("hf", "openai", "tokens")
+Decode = Callable[[list[int]], str]
+
+SYSTEM = (
+    "You study one neuron-like feature of a language model. You are shown text excerpts where the "
+    "feature is active; the tokens where it fires are marked <<like this>>. After the excerpts comes a "
+    "list of the firing tokens with their activation strength from 0 to 10. Work out the single pattern "
+    "that makes the feature fire: a word, a token type, a concept, a syntactic role or a context. "
+    "Reply with one line of at most 20 words that starts with 'Explanation:'."
+)
+
+
+@dataclass(frozen=True)
+class ExplainerConfig:
+    explainer: str = "hf"  # hf | openai | tokens
+    explainer_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    explainer_base_url: str | None = None
+    explainer_api_key_env: str = "OPENAI_API_KEY"
+    explainer_max_tokens: int = 48
+    highlight_threshold: float = 0.3
+    max_concurrency: int = 8
+
+    def validate(self) -> None:
+        if self.explainer not in EXPLAINERS:
+            raise SaeInterpError(f"explainer must be one of {', '.join(EXPLAINERS)}, got {self.explainer!r}")
+
+    def client_config(self, device: str = "cpu") -> ClientConfig:
+        return ClientConfig(kind=self.explainer, model=self.explainer_model, base_url=self.explainer_base_url,
+                            api_key_env=self.explainer_api_key_env, max_concurrency=self.max_concurrency,
+                            device=device)
+
+
+def explainer_prompt(train: list[Example], decode: Decode, threshold: float, max_tokens: int) -> Prompt:
+    excerpts, strengths = [], []
+    for i, ex in enumerate(train, 1):
+        marks = activating_marks(ex, threshold)
+        excerpts.append(f"Excerpt {i}: {highlight(ex.tokens, marks, decode)}")
+        for tok, act in zip(ex.tokens.tolist(), ex.acts.tolist()):
+            if act > 0 and act >= threshold * ex.max_act:
+                strengths.append(f"{decode([tok])!r} {round(10 * act / ex.max_act)}")
+    user = ("\n".join(excerpts) + "\n\nFiring tokens and strengths:\n" + ", ".join(strengths[:120])
+            + "\n\nWhat does the feature detect?")
+    return Prompt(messages=(("system", SYSTEM), ("user", user)), max_tokens=max_tokens, temperature=0.0)
+
+
+_LEAD = re.compile(r"^\s*(explanation\s*:)?\s*", re.IGNORECASE)
+
+
+def parse_explanation(text: str | None) -> str | None:
+    """The explanation line of an answer, without the 'Explanation:' lead and quotes; None if empty."""
+    if not text:
+        return None
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    chosen = next((ln for ln in lines if ln.lower().lstrip().startswith("explanation")), lines[0] if lines else "")
+    cleaned = _LEAD.sub("", chosen).strip().strip("\"'` ")
+    words = cleaned.split()
+    return " ".join(words[:30]) or None
+
+
+def token_explanation(train: list[Example], decode: Decode, threshold: float, n_tokens: int = 3) -> str:
+    """The non-LLM floor: the most frequent activating tokens, e.g. `the tokens " cat", " cats"`."""
+    counts: Counter[str] = Counter()
+    for ex in train:
+        marks = activating_marks(ex, threshold)
+        for tok, mark in zip(ex.tokens.tolist(), marks.tolist()):
+            if mark:
+                counts[decode([tok])] += 1
+    top = [tok for tok, _ in counts.most_common(n_tokens)]
+    if not top:
+        return "nothing recognisable"
+    quoted = ", ".join(f'"{t}"' for t in top)
+    return f"the token {quoted}" if len(top) == 1 else f"the tokens {quoted}"
+
+
+def explain(splits: list[ExampleSplit], cfg: ExplainerConfig, client: LLMClient | None, decode: Decode) -> dict[int, Explanation]:
+    """One explanation per latent; an LLM answer that cannot be parsed gives the token-list explanation, marked as such."""
+    if cfg.explainer == "tokens" or client is None:
+        return {s.latent: Explanation(s.latent, token_explanation(s.train, decode, cfg.highlight_threshold), "tokens")
+                for s in splits}
+    prompts = [explainer_prompt(s.train, decode, cfg.highlight_threshold, cfg.explainer_max_tokens) for s in splits]
+    answers = client.generate(prompts, desc="explain")
+    out = {}
+    for split, answer in zip(splits, answers, strict=True):
+        text = parse_explanation(answer.text)
+        if text is None:
+            out[split.latent] = Explanation(split.latent, token_explanation(split.train, decode, cfg.highlight_threshold),
+                                            "tokens(fallback)")
+        else:
+            out[split.latent] = Explanation(split.latent, text, client.name)
+    return out

@@ -1,0 +1,276 @@
+"""Self-explanation: the subject model explains a latent patched into its own residual stream.
+
+SelfIE / Patchscopes applied to SAE latents (shared/seeds/000_*, METHODS.md). A chat prompt
+holds a placeholder token; on the prompt's first forward pass, the residual stream entering
+`patch_layer` at the placeholder positions is replaced by scale x the latent's unit direction,
+then the model generates (the KV cache carries the patch; later steps are not patched).
+For each scale of a sweep we measure
+  - self-similarity: cosine(residual leaving `probe_layer` at the last prompt token, direction),
+  - entropy of the first generated token's distribution,
+and rank scales by alpha * norm(selfsim) - (1 - alpha) * norm(entropy) (min-max over the sweep).
+All (latent, scale, sample) rows are generated in batches; the prompt part before the first
+placeholder is computed once and its KV cache shared by every row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from sae_interp_tasks.errors import SaeInterpError
+
+DEFAULT_TEMPLATES = {
+    "meaning": {"user": 'What is the meaning of the word "X"?',
+                "assistant": 'The meaning of the word "X" is "', "placeholder": "X"},
+    "neutral": {"user": '"<unk>"?', "assistant": ' "<unk>" "', "placeholder": "<unk>"},
+    "repeat": {"user": 'Repeat "X" three times.', "assistant": '"X", "X", "', "placeholder": "X"},
+    "in_context": {"user": 'What is "X" in the following examples?\n{examples}',
+                   "assistant": '"X" is "', "placeholder": "X"},
+}
+
+
+@dataclass(frozen=True)
+class SelfExplainConfig:
+    selfexplain_model: str | None = None  # None: the backend's subject model (must be chat-tuned)
+    patch_layer: int = 2
+    probe_layer: int | None = None  # None: two thirds of the depth
+    direction: str = "decoder"  # decoder | encoder
+    templates: dict | None = None  # name -> {user, assistant, placeholder}; None: DEFAULT_TEMPLATES
+    use_templates: list = field(default_factory=lambda: ["meaning", "neutral", "repeat", "in_context"])
+    explain_template: str = "meaning"  # whose top-scale generation is "the" self-explanation
+    n_scales: int = 16
+    scale_min: float = 0.0
+    scale_max: float = 4.0  # in units of the typical residual norm at the patch layer
+    n_samples: int = 2
+    max_new_tokens: int = 12
+    temperature: float = 0.7  # sampling temperature; 0 = greedy (then n_samples is 1)
+    alpha: float = 0.4
+    top_scales: int = 3
+    min_selfsim: float = 0.2  # peak self-similarity below this flags a self-explanation failure
+    n_context_examples: int = 5  # in_context template: top windows shown
+    selfexplain_batch_size: int = 64  # (latent, scale) rows per batch
+
+    def validate(self) -> None:
+        if self.direction not in ("decoder", "encoder"):
+            raise SaeInterpError(f"direction must be decoder or encoder, got {self.direction!r}")
+        names = set(self.template_map())
+        for name in list(self.use_templates) + [self.explain_template]:
+            if name not in names:
+                raise SaeInterpError(f"unknown self-explanation template {name!r}; defined: {', '.join(sorted(names))}")
+        if not 0 <= self.alpha <= 1:
+            raise SaeInterpError(f"alpha must lie in [0, 1], got {self.alpha}")
+
+    def template_map(self) -> dict:
+        return dict(self.templates) if self.templates else dict(DEFAULT_TEMPLATES)
+
+
+@dataclass(frozen=True)
+class PromptIds:
+    tokens: torch.Tensor  # [T]
+    positions: list[int]  # placeholder positions
+
+
+def render_prompt(tokenizer, template: dict, examples_text: str = "") -> PromptIds:
+    """The chat prompt of a template, tokenized, with the placeholder positions.
+
+    The model must have a chat template: a self-explanation prompt in a format the model was
+    not tuned on is an error, not a silent fallback.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise SaeInterpError(f"the self-explanation model's tokenizer ({getattr(tokenizer, 'name_or_path', '?')}) has no chat "
+                             "template; set selfexplain_model (or model=) to an instruction-tuned model")
+    placeholder = template.get("placeholder", "X")
+    if placeholder == "<unk>":
+        placeholder = tokenizer.unk_token or tokenizer.eos_token
+    user = template["user"].replace("<unk>", placeholder).replace("{examples}", examples_text)
+    assistant = template["assistant"].replace("<unk>", placeholder)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                         add_generation_prompt=True) + assistant
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+    target = tokenizer(placeholder, add_special_tokens=False).input_ids
+    if len(target) != 1:
+        raise SaeInterpError(f"placeholder {placeholder!r} is {len(target)} tokens; choose a single-token placeholder")
+    positions = (ids == target[0]).nonzero().flatten().tolist()
+    expected = user.count(placeholder) + assistant.count(placeholder)
+    if len(positions) < expected or not positions:
+        raise SaeInterpError(f"placeholder {placeholder!r} merges with its neighbours in the template "
+                             f"{template['user']!r}; change the template or the placeholder")
+    return PromptIds(ids, positions)
+
+
+def unit_directions(sae, latents: list[int], which: str) -> torch.Tensor:
+    w = sae.W_dec[latents] if which == "decoder" else sae.W_enc[:, latents].T
+    return F.normalize(w.detach().float(), dim=-1)
+
+
+@dataclass
+class SweepResult:
+    """Per (latent, scale): selfsim, entropy; per (latent, scale, sample): generated text."""
+
+    latents: list[int]
+    scales: np.ndarray  # [S] absolute scales
+    selfsim: np.ndarray  # [R, S]
+    entropy: np.ndarray  # [R, S]
+    texts: list[list[list[str]]]  # [R][S][n_samples]
+    first_tokens: list[list[list[int]]] = field(default_factory=list)
+
+
+def _expand_cache(cache, n: int):
+    for entry in cache.entries:
+        entry.past_keys = entry.past_keys.expand(n, -1, -1, -1).contiguous()
+        entry.past_values = entry.past_values.expand(n, -1, -1, -1).contiguous()
+    cache.previous_attention_mask = cache.previous_attention_mask.expand(n, -1).contiguous()
+    return cache
+
+
+def _repeat_cache(cache, k: int):
+    for entry in cache.entries:
+        entry.past_keys = entry.past_keys.repeat_interleave(k, dim=0)
+        entry.past_values = entry.past_values.repeat_interleave(k, dim=0)
+    cache.previous_attention_mask = cache.previous_attention_mask.repeat_interleave(k, dim=0)
+    return cache
+
+
+def _clone_cache(cache):
+    import copy
+
+    new = copy.copy(cache)
+    new.entries = [copy.copy(e) for e in cache.entries]
+    return new
+
+
+def typical_norm(model, prompt: PromptIds, layer: int) -> float:
+    """Mean residual norm entering `layer` over the prompt's tokens (the first, an attention sink, left out)."""
+    _, cache = model.run_with_cache(prompt.tokens[None].to(model.cfg.device), names_filter=f"blocks.{layer}.hook_resid_pre",
+                                    stop_at_layer=layer + 1, return_type=None)
+    return float(cache[f"blocks.{layer}.hook_resid_pre"][0, 1:].norm(dim=-1).mean())
+
+
+@torch.no_grad()
+def sweep(model, prompt: PromptIds, directions: torch.Tensor, latents: list[int], scales: np.ndarray,
+          cfg: SelfExplainConfig, seed: int, progress: bool = True) -> SweepResult:
+    """Batched generation for every (latent, scale, sample); the shared prompt prefix runs once."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    device = model.cfg.device
+    patch_hook = f"blocks.{cfg.patch_layer}.hook_resid_pre"
+    probe_layer = cfg.probe_layer if cfg.probe_layer is not None else (2 * model.cfg.n_layers) // 3
+    probe_hook = f"blocks.{probe_layer}.hook_resid_post"
+    for hook in (patch_hook, probe_hook):
+        if hook not in model.hook_dict:
+            raise SaeInterpError(f"{hook} does not exist in {model.cfg.model_name} ({model.cfg.n_layers} layers); "
+                                 "lower patch_layer / probe_layer")
+    n_samples = 1 if cfg.temperature <= 0 else cfg.n_samples
+    split = min(prompt.positions)
+    prefix, rest = prompt.tokens[:split].to(device), prompt.tokens[split:].to(device)
+    rel_positions = [p - split for p in prompt.positions]
+    base = TransformerLensKeyValueCache.init_cache(model.cfg, device, 1)
+    if len(prefix):
+        model(prefix[None], past_kv_cache=base)  # the shared prefix, computed once
+
+    rows = [(r, s) for r in range(len(latents)) for s in range(len(scales))]
+    selfsim = np.zeros((len(latents), len(scales)))
+    entropy = np.zeros((len(latents), len(scales)))
+    texts = [[[] for _ in scales] for _ in latents]
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    eos = {model.tokenizer.eos_token_id}
+    im_end = model.tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in model.tokenizer.get_vocab() else None
+    if im_end is not None:
+        eos.add(im_end)
+    bar = tqdm(total=len(rows), unit="rows", desc="self-explanation sweep", disable=not progress)
+    for start in range(0, len(rows), cfg.selfexplain_batch_size):
+        chunk = rows[start:start + cfg.selfexplain_batch_size]
+        b = len(chunk)
+        vectors = torch.stack([directions[r] * float(scales[s]) for r, s in chunk]).to(device, model.cfg.dtype)
+        cache = _expand_cache(_clone_cache(base), b)
+        captured = {}
+
+        def patch(resid, hook):
+            resid[:, rel_positions] = vectors[:, None, :]
+            return resid
+
+        def probe(resid, hook):
+            captured["last"] = resid[:, -1].float()
+            return resid
+
+        logits = model.run_with_hooks(rest[None].expand(b, -1), past_kv_cache=cache,
+                                      fwd_hooks=[(patch_hook, patch), (probe_hook, probe)])
+        dirs = torch.stack([directions[r] for r, _ in chunk]).to(captured["last"])
+        sims = F.cosine_similarity(captured["last"], dirs, dim=-1).cpu().numpy()
+        logp = F.log_softmax(logits[:, -1].float(), dim=-1)
+        ents = (-(logp.exp() * logp).sum(-1)).cpu().numpy()
+        for (r, s), sim, ent in zip(chunk, sims, ents):
+            selfsim[r, s], entropy[r, s] = sim, ent
+
+        # generation: n_samples per row, sharing the patched prompt's cache
+        cache = _repeat_cache(cache, n_samples)
+        next_logits = logits[:, -1].repeat_interleave(n_samples, dim=0)
+        out = torch.zeros(b * n_samples, 0, dtype=torch.long, device=device)
+        done = torch.zeros(b * n_samples, dtype=torch.bool, device=device)
+        for _ in range(cfg.max_new_tokens):
+            if cfg.temperature <= 0:
+                nxt = next_logits.argmax(-1)
+            else:
+                probs = F.softmax(next_logits.float().cpu() / cfg.temperature, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=gen)[:, 0].to(device)
+            out = torch.cat([out, nxt[:, None]], dim=1)
+            done |= torch.isin(nxt, torch.tensor(sorted(eos), device=device))
+            if bool(done.all()):
+                break
+            next_logits = model(nxt[:, None], past_kv_cache=cache)[:, -1]
+        for i, (r, s) in enumerate(chunk):
+            for k in range(n_samples):
+                texts[r][s].append(clean_generation(model.tokenizer, out[i * n_samples + k].tolist(), eos))
+        bar.update(b)
+    bar.close()
+    return SweepResult(latents=list(latents), scales=scales, selfsim=selfsim, entropy=entropy, texts=texts)
+
+
+def clean_generation(tokenizer, tokens: list[int], stop_ids: set) -> str:
+    """Generated text up to the end of turn, and up to the closing quote the prompt opened."""
+    cut = next((i for i, t in enumerate(tokens) if t in stop_ids), len(tokens))
+    text = tokenizer.decode(tokens[:cut], skip_special_tokens=True)
+    return text.split('"')[0].strip()
+
+
+def minmax(x: np.ndarray) -> np.ndarray:
+    span = x.max() - x.min()
+    return np.zeros_like(x) if span <= 1e-12 else (x - x.min()) / span
+
+
+def composite(selfsim: np.ndarray, entropy: np.ndarray, alpha: float) -> np.ndarray:
+    """alpha * norm(selfsim) - (1 - alpha) * norm(entropy), normalised over one latent's sweep."""
+    return alpha * minmax(selfsim) - (1 - alpha) * minmax(entropy)
+
+
+def best_scales(selfsim: np.ndarray, entropy: np.ndarray, alpha: float, k: int) -> list[int]:
+    scores = composite(selfsim, entropy, alpha)
+    return [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
+
+
+@torch.no_grad()
+def naive_generate(model, prompt: PromptIds, direction: torch.Tensor, scale: float, cfg: SelfExplainConfig) -> str:
+    """One latent at one scale with TransformerLens's generate (no shared prefix, no batching).
+
+    The baseline of benchmarks/selfexplain.py and the cache-free reference in tests: without a
+    KV cache every step re-runs the whole sequence, patched again at the same positions.
+    """
+    patch_hook = f"blocks.{cfg.patch_layer}.hook_resid_pre"
+    vector = (direction * scale).to(model.cfg.device, model.cfg.dtype)
+
+    def patch(resid, hook):
+        resid[:, prompt.positions] = vector
+        return resid
+
+    with model.hooks(fwd_hooks=[(patch_hook, patch)]):
+        out = model.generate(prompt.tokens[None].to(model.cfg.device), max_new_tokens=cfg.max_new_tokens,
+                             do_sample=False, use_past_kv_cache=False, stop_at_eos=False, verbose=False,
+                             return_type="tokens")
+    eos = {model.tokenizer.eos_token_id}
+    return clean_generation(model.tokenizer, out[0, len(prompt.tokens):].tolist(), eos)
+
