@@ -1,0 +1,68 @@
+"""The on-disk cache of LLM answers: one sqlite file per cache folder, WAL, one commit per answer.
+
+Keyed by the sha256 of everything that decides an answer (client name, base_url, messages,
+sampling parameters), so a rerun pays nothing for what it already has. Only successes are
+stored; failures are asked again. Nothing secret enters a key or a row: clients name their
+endpoint, never their API key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sae_interp_tasks.clients.base import Completion, Prompt
+
+CACHE_FILE = "completions.sqlite"
+
+
+class CompletionCache:
+    def __init__(self, cache_dir: Path):
+        self.path = Path(cache_dir) / CACHE_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        # answers arrive on the asyncio thread, lookups come from the caller's: one connection, one lock
+        self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+    @staticmethod
+    def key(client_name: str, base_url: str | None, prompt: Prompt) -> str:
+        top_k = prompt.top_logprobs if prompt.logprobs else 0  # top_logprobs means nothing without logprobs
+        fields = [client_name, base_url, [list(m) for m in prompt.messages], prompt.max_tokens,
+                  float(prompt.temperature), bool(prompt.logprobs), top_k]
+        return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
+
+    def get_many(self, keys: list[str]) -> dict[str, Completion]:
+        from sae_interp_tasks.clients.base import Completion
+
+        found: dict[str, Completion] = {}
+        unique = list(dict.fromkeys(keys))
+        with self._lock:
+            for start in range(0, len(unique), 500):  # stay under sqlite's bound-parameter limit
+                chunk = unique[start:start + 500]
+                rows = self._db.execute(
+                    f"SELECT key, value FROM completions WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+                for key, value in rows:
+                    data = json.loads(value)
+                    found[key] = Completion(text=data["text"], top_logprobs=data.get("top_logprobs"), cached=True)
+        return found
+
+    def put(self, key: str, completion: Completion) -> None:
+        value = json.dumps({"text": completion.text, "top_logprobs": completion.top_logprobs}, ensure_ascii=False)
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO completions (key, value) VALUES (?, ?)", (key, value))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,211 @@
+"""Any OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp's server, OpenRouter, `transformers serve`).
+
+Async with at most `max_concurrency` requests in flight; our own retries (the openai library's
+are off) with exponential backoff and jitter on 429, 5xx, timeouts, connection errors and
+malformed bodies. Logprobs are asked for when a prompt wants them, until the endpoint shows it
+does not give them. The API key is read from the environment variable the config names, and
+is scrubbed from every error text we keep or log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import random
+import threading
+from urllib.parse import urlparse
+
+import openai
+
+from sae_interp_tasks.clients.base import ClientConfig, Completion, LLMClient, OnAnswer, Prompt
+from sae_interp_tasks.clients.cache import CompletionCache
+from sae_interp_tasks.errors import SaeInterpError
+
+log = logging.getLogger(__name__)
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
+
+
+class MalformedResponse(Exception):
+    """A 200 answer we cannot read: no choices, no message content, or not a chat completion at all."""
+
+
+class _ConfigProblem(Exception):
+    """The endpoint refuses every request alike (bad key, wrong model or URL): stop and tell the user."""
+
+
+class OpenAIClient(LLMClient):
+    # backoff: delay = min(backoff_cap, backoff_base * 2**attempt) * uniform(0.5, 1), and a 429's
+    # Retry-After when longer; a prompt gives up early once its waits would pass max_total_wait.
+    # Class attributes, so tests (and impatient users) can shorten them.
+    backoff_base: float = 1.0
+    backoff_cap: float = 30.0
+    max_total_wait: float = 300.0
+
+    def __init__(self, cfg: ClientConfig, cache: CompletionCache):
+        super().__init__(cfg, cache)
+        self.name = f"openai:{cfg.model}@{cfg.base_url or 'default'}"
+        self.supports_logprobs = True  # until the endpoint shows otherwise
+        self.n_retries = 0  # re-asks after a retryable failure
+        if not os.environ.get(cfg.api_key_env):
+            # the OpenAI API itself (the library's default URL): no chance without a key
+            if cfg.base_url is None and not os.environ.get("OPENAI_BASE_URL"):
+                raise SaeInterpError(f"no API key for the OpenAI API: set the environment variable {cfg.api_key_env} "
+                                     "(or name another one with api_key_env=..., or point base_url at your endpoint)")
+            if not _is_local(cfg.base_url):
+                log.warning("%s: the environment variable %s is not set; asking without a key", self.name,
+                            cfg.api_key_env)
+
+    # ---- the secret stays in the environment; every text we keep goes through _scrub
+    def _api_key(self) -> str:
+        return os.environ.get(self.cfg.api_key_env) or "EMPTY"
+
+    def _scrub(self, text: str) -> str:
+        key = os.environ.get(self.cfg.api_key_env)
+        return text.replace(key, "***") if key else text
+
+    # ---- sync entry point
+    def _answer(self, prompts: list[Prompt], on_answer: OnAnswer) -> None:
+        coro_fn = lambda: self._answer_all(prompts, on_answer)  # noqa: E731
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(coro_fn())
+            return
+        # called from inside a running loop (a notebook, an async harness): run ours on a thread
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sae-interp-llm") as pool:
+            pool.submit(asyncio.run, coro_fn()).result()
+
+    async def _answer_all(self, prompts: list[Prompt], on_answer: OnAnswer) -> None:
+        semaphore = asyncio.Semaphore(self.cfg.max_concurrency)
+        retry_lock = threading.Lock()
+        problems: list[str] = []
+        client = openai.AsyncOpenAI(base_url=self.cfg.base_url, api_key=self._api_key(), max_retries=0,
+                                    timeout=self.cfg.timeout)
+
+        async def one(i: int, prompt: Prompt) -> None:
+            try:
+                completion = await self._ask(client, semaphore, prompt, retry_lock)
+            except _ConfigProblem as problem:
+                problems.append(str(problem))
+                completion = Completion(text=None, error=str(problem))
+            on_answer(i, completion)
+
+        try:
+            await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+        finally:
+            await client.close()
+        if problems:
+            raise SaeInterpError(f"{self.name} refused the requests: {problems[0]}")
+
+    async def _ask(self, client: openai.AsyncOpenAI, semaphore: asyncio.Semaphore, prompt: Prompt,
+                   retry_lock: threading.Lock) -> Completion:
+        attempt, waited = 0, 0.0
+        while True:
+            want_logprobs = prompt.logprobs and self.supports_logprobs
+            retry_after = None
+            try:
+                async with semaphore:
+                    # decided after the wait: an answer that arrived meanwhile may have shown logprobs unsupported
+                    want_logprobs = prompt.logprobs and self.supports_logprobs
+                    self._count_call()
+                    response = await client.chat.completions.create(**self._request(prompt, want_logprobs))
+                return self._parse(response, want_logprobs)
+            except (openai.AuthenticationError, openai.NotFoundError) as err:
+                raise _ConfigProblem(self._describe(err) + self._config_hint(err)) from None
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as err:
+                if want_logprobs and "logprob" in self._describe(err).lower():
+                    log.info("%s rejects logprobs; asking without them from now on", self.name)
+                    self.supports_logprobs = False
+                    continue  # not the prompt's fault: ask again at once, without logprobs
+                return Completion(text=None, error=self._describe(err))
+            except openai.RateLimitError as err:
+                reason, retry_after = self._describe(err), _retry_after(err)
+            except openai.APIStatusError as err:
+                if err.status_code < 500:
+                    return Completion(text=None, error=self._describe(err))
+                reason = self._describe(err)
+            except (openai.APIConnectionError, openai.APIResponseValidationError, MalformedResponse) as err:
+                reason = self._describe(err)
+            except ValueError as err:  # a body that claims to be JSON but does not parse
+                reason = f"MalformedResponse: unreadable body ({self._describe(err)})"
+            delay = min(self.backoff_cap, self.backoff_base * 2 ** attempt) * random.uniform(0.5, 1.0)
+            if retry_after is not None:
+                delay = min(self.backoff_cap, max(delay, retry_after))
+            if attempt >= self.cfg.max_retries or waited + delay > self.max_total_wait:
+                log.debug("%s: giving up after %d attempts: %s", self.name, attempt + 1, reason)
+                return Completion(text=None, error=f"{reason} (after {attempt + 1} attempts)")
+            log.debug("%s: %s; retry %d in %.2fs", self.name, reason, attempt + 1, delay)
+            with retry_lock:
+                self.n_retries += 1
+            await asyncio.sleep(delay)
+            attempt, waited = attempt + 1, waited + delay
+
+    def _request(self, prompt: Prompt, want_logprobs: bool) -> dict:
+        request = dict(model=self.cfg.model, messages=[{"role": r, "content": c} for r, c in prompt.messages],
+                       max_tokens=prompt.max_tokens, temperature=prompt.temperature)
+        if want_logprobs:
+            request.update(logprobs=True, top_logprobs=prompt.top_logprobs)
+        return request
+
+    def _parse(self, response, want_logprobs: bool) -> Completion:
+        choices = getattr(response, "choices", None)  # a non-JSON body arrives as a plain str
+        if not choices:
+            raise MalformedResponse(f"no choices in the answer ({type(response).__name__})")
+        message = getattr(choices[0], "message", None)
+        text = getattr(message, "content", None)
+        if not isinstance(text, str):
+            raise MalformedResponse("the answer's first choice has no message content")
+        top_logprobs = None
+        if want_logprobs:
+            top_logprobs = _top_logprobs(choices[0])
+            if top_logprobs is None:
+                log.info("%s answered without logprobs; asking without them from now on", self.name)
+                self.supports_logprobs = False
+        return Completion(text=text, top_logprobs=top_logprobs)
+
+    def _describe(self, err: Exception) -> str:
+        status = getattr(err, "status_code", None)
+        body = getattr(err, "body", None)  # the endpoint's own words; openai's message is just "Error code: N"
+        if isinstance(body, dict):
+            body = body.get("message") or body.get("detail") or body
+        message = " ".join(str(body if body else err).split())[:300]
+        prefix = f"{type(err).__name__}" + (f" (HTTP {status})" if status else "")
+        return self._scrub(f"{prefix}: {message}" if message else prefix)
+
+    def _config_hint(self, err: Exception) -> str:
+        if isinstance(err, openai.AuthenticationError):
+            return f"; check the API key in the environment variable {self.cfg.api_key_env}"
+        return f"; check the model name {self.cfg.model!r} and base_url {self.cfg.base_url!r}"
+
+
+def _top_logprobs(choice) -> list[dict[str, float]] | None:
+    """Per generated token, {token: logprob} of its top alternatives (the chosen token included)."""
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    if not content:
+        return None
+    per_token = []
+    for token in content:
+        alternatives: dict[str, float] = {}
+        for alt in getattr(token, "top_logprobs", None) or []:
+            alternatives[alt.token] = max(alt.logprob, alternatives.get(alt.token, float("-inf")))
+        if not alternatives and getattr(token, "token", None) is not None:
+            alternatives[token.token] = token.logprob
+        per_token.append(alternatives)
+    return per_token
+
+
+def _retry_after(err: openai.APIStatusError) -> float | None:
+    try:
+        value = float(err.response.headers.get("retry-after", ""))
+    except (TypeError, ValueError):
+        return None
+    return value if value >= 0 else None
+
+
+def _is_local(base_url: str | None) -> bool:
+    if not base_url:
+        return False
+    return (urlparse(base_url).hostname or "") in _LOOPBACK
