@@ -177,9 +177,10 @@ def hash_uniform(latents: torch.Tensor, window_ids: torch.Tensor, seed: int) -> 
     Sampling by these keys makes a latent's sample independent of which other latents share
     the pass and of the batch layout, so `--limit` and resumes never change its examples.
     """
-    mask = (1 << 62) - 1
-    x = (latents.to(torch.int64)[:, None] * 0x2545F4914F6CDD1D + window_ids.to(torch.int64)[None, :] * 0x9E3779B97F4A7C15
-         + seed * 0x632BE59BD9B4E019) & mask
+    mask = (1 << 62) - 1  # int64 arithmetic wraps; masking keeps every value non-negative
+    salt = (int(seed) * 0x232BE59BD9B4E019) & mask
+    x = (latents.to(torch.int64)[:, None] * 0x2545F4914F6CDD1D + window_ids.to(torch.int64)[None, :] * 0x1E3779B97F4A7C15
+         + salt) & mask
     for shift, mult in ((31, 0x3C79AC492BA7B653), (29, 0x1C69B3F74AC4AE35), (32, 1)):
         x = ((x ^ (x >> shift)) * mult) & mask
     return (x >> 9).to(torch.float64) / float(1 << 53)

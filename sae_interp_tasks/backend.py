@@ -32,6 +32,7 @@ HANDLERS = {
     "detection": "sae_interp_tasks.pipeline:serve_interp",
     "fuzzing": "sae_interp_tasks.pipeline:serve_interp",
     "embedding": "sae_interp_tasks.pipeline:serve_interp",
+    "selfexplain": "sae_interp_tasks.pipeline:serve_interp",
 }
 
 

@@ -20,7 +20,7 @@ from sae_interp_tasks import activations, settings as settings_mod
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.examples import ExampleConfig, split_examples
 from sae_interp_tasks.explainers import ExplainerConfig, explain
-from sae_interp_tasks.records import ExampleSplit, Explanation
+from sae_interp_tasks.records import ExampleSplit, Explanation, Response
 from sae_interp_tasks.scorers import classifier
 from sae_interp_tasks.scorers.embedding import EmbeddingConfig, hard_negatives, load_embedder, score_embedding
 from sae_interp_tasks.settings import CorpusSettings, LatentSelection, PassSettings
@@ -152,30 +152,41 @@ def serve_interp(backend, payloads: list[dict]) -> list[dict]:
     # slots needed per selection (shared across tasks that select the same way)
     sel_keys, n_slots = [], {}
     for p, s in zip(payloads, typed_all):
-        k = _key("selection", s["CorpusSettings"], s["PassSettings"], s["LatentSelection"], s["ExampleConfig"],
-                 s["NegativeSettings"], p["seed"])
+        # n_latents is left out of the key: tasks asking for different numbers of latents share
+        # one pass over the largest pool, and slot i is the same latent in all of them
+        k = _key("selection", s["CorpusSettings"], s["PassSettings"], s["LatentSelection"].latents,
+                 s["ExampleConfig"], s["NegativeSettings"], p["seed"])
         sel_keys.append(k)
         n_slots[k] = max(n_slots.get(k, 0), p["doc"]["slot"] + 1)
 
     responses = []
     for p, s, sk in zip(payloads, typed_all, sel_keys):
         seed = p["seed"]
-        corpus = s["CorpusSettings"].spec(backend.info.dataset_path)
-        pass_cfg = settings_mod.pass_config(s["PassSettings"], seed, backend.batch_size_per_gpu)
-        selection = _memo(backend, sk, lambda: select_latents(backend, corpus, pass_cfg, s["LatentSelection"],
-                                                              s["ExampleConfig"], n_slots[sk], seed))
-        splits = _memo(backend, sk + ":splits", lambda: make_splits(
-            backend, selection, s["ExampleConfig"], seed, s["NegativeSettings"].non_activating,
-            s["EmbeddingConfig"]))
-        expl_key = sk + _key("explain", s["ExplainerConfig"])
-        explanations = _memo(backend, expl_key, lambda: explain_all(backend, list(splits.values()),
-                                                                     s["ExplainerConfig"]))
-        scores = _memo(backend, expl_key + _key("score", p["kind"], s.get("ScorerConfig"), s["EmbeddingConfig"]),
-                       lambda: score_all(backend, p["kind"], list(splits.values()), explanations, s, seed))
+        selection, splits, explanations, expl_key = shared_stages(backend, s, sk, n_slots[sk], seed)
         slot = p["doc"]["slot"]
         latent = selection.latents[slot]
+        if p["kind"] == "selfexplain":
+            from sae_interp_tasks import selfexplain_task
+
+            responses.append(selfexplain_task.respond(backend, s, expl_key, selection, splits, explanations, slot, seed))
+            continue
+        scores = _memo(backend, expl_key + _key("score", p["kind"], s.get("ScorerConfig"), s["EmbeddingConfig"]),
+                       lambda: score_all(backend, p["kind"], list(splits.values()), explanations, s, seed))
         responses.append(response(latent, selection.skipped_before[slot], explanations, scores, splits, backend))
     return responses
+
+
+def shared_stages(backend, s: dict, sk: str, n_slots: int, seed: int):
+    """Selection, splits and explanations: computed once per run for every task that agrees on them."""
+    corpus = s["CorpusSettings"].spec(backend.info.dataset_path)
+    pass_cfg = settings_mod.pass_config(s["PassSettings"], seed, backend.batch_size_per_gpu)
+    selection = _memo(backend, sk, lambda: select_latents(backend, corpus, pass_cfg, s["LatentSelection"],
+                                                          s["ExampleConfig"], n_slots, seed))
+    splits = _memo(backend, sk + ":splits", lambda: make_splits(
+        backend, selection, s["ExampleConfig"], seed, s["NegativeSettings"].non_activating, s["EmbeddingConfig"]))
+    expl_key = sk + _key("explain", s["ExplainerConfig"])
+    explanations = _memo(backend, expl_key, lambda: explain_all(backend, list(splits.values()), s["ExplainerConfig"]))
+    return selection, splits, explanations, expl_key
 
 
 def explain_all(backend, splits: list[ExampleSplit], cfg: ExplainerConfig) -> dict[int, Explanation]:
@@ -196,16 +207,16 @@ def score_all(backend, kind: str, splits, explanations, s: dict, seed: int):
 
 def response(latent, skipped: int, explanations, scores, splits, backend) -> dict:
     if latent is None:
-        return {"latent": None, "skipped_before": skipped, "metrics": {}, "explanation": None}
+        return Response(latent=None, skipped_before=skipped, metrics={}, explanation=None)
     scored = scores[latent]
     split = splits[latent]
-    return {
-        "latent": latent,
-        "skipped_before": skipped,
-        "explanation": explanations[latent].text,
-        "explainer": explanations[latent].explainer,
-        "train_windows": [{"text": backend.tok_decode(ex.tokens.tolist()), "max_act": round(ex.max_act, 4),
-                           "decile": ex.decile} for ex in split.train],
-        "metrics": scored.metrics,
-        "scorer": scored.detail,
-    }
+    return Response(
+        latent=latent,
+        skipped_before=skipped,
+        explanation=explanations[latent].text,
+        explainer=explanations[latent].explainer,
+        train_windows=[{"text": backend.tok_decode(ex.tokens.tolist()), "max_act": round(ex.max_act, 4),
+                        "decile": ex.decile} for ex in split.train],
+        metrics=scored.metrics,
+        scorer=scored.detail,
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,3 +86,23 @@ class ScoredLatent:
     judgements: list[WindowJudgement]
     metrics: dict[str, float] = field(default_factory=dict)
     detail: dict = field(default_factory=dict)  # what --log_samples shows (prompts, raw answers)
+
+
+def _jsonable(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return _jsonable(value.item())
+    return value
+
+
+class Response(dict):
+    """A backend answer to one doc. lm-eval writes `str(resp)` into --log_samples files, so
+    its string form is JSON (NaN as null): the samples stay machine-readable."""
+
+    def __str__(self) -> str:
+        return json.dumps(_jsonable(dict(self)), ensure_ascii=False, default=str)

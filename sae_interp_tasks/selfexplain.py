@@ -75,7 +75,7 @@ class PromptIds:
     positions: list[int]  # placeholder positions
 
 
-def render_prompt(tokenizer, template: dict, examples_text: str = "") -> PromptIds:
+def render_prompt(tokenizer, template: dict, examples_text: str = "", n_inserted: int = 0) -> PromptIds:
     """The chat prompt of a template, tokenized, with the placeholder positions.
 
     The model must have a chat template: a self-explanation prompt in a format the model was
@@ -96,7 +96,10 @@ def render_prompt(tokenizer, template: dict, examples_text: str = "") -> PromptI
     if len(target) != 1:
         raise SaeInterpError(f"placeholder {placeholder!r} is {len(target)} tokens; choose a single-token placeholder")
     positions = (ids == target[0]).nonzero().flatten().tolist()
-    expected = user.count(placeholder) + assistant.count(placeholder)
+    # placeholders the template itself holds, plus those inserted into the examples text; other
+    # occurrences of the string in corpus text (e.g. "X" inside "XML") are not ours to count
+    expected = (template["user"].replace("<unk>", placeholder).replace("{examples}", "").count(placeholder)
+                + assistant.count(placeholder) + n_inserted)
     if len(positions) < expected or not positions:
         raise SaeInterpError(f"placeholder {placeholder!r} merges with its neighbours in the template "
                              f"{template['user']!r}; change the template or the placeholder")

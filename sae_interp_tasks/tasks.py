@@ -19,8 +19,9 @@ from lm_eval.api.metrics import mean, nanmean
 from lm_eval.api.task import Task
 from tqdm.auto import tqdm
 
-from sae_interp_tasks import core, pipeline  # pipeline registers the interp tasks' settings
-from sae_interp_tasks.corpus import token_contexts
+from sae_interp_tasks import core, pipeline, selfexplain_task  # noqa: F401  (they register their settings)
+from sae_interp_tasks.corpus import fingerprint, token_contexts
+from sae_interp_tasks.records import Response
 from sae_interp_tasks.settings import HARNESS_KEYS, MODEL_ARG_KEYS, settings_for
 from sae_interp_tasks.subject import cache_root
 
@@ -131,7 +132,6 @@ def serve_core(backend, payloads: list[dict]) -> list[dict]:
     """Chunk statistics for sae_core docs, each cached on disk so an interrupted run resumes."""
     from sae_interp_tasks.settings import CorpusSettings, CoreSettings, build
 
-    out = []
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(payloads):
         groups.setdefault(json.dumps([p["settings"], p["seed"]], sort_keys=True), []).append(i)
@@ -164,14 +164,13 @@ def serve_core(backend, payloads: list[dict]) -> list[dict]:
         bar.close()
         for i in indices:
             chunk = payloads[i]["doc"]["chunk"]
-            results[i] = {"stats": stats[chunk], "metrics": core.per_chunk_metrics(stats[chunk])}
-    out = results
-    return out
+            results[i] = Response(chunk=chunk, stats=stats[chunk], metrics=core.per_chunk_metrics(stats[chunk]))
+    return results
 
 
 def _core_cache_dir(backend, corpus, cs, seed) -> Path:
     key = json.dumps({"sae": backend.info.fingerprint, "model": backend.model.cfg.model_name,
-                      "hook": backend.info.hook_name, "corpus": corpus.__dict__, "cs": cs.__dict__,
+                      "hook": backend.info.hook_name, "corpus": corpus.__dict__, "corpus_fp": fingerprint(corpus), "cs": cs.__dict__,
                       "seed": seed}, sort_keys=True, default=str)
     folder = cache_root() / "core" / hashlib.sha256(key.encode()).hexdigest()[:24]
     folder.mkdir(parents=True, exist_ok=True)
@@ -228,3 +227,21 @@ class SAEEmbeddingTask(SAEInterpTask):
     KIND = "embedding"
     METRICS = {"auroc": (nanmean, True), "auroc_shuffled": (nanmean, False), "skipped_dead": (total, False)}
 
+
+
+class SAESelfExplainTask(SAEInterpTask):
+    """The subject model explains its own latents; agreement with the auto-interp explanations."""
+
+    KIND = "selfexplain"
+    METRICS = {
+        "retrieval_auroc": (nanmean, True),
+        "top1_match": (nanmean, True),
+        "top1_chance": (nanmean, False),
+        "matched_similarity": (nanmean, True),
+        "judge_agreement": (nanmean, True),
+        "selfexplain_balanced_acc": (nanmean, True),
+        "autointerp_balanced_acc": (nanmean, True),
+        "peak_selfsim": (nanmean, True),
+        "selfexplain_failure": (total, False),
+        "skipped_dead": (total, False),
+    }
