@@ -1,0 +1,84 @@
+"""Detection scoring cost on the embedded default: with logprobs vs with list parsing only.
+
+For the same latents, explanations and test windows: scorer prompt tokens per latent (chat
+template applied, as the model sees them) and wall time per latent, in this one run, each
+mode with an empty LLM cache. Also reports how many batches could be parsed.
+
+    python benchmarks/detection_scoring.py --latents 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _common  # noqa: E402
+
+
+def main() -> None:
+    from sae_interp_tasks.activations import PassConfig, run_activation_pass
+    from sae_interp_tasks.clients import make_client
+    from sae_interp_tasks.corpus import CorpusSpec
+    from sae_interp_tasks.examples import ExampleConfig, split_examples
+    from sae_interp_tasks.explainers import token_explanation
+    from sae_interp_tasks.records import Explanation
+    from sae_interp_tasks.scorers import classifier
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--latents", type=int, default=4)
+    parser.add_argument("--n-tokens", type=int, default=65536)
+    args = parser.parse_args()
+
+    model, sae, info = _common.demo()
+    candidates = torch.randperm(info.d_sae, generator=torch.Generator().manual_seed(0))[:4 * args.latents]
+    state = run_activation_pass(model, sae, info, CorpusSpec(), PassConfig(n_tokens=args.n_tokens), latents=candidates,
+                                progress=False)
+    ex_cfg = ExampleConfig()
+    records = [state.record(int(lat)) for lat in candidates]
+    live = [r for r in records if len(r.activating) >= ex_cfg.min_examples][:args.latents]
+    splits = [split_examples(r, ex_cfg, seed=0) for r in live]
+    decode = lambda toks: model.tokenizer.decode(toks)  # noqa: E731
+    explanations = {s.latent: Explanation(s.latent, token_explanation(s.train, decode, 0.3), "tokens") for s in splits}
+
+    rows = {}
+    for mode, use_logprobs in (("logprobs", True), ("list parsing", False)):
+        cfg = dataclasses.replace(classifier.ScorerConfig(), use_logprobs=use_logprobs, shuffled_control=False)
+        with tempfile.TemporaryDirectory() as cache:
+            client = make_client(cfg.client_config(), cache_dir=Path(cache))
+            tokens = 0
+            for split in splits:
+                shown = classifier.windows_to_show(split, "detection", __import__("random").Random(0), 0.3)
+                for i in range(0, len(shown), cfg.windows_per_prompt):
+                    prompt = classifier.scorer_prompt(explanations[split.latent].text, shown[i:i + cfg.windows_per_prompt],
+                                                      "detection", decode, cfg)
+                    text = model.tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in prompt.messages],
+                                                               tokenize=False, add_generation_prompt=True)
+                    tokens += len(model.tokenizer(text, add_special_tokens=False).input_ids)
+            start = time.perf_counter()
+            scored = classifier.score("detection", splits, explanations, cfg, client, decode, seed=0)
+            seconds = time.perf_counter() - start
+        batches = sum(s.detail["batches"] for s in scored.values())
+        failures = sum(s.detail["parse_failures"] for s in scored.values())
+        with_prob = sum(j.probability is not None for s in scored.values() for j in s.judgements)
+        rows[mode] = {"prompt_tokens_per_latent": tokens / len(splits), "seconds_per_latent": seconds / len(splits),
+                      "batches": batches, "parse_failures": failures, "windows_with_probability": with_prob,
+                      "mean_balanced_acc": float(torch.tensor([s.metrics["balanced_acc"] for s in scored.values()]).nanmean())}
+    print(f"detection scoring, embedded default (SmolLM2-135M-Instruct scorer), {len(splits)} latents, token-list "
+          f"explanations; {_common.machine()}\n")
+    print("| mode | prompt tokens / latent | seconds / latent | parse failures / batches | windows with P(yes) | balanced acc |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for mode, r in rows.items():
+        print(f"| {mode} | {r['prompt_tokens_per_latent']:.0f} | {r['seconds_per_latent']:.1f} | "
+              f"{r['parse_failures']}/{r['batches']} | {r['windows_with_probability']} | {r['mean_balanced_acc']:.3f} |")
+    _common.save("detection_scoring", {"latents": len(splits), "rows": rows, "machine": _common.machine()})
+
+
+if __name__ == "__main__":
+    main()
