@@ -60,7 +60,8 @@ def explainer_prompt(train: list[Example], decode: Decode, threshold: float, max
                 strengths.append(f"{decode([tok])!r} {round(10 * act / ex.max_act)}")
     user = ("\n".join(excerpts) + "\n\nFiring tokens and strengths:\n" + ", ".join(strengths[:120])
             + "\n\nWhat does the feature detect?")
-    return Prompt(messages=(("system", SYSTEM), ("user", user)), max_tokens=max_tokens, temperature=0.0)
+    return Prompt(messages=(("system", SYSTEM), ("user", user)), max_tokens=max_tokens, temperature=0.0,
+                  prefill="Explanation:")
 
 
 _LEAD = re.compile(r"^\s*(explanation\s*:)?\s*", re.IGNORECASE)

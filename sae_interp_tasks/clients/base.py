@@ -54,6 +54,10 @@ class Prompt:
     temperature: float = 0.0
     logprobs: bool = False  # also return top-k logprobs of each generated token
     top_logprobs: int = 10
+    # The start of the assistant's answer, for clients that can continue it (hf): small models
+    # then keep to a format ("[" before a list). The completion's text begins with it. Endpoint
+    # clients cannot continue a turn and ignore it.
+    prefill: str = ""
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ class CompletionCache:
         top_k = prompt.top_logprobs if prompt.logprobs else 0  # top_logprobs means nothing without logprobs
         fields = [client_name, base_url, [list(m) for m in prompt.messages], prompt.max_tokens,
                   float(prompt.temperature), bool(prompt.logprobs), top_k]
+        if prompt.prefill:
+            fields.append(prompt.prefill)
         return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
 
     def get_many(self, keys: list[str]) -> dict[str, Completion]:

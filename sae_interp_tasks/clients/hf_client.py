@@ -72,8 +72,8 @@ class HFClient(LLMClient):
     def _chat_text(self, prompt: Prompt) -> str:
         messages = [{"role": role, "content": content} for role, content in prompt.messages]
         if self._tokenizer.chat_template is None:  # a base model: plain turns, then the answer
-            return "\n\n".join(m["content"] for m in messages) + "\n\n"
-        return self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return "\n\n".join(m["content"] for m in messages) + "\n\n" + prompt.prefill
+        return self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prompt.prefill
 
     @torch.no_grad()
     def _generate_batch(self, batch: list[Prompt]) -> list[Completion]:
@@ -94,7 +94,7 @@ class HFClient(LLMClient):
         for row, prompt in enumerate(batch):
             ids = new_tokens[row, :prompt.max_tokens].tolist()
             length = next((t for t, tok in enumerate(ids) if tok in stop_ids), len(ids))
-            text = tokenizer.decode(ids[:length], skip_special_tokens=True)
+            text = prompt.prefill + tokenizer.decode(ids[:length], skip_special_tokens=True)
             top = None
             if prompt.logprobs:
                 top = [self._top_k(out.logits[t][row], prompt.top_logprobs) for t in range(length)]

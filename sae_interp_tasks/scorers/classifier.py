@@ -89,15 +89,15 @@ def windows_to_show(split: ExampleSplit, method: str, rng: random.Random, thresh
 def scorer_prompt(explanation: str, batch: list[Shown], method: str, decode: Decode, cfg: ScorerConfig) -> Prompt:
     n = len(batch)
     system = (f"You check an explanation of a feature of a language model against text examples. For each example, "
-              f"{_RULES[method]} Answer with a Python list of {n} numbers, 1 for yes and 0 for no, "
-              f"for example [{', '.join(['1', '0'] * (n // 2) + ['1'] * (n % 2))}], and nothing else.")
+              f"{_RULES[method]} Answer with a Python list of {n} numbers, one per example in order, written "
+              f"[{', '.join(['x'] * n)}] with each x replaced by 1 (yes) or 0 (no), and nothing else.")
     lines = []
     for i, item in enumerate(batch, 1):
         text = highlight(item.example.tokens, item.marks, decode) if item.marks is not None else decode(item.example.tokens.tolist())
         lines.append(f"Example {i}: {text}")
     user = f"Explanation: {explanation}\n\n" + "\n".join(lines) + f"\n\nYour list of {n} numbers:"
     return Prompt(messages=(("system", system), ("user", user)), max_tokens=cfg.scorer_max_tokens,
-                  temperature=0.0, logprobs=cfg.use_logprobs)
+                  temperature=0.0, logprobs=cfg.use_logprobs, prefill="[")
 
 
 _LIST = re.compile(r"\[([^\[\]]*)\]")
