@@ -1,0 +1,158 @@
+"""Bad input ends in one SaeInterpError whose message names the fix (saes.py, settings.py, subject.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from sae_interp_tasks import settings
+from sae_interp_tasks.errors import SaeInterpError, closest, unknown
+from sae_interp_tasks.saes import SAESource, load_sae
+
+
+# --- SAEs by release -------------------------------------------------------------------------------
+def test_unknown_release_lists_close_names():
+    with pytest.raises(SaeInterpError, match="unknown release 'gpt2-small-res-jbb'") as err:
+        load_sae(SAESource(release="gpt2-small-res-jbb", sae_id="blocks.8.hook_resid_pre"))
+    message = str(err.value)
+    assert "closest: gpt2-small-res-jb," in message  # the intended release comes first
+    assert "path=DIR" in message
+
+
+def test_unknown_sae_id_of_a_known_release():
+    with pytest.raises(SaeInterpError, match="sae_id") as err:
+        load_sae(SAESource(release="gpt2-small-res-jb", sae_id="blocks.8.hook_resid_prex"))
+    assert "closest: blocks.8.hook_resid_pre," in str(err.value)
+
+
+def test_release_without_sae_id():
+    with pytest.raises(SaeInterpError, match="needs sae_id=...; e.g. blocks.0.hook_resid_pre"):
+        load_sae(SAESource(release="gpt2-small-res-jb"))
+
+
+def test_release_that_cannot_be_fetched_is_a_user_error():
+    """BUG: a known release/sae_id that cannot be downloaded (offline, no hub access, gated) and a hub
+    repo id that does not exist both surface as huggingface_hub tracebacks, not as one line naming the fix."""
+    with pytest.raises(SaeInterpError, match="gpt2-small-res-jb"):
+        load_sae(SAESource(release="gpt2-small-res-jb", sae_id="blocks.8.hook_resid_pre"))
+    with pytest.raises(SaeInterpError, match="no-such-org/no-such-repo"):
+        load_sae(SAESource(release="no-such-org/no-such-repo", sae_id="sae"))
+
+
+# --- SAEs on disk ----------------------------------------------------------------------------------
+def copy_sae(planted_sae, tmp_path, name="sae"):
+    out = tmp_path / name
+    shutil.copytree(planted_sae.path, out)
+    return out
+
+
+def test_missing_path():
+    with pytest.raises(SaeInterpError, match="is not a folder"):
+        load_sae(SAESource(path="/no/such/sae/folder"))
+
+
+@pytest.mark.parametrize("missing", ["cfg.json", "sae_weights.safetensors"])
+def test_folder_without_sae_files(planted_sae, tmp_path, missing):
+    folder = copy_sae(planted_sae, tmp_path)
+    (folder / missing).unlink()
+    with pytest.raises(SaeInterpError, match=f"has no {missing}.*save_model"):
+        load_sae(SAESource(path=str(folder)))
+
+
+@pytest.mark.parametrize("edit", ["not json", "empty", "no d_sae", "unknown architecture"])
+def test_malformed_cfg_json(planted_sae, tmp_path, edit):
+    folder = copy_sae(planted_sae, tmp_path)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    if edit == "not json":
+        text = "{d_in: 128,"
+    elif edit == "empty":
+        text = "{}"
+    elif edit == "no d_sae":
+        del cfg["d_sae"]
+        text = json.dumps(cfg)
+    else:
+        cfg["architecture"] = "sparse-magic"
+        text = json.dumps(cfg)
+    (folder / "cfg.json").write_text(text)
+    with pytest.raises(SaeInterpError, match="malformed SAE.*re-save it"):
+        load_sae(SAESource(path=str(folder)))
+
+
+def test_weights_file_that_is_not_safetensors(planted_sae, tmp_path):
+    """BUG: a weights file that is a git-lfs pointer (a clone without git-lfs) or truncated raises
+    safetensors' SafetensorError, which _load_from_disk does not turn into a SaeInterpError."""
+    folder = copy_sae(planted_sae, tmp_path)
+    (folder / "sae_weights.safetensors").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 4096\n")
+    with pytest.raises(SaeInterpError, match="malformed SAE"):
+        load_sae(SAESource(path=str(folder)))
+
+
+def test_sae_without_hook_in_its_metadata(planted_sae, tmp_path):
+    folder = copy_sae(planted_sae, tmp_path)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    del cfg["metadata"]["hook_name"]
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(SaeInterpError, match="names no hook_name/model_name"):
+        load_sae(SAESource(path=str(folder)))
+
+
+# --- the subject model -----------------------------------------------------------------------------
+def test_unknown_dtype(tiny_model_dir):
+    from sae_interp_tasks.subject import load_subject
+
+    with pytest.raises(SaeInterpError, match="unknown dtype 'float8' .closest: float32"):
+        load_subject(str(tiny_model_dir), dtype="float8")
+
+
+def test_subject_that_cannot_be_loaded():
+    from sae_interp_tasks.subject import load_subject
+
+    with pytest.raises(SaeInterpError, match="cannot load subject model 'gpt2'.*model=<local HF folder>"):
+        load_subject("gpt2")  # offline: the hub is unreachable
+
+
+# --- task settings (--metadata) --------------------------------------------------------------------
+def test_unknown_metadata_key_lists_valid_keys():
+    with pytest.raises(SaeInterpError) as err:
+        settings.settings_for("core", {"corpus": "stdlib", "n_tokenz": 2048})
+    message = str(err.value)
+    assert message.startswith("unknown --metadata key 'n_tokenz'; did you mean n_tokens")
+    for key in ("n_tokens", "context_size", "chunk_contexts", "corpus", "text_field"):
+        assert key in message.split("valid keys:")[1]
+    assert "release" not in message.split("valid keys:")[1]  # model_args are not --metadata keys
+
+
+def test_settings_are_typed_and_coerced():
+    got = settings.settings_for("core", {"n_tokens": "4096", "context_size": 64.0, "corpus": "/data/x.txt",
+                                         "version": 1.0, "seed": 0})
+    core = got["CoreSettings"]
+    assert core.n_tokens == 4096 and isinstance(core.n_tokens, int) and core.context_size == 64
+    assert core.seed == 0  # a zero seed is allowed
+    assert got["CorpusSettings"].spec(None).source == "/data/x.txt"
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("n_tokens", 0, "n_tokens must be positive, got 0"),
+    ("chunk_contexts", -2, "chunk_contexts must be positive"),
+    ("context_size", 0, "context_size must be positive"),
+    ("n_tokens", "many", "n_tokens='many' should be a int"),
+])
+def test_bad_setting_values(key, value, match):
+    with pytest.raises(SaeInterpError, match=match):
+        settings.settings_for("core", {key: value})
+
+
+def test_corpus_sae_uses_the_sae_training_set():
+    corpus = settings.CorpusSettings(corpus="sae")
+    assert corpus.spec("monology/pile-uncopyrighted").source == "hf:monology/pile-uncopyrighted"
+    assert corpus.spec(None).source == "stdlib"
+    assert corpus.spec("/data/local").source == "/data/local"
+
+
+def test_closest_and_unknown():
+    assert closest("gpt2-small-res-jbb", ["gpt2-small-res-jb", "pythia-70m", "gemma-scope"])[0] == "gpt2-small-res-jb"
+    assert "valid: a, b" in str(unknown("thing", "zzz", ["b", "a"]))
+    assert "100 valid names, none close" in str(unknown("thing", "zzz", [f"n{i:03d}" for i in range(100)]))
