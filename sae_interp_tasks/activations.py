@@ -198,8 +198,12 @@ def _keep(key, ids, toks, acts, new_key, new_ids, new_toks, new_acts, largest: b
     """
     n_lat, k = key.shape
     all_key = torch.cat([key, new_key], dim=1)
-    sel = torch.topk(all_key, k, dim=1, largest=largest).indices  # [L, k]
     all_ids = torch.cat([ids, new_ids.expand(n_lat, -1)], dim=1)
+    # equal keys (common: bf16, token-level latents) go to the earlier window, so what is kept
+    # does not depend on the batch layout; topk's choice among ties does
+    by_id = torch.argsort(torch.where(all_ids < 0, torch.iinfo(all_ids.dtype).max, all_ids), dim=1, stable=True)
+    ranked = torch.sort(all_key.gather(1, by_id), dim=1, descending=largest, stable=True).indices[:, :k]
+    sel = by_id.gather(1, ranked)  # [L, k]
     all_toks = torch.cat([toks, new_toks.expand(n_lat, -1, -1)], dim=1)
     all_acts = torch.cat([acts, new_acts], dim=1)
     w = toks.shape[2]

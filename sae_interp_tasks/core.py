@@ -4,9 +4,10 @@ Per corpus chunk (one doc) we collect sufficient statistics; the suite-level num
 computed from their sums, so explained variance is about the corpus mean (not about zero,
 the bug sae_lens fixed in its issue #659) and CE loss recovered is a ratio of total losses:
     (CE_zero_ablation - CE_spliced) / (CE_zero_ablation - CE_clean).
-BOS positions are left out of the activation statistics (as sae_lens's run_evals leaves out
-special tokens); CE losses cover every predicted token, with the SAE spliced in at every
-position, as sae_lens does.
+Special-token positions (BOS, EOS separators, PAD: sae_lens's `get_special_token_ids`) are
+handled as sae_lens's `run_evals` does by default, so the numbers compare with published ones:
+they are left out of the activation statistics, the SAE is not spliced in there, and losses
+predicted from them are dropped. Zero ablation covers every position.
 """
 
 from __future__ import annotations
@@ -36,13 +37,23 @@ class CoreStats:
                 f"ce_spliced={self.ce_spliced:.4f}, ce_zero={self.ce_zero:.4f})")
 
 
-def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> float:
-    return float(F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten()))
+def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor) -> float:
+    """Mean next-token loss over the positions `keep` [B, T] marks (the prediction's source position)."""
+    losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none")
+    return float(losses[keep[:, :-1].flatten()].mean())
+
+
+def special_ids(tokenizer) -> list[int]:
+    from sae_lens.util import get_special_token_ids
+
+    return get_special_token_ids(tokenizer)
 
 
 @torch.no_grad()
-def chunk_stats(model, sae, hook_name: str, tokens: torch.Tensor, skip_first: bool) -> CoreStats:
+def chunk_stats(model, sae, hook_name: str, tokens: torch.Tensor, special: list[int] | None = None) -> CoreStats:
     """Statistics of one chunk of contexts (tokens [B, T]) with three full forwards."""
+    special = special_ids(model.tokenizer) if special is None else special
+    keep = ~torch.isin(tokens, torch.tensor(special, dtype=tokens.dtype, device=tokens.device))
     captured = {}
 
     def capture(x, hook):
@@ -50,7 +61,8 @@ def chunk_stats(model, sae, hook_name: str, tokens: torch.Tensor, skip_first: bo
         return x
 
     def splice(x, hook):
-        return sae.decode(sae.encode(x.to(sae.W_dec.dtype))).to(x.dtype)
+        recon = sae.decode(sae.encode(x.to(sae.W_dec.dtype))).to(x.dtype)
+        return torch.where(keep[..., None], recon, x)
 
     def zero(x, hook):
         return torch.zeros_like(x)
@@ -59,10 +71,7 @@ def chunk_stats(model, sae, hook_name: str, tokens: torch.Tensor, skip_first: bo
     spliced = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, splice)])
     zeroed = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, zero)])
 
-    x = captured["x"].to(sae.W_dec.dtype)
-    if skip_first:
-        x = x[:, 1:]
-    x = x.reshape(-1, x.shape[-1])
+    x = captured["x"].to(sae.W_dec.dtype)[keep]
     acts = sae.encode(x)
     recon = sae.decode(acts)
     return CoreStats(
@@ -72,9 +81,9 @@ def chunk_stats(model, sae, hook_name: str, tokens: torch.Tensor, skip_first: bo
         x_sum=x.sum(0).double().cpu().numpy(),
         x_sq_sum=float((x.double() ** 2).sum()),
         firing=(acts > 0).sum(0).cpu().numpy().astype(np.int64),
-        ce_clean=_next_token_ce(clean, tokens),
-        ce_spliced=_next_token_ce(spliced, tokens),
-        ce_zero=_next_token_ce(zeroed, tokens),
+        ce_clean=_next_token_ce(clean, tokens, keep),
+        ce_spliced=_next_token_ce(spliced, tokens, keep),
+        ce_zero=_next_token_ce(zeroed, tokens, keep),
     )
 
 

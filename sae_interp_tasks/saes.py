@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from sae_interp_tasks.errors import SaeInterpError, unknown
 
@@ -80,7 +81,7 @@ def _load_from_disk(path: str, device: str, dtype: str):
     try:
         json.loads((folder / "cfg.json").read_text())
         return SAE.load_from_disk(str(folder), device=device, dtype=dtype)
-    except (ValueError, KeyError, TypeError, OSError) as err:
+    except (ValueError, KeyError, TypeError, OSError, SafetensorError) as err:
         raise SaeInterpError(f"path={path!r} holds a malformed SAE ({type(err).__name__}: {str(err)[:200]}); "
                              "re-save it with sae_lens's SAE.save_model") from err
 
@@ -91,7 +92,11 @@ def load_sae(source: SAESource, device: str = "cpu", dtype: str = "float32"):
 
     if source.release:
         validate_release(source.release, source.sae_id)
-        sae = SAE.from_pretrained(source.release, source.sae_id, device=device, dtype=dtype)
+        try:
+            sae = SAE.from_pretrained(source.release, source.sae_id, device=device, dtype=dtype)
+        except (OSError, ValueError) as err:  # huggingface_hub: not found, offline, gated (all OSError)
+            raise SaeInterpError(f"cannot load SAE {source.label}: {str(err).splitlines()[0][:300]} "
+                                 "(check release/sae_id, your hub access, or pass path=DIR)") from err
     else:
         sae = _load_from_disk(source.path or str(DEMO_SAE_DIR), device, dtype)
     if source.control:

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -87,8 +88,12 @@ def hooked_from_hf_dir(path: str | Path, device: str, dtype: torch.dtype, model_
     path = str(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    cfg = loading.get_pretrained_model_config(
-        path, hf_cfg=hf_model.config.to_dict(), device=device, dtype=dtype, **kwargs)
+    # TransformerLens takes the architecture from a name containing "llama" or "gemma" and then fails
+    # on a local folder (it never loads that folder's config): show it the config under a neutral name
+    with tempfile.TemporaryDirectory(prefix="sae-interp-cfg-") as neutral:
+        shutil.copy(Path(path) / "config.json", neutral)
+        cfg = loading.get_pretrained_model_config(
+            neutral, hf_cfg=hf_model.config.to_dict(), device=device, dtype=dtype, **kwargs)
     state_dict = loading.get_pretrained_state_dict(path, cfg, hf_model, dtype=dtype)
     model = HookedTransformer(cfg, tokenizer, move_to_device=False)
     model.load_and_process_state_dict(
@@ -131,8 +136,9 @@ def hook_layer(hook_name: str) -> int | None:
 def check_hook(model, hook_name: str) -> None:
     if hook_name not in model.hook_dict:
         raise unknown("hook name", hook_name, model.hook_dict,
-                      fix=f"the subject model {model.cfg.model_name} has {model.cfg.n_layers} layers; "
-                          "pick a hook it has (model_args hook_name=...)")
+                      fix=f"the SAE's metadata names it, but the subject model {model.cfg.model_name} has "
+                          f"{model.cfg.n_layers} layers; pass model=<the model the SAE was trained on>, or re-save "
+                          "the SAE with cfg.metadata.hook_name set to a hook of this model")
 
 
 def stop_layer(hook_name: str) -> int | None:

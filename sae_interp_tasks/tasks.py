@@ -8,6 +8,7 @@ requests together. This module only wires: the work lives in the stage modules.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from lm_eval.api.instance import Instance
 from lm_eval.api.metrics import mean, nanmean
-from lm_eval.api.task import Task
+from lm_eval.api.task import Task, TaskConfig
 from tqdm.auto import tqdm
 
 from sae_interp_tasks import core, pipeline, selfexplain_task  # noqa: F401  (they register their settings)
@@ -44,6 +45,10 @@ class SAETask(Task):
         self.settings = settings_for(self.KIND, self._metadata)  # bad keys/values fail here, before any work
         self._seed = DEFAULT_SEED
         super().__init__(config=config)
+        # Task.__init__ wraps the dict as TaskConfig({...}) (all of it in `task`, metadata lost);
+        # a field-by-field TaskConfig puts the settings used into the results file
+        known = {f.name for f in dataclasses.fields(TaskConfig)}
+        self._config = TaskConfig(**{k: v for k, v in config.items() if k in known})
         if isinstance(self._metadata.get("version"), (int, float)):
             self.VERSION = self._metadata["version"]
 
@@ -155,8 +160,7 @@ def serve_core(backend, payloads: list[dict]) -> list[dict]:
                 stats[chunk] = torch.load(path, weights_only=False)
             else:
                 tokens = torch.stack(batch).to(backend.device)
-                stats[chunk] = core.chunk_stats(backend.model, backend.sae, backend.info.hook_name, tokens,
-                                                skip_first=backend.info.prepend_bos)
+                stats[chunk] = core.chunk_stats(backend.model, backend.sae, backend.info.hook_name, tokens)
                 tmp = path.with_suffix(".tmp")
                 torch.save(stats[chunk], tmp)
                 tmp.replace(path)

@@ -93,7 +93,7 @@ def test_sae_core_numbers_match_an_in_process_computation(run, tiny_model, loade
     contexts = torch.stack(list(token_contexts(CorpusSpec(source=str(corpus_file)), tokenizer,
                                                LIMIT * per_chunk * CORE_META["context_size"],
                                                CORE_META["context_size"], True, seed)))
-    stats = [core.chunk_stats(tiny_model, sae, HOOK, contexts[i * per_chunk:(i + 1) * per_chunk], skip_first=True)
+    stats = [core.chunk_stats(tiny_model, sae, HOOK, contexts[i * per_chunk:(i + 1) * per_chunk])
              for i in range(LIMIT)]
     got = results["results"]["sae_core"]
     assert got["l0,none"] == pytest.approx(np.mean([s.l0_sum / s.n_tokens for s in stats]), rel=1e-6)

@@ -77,7 +77,7 @@ def test_exact_sae_recovers_everything(tiny_model, exact_sae_dir, eval_tokens):
     from sae_interp_tasks.saes import SAESource, load_sae
 
     sae, _ = load_sae(SAESource(path=str(exact_sae_dir)))
-    s = core.chunk_stats(tiny_model, sae, HOOK, eval_tokens, skip_first=True)
+    s = core.chunk_stats(tiny_model, sae, HOOK, eval_tokens)
     assert s.n_tokens == eval_tokens[:, 1:].numel()
     assert s.sq_err_sum == pytest.approx(0.0, abs=1e-8)
     assert core.explained_variance([s]) == pytest.approx(1.0)
@@ -87,7 +87,7 @@ def test_exact_sae_recovers_everything(tiny_model, exact_sae_dir, eval_tokens):
 
 def test_planted_sae_counts(tiny_model, loaded_planted, planted_sae, eval_tokens):
     sae, _ = loaded_planted
-    s = core.chunk_stats(tiny_model, sae, HOOK, eval_tokens, skip_first=True)
+    s = core.chunk_stats(tiny_model, sae, HOOK, eval_tokens)
     body = eval_tokens[:, 1:]
     for latent, tok in planted_sae.latent_tokens.items():
         assert s.firing[latent] == int((body == tok).sum())
@@ -128,24 +128,19 @@ def test_agrees_with_sae_lens_run_evals(tiny_model, loaded_planted, eval_tokens)
     ~1e-2 between losses of ~10.8 on this random model, which amplifies float32 noise ~1000x (seen: 5e-5).
 
     Conventions (sae_lens 6.54, evals.py):
-    - sparsity/variance: sae_lens (exclude_special_tokens=True, its default) drops every position holding
-      a special token (BOS, EOS, PAD: get_special_token_ids); sae_core drops position 0 (BOS) only. The
-      tokens here hold no special token after BOS, so both see the same 8 x 63 positions. On corpus
-      contexts, where documents are separated by EOS, sae_lens also drops the separators; sae_core does not.
+    - sparsity/variance: both drop every position holding a special token (BOS, EOS, PAD:
+      sae_lens's get_special_token_ids), sae_lens's default exclude_special_tokens=True.
     - explained_variance: both about the mean, pooled over all tokens (sae_lens's ExplainedVarianceCalculator;
       its `explained_variance_legacy` is the old per-batch formula and is not comparable).
     - mse: both are the per-token squared error summed over d_in, averaged over tokens.
-    - CE losses: sae_core splices the SAE at every position (BOS included) and averages the loss over
-      every predicted token. sae_lens with exclude_special_tokens=True keeps the original activation at
-      special-token positions and drops the losses predicted from them, so its ce_loss_* match ours only
-      with exclude_special_tokens=False, which the second run_evals below uses. The difference is not
-      small: on this model sae_lens's default ce_loss_score is 0.78 where ours (and sae_lens without the
-      exclusion) is -0.17.
+    - CE losses: both keep the original activation at special-token positions and drop the losses
+      predicted from them (sae_lens's default). It matters: on this model splicing at BOS too gives a
+      ce_loss_score of -0.17 instead of 0.78.
     - ce_loss_recovered = sae_lens's ce_loss_score: (ablation - with_sae) / (ablation - without_sae),
       zero ablation at the hook at every position in both.
     """
     sae, info = loaded_planted
-    ours = core.chunk_stats(tiny_model, sae, HOOK, eval_tokens, skip_first=info.prepend_bos)
+    ours = core.chunk_stats(tiny_model, sae, HOOK, eval_tokens)
     n = ours.n_tokens
 
     sparse, features = sae_lens_metrics(tiny_model, sae, eval_tokens, exclude_special_tokens=True,
@@ -157,7 +152,7 @@ def test_agrees_with_sae_lens_run_evals(tiny_model, loaded_planted, eval_tokens)
                                                             rel=1e-5, abs=1e-6)
     np.testing.assert_allclose(core.firing_frequency([ours]), features["feature_density"], rtol=1e-6)
 
-    ce, _ = sae_lens_metrics(tiny_model, sae, eval_tokens, exclude_special_tokens=False, compute_ce_loss=True)
+    ce, _ = sae_lens_metrics(tiny_model, sae, eval_tokens, exclude_special_tokens=True, compute_ce_loss=True)
     ce = ce["model_performance_preservation"]
     assert ours.ce_clean == pytest.approx(ce["ce_loss_without_sae"], rel=1e-5)
     assert ours.ce_spliced == pytest.approx(ce["ce_loss_with_sae"], rel=1e-5)
