@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import typing
 from dataclasses import dataclass, fields
 
@@ -16,6 +17,8 @@ from sae_interp_tasks.activations import PassConfig
 from sae_interp_tasks.corpus import CorpusSpec
 from sae_interp_tasks.errors import SaeInterpError, closest
 from sae_interp_tasks.examples import ExampleConfig
+
+log = logging.getLogger(__name__)
 
 # keys lm-eval itself puts into a task's metadata, and the backend's --model_args
 HARNESS_KEYS = {"version", "config_source", "_metadata", "pretrained"}
@@ -25,7 +28,7 @@ MODEL_ARG_KEYS = {"release", "sae_id", "path", "model", "device", "dtype", "batc
 
 @dataclass(frozen=True)
 class CorpusSettings:
-    corpus: str = "stdlib"  # stdlib | hf:<dataset> | <local path> | sae (the SAE's training set)
+    corpus: str = "sae"  # sae (the SAE's training set) | stdlib | hf:<dataset> | <local path>
     corpus_name: str | None = None
     corpus_split: str = "train"
     text_field: str = "text"
@@ -33,10 +36,14 @@ class CorpusSettings:
     def spec(self, sae_dataset: str | None) -> CorpusSpec:
         source = self.corpus
         if source == "sae":
-            if not sae_dataset or sae_dataset == "stdlib":
+            if not sae_dataset:
+                log.warning("the SAE's metadata names no dataset_path; using the offline stdlib corpus "
+                            "(set corpus=hf:<dataset> to choose one)")
                 source = "stdlib"
+            elif sae_dataset == "stdlib" or sae_dataset.startswith(("hf:", "/", ".")):
+                source = sae_dataset
             else:
-                source = sae_dataset if sae_dataset.startswith(("hf:", "/", ".")) else f"hf:{sae_dataset}"
+                source = f"hf:{sae_dataset}"
         return CorpusSpec(source=source, name=self.corpus_name, split=self.corpus_split, text_field=self.text_field)
 
 
