@@ -18,6 +18,7 @@ import torch
 from lm_eval.api.instance import Instance
 from lm_eval.api.metrics import mean, nanmean
 from lm_eval.api.task import Task, TaskConfig
+from lm_eval.filters import build_filter_ensemble
 from tqdm.auto import tqdm
 
 from sae_interp_tasks import core, pipeline, selfexplain_task  # noqa: F401  (they register their settings)
@@ -44,11 +45,16 @@ class SAETask(Task):
         self._metadata = dict(config.get("metadata") or {})
         self.settings = settings_for(self.KIND, self._metadata)  # bad keys/values fail here, before any work
         self._seed = DEFAULT_SEED
-        super().__init__(config=config)
-        # Task.__init__ wraps the dict as TaskConfig({...}) (all of it in `task`, metadata lost);
-        # a field-by-field TaskConfig puts the settings used into the results file
+        # Task.__init__ would wrap the whole dict as TaskConfig({...}) (all of it in `task`, the
+        # metadata lost from the results file, a generate_until default warned about); build the
+        # config field by field instead, with our own output type
         known = {f.name for f in dataclasses.fields(TaskConfig)}
-        self._config = TaskConfig(**{k: v for k, v in config.items() if k in known})
+        fields = {k: v for k, v in config.items() if k in known}
+        fields["output_type"] = "interpret"  # the backend's request type
+        self._config = TaskConfig(**fields)
+        self._training_docs = self._fewshot_docs = self._instances = None
+        self._filters = [build_filter_ensemble("none", [["take_first", None]])]
+        self.fewshot_rnd = None
         if isinstance(self._metadata.get("version"), (int, float)):
             self.VERSION = self._metadata["version"]
 
