@@ -64,7 +64,8 @@ def select_latents(backend, corpus, pass_cfg, selection: LatentSelection, ex_cfg
     """The first n_slots live latents of a seeded order of all latents (or exactly the named ones)."""
     order = candidate_order(backend.info.d_sae, selection, seed)
     explicit = selection.latents is not None
-    size = len(order) if explicit else min(len(order), max(2 * n_slots, n_slots + 32))
+    # a pool of at least 128 candidates: runs asking for up to 64 latents share one cached pass
+    size = len(order) if explicit else min(len(order), max(2 * n_slots, 128))
     while True:
         pool = order[:size]
         state = activations.run_activation_pass(backend.model, backend.sae, backend.info, corpus, pass_cfg,

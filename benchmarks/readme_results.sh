@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Produces every number README.md reports for the embedded default, in order. Each lm_eval run
+# writes its results JSON and samples under benchmarks/results/runs/<name>/ and its printed
+# table to benchmarks/results/<name>.txt. Usage: bash benchmarks/readme_results.sh [step ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+OUT=benchmarks/results; mkdir -p "$OUT/runs"
+LM=.venv/bin/lm_eval
+
+run() {  # name, model_args, tasks, metadata
+  local name=$1 margs=$2 tasks=$3 meta=$4
+  echo "== $name: lm_eval --model sae ${margs:+--model_args $margs} --tasks $tasks --metadata '$meta'"
+  $LM --model sae ${margs:+--model_args "$margs"} --tasks "$tasks" --batch_size 8 --metadata "$meta" \
+      --log_samples --output_path "$OUT/runs/$name" 2>"$OUT/$name.log" | tee "$OUT/$name.txt"
+}
+
+steps=${*:-core embedding interp selfexplain bench}
+for step in $steps; do
+  case $step in
+    core)
+      run core_demo "" sae_core '{}'
+      run core_random "control=random" sae_core '{}' ;;
+    embedding)  # 64 latents: enough for a confidence interval on the embedding AUROC
+      run embedding_demo "" sae_embedding '{"n_latents": 64}'
+      run embedding_random "control=random" sae_embedding '{"n_latents": 64}' ;;
+    interp)  # the LLM scorer on CPU is slow: 16 latents
+      run interp_demo "" sae_interp '{"n_latents": 16}'
+      run interp_random "control=random" sae_interp '{"n_latents": 16}' ;;
+    selfexplain)
+      run selfexplain_demo "" sae_selfexplain '{"n_latents": 16, "n_scales": 8}'
+      run selfexplain_random "control=random" sae_selfexplain '{"n_latents": 16, "n_scales": 8}' ;;
+    bench)
+      .venv/bin/python benchmarks/activation_pass.py --n-tokens 32768 | tee "$OUT/activation_pass.txt"
+      .venv/bin/python benchmarks/selfexplain.py --latents 8 --scales 16 --naive-latents 2 | tee "$OUT/selfexplain.txt"
+      .venv/bin/python benchmarks/detection_scoring.py --latents 4 | tee "$OUT/detection_scoring.txt" ;;
+    *) echo "unknown step $step (core embedding interp selfexplain bench)"; exit 2 ;;
+  esac
+done
