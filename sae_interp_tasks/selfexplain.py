@@ -215,7 +215,7 @@ def sweep(model, prompt: PromptIds, directions: torch.Tensor, latents: list[int]
         next_logits = logits[:, -1].repeat_interleave(n_samples, dim=0)
         out = torch.zeros(b * n_samples, 0, dtype=torch.long, device=device)
         done = torch.zeros(b * n_samples, dtype=torch.bool, device=device)
-        for _ in range(cfg.max_new_tokens):
+        for step in range(cfg.max_new_tokens):
             if cfg.temperature <= 0:
                 nxt = next_logits.argmax(-1)
             else:
@@ -223,7 +223,7 @@ def sweep(model, prompt: PromptIds, directions: torch.Tensor, latents: list[int]
                 nxt = torch.multinomial(probs, 1, generator=gen)[:, 0].to(device)
             out = torch.cat([out, nxt[:, None]], dim=1)
             done |= torch.isin(nxt, torch.tensor(sorted(eos), device=device))
-            if bool(done.all()):
+            if bool(done.all()) or step == cfg.max_new_tokens - 1:
                 break
             next_logits = model(nxt[:, None], past_kv_cache=cache)[:, -1]
         for i, (r, s) in enumerate(chunk):

@@ -144,7 +144,7 @@ def compute(backend, s: dict, expl_key: str, selection, splits, explanations, se
     auto_text = {lat: explanations[lat].text for lat in latents}
 
     emb_cfg: EmbeddingConfig = s["EmbeddingConfig"]
-    embedder = _memo(backend, f"embedder:{emb_cfg.embedding_model}", lambda: load_embedder(emb_cfg.embedding_model, backend.device))
+    embedder = _memo(backend, _key("embedder", emb_cfg), lambda: load_embedder(emb_cfg.embedding_model, backend.device))
     e_self = embed(embedder, [self_text[lat] for lat in latents], emb_cfg.embedding_batch_size)
     e_auto = embed(embedder, [auto_text[lat] for lat in latents], emb_cfg.embedding_batch_size)
     sim = e_self @ e_auto.T

@@ -108,13 +108,16 @@ def _coerce(cls, name: str, value):
         raise SaeInterpError(f"setting {name}={value!r} should be a {target.__name__}") from err
 
 
+ZERO_OK = {"seed", "patch_layer", "probe_layer"}  # int settings where 0 is meaningful
+
+
 def build(cls, metadata: dict):
     """An instance of a settings dataclass from the flat metadata (unknown keys checked elsewhere)."""
     kwargs = {f.name: _coerce(cls, f.name, metadata[f.name]) for f in fields(cls) if f.name in metadata}
     obj = cls(**kwargs)
     for f in fields(cls):
         value = getattr(obj, f.name)
-        if isinstance(value, int) and not isinstance(value, bool) and value <= 0 and f.name not in ("seed",):
+        if isinstance(value, int) and not isinstance(value, bool) and value <= 0 and f.name not in ZERO_OK:
             raise SaeInterpError(f"{f.name} must be positive, got {value}")
     return obj
 
@@ -126,7 +129,10 @@ def settings_for(kind: str, metadata: dict) -> dict:
 
 
 def pass_config(settings: "PassSettings", seed: int, batch_size: int) -> PassConfig:
-    return PassConfig(**dataclasses.asdict(settings), seed=seed, batch_size=batch_size)
+    """The pass runs max(--batch_size, pass_batch_size) contexts a forward: lm-eval's default
+    --batch_size of 1 would otherwise make it several times slower."""
+    fields = {k: v for k, v in dataclasses.asdict(settings).items() if k != "pass_batch_size"}
+    return PassConfig(**fields, seed=seed, batch_size=max(batch_size, settings.pass_batch_size))
 
 
 @dataclass(frozen=True)
@@ -139,3 +145,4 @@ class PassSettings:
     n_top: int = 40
     n_sample: int = 200
     n_random: int = 2_000
+    pass_batch_size: int = 8  # at least this many contexts per forward in the activation pass

@@ -126,6 +126,8 @@ def _digit_probabilities(completion: Completion, n: int) -> list[float] | None:
         if not alternatives:
             continue
         chosen = max(alternatives, key=alternatives.get).strip()
+        if "]" in chosen:  # the list has ended: digits after it are prose, not answers
+            break
         if chosen not in ("0", "1"):
             continue
         p = {"0": 0.0, "1": 0.0}
