@@ -17,7 +17,7 @@ run() {  # name, model_args, tasks, metadata
 
 steps=${*:-core embedding interp bench}
 # Sized for a 2-core CPU: 131k tokens a pass; 32 latents for the embedding interval; the LLM-scored
-# tasks (detection, fuzzing, self-explanation) on the first 8 of those latents (--limit 8). The
+# tasks (detection, fuzzing, self-explanation) on the first 4 of those latents (--limit 4). The
 # runs of one SAE share its cached activation pass and explanations.
 META_E='{"n_tokens": 131072, "n_latents": 32}'
 META_I='{"n_tokens": 131072, "n_latents": 32, "n_scales": 8}'
@@ -28,13 +28,15 @@ for step in $steps; do
     embedding)
       run embedding_demo "" sae_embedding "$META_E"
       run embedding_random "control=random" sae_embedding "$META_E" ;;
+    embedding_random_only)
+      run embedding_random "control=random" sae_embedding "$META_E" ;;
     interp)
-      LIMIT="--limit 8" run interp_demo "" sae_interp,sae_selfexplain "$META_I"
-      LIMIT="--limit 8" run interp_random "control=random" sae_interp,sae_selfexplain "$META_I" ;;
+      LIMIT="--limit 4" run interp_demo "" sae_interp,sae_selfexplain "$META_I"
+      LIMIT="--limit 4" run interp_random "control=random" sae_interp,sae_selfexplain "$META_I" ;;
     bench)
-      .venv/bin/python benchmarks/activation_pass.py --n-tokens 32768 | tee "$OUT/activation_pass.txt"
-      .venv/bin/python benchmarks/selfexplain.py --latents 8 --scales 16 --naive-latents 2 | tee "$OUT/selfexplain.txt"
-      .venv/bin/python benchmarks/detection_scoring.py --latents 4 | tee "$OUT/detection_scoring.txt" ;;
+      .venv/bin/python benchmarks/activation_pass.py --n-tokens 16384 | tee "$OUT/activation_pass.txt"
+      .venv/bin/python benchmarks/selfexplain.py --latents 8 --scales 8 --naive-latents 1 | tee "$OUT/selfexplain.txt"
+      .venv/bin/python benchmarks/detection_scoring.py --latents 2 | tee "$OUT/detection_scoring.txt" ;;
     *) echo "unknown step $step (core embedding interp bench)"; exit 2 ;;
   esac
 done
