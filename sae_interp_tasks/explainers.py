@@ -64,16 +64,15 @@ def explainer_prompt(train: list[Example], decode: Decode, threshold: float, max
                   prefill="Explanation:")
 
 
-_LEAD = re.compile(r"^\s*(explanation\s*:)?\s*", re.IGNORECASE)
-
-
 def parse_explanation(text: str | None) -> str | None:
-    """The explanation line of an answer, without the 'Explanation:' lead and quotes; None if empty."""
+    """The explanation in an answer: the text after an 'Explanation:' lead (on its line or the
+    next), else the first non-empty line; quotes stripped, at most 30 words; None if empty."""
     if not text:
         return None
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    chosen = next((ln for ln in lines if ln.lower().lstrip().startswith("explanation")), lines[0] if lines else "")
-    cleaned = _LEAD.sub("", chosen).strip().strip("\"'` ")
+    match = re.search(r"explanation\s*:", text, re.IGNORECASE)
+    body = text[match.end():] if match else text
+    line = next((ln.strip() for ln in body.splitlines() if ln.strip()), "")
+    cleaned = line.strip("\"'` ")
     words = cleaned.split()
     return " ".join(words[:30]) or None
 

@@ -509,3 +509,13 @@ def test_a_rerun_on_the_same_cache_calls_no_model(planted_sae, tiny_model_dir, c
     assert len(client.cache) == n_answers
     assert [str(r) for r in second] == [str(r) for r in first]
 
+
+
+def test_explanation_on_the_line_after_its_lead_is_kept():
+    """Regression: SmolLM2 answers 'Explanation:\\nThe feature ...' (lead alone on its line)."""
+    from sae_interp_tasks.explainers import parse_explanation
+
+    assert parse_explanation("Explanation:\nThe feature detects method names.\n\nThe feature also") == \
+        "The feature detects method names."
+    assert parse_explanation("Explanation: the word cat") == "the word cat"
+    assert parse_explanation("Explanation:") is None
