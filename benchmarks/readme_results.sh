@@ -15,7 +15,7 @@ run() {  # name, model_args, tasks, metadata
       --log_samples --output_path "$OUT/runs/$name" 2>"$OUT/$name.log" | tee "$OUT/$name.txt"
 }
 
-steps=${*:-core embedding interp bench}
+steps=${*:-core embedding interp agreement bench}
 # Sized for a 2-core CPU: 131k tokens a pass; 32 latents for the embedding interval; the LLM-scored
 # tasks (detection, fuzzing, self-explanation) on the first 4 of those latents (--limit 4). The
 # runs of one SAE share its cached activation pass and explanations.
@@ -33,6 +33,9 @@ for step in $steps; do
     interp)
       LIMIT="--limit 4" run interp_demo "" sae_interp,sae_selfexplain "$META_I"
       LIMIT="--limit 4" run interp_random "control=random" sae_interp,sae_selfexplain "$META_I" ;;
+    agreement)  # self-explanation agreement without LLM scoring: sweeps + embeddings on cached explanations
+      LIMIT="--limit 8" run selfexplain_demo "" sae_selfexplain '{"n_tokens": 131072, "n_latents": 32, "n_scales": 8, "selfexplain_detection": false}'
+      LIMIT="--limit 8" run selfexplain_random "control=random" sae_selfexplain '{"n_tokens": 131072, "n_latents": 32, "n_scales": 8, "selfexplain_detection": false}' ;;
     bench)
       .venv/bin/python benchmarks/activation_pass.py --n-tokens 16384 | tee "$OUT/activation_pass.txt"
       .venv/bin/python benchmarks/selfexplain.py --latents 8 --scales 8 --naive-latents 1 | tee "$OUT/selfexplain.txt"
