@@ -110,8 +110,12 @@ def make_training_sae(d_in: int, l1_coefficient: float, l1_warm_up_steps: int, s
 
 def train_sae(acts: torch.Tensor, *, seed: int, l1_coefficient: float, lr: float, epochs: float,
               batch_size: int, l1_warm_up_frac: float = 0.05, lr_warm_up_steps: int = 100,
-              lr_decay_frac: float = 0.2):
-    """Train a StandardTrainingSAE on `acts` ([n, d_in], already scaled). Returns (sae, stats)."""
+              lr_decay_frac: float = 0.2, checkpoint: Path | None = None, checkpoint_every: int = 100):
+    """Train a StandardTrainingSAE on `acts` ([n, d_in], already scaled). Returns (sae, stats).
+
+    With `checkpoint`, the training state is saved there every `checkpoint_every` steps and on
+    SIGTERM/SIGINT, and a later call with the same arguments resumes from it (same result).
+    """
     from sae_lens.saes.sae import TrainStepInput
 
     n, d_in = acts.shape
@@ -132,17 +136,51 @@ def train_sae(acts: torch.Tensor, *, seed: int, l1_coefficient: float, lr: float
         return 1.0
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-    gen = torch.Generator().manual_seed(seed)
+    run_key = {"seed": seed, "l1": l1_coefficient, "lr": lr, "epochs": epochs, "batch_size": batch_size,
+               "n": n, "d_in": d_in, "d_sae": D_SAE, "acts_sum": float(acts[:4096].double().sum())}
+    step = 0
+    elapsed_before = 0.0  # training seconds spent by interrupted earlier runs
+    t_start = time.time()
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        if state["run_key"] != run_key:
+            raise SystemExit(f"checkpoint {checkpoint} belongs to another run ({state['run_key']}); delete it")
+        sae.load_state_dict(state["sae"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = state["step"]
+        elapsed_before = state.get("elapsed_s", 0.0)
+        log.info("resumed from %s at step %d/%d", checkpoint, step, total_steps)
+
+    def save_checkpoint() -> None:
+        tmp = checkpoint.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"run_key": run_key, "step": step, "sae": sae.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "elapsed_s": elapsed_before + time.time() - t_start}, tmp)
+        tmp.replace(checkpoint)
+
+    stop_signal: list[int] = []
+    previous_handlers = {}
+    if checkpoint is not None:
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous_handlers[sig] = signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+
     fired_recently = torch.zeros(D_SAE, dtype=torch.bool)
     sae.train()
-    step = 0
-    bar = tqdm(total=total_steps, desc="train SAE", unit="step", **_tqdm_kwargs())
-    stats: dict = {}
+    bar = tqdm(total=total_steps, initial=step, desc="train SAE", unit="step", **_tqdm_kwargs())
+    stats: dict = {"step": step}
     window_mse = window_l0 = window_var = 0.0
     window_n = 0
     while step < total_steps:
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, steps_per_epoch * batch_size, batch_size):
+        epoch, first = divmod(step, steps_per_epoch)
+        # epoch e's order is the (e+1)-th permutation drawn from a generator seeded with `seed`;
+        # regenerating it from scratch lets a resumed run see exactly the same batches
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(epoch + 1):
+            order = torch.randperm(n, generator=gen)
+        for start in range(first * batch_size, steps_per_epoch * batch_size, batch_size):
             if step >= total_steps:
                 break
             x = acts[order[start:start + batch_size]]
@@ -176,8 +214,22 @@ def train_sae(acts: torch.Tensor, *, seed: int, l1_coefficient: float, lr: float
                 window_mse = window_l0 = window_var = 0.0
                 window_n = 0
                 fired_recently.zero_()
+            if checkpoint is not None and (step % checkpoint_every == 0 or stop_signal):
+                save_checkpoint()
+                if stop_signal:
+                    log.warning("signal %d: saved step %d to %s; run the same command to resume",
+                                stop_signal[0], step, checkpoint)
+                    raise SystemExit(128 + stop_signal[0])
     bar.close()
+    if checkpoint is not None:
+        import signal
+
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+        save_checkpoint()  # the finished state; main() deletes it once the SAE is saved
     sae.eval()
+    stats["train_s"] = elapsed_before + time.time() - t_start  # all segments of a resumed run
+    stats["resumed"] = elapsed_before > 0
     return sae, stats
 
 
@@ -321,10 +373,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=float, default=4.0)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--l1", type=float, default=1.0, help="L1 coefficient (on activations scaled to norm sqrt(d_in))")
+    parser.add_argument("--l1", type=float, default=2.0, help="L1 coefficient (on activations scaled to norm sqrt(d_in))")
     parser.add_argument("--model-batch", type=int, default=16, help="contexts per subject-model forward pass")
     parser.add_argument("--acts-cache", type=Path, default=None,
                         help="optional .pt file: load the activations from it if present, else save them there")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="optional training checkpoint: saved every 100 steps and on SIGTERM, resumed from if present")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--readme", type=Path, default=None,
                         help="write the numbers here (default scripts/README_demo_sae.md when --out is the default)")
@@ -365,8 +419,9 @@ def main(argv: list[str] | None = None) -> dict:
     train_acts.mul_(scaling_factor)
     t1 = time.time()
     training_sae, train_stats = train_sae(train_acts, seed=args.seed, l1_coefficient=args.l1, lr=args.lr,
-                                          epochs=args.epochs, batch_size=args.batch_size)
-    train_s = time.time() - t1
+                                          epochs=args.epochs, batch_size=args.batch_size,
+                                          checkpoint=args.checkpoint)
+    train_s = train_stats.get("train_s", time.time() - t1)
     train_acts.div_(scaling_factor)
 
     metadata = {
@@ -393,6 +448,8 @@ def main(argv: list[str] | None = None) -> dict:
     for stale in ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors"):
         (args.out / stale).unlink(missing_ok=True)
     sae.save_model(args.out)
+    if args.checkpoint is not None:
+        args.checkpoint.unlink(missing_ok=True)
 
     from sae_lens import SAE
 
