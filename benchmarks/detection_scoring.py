@@ -2,7 +2,9 @@
 
 For the same latents, explanations and test windows: scorer prompt tokens per latent (chat
 template applied, as the model sees them) and wall time per latent, in this one run, each
-mode with an empty LLM cache. Also reports how many batches could be parsed.
+mode with an empty LLM cache. Also reports how many batches could be parsed. Modes: the hf
+scorer's default (answers constrained to a 0/1 list, P(1) read at each digit), and free
+generation read with logprobs or by list parsing alone (what an endpoint scorer does).
 
     python benchmarks/detection_scoring.py --latents 4
 """
@@ -48,8 +50,11 @@ def main() -> None:
     explanations = {s.latent: Explanation(s.latent, token_explanation(s.train, decode, 0.3), "tokens") for s in splits}
 
     rows = {}
-    for mode, use_logprobs in (("logprobs", True), ("list parsing", False)):
-        cfg = dataclasses.replace(classifier.ScorerConfig(), use_logprobs=use_logprobs, shuffled_control=False)
+    modes = (("constrained list, P(1) per digit", True, True), ("free answer, logprobs", False, True),
+             ("free answer, list parsing", False, False))
+    for mode, constrained, use_logprobs in modes:
+        cfg = dataclasses.replace(classifier.ScorerConfig(), use_logprobs=use_logprobs, constrained=constrained,
+                                  shuffled_control=False)
         with tempfile.TemporaryDirectory() as cache:
             client = make_client(cfg.client_config(), cache_dir=Path(cache))
             tokens = 0
@@ -69,14 +74,17 @@ def main() -> None:
         with_prob = sum(j.probability is not None for s in scored.values() for j in s.judgements)
         rows[mode] = {"prompt_tokens_per_latent": tokens / len(splits), "seconds_per_latent": seconds / len(splits),
                       "batches": batches, "parse_failures": failures, "windows_with_probability": with_prob,
-                      "mean_balanced_acc": float(torch.tensor([s.metrics["balanced_acc"] for s in scored.values()]).nanmean())}
+                      "mean_balanced_acc": float(torch.tensor([s.metrics["balanced_acc"] for s in scored.values()]).nanmean()),
+                      "mean_auroc": float(torch.tensor([s.metrics["auroc"] for s in scored.values()]).nanmean())}
     print(f"detection scoring, embedded default (SmolLM2-135M-Instruct scorer), {len(splits)} latents, token-list "
           f"explanations; {_common.machine()}\n")
-    print("| mode | prompt tokens / latent | seconds / latent | parse failures / batches | windows with P(yes) | balanced acc |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| mode | prompt tokens / latent | seconds / latent | parse failures / batches | windows with P(yes) "
+          "| balanced acc | AUROC |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for mode, r in rows.items():
         print(f"| {mode} | {r['prompt_tokens_per_latent']:.0f} | {r['seconds_per_latent']:.1f} | "
-              f"{r['parse_failures']}/{r['batches']} | {r['windows_with_probability']} | {r['mean_balanced_acc']:.3f} |")
+              f"{r['parse_failures']}/{r['batches']} | {r['windows_with_probability']} | {r['mean_balanced_acc']:.3f} | "
+              f"{r['mean_auroc']:.3f} |")
     _common.save("detection_scoring", {"latents": len(splits), "rows": rows, "machine": _common.machine()})
 
 

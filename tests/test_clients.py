@@ -154,6 +154,51 @@ def test_hf_client_answers_with_logprobs_and_reruns_from_cache(tmp_path):
     assert all(c.cached for c in second)
 
 
+def test_hf_client_constrained_choice_list_always_parses_and_reads_p1_per_digit(tmp_path, tiny_model_dir):
+    """A random-weight model answers gibberish when free; constrained, every answer is "[d, d, ...]" and
+    each P(1) equals the softmax over the 0/1 logits at that digit, computed here by a plain forward pass
+    (prompts of different lengths share a left-padded batch)."""
+    import re
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sae_interp_tasks.scorers.classifier import parse_answer
+
+    cfg = ClientConfig(kind="hf", model=str(tiny_model_dir), batch_size=4)
+    prompts = [ask(text, max_tokens=24, logprobs=True, prefill="[", choice_list=n)
+               for text, n in (("Is it a cat?", 1), ("Label these three examples, and explain at length.", 3),
+                               ("Five examples follow.", 5), ("Five more examples follow here, a longer prompt.", 5))]
+    client = make_client(cfg, tmp_path)
+    answers = client.generate(prompts)
+    assert client.n_calls == 4
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    zero, one = tokenizer.convert_tokens_to_ids(["0", "1"])
+    for prompt, answer in zip(prompts, answers):
+        n = prompt.choice_list
+        assert re.fullmatch(r"\[[01](, [01]){%d}\]" % (n - 1), answer.text), answer.text
+        digits = [c == "1" for c in answer.text if c in "01"]
+        assert len(answer.choice_probs) == n and all(0 < p < 1 for p in answer.choice_probs)
+        assert digits == [p > 0.5 for p in answer.choice_probs]  # greedy: the likelier digit is written
+        preds, probs = parse_answer(answer, n)
+        assert preds == digits and probs == answer.choice_probs
+        assert parse_answer(answer, n, use_probs=False) == (digits, None)
+        context = client._chat_text(prompt)  # ends with the prefill "["
+        for k, p1 in enumerate(answer.choice_probs):  # digit k follows k times "d, " (3 characters)
+            ids = tokenizer(context + answer.text[1:1 + 3 * k], return_tensors="pt", add_special_tokens=False)
+            with torch.no_grad():
+                logits = model(**ids).logits[0, -1, [zero, one]]
+            assert p1 == pytest.approx(float(torch.softmax(logits, -1)[1]), abs=2e-4), k
+
+    fresh = make_client(cfg, tmp_path)
+    again = fresh.generate(prompts)
+    assert fresh.n_calls == 0 and [a.choice_probs for a in again] == [a.choice_probs for a in answers]
+    # the constraint is part of the cache key: the same messages unconstrained are asked anew
+    free = fresh.generate([replace(prompts[1], choice_list=0)])
+    assert fresh.n_calls == 1 and free[0].choice_probs is None
+
+
 # ------------------------------------------------------------------ openai: a real server behind a fault proxy
 
 @pytest.fixture(scope="module")

@@ -58,6 +58,10 @@ class Prompt:
     # then keep to a format ("[" before a list). The completion's text begins with it. Endpoint
     # clients cannot continue a turn and ignore it.
     prefill: str = ""
+    # > 0: the answer is a list of this many 0/1 choices, "[1, 0, ...]" after the prefill. Clients
+    # that can constrain decoding (hf) allow only that grammar and return each choice's P(1) in
+    # Completion.choice_probs, so the answer always parses; endpoint clients ignore it.
+    choice_list: int = 0
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class Completion:
     top_logprobs: list[dict[str, float]] | None = None
     error: str | None = None  # why it failed (no secrets in it)
     cached: bool = False
+    # with Prompt.choice_list: P(1) / (P(0) + P(1)) at each choice, from the unconstrained logits
+    choice_probs: list[float] | None = None
 
 
 OnAnswer = Callable[[int, Completion], None]

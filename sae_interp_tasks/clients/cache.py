@@ -39,6 +39,8 @@ class CompletionCache:
                   float(prompt.temperature), bool(prompt.logprobs), top_k]
         if prompt.prefill:
             fields.append(prompt.prefill)
+        if prompt.choice_list:
+            fields.append({"choice_list": prompt.choice_list})
         return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
 
     def get_many(self, keys: list[str]) -> dict[str, Completion]:
@@ -53,11 +55,15 @@ class CompletionCache:
                     f"SELECT key, value FROM completions WHERE key IN ({','.join('?' * len(chunk))})", chunk)
                 for key, value in rows:
                     data = json.loads(value)
-                    found[key] = Completion(text=data["text"], top_logprobs=data.get("top_logprobs"), cached=True)
+                    found[key] = Completion(text=data["text"], top_logprobs=data.get("top_logprobs"),
+                                            choice_probs=data.get("choice_probs"), cached=True)
         return found
 
     def put(self, key: str, completion: Completion) -> None:
-        value = json.dumps({"text": completion.text, "top_logprobs": completion.top_logprobs}, ensure_ascii=False)
+        row = {"text": completion.text, "top_logprobs": completion.top_logprobs}
+        if completion.choice_probs is not None:
+            row["choice_probs"] = completion.choice_probs
+        value = json.dumps(row, ensure_ascii=False)
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO completions (key, value) VALUES (?, ?)", (key, value))
 

@@ -35,6 +35,7 @@ class HFClient(LLMClient):
         self.name = f"hf:{model_id}"
         self._model = None
         self._tokenizer = None
+        self._templates: dict[int, list[int | None] | None] = {}
 
     def _load(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -58,7 +59,7 @@ class HFClient(LLMClient):
 
         def sampling(i: int):
             p = prompts[i]
-            return (p.temperature, p.logprobs, p.top_logprobs if p.logprobs else 0)
+            return (p.temperature, p.logprobs, p.top_logprobs if p.logprobs else 0, p.choice_list)
 
         # one generate call needs one sampling setup; within it, similar lengths pad least
         order = sorted(range(len(prompts)), key=lambda i: (sampling(i), len(self._chat_text(prompts[i]))))
@@ -80,18 +81,25 @@ class HFClient(LLMClient):
         tokenizer, first = self._tokenizer, batch[0]
         encoded = tokenizer([self._chat_text(p) for p in batch], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(self.cfg.device)
+        prompt_len = encoded["input_ids"].shape[1]
+        template = self._choice_template(first.choice_list) if first.choice_list else None
         sample = first.temperature > 0
         kwargs = dict(max_new_tokens=max(p.max_tokens for p in batch), do_sample=sample,
                       pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True,
-                      output_logits=first.logprobs)
+                      output_logits=first.logprobs or template is not None)
         if sample:
             kwargs.update(temperature=first.temperature, top_k=0, top_p=1.0)
+        if template is not None:
+            kwargs.update(max_new_tokens=len(template), prefix_allowed_tokens_fn=self._allowed(template, prompt_len))
         self._count_call(len(batch))
         out = self._model.generate(**encoded, **kwargs)
-        new_tokens = out.sequences[:, encoded["input_ids"].shape[1]:]
+        new_tokens = out.sequences[:, prompt_len:]
         stop_ids = _stop_ids(self._model.generation_config.eos_token_id, tokenizer.eos_token_id)
         completions = []
         for row, prompt in enumerate(batch):
+            if template is not None:
+                completions.append(self._choice_completion(prompt, new_tokens[row].tolist(), out.logits, row, template))
+                continue
             ids = new_tokens[row, :prompt.max_tokens].tolist()
             length = next((t for t, tok in enumerate(ids) if tok in stop_ids), len(ids))
             text = prompt.prefill + tokenizer.decode(ids[:length], skip_special_tokens=True)
@@ -100,6 +108,54 @@ class HFClient(LLMClient):
                 top = [self._top_k(out.logits[t][row], prompt.top_logprobs) for t in range(length)]
             completions.append(Completion(text=text, top_logprobs=top))
         return completions
+
+    def _choice_template(self, n: int) -> list[int | None] | None:
+        """The token ids of "d, d, ..., d]" with None at each digit, or None if this tokenizer does not
+        spell 0 and 1 as single tokens apart from the separators (then the answer is generated freely)."""
+        if n not in self._templates:
+            zeros, ones = (self._tokenizer(", ".join([d] * n) + "]", add_special_tokens=False)["input_ids"]
+                           for d in "01")
+            template = None
+            if len(zeros) == len(ones):
+                diff = [i for i, (a, b) in enumerate(zip(zeros, ones)) if a != b]
+                if (len(diff) == n and {zeros[i] for i in diff} == {self._digit_ids[0]}
+                        and {ones[i] for i in diff} == {self._digit_ids[1]}):
+                    template = [None if i in diff else tok for i, tok in enumerate(zeros)]
+            if template is None:
+                log.warning("%s: the tokenizer does not spell a 0/1 list digit by digit; scorer answers are "
+                            "generated unconstrained and parsed", self.name)
+            self._templates[n] = template
+        return self._templates[n]
+
+    def _allowed(self, template: list[int | None], prompt_len: int):
+        digits = list(self._digit_ids)
+        eos = self._tokenizer.eos_token_id
+
+        def allowed(_row: int, ids: torch.Tensor) -> list[int]:
+            step = ids.shape[-1] - prompt_len
+            if step >= len(template):
+                return [eos]
+            return digits if template[step] is None else [template[step]]
+
+        return allowed
+
+    def _choice_completion(self, prompt: Prompt, ids: list[int], logits, row: int,
+                           template: list[int | None]) -> Completion:
+        zero, one = self._digit_ids
+        probs = []
+        for step, slot in enumerate(template):
+            if slot is None:
+                pair = logits[step][row, [zero, one]].float()
+                probs.append(float(torch.softmax(pair, dim=-1)[1]))
+        text = prompt.prefill + self._tokenizer.decode(ids[:len(template)], skip_special_tokens=True)
+        return Completion(text=text, choice_probs=probs)
+
+    @property
+    def _digit_ids(self) -> tuple[int, int]:
+        ids = [self._tokenizer.convert_tokens_to_ids(d) for d in "01"]
+        if any(i is None or i == self._tokenizer.unk_token_id for i in ids):
+            return (-1, -1)
+        return ids[0], ids[1]
 
     def _top_k(self, logits: torch.Tensor, k: int) -> dict[str, float]:
         logprobs = torch.log_softmax(logits.float(), dim=-1)

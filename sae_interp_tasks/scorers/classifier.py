@@ -44,6 +44,9 @@ class ScorerConfig:
     scorer_api_key_env: str = "OPENAI_API_KEY"
     windows_per_prompt: int = 5
     use_logprobs: bool = True
+    # in-process scorers (hf) may only answer "[d, d, ...]" with d in 0/1 (constrained decoding,
+    # as vLLM's guided decoding does), reading P(1) at each digit; endpoint scorers answer freely
+    constrained: bool = True
     scorer_max_tokens: int = 24
     shuffled_control: bool = True  # also score every latent with another latent's explanation
     max_concurrency: int = 8
@@ -97,13 +100,14 @@ def scorer_prompt(explanation: str, batch: list[Shown], method: str, decode: Dec
         lines.append(f"Example {i}: {text}")
     user = f"Explanation: {explanation}\n\n" + "\n".join(lines) + f"\n\nYour list of {n} numbers:"
     return Prompt(messages=(("system", system), ("user", user)), max_tokens=cfg.scorer_max_tokens,
-                  temperature=0.0, logprobs=cfg.use_logprobs, prefill="[")
+                  temperature=0.0, logprobs=cfg.use_logprobs, prefill="[",
+                  choice_list=n if cfg.constrained else 0)
 
 
 _LIST = re.compile(r"\[([^\[\]]*)\]")
 
 
-def parse_answer(completion: Completion, n: int) -> tuple[list[bool] | None, list[float] | None]:
+def parse_answer(completion: Completion, n: int, use_probs: bool = True) -> tuple[list[bool] | None, list[float] | None]:
     """Predictions (and probabilities when logprobs came back) for n windows; (None, None) if unparseable."""
     if completion.text is None:
         return None, None
@@ -114,6 +118,10 @@ def parse_answer(completion: Completion, n: int) -> tuple[list[bool] | None, lis
     if len(items) != n or any(x not in ("0", "1") for x in items):
         return None, None
     preds = [x == "1" for x in items]
+    if not use_probs:
+        return preds, None
+    if completion.choice_probs is not None:  # a constrained answer: P(1) read at each digit
+        return preds, (completion.choice_probs if len(completion.choice_probs) == n else None)
     return preds, _digit_probabilities(completion, n)
 
 
@@ -168,7 +176,7 @@ def score(method: str, splits: list[ExampleSplit], explanations: dict[int, Expla
     judged: dict[tuple[int, str], list[WindowJudgement]] = {}
     detail: dict[int, dict] = {s.latent: {"windows": [], "answers": [], "parse_failures": 0, "batches": 0} for s in splits}
     for (latent, variant, text, batch), answer in zip(jobs, answers, strict=True):
-        preds, probs = parse_answer(answer, len(batch))
+        preds, probs = parse_answer(answer, len(batch), cfg.use_logprobs)
         out = judged.setdefault((latent, variant), [])
         for i, item in enumerate(batch):
             out.append(WindowJudgement(label=item.label, prediction=None if preds is None else preds[i],
