@@ -15,12 +15,16 @@ run() {  # name, model_args, tasks, metadata
       --log_samples --output_path "$OUT/runs/$name" 2>"$OUT/$name.log" | tee "$OUT/$name.txt"
 }
 
-steps=${*:-core embedding interp agreement bench}
-# Sized for a 2-core CPU: 131k tokens a pass; 32 latents for the embedding interval; the LLM-scored
-# tasks (detection, fuzzing, self-explanation) on the first 4 of those latents (--limit 4). The
-# runs of one SAE share its cached activation pass and explanations.
-META_E='{"n_tokens": 131072, "n_latents": 32}'
-META_I='{"n_tokens": 131072, "n_latents": 32, "n_scales": 8}'
+steps=${*:-core embedding embedding_tokens interp agreement bench}
+# Sized for a 2-core CPU: 131k tokens a pass; 128 latents for the embedding intervals (with the
+# LLM explainer and with the token-list explainer); the LLM-scored tasks (detection, fuzzing,
+# self-explanation) on the first 16 of those latents (--limit 16), self-explanation agreement
+# without LLM scoring on the first 32. The runs of one SAE share its cached activation pass
+# (one pool of 256 candidate latents) and its explanations.
+META_E='{"n_tokens": 131072, "n_latents": 128}'
+META_T='{"n_tokens": 131072, "n_latents": 128, "explainer": "tokens"}'
+META_I='{"n_tokens": 131072, "n_latents": 128, "n_scales": 8}'
+META_A='{"n_tokens": 131072, "n_latents": 128, "n_scales": 8, "selfexplain_detection": false}'
 for step in $steps; do
   case $step in
     core)
@@ -28,18 +32,19 @@ for step in $steps; do
     embedding)
       run embedding_demo "" sae_embedding "$META_E"
       run embedding_random "control=random" sae_embedding "$META_E" ;;
-    embedding_random_only)
-      run embedding_random "control=random" sae_embedding "$META_E" ;;
+    embedding_tokens)
+      run embedding_tokens_demo "" sae_embedding "$META_T"
+      run embedding_tokens_random "control=random" sae_embedding "$META_T" ;;
     interp)
-      LIMIT="--limit 4" run interp_demo "" sae_interp,sae_selfexplain "$META_I"
-      LIMIT="--limit 4" run interp_random "control=random" sae_interp,sae_selfexplain "$META_I" ;;
+      LIMIT="--limit 16" run interp_demo "" sae_interp,sae_selfexplain "$META_I"
+      LIMIT="--limit 16" run interp_random "control=random" sae_interp,sae_selfexplain "$META_I" ;;
     agreement)  # self-explanation agreement without LLM scoring: sweeps + embeddings on cached explanations
-      LIMIT="--limit 8" run selfexplain_demo "" sae_selfexplain '{"n_tokens": 131072, "n_latents": 32, "n_scales": 8, "selfexplain_detection": false}'
-      LIMIT="--limit 8" run selfexplain_random "control=random" sae_selfexplain '{"n_tokens": 131072, "n_latents": 32, "n_scales": 8, "selfexplain_detection": false}' ;;
+      LIMIT="--limit 32" run selfexplain_demo "" sae_selfexplain "$META_A"
+      LIMIT="--limit 32" run selfexplain_random "control=random" sae_selfexplain "$META_A" ;;
     bench)
       .venv/bin/python benchmarks/activation_pass.py --n-tokens 16384 | tee "$OUT/activation_pass.txt"
       .venv/bin/python benchmarks/selfexplain.py --latents 8 --scales 8 --naive-latents 1 | tee "$OUT/selfexplain.txt"
       .venv/bin/python benchmarks/detection_scoring.py --latents 2 | tee "$OUT/detection_scoring.txt" ;;
-    *) echo "unknown step $step (core embedding interp bench)"; exit 2 ;;
+    *) echo "unknown step $step (core embedding embedding_tokens interp agreement bench)"; exit 2 ;;
   esac
 done

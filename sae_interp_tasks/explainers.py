@@ -64,15 +64,25 @@ def explainer_prompt(train: list[Example], decode: Decode, threshold: float, max
                   prefill="Explanation:")
 
 
+_LIST_MARK = re.compile(r"^(\d+\.|[-*\u2022])\s*")
+
+
 def parse_explanation(text: str | None) -> str | None:
     """The explanation in an answer: the text after an 'Explanation:' lead (on its line or the
-    next), else the first non-empty line; quotes stripped, at most 30 words; None if empty."""
+    next), else the first non-empty line. A line that ends in ':' ("The feature detects the
+    following:") continues with the list items after it. Quotes, list marks, markdown bold and
+    the <<highlight>> marks copied from the prompt are removed; at most 30 words; None if empty."""
     if not text:
         return None
     match = re.search(r"explanation\s*:", text, re.IGNORECASE)
     body = text[match.end():] if match else text
-    line = next((ln.strip() for ln in body.splitlines() if ln.strip()), "")
-    cleaned = line.strip("\"'` ")
+    lines = [ln.strip() for ln in body.splitlines() if ln.strip()]
+    if not lines:
+        return None
+    kept = [lines[0]]
+    if lines[0].endswith(":"):
+        kept += [_LIST_MARK.sub("", ln) for ln in lines[1:]]
+    cleaned = " ".join(kept).replace("**", "").replace("<<", "").replace(">>", "").strip("\"'` ")
     words = cleaned.split()
     return " ".join(words[:30]) or None
 

@@ -519,3 +519,8 @@ def test_explanation_on_the_line_after_its_lead_is_kept():
         "The feature detects method names."
     assert parse_explanation("Explanation: the word cat") == "the word cat"
     assert parse_explanation("Explanation:") is None
+    # a lead-in line continues with its list; markdown and the prompt's <<marks>> are dropped
+    assert parse_explanation("Explanation:\nThe feature detects the following:\n\n1. **LATIN CAP<<IT>>AL I**\n"
+                             "2. **LATIN CAPITAL E**") == "The feature detects the following: LATIN CAPITAL I LATIN CAPITAL E"
+    assert parse_explanation("Explanation: the `__x<<or>>__` decorator") == "the `__xor__` decorator"
+    assert len(parse_explanation("Explanation: items:\n" + "\n".join(f"- item {i}" for i in range(40))).split()) == 30
