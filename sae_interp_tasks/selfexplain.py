@@ -51,7 +51,11 @@ class SelfExplainConfig:
     temperature: float = 0.7  # sampling temperature; 0 = greedy (then n_samples is 1)
     alpha: float = 0.4
     top_scales: int = 3
-    min_selfsim: float = 0.2  # peak self-similarity below this flags a self-explanation failure
+    # peak self-similarity below this flags a self-explanation failure; None: calibrated per model,
+    # layer and prompt as the null_quantile of the peaks of n_null_directions random unit directions
+    min_selfsim: float | None = None
+    n_null_directions: int = 32
+    null_quantile: float = 0.95
     n_context_examples: int = 5  # in_context template: top windows shown
     selfexplain_batch_size: int = 64  # (latent, scale) rows per batch
 
@@ -64,6 +68,8 @@ class SelfExplainConfig:
                 raise SaeInterpError(f"unknown self-explanation template {name!r}; defined: {', '.join(sorted(names))}")
         if not 0 <= self.alpha <= 1:
             raise SaeInterpError(f"alpha must lie in [0, 1], got {self.alpha}")
+        if not 0 < self.null_quantile < 1:
+            raise SaeInterpError(f"null_quantile must lie in (0, 1), got {self.null_quantile}")
 
     def template_map(self) -> dict:
         return dict(self.templates) if self.templates else dict(DEFAULT_TEMPLATES)
@@ -156,8 +162,9 @@ def typical_norm(model, prompt: PromptIds, layer: int) -> float:
 
 @torch.no_grad()
 def sweep(model, prompt: PromptIds, directions: torch.Tensor, latents: list[int], scales: np.ndarray,
-          cfg: SelfExplainConfig, seed: int, progress: bool = True) -> SweepResult:
-    """Batched generation for every (latent, scale, sample); the shared prompt prefix runs once."""
+          cfg: SelfExplainConfig, seed: int, progress: bool = True, generate: bool = True) -> SweepResult:
+    """Batched generation for every (latent, scale, sample); the shared prompt prefix runs once.
+    With generate=False only self-similarity and entropy are measured (texts stay empty)."""
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
     device = model.cfg.device
@@ -209,6 +216,9 @@ def sweep(model, prompt: PromptIds, directions: torch.Tensor, latents: list[int]
         ents = (-(logp.exp() * logp).sum(-1)).cpu().numpy()
         for (r, s), sim, ent in zip(chunk, sims, ents):
             selfsim[r, s], entropy[r, s] = sim, ent
+        if not generate:
+            bar.update(b)
+            continue
 
         # generation: n_samples per row, sharing the patched prompt's cache
         cache = _repeat_cache(cache, n_samples)
@@ -232,6 +242,19 @@ def sweep(model, prompt: PromptIds, directions: torch.Tensor, latents: list[int]
         bar.update(b)
     bar.close()
     return SweepResult(latents=list(latents), scales=scales, selfsim=selfsim, entropy=entropy, texts=texts)
+
+
+def null_selfsim_threshold(model, prompt: PromptIds, scales: np.ndarray, cfg: SelfExplainConfig, seed: int) -> float:
+    """The null_quantile of peak self-similarity over random unit directions, swept like a latent.
+
+    Self-similarity levels differ between models and layers (the source post notes layer-specific
+    thresholds); a latent whose peak stays below what random directions reach is a failure.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    directions = F.normalize(torch.randn(cfg.n_null_directions, model.cfg.d_model, generator=gen), dim=-1)
+    res = sweep(model, prompt, directions, list(range(cfg.n_null_directions)), scales, cfg, seed,
+                progress=False, generate=False)
+    return float(np.quantile(res.selfsim.max(axis=1), cfg.null_quantile))
 
 
 def clean_generation(tokenizer, tokens: list[int], stop_ids: set) -> str:

@@ -73,13 +73,17 @@ def context_examples(record, decode, n: int, placeholder: str = "X") -> str:
     return "\n".join(lines)
 
 
-def run_sweeps(backend, latents: list[int], selection, cfg: SelfExplainConfig, seed: int) -> dict:
-    """{template: {latent: per-latent sweep summary}} for every template in use."""
+def run_sweeps(backend, latents: list[int], selection, cfg: SelfExplainConfig, seed: int) -> tuple[dict, float]:
+    """{template: {latent: per-latent sweep summary}} for every template in use, and the peak
+    self-similarity below which a latent counts as a failure (calibrated on the explain template)."""
+    from sae_interp_tasks.selfexplain import null_selfsim_threshold
+
     model = _model(backend, cfg)
     directions = unit_directions(backend.sae, latents, cfg.direction)
     templates = cfg.template_map()
     out = {}
-    for name in cfg.use_templates:
+    threshold = cfg.min_selfsim
+    for name in dict.fromkeys(list(cfg.use_templates) + [cfg.explain_template]):
         template = templates[name]
         if "{examples}" in template["user"]:
             per_latent = {}
@@ -89,13 +93,17 @@ def run_sweeps(backend, latents: list[int], selection, cfg: SelfExplainConfig, s
                 scales = np.linspace(cfg.scale_min, cfg.scale_max, cfg.n_scales) * typical_norm(model, prompt, cfg.patch_layer)
                 res = sweep(model, prompt, directions[i:i + 1], [lat], scales, cfg, seed, progress=False)
                 per_latent[lat] = summarize(res, 0, cfg)
+                if threshold is None and name == cfg.explain_template and i == 0:  # the first latent's prompt
+                    threshold = null_selfsim_threshold(model, prompt, scales, cfg, seed)
             out[name] = per_latent
         else:
             prompt = render_prompt(model.tokenizer, template)
             scales = np.linspace(cfg.scale_min, cfg.scale_max, cfg.n_scales) * typical_norm(model, prompt, cfg.patch_layer)
             res = sweep(model, prompt, directions, latents, scales, cfg, seed)
             out[name] = {lat: summarize(res, i, cfg) for i, lat in enumerate(latents)}
-    return out
+            if threshold is None and name == cfg.explain_template:
+                threshold = null_selfsim_threshold(model, prompt, scales, cfg, seed)
+    return out, threshold
 
 
 def summarize(res, row: int, cfg: SelfExplainConfig) -> dict:
@@ -138,7 +146,7 @@ def compute(backend, s: dict, expl_key: str, selection, splits, explanations, se
     cfg: SelfExplainConfig = s["SelfExplainConfig"]
     cfg.validate()
     latents = [lat for lat in selection.latents if lat is not None]
-    sweeps = run_sweeps(backend, latents, selection, cfg, seed)
+    sweeps, threshold = run_sweeps(backend, latents, selection, cfg, seed)
     primary = sweeps[cfg.explain_template]
     self_text = {lat: primary[lat]["explanation"] or "(nothing)" for lat in latents}
     auto_text = {lat: explanations[lat].text for lat in latents}
@@ -157,8 +165,9 @@ def compute(backend, s: dict, expl_key: str, selection, splits, explanations, se
             "top1_match": float(int(np.argmax(sim[i])) == i) if n > 1 else metrics.NAN,
             "top1_chance": 1.0 / n if n > 1 else metrics.NAN,
             "matched_similarity": float(sim[i, i]),
-            "selfexplain_failure": float(primary[lat]["peak_selfsim"] < cfg.min_selfsim),
+            "selfexplain_failure": float(primary[lat]["peak_selfsim"] < threshold),
             "peak_selfsim": primary[lat]["peak_selfsim"],
+            "selfsim_threshold": threshold,
         }
     ag: AgreementSettings = s["AgreementSettings"]
     scorer_cfg = s["ScorerConfig"]

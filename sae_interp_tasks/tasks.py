@@ -252,6 +252,7 @@ class SAESelfExplainTask(SAEInterpTask):
         "selfexplain_balanced_acc": (nanmean, True),
         "autointerp_balanced_acc": (nanmean, True),
         "peak_selfsim": (nanmean, True),
+        "selfsim_threshold": (nanmean, False),  # the failure threshold used (calibrated on random directions)
         "selfexplain_failure": (total, False),
         "skipped_dead": (total, False),
     }

@@ -217,7 +217,7 @@ def test_selfexplain_task_end_to_end(run_a):
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = results["results"]["sae_selfexplain"]
     for metric in ("retrieval_auroc", "top1_match", "top1_chance", "matched_similarity", "peak_selfsim",
-                   "selfexplain_failure", "selfexplain_balanced_acc", "autointerp_balanced_acc", "skipped_dead"):
+                   "selfsim_threshold", "selfexplain_failure", "selfexplain_balanced_acc", "autointerp_balanced_acc", "skipped_dead"):
         assert f"{metric},none" in got, metric
     assert got["top1_chance,none"] == pytest.approx(0.5)  # two latents
     assert 0.0 <= got["retrieval_auroc,none"] <= 1.0
@@ -225,6 +225,11 @@ def test_selfexplain_task_end_to_end(run_a):
     assert got["autointerp_balanced_acc,none"] == pytest.approx(1.0)  # the same scores sae_detection has
     rows = samples(out, "sae_selfexplain")
     assert [r["response"]["latent"] for r in rows] == [CAT_LATENT, DOG_LATENT]
+    thresholds = {r["response"]["metrics"]["selfsim_threshold"] for r in rows}
+    assert len(thresholds) == 1 and math.isfinite(thresholds.pop())  # one calibrated threshold per run
+    for r in rows:
+        m = r["response"]["metrics"]
+        assert m["selfexplain_failure"] == float(m["peak_selfsim"] < m["selfsim_threshold"])
     resp = rows[0]["response"]
     assert resp["autointerp_explanation"] == 'the token " cat"'
     assert isinstance(resp["selfexplanation"], str)

@@ -249,3 +249,25 @@ def test_patch_layer_zero_is_a_valid_setting():
     assert (cfg.patch_layer, cfg.probe_layer) == (0, 0)
     with pytest.raises(SaeInterpError, match="n_scales"):
         settings_for("selfexplain", {"n_scales": 0})  # counts stay positive
+
+
+def test_null_threshold_is_the_quantile_of_random_directions_peaks(tiny_model, echo, directions, echo_sweep):
+    """The calibrated failure threshold: random unit directions swept like latents (selfsim only)."""
+    from sae_interp_tasks.selfexplain import null_selfsim_threshold
+
+    prompt, scales = echo
+    measured = sweep(tiny_model, prompt, directions, LATENTS, scales, greedy(), seed=0, progress=False, generate=False)
+    assert np.allclose(measured.selfsim, echo_sweep.selfsim, atol=1e-5)
+    assert np.allclose(measured.entropy, echo_sweep.entropy, atol=1e-4)
+    assert all(t == [] for per_scale in measured.texts for t in per_scale)  # nothing generated
+
+    cfg = greedy(n_null_directions=8, null_quantile=0.5)
+    threshold = null_selfsim_threshold(tiny_model, prompt, scales, cfg, seed=3)
+    assert threshold == null_selfsim_threshold(tiny_model, prompt, scales, cfg, seed=3)
+    randoms = F.normalize(torch.randn(8, tiny_model.cfg.d_model, generator=torch.Generator().manual_seed(3)), dim=-1)
+    peaks = sweep(tiny_model, prompt, randoms, list(range(8)), scales, cfg, seed=3, progress=False).selfsim.max(1)
+    assert threshold == pytest.approx(float(np.median(peaks)), abs=1e-5)
+    assert null_selfsim_threshold(tiny_model, prompt, scales, greedy(n_null_directions=8, null_quantile=0.9), 3) >= threshold
+    # in this world whatever is patched at the last position is what the probe sees: random
+    # directions peak as high as the planted ones, so the threshold is high too
+    assert threshold > 0.8
