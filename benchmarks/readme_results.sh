@@ -10,19 +10,20 @@ LM=.venv/bin/lm_eval
 
 run() {  # name, model_args, tasks, metadata
   local name=$1 margs=$2 tasks=$3 meta=$4
+  rm -rf "$OUT/runs/$name"  # no stale results from an earlier run of this step
   echo "== $name: lm_eval --model sae ${margs:+--model_args $margs} --tasks $tasks --metadata '$meta'"
   $LM --model sae ${margs:+--model_args "$margs"} --tasks "$tasks" --batch_size 8 --metadata "$meta" ${LIMIT:-} \
       --log_samples --output_path "$OUT/runs/$name" 2>"$OUT/$name.log" | tee "$OUT/$name.txt"
 }
 
-steps=${*:-core embedding embedding_tokens interp agreement bench}
-# Sized for a 2-core CPU: 131k tokens a pass; 128 latents for the embedding intervals (with the
-# LLM explainer and with the token-list explainer); the LLM-scored tasks (detection, fuzzing,
-# self-explanation) on the first 16 of those latents (--limit 16), self-explanation agreement
-# without LLM scoring on the first 32. The runs of one SAE share its cached activation pass
-# (one pool of 256 candidate latents) and its explanations.
+steps=${*:-core embedding embedding_tokens interp agreement bench tables}
+# Sized for a 2-core CPU: 131k tokens a pass; sae_embedding on 128 latents with the LLM explainer
+# and on 512 with the token-list explainer (no LLM, so affordable at that size); the LLM-scored
+# tasks (detection, fuzzing, self-explanation) on the first 16 of the 128 (--limit 16), and
+# self-explanation agreement without LLM scoring on the first 32. The 128-latent runs of one SAE
+# share its cached activation pass (a pool of 256 candidates) and its explanations.
 META_E='{"n_tokens": 131072, "n_latents": 128}'
-META_T='{"n_tokens": 131072, "n_latents": 128, "explainer": "tokens"}'
+META_T='{"n_tokens": 131072, "n_latents": 512, "explainer": "tokens"}'
 META_I='{"n_tokens": 131072, "n_latents": 128, "n_scales": 8}'
 META_A='{"n_tokens": 131072, "n_latents": 128, "n_scales": 8, "selfexplain_detection": false}'
 for step in $steps; do
@@ -45,6 +46,8 @@ for step in $steps; do
       .venv/bin/python benchmarks/activation_pass.py --n-tokens 16384 | tee "$OUT/activation_pass.txt"
       .venv/bin/python benchmarks/selfexplain.py --latents 8 --scales 8 --naive-latents 1 | tee "$OUT/selfexplain.txt"
       .venv/bin/python benchmarks/detection_scoring.py --latents 2 | tee "$OUT/detection_scoring.txt" ;;
-    *) echo "unknown step $step (core embedding embedding_tokens interp agreement bench)"; exit 2 ;;
+    tables)
+      .venv/bin/python benchmarks/interp_tables.py | tee "$OUT/interp_tables.md" ;;
+    *) echo "unknown step $step (core embedding embedding_tokens interp agreement bench tables)"; exit 2 ;;
   esac
 done
