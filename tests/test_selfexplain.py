@@ -271,3 +271,32 @@ def test_null_threshold_is_the_quantile_of_random_directions_peaks(tiny_model, e
     # in this world whatever is patched at the last position is what the probe sees: random
     # directions peak as high as the planted ones, so the threshold is high too
     assert threshold > 0.8
+
+
+def test_judge_reads_yes_no_and_leaves_other_answers_out(tmp_path):
+    """The optional LLM judge: 'yes' -> 1, 'no' -> 0, anything else NaN (not counted either way)."""
+    import math
+
+    from sae_interp_tasks.clients.base import ClientConfig, Completion, LLMClient
+    from sae_interp_tasks.clients.cache import CompletionCache
+    from sae_interp_tasks.selfexplain_task import judge_agreement
+
+    class Scripted(LLMClient):
+        supports_logprobs = False
+
+        def __init__(self):
+            super().__init__(ClientConfig(kind="scripted"), CompletionCache(tmp_path))
+            self.name, self.asked = "scripted:judge", []
+
+        def _answer(self, prompts, on_answer):
+            for i, prompt in enumerate(prompts):
+                user = prompt.messages[-1][1]
+                self.asked.append(user)
+                text = "Yes." if "cat" in user and "feline" in user else "maybe" if "unsure" in user else "No"
+                on_answer(i, Completion(text=text))
+
+    client = Scripted()
+    votes = judge_agreement(client, [("the word cat", "feline words"), ("the word cat", "numbers"),
+                                     ("unsure", "unsure")])
+    assert votes[:2] == [1.0, 0.0] and math.isnan(votes[2])
+    assert "Description A: the word cat\nDescription B: feline words" in client.asked[0]
