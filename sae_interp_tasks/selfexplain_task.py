@@ -81,28 +81,34 @@ def run_sweeps(backend, latents: list[int], selection, cfg: SelfExplainConfig, s
     model = _model(backend, cfg)
     directions = unit_directions(backend.sae, latents, cfg.direction)
     templates = cfg.template_map()
-    out = {}
-    threshold = cfg.min_selfsim
-    for name in dict.fromkeys(list(cfg.use_templates) + [cfg.explain_template]):
-        template = templates[name]
+
+    def prompt_and_scales(template: dict, lat: int | None = None):
+        """The rendered prompt (an in-context template shows `lat`'s top windows) and its absolute scales."""
         if "{examples}" in template["user"]:
-            per_latent = {}
-            for i, lat in enumerate(latents):
-                text = context_examples(selection.state.record(lat), backend.tok_decode, cfg.n_context_examples)
-                prompt = render_prompt(model.tokenizer, template, text, n_inserted=text.count("\n") + 1)
-                scales = np.linspace(cfg.scale_min, cfg.scale_max, cfg.n_scales) * typical_norm(model, prompt, cfg.patch_layer)
-                res = sweep(model, prompt, directions[i:i + 1], [lat], scales, cfg, seed, progress=False)
-                per_latent[lat] = summarize(res, 0, cfg)
-                if threshold is None and name == cfg.explain_template and i == 0:  # the first latent's prompt
-                    threshold = null_selfsim_threshold(model, prompt, scales, cfg, seed)
-            out[name] = per_latent
+            text = context_examples(selection.state.record(lat), backend.tok_decode, cfg.n_context_examples)
+            prompt = render_prompt(model.tokenizer, template, text, n_inserted=text.count("\n") + 1)
         else:
             prompt = render_prompt(model.tokenizer, template)
-            scales = np.linspace(cfg.scale_min, cfg.scale_max, cfg.n_scales) * typical_norm(model, prompt, cfg.patch_layer)
+        return prompt, np.linspace(cfg.scale_min, cfg.scale_max, cfg.n_scales) * typical_norm(model, prompt, cfg.patch_layer)
+
+    out = {}
+    for name in dict.fromkeys(list(cfg.use_templates) + [cfg.explain_template]):
+        template = templates[name]
+        if "{examples}" in template["user"]:  # one prompt per latent
+            per_latent = {}
+            for i, lat in enumerate(latents):
+                prompt, scales = prompt_and_scales(template, lat)
+                res = sweep(model, prompt, directions[i:i + 1], [lat], scales, cfg, seed, progress=False)
+                per_latent[lat] = summarize(res, 0, cfg)
+            out[name] = per_latent
+        else:
+            prompt, scales = prompt_and_scales(template)
             res = sweep(model, prompt, directions, latents, scales, cfg, seed)
             out[name] = {lat: summarize(res, i, cfg) for i, lat in enumerate(latents)}
-            if threshold is None and name == cfg.explain_template:
-                threshold = null_selfsim_threshold(model, prompt, scales, cfg, seed)
+    threshold = cfg.min_selfsim
+    if threshold is None and latents:  # on the explain template's prompt (in context: the first latent's)
+        prompt, scales = prompt_and_scales(templates[cfg.explain_template], latents[0])
+        threshold = null_selfsim_threshold(model, prompt, scales, cfg, seed)
     return out, threshold
 
 
