@@ -31,10 +31,11 @@ def run_ours(n_latents: int | None, n_tokens: int, batch_size: int) -> dict:
     model, sae, info = _common.demo()
     base_rss = _common.peak_rss_mb()
     latents = None if n_latents is None else torch.randperm(info.d_sae, generator=torch.Generator().manual_seed(0))[:n_latents]
-    cfg = PassConfig(n_tokens=n_tokens, batch_size=batch_size)
+    cfg = PassConfig(n_tokens=n_tokens, pass_batch_size=1)
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
-        state = run_activation_pass(model, sae, info, CorpusSpec(), cfg, latents=latents, cache_dir=Path(cache), progress=False)
+        state = run_activation_pass(model, sae, info, CorpusSpec(), cfg, 0, batch_size, latents=latents,
+                                    cache_dir=Path(cache), progress=False)
         seconds = time.perf_counter() - start
     kept = sum(v.numel() * v.element_size() for v in state.to_dict().values() if isinstance(v, torch.Tensor))
     return {"seconds": seconds, "tokens_per_s": n_tokens / seconds, "peak_rss_mb": _common.peak_rss_mb(),

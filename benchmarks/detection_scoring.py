@@ -40,8 +40,8 @@ def main() -> None:
 
     model, sae, info = _common.demo()
     candidates = torch.randperm(info.d_sae, generator=torch.Generator().manual_seed(0))[:4 * args.latents]
-    state = run_activation_pass(model, sae, info, CorpusSpec(), PassConfig(n_tokens=args.n_tokens), latents=candidates,
-                                progress=False)
+    state = run_activation_pass(model, sae, info, CorpusSpec(), PassConfig(n_tokens=args.n_tokens), 0,
+                                latents=candidates, progress=False)
     ex_cfg = ExampleConfig()
     records = [state.record(int(lat)) for lat in candidates]
     live = [r for r in records if len(r.activating) >= ex_cfg.min_examples][:args.latents]

@@ -6,13 +6,15 @@ interpreter start. It only adds a meta-path finder (no lm_eval import, no torch)
 
 - when `lm_eval.api.registry` has loaded, import `lm_eval.models` first (the built-in
   models register only while the registry is empty), then register `sae` lazily as
-  "sae_interp_tasks.backend:SAEBackend";
+  "sae_interp_tasks.backend:SAEBackend", and give lm-eval's base `LM` an `interpret` that
+  says these tasks need `--model sae` (another backend would fail with an AttributeError);
 - when `lm_eval.tasks.manager` has loaded, every `TaskManager` also scans this
   package's `task_configs/` folder;
 - our own `SaeInterpError` ends a CLI run with one line naming the fix, not a traceback.
 
-Without the `.pth` (e.g. a source checkout on PYTHONPATH) use
-`lm_eval --include_path <pkg>/task_configs` and call `register()` yourself.
+The task YAMLs live in the repository's top-level `task_configs/`; the wheel carries them as
+`sae_interp_tasks/task_configs/`. Without the `.pth` (e.g. a source checkout on PYTHONPATH) use
+`lm_eval --include_path task_configs` and call `register()` yourself.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ import importlib.machinery
 import os
 import sys
 
-TASK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "task_configs")
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+# installed wheel: inside the package; source checkout or editable install: beside it
+TASK_DIR = next((path for path in (os.path.join(_PACKAGE, "task_configs"),
+                                   os.path.join(os.path.dirname(_PACKAGE), "task_configs"))
+                 if os.path.isdir(path)), os.path.join(_PACKAGE, "task_configs"))
 BACKEND = "sae_interp_tasks.backend:SAEBackend"
 
 
@@ -31,7 +37,24 @@ def register_backend(registry_module) -> None:
 
     if "sae" not in registry_module.model_registry:
         registry_module.model_registry.register("sae", target=BACKEND)
+    _guard_other_backends()
     _install_excepthook()
+
+
+def _guard_other_backends() -> None:
+    from lm_eval.api.model import LM
+
+    if hasattr(LM, "interpret"):
+        return
+
+    def interpret(self, requests):
+        from sae_interp_tasks.errors import SaeInterpError
+
+        tasks = sorted({req.task_name for req in requests if getattr(req, "task_name", None)})
+        raise SaeInterpError(f"{', '.join(tasks) or 'these tasks'} need --model sae (the SAE under evaluation), "
+                             f"not --model {getattr(self, 'MODEL_NAME', None) or type(self).__name__}")
+
+    LM.interpret = interpret
 
 
 def add_task_dir(manager_module) -> None:

@@ -17,9 +17,7 @@ resumes; the finished pass is cached under a key of everything that determines i
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,9 +27,11 @@ import torch
 from tqdm.auto import tqdm
 
 from sae_interp_tasks import corpus as corpus_mod
+from sae_interp_tasks.caching import atomic_save, cache_key, cache_root
+from sae_interp_tasks.config import StageConfig, option, positive
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.records import Example, LatentRecord
-from sae_interp_tasks.subject import cache_root, stop_layer
+from sae_interp_tasks.subject import stop_layer
 
 log = logging.getLogger(__name__)
 
@@ -42,23 +42,24 @@ SUBSET_EXACT = {"standard", "jumprelu", "gated"}
 
 
 @dataclass(frozen=True)
-class PassConfig:
-    n_tokens: int = 262_144
-    context_size: int = 256
-    window: int = 32
-    batch_size: int = 8  # contexts per forward
-    n_top: int = 40
-    n_sample: int = 200
-    n_random: int = 2_000
-    seed: int = 0
-    checkpoint_seconds: float = 60.0
+class PassConfig(StageConfig):
+    """The activation pass's settings (task metadata keys)."""
 
-    def validate(self) -> None:
-        for name in ("n_tokens", "context_size", "window", "batch_size", "n_top", "n_sample", "n_random"):
-            if getattr(self, name) <= 0:
-                raise SaeInterpError(f"{name} must be positive, got {getattr(self, name)}")
+    n_tokens: int = positive(262_144)
+    context_size: int = option(256, min=2)
+    window: int = positive(32)
+    n_top: int = positive(40)  # strongest windows kept per latent
+    n_sample: int = positive(200)  # uniform sample of activating windows kept per latent
+    n_random: int = positive(2_000)  # shared uniform sample of all windows (non-activating examples)
+    pass_batch_size: int = positive(8)  # at least this many contexts per forward
+
+    def check(self) -> None:
         if self.context_size % self.window:
             raise SaeInterpError(f"context_size ({self.context_size}) must be a multiple of window ({self.window})")
+
+    def batch_size(self, requested: int) -> int:
+        """Contexts per forward: lm-eval's default --batch_size of 1 would make the pass several times slower."""
+        return max(int(requested), self.pass_batch_size)
 
 
 @dataclass
@@ -86,7 +87,7 @@ class PassState:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def empty(cls, latents: torch.Tensor, cfg: PassConfig) -> PassState:
+    def empty(cls, latents: torch.Tensor, cfg: PassConfig, seed: int) -> PassState:
         n, w = len(latents), cfg.window
         return cls(
             latents=latents.clone(),
@@ -99,7 +100,7 @@ class PassState:
             random_key=torch.full((cfg.n_random,), torch.inf, dtype=torch.float64), random_id=torch.full((cfg.n_random,), -1),
             random_tokens=torch.zeros(cfg.n_random, w, dtype=torch.int32),
             random_max=torch.zeros(cfg.n_random, n),
-            seed=cfg.seed,
+            seed=seed,
         )
 
     # --- the streaming update -------------------------------------------------------------
@@ -155,13 +156,6 @@ class PassState:
                            window_id=int(self.random_id[g])) for g in quiet]
         return LatentRecord(latent=latent, n_firing=int(self.firing[i]), n_tokens=self.n_tokens,
                             max_act=float(self.max_act[i]), top=top, activating=sample, non_activating=non_act)
-
-    def random_windows(self) -> list[Example]:
-        """The shared window sample (tokens only), e.g. for hard negatives by embedding."""
-        return [Example(tokens=self.random_tokens[g].numpy().astype(np.int64),
-                        acts=np.zeros(self.random_tokens.shape[1], dtype=np.float32),
-                        window_id=int(self.random_id[g]))
-                for g in range(len(self.random_key)) if torch.isfinite(self.random_key[g])]
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
@@ -248,14 +242,14 @@ def subset_encoder(sae, latents: torch.Tensor):
 
 
 # --- the pass itself --------------------------------------------------------------------------
-def cache_key(info, spec: corpus_mod.CorpusSpec, cfg: PassConfig, latents: torch.Tensor) -> str:
-    payload = {
+def pass_key(info, spec: corpus_mod.CorpusSpec, cfg: PassConfig, seed: int, latents: torch.Tensor) -> str:
+    """Everything that determines a pass's content (not the batch size: results do not depend on it)."""
+    return cache_key({
         "v": CACHE_VERSION, "sae": info.fingerprint, "model": info.model_name, "hook": info.hook_name,
         "bos": info.prepend_bos, "corpus": asdict(spec), "corpus_fp": corpus_mod.fingerprint(spec),
-        "cfg": {k: v for k, v in asdict(cfg).items() if k not in ("batch_size", "checkpoint_seconds")},
+        "cfg": {k: v for k, v in asdict(cfg).items() if k != "pass_batch_size"}, "seed": seed,
         "latents": hashlib.sha256(latents.numpy().astype(np.int64).tobytes()).hexdigest(),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+    })
 
 
 def hook_activations(model, hook_name: str, tokens: torch.Tensor) -> torch.Tensor:
@@ -265,31 +259,32 @@ def hook_activations(model, hook_name: str, tokens: torch.Tensor) -> torch.Tenso
     return cache[hook_name]
 
 
-def run_activation_pass(model, sae, info, spec: corpus_mod.CorpusSpec, cfg: PassConfig,
-                        latents: torch.Tensor | None = None, cache_dir: Path | None = None,
-                        progress: bool = True) -> PassState:
-    """The pass for `latents` (default: all), from the cache when it has it, resuming a partial one."""
-    cfg.validate()
+def run_activation_pass(model, sae, info, spec: corpus_mod.CorpusSpec, cfg: PassConfig, seed: int,
+                        batch_size: int = 8, latents: torch.Tensor | None = None, cache_dir: Path | None = None,
+                        progress: bool = True, checkpoint_seconds: float = 60.0) -> PassState:
+    """The pass for `latents` (default: all), from the cache when it has it, resuming a partial one.
+    `batch_size` contexts go through the model at once (at least cfg.pass_batch_size)."""
     if latents is None:
         latents = torch.arange(info.d_sae)
     latents = latents.to(torch.long).cpu()
     if len(latents) == 0 or int(latents.min()) < 0 or int(latents.max()) >= info.d_sae:
         raise SaeInterpError(f"latent ids must lie in 0..{info.d_sae - 1} (the SAE has d_sae={info.d_sae})")
-    folder = Path(cache_dir or cache_root() / "activations") / cache_key(info, spec, cfg, latents)
+    folder = Path(cache_dir or cache_root() / "activations") / pass_key(info, spec, cfg, seed, latents)
     done, partial = folder / "pass.pt", folder / "partial.pt"
     if done.exists():
         log.info("activation pass: cached at %s", folder)
         return PassState.from_dict(torch.load(done, weights_only=False))
     folder.mkdir(parents=True, exist_ok=True)
     state = (PassState.from_dict(torch.load(partial, weights_only=False)) if partial.exists()
-             else PassState.empty(latents, cfg))
+             else PassState.empty(latents, cfg, seed))
     if state.n_contexts:
         log.info("activation pass: resuming after %d contexts", state.n_contexts)
 
     encode = subset_encoder(sae, latents)
     device = next(sae.parameters()).device
     contexts = corpus_mod.token_contexts(spec, model.tokenizer, cfg.n_tokens, cfg.context_size,
-                                         info.prepend_bos, cfg.seed)
+                                         info.prepend_bos, seed)
+    batch_size = cfg.batch_size(batch_size)
     for _ in range(state.n_contexts):  # resume: skip what the checkpoint holds
         next(contexts)
     windows_per_ctx = cfg.context_size // cfg.window
@@ -311,20 +306,14 @@ def run_activation_pass(model, sae, info, spec: corpus_mod.CorpusSpec, cfg: Pass
 
     for ctx in contexts:
         batch.append(ctx)
-        if len(batch) == cfg.batch_size:
+        if len(batch) == batch_size:
             flush()
-            if time.monotonic() - last_save > cfg.checkpoint_seconds:
-                _atomic_save(state.to_dict(), partial)
+            if time.monotonic() - last_save > checkpoint_seconds:
+                atomic_save(state.to_dict(), partial)
                 last_save = time.monotonic()
     if batch:
         flush()
     bar.close()
-    _atomic_save(state.to_dict(), done)
+    atomic_save(state.to_dict(), done)
     partial.unlink(missing_ok=True)
     return state
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    tmp.replace(path)

@@ -1,9 +1,14 @@
 """The `sae` model backend: the SAE under evaluation plus the subject model it reads from.
 
-It serves the `interpret` request type of this package's tasks (all tasks of a run hand
-their requests over together, so one activation pass and one set of explanations serve
-them all), and `loglikelihood`, `loglikelihood_rolling`, `generate_until` with the SAE
-spliced into the subject model, so any stock harness task measures what splicing costs.
+It serves the `interpret` request type of this package's tasks (all tasks of a run hand their
+requests over together, grouped by the handler each task kind declares in `registry`, so one
+activation pass and one set of explanations serve them all), and `loglikelihood`,
+`loglikelihood_rolling`, `generate_until` with the SAE spliced into the subject model, so any
+stock harness task measures what splicing costs.
+
+Arguments are checked when the backend is built; the SAE and the subject model load on first
+use. lm-eval builds the model before the tasks, so this order lets a bad task setting fail in
+seconds instead of after the model has loaded.
 """
 
 from __future__ import annotations
@@ -11,29 +16,22 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
+from lm_eval.models.utils import Collator, handle_stop_sequences
 from tqdm.auto import tqdm
 
-from sae_interp_tasks.errors import SaeInterpError
-from sae_interp_tasks.saes import SAESource, load_sae
-from sae_interp_tasks.subject import check_hook, load_subject
+from sae_interp_tasks import registry
+from sae_interp_tasks.config import MODEL_ARG_KEYS
+from sae_interp_tasks.errors import SaeInterpError, unknown
+from sae_interp_tasks.memo import RunMemo
+from sae_interp_tasks.saes import CONTROLS, SAESource, check_source, load_sae
+from sae_interp_tasks.subject import DTYPES, check_hook, load_subject
 
 log = logging.getLogger(__name__)
-
-MODEL_ARGS = ("release", "sae_id", "path", "model", "device", "dtype", "batch_size", "max_batch_size",
-              "control", "control_k", "max_length")
-
-# request kind -> "module:function" serving it; a handler takes (backend, [payload]) -> [response]
-HANDLERS = {
-    "core": "sae_interp_tasks.tasks:serve_core",
-    "detection": "sae_interp_tasks.pipeline:serve_interp",
-    "fuzzing": "sae_interp_tasks.pipeline:serve_interp",
-    "embedding": "sae_interp_tasks.pipeline:serve_interp",
-    "selfexplain": "sae_interp_tasks.pipeline:serve_interp",
-}
 
 
 def _resolve_device(device: str | None) -> str:
@@ -55,27 +53,26 @@ class SAEBackend(TemplateLM):
         super().__init__()
         if unknown_args:
             raise SaeInterpError(f"unknown --model_args {', '.join(sorted(unknown_args))} for --model sae; "
-                                 f"valid: {', '.join(MODEL_ARGS)}")
+                                 f"valid: {', '.join(k for k in MODEL_ARG_KEYS if k != 'trust_remote_code')}")
         if path and release:
             raise SaeInterpError("give either release=...,sae_id=... or path=..., not both")
         if sae_id and not release:
             raise SaeInterpError("sae_id needs release=... (or use path=DIR for an SAE on disk)")
+        if control is not None and control not in CONTROLS:
+            raise unknown("control", control, CONTROLS)
+        if str(dtype) not in DTYPES:
+            raise unknown("dtype", str(dtype), DTYPES)
         self._device = _resolve_device(device)
+        self._dtype = str(dtype)
         self.batch_size_per_gpu = 8 if str(batch_size).startswith("auto") else int(batch_size)
         if self.batch_size_per_gpu <= 0:
             raise SaeInterpError(f"batch_size must be positive, got {batch_size}")
         self.source = SAESource(release=release, sae_id=sae_id, path=path, control=control,
                                 control_k=int(control_k) if control_k else None)
-        self.sae, self.info = load_sae(self.source, device=self._device, dtype=dtype)
-        override = model is not None
-        self.model = load_subject(model or self.info.model_name, device=self._device, dtype=dtype,
-                                  from_pretrained_kwargs=None if override else self.info.model_from_pretrained_kwargs)
-        check_hook(self.model, self.info.hook_name)
-        self._check_width()
-        self._max_length = int(max_length) if max_length else min(self.model.cfg.n_ctx, 2048)
-        self.memo: dict = {}  # per-run shared work: activation passes, explanations, ...
-        log.info("sae backend: %s on %s, hook %s (d_sae=%d)", self.info.label, self.info.model_name,
-                 self.info.hook_name, self.info.d_sae)
+        check_source(self.source)
+        self._model_override = model
+        self._requested_max_length = int(max_length) if max_length else None
+        self.memo = RunMemo()  # per-run shared work: activation passes, explanations, scores, ...
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
@@ -89,27 +86,48 @@ class SAEBackend(TemplateLM):
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
         return cls(**arg_dict, **extra)
 
-    def _check_width(self) -> None:
-        probe = torch.tensor([[self.tokenizer.bos_token_id or 0, 1]], device=self._device)
-        from sae_interp_tasks.activations import hook_activations
+    # --- loaded on first use ---------------------------------------------------------------------
+    @cached_property
+    def _loaded(self):
+        sae, info = load_sae(self.source, device=self._device, dtype=self._dtype)
+        override = self._model_override is not None
+        log.info("sae backend: loading %s on %s, hook %s (d_sae=%d)", info.label, info.model_name, info.hook_name,
+                 info.d_sae)
+        model = load_subject(self._model_override or info.model_name, device=self._device, dtype=self._dtype,
+                             from_pretrained_kwargs=None if override else info.model_from_pretrained_kwargs)
+        check_hook(model, info.hook_name)
+        _check_width(model, info)
+        return sae, info, model
 
-        width = hook_activations(self.model, self.info.hook_name, probe).shape[-1]
-        if width != self.info.d_in:
-            raise SaeInterpError(f"the SAE reads {self.info.d_in}-wide activations but {self.info.hook_name} of "
-                                 f"{self.model.cfg.model_name} is {width}-wide; pick the subject model the SAE was trained on")
+    @property
+    def sae(self):
+        return self._loaded[0]
+
+    @property
+    def info(self):
+        return self._loaded[1]
+
+    @property
+    def model(self):
+        return self._loaded[2]
+
+    def get_model_info(self) -> dict:
+        """What lm-eval records under `config` in the results file: which SAE this row is."""
+        info = self.info
+        return {"sae": info.label, "sae_fingerprint": info.fingerprint, "sae_d_sae": info.d_sae,
+                "sae_d_in": info.d_in, "sae_architecture": info.architecture, "sae_hook_name": info.hook_name,
+                "subject_model": info.model_name, "sae_control": self.source.control}
 
     # --- the package's own request type ----------------------------------------------------------
     def interpret(self, requests) -> list:
         payloads = [json.loads(req.args[0]) for req in requests]
         # one call per handler, all its kinds together: tasks that share a latent selection or
         # explanations must be seen at once (e.g. detection and fuzzing on the same slots)
-        by_handler: dict[str, list[int]] = defaultdict(list)
+        by_handler: dict = defaultdict(list)
         for i, p in enumerate(payloads):
-            by_handler[HANDLERS[p["kind"]]].append(i)
+            by_handler[registry.get(p["kind"]).serve()].append(i)
         results: list = [None] * len(requests)
-        for target, indices in by_handler.items():
-            module, _, fn = target.partition(":")
-            handler = getattr(__import__(module, fromlist=[fn]), fn)
+        for handler, indices in by_handler.items():
             for i, out in zip(indices, handler(self, [payloads[i] for i in indices]), strict=True):
                 results[i] = out
         return results
@@ -141,51 +159,47 @@ class SAEBackend(TemplateLM):
 
     @property
     def max_length(self) -> int:
-        return self._max_length
+        return self._requested_max_length or min(self.model.cfg.n_ctx, 2048)
 
     @property
     def device(self):
         return self._device
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
-        return self.tokenizer.encode(string, add_special_tokens=False)
+        # lm-eval adds the prefix token itself where a request needs one; None means "no"
+        return self.tokenizer.encode(string, add_special_tokens=bool(add_special_tokens))
 
     def tok_decode(self, tokens) -> str:
         return self.tokenizer.decode(tokens)
 
     @torch.no_grad()
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
-        # longest first, so a batch pads little and memory peaks early
-        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1] + requests[i][2]))
-        out: list = [None] * len(requests)
+        # longest first: a batch pads little and memory peaks early
+        collator = Collator(requests, sort_fn=lambda req: (-len(req[1] + req[2]), tuple(req[1] + req[2])))
+        results = []
         bar = tqdm(total=len(requests), unit="requests", desc="loglikelihood (SAE spliced)", disable=disable_tqdm)
-        for start in range(0, len(order), self.batch_size_per_gpu):
-            idx = order[start:start + self.batch_size_per_gpu]
+        for batch in collator.get_batched(n=self.batch_size_per_gpu):
             seqs, spans = [], []
-            for i in idx:
-                _, context, continuation = requests[i]
+            for _, context, continuation in batch:
                 full = (context + continuation)[-(self.max_length + 1):]
                 inp = full[:-1]
                 seqs.append(inp)
                 spans.append((len(inp) - len(continuation), continuation))
             width = max(len(s) for s in seqs)
-            pad = self.eot_token_id
-            batch = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=self._device)
+            tokens = torch.tensor([s + [self.eot_token_id] * (width - len(s)) for s in seqs], device=self._device)
             with self.spliced():
-                logits = self.model(batch)  # right padding: causal attention never sees it
+                logits = self.model(tokens)  # right padding: causal attention never sees it
             logprobs = F.log_softmax(logits.float(), dim=-1)
-            for row, i in enumerate(idx):
-                begin, continuation = spans[row]
+            for row, ((cache_key, _, _), (begin, continuation)) in enumerate(zip(batch, spans)):
                 lp = logprobs[row, begin:begin + len(continuation)]
                 target = torch.tensor(continuation, device=lp.device)
-                total = float(lp.gather(1, target[:, None]).sum())
-                greedy = bool((lp.argmax(-1) == target).all())
-                out[i] = (total, greedy)
-                if requests[i][0] is not None:
-                    self.cache_hook.add_partial("loglikelihood", requests[i][0], (total, greedy))
-            bar.update(len(idx))
+                answer = (float(lp.gather(1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
+                if cache_key is not None:
+                    self.cache_hook.add_partial("loglikelihood", cache_key, answer)
+                results.append(answer)
+            bar.update(len(batch))
         bar.close()
-        return out
+        return collator.get_original(results)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
@@ -204,26 +218,47 @@ class SAEBackend(TemplateLM):
 
     @torch.no_grad()
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Batched by equal generation settings, left-padded, with the SAE spliced in at every step."""
+        encoded = [(req.args[0], self.tok_encode(req.args[0]), req.args[1]) for req in requests]
+        collator = Collator(encoded, sort_fn=lambda item: (-len(item[1]), item[0]), group_fn=lambda item: item[2],
+                            group_by="gen_kwargs")
+        eos = self.tok_decode([self.eot_token_id])
         results = []
-        for req in tqdm(requests, unit="requests", desc="generate_until (SAE spliced)", disable=disable_tqdm):
-            context, gen_kwargs = req.args
-            gen_kwargs = dict(gen_kwargs or {})
-            until = gen_kwargs.pop("until", None) or []
-            until = [until] if isinstance(until, str) else list(until)
-            max_new = int(gen_kwargs.pop("max_gen_toks", gen_kwargs.pop("max_new_tokens", 256)))
-            do_sample = bool(gen_kwargs.pop("do_sample", False))
-            temperature = float(gen_kwargs.pop("temperature", 1.0 if do_sample else 0.0))
-            ids = self.tok_encode(context)[-(self.max_length - max_new):] if max_new < self.max_length else self.tok_encode(context)
-            tokens = torch.tensor([ids], device=self._device)
+        bar = tqdm(total=len(requests), unit="requests", desc="generate_until (SAE spliced)", disable=disable_tqdm)
+        for batch in collator.get_batched(n=self.batch_size_per_gpu):
+            kwargs = dict(batch[0][2] or {})
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+            max_new = int(kwargs.pop("max_gen_toks", kwargs.pop("max_new_tokens", 256)))
+            do_sample = bool(kwargs.pop("do_sample", False))
+            temperature = float(kwargs.pop("temperature", 1.0 if do_sample else 0.0))
+            keep = max(1, self.max_length - max_new)
+            ids = [tokens[-keep:] for _, tokens, _ in batch]
+            width = max(len(t) for t in ids)
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
+            tokens = torch.tensor([[pad] * (width - len(t)) + t for t in ids], device=self._device)
             with self.spliced():
-                generated = self.model.generate(
+                out = self.model.generate(
                     tokens, max_new_tokens=max_new, do_sample=do_sample and temperature > 0,
                     temperature=temperature if temperature > 0 else 1.0, stop_at_eos=True,
-                    eos_token_id=self.eot_token_id, use_past_kv_cache=True, verbose=False)
-            text = self.tok_decode(generated[0, tokens.shape[1]:].tolist())
-            for stop in until:
-                if stop and stop in text:
-                    text = text.split(stop)[0]
-            self.cache_hook.add_partial("generate_until", (context, req.args[1]), text)
-            results.append(text)
-        return results
+                    eos_token_id=self.eot_token_id, use_past_kv_cache=True, verbose=False, padding_side="left",
+                    prepend_bos=False, return_type="tokens")
+            for row, (context, _, gen_kwargs) in enumerate(batch):
+                text = self.tok_decode(out[row, width:].tolist())
+                for stop in until:
+                    if stop and stop in text:
+                        text = text.split(stop)[0]
+                self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+                results.append(text)
+            bar.update(len(batch))
+        bar.close()
+        return collator.get_original(results)
+
+
+def _check_width(model, info) -> None:
+    from sae_interp_tasks.activations import hook_activations
+
+    probe = torch.tensor([[model.tokenizer.bos_token_id or 0, 1]], device=model.cfg.device)
+    width = hook_activations(model, info.hook_name, probe).shape[-1]
+    if width != info.d_in:
+        raise SaeInterpError(f"the SAE reads {info.d_in}-wide activations but {info.hook_name} of "
+                             f"{model.cfg.model_name} is {width}-wide; pick the subject model the SAE was trained on")

@@ -18,6 +18,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sae_interp_tasks.config import StageConfig, option, positive
+
+
+@dataclass(frozen=True)
+class CoreConfig(StageConfig):
+    """sae_core's settings: docs are chunks of `chunk_contexts` contexts of `context_size` tokens."""
+
+    n_tokens: int = positive(32_768)
+    context_size: int = option(256, min=2)
+    chunk_contexts: int = positive(8)
+    seed: int | None = option(None, min=0)  # None: the harness's --seed
+
+    @property
+    def chunk_tokens(self) -> int:
+        return self.chunk_contexts * self.context_size
+
+    @property
+    def n_chunks(self) -> int:
+        return max(1, self.n_tokens // self.chunk_tokens)
+
 
 @dataclass(frozen=True)
 class CoreStats:

@@ -15,6 +15,7 @@ of `context_size` tokens, each starting with BOS when the SAE expects one.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import sys
 import sysconfig
@@ -24,7 +25,10 @@ from pathlib import Path
 
 import torch
 
+from sae_interp_tasks.config import StageConfig
 from sae_interp_tasks.errors import SaeInterpError
+
+log = logging.getLogger(__name__)
 
 _STDLIB_SKIP = {"site-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__"}
 _LOCAL_FORMATS = {".txt": "text", ".md": "text", ".jsonl": "json", ".json": "json",
@@ -41,6 +45,30 @@ class CorpusSpec:
     @property
     def label(self) -> str:
         return self.source if self.name is None else f"{self.source}:{self.name}"
+
+
+@dataclass(frozen=True)
+class CorpusConfig(StageConfig):
+    """Which text the tasks read (task metadata keys)."""
+
+    corpus: str = "sae"  # sae (the SAE's training set) | stdlib | hf:<dataset> | <local path>
+    corpus_name: str | None = None  # the Hugging Face dataset's config name
+    corpus_split: str = "train"
+    text_field: str = "text"
+
+    def spec(self, sae_dataset: str | None) -> CorpusSpec:
+        """The concrete corpus; `sae` resolves to the SAE's own `dataset_path` (stdlib when it names none)."""
+        source = self.corpus
+        if source == "sae":
+            if not sae_dataset:
+                log.warning("the SAE's metadata names no dataset_path; using the offline stdlib corpus "
+                            "(set corpus=hf:<dataset> to choose one)")
+                source = "stdlib"
+            elif sae_dataset == "stdlib" or sae_dataset.startswith(("hf:", "/", ".")):
+                source = sae_dataset
+            else:
+                source = f"hf:{sae_dataset}"
+        return CorpusSpec(source=source, name=self.corpus_name, split=self.corpus_split, text_field=self.text_field)
 
 
 def stdlib_documents() -> list[str]:

@@ -7,27 +7,24 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from sae_interp_tasks.errors import SaeInterpError
+from sae_interp_tasks.config import StageConfig, option, positive
 from sae_interp_tasks.records import Example, ExampleSplit, LatentRecord
 
 TRAIN_SAMPLINGS = ("deciles", "top", "random")
 
 
 @dataclass(frozen=True)
-class ExampleConfig:
-    n_train: int = 40
-    train_sampling: str = "deciles"  # deciles (spread across them) | top | random
-    n_test_per_decile: int = 5
-    n_deciles: int = 10
-    n_test_non_activating: int = 50
-    min_examples: int = 20  # fewer activating windows than this: "dead or rare", not scored
+class ExampleConfig(StageConfig):
+    """How a latent's windows are split into explanation (train) and scoring (test) examples."""
 
-    def validate(self) -> None:
-        if self.train_sampling not in TRAIN_SAMPLINGS:
-            raise SaeInterpError(f"train_sampling must be one of {', '.join(TRAIN_SAMPLINGS)}, got {self.train_sampling!r}")
-        for name in ("n_train", "n_test_per_decile", "n_deciles", "n_test_non_activating", "min_examples"):
-            if getattr(self, name) <= 0:
-                raise SaeInterpError(f"{name} must be positive, got {getattr(self, name)}")
+    n_train: int = positive(40)
+    train_sampling: str = option("deciles", choices=TRAIN_SAMPLINGS)  # spread across deciles | top | random
+    n_test_per_decile: int = positive(5)
+    n_deciles: int = positive(10)
+    n_test_non_activating: int = positive(50)
+    min_examples: int = positive(20)  # fewer activating windows than this: "dead or rare", not scored
+    # non-activating test windows: random | hard (nearest to the top windows by sentence embedding)
+    non_activating: str = option("random", choices=("random", "hard"))
 
 
 def assign_deciles(examples: list[Example], n_deciles: int = 10) -> list[Example]:
@@ -37,10 +34,6 @@ def assign_deciles(examples: list[Example], n_deciles: int = 10) -> list[Example
     for rank, i in enumerate(order):
         labelled[i] = replace(examples[i], decile=1 + rank * n_deciles // len(examples))
     return labelled
-
-
-def is_live(record: LatentRecord, cfg: ExampleConfig) -> bool:
-    return record.n_firing >= cfg.min_examples and len(record.activating) >= cfg.min_examples
 
 
 def split_examples(record: LatentRecord, cfg: ExampleConfig, seed: int) -> ExampleSplit:

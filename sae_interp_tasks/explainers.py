@@ -13,8 +13,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sae_interp_tasks.clients.base import ClientConfig, LLMClient, Prompt
-from sae_interp_tasks.errors import SaeInterpError
+from sae_interp_tasks.clients import ClientConfig, LLMClient, Prompt
+from sae_interp_tasks.config import StageConfig, option, positive
 from sae_interp_tasks.examples import activating_marks, highlight
 from sae_interp_tasks.records import Example, ExampleSplit, Explanation
 
@@ -31,18 +31,14 @@ SYSTEM = (
 
 
 @dataclass(frozen=True)
-class ExplainerConfig:
-    explainer: str = "hf"  # hf | openai | tokens
+class ExplainerConfig(StageConfig):
+    explainer: str = option("hf", choices=EXPLAINERS)
     explainer_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     explainer_base_url: str | None = None
-    explainer_api_key_env: str = "OPENAI_API_KEY"
-    explainer_max_tokens: int = 48
-    highlight_threshold: float = 0.3
-    max_concurrency: int = 8
-
-    def validate(self) -> None:
-        if self.explainer not in EXPLAINERS:
-            raise SaeInterpError(f"explainer must be one of {', '.join(EXPLAINERS)}, got {self.explainer!r}")
+    explainer_api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable holding the key
+    explainer_max_tokens: int = positive(48)
+    highlight_threshold: float = option(0.3, above=0.0, max=1.0)  # marked: tokens >= this x the window max
+    max_concurrency: int = positive(8)  # requests in flight to an endpoint
 
     def client_config(self, device: str = "cpu") -> ClientConfig:
         return ClientConfig(kind=self.explainer, model=self.explainer_model, base_url=self.explainer_base_url,

@@ -97,12 +97,33 @@ def _jsonable(value):
         return [_jsonable(v) for v in value]
     if isinstance(value, (np.floating, np.integer, np.bool_)):
         return _jsonable(value.item())
+    if hasattr(value, "to_json"):
+        return _jsonable(value.to_json())
     return value
 
 
-class Response(dict):
-    """A backend answer to one doc. lm-eval writes `str(resp)` into --log_samples files, so
-    its string form is JSON (NaN as null): the samples stay machine-readable."""
+@dataclass(frozen=True, eq=False)
+class Response:
+    """The backend's answer to one doc: its metrics, and what --log_samples shows about it.
+
+    lm-eval writes `str(response)` into the samples files, so the string form is JSON (NaN as
+    null), flat: the doc's id (`latent` or `chunk`), `skipped_before`, the detail fields, `metrics`.
+    `stats` carries what a custom aggregation needs (sae_core's chunk statistics); objects with a
+    `to_json()` are written through it.
+    """
+
+    metrics: dict
+    latent: int | None = None
+    chunk: int | None = None
+    skipped_before: int = 0
+    detail: dict = field(default_factory=dict)
+    stats: object = None
+
+    def to_json(self) -> dict:
+        ident = {"chunk": self.chunk} if self.chunk is not None else {"latent": self.latent,
+                                                                       "skipped_before": self.skipped_before}
+        extra = {"stats": self.stats} if self.stats is not None else {}
+        return {**ident, **self.detail, **extra, "metrics": self.metrics}
 
     def __str__(self) -> str:
-        return json.dumps(_jsonable(dict(self)), ensure_ascii=False, default=str)
+        return json.dumps(_jsonable(self.to_json()), ensure_ascii=False, default=str)

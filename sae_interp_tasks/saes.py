@@ -69,15 +69,30 @@ def validate_release(release: str, sae_id: str | None) -> None:
         raise unknown(f"sae_id for release {release!r}", sae_id, directory[release].saes_map)
 
 
-def _load_from_disk(path: str, device: str, dtype: str):
-    from sae_lens import SAE
-
+def check_folder(path: str) -> None:
     folder = Path(path)
     if not folder.is_dir():
         raise SaeInterpError(f"path={path!r} is not a folder; give a folder saved by sae_lens (cfg.json + sae_weights.safetensors)")
     for needed in ("cfg.json", "sae_weights.safetensors"):
         if not (folder / needed).exists():
             raise SaeInterpError(f"path={path!r} has no {needed}; give a folder saved by sae_lens's SAE.save_model")
+
+
+def check_source(source: SAESource) -> None:
+    """The checks that need no download and no weights: a known release and sae_id, an SAE folder, a control."""
+    if source.control is not None and source.control not in CONTROLS:
+        raise unknown("control", source.control, CONTROLS)
+    if source.release:
+        validate_release(source.release, source.sae_id)
+    else:
+        check_folder(source.path or str(DEMO_SAE_DIR))
+
+
+def _load_from_disk(path: str, device: str, dtype: str):
+    from sae_lens import SAE
+
+    check_folder(path)
+    folder = Path(path)
     try:
         json.loads((folder / "cfg.json").read_text())
         return SAE.load_from_disk(str(folder), device=device, dtype=dtype)
@@ -90,8 +105,8 @@ def load_sae(source: SAESource, device: str = "cpu", dtype: str = "float32"):
     """The SAE (a sae_lens SAE module, eval mode) and its SAEInfo."""
     from sae_lens import SAE
 
+    check_source(source)
     if source.release:
-        validate_release(source.release, source.sae_id)
         try:
             sae = SAE.from_pretrained(source.release, source.sae_id, device=device, dtype=dtype)
         except (OSError, ValueError) as err:  # huggingface_hub: not found, offline, gated (all OSError)
@@ -100,8 +115,6 @@ def load_sae(source: SAESource, device: str = "cpu", dtype: str = "float32"):
     else:
         sae = _load_from_disk(source.path or str(DEMO_SAE_DIR), device, dtype)
     if source.control:
-        if source.control not in CONTROLS:
-            raise unknown("control", source.control, CONTROLS)
         sae = control_sae(sae, source.control, k=source.control_k, seed=0)
     sae.eval()
     for p in sae.parameters():

@@ -1,6 +1,6 @@
 """Self-explanation: the subject model explains a latent patched into its own residual stream.
 
-SelfIE / Patchscopes applied to SAE latents (shared/seeds/000_*, METHODS.md). A chat prompt
+SelfIE / Patchscopes applied to SAE latents (docs/methods.md, "Self-explanation"). A chat prompt
 holds a placeholder token; on the prompt's first forward pass, the residual stream entering
 `patch_layer` at the placeholder positions is replaced by scale x the latent's unit direction,
 then the model generates (the KV cache carries the patch; later steps are not patched).
@@ -15,6 +15,7 @@ placeholder is computed once and its KV cache shared by every row.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from sae_interp_tasks.config import StageConfig, option, positive
 from sae_interp_tasks.errors import SaeInterpError
 
 DEFAULT_TEMPLATES = {
@@ -35,41 +37,35 @@ DEFAULT_TEMPLATES = {
 
 
 @dataclass(frozen=True)
-class SelfExplainConfig:
+class SelfExplainConfig(StageConfig):
     selfexplain_model: str | None = None  # None: the backend's subject model (must be chat-tuned)
-    patch_layer: int = 2
-    probe_layer: int | None = None  # None: two thirds of the depth
-    direction: str = "decoder"  # decoder | encoder
-    templates: dict | None = None  # name -> {user, assistant, placeholder}; None: DEFAULT_TEMPLATES
-    use_templates: list = field(default_factory=lambda: ["meaning", "neutral", "repeat", "in_context"])
+    patch_layer: int = option(2, min=0)
+    probe_layer: int | None = option(None, min=0)  # None: two thirds of the depth
+    direction: str = option("decoder", choices=("decoder", "encoder"))
+    templates: dict | None = option(DEFAULT_TEMPLATES)  # name -> {user, assistant, placeholder}
+    use_templates: list = option(["meaning", "neutral", "repeat", "in_context"])
     explain_template: str = "meaning"  # whose top-scale generation is "the" self-explanation
-    n_scales: int = 16
+    n_scales: int = positive(16)
     scale_min: float = 0.0
     scale_max: float = 4.0  # in units of the typical residual norm at the patch layer
-    n_samples: int = 2
-    max_new_tokens: int = 12
-    temperature: float = 0.7  # sampling temperature; 0 = greedy (then n_samples is 1)
-    alpha: float = 0.4
-    top_scales: int = 3
+    n_samples: int = positive(2)
+    max_new_tokens: int = positive(12)
+    temperature: float = option(0.7, min=0.0)  # sampling temperature; 0 = greedy (then n_samples is 1)
+    alpha: float = option(0.4, min=0.0, max=1.0)
+    top_scales: int = positive(3)
     # peak self-similarity below this flags a self-explanation failure; None: calibrated per model,
     # layer and prompt as the null_quantile of the peaks of n_null_directions random unit directions
     min_selfsim: float | None = None
-    n_null_directions: int = 32
-    null_quantile: float = 0.95
-    n_context_examples: int = 5  # in_context template: top windows shown
-    selfexplain_batch_size: int = 64  # (latent, scale) rows per batch
+    n_null_directions: int = positive(32)
+    null_quantile: float = option(0.95, above=0.0, below=1.0)
+    n_context_examples: int = positive(5)  # in_context template: top windows shown
+    selfexplain_batch_size: int = positive(64)  # (latent, scale) rows per batch
 
-    def validate(self) -> None:
-        if self.direction not in ("decoder", "encoder"):
-            raise SaeInterpError(f"direction must be decoder or encoder, got {self.direction!r}")
+    def check(self) -> None:
         names = set(self.template_map())
         for name in list(self.use_templates) + [self.explain_template]:
             if name not in names:
                 raise SaeInterpError(f"unknown self-explanation template {name!r}; defined: {', '.join(sorted(names))}")
-        if not 0 <= self.alpha <= 1:
-            raise SaeInterpError(f"alpha must lie in [0, 1], got {self.alpha}")
-        if not 0 < self.null_quantile < 1:
-            raise SaeInterpError(f"null_quantile must lie in (0, 1), got {self.null_quantile}")
 
     def template_map(self) -> dict:
         return dict(self.templates) if self.templates else dict(DEFAULT_TEMPLATES)
@@ -300,3 +296,69 @@ def naive_generate(model, prompt: PromptIds, direction: torch.Tensor, scale: flo
     eos = {model.tokenizer.eos_token_id}
     return clean_generation(model.tokenizer, out[0, len(prompt.tokens):].tolist(), eos)
 
+
+
+# --- sweeping a run's latents over every template in use ------------------------------------------
+def context_examples(record, decode, n: int, placeholder: str = "X") -> str:
+    """The latent's top windows with the most active token replaced by the placeholder, one per line."""
+    lines = []
+    for ex in record.top[:n]:
+        toks = ex.tokens.tolist()
+        peak = int(np.argmax(ex.acts))
+        lead = " " if decode([toks[peak]]).startswith(" ") else ""
+        text = decode(toks[:peak]) + f'{lead}"{placeholder}"' + decode(toks[peak + 1:])
+        lines.append("- " + " ".join(text.split()))
+    return "\n".join(lines)
+
+
+def run_sweeps(model, sae, latents: list[int], record_of: Callable, decode, cfg: SelfExplainConfig,
+               seed: int) -> tuple[dict, float]:
+    """{template: {latent: per-latent sweep summary}} for every template in use, and the peak
+    self-similarity below which a latent counts as a failure (calibrated on the explain template).
+    `record_of(latent)` gives a latent's pass record (the in-context template shows its top windows)."""
+    directions = unit_directions(sae, latents, cfg.direction)
+    templates = cfg.template_map()
+
+    def prompt_and_scales(template: dict, lat: int | None = None):
+        """The rendered prompt (an in-context template shows `lat`'s top windows) and its absolute scales."""
+        if "{examples}" in template["user"]:
+            text = context_examples(record_of(lat), decode, cfg.n_context_examples)
+            prompt = render_prompt(model.tokenizer, template, text, n_inserted=text.count("\n") + 1)
+        else:
+            prompt = render_prompt(model.tokenizer, template)
+        return prompt, np.linspace(cfg.scale_min, cfg.scale_max, cfg.n_scales) * typical_norm(model, prompt, cfg.patch_layer)
+
+    out = {}
+    for name in dict.fromkeys(list(cfg.use_templates) + [cfg.explain_template]):
+        template = templates[name]
+        if "{examples}" in template["user"]:  # one prompt per latent
+            per_latent = {}
+            for i, lat in enumerate(latents):
+                prompt, scales = prompt_and_scales(template, lat)
+                res = sweep(model, prompt, directions[i:i + 1], [lat], scales, cfg, seed, progress=False)
+                per_latent[lat] = summarize(res, 0, cfg)
+            out[name] = per_latent
+        else:
+            prompt, scales = prompt_and_scales(template)
+            res = sweep(model, prompt, directions, latents, scales, cfg, seed)
+            out[name] = {lat: summarize(res, i, cfg) for i, lat in enumerate(latents)}
+    threshold = cfg.min_selfsim
+    if threshold is None and latents:  # on the explain template's prompt (in context: the first latent's)
+        prompt, scales = prompt_and_scales(templates[cfg.explain_template], latents[0])
+        threshold = null_selfsim_threshold(model, prompt, scales, cfg, seed)
+    return out, threshold
+
+
+def summarize(res: SweepResult, row: int, cfg: SelfExplainConfig) -> dict:
+    chosen = best_scales(res.selfsim[row], res.entropy[row], cfg.alpha, cfg.top_scales)
+    comp = composite(res.selfsim[row], res.entropy[row], cfg.alpha)
+    return {
+        "scales": [round(float(x), 3) for x in res.scales],
+        "selfsim": [round(float(x), 4) for x in res.selfsim[row]],
+        "entropy": [round(float(x), 4) for x in res.entropy[row]],
+        "composite": [round(float(x), 4) for x in comp],
+        "chosen_scales": chosen,
+        "generations": {str(i): res.texts[row][i] for i in range(len(res.scales))},
+        "explanation": next((t for i in chosen for t in res.texts[row][i] if t.strip()), ""),
+        "peak_selfsim": float(res.selfsim[row].max()),
+    }

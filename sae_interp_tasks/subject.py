@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from sae_interp_tasks.caching import cache_root
 from sae_interp_tasks.errors import SaeInterpError, unknown
 
 log = logging.getLogger(__name__)
@@ -28,15 +29,6 @@ _BUNDLED_ALIASES = {BUNDLED_MODEL.lower(), "smollm2-135m-instruct", "bundled"}
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def cache_root() -> Path:
-    """Where converted models, activation passes and LLM answers are cached."""
-    root = os.environ.get("SAE_INTERP_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "sae_interp_tasks")
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def is_bundled(name: str) -> bool:

@@ -262,11 +262,13 @@ def jsonl_corpus(tmp_path_factory) -> Path:
 def _pass_config():
     from sae_interp_tasks.activations import PassConfig
 
-    return PassConfig(n_tokens=4096, context_size=CONTEXT_SIZE, window=16, batch_size=8, n_top=10, n_sample=40,
-                      n_random=64, seed=0, checkpoint_seconds=60)
+    # pass_batch_size 1: the tests choose the batch size themselves
+    return PassConfig(n_tokens=4096, context_size=CONTEXT_SIZE, window=16, n_top=10, n_sample=40, n_random=64,
+                      pass_batch_size=1)
 
 
 PASS_CFG = _pass_config()
+PASS_SEED, PASS_BATCH = 0, 8
 
 
 @pytest.fixture(scope="session")
@@ -276,5 +278,5 @@ def planted_pass(tiny_model, loaded_planted, corpus_file, tmp_path_factory):
     from sae_interp_tasks.corpus import CorpusSpec
 
     sae, info = loaded_planted
-    return run_activation_pass(tiny_model, sae, info, CorpusSpec(source=str(corpus_file)), PASS_CFG,
-                               cache_dir=tmp_path_factory.mktemp("planted_pass"), progress=False)
+    return run_activation_pass(tiny_model, sae, info, CorpusSpec(source=str(corpus_file)), PASS_CFG, PASS_SEED,
+                               PASS_BATCH, cache_dir=tmp_path_factory.mktemp("planted_pass"), progress=False)

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conftest import CAT_LATENT, DOG_LATENT, PASS_CFG as CFG
+from conftest import CAT_LATENT, DOG_LATENT, PASS_BATCH, PASS_CFG as CFG, PASS_SEED as SEED
 from sae_interp_tasks import activations, corpus
 from sae_interp_tasks.activations import run_activation_pass
 
@@ -29,7 +29,11 @@ def full_pass(planted_pass):
 def pass_tokens(tiny_model, spec) -> torch.Tensor:
     """The contexts the pass saw, [n_contexts, context_size]."""
     return torch.stack(list(corpus.token_contexts(spec, tiny_model.tokenizer, CFG.n_tokens, CFG.context_size,
-                                                  prepend_bos=True, seed=CFG.seed)))
+                                                  prepend_bos=True, seed=SEED)))
+
+
+def run(model, sae, info, spec, cfg=CFG, batch_size=PASS_BATCH, **kwargs):
+    return run_activation_pass(model, sae, info, spec, cfg, SEED, batch_size, progress=False, **kwargs)
 
 
 def assert_same_state(a, b, latents=None):
@@ -88,7 +92,7 @@ def test_bos_never_counts(full_pass, pass_tokens):
 def test_subset_encode_matches_full_encode(tiny_model, loaded_planted, spec, full_pass, tmp_path):
     sae, info = loaded_planted
     subset = torch.tensor([CAT_LATENT, 5, 7, DOG_LATENT])  # unsorted on purpose
-    part = run_activation_pass(tiny_model, sae, info, spec, CFG, latents=subset, cache_dir=tmp_path, progress=False)
+    part = run(tiny_model, sae, info, spec, latents=subset, cache_dir=tmp_path)
     assert part.latents.tolist() == subset.tolist()
     assert_same_state(part, full_pass, latents=subset.tolist())
     for latent in subset.tolist():
@@ -109,7 +113,7 @@ def test_subset_encoder_is_exact(loaded_planted):
 
 def test_second_call_is_served_from_cache(tiny_model, loaded_planted, spec, tmp_path, monkeypatch):
     sae, info = loaded_planted
-    first = run_activation_pass(tiny_model, sae, info, spec, CFG, cache_dir=tmp_path, progress=False)
+    first = run(tiny_model, sae, info, spec, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*/pass.pt"))) == 1
 
     def no_model(*args, **kwargs):
@@ -117,26 +121,24 @@ def test_second_call_is_served_from_cache(tiny_model, loaded_planted, spec, tmp_
 
     monkeypatch.setattr(activations, "hook_activations", no_model)
     monkeypatch.setattr(corpus, "token_contexts", no_model)
-    second = run_activation_pass(tiny_model, sae, info, spec, CFG, cache_dir=tmp_path, progress=False)
+    second = run(tiny_model, sae, info, spec, cache_dir=tmp_path)
     assert_same_state(second, first)
     # batch_size and checkpoint_seconds do not change the result, so they share the cache entry
-    third = run_activation_pass(tiny_model, sae, info, spec, replace(CFG, batch_size=3, checkpoint_seconds=0),
-                                cache_dir=tmp_path, progress=False)
+    third = run(tiny_model, sae, info, spec, batch_size=3, checkpoint_seconds=0, cache_dir=tmp_path)
     assert_same_state(third, first)
 
 
 def test_batch_layout_does_not_change_the_pass(tiny_model, loaded_planted, spec, full_pass, tmp_path):
     sae, info = loaded_planted
-    other = run_activation_pass(tiny_model, sae, info, spec, replace(CFG, batch_size=5), cache_dir=tmp_path,
-                                progress=False)
+    other = run(tiny_model, sae, info, spec, batch_size=5, cache_dir=tmp_path)
     assert_same_state(other, full_pass)
 
 
 def test_interrupted_pass_resumes(tiny_model, loaded_planted, spec, full_pass, tmp_path, monkeypatch):
     sae, info = loaded_planted
-    cfg = replace(CFG, checkpoint_seconds=0)  # checkpoint after every batch
+    cfg = CFG
     real_contexts = corpus.token_contexts
-    stop_after = 3 * cfg.batch_size + 2  # dies inside the fourth batch
+    stop_after = 3 * PASS_BATCH + 2  # dies inside the fourth batch
 
     def dying_contexts(*args, **kwargs):
         for i, ctx in enumerate(real_contexts(*args, **kwargs)):
@@ -146,7 +148,7 @@ def test_interrupted_pass_resumes(tiny_model, loaded_planted, spec, full_pass, t
 
     monkeypatch.setattr(corpus, "token_contexts", dying_contexts)
     with pytest.raises(KeyboardInterrupt):
-        run_activation_pass(tiny_model, sae, info, spec, cfg, cache_dir=tmp_path, progress=False)
+        run(tiny_model, sae, info, spec, checkpoint_seconds=0, cache_dir=tmp_path)  # checkpoint after every batch
     (folder,) = tmp_path.iterdir()
     assert (folder / "partial.pt").exists() and not (folder / "pass.pt").exists()
     monkeypatch.setattr(corpus, "token_contexts", real_contexts)
@@ -155,17 +157,16 @@ def test_interrupted_pass_resumes(tiny_model, loaded_planted, spec, full_pass, t
     real_hook = activations.hook_activations
     monkeypatch.setattr(activations, "hook_activations",
                         lambda model, hook, tokens: forwards.append(len(tokens)) or real_hook(model, hook, tokens))
-    resumed = run_activation_pass(tiny_model, sae, info, spec, cfg, cache_dir=tmp_path, progress=False)
+    resumed = run(tiny_model, sae, info, spec, checkpoint_seconds=0, cache_dir=tmp_path)
     n_contexts = cfg.n_tokens // cfg.context_size
-    assert sum(forwards) == n_contexts - 3 * cfg.batch_size, "the resumed pass must skip the checkpointed batches"
+    assert sum(forwards) == n_contexts - 3 * PASS_BATCH, "the resumed pass must skip the checkpointed batches"
     assert_same_state(resumed, full_pass)
     assert (folder / "pass.pt").exists() and not (folder / "partial.pt").exists()
 
 
 def test_memory_is_bounded_by_sampling_sizes_not_tokens(tiny_model, loaded_planted, spec, full_pass, tmp_path):
     sae, info = loaded_planted
-    half = run_activation_pass(tiny_model, sae, info, spec, replace(CFG, n_tokens=CFG.n_tokens // 2),
-                               cache_dir=tmp_path, progress=False)
+    half = run(tiny_model, sae, info, spec, replace(CFG, n_tokens=CFG.n_tokens // 2), cache_dir=tmp_path)
     assert half.n_tokens == CFG.n_tokens // 2
     n_lat, w = info.d_sae, CFG.window
     expected = {"top_tokens": (n_lat, CFG.n_top, w), "top_acts": (n_lat, CFG.n_top, w),
@@ -180,12 +181,11 @@ def test_memory_is_bounded_by_sampling_sizes_not_tokens(tiny_model, loaded_plant
 
 
 @pytest.mark.parametrize("bad", [dict(n_tokens=0), dict(window=0), dict(n_top=-1), dict(window=48)])
-def test_bad_pass_config(bad, tiny_model, loaded_planted, spec, tmp_path):
+def test_bad_pass_config(bad):
     from sae_interp_tasks.errors import SaeInterpError
 
-    sae, info = loaded_planted
     with pytest.raises(SaeInterpError, match="must be"):
-        run_activation_pass(tiny_model, sae, info, spec, replace(CFG, **bad), cache_dir=tmp_path, progress=False)
+        replace(CFG, **bad)
 
 
 def test_latent_ids_out_of_range(tiny_model, loaded_planted, spec, tmp_path):
@@ -193,5 +193,4 @@ def test_latent_ids_out_of_range(tiny_model, loaded_planted, spec, tmp_path):
 
     sae, info = loaded_planted
     with pytest.raises(SaeInterpError, match=f"0..{info.d_sae - 1}"):
-        run_activation_pass(tiny_model, sae, info, spec, CFG, latents=torch.tensor([0, info.d_sae]),
-                            cache_dir=tmp_path, progress=False)
+        run(tiny_model, sae, info, spec, latents=torch.tensor([0, info.d_sae]), cache_dir=tmp_path)

@@ -10,7 +10,10 @@ import torch.nn.functional as F
 from lm_eval.api.instance import Instance
 
 from conftest import D_MODEL, D_SAE, HOOK
-from sae_interp_tasks.backend import MODEL_ARGS, SAEBackend
+from sae_interp_tasks.backend import SAEBackend
+from sae_interp_tasks.config import MODEL_ARG_KEYS
+
+MODEL_ARGS = [key for key in MODEL_ARG_KEYS if key != "trust_remote_code"]
 from sae_interp_tasks.errors import SaeInterpError
 
 REQUESTS = [  # different lengths, so one batch pads
@@ -92,21 +95,41 @@ def test_loglikelihood_rolling_with_exact_sae(exact_backend, tiny_model, tokeniz
     assert total == pytest.approx(direct_loglikelihood(tiny_model, [tokenizer.bos_token_id], ids)[0], abs=1e-3)
 
 
-def test_generate_until_with_exact_sae_is_clean_greedy(exact_backend, tiny_model, tokenizer):
-    context = "The cat sat on the"
-    (text,) = exact_backend.generate_until(
-        [Instance(request_type="generate_until", doc={}, idx=0,
-                  arguments=(context, {"until": ["\n\n"], "max_gen_toks": 6, "do_sample": False}))],
-        disable_tqdm=True)
+def greedy_continuation(model, tokenizer, context: str, n: int) -> str:
+    """Plain greedy decoding: no hooks, no KV cache, no batch; stops at EOS."""
     ids = torch.tensor([tokenizer.encode(context, add_special_tokens=False)])
+    start = ids.shape[1]
     with torch.no_grad():
-        for _ in range(6):  # plain greedy decoding, no hooks, no KV cache
-            nxt = tiny_model(ids)[0, -1].argmax()
+        for _ in range(n):
+            nxt = model(ids)[0, -1].argmax()
             if int(nxt) == tokenizer.eos_token_id:
                 break
             ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
-    expected = tokenizer.decode(ids[0, len(tokenizer.encode(context, add_special_tokens=False)):].tolist())
-    assert text == expected.split("\n\n")[0]
+    return tokenizer.decode(ids[0, start:].tolist())
+
+
+def generate_request(context: str, **gen_kwargs) -> Instance:
+    return Instance(request_type="generate_until", doc={}, idx=0, arguments=(context, gen_kwargs))
+
+
+def test_generate_until_with_exact_sae_is_clean_greedy(exact_backend, tiny_model, tokenizer):
+    context = "The cat sat on the"
+    (text,) = exact_backend.generate_until(
+        [generate_request(context, until=["\n\n"], max_gen_toks=6, do_sample=False)], disable_tqdm=True)
+    assert text == greedy_continuation(tiny_model, tokenizer, context, 6).split("\n\n")[0]
+
+
+def test_generate_until_batches_requests_of_any_length(exact_backend, tiny_model, tokenizer):
+    """Requests of different lengths share left-padded batches (batch_size 3 here), grouped by their
+    generation settings; each gets its own greedy continuation, in the order asked."""
+    contexts = ["The cat", "A small dog slept under the old table all day because it", "We saw a bird near",
+                "Nobody knew why", "In the evening the cow and the fox walked past the"]
+    lengths = [4, 7, 4, 7, 4]
+    requests = [generate_request(c, until=["\n\n"], max_gen_toks=n, do_sample=False)
+                for c, n in zip(contexts, lengths)]
+    got = exact_backend.generate_until(requests, disable_tqdm=True)
+    expected = [greedy_continuation(tiny_model, tokenizer, c, n).split("\n\n")[0] for c, n in zip(contexts, lengths)]
+    assert got == expected
 
 
 def test_spliced_equals_a_hand_computed_forward(backend, planted_sae, tokenizer):
@@ -187,6 +210,18 @@ def test_contradictory_model_args(kwargs, match):
         SAEBackend(**kwargs)
 
 
+def test_building_the_backend_loads_nothing(planted_sae, monkeypatch):
+    """lm-eval builds the model before the tasks: the SAE and subject load on first use, so a bad task
+    setting fails before any weights are read."""
+    from sae_interp_tasks import backend as backend_mod
+
+    loads = []
+    monkeypatch.setattr(backend_mod, "load_subject", lambda *a, **k: loads.append("subject"))
+    monkeypatch.setattr(backend_mod, "load_sae", lambda *a, **k: loads.append("sae"))
+    b = SAEBackend(path=str(planted_sae.path), device="cpu")
+    assert loads == [] and b.batch_size_per_gpu == 8
+
+
 def test_model_args_win_over_harness_flags(planted_sae):
     b = SAEBackend.create_from_arg_obj({"path": str(planted_sae.path), "batch_size": "2"},
                                        {"batch_size": 16, "device": "cpu"})
@@ -197,23 +232,23 @@ def test_hook_the_subject_lacks(tmp_path, tiny_model, tiny_model_dir):
     from conftest import build_exact_sae
 
     path = build_exact_sae(D_MODEL, tiny_model_dir, tmp_path / "sae", hook="blocks.99.hook_resid_post")
+    backend = SAEBackend(path=str(path), device="cpu")  # arguments are fine; the mismatch shows on loading
     with pytest.raises(SaeInterpError, match="blocks.99.hook_resid_post") as err:
-        SAEBackend(path=str(path), device="cpu")
+        backend.model
     message = str(err.value)
     assert "blocks.1.hook_resid_post" in message  # the closest hooks the model has
     assert "2 layers" in message
 
 
 def test_hook_error_names_a_fix_that_exists(tmp_path, tiny_model_dir):
-    """BUG: check_hook's message says "(model_args hook_name=...)", but hook_name is no model_arg:
-    following the advice gives "unknown --model_args hook_name"."""
+    """Every model_arg the hook error advises is one --model sae accepts."""
     import re
 
     from conftest import build_exact_sae
 
     path = build_exact_sae(D_MODEL, tiny_model_dir, tmp_path / "sae", hook="blocks.99.hook_resid_post")
     with pytest.raises(SaeInterpError) as err:
-        SAEBackend(path=str(path), device="cpu")
+        SAEBackend(path=str(path), device="cpu").model
     for arg in re.findall(r"model_args (\w+)=", str(err.value)):
         assert arg in MODEL_ARGS, f"the message advises model_args {arg}=..., which --model sae rejects"
 
@@ -223,13 +258,12 @@ def test_sae_narrower_than_the_hook(tmp_path, tiny_model_dir):
 
     path = build_exact_sae(D_MODEL // 2, tiny_model_dir, tmp_path / "narrow")
     with pytest.raises(SaeInterpError, match=f"{D_MODEL // 2}-wide.*{D_MODEL}-wide"):
-        SAEBackend(path=str(path), device="cpu")
+        SAEBackend(path=str(path), device="cpu").model
 
 
 def test_subject_folder_named_llama(tmp_path, tiny_model_dir):
-    """BUG: a local subject folder whose path contains "llama" (or "gemma") fails to load with an
-    AttributeError: TransformerLens picks the architecture from the name and then reads a config it
-    never loaded. Users name their folders like that ("my-llama-finetune")."""
+    """A local subject folder whose path contains "llama" (or "gemma") loads like any other: users name
+    their folders like that ("my-llama-finetune"), and TransformerLens must not guess from the name."""
     from sae_interp_tasks.subject import load_subject
 
     folder = tmp_path / "my-llama-finetune"

@@ -1,4 +1,4 @@
-"""Bad input ends in one SaeInterpError whose message names the fix (saes.py, settings.py, subject.py)."""
+"""Bad input ends in one SaeInterpError whose message names the fix (saes.py, config.py, registry.py, subject.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import shutil
 
 import pytest
 
-from sae_interp_tasks import settings
+import sae_interp_tasks.tasks  # noqa: F401  (declares the built-in task kinds)
+from sae_interp_tasks import registry
+from sae_interp_tasks.corpus import CorpusConfig
 from sae_interp_tasks.errors import SaeInterpError, closest, unknown
 from sae_interp_tasks.saes import SAESource, load_sae
 
@@ -33,8 +35,8 @@ def test_release_without_sae_id():
 
 
 def test_release_that_cannot_be_fetched_is_a_user_error():
-    """BUG: a known release/sae_id that cannot be downloaded (offline, no hub access, gated) and a hub
-    repo id that does not exist both surface as huggingface_hub tracebacks, not as one line naming the fix."""
+    """A known release/sae_id that cannot be downloaded (offline, no hub access, gated) and a hub repo id
+    that does not exist are each one line naming the SAE, not a huggingface_hub traceback."""
     with pytest.raises(SaeInterpError, match="gpt2-small-res-jb"):
         load_sae(SAESource(release="gpt2-small-res-jb", sae_id="blocks.8.hook_resid_pre"))
     with pytest.raises(SaeInterpError, match="no-such-org/no-such-repo"):
@@ -81,8 +83,8 @@ def test_malformed_cfg_json(planted_sae, tmp_path, edit):
 
 
 def test_weights_file_that_is_not_safetensors(planted_sae, tmp_path):
-    """BUG: a weights file that is a git-lfs pointer (a clone without git-lfs) or truncated raises
-    safetensors' SafetensorError, which _load_from_disk does not turn into a SaeInterpError."""
+    """A weights file that is a git-lfs pointer (a clone without git-lfs) or truncated is a one-line
+    "malformed SAE" error, not safetensors' own exception."""
     folder = copy_sae(planted_sae, tmp_path)
     (folder / "sae_weights.safetensors").write_text(
         "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 4096\n")
@@ -117,7 +119,7 @@ def test_subject_that_cannot_be_loaded():
 # --- task settings (--metadata) --------------------------------------------------------------------
 def test_unknown_metadata_key_lists_valid_keys():
     with pytest.raises(SaeInterpError) as err:
-        settings.settings_for("core", {"corpus": "stdlib", "n_tokenz": 2048})
+        registry.settings_for("core", {"corpus": "stdlib", "n_tokenz": 2048})
     message = str(err.value)
     assert message.startswith("unknown --metadata key 'n_tokenz'; did you mean n_tokens")
     for key in ("n_tokens", "context_size", "chunk_contexts", "corpus", "text_field"):
@@ -126,27 +128,53 @@ def test_unknown_metadata_key_lists_valid_keys():
 
 
 def test_settings_are_typed_and_coerced():
-    got = settings.settings_for("core", {"n_tokens": "4096", "context_size": 64.0, "corpus": "/data/x.txt",
+    got = registry.settings_for("core", {"n_tokens": "4096", "context_size": 64.0, "corpus": "/data/x.txt",
                                          "version": 1.0, "seed": 0})
-    core = got["CoreSettings"]
-    assert core.n_tokens == 4096 and isinstance(core.n_tokens, int) and core.context_size == 64
-    assert core.seed == 0  # a zero seed is allowed
-    assert got["CorpusSettings"].spec(None).source == "/data/x.txt"
+    assert got.core.n_tokens == 4096 and isinstance(got.core.n_tokens, int) and got.core.context_size == 64
+    assert got.core.seed == 0  # a zero seed is allowed
+    assert got.corpus.spec(None).source == "/data/x.txt"
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("n_tokens", 0, "n_tokens must be positive, got 0"),
-    ("chunk_contexts", -2, "chunk_contexts must be positive"),
-    ("context_size", 0, "context_size must be positive"),
-    ("n_tokens", "many", "n_tokens='many' should be a int"),
+@pytest.mark.parametrize("value,expected", [(True, True), ("true", True), ("Yes", True), ("on", True), (1, True),
+                                            ("1", True), (False, False), ("false", False), ("no", False),
+                                            ("OFF", False), (0, False), ("0", False)])
+def test_booleans_accept_true_and_false_words(value, expected):
+    assert registry.settings_for("detection", {"constrained": value}).scorer.constrained is expected
+
+
+@pytest.mark.parametrize("kind,key,value,match", [
+    ("core", "n_tokens", 0, "n_tokens=0 must be at least 1"),
+    ("core", "chunk_contexts", -2, "chunk_contexts=-2 must be at least 1"),
+    ("core", "context_size", 0, "context_size=0 must be at least 2"),
+    ("core", "n_tokens", "many", "n_tokens='many' should be a int"),
+    ("core", "n_tokens", True, "n_tokens=True should be a int"),
+    ("detection", "constrained", "maybe", "constrained='maybe' should be a boolean: true or false"),
+    ("detection", "use_logprobs", 2, "use_logprobs=2 should be a boolean"),
+    ("detection", "explainer", "gpt", "explainer='gpt' is not valid; choose from: hf, openai, tokens"),
+    ("detection", "scorer", "vllm", "scorer='vllm' is not valid; choose from: hf, openai"),
+    ("detection", "non_activating", "near", "non_activating='near' is not valid; choose from: random, hard"),
+    ("detection", "n_latents", -3, "n_latents=-3 must be at least 1"),
+    ("detection", "highlight_threshold", 0, "highlight_threshold=0.0 must be above 0.0"),
+    ("detection", "latents", "[1, \"a\"]", "latents must be a non-empty list of latent ids"),
+    ("detection", "min_examples", 500, "min_examples \\(500\\) cannot exceed n_sample \\(200\\)"),
+    ("selfexplain", "patch_layer", -1, "patch_layer=-1 must be at least 0"),
+    ("selfexplain", "alpha", 1.5, "alpha=1.5 must be at most 1.0"),
+    ("selfexplain", "direction", "both", "direction='both' is not valid; choose from: decoder, encoder"),
+    ("selfexplain", "explain_template", "poem", "unknown self-explanation template 'poem'"),
+    ("selfexplain", "null_quantile", 1, "null_quantile=1.0 must be below 1.0"),
 ])
-def test_bad_setting_values(key, value, match):
+def test_bad_setting_values(kind, key, value, match):
     with pytest.raises(SaeInterpError, match=match):
-        settings.settings_for("core", {key: value})
+        registry.settings_for(kind, {key: value})
+
+
+def test_unknown_task_kind():
+    with pytest.raises(SaeInterpError, match="unknown task kind 'detektion' .closest: detection"):
+        registry.get("detektion")
 
 
 def test_corpus_sae_uses_the_sae_training_set():
-    corpus = settings.CorpusSettings(corpus="sae")
+    corpus = CorpusConfig(corpus="sae")
     assert corpus.spec("monology/pile-uncopyrighted").source == "hf:monology/pile-uncopyrighted"
     assert corpus.spec(None).source == "stdlib"
     assert corpus.spec("/data/local").source == "/data/local"

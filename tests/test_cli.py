@@ -18,36 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import HOOK, REPO, subprocess_env
+from conftest import HOOK
+from helpers import error_lines, result_files, run_lm_eval, run_python
 from sae_interp_tasks import core
 
 LIMIT = 2
 CORE_META = {"n_tokens": 2048, "context_size": 64, "chunk_contexts": 4}
-
-
-def lm_eval_script() -> str:
-    local = Path(sys.executable).parent / "lm_eval"  # the venv's console script
-    found = str(local) if local.exists() else shutil.which("lm_eval")
-    assert found, "the lm_eval console script is not installed"
-    return found
-
-
-def run_lm_eval(args: list[str], cache: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([lm_eval_script(), *args], cwd=REPO, env=subprocess_env(cache), capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def run_python(code: str, cache: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(cache), capture_output=True,
-                          text=True, timeout=120)
-
-
-def result_files(folder: Path) -> list[Path]:
-    return sorted(folder.rglob("results_*.json"))
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +80,8 @@ def test_sae_core_numbers_match_an_in_process_computation(run, tiny_model, loade
 
 
 def test_results_record_the_settings_used(run, corpus_file):
-    """BUG: DESIGN.md: "the results file records what was used". lm-eval's Task.__init__ wraps the
-    config dict as TaskConfig({...}) (the whole dict lands in `task`), so sae_core's config in the
-    results JSON has no `metadata`: which corpus and how many tokens are not recorded."""
+    """The results file records what was used: sae_core's config holds its metadata (corpus, token
+    count), with the template's keys merged in (lm-eval's Task.__init__ would have lost them)."""
     _, _, results = run
     config = results["configs"]["sae_core"]
     assert config["task"] == "sae_core"

@@ -25,10 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CAT_LATENT, D_SAE, DOG_LATENT, REPO, subprocess_env
+from conftest import CAT_LATENT, D_SAE, DOG_LATENT
+from helpers import error_lines, result_files, run_lm_eval, samples, verdicts
 from servers import free_port
-from test_cli import error_lines, lm_eval_script, result_files
-from test_scoring import verdicts
 
 ORACLE_SEED = 41  # first live latents in its order: 0 (cat), then 1 (dog)
 OTHER_SEED = 1234  # lm-eval's default: other latents come first
@@ -38,7 +37,6 @@ YES, NO = math.log(0.9), math.log(0.1)
 
 PASS = {"n_tokens": 4096, "context_size": 64, "window": 16, "n_top": 10, "n_sample": 40, "n_random": 64}
 EXAMPLES = {"n_latents": 2, "min_examples": 5, "n_train": 10, "n_test_per_decile": 1, "n_test_non_activating": 10}
-# patch_layer 1: 0 is refused by settings.build (the bug test_patch_layer_zero_is_a_valid_setting shows)
 SELFEXPLAIN = {"patch_layer": 1, "n_scales": 4, "temperature": 0, "n_samples": 1, "max_new_tokens": 4,
                "n_context_examples": 2}
 
@@ -94,25 +92,10 @@ def oracle_endpoint():
 
 
 # ------------------------------------------------------------------------------------ runs
-def run_lm_eval(args: list[str], cache: Path, **env: str) -> subprocess.CompletedProcess:
-    # DISABLE_MULTIPROC: lm-eval bootstraps each nanmean metric's stderr (100k draws) in a fresh
-    # process pool per metric; in-process it takes ~1 s per metric instead of ~1.7 s here
-    return subprocess.run([lm_eval_script(), *args], cwd=REPO, capture_output=True, text=True, timeout=400,
-                          env={**subprocess_env(cache), "DISABLE_MULTIPROC": "1", **env})
-
-
 def lm_eval_args(sae_path: Path, tasks: str, meta: dict, out: Path, *extra: str) -> list[str]:
     # batch_size=8: with lm-eval's default of 1 the activation pass runs one context per forward (~20x slower)
     return ["--model", "sae", "--model_args", f"path={sae_path},device=cpu,batch_size=8", "--tasks", tasks,
             "--limit", "2", "--metadata", json.dumps(meta), "--output_path", str(out), *extra]
-
-
-def samples(out: Path, task: str) -> list[dict]:
-    (path,) = out.rglob(f"samples_{task}_*.jsonl")
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    for row in rows:
-        row["response"] = json.loads(row["resps"][0][0])  # our Response's str is JSON
-    return sorted(rows, key=lambda r: r["doc"]["slot"])
 
 
 @pytest.fixture(scope="module")
@@ -246,8 +229,7 @@ def test_selfexplain_task_end_to_end(run_a):
 
 # ------------------------------------------------------------------------------------ run B: seed and secrets
 def test_seed_changes_the_chosen_latents(run_a, run_b):
-    from sae_interp_tasks.pipeline import candidate_order
-    from sae_interp_tasks.settings import LatentSelection
+    from sae_interp_tasks.selection import candidate_order
 
     proc, out, _, _ = run_b
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -256,7 +238,7 @@ def test_seed_changes_the_chosen_latents(run_a, run_b):
     assert oracle == [CAT_LATENT, DOG_LATENT]
     assert other != oracle and len(set(other)) == 2
     for seed, chosen in ((ORACLE_SEED, oracle), (OTHER_SEED, other)):
-        order = candidate_order(D_SAE, LatentSelection(), seed)
+        order = candidate_order(D_SAE, None, seed)
         assert order.index(chosen[0]) < order.index(chosen[1])  # slots fill in the seeded order
     assert other == [8, 12]  # seed 1234's first live latents (random ones that fire on this corpus)
 

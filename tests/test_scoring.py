@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from conftest import CAT_LATENT, DOG_LATENT
+from helpers import read_scorer_prompt, verdicts
 from sae_interp_tasks import clients as clients_mod
-from sae_interp_tasks.clients.base import ClientConfig, Completion, LLMClient, Prompt
+from sae_interp_tasks.clients import ClientConfig, Completion, LLMClient, Prompt
 from sae_interp_tasks.clients.cache import CompletionCache
 from sae_interp_tasks.examples import ExampleConfig, split_examples
 from sae_interp_tasks.explainers import ExplainerConfig, explain, explainer_prompt, token_explanation
@@ -35,34 +36,6 @@ LOG_YES, LOG_NO = math.log(0.9), math.log(0.1)
 
 
 # ------------------------------------------------------------------------------------ oracle clients
-def read_scorer_prompt(system: str, user: str) -> tuple[str, list[str], bool]:
-    """(explanation, example texts, is_fuzzing) from the messages of a classifier.scorer_prompt."""
-    explanation = re.match(r"Explanation: (.*)\n\n", user).group(1)
-    body = user.split("\n\n", 1)[1].rsplit("\n\nYour list of", 1)[0]
-    examples = re.split(r"(?:^|\n)Example \d+: ", body)[1:]
-    n = int(re.search(r"Your list of (\d+) numbers", user).group(1))
-    assert len(examples) == n, (n, examples)
-    return explanation, examples, "marked <<like this>>" in system
-
-
-def mentions(text: str, explanation: str) -> bool:
-    """Does the text hold what the explanation names: its quoted tokens ('the token " cat"') if it
-    quotes any, else its last word ("the word cat") as a whole word."""
-    quoted = re.findall(r'"([^"]+)"', explanation)
-    if quoted:
-        return any(q in text for q in quoted)
-    return re.search(rf"\b{re.escape(explanation.split()[-1])}\b", text) is not None
-
-
-def verdicts(system: str, user: str) -> list[bool]:
-    """An ideal scorer: detection asks whether the example holds what the explanation names,
-    fuzzing whether the marked tokens do."""
-    explanation, examples, fuzzing = read_scorer_prompt(system, user)
-    if fuzzing:
-        return [any(mentions(m, explanation) for m in re.findall(r"<<(.*?)>>", text)) for text in examples]
-    return [mentions(text, explanation) for text in examples]
-
-
 def oracle_verdicts(prompt: Prompt) -> list[bool]:
     return verdicts(prompt.messages[0][1], prompt.messages[-1][1])
 
@@ -445,8 +418,8 @@ def made_clients(monkeypatch):
 
 
 def test_detection_and_fuzzing_share_one_explanation_per_latent(planted_sae, corpus_file, fresh_cache, monkeypatch):
-    from sae_interp_tasks import pipeline
     from sae_interp_tasks.backend import SAEBackend
+    from sae_interp_tasks.tasks.base import serve_latents
 
     fakes: dict[str, FakeClient] = {}
 
@@ -458,14 +431,14 @@ def test_detection_and_fuzzing_share_one_explanation_per_latent(planted_sae, cor
     monkeypatch.setattr(clients_mod, "make_client", fake_make_client)
     backend = SAEBackend(path=str(planted_sae.path), device="cpu")
     settings = interp_settings(corpus_file, "oracle-explainer", "oracle-scorer")
-    out = pipeline.serve_interp(backend, payloads(settings))
+    out = serve_latents(backend, payloads(settings))
 
     explainer = fakes["oracle-explainer"]
     assert explainer.n_calls == 2  # one explanation per latent, for both tasks
     assert Counter(oracle_explainer(p).text for p in explainer.asked) == {
         "Explanation: the word cat": 1, "Explanation: the word dog": 1}
     assert set(fakes) == {"oracle-explainer", "oracle-scorer"}  # one client per config
-    by = {(p["kind"], p["doc"]["slot"]): r for p, r in zip(payloads(settings), out)}
+    by = {(p["kind"], p["doc"]["slot"]): r.to_json() for p, r in zip(payloads(settings), out)}
     for slot, lat in enumerate(settings["latents"]):
         det, fuz = by[("detection", slot)], by[("fuzzing", slot)]
         assert det["latent"] == fuz["latent"] == lat
@@ -477,21 +450,21 @@ def test_detection_and_fuzzing_share_one_explanation_per_latent(planted_sae, cor
 
     # answering the same docs again on this backend asks nobody anything
     calls = {name: c.n_calls for name, c in fakes.items()}
-    again = pipeline.serve_interp(backend, payloads(settings))
+    again = serve_latents(backend, payloads(settings))
     assert {name: c.n_calls for name, c in fakes.items()} == calls
     assert [str(r) for r in again] == [str(r) for r in out]
 
 
 def test_a_rerun_on_the_same_cache_calls_no_model(planted_sae, tiny_model_dir, corpus_file, fresh_cache, made_clients):
     """The real in-process hf client on the tiny model: the second backend answers from disk."""
-    from sae_interp_tasks import pipeline
     from sae_interp_tasks.backend import SAEBackend
     from sae_interp_tasks.clients.hf_client import HFClient
+    from sae_interp_tasks.tasks.base import serve_latents
 
     settings = interp_settings(corpus_file, str(tiny_model_dir), str(tiny_model_dir), scorer_max_tokens=8,
                                explainer_max_tokens=8, n_test_per_decile=1, n_test_non_activating=5,
                                shuffled_control=False)  # few prompts: the tiny model's answers are noise anyway
-    first = pipeline.serve_interp(SAEBackend(path=str(planted_sae.path), device="cpu"), payloads(settings))
+    first = serve_latents(SAEBackend(path=str(planted_sae.path), device="cpu"), payloads(settings))
     # explainer and scorer have the same client settings here, so the run makes one client for both
     (client,) = made_clients
     assert isinstance(client, HFClient)
@@ -502,7 +475,7 @@ def test_a_rerun_on_the_same_cache_calls_no_model(planted_sae, tiny_model_dir, c
     assert n_answers == client.n_calls  # every answer is on disk
 
     made_clients.clear()
-    second = pipeline.serve_interp(SAEBackend(path=str(planted_sae.path), device="cpu"), payloads(settings))
+    second = serve_latents(SAEBackend(path=str(planted_sae.path), device="cpu"), payloads(settings))
     (client,) = made_clients
     assert client.n_calls == 0 and client.asked == []
     assert client._model is None  # the cache answered everything: the model was never loaded

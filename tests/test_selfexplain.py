@@ -239,16 +239,15 @@ def test_bundled_model_repeats_the_patched_token():
 
 # ------------------------------------------------------------------------------------ settings
 def test_patch_layer_zero_is_a_valid_setting():
-    """BUG: METHODS.md says the patch goes in "at an early layer (default 2; 0 works too)", but
-    settings.build rejects every int field <= 0 except `seed`, so `--metadata '{"patch_layer": 0}'`
-    ends with "error: patch_layer must be positive, got 0" (probe_layer 0 likewise)."""
-    from sae_interp_tasks import selfexplain_task  # noqa: F401  (registers the task's settings)
-    from sae_interp_tasks.settings import settings_for
+    """The patch goes in "at an early layer (default 2; 0 works too)" (docs/methods.md): layer 0 is a
+    valid patch_layer and probe_layer, while counts such as n_scales stay positive."""
+    import sae_interp_tasks.tasks  # noqa: F401  (declares the built-in task kinds)
+    from sae_interp_tasks.registry import settings_for
 
-    cfg = settings_for("selfexplain", {"patch_layer": 0, "probe_layer": 0})["SelfExplainConfig"]
+    cfg = settings_for("selfexplain", {"patch_layer": 0, "probe_layer": 0}).selfexplain
     assert (cfg.patch_layer, cfg.probe_layer) == (0, 0)
     with pytest.raises(SaeInterpError, match="n_scales"):
-        settings_for("selfexplain", {"n_scales": 0})  # counts stay positive
+        settings_for("selfexplain", {"n_scales": 0})
 
 
 def test_null_threshold_is_the_quantile_of_random_directions_peaks(tiny_model, echo, directions, echo_sweep):
@@ -277,9 +276,9 @@ def test_judge_reads_yes_no_and_leaves_other_answers_out(tmp_path):
     """The optional LLM judge: 'yes' -> 1, 'no' -> 0, anything else NaN (not counted either way)."""
     import math
 
-    from sae_interp_tasks.clients.base import ClientConfig, Completion, LLMClient
+    from sae_interp_tasks.clients import ClientConfig, Completion, LLMClient
     from sae_interp_tasks.clients.cache import CompletionCache
-    from sae_interp_tasks.selfexplain_task import judge_agreement
+    from sae_interp_tasks.scorers.agreement import judge_agreement
 
     class Scripted(LLMClient):
         supports_logprobs = False

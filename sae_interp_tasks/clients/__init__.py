@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sae_interp_tasks.clients.base import ClientConfig, Completion, LLMClient, Prompt
+from sae_interp_tasks.clients.base import LLMClient
 from sae_interp_tasks.clients.cache import CompletionCache
+from sae_interp_tasks.clients.records import ClientConfig, Completion, Prompt
+from sae_interp_tasks.caching import cache_root
 from sae_interp_tasks.errors import SaeInterpError
 
 KINDS = ("hf", "openai")
@@ -20,8 +22,6 @@ def make_client(cfg: ClientConfig, cache_dir: Path | None = None) -> LLMClient:
         raise SaeInterpError(f"unknown LLM client kind {cfg.kind!r}: valid kinds are {', '.join(KINDS)}")
     cfg.check()
     if cache_dir is None:
-        from sae_interp_tasks.subject import cache_root
-
         cache_dir = cache_root() / "llm"
     cache = CompletionCache(Path(cache_dir))
     if cfg.kind == "hf":

@@ -13,10 +13,8 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from sae_interp_tasks.clients.base import Completion, Prompt
+from sae_interp_tasks.clients.records import Completion, Prompt
 
 CACHE_FILE = "completions.sqlite"
 
@@ -44,8 +42,6 @@ class CompletionCache:
         return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
 
     def get_many(self, keys: list[str]) -> dict[str, Completion]:
-        from sae_interp_tasks.clients.base import Completion
-
         found: dict[str, Completion] = {}
         unique = list(dict.fromkeys(keys))
         with self._lock:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from sae_interp_tasks.clients.base import ClientConfig, Completion, LLMClient, OnAnswer, Prompt
+from sae_interp_tasks.clients.base import LLMClient, OnAnswer
 from sae_interp_tasks.clients.cache import CompletionCache
+from sae_interp_tasks.clients.records import ClientConfig, Completion, Prompt
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.subject import BUNDLED_MODEL, bundled_hf_dir, is_bundled
 

@@ -19,8 +19,9 @@ from urllib.parse import urlparse
 
 import openai
 
-from sae_interp_tasks.clients.base import ClientConfig, Completion, LLMClient, OnAnswer, Prompt
+from sae_interp_tasks.clients.base import LLMClient, OnAnswer
 from sae_interp_tasks.clients.cache import CompletionCache
+from sae_interp_tasks.clients.records import ClientConfig, Completion, Prompt
 from sae_interp_tasks.errors import SaeInterpError
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sae_interp_tasks import metrics
-from sae_interp_tasks.clients.base import ClientConfig, Completion, LLMClient, Prompt
+from sae_interp_tasks.clients import ClientConfig, Completion, LLMClient, Prompt
+from sae_interp_tasks.config import StageConfig, option, positive
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.examples import activating_marks, highlight
 from sae_interp_tasks.records import Example, ExampleSplit, Explanation, ScoredLatent, WindowJudgement
@@ -37,23 +38,19 @@ _RULES = {
 
 
 @dataclass(frozen=True)
-class ScorerConfig:
-    scorer: str = "hf"  # hf | openai
+class ScorerConfig(StageConfig):
+    scorer: str = option("hf", choices=("hf", "openai"))
     scorer_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     scorer_base_url: str | None = None
-    scorer_api_key_env: str = "OPENAI_API_KEY"
-    windows_per_prompt: int = 5
+    scorer_api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable holding the key
+    windows_per_prompt: int = positive(5)
     use_logprobs: bool = True
     # in-process scorers (hf) may only answer "[d, d, ...]" with d in 0/1 (constrained decoding,
     # as vLLM's guided decoding does), reading P(1) at each digit; endpoint scorers answer freely
     constrained: bool = True
-    scorer_max_tokens: int = 24
+    scorer_max_tokens: int = positive(24)
     shuffled_control: bool = True  # also score every latent with another latent's explanation
-    max_concurrency: int = 8
-
-    def validate(self) -> None:
-        if self.scorer not in ("hf", "openai"):
-            raise SaeInterpError(f"scorer must be hf or openai, got {self.scorer!r}")
+    max_concurrency: int = positive(8)  # requests in flight to an endpoint
 
     def client_config(self, device: str = "cpu") -> ClientConfig:
         return ClientConfig(kind=self.scorer, model=self.scorer_model, base_url=self.scorer_base_url,

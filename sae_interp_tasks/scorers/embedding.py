@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sae_interp_tasks import metrics
+from sae_interp_tasks.config import StageConfig, positive
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.records import Example, ExampleSplit, Explanation, ScoredLatent, WindowJudgement
 from sae_interp_tasks.scorers.classifier import derangement
@@ -26,9 +27,9 @@ PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
 
 @dataclass(frozen=True)
-class EmbeddingConfig:
+class EmbeddingConfig(StageConfig):
     embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
-    embedding_batch_size: int = 64
+    embedding_batch_size: int = positive(64)
 
 
 def load_embedder(name: str, device: str = "cpu"):

@@ -1,0 +1,51 @@
+"""Where cached work lives and how it is named and written.
+
+Everything expensive is cached under `$SAE_INTERP_CACHE` (default
+`~/.cache/sae_interp_tasks`): converted models, activation passes, sae_core chunks, LLM answers.
+A cache entry is named by `cache_key(...)` of everything that determines its content, and written
+with `atomic_save`, so an interrupted run leaves no half-written entry and a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    root = os.environ.get("SAE_INTERP_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "sae_interp_tasks")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def canonical(*parts) -> str:
+    """A stable text form of `parts` (dataclasses as dicts, keys sorted): equal inputs, equal text."""
+    return json.dumps([dataclasses.asdict(p) if dataclasses.is_dataclass(p) and not isinstance(p, type) else p
+                       for p in parts], sort_keys=True, default=str)
+
+
+def cache_key(*parts, length: int = 24) -> str:
+    """The hex name of a cache entry determined by `parts`."""
+    return hashlib.sha256(canonical(*parts).encode()).hexdigest()[:length]
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary file, then rename: readers see the old entry or the whole new one."""
+    import torch
+
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -1,0 +1,89 @@
+"""sae_core: reconstruction and sparsity of the SAE over corpus chunks (no LLM); one doc = one chunk."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+from lm_eval.api.metrics import mean
+from tqdm.auto import tqdm
+
+from sae_interp_tasks import core
+from sae_interp_tasks.caching import atomic_save, cache_key, cache_root
+from sae_interp_tasks.config import Settings
+from sae_interp_tasks.corpus import CorpusConfig, fingerprint, token_contexts
+from sae_interp_tasks.core import CoreConfig
+from sae_interp_tasks.records import Response
+from sae_interp_tasks.registry import settings_for, task_kind
+from sae_interp_tasks.tasks.base import SAETask
+
+
+@dataclass(frozen=True)
+class CoreSettings(Settings):
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    core: CoreConfig = field(default_factory=CoreConfig)
+
+
+@task_kind("core", settings=CoreSettings, headline="ce_loss_recovered")
+class SAECoreTask(SAETask):
+    """Reconstruction and sparsity of the SAE over corpus chunks; no LLM."""
+
+    HANDLER = "sae_interp_tasks.tasks.core:serve_core"
+    METRICS = {
+        "l0": (mean, False),
+        "mse": (mean, False),
+        "explained_variance": (core.explained_variance, True),
+        "dead_fraction": (core.dead_fraction, False),
+        "dense_fraction": (core.dense_fraction, False),
+        "ce_loss_recovered": (core.ce_loss_recovered, True),
+        "ce_loss_clean": (mean, False),
+        "ce_loss_spliced": (mean, False),
+        "ce_loss_zero_ablation": (mean, False),
+    }
+
+    def make_docs(self) -> list[dict]:
+        return [{"chunk": i} for i in range(self.settings.core.n_chunks)]
+
+    def process_results(self, doc, results) -> dict:
+        stats = results[0].stats
+        scalars = core.per_chunk_metrics(stats)
+        return {name: scalars.get(name, stats) for name in self.METRICS}
+
+
+def serve_core(backend, payloads: list[dict]) -> list[Response]:
+    """Chunk statistics for sae_core docs, each cached on disk so an interrupted run resumes."""
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(payloads):
+        groups.setdefault(json.dumps([p["settings"], p["seed"]], sort_keys=True), []).append(i)
+    results: list = [None] * len(payloads)
+    for key, indices in groups.items():
+        settings, seed = json.loads(key)
+        s: CoreSettings = settings_for("core", settings)
+        corpus = s.corpus.spec(backend.info.dataset_path)
+        wanted = sorted({payloads[i]["doc"]["chunk"] for i in indices})
+        folder = cache_root() / "core" / cache_key({
+            "sae": backend.info.fingerprint, "model": backend.model.cfg.model_name, "hook": backend.info.hook_name,
+            "corpus": corpus, "corpus_fp": fingerprint(corpus), "core": s.core, "seed": seed})
+        folder.mkdir(parents=True, exist_ok=True)
+        contexts = token_contexts(corpus, backend.tokenizer, (max(wanted) + 1) * s.core.chunk_tokens,
+                                  s.core.context_size, backend.info.prepend_bos, seed)
+        stats = {}
+        bar = tqdm(total=len(wanted), unit="chunks", desc="sae_core")
+        for chunk in range(max(wanted) + 1):
+            batch = [next(contexts) for _ in range(s.core.chunk_contexts)]
+            if chunk not in wanted:
+                continue
+            path = folder / f"chunk{chunk}.pt"
+            if path.exists():
+                stats[chunk] = torch.load(path, weights_only=False)
+            else:
+                tokens = torch.stack(batch).to(backend.device)
+                stats[chunk] = core.chunk_stats(backend.model, backend.sae, backend.info.hook_name, tokens)
+                atomic_save(stats[chunk], path)
+            bar.update(1)
+        bar.close()
+        for i in indices:
+            chunk = payloads[i]["doc"]["chunk"]
+            results[i] = Response(metrics=core.per_chunk_metrics(stats[chunk]), chunk=chunk, stats=stats[chunk])
+    return results
