@@ -7,7 +7,7 @@ the placeholder) at a scale like a real token's, it must say "cat", and for the 
 "dog". That makes the sweep's plumbing checkable: the patch lands on the right rows and
 positions, on the first forward only, and the KV-cached batched generation says exactly what
 TransformerLens's cache-free `generate` says. The one slow test asks the real question on the
-bundled SmolLM2-135M-Instruct with the METHODS.md `repeat` template.
+bundled SmolLM2-135M-Instruct with the `repeat` template (docs/methods.md).
 """
 
 from __future__ import annotations
