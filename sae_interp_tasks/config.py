@@ -115,41 +115,45 @@ def _describe(hint) -> str:
 
 
 def _convert(name: str, hint, value):
-    """`value` as the field's type, converting what metadata could only carry as text."""
+    """`value` as the field's type, converting what metadata could only carry as text. With several
+    types (`float | list`), the first that takes the value wins."""
     args = typing.get_args(hint)
-    optional = type(None) in args
     if value is None:
-        if optional:
+        if type(None) in args:
             return None
         raise SaeInterpError(f"setting {name} cannot be null; give a {_describe(hint)}")
-    base = [t for t in args if t is not type(None)] or [hint]
-    target = typing.get_origin(base[0]) or base[0]
-    try:
-        if target is bool:
-            return _to_bool(value)
-        if target is int:
-            return _to_int(value)
-        if target is float:
-            if isinstance(value, bool):
-                raise ValueError
-            number = float(value)
-            if not math.isfinite(number):
-                raise ValueError
-            return number
-        if target is str:
-            if not isinstance(value, str):
-                raise ValueError
-            return value
-        if target in (list, dict):
-            if isinstance(value, str):
-                value = json.loads(value)
-            if target is list and isinstance(value, tuple):
-                value = list(value)
-            if not isinstance(value, target):
-                raise ValueError
-            return value
-    except (TypeError, ValueError, json.JSONDecodeError):
-        raise SaeInterpError(f"setting {name}={value!r} should be a {_describe(hint)}") from None
+    for base in [t for t in args if t is not type(None)] or [hint]:
+        try:
+            return _to_type(typing.get_origin(base) or base, value)
+        except (TypeError, ValueError, json.JSONDecodeError):
+            continue
+    raise SaeInterpError(f"setting {name}={value!r} should be a {_describe(hint)}")
+
+
+def _to_type(target, value):
+    if target is bool:
+        return _to_bool(value)
+    if target is int:
+        return _to_int(value)
+    if target is float:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError
+        return number
+    if target is str:
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    if target in (list, dict):
+        if isinstance(value, str):
+            value = json.loads(value)
+        if target is list and isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, target):
+            raise ValueError
+        return value
     return value
 
 

@@ -123,6 +123,21 @@ def scores(run: LatentRun, kind: str, settings: Settings | None = None) -> dict[
                                                               run.splits, run.explanations)))
 
 
+def contexts(backend, s: LatentSettings, seed: int):
+    """The activation pass's token contexts [n_contexts, context_size] (int32), rebuilt from the corpus
+    once per run: stages that need more than the pass's windows (intervention prompts) read them."""
+    import torch
+
+    from sae_interp_tasks.corpus import token_contexts
+
+    def build():
+        spec = s.corpus.spec(backend.info.dataset_path)
+        return torch.stack(list(token_contexts(spec, backend.tokenizer, s.activations.n_tokens,
+                                               s.activations.context_size, backend.info.prepend_bos, seed))).to(torch.int32)
+
+    return backend.memo.get(("contexts", s.corpus, s.activations.n_tokens, s.activations.context_size, seed), build)
+
+
 def client(backend, cfg):
     from sae_interp_tasks.clients import make_client
 

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from sae_interp_tasks.clients.cache import CompletionCache
 from sae_interp_tasks.clients.records import ClientConfig, Completion, Prompt
+from sae_interp_tasks.errors import SaeInterpError
 
 log = logging.getLogger(__name__)
 
@@ -43,39 +44,58 @@ class LLMClient(ABC):
     def generate(self, prompts: list[Prompt], desc: str = "llm") -> list[Completion]:
         """Answers in the order of `prompts`; cached answers first, each new success cached as it lands."""
         keys = [self.cache.key(self.name, self.cfg.base_url, p) for p in prompts]
-        answers: dict[str, Completion] = self.cache.get_many(keys)
-        todo: dict[str, Prompt] = {}  # identical prompts are asked once
-        for key, prompt in zip(keys, prompts):
+        return self._cached(keys, prompts, self.cache.get_many, self.cache.put, self._answer,
+                            ok=lambda completion: completion.text is not None, desc=desc)
+
+    def continuation_logprobs(self, prefix: str, pairs: list[tuple[str, str]], desc: str = "logprobs") -> list[float | None]:
+        """log P(target | prefix + context) for each (context, target), summed over the target's tokens;
+        cached like answers; None where the request failed after retries."""
+        keys = [self.cache.logprob_key(self.name, self.cfg.base_url, prefix, c, t) for c, t in pairs]
+        return self._cached(keys, pairs, self.cache.get_logprobs, self.cache.put_logprob,
+                            lambda todo, on_answer: self._logprobs(prefix, todo, on_answer),
+                            ok=lambda value: value is not None, desc=desc)
+
+    def _cached(self, keys: list[str], items: list, lookup, store, ask, ok, desc: str) -> list:
+        """The cache-first flow shared by every request kind: identical items are asked once, each
+        success is stored as it lands (an interrupted run loses nothing), failures are asked again
+        by the next run."""
+        answers: dict = lookup(keys)
+        todo: dict = {}
+        for key, item in zip(keys, items):
             if key not in answers:
-                todo.setdefault(key, prompt)
+                todo.setdefault(key, item)
         copies = Counter(keys)
         todo_keys = list(todo)
         n_cached = sum(copies[key] for key in answers)
-        log.debug("%s: %d prompts, %d cached, %d to ask", self.name, len(prompts), n_cached, len(todo))
-        bar = tqdm(total=len(prompts), initial=n_cached, unit="requests", desc=desc)
+        log.debug("%s: %d requests, %d cached, %d to ask", self.name, len(items), n_cached, len(todo))
+        bar = tqdm(total=len(items), initial=n_cached, unit="requests", desc=desc)
         lock = threading.Lock()
 
-        def on_answer(i: int, completion: Completion) -> None:
+        def on_answer(i: int, answer) -> None:
             key = todo_keys[i]
             with lock:
-                answers[key] = completion
-                if completion.text is not None:
-                    self.cache.put(key, completion)
+                answers[key] = answer
+                if ok(answer):
+                    store(key, answer)
                 bar.update(copies[key])
 
         try:
             if todo:
-                self._answer(list(todo.values()), on_answer)
+                ask(list(todo.values()), on_answer)
         finally:
             bar.close()
         missing = [k for k in todo_keys if k not in answers]
         if missing:
-            raise RuntimeError(f"{type(self).__name__}._answer left {len(missing)} prompts unanswered")
-        failed = sum(1 for k in todo_keys if answers[k].text is None)
+            raise RuntimeError(f"{type(self).__name__} left {len(missing)} requests unanswered")
+        failed = sum(1 for k in todo_keys if not ok(answers[k]))
         if failed:
             log.warning("%s: %d of %d requests failed after retries; a rerun asks them again",
                         self.name, failed, len(todo_keys))
         return [answers[k] for k in keys]
+
+    def _logprobs(self, prefix: str, pairs: list[tuple[str, str]], on_answer) -> None:
+        """Score every (context, target) after `prefix`; call on_answer(index, logprob or None)."""
+        raise SaeInterpError(f"{self.name} cannot score log-probabilities of a text")
 
     @abstractmethod
     def _answer(self, prompts: list[Prompt], on_answer: OnAnswer) -> None:

@@ -29,6 +29,7 @@ class CompletionCache:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS logprobs (key TEXT PRIMARY KEY, value REAL NOT NULL)")
 
     @staticmethod
     def key(client_name: str, base_url: str | None, prompt: Prompt) -> str:
@@ -41,19 +42,35 @@ class CompletionCache:
             fields.append({"choice_list": prompt.choice_list})
         return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
 
-    def get_many(self, keys: list[str]) -> dict[str, Completion]:
-        found: dict[str, Completion] = {}
+    @staticmethod
+    def logprob_key(client_name: str, base_url: str | None, prefix: str, context: str, target: str) -> str:
+        fields = [client_name, base_url, "logprob", prefix, context, target]
+        return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
+
+    def _rows(self, table: str, keys: list[str]) -> list[tuple[str, object]]:
         unique = list(dict.fromkeys(keys))
+        out = []
         with self._lock:
             for start in range(0, len(unique), 500):  # stay under sqlite's bound-parameter limit
                 chunk = unique[start:start + 500]
-                rows = self._db.execute(
-                    f"SELECT key, value FROM completions WHERE key IN ({','.join('?' * len(chunk))})", chunk)
-                for key, value in rows:
-                    data = json.loads(value)
-                    found[key] = Completion(text=data["text"], top_logprobs=data.get("top_logprobs"),
-                                            choice_probs=data.get("choice_probs"), cached=True)
+                out += self._db.execute(f"SELECT key, value FROM {table} WHERE key IN ({','.join('?' * len(chunk))})",
+                                        chunk).fetchall()
+        return out
+
+    def get_many(self, keys: list[str]) -> dict[str, Completion]:
+        found: dict[str, Completion] = {}
+        for key, value in self._rows("completions", keys):
+            data = json.loads(value)
+            found[key] = Completion(text=data["text"], top_logprobs=data.get("top_logprobs"),
+                                    choice_probs=data.get("choice_probs"), cached=True)
         return found
+
+    def get_logprobs(self, keys: list[str]) -> dict[str, float]:
+        return {key: float(value) for key, value in self._rows("logprobs", keys)}
+
+    def put_logprob(self, key: str, value: float) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO logprobs (key, value) VALUES (?, ?)", (key, float(value)))
 
     def put(self, key: str, completion: Completion) -> None:
         row = {"text": completion.text, "top_logprobs": completion.top_logprobs}

@@ -71,6 +71,47 @@ class HFClient(LLMClient):
                 for i, completion in zip(batch, self._generate_batch([prompts[i] for i in batch])):
                     on_answer(i, completion)
 
+    @torch.no_grad()
+    def _logprobs(self, prefix: str, pairs: list[tuple[str, str]], on_answer) -> None:
+        """The prefix runs once; its KV cache is copied for each batch of (context + target) rows."""
+        import copy
+
+        if self._model is None:
+            self._load()
+        tok, device = self._tokenizer, self.cfg.device
+        prefix_ids = tok(prefix, add_special_tokens=True, return_tensors="pt").input_ids.to(device)
+        out = self._model(prefix_ids, use_cache=True)
+        prefix_cache, prefix_last = out.past_key_values, torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        self._count_call()
+        rows = [self._split(context, target) for context, target in pairs]
+        order = sorted(range(len(rows)), key=lambda i: -sum(map(len, rows[i])))
+        for start in range(0, len(order), self.cfg.batch_size):
+            batch = order[start:start + self.cfg.batch_size]
+            seqs = [rows[i][0] + rows[i][1] for i in batch]
+            width = max(len(q) for q in seqs)
+            ids = torch.tensor([q + [tok.pad_token_id] * (width - len(q)) for q in seqs], device=device)
+            mask = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in seqs], device=device)
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(batch))
+            full_mask = torch.cat([torch.ones(len(batch), prefix_ids.shape[1], dtype=mask.dtype, device=device), mask], 1)
+            logp = torch.log_softmax(self._model(ids, attention_mask=full_mask, past_key_values=cache).logits.float(), -1)
+            self._count_call(len(batch))
+            for row, i in enumerate(batch):
+                context, target = rows[i]
+                total = 0.0
+                for j, token in enumerate(target):
+                    at = len(context) + j - 1  # the position whose next-token distribution predicts it
+                    total += float(prefix_last[token] if at < 0 else logp[row, at, token])
+                on_answer(i, total)
+
+    def _split(self, context: str, target: str) -> tuple[list[int], list[int]]:
+        """Token ids of context and target as the model reads them joined (lm-eval's convention)."""
+        whole = self._tokenizer(context + target, add_special_tokens=False).input_ids
+        head = self._tokenizer(context, add_special_tokens=False).input_ids
+        if whole[:len(head)] == head and len(whole) > len(head):
+            return head, whole[len(head):]
+        return head, self._tokenizer(target, add_special_tokens=False).input_ids
+
     def _chat_text(self, prompt: Prompt) -> str:
         messages = [{"role": role, "content": content} for role, content in prompt.messages]
         if self._tokenizer.chat_template is None:  # a base model: plain turns, then the answer

@@ -67,9 +67,17 @@ class OpenAIClient(LLMClient):
         key = os.environ.get(self.cfg.api_key_env)
         return text.replace(key, "***") if key else text
 
-    # ---- sync entry point
+    # ---- sync entry points
     def _answer(self, prompts: list[Prompt], on_answer: OnAnswer) -> None:
-        coro_fn = lambda: self._answer_all(prompts, on_answer)  # noqa: E731
+        self._run(lambda client, semaphore, retry_lock, p: self._ask(client, semaphore, p, retry_lock), prompts,
+                  on_answer, lambda error: Completion(text=None, error=error))
+
+    def _logprobs(self, prefix: str, pairs: list[tuple[str, str]], on_answer) -> None:
+        self._run(lambda client, semaphore, retry_lock, pair: self._ask_logprob(client, semaphore, prefix, pair, retry_lock),
+                  pairs, on_answer, lambda error: None)
+
+    def _run(self, ask, items: list, on_answer, failed) -> None:
+        coro_fn = lambda: self._ask_all(ask, items, on_answer, failed)  # noqa: E731
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -79,23 +87,23 @@ class OpenAIClient(LLMClient):
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sae-interp-llm") as pool:
             pool.submit(asyncio.run, coro_fn()).result()
 
-    async def _answer_all(self, prompts: list[Prompt], on_answer: OnAnswer) -> None:
+    async def _ask_all(self, ask, items: list, on_answer, failed) -> None:
         semaphore = asyncio.Semaphore(self.cfg.max_concurrency)
         retry_lock = threading.Lock()
         problems: list[str] = []
         client = openai.AsyncOpenAI(base_url=self.cfg.base_url, api_key=self._api_key(), max_retries=0,
                                     timeout=self.cfg.timeout)
 
-        async def one(i: int, prompt: Prompt) -> None:
+        async def one(i: int, item) -> None:
             try:
-                completion = await self._ask(client, semaphore, prompt, retry_lock)
+                answer = await ask(client, semaphore, retry_lock, item)
             except _ConfigProblem as problem:
                 problems.append(str(problem))
-                completion = Completion(text=None, error=str(problem))
-            on_answer(i, completion)
+                answer = failed(str(problem))
+            on_answer(i, answer)
 
         try:
-            await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+            await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
         finally:
             await client.close()
         if problems:
@@ -103,46 +111,97 @@ class OpenAIClient(LLMClient):
 
     async def _ask(self, client: openai.AsyncOpenAI, semaphore: asyncio.Semaphore, prompt: Prompt,
                    retry_lock: threading.Lock) -> Completion:
-        attempt, waited = 0, 0.0
+        state = {}
+
+        async def attempt() -> Completion:
+            async with semaphore:
+                # decided after the wait: an answer that arrived meanwhile may have shown logprobs unsupported
+                state["logprobs"] = prompt.logprobs and self.supports_logprobs
+                self._count_call()
+                response = await client.chat.completions.create(**self._request(prompt, state["logprobs"]))
+            return self._parse(response, state["logprobs"])
+
+        def retry_now(err) -> bool:
+            if state.get("logprobs") and "logprob" in self._describe(err).lower():
+                log.info("%s rejects logprobs; asking without them from now on", self.name)
+                self.supports_logprobs = False
+                return True  # not the prompt's fault: ask again at once, without logprobs
+            return False
+
+        return await self._retrying(attempt, retry_now, retry_lock, lambda error: Completion(text=None, error=error))
+
+    async def _ask_logprob(self, client: openai.AsyncOpenAI, semaphore: asyncio.Semaphore, prefix: str,
+                           pair: tuple[str, str], retry_lock: threading.Lock) -> float | None:
+        """log P(target | prefix + context) from /v1/completions with echo: the prompt's own logprobs."""
+        context, target = pair
+        text, begin = prefix + context + target, len(prefix + context)
+
+        async def attempt() -> float:
+            async with semaphore:
+                self._count_call()
+                response = await client.completions.create(model=self.cfg.model, prompt=text, max_tokens=1,
+                                                           temperature=0.0, echo=True, logprobs=1)
+            return self._target_logprob(response, begin, len(text))
+
+        return await self._retrying(attempt, lambda err: False, retry_lock, lambda error: None, logprob_request=True)
+
+    def _target_logprob(self, response, begin: int, end: int) -> float:
+        choices = getattr(response, "choices", None)
+        if not choices:
+            raise MalformedResponse(f"no choices in the answer ({type(response).__name__})")
+        lp = getattr(choices[0], "logprobs", None)
+        tokens = getattr(lp, "token_logprobs", None) if lp is not None else None
+        offsets = getattr(lp, "text_offset", None) if lp is not None else None
+        if not tokens or not offsets or all(v is None for v in tokens[1:]):
+            raise _ConfigProblem(self._no_prompt_logprobs())
+        picked = [v for v, off in zip(tokens, offsets) if begin <= off < end]
+        if not picked or any(v is None for v in picked):
+            raise _ConfigProblem(self._no_prompt_logprobs())
+        return float(sum(picked))
+
+    def _no_prompt_logprobs(self) -> str:
+        return (f"the endpoint {self.cfg.base_url or 'default'} returns no prompt logprobs on /v1/completions "
+                "(echo=true, logprobs=1), which the surprisal scorer needs; serve the model with vLLM (or another "
+                "server that echoes prompt logprobs), or set intervention_scorers: [judge]")
+
+    async def _retrying(self, attempt, retry_now, retry_lock: threading.Lock, failed, logprob_request: bool = False):
+        """`attempt()` until it returns, with backoff on retryable failures; `failed(reason)` after the last."""
+        tries, waited = 0, 0.0
         while True:
-            want_logprobs = prompt.logprobs and self.supports_logprobs
             retry_after = None
             try:
-                async with semaphore:
-                    # decided after the wait: an answer that arrived meanwhile may have shown logprobs unsupported
-                    want_logprobs = prompt.logprobs and self.supports_logprobs
-                    self._count_call()
-                    response = await client.chat.completions.create(**self._request(prompt, want_logprobs))
-                return self._parse(response, want_logprobs)
+                return await attempt()
             except (openai.AuthenticationError, openai.NotFoundError) as err:
-                raise _ConfigProblem(self._describe(err) + self._config_hint(err)) from None
+                hint = (f"; {self._no_prompt_logprobs()}" if logprob_request and isinstance(err, openai.NotFoundError)
+                        else self._config_hint(err))
+                raise _ConfigProblem(self._describe(err) + hint) from None
             except (openai.BadRequestError, openai.UnprocessableEntityError) as err:
-                if want_logprobs and "logprob" in self._describe(err).lower():
-                    log.info("%s rejects logprobs; asking without them from now on", self.name)
-                    self.supports_logprobs = False
-                    continue  # not the prompt's fault: ask again at once, without logprobs
-                return Completion(text=None, error=self._describe(err))
+                if retry_now(err):
+                    continue
+                if logprob_request and any(w in self._describe(err).lower() for w in ("echo", "logprob")):
+                    raise _ConfigProblem(self._describe(err) + "; " + self._no_prompt_logprobs()) from None
+                return failed(self._describe(err))
             except openai.RateLimitError as err:
                 reason, retry_after = self._describe(err), _retry_after(err)
             except openai.APIStatusError as err:
                 if err.status_code < 500:
-                    return Completion(text=None, error=self._describe(err))
+                    return failed(self._describe(err))
                 reason = self._describe(err)
             except (openai.APIConnectionError, openai.APIResponseValidationError, MalformedResponse) as err:
                 reason = self._describe(err)
             except ValueError as err:  # a body that claims to be JSON but does not parse
                 reason = f"MalformedResponse: unreadable body ({self._describe(err)})"
-            delay = min(self.backoff_cap, self.backoff_base * 2 ** attempt) * random.uniform(0.5, 1.0)
+            delay = min(self.backoff_cap, self.backoff_base * 2 ** tries) * random.uniform(0.5, 1.0)
             if retry_after is not None:
                 delay = min(self.backoff_cap, max(delay, retry_after))
-            if attempt >= self.cfg.max_retries or waited + delay > self.max_total_wait:
-                log.debug("%s: giving up after %d attempts: %s", self.name, attempt + 1, reason)
-                return Completion(text=None, error=f"{reason} (after {attempt + 1} attempts)")
-            log.debug("%s: %s; retry %d in %.2fs", self.name, reason, attempt + 1, delay)
+            if tries >= self.cfg.max_retries or waited + delay > self.max_total_wait:
+                log.debug("%s: giving up after %d attempts: %s", self.name, tries + 1, reason)
+                return failed(f"{reason} (after {tries + 1} attempts)")
+            log.debug("%s: %s; retry %d in %.2fs", self.name, reason, tries + 1, delay)
             with retry_lock:
                 self.n_retries += 1
             await asyncio.sleep(delay)
-            attempt, waited = attempt + 1, waited + delay
+            tries, waited = tries + 1, waited + delay
 
     def _request(self, prompt: Prompt, want_logprobs: bool) -> dict:
         request = dict(model=self.cfg.model, messages=[{"role": r, "content": c} for r, c in prompt.messages],
