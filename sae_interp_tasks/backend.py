@@ -68,6 +68,7 @@ class SAEBackend(TemplateLM):
                                 control_k=int(control_k) if control_k else None)
         self.sae, self.info = load_sae(self.source, device=self._device, dtype=dtype)
         override = model is not None
+        self.subject_name = model or self.info.model_name  # what get_model_info records
         self.model = load_subject(model or self.info.model_name, device=self._device, dtype=dtype,
                                   from_pretrained_kwargs=None if override else self.info.model_from_pretrained_kwargs)
         check_hook(self.model, self.info.hook_name)
@@ -97,6 +98,14 @@ class SAEBackend(TemplateLM):
         if width != self.info.d_in:
             raise SaeInterpError(f"the SAE reads {self.info.d_in}-wide activations but {self.info.hook_name} of "
                                  f"{self.model.cfg.model_name} is {width}-wide; pick the subject model the SAE was trained on")
+
+    def get_model_info(self) -> dict:
+        """Facts about the SAE under evaluation; lm-eval merges them into results["config"], where
+        `sae-interp leaderboard` / `compare` read the SAE's identity and width."""
+        return {"sae": self.info.label, "sae_fingerprint": self.info.fingerprint, "sae_d_sae": int(self.info.d_sae),
+                "sae_d_in": int(self.info.d_in), "sae_architecture": self.info.architecture,
+                "sae_hook_name": self.info.hook_name, "subject_model": self.subject_name,
+                "sae_control": self.source.control}
 
     # --- the package's own request type ----------------------------------------------------------
     def interpret(self, requests) -> list:

@@ -89,6 +89,8 @@ class ScoredLatent:
 
 
 def _jsonable(value):
+    if hasattr(value, "to_json"):  # e.g. core.CoreStats: its statistics, not its repr
+        return _jsonable(value.to_json())
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
