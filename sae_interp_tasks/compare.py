@@ -164,7 +164,13 @@ def gated_metrics(base: Side, cand: Side, metrics: list[str] | None) -> list[tup
             said = ", ".join(f"{t} only in the {w}" for t, w in where.items())
             raise SaeInterpError(f"the two sides scored different tasks ({said}); run the same --tasks on both, "
                                  "or gate on some with --metrics")
-        return [(t, HEADLINE[t]) for t in base.tasks]
+        chosen = [(t, HEADLINE[t]) for t in base.tasks]
+        for task, metric in chosen:
+            for side, what in ((base, "baseline"), (cand, "candidate")):
+                if metric not in side.tasks[task].metrics:
+                    raise SaeInterpError(f"{task} in the {what} reports no {metric} (its headline); "
+                                         "re-run it, or gate on other metrics with --metrics")
+        return chosen
     chosen: list[tuple[str, str]] = []
     for spec in metrics:
         task, _, metric = spec.rpartition("/")

@@ -411,6 +411,15 @@ def _figure(n: int, width: float = 4.2, height: float = 3.4):
     return fig, axes
 
 
+def _readable_limits(ax, axis: str, min_span: float = 0.02) -> None:
+    """No offset notation, and at least `min_span` shown: equal numbers read as equal, not as 1e-8 apart."""
+    ax.ticklabel_format(axis=axis, useOffset=False, style="plain")
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    if hi - lo < min_span:
+        mid = (lo + hi) / 2
+        (ax.set_ylim if axis == "y" else ax.set_xlim)(mid - min_span / 2, mid + min_span / 2)
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -446,6 +455,7 @@ def plot_vs_l0(group: Group, confidence: float) -> bytes | None:
             c = row.cell(task, metric)
             if c is not None and math.isfinite(c.value):
                 _reference_line(ax, c.value, short_name(row.sae), color_of[id(row)])
+        _readable_limits(ax, "y")
         ax.set_xscale("log")
         ax.set_xlabel("L0 (sae_core)")
         ax.set_ylabel(metric)
@@ -492,6 +502,7 @@ def plot_bars(group: Group, confidence: float) -> bytes | None:
             c = row.cell(task, metric)
             if row.is_control and c is not None and math.isfinite(c.value):
                 _reference_line(ax, c.value, short_name(row.sae), color_of[id(row)], vertical=True)
+        _readable_limits(ax, "x")
         ax.set_xlabel(metric)
         ax.set_title(f"{task}: {metric}", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
