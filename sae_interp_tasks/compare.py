@@ -38,8 +38,11 @@ def pooled_ratio(metric: str, chunks: CoreChunks, weights: np.ndarray) -> np.nda
     [resamples, chunks] (how often each chunk is drawn); a row of ones gives the task's own number."""
     if metric == "explained_variance":  # about the pooled mean, as core.explained_variance
         n = weights @ chunks.n_tokens
-        x_sum = weights @ chunks.x_sum
-        total = weights @ chunks.x_sq_sum - np.einsum("bd,bd->b", x_sum, x_sum) / n
+        # |sum of x|^2 per resample through the chunks' Gram matrix: [resamples, chunks] memory, not
+        # [resamples, d_in] (10k resamples of a 2304-wide stream would hold ~180 MB)
+        gram = chunks.x_sum @ chunks.x_sum.T
+        x_sum_sq = np.einsum("bi,bi->b", weights @ gram, weights)
+        total = weights @ chunks.x_sq_sum - x_sum_sq / n
         return 1.0 - (weights @ chunks.sq_err_sum) / total
     if metric == "ce_loss_recovered":  # a ratio of mean losses over chunks, as core.ce_loss_recovered
         clean, spliced, zero = (weights @ chunks.ce_clean, weights @ chunks.ce_spliced, weights @ chunks.ce_zero)
@@ -250,7 +253,7 @@ def _means(task, metric, b: TaskResult, c: TaskResult, paired, how, confidence, 
         raise SaeInterpError(f"{task}/{metric} has no scored doc in the "
                              f"{'baseline' if fb.size == 0 else 'candidate'} samples; check that run's scorer")
     point, lo, hi = mean_difference(fb, fc, False, confidence, resamples, rng)
-    return point, lo, hi, fb.size, fc.size, False, how
+    return point, lo, hi, fb.size, fc.size, False, f"{how}, {fb.size} vs {fc.size} docs"
 
 
 def _pooled(task, metric, b: TaskResult, c: TaskResult, paired, how, confidence, resamples, rng):
@@ -271,7 +274,8 @@ def _pooled(task, metric, b: TaskResult, c: TaskResult, paired, how, confidence,
             return point, lo, hi, len(common), len(common), True, f"{how}, {len(common)} chunks"
         how = "unpaired: the two runs scored different chunks"
     point, lo, hi = ratio_difference(metric, cb, cc, False, confidence, resamples, rng)
-    return point, lo, hi, cb.n_tokens.size, cc.n_tokens.size, False, how
+    n_b, n_c = cb.n_tokens.size, cc.n_tokens.size
+    return point, lo, hi, n_b, n_c, False, f"{how}, {n_b} vs {n_c} chunks"
 
 
 def compare(base_runs: list[Run], cand_runs: list[Run], metrics: list[str] | None = None, confidence: float = 0.95,
@@ -301,7 +305,8 @@ def _num(x: float) -> str:
 def verdict_line(report: Report) -> str:
     pct = f"{report.confidence:.0%}"
     if report.failed:
-        worst = "; ".join(f"{r.name} {_signed(r.difference)} [{_signed(r.lo)}, {_signed(r.hi)}] ({r.how.split(',')[0]})"
+        worst = "; ".join(f"{r.name} {_signed(r.difference)} [{_signed(r.lo)}, {_signed(r.hi)}] "
+                          f"({'paired' if r.paired else 'unpaired'}, n={r.n_baseline}/{r.n_candidate})"
                           for r in report.failed)
         return f"FAIL: candidate worse than baseline by more than {report.max_drop:g} at {pct} confidence: {worst}"
     return (f"PASS: no gated metric ({len(report.rows)}) worse by more than {report.max_drop:g} "

@@ -147,13 +147,11 @@ def build_board(runs: list[Run], confidence: float = 0.95, seed: int = 0) -> Boa
     for draft in _drafts(runs):
         run = draft["run"]
         tasks = {t: res for t, (_, res) in draft["tasks"].items()}
-        row = Row(sae=_label(run, runs), fingerprint=run.fingerprint, d_sae=run.d_sae, control=run.control,
-                  subject_model=run.subject_model, tasks=tasks,
-                  sources={t: str(r.path) for t, (r, _) in draft["tasks"].items()})
-        for task, result in tasks.items():
-            for metric in shown_metrics(task, result):
-                row.cells[(task, metric)] = _cell(result, metric, z, confidence, rng)
-        rows.append(row)
+        cells = {(task, metric): _cell(result, metric, z, confidence, rng)
+                 for task, result in tasks.items() for metric in shown_metrics(task, result)}
+        rows.append(Row(sae=_label(run, runs), fingerprint=run.fingerprint, d_sae=run.d_sae, control=run.control,
+                        subject_model=run.subject_model, tasks=tasks,
+                        sources={t: str(r.path) for t, (r, _) in draft["tasks"].items()}, cells=cells))
     rows.sort(key=lambda r: r.is_control)  # stable: SAEs in the order given, then the controls
     return Board(groups=_group(rows), confidence=confidence, files=tuple(str(r.path) for r in runs))
 

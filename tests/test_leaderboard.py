@@ -365,6 +365,8 @@ def test_html_page_renders_and_sorts(board_runs, sae_cache, tmp_path, browser):
     assert proc.returncode == 0, proc.stderr
     text = page.read_text()
     assert not re.search(r"(src|href)=['\"]https?:", text)  # self-contained: nothing fetched at view time
+    embedded = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text)
+    assert len(embedded) == 2 and all(png_size(base64.b64decode(data))[0] > 600 for data in embedded)
     browser.get(page.as_uri())
     assert browser.title == "SAE leaderboard"
     images = browser.find_elements(By.CSS_SELECTOR, "img.plot")
