@@ -100,6 +100,11 @@ class SAEBackend(TemplateLM):
         return sae, info, model
 
     @property
+    def subject_name(self) -> str:
+        """The subject model's name: `model=` when given, else the one the SAE's metadata names."""
+        return self._model_override or self.info.model_name
+
+    @property
     def sae(self):
         return self._loaded[0]
 
@@ -112,11 +117,12 @@ class SAEBackend(TemplateLM):
         return self._loaded[2]
 
     def get_model_info(self) -> dict:
-        """What lm-eval records under `config` in the results file: which SAE this row is."""
-        info = self.info
-        return {"sae": info.label, "sae_fingerprint": info.fingerprint, "sae_d_sae": info.d_sae,
-                "sae_d_in": info.d_in, "sae_architecture": info.architecture, "sae_hook_name": info.hook_name,
-                "subject_model": info.model_name, "sae_control": self.source.control}
+        """Facts about the SAE under evaluation; lm-eval merges them into results["config"], where
+        `sae-interp leaderboard` / `compare` read the SAE's identity and width."""
+        return {"sae": self.info.label, "sae_fingerprint": self.info.fingerprint, "sae_d_sae": int(self.info.d_sae),
+                "sae_d_in": int(self.info.d_in), "sae_architecture": self.info.architecture,
+                "sae_hook_name": self.info.hook_name, "subject_model": self.subject_name,
+                "sae_control": self.source.control}
 
     # --- the package's own request type ----------------------------------------------------------
     def interpret(self, requests) -> list:

@@ -51,6 +51,13 @@ class CoreStats:
     ce_spliced: float
     ce_zero: float
 
+    def to_json(self) -> dict:
+        """The sufficient statistics of the pooled metrics, as --log_samples writes them (not `firing`:
+        d_sae counts a chunk), so `sae-interp compare` can bootstrap explained variance and CE loss recovered."""
+        return {"n_tokens": int(self.n_tokens), "l0_sum": float(self.l0_sum), "sq_err_sum": float(self.sq_err_sum),
+                "x_sq_sum": float(self.x_sq_sum), "x_sum": np.asarray(self.x_sum, dtype=float).tolist(),
+                "ce_clean": float(self.ce_clean), "ce_spliced": float(self.ce_spliced), "ce_zero": float(self.ce_zero)}
+
     def __repr__(self) -> str:  # logged samples stay readable
         return (f"CoreStats(n_tokens={self.n_tokens}, l0={self.l0_sum / max(self.n_tokens, 1):.2f}, "
                 f"mse={self.sq_err_sum / max(self.n_tokens, 1):.4g}, ce_clean={self.ce_clean:.4f}, "

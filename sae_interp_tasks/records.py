@@ -89,6 +89,8 @@ class ScoredLatent:
 
 
 def _jsonable(value):
+    if hasattr(value, "to_json"):  # e.g. core.CoreStats: its statistics, not its repr
+        return _jsonable(value.to_json())
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
@@ -97,8 +99,6 @@ def _jsonable(value):
         return [_jsonable(v) for v in value]
     if isinstance(value, (np.floating, np.integer, np.bool_)):
         return _jsonable(value.item())
-    if hasattr(value, "to_json"):
-        return _jsonable(value.to_json())
     return value
 
 

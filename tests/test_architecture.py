@@ -23,7 +23,7 @@ from sae_interp_tasks.tasks.base import included_metadata
 PACKAGE = REPO / "sae_interp_tasks"
 TASK_DIR = REPO / "task_configs"
 BUILTIN = {"sae_core": "core", "sae_detection": "detection", "sae_fuzzing": "fuzzing",
-           "sae_embedding": "embedding", "sae_selfexplain": "selfexplain"}
+           "sae_embedding": "embedding", "sae_selfexplain": "selfexplain", "sae_intervention": "intervention"}
 
 
 # ------------------------------------------------------------------------------------ import graph
@@ -120,6 +120,14 @@ def test_every_yaml_default_equals_its_settings_default():
                  "scorer_max_tokens", "embedding_batch_size", "selfexplain_batch_size"}
         missing = set(defaults) - set(listed) - quiet
         assert not missing, f"{task}.yaml does not list {sorted(missing)}"
+
+
+def test_the_result_readers_know_each_builtin_headline():
+    """sae-interp reads results without importing the registry; its fallback table agrees with it."""
+    from sae_interp_tasks.results_io import HEADLINE
+
+    for task, kind in BUILTIN.items():
+        assert HEADLINE[task] == registry.get(kind).headline, task
 
 
 def test_stages_sharing_a_key_agree_on_its_default():
@@ -304,9 +312,16 @@ def test_a_new_task_kind_runs_through_lm_eval(planted_sae, corpus_file, toy_dir,
     meta_used = results["configs"]["sae_toy"]["metadata"]
     assert meta_used["toy_top_tokens"] == 1 and meta_used["n_train"] == 10
     assert meta_used["embedding_model"] == "sentence-transformers/all-MiniLM-L6-v2"  # from the included template
+    assert meta_used["task_kind"] == "toy" and meta_used["headline_metric"] == "hit_rate"
+    assert "scorer" not in meta_used and "chunk_contexts" not in meta_used  # only what the toy kind reads
     rows = samples(tmp_path, "sae_toy")
     assert [r["response"]["latent"] for r in rows] == [0, 1]
     assert rows[0]["response"]["scorer"]["quoted"] == [" cat"]
+    # the leaderboard shows the new kind with no change to the CLI
+    board = subprocess.run([sys.executable, "-m", "sae_interp_tasks.cli", "leaderboard", str(tmp_path), "--format",
+                            "json"], capture_output=True, text=True)
+    assert board.returncode == 0, board.stderr
+    assert "sae_toy" in board.stdout and "hit_rate" in board.stdout
 
 
 # ------------------------------------------------------------------------------------ bad task input, end to end

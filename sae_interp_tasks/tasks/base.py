@@ -24,9 +24,12 @@ from lm_eval.api.task import Task, TaskConfig
 from sae_interp_tasks import memo, registry
 from sae_interp_tasks.caching import canonical
 from sae_interp_tasks.config import HARNESS_KEYS, MODEL_ARG_KEYS
+
+NOT_SETTINGS = frozenset({"task_kind", "headline_metric"})
 from sae_interp_tasks.records import Response
 
 DEFAULT_SEED = 1234  # lm-eval's default --seed for the fewshot sampler
+RECORDED = frozenset({"version", "config_source"})  # lm-eval's own metadata keys a task keeps
 NAN = float("nan")
 
 
@@ -71,10 +74,14 @@ class SAETask(Task):
     def __init__(self, config=None, **kwargs):
         config = dict(config or {})
         own = dict(config.get("metadata") or {})
-        self._metadata = {**included_metadata(own.get("config_source")), **own}
+        metadata = {**included_metadata(own.get("config_source")), **own}
         # an unknown kind or handler, an unknown key or a bad value fails here, before any model loads
-        registry.check_servable(self.KIND)
-        self.settings = registry.settings_for(self.KIND, self._metadata)
+        kind = registry.check_servable(self.KIND)
+        self.settings = registry.settings_for(self.KIND, metadata)
+        # lm-eval hands every task all of --metadata and --model_args; the results file records only
+        # what this task reads, with its kind and headline metric (so result readers need no registry)
+        self._metadata = {k: v for k, v in metadata.items() if k in kind.settings.keys() or k in RECORDED}
+        self._metadata.update(task_kind=kind.name, headline_metric=kind.headline)
         self._seed = DEFAULT_SEED
         super().__init__()
         # Task.__init__ would wrap a dict as TaskConfig({...}) (all of it in `task`, the metadata lost
@@ -124,7 +131,7 @@ class SAETask(Task):
         return self._seed if chosen is None else int(chosen)
 
     def task_settings(self) -> dict:
-        return {k: v for k, v in self._metadata.items() if k not in HARNESS_KEYS | set(MODEL_ARG_KEYS)}
+        return {k: v for k, v in self._metadata.items() if k not in HARNESS_KEYS | set(MODEL_ARG_KEYS) | NOT_SETTINGS}
 
     def construct_requests(self, doc, ctx, **kwargs):
         payload = {"kind": self.KIND, "task": self.config.task, "doc": doc, "seed": self.seed,

@@ -1,0 +1,121 @@
+"""The `sae-interp` console script: `leaderboard` and `compare` over lm-eval results.
+
+The only module here that prints. Exit codes: 0 done (compare: no gated metric worse),
+1 compare's candidate is worse than the baseline, 2 unusable input (one `error:` line on
+stderr, nothing written). Output files are written only once everything is computed, each
+atomically (a temporary file renamed into place).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from sae_interp_tasks.errors import SaeInterpError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("markdown", "csv", "json", "html")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="sae-interp", description="Leaderboards and CI gates over the results of "
+                                  "lm_eval --model sae (see docs/leaderboard.md).")
+    top.add_argument("-v", "--verbose", action="count", default=0, help="log what is read (-vv: debug)")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    board = sub.add_parser("leaderboard", help="one row per SAE, one column per task's headline metric")
+    board.add_argument("results", nargs="+", help="results_*.json files or lm_eval --output_path folders")
+    board.add_argument("--format", choices=FORMATS, default="markdown", help="default: markdown")
+    board.add_argument("--output", "-o", help="write the table here instead of stdout")
+    board.add_argument("--plots", metavar="DIR", help="also write the plots as PNG files into DIR")
+    board.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+
+    cmp = sub.add_parser("compare", help="candidate - baseline with bootstrap intervals; exit 1 when worse")
+    cmp.add_argument("baseline", help="the baseline's results file or --output_path folder (with samples)")
+    cmp.add_argument("candidate", help="the candidate's results file or --output_path folder (with samples)")
+    cmp.add_argument("--metrics", help="comma-separated metrics to gate on, as task/metric or metric "
+                     "(default: the headline metric of each task)")
+    cmp.add_argument("--max-drop", type=float, default=0.0,
+                     help="allowed drop in each gated metric's own units (default 0)")
+    cmp.add_argument("--confidence", type=float, default=0.95, help="two-sided interval level (default 0.95)")
+    cmp.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
+    cmp.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    cmp.add_argument("--markdown", metavar="FILE", help="write the pull-request summary here instead of stdout")
+    return top
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; the result should read like any new file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_leaderboard(args) -> int:
+    from sae_interp_tasks import leaderboard, results_io
+
+    if args.output and Path(args.output).is_dir():
+        raise SaeInterpError(f"--output {args.output} is a folder; give a file name")
+    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
+        raise SaeInterpError(f"--plots {args.plots} is a file; give a folder")
+    runs = results_io.read_runs(args.results)
+    board = leaderboard.build_board(runs, confidence=args.confidence)
+    images = leaderboard.plots(board) if (args.plots or args.format == "html") else {}
+    text = leaderboard.html_page(board, images) if args.format == "html" else leaderboard.render(board, args.format)
+    if args.plots:
+        for name, png in images.items():
+            write_atomic(Path(args.plots) / name, png)
+    if args.output:
+        write_atomic(Path(args.output), text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def run_compare(args) -> int:
+    from sae_interp_tasks import compare, results_io
+
+    if args.resamples < 100:
+        raise SaeInterpError(f"--resamples {args.resamples} is too few for an interval; use 1000 or more")
+    base = results_io.read_runs([args.baseline])
+    cand = results_io.read_runs([args.candidate])
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    report = compare.compare(base, cand, metrics=metrics, confidence=args.confidence, max_drop=args.max_drop,
+                             resamples=args.resamples, seed=args.seed)
+    summary = compare.markdown(report)
+    if args.markdown:
+        write_atomic(Path(args.markdown), summary)
+    else:
+        sys.stdout.write(summary)
+    print(compare.verdict_line(report), file=sys.stderr)
+    return report.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        if args.command == "leaderboard":
+            return run_leaderboard(args)
+        return run_compare(args)
+    except SaeInterpError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

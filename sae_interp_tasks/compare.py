@@ -1,0 +1,339 @@
+"""`sae-interp compare`: candidate - baseline per metric with a bootstrap interval, and a CI verdict.
+
+Per gated metric the difference candidate - baseline gets a percentile bootstrap interval from
+the per-doc scores in the samples files:
+  - paired, where the docs are the same: sae_core chunks of the same corpus, seed and subject
+    model (the two SAEs' losses on the same tokens), or the same latents of the same SAE
+    (weights fingerprint): one resampling of the matched docs serves both sides;
+  - unpaired otherwise: each side's docs are resampled independently.
+Means over docs resample per-doc values with NaN (no score) left out. sae_core's pooled ratios
+(explained variance, CE loss recovered) resample chunks and recompute the ratio from the chunk
+statistics, exactly as the task aggregates them.
+
+The verdict is FAIL when, on any gated metric, the whole two-sided `confidence` interval lies
+beyond a drop of `max_drop` in the metric's bad direction.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from sae_interp_tasks.errors import SaeInterpError
+from sae_interp_tasks.results_io import (HEADLINE, POOLED, CoreChunks, Run, TaskResult, describe_differences,
+                                         require_samples, settings_differences)
+
+log = logging.getLogger(__name__)
+
+N_RESAMPLES = 10_000
+RATIOS = ("explained_variance", "ce_loss_recovered")  # the pooled metrics the samples can recompute
+
+
+# --- the pooled ratios, vectorised over resamples ----------------------------------------------
+def pooled_ratio(metric: str, chunks: CoreChunks, weights: np.ndarray) -> np.ndarray:
+    """`metric` of sae_core recomputed from chunk statistics, one value per row of `weights`
+    [resamples, chunks] (how often each chunk is drawn); a row of ones gives the task's own number."""
+    if metric == "explained_variance":  # about the pooled mean, as core.explained_variance
+        n = weights @ chunks.n_tokens
+        # |sum of x|^2 per resample through the chunks' Gram matrix: [resamples, chunks] memory, not
+        # [resamples, d_in] (10k resamples of a 2304-wide stream would hold ~180 MB)
+        gram = chunks.x_sum @ chunks.x_sum.T
+        x_sum_sq = np.einsum("bi,bi->b", weights @ gram, weights)
+        total = weights @ chunks.x_sq_sum - x_sum_sq / n
+        return 1.0 - (weights @ chunks.sq_err_sum) / total
+    if metric == "ce_loss_recovered":  # a ratio of mean losses over chunks, as core.ce_loss_recovered
+        clean, spliced, zero = (weights @ chunks.ce_clean, weights @ chunks.ce_spliced, weights @ chunks.ce_zero)
+        return (zero - spliced) / (zero - clean)
+    raise ValueError(metric)
+
+
+def resample_weights(rng: np.random.Generator, n: int, resamples: int) -> np.ndarray:
+    """[resamples, n] draw counts: each row is a bootstrap sample of n docs drawn with replacement."""
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(float)
+
+
+def percentile_interval(draws: np.ndarray, confidence: float) -> tuple[float, float]:
+    draws = draws[np.isfinite(draws)]
+    if draws.size == 0:
+        return math.nan, math.nan
+    tail = (1.0 - confidence) / 2 * 100
+    lo, hi = np.percentile(draws, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def mean_difference(base: np.ndarray, cand: np.ndarray, paired: bool, confidence: float, resamples: int,
+                    rng: np.random.Generator) -> tuple[float, float, float]:
+    """(difference of means, lo, hi). Paired: `base[i]` and `cand[i]` are the same doc, NaN-free."""
+    if paired:
+        diff = cand - base
+        draws = resample_weights(rng, diff.size, resamples) @ diff / diff.size
+        return (float(diff.mean()), *percentile_interval(draws, confidence))
+    draws_b = resample_weights(rng, base.size, resamples) @ base / base.size
+    draws_c = resample_weights(rng, cand.size, resamples) @ cand / cand.size
+    return (float(cand.mean() - base.mean()), *percentile_interval(draws_c - draws_b, confidence))
+
+
+def ratio_difference(metric: str, base: CoreChunks, cand: CoreChunks, paired: bool, confidence: float,
+                     resamples: int, rng: np.random.Generator) -> tuple[float, float, float]:
+    n_b, n_c = base.n_tokens.size, cand.n_tokens.size
+    point = float(pooled_ratio(metric, cand, np.ones((1, n_c)))[0] - pooled_ratio(metric, base, np.ones((1, n_b)))[0])
+    w_b = resample_weights(rng, n_b, resamples)
+    w_c = w_b if paired else resample_weights(rng, n_c, resamples)
+    draws = pooled_ratio(metric, cand, w_c) - pooled_ratio(metric, base, w_b)
+    return (point, *percentile_interval(draws, confidence))
+
+
+# --- comparing two sides ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: one SAE's tasks, merged from its results files."""
+
+    label: str
+    fingerprint: str | None
+    subject_model: str | None
+    paths: tuple
+    tasks: dict  # task -> TaskResult
+
+
+@dataclass(frozen=True)
+class Comparison:
+    task: str
+    metric: str
+    baseline: float
+    candidate: float
+    difference: float
+    lo: float
+    hi: float
+    higher_is_better: bool
+    paired: bool
+    how: str  # why paired / unpaired, in words
+    n_baseline: int
+    n_candidate: int
+    worse: bool  # worse than max_drop at the confidence
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}/{self.metric}"
+
+
+@dataclass(frozen=True)
+class Report:
+    baseline: Side
+    candidate: Side
+    confidence: float
+    max_drop: float
+    resamples: int
+    rows: tuple
+
+    @property
+    def failed(self) -> tuple:
+        return tuple(r for r in self.rows if r.worse)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def side_from_runs(runs: list[Run], what: str) -> Side:
+    """The runs of one SAE merged (e.g. its sae_core and interp runs); a task given twice is an error."""
+    identities = {r.identity for r in runs}
+    if len(identities) > 1:
+        names = ", ".join(sorted({r.sae for r in runs}))
+        raise SaeInterpError(f"{what} holds results of {len(identities)} SAEs ({names}); "
+                             "point at one SAE's results file or folder")
+    tasks: dict = {}
+    for run in runs:
+        for task, result in run.tasks.items():
+            if task in tasks:
+                raise SaeInterpError(f"{what} holds {task} twice ({tasks[task][0].path} and {run.path}); "
+                                     "point at one results file per task")
+            tasks[task] = (run, result)
+    first = runs[0]
+    subjects = {r.subject_model for r in runs}
+    return Side(label=first.sae, fingerprint=first.fingerprint,
+                subject_model=subjects.pop() if len(subjects) == 1 else None,
+                paths=tuple(str(r.path) for r in runs), tasks={t: res for t, (_, res) in tasks.items()})
+
+
+def gated_metrics(base: Side, cand: Side, metrics: list[str] | None) -> list[tuple[str, str]]:
+    """(task, metric) pairs to gate on; tasks absent on one side are an error."""
+    if not metrics:
+        missing = sorted(set(base.tasks) ^ set(cand.tasks))
+        if missing:
+            where = {t: "baseline" if t in base.tasks else "candidate" for t in missing}
+            said = ", ".join(f"{t} only in the {w}" for t, w in where.items())
+            raise SaeInterpError(f"the two sides scored different tasks ({said}); run the same --tasks on both, "
+                                 "or gate on some with --metrics")
+        chosen = [(t, HEADLINE[t]) for t in base.tasks]
+        for task, metric in chosen:
+            for side, what in ((base, "baseline"), (cand, "candidate")):
+                if metric not in side.tasks[task].metrics:
+                    raise SaeInterpError(f"{task} in the {what} reports no {metric} (its headline); "
+                                         "re-run it, or gate on other metrics with --metrics")
+        return chosen
+    chosen: list[tuple[str, str]] = []
+    for spec in metrics:
+        task, _, metric = spec.rpartition("/")
+        tasks = [task] if task else [t for t in set(base.tasks) | set(cand.tasks)
+                                     if metric in _metric_names(base, cand, t)]
+        if not tasks:
+            raise SaeInterpError(f"no task on either side reports metric {metric!r}; "
+                                 f"headline metrics: {', '.join(f'{t}/{m}' for t, m in HEADLINE.items())}")
+        for t in sorted(tasks):
+            for side, what in ((base, "baseline"), (cand, "candidate")):
+                if t not in side.tasks:
+                    raise SaeInterpError(f"{t} is absent from the {what} ({', '.join(side.paths)}); "
+                                         f"score it on both sides or leave {spec} out of --metrics")
+                if metric not in side.tasks[t].metrics:
+                    raise SaeInterpError(f"{t} in the {what} reports no metric {metric!r}; "
+                                         f"it has {', '.join(sorted(side.tasks[t].metrics))}")
+            chosen.append((t, metric))
+    return list(dict.fromkeys(chosen))
+
+
+def _metric_names(base: Side, cand: Side, task: str) -> set:
+    return {m for side in (base, cand) if task in side.tasks for m in side.tasks[task].metrics}
+
+
+def check_settings(base: Side, cand: Side, tasks) -> None:
+    for task in tasks:
+        diffs = settings_differences(base.tasks[task].settings, cand.tasks[task].settings)
+        if diffs:
+            raise SaeInterpError(f"{task} was scored under different instrument settings: {describe_differences(diffs)}; "
+                                 "re-run the candidate with the baseline's --metadata and --seed")
+
+
+def pairing(task: str, base: Side, cand: Side) -> tuple[bool, str]:
+    """Whether the docs of `task` are the same on both sides, and why (settings already agree)."""
+    if not base.subject_model or not cand.subject_model:
+        return False, "unpaired: subject model not recorded (results written before get_model_info)"
+    if base.subject_model != cand.subject_model:
+        return False, "unpaired: different subject models"
+    if task == "sae_core":
+        return True, "paired by chunk (same corpus, seed and subject model)"
+    if base.fingerprint and base.fingerprint == cand.fingerprint:
+        return True, "paired by latent (same SAE weights)"
+    return False, "unpaired: different SAEs' latents"
+
+
+def compare_metric(task: str, metric: str, base: Side, cand: Side, confidence: float, max_drop: float,
+                   resamples: int, rng: np.random.Generator) -> Comparison:
+    b, c = base.tasks[task], cand.tasks[task]
+    better = b.metrics[metric].higher_is_better
+    if better is None:
+        raise SaeInterpError(f"{task}/{metric} has no higher_is_better in the results; gate on another metric")
+    paired, how = pairing(task, base, cand)
+    if metric in POOLED.get(task, ()):
+        point, lo, hi, n_b, n_c, paired, how = _pooled(task, metric, b, c, paired, how, confidence, resamples, rng)
+    else:
+        point, lo, hi, n_b, n_c, paired, how = _means(task, metric, b, c, paired, how, confidence, resamples, rng)
+    # worse by more than max_drop: the whole interval lies beyond -max_drop in the bad direction
+    worse = (hi < -max_drop) if better else (lo > max_drop)
+    return Comparison(task=task, metric=metric, baseline=b.metrics[metric].value, candidate=c.metrics[metric].value,
+                      difference=point, lo=lo, hi=hi, higher_is_better=bool(better), paired=paired, how=how,
+                      n_baseline=n_b, n_candidate=n_c, worse=bool(worse))
+
+
+def _means(task, metric, b: TaskResult, c: TaskResult, paired, how, confidence, resamples, rng):
+    vb, vc = b.samples.values[metric], c.samples.values[metric]
+    if paired:
+        index_c = {k: i for i, k in reversed(list(enumerate(c.samples.keys)))}
+        pairs = [(i, index_c[k]) for i, k in enumerate(b.samples.keys) if k in index_c]
+        pairs = [(i, j) for i, j in pairs if np.isfinite(vb[i]) and np.isfinite(vc[j])]
+        if pairs:
+            ib, ic = (np.array(x) for x in zip(*pairs, strict=True))
+            point, lo, hi = mean_difference(vb[ib], vc[ic], True, confidence, resamples, rng)
+            return point, lo, hi, len(pairs), len(pairs), True, f"{how}, {len(pairs)} matched docs"
+        how = "unpaired: no doc scored on both sides"
+    fb, fc = vb[np.isfinite(vb)], vc[np.isfinite(vc)]
+    if fb.size == 0 or fc.size == 0:
+        raise SaeInterpError(f"{task}/{metric} has no scored doc in the "
+                             f"{'baseline' if fb.size == 0 else 'candidate'} samples; check that run's scorer")
+    point, lo, hi = mean_difference(fb, fc, False, confidence, resamples, rng)
+    return point, lo, hi, fb.size, fc.size, False, f"{how}, {fb.size} vs {fc.size} docs"
+
+
+def _pooled(task, metric, b: TaskResult, c: TaskResult, paired, how, confidence, resamples, rng):
+    if metric not in RATIOS:
+        raise SaeInterpError(f"{task}/{metric} is pooled over chunks and the samples lack the statistics to "
+                             f"resample it; gate on {', '.join(f'{task}/{m}' for m in RATIOS)} or a mean metric")
+    cb, cc = b.samples.chunks, c.samples.chunks
+    for chunks, s in ((cb, b), (cc, c)):
+        if chunks is None:
+            raise SaeInterpError(f"{s.samples.path} has no chunk statistics (written before they were logged); "
+                                 "re-run sae_core with --log_samples")
+    if paired:
+        index_c = {k: i for i, k in enumerate(c.samples.keys)}
+        common = [(i, index_c[k]) for i, k in enumerate(b.samples.keys) if k in index_c]
+        if len(common) == len(b.samples.keys) == len(c.samples.keys):
+            ib, ic = (np.array(x) for x in zip(*common, strict=True))
+            point, lo, hi = ratio_difference(metric, cb.take(ib), cc.take(ic), True, confidence, resamples, rng)
+            return point, lo, hi, len(common), len(common), True, f"{how}, {len(common)} chunks"
+        how = "unpaired: the two runs scored different chunks"
+    point, lo, hi = ratio_difference(metric, cb, cc, False, confidence, resamples, rng)
+    n_b, n_c = cb.n_tokens.size, cc.n_tokens.size
+    return point, lo, hi, n_b, n_c, False, f"{how}, {n_b} vs {n_c} chunks"
+
+
+def compare(base_runs: list[Run], cand_runs: list[Run], metrics: list[str] | None = None, confidence: float = 0.95,
+            max_drop: float = 0.0, resamples: int = N_RESAMPLES, seed: int = 0) -> Report:
+    if not 0 < confidence < 1:
+        raise SaeInterpError(f"--confidence must be between 0 and 1, got {confidence}")
+    if max_drop < 0:
+        raise SaeInterpError(f"--max-drop must be 0 or more, got {max_drop}")
+    base, cand = side_from_runs(base_runs, "the baseline"), side_from_runs(cand_runs, "the candidate")
+    gated = gated_metrics(base, cand, metrics)
+    tasks = list(dict.fromkeys(t for t, _ in gated))
+    check_settings(base, cand, tasks)
+    for runs in (base_runs, cand_runs):
+        for run in runs:
+            require_samples(run, [t for t in tasks if t in run.tasks])
+    rng = np.random.default_rng(seed)
+    rows = tuple(compare_metric(t, m, base, cand, confidence, max_drop, resamples, rng) for t, m in gated)
+    return Report(baseline=base, candidate=cand, confidence=confidence, max_drop=max_drop, resamples=resamples,
+                  rows=rows)
+
+
+# --- what it says ------------------------------------------------------------------------------
+def _num(x: float) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.4g}"
+
+
+def verdict_line(report: Report) -> str:
+    pct = f"{report.confidence:.0%}"
+    if report.failed:
+        worst = "; ".join(f"{r.name} {_signed(r.difference)} [{_signed(r.lo)}, {_signed(r.hi)}] "
+                          f"({'paired' if r.paired else 'unpaired'}, n={r.n_baseline}/{r.n_candidate})"
+                          for r in report.failed)
+        return f"FAIL: candidate worse than baseline by more than {report.max_drop:g} at {pct} confidence: {worst}"
+    return (f"PASS: no gated metric ({len(report.rows)}) worse by more than {report.max_drop:g} "
+            f"at {pct} confidence")
+
+
+def _signed(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{x:+.4g}"
+
+
+def markdown(report: Report) -> str:
+    pct = f"{report.confidence:.0%}"
+    status = "FAIL" if report.failed else "PASS"
+    lines = [
+        f"### sae-interp compare: {status}",
+        "",
+        f"- baseline: `{report.baseline.label}` ({report.baseline.fingerprint or 'no fingerprint'})",
+        f"- candidate: `{report.candidate.label}` ({report.candidate.fingerprint or 'no fingerprint'})",
+        f"- gate: fail when the {pct} bootstrap interval of candidate - baseline lies entirely beyond a drop of "
+        f"{report.max_drop:g} ({report.resamples} resamples, percentile interval)",
+        "",
+        f"| metric | better | baseline | candidate | difference [{pct} CI] | test | verdict |",
+        "|---|:-:|---:|---:|---:|---|---|",
+    ]
+    for r in report.rows:
+        lines.append(f"| {r.name} | {'higher' if r.higher_is_better else 'lower'} | {_num(r.baseline)} | "
+                     f"{_num(r.candidate)} | {_signed(r.difference)} [{_signed(r.lo)}, {_signed(r.hi)}] | "
+                     f"{r.how} | {'**worse**' if r.worse else 'ok'} |")
+    lines += ["", verdict_line(report)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,342 @@
+"""Reading lm-eval results files and their --log_samples files into typed runs.
+
+A *run* is one `results_<date>.json` written by `lm_eval --model sae ... --output_path`: the
+SAE it scored (from `results["config"]`, which `SAEBackend.get_model_info` fills), and per task
+of this package its aggregate metrics with stderr, the instrument settings it ran under, and,
+where the `samples_<task>_<date>.jsonl` beside it exists, the per-doc scores keyed by latent id
+(or by chunk id for sae_core, with the chunk's sufficient statistics).
+
+Nothing here imports torch or lm_eval: the `sae-interp` commands start in a fraction of a second.
+Every bad input raises SaeInterpError with one line that names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sae_interp_tasks.errors import SaeInterpError
+
+log = logging.getLogger(__name__)
+
+# task -> its headline metric (the leaderboard's column, compare's default gate). Results files
+# record each task's kind and headline in its metadata (`task_kind`, `headline_metric`, written by
+# the Task class from the registry), so a new task kind joins this map when its results are read;
+# the built-ins are listed for results written before those keys existed.
+HEADLINE = {
+    "sae_core": "ce_loss_recovered",
+    "sae_detection": "balanced_acc",
+    "sae_fuzzing": "balanced_acc",
+    "sae_embedding": "auroc",
+    "sae_selfexplain": "retrieval_auroc",
+    "sae_intervention": "score",
+}
+# further metrics shown beside a task's headline
+EXTRA_METRICS = {"sae_core": ("l0", "explained_variance"), "sae_selfexplain": ("top1_match",)}
+# a metric's chance level, where it is not `<metric>_shuffled`
+CHANCE_OF = {"top1_match": "top1_chance"}
+# sae_core's metrics computed from pooled chunk statistics (no per-doc value, no lm-eval stderr)
+POOLED = {"sae_core": ("explained_variance", "ce_loss_recovered", "dead_fraction", "dense_fraction")}
+
+# metadata keys that are not instrument settings: which SAE and how it ran, and lm-eval's own
+NOT_SETTINGS = frozenset({"config_source", "release", "sae_id", "path", "model", "device", "dtype", "batch_size",
+                          "max_batch_size", "control", "control_k", "max_length", "trust_remote_code", "pretrained",
+                          "_metadata", "version", "task_kind", "headline_metric"})
+CORE_STATS = ("n_tokens", "l0_sum", "sq_err_sum", "x_sq_sum", "ce_clean", "ce_spliced", "ce_zero")
+
+_RESULTS_NAME = re.compile(r"^results_(?P<date>.+)\.json$")
+
+
+def chance_metric(metric: str) -> str:
+    return CHANCE_OF.get(metric, f"{metric}_shuffled")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One aggregate as lm-eval reports it; stderr is None where lm-eval wrote "N/A"."""
+
+    name: str
+    value: float
+    stderr: float | None
+    higher_is_better: bool | None
+
+
+@dataclass(frozen=True, eq=False)
+class CoreChunks:
+    """sae_core's per-chunk sufficient statistics, one array entry per chunk (x_sum: [chunks, d_in])."""
+
+    n_tokens: np.ndarray
+    l0_sum: np.ndarray
+    sq_err_sum: np.ndarray
+    x_sq_sum: np.ndarray
+    x_sum: np.ndarray
+    ce_clean: np.ndarray
+    ce_spliced: np.ndarray
+    ce_zero: np.ndarray
+
+    def take(self, rows: np.ndarray) -> "CoreChunks":
+        return CoreChunks(**{name: getattr(self, name)[rows] for name in (*CORE_STATS, "x_sum")})
+
+
+@dataclass(frozen=True, eq=False)
+class DocScores:
+    """Per-doc scores from a samples file: `keys[i]` is doc i's latent id (chunk id for sae_core);
+    `values[metric][i]` is NaN where the doc has no score (latent skipped, batch unanswered)."""
+
+    path: Path
+    keys: tuple
+    values: dict[str, np.ndarray]
+    unfilled: int  # docs whose slot found no live latent (`latent: null`), left out of keys
+    chunks: CoreChunks | None = None  # sae_core only, when the samples carry the statistics
+
+
+@dataclass(frozen=True, eq=False)
+class TaskResult:
+    task: str
+    version: str
+    metrics: dict[str, Metric]
+    settings: dict  # the instrument settings (see task_settings)
+    n_docs: int  # lm-eval's n-samples "effective"
+    samples: DocScores | None
+
+    @property
+    def headline(self) -> str:
+        return HEADLINE[self.task]
+
+    @property
+    def skipped(self) -> float | None:
+        m = self.metrics.get("skipped_dead")
+        return None if m is None else m.value
+
+    @property
+    def latents_scored(self) -> int:
+        """Docs that held a latent: all docs, less those whose slot found none (known only with samples)."""
+        return self.n_docs - (self.samples.unfilled if self.samples else 0)
+
+
+@dataclass(frozen=True, eq=False)
+class Run:
+    """One results file: the SAE it scored and this package's tasks in it."""
+
+    path: Path
+    date: str
+    sae: str  # the backend's label: release/sae_id, a path, demo, with +control=... for controls
+    fingerprint: str | None
+    d_sae: int | None
+    d_in: int | None
+    architecture: str | None
+    hook_name: str | None
+    subject_model: str | None
+    control: str | None
+    seed: int | None
+    tasks: dict[str, TaskResult] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> tuple:
+        return (self.sae, self.fingerprint)
+
+    @property
+    def is_control(self) -> bool:
+        return bool(self.control)
+
+
+# --- finding files -------------------------------------------------------------------------------
+def find_results(paths: list[str | Path]) -> list[Path]:
+    """Results files named directly or found under folders, in the order given (each folder sorted)."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("results_*.json") if p.is_file())
+            if not inside:
+                raise SaeInterpError(f"{path} holds no results_*.json; point at the folder lm_eval --output_path wrote, "
+                                     "or at a results file")
+            found += inside
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise SaeInterpError(f"{path} does not exist; give results files or lm_eval --output_path folders")
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    return unique
+
+
+def samples_path(results_path: Path, task: str) -> Path | None:
+    """lm-eval writes samples_<task>_<date>.jsonl beside results_<date>.json."""
+    m = _RESULTS_NAME.match(results_path.name)
+    if not m:
+        return None
+    path = results_path.with_name(f"samples_{task}_{m['date']}.jsonl")
+    return path if path.exists() else None
+
+
+# --- reading -------------------------------------------------------------------------------------
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SaeInterpError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}); "
+                             "re-run lm_eval or remove the file") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise SaeInterpError(f"cannot read {path} ({type(err).__name__}); check the path and its permissions") from err
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise SaeInterpError(f"{path} is not an lm-eval results file (no \"results\" table); "
+                             "give the results_*.json that lm_eval --output_path writes")
+    return data
+
+
+def _float(value) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return out
+
+
+def _stderr(value) -> float | None:
+    out = _float(value)
+    return None if math.isnan(out) else out
+
+
+def task_settings(data: dict, task: str) -> dict:
+    """What the task measured with: its metadata less the SAE's and harness's keys, its version, the seed."""
+    meta = dict((data.get("configs", {}).get(task) or {}).get("metadata") or {})
+    settings = {k: v for k, v in meta.items() if k not in NOT_SETTINGS}
+    settings["version"] = str(data.get("versions", {}).get(task, meta.get("version")))
+    settings["fewshot_seed"] = (data.get("config") or {}).get("fewshot_seed")
+    return settings
+
+
+def _sae_label(config: dict) -> str:
+    """The backend's label; results written before get_model_info existed rebuild it from model_args."""
+    if config.get("sae"):
+        return str(config["sae"])
+    args = config.get("model_args") or {}
+    if isinstance(args, str):
+        args = dict(kv.split("=", 1) for kv in args.split(",") if "=" in kv)
+    base = (f"{args['release']}/{args.get('sae_id')}" if args.get("release") else args.get("path") or "demo")
+    return f"{base}+control={args['control']}" if args.get("control") else base
+
+
+def _int_or_none(value) -> int | None:
+    return None if value is None else int(value)
+
+
+def read_run(path: Path, load_samples: bool = True) -> Run:
+    """One results file as a Run; raises when it holds none of this package's tasks."""
+    data = read_json(path)
+    config = data.get("config") or {}
+    for task, cfg in (data.get("configs") or {}).items():
+        meta = (cfg or {}).get("metadata") or {}
+        if meta.get("task_kind") and meta.get("headline_metric"):
+            HEADLINE.setdefault(task, meta["headline_metric"])
+    ours = [t for t in data["results"] if t in HEADLINE]
+    if not ours:
+        listed = ", ".join(sorted(data["results"])[:5]) or "none"
+        raise SaeInterpError(f"{path} holds no sae_interp_tasks results (tasks: {listed}); "
+                             f"give results of {', '.join(HEADLINE)}")
+    if config.get("model") not in (None, "sae"):
+        raise SaeInterpError(f"{path} was written by --model {config.get('model')}, not --model sae; "
+                             "give results of lm_eval --model sae")
+    others = sorted(t for t in data["results"] if t not in HEADLINE and t not in data.get("groups", {}))
+    if others:
+        log.info("%s: not this package's tasks, left out: %s", path, ", ".join(others))
+    m = _RESULTS_NAME.match(path.name)
+    tasks = {t: _read_task(data, t, path, load_samples) for t in ours}
+    seed = config.get("fewshot_seed")
+    args = config.get("model_args") if isinstance(config.get("model_args"), dict) else {}
+    return Run(path=path, date=m["date"] if m else "", sae=_sae_label(config), fingerprint=config.get("sae_fingerprint"),
+               d_sae=_int_or_none(config.get("sae_d_sae")), d_in=_int_or_none(config.get("sae_d_in")),
+               architecture=config.get("sae_architecture"), hook_name=config.get("sae_hook_name"),
+               subject_model=config.get("subject_model"), control=config.get("sae_control") or args.get("control"),
+               seed=_int_or_none(seed), tasks=tasks)
+
+
+def _read_task(data: dict, task: str, path: Path, load_samples: bool) -> TaskResult:
+    raw = data["results"][task]
+    better = (data.get("higher_is_better") or {}).get(task) or {}
+    metrics = {}
+    for key, value in raw.items():
+        name, _, filt = key.partition(",")
+        if not filt or name.endswith("_stderr"):
+            continue
+        metrics[name] = Metric(name=name, value=_float(value), stderr=_stderr(raw.get(f"{name}_stderr,{filt}")),
+                               higher_is_better=better.get(name))
+    n_docs = int(((data.get("n-samples") or {}).get(task) or {}).get("effective", raw.get("sample_len", 0)))
+    found = samples_path(path, task) if load_samples else None
+    return TaskResult(task=task, version=str((data.get("versions") or {}).get(task, "")), metrics=metrics,
+                      settings=task_settings(data, task), n_docs=n_docs,
+                      samples=read_samples(found, task, list(metrics)) if found else None)
+
+
+def read_samples(path: Path, task: str, metric_names: list[str]) -> DocScores:
+    """Per-doc scores of one samples file; sae_core's chunk statistics where the responses carry them."""
+    keys, rows, stats, unfilled = [], [], [], 0
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SaeInterpError(f"cannot read {path} ({type(err).__name__}); re-run lm_eval with --log_samples") from err
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            response = json.loads(row["resps"][0][0])  # our Response's str() is JSON
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError) as err:
+            raise SaeInterpError(f"{path} line {number} is not a samples row of this package "
+                                 f"({type(err).__name__}); re-run lm_eval with --log_samples") from err
+        if task == "sae_core":
+            key = response.get("chunk", row.get("doc", {}).get("chunk"))
+            stats.append(response.get("stats"))
+        elif "latent" in response:
+            key = response["latent"]
+            if key is None:
+                unfilled += 1
+                continue
+        else:
+            key = row.get("doc_id")
+        keys.append(key)
+        rows.append(row)
+    values = {name: np.array([_float(r.get(name)) for r in rows], dtype=float) for name in metric_names}
+    if len(set(keys)) < len(keys):
+        log.warning("%s: some docs share a latent id; pairing uses the first of each", path)
+    return DocScores(path=path, keys=tuple(keys), values=values, unfilled=unfilled,
+                     chunks=_core_chunks(stats) if task == "sae_core" else None)
+
+
+def _core_chunks(stats: list) -> CoreChunks | None:
+    """None when the samples predate the statistics (their `stats` was a repr string)."""
+    if not stats or not all(isinstance(s, dict) and all(k in s for k in (*CORE_STATS, "x_sum")) for s in stats):
+        return None
+    arrays = {name: np.array([_float(s[name]) for s in stats], dtype=float) for name in CORE_STATS}
+    return CoreChunks(x_sum=np.array([s["x_sum"] for s in stats], dtype=float), **arrays)
+
+
+def read_runs(paths: list[str | Path], load_samples: bool = True) -> list[Run]:
+    return [read_run(p, load_samples) for p in find_results(paths)]
+
+
+def require_samples(run: Run, tasks) -> None:
+    for task in tasks:
+        if run.tasks[task].samples is None:
+            raise SaeInterpError(f"{run.path} has no samples_{task}_*.jsonl beside it; re-run lm_eval with "
+                                 "--log_samples and keep the samples files next to the results file")
+
+
+def settings_differences(a: dict, b: dict) -> dict[str, tuple]:
+    """key -> (value in a, value in b) for every key whose value differs (missing: None)."""
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def describe_differences(diffs: dict[str, tuple]) -> str:
+    return ", ".join(f"{k} ({_short(a)} vs {_short(b)})" for k, (a, b) in diffs.items())
+
+
+def _short(value) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:57] + "..."

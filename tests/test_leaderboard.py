@@ -1,0 +1,477 @@
+"""`sae-interp leaderboard` and `sae-interp compare` on results of the real `lm_eval`, in subprocesses.
+
+The subject is a tiny Llama made a bigram model of the test corpus (both layers write nothing to
+the residual stream; the unembedding is solved so that the embedding of a token predicts the
+corpus's next-token distribution): its clean CE loss (~1.2) is far below zero ablation (ln V ~
+10.8), so CE loss recovered measures something. The conftest's random tiny model has clean CE ~
+zero-ablation CE, which makes CE loss recovered noise (the ratio's denominator is ~0.02).
+
+The SAE plants one latent on every token of the corpus (conftest's build_planted_sae), so it
+reconstructs every token exactly (CE loss recovered 1, L0 1) and every latent is explained by its
+token; the damaged copy adds noise to W_dec (CE loss recovered ~0.82); the control is
+`control=random`. Five lm_eval runs (in one process, see `runs`): planted, damaged, control, an
+identical rerun of planted (same cache and seed), and sae_core with another n_tokens.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import D_MODEL, REPO, build_planted_sae, corpus_lines, subprocess_env
+from helpers import error_lines, result_files
+
+TASKS = "sae_core,sae_embedding"
+META = {"n_tokens": 2048, "context_size": 64, "chunk_contexts": 4, "window": 16, "n_top": 10, "n_sample": 40,
+        "n_random": 64, "n_latents": 4, "min_examples": 5, "n_train": 10, "n_test_per_decile": 1,
+        "n_test_non_activating": 10, "explainer": "tokens"}
+N_CHUNKS = META["n_tokens"] // (META["context_size"] * META["chunk_contexts"])
+N_RANDOM_LATENTS = 4
+
+
+# ------------------------------------------------------------------------------------ the subject and SAEs
+def build_bigram_model(tokenizer, lines: list[str], out: Path) -> list[int]:
+    """A 2-layer Llama whose output is a bigram model of `lines`; returns the corpus's token ids."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    eos = tokenizer.eos_token_id
+    seqs = [[eos, *ids, eos] for ids in tokenizer(lines, add_special_tokens=False)["input_ids"]]
+    vocab = sorted({t for s in seqs for t in s} | {tokenizer.bos_token_id})
+    index = {t: i for i, t in enumerate(vocab)}
+    counts = np.full((len(vocab), len(vocab)), 0.01)
+    for s in seqs:
+        for a, b in zip(s, s[1:]):
+            counts[index[a], index[b]] += 1
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=D_MODEL, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+                         tie_word_embeddings=False)
+    config.architectures = ["LlamaForCausalLM"]
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.model.layers:  # the residual stream stays the token embedding
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        emb = model.model.embed_tokens.weight[vocab].double()
+        normed = emb / emb.pow(2).mean(1, keepdim=True).add(config.rms_norm_eps).sqrt()  # the final RMSNorm
+        target = torch.full((len(vocab), len(tokenizer)), -12.0, dtype=torch.float64)
+        target[:, vocab] = torch.tensor(np.log(counts / counts.sum(1, keepdims=True)))
+        model.lm_head.weight.copy_((torch.linalg.pinv(normed) @ target).T.float())  # exact: |vocab| < d_model
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return vocab
+
+
+@pytest.fixture(scope="module")
+def bigram(tmp_path_factory, tokenizer):
+    """(model dir, embedding matrix, corpus token ids); the corpus is conftest's corpus_lines(3000)."""
+    out = tmp_path_factory.mktemp("bigram-subject")
+    vocab = build_bigram_model(tokenizer, corpus_lines(3000), out)
+    from transformers import AutoModelForCausalLM
+
+    emb = AutoModelForCausalLM.from_pretrained(out).model.embed_tokens.weight.detach().float()
+    return out, emb, vocab
+
+
+@pytest.fixture(scope="module")
+def vocab_sae(bigram, tokenizer, tmp_path_factory) -> Path:
+    """Latent i fires exactly on the i-th corpus token (BOS/EOS aside); 4 random sparse latents after them."""
+    model_dir, emb, vocab = bigram
+    tokens = [t for t in vocab if t not in (tokenizer.bos_token_id, tokenizer.eos_token_id)]
+    planted = dict(enumerate(tokens))
+    return build_planted_sae(emb, planted, len(planted) + N_RANDOM_LATENTS, model_dir,
+                             tmp_path_factory.mktemp("vocab_sae"))
+
+
+@pytest.fixture(scope="module")
+def damaged_sae(vocab_sae, tmp_path_factory) -> Path:
+    """The same SAE with Gaussian noise of each row's norm added to W_dec (encoder untouched)."""
+    from sae_interp_tasks.saes import SAESource, load_sae
+
+    sae, _ = load_sae(SAESource(path=str(vocab_sae)))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        noise = torch.randn(sae.W_dec.shape, generator=gen) / math.sqrt(sae.W_dec.shape[1])
+        sae.W_dec.add_(sae.W_dec.norm(dim=1, keepdim=True) * noise)
+    out = tmp_path_factory.mktemp("damaged_sae")
+    sae.save_model(out)
+    return out
+
+
+# ------------------------------------------------------------------------------------ lm_eval runs
+# The lm_eval console script's entry point, once per argv, in one process: its ~15 s of imports
+# are paid once for the five runs instead of five times. lm-eval's own ~14k task YAMLs are left
+# out of the task index (include_defaults=False), which is rebuilt per run and took ~10-25 s here;
+# only this package's tasks run, so the results files are what the console script writes.
+DRIVER = """
+import json, sys
+import lm_eval.tasks.manager as manager
+from lm_eval.__main__ import cli_evaluate
+
+original = manager.TaskManager.__init__
+def without_defaults(self, *args, **kwargs):
+    original(self, *args, **{**kwargs, "include_defaults": False})
+manager.TaskManager.__init__ = without_defaults
+for argv in json.loads(sys.argv[1]):
+    sys.argv = ["lm_eval", *argv]
+    cli_evaluate()
+"""
+
+
+def lm_eval_argv(model_args: str, meta: dict, out: Path, tasks: str = TASKS) -> list[str]:
+    return ["--model", "sae", "--model_args", f"{model_args},device=cpu,batch_size=8", "--tasks", tasks,
+            "--metadata", json.dumps(meta), "--output_path", str(out), "--log_samples"]
+
+
+@pytest.fixture(scope="module")
+def runs(vocab_sae, damaged_sae, corpus_file, sae_cache, tmp_path_factory) -> dict[str, Path]:
+    """name -> the --output_path folder of: planted, damaged, control (control=random, k=1), rerun (planted
+    again: same SAE, settings, seed and cache), fewer_tokens (sae_core alone with half the tokens)."""
+    meta = {"corpus": str(corpus_file), **META}
+    plan = {
+        "planted": (f"path={vocab_sae}", meta, TASKS),
+        "damaged": (f"path={damaged_sae}", meta, TASKS),
+        "control": (f"path={vocab_sae},control=random,control_k=1", meta, TASKS),  # as sparse as the SAE
+        "rerun": (f"path={vocab_sae}", meta, TASKS),
+        "fewer_tokens": (f"path={vocab_sae}", {**meta, "n_tokens": META["n_tokens"] // 2}, "sae_core"),
+    }
+    outs = {name: tmp_path_factory.mktemp(f"{name}_run") for name in plan}
+    argvs = [lm_eval_argv(args, m, outs[name], tasks) for name, (args, m, tasks) in plan.items()]
+    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(argvs)], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env={**subprocess_env(sae_cache), "DISABLE_MULTIPROC": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name, out in outs.items():
+        assert len(result_files(out)) == 1, f"{name}: no results file under {out}"
+    return outs
+
+
+@pytest.fixture(scope="module")
+def planted_run(runs) -> Path:
+    return runs["planted"]
+
+
+@pytest.fixture(scope="module")
+def damaged_run(runs) -> Path:
+    return runs["damaged"]
+
+
+@pytest.fixture(scope="module")
+def control_run(runs) -> Path:
+    return runs["control"]
+
+
+@pytest.fixture(scope="module")
+def rerun(runs) -> Path:
+    return runs["rerun"]
+
+
+@pytest.fixture(scope="module")
+def fewer_tokens_run(runs) -> Path:
+    return runs["fewer_tokens"]
+
+
+def results_of(folder: Path) -> dict:
+    (path,) = result_files(folder)
+    return json.loads(path.read_text())
+
+
+def sae_interp(*args: str, cache: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sae_interp_tasks.cli", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, env=subprocess_env(cache))
+
+
+@pytest.fixture(scope="module")
+def board_runs(planted_run, damaged_run, control_run):
+    return [planted_run, damaged_run, control_run]
+
+
+# ------------------------------------------------------------------------------------ the runs themselves
+def test_results_record_the_sae(planted_run, control_run, vocab_sae, bigram):
+    config = results_of(planted_run)["config"]
+    assert config["sae"] == str(vocab_sae)
+    assert re.fullmatch(r"[0-9a-f]{16}", config["sae_fingerprint"])
+    assert config["sae_d_in"] == D_MODEL and config["sae_d_sae"] > N_RANDOM_LATENTS
+    assert config["sae_architecture"] == "standard" and config["sae_hook_name"] == "blocks.0.hook_resid_pre"
+    assert config["subject_model"] == str(bigram[0])
+    assert config["sae_control"] is None
+    control = results_of(control_run)["config"]
+    assert control["sae"] == f"{vocab_sae}+control=random" and control["sae_control"] == "random"
+    assert control["sae_fingerprint"] != config["sae_fingerprint"]
+
+
+def test_the_instrument_sees_the_damage(planted_run, damaged_run, control_run):
+    got = {name: results_of(run)["results"]["sae_core"] for name, run in
+           (("planted", planted_run), ("damaged", damaged_run), ("control", control_run))}
+    assert got["planted"]["ce_loss_recovered,none"] == pytest.approx(1.0, abs=1e-3)
+    assert got["planted"]["explained_variance,none"] == pytest.approx(1.0, abs=1e-3)
+    assert got["planted"]["l0,none"] == pytest.approx(1.0)
+    assert got["damaged"]["ce_loss_recovered,none"] < 0.9
+    assert got["control"]["ce_loss_recovered,none"] < got["damaged"]["ce_loss_recovered,none"]
+
+
+def test_core_samples_carry_the_chunk_statistics(planted_run):
+    """The per-chunk JSON holds the sums the pooled metrics are made of; recomputing gives the task's numbers."""
+    from sae_interp_tasks import compare, results_io
+
+    (run,) = results_io.read_runs([planted_run])
+    core = run.tasks["sae_core"]
+    chunks = core.samples.chunks
+    assert chunks is not None and chunks.n_tokens.size == N_CHUNKS
+    assert chunks.x_sum.shape == (N_CHUNKS, D_MODEL)
+    ones = np.ones((1, N_CHUNKS))
+    for metric in ("explained_variance", "ce_loss_recovered"):
+        assert compare.pooled_ratio(metric, chunks, ones)[0] == pytest.approx(core.metrics[metric].value, rel=1e-9)
+    assert np.nanmean(core.samples.values["l0"]) == pytest.approx(core.metrics["l0"].value)
+
+
+# ------------------------------------------------------------------------------------ leaderboard
+def markdown_rows(text: str) -> list[dict]:
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
+
+
+def first_number(text: str) -> float:
+    return float(re.match(r"[≤]?(-?[\d.]+)", text).group(1))
+
+
+def test_leaderboard_markdown(board_runs, vocab_sae, damaged_sae, sae_cache):
+    proc = sae_interp("leaderboard", *board_runs, cache=sae_cache)
+    assert proc.returncode == 0, proc.stderr
+    assert "groups" not in proc.stdout  # one group: every row under the same settings
+    rows = markdown_rows(proc.stdout)
+    assert [r["SAE"] for r in rows] == [str(vocab_sae), str(damaged_sae), f"{vocab_sae}+control=random"]
+    planted, damaged, control = rows
+    assert first_number(planted["CE loss recovered"]) == pytest.approx(1.0, abs=1e-3)
+    assert first_number(damaged["CE loss recovered"]) < 0.9
+    assert first_number(planted["L0"]) == pytest.approx(1.0)
+    # an interval beside each mean; the chance column beside the score it calibrates
+    assert re.fullmatch(r"[\d.]+ \[[\d.-]+, [\d.-]+\]", planted["sae_embedding auroc"])
+    headers = list(planted)
+    assert headers.index("chance (auroc_shuffled)") == headers.index("sae_embedding auroc") + 1
+    skipped = results_of(board_runs[0])["results"]["sae_embedding"]["skipped_dead,none"]
+    assert planted["sae_embedding latents scored (skipped)"] == f"4 ({skipped:.0f})"
+    assert int(planted["width"]) == int(control["width"]) > N_RANDOM_LATENTS
+    assert "mean ± 1.96·stderr" in proc.stdout
+
+
+def test_leaderboard_csv_and_json_agree_with_the_results(board_runs, sae_cache, tmp_path):
+    out_csv, out_json = tmp_path / "board.csv", tmp_path / "board.json"
+    for fmt, out in (("csv", out_csv), ("json", out_json)):
+        proc = sae_interp("leaderboard", *board_runs, "--format", fmt, "--output", out, cache=sae_cache)
+        assert proc.returncode == 0 and proc.stdout == "", proc.stderr
+    rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
+    data = json.loads(out_json.read_text())
+    assert len(rows) == 3 and len(data["groups"]) == 1 and len(data["groups"][0]["rows"]) == 3
+    for run, row, entry in zip(board_runs, rows, data["groups"][0]["rows"], strict=True):
+        results = results_of(run)
+        assert row["sae"] == entry["sae"] == results["config"]["sae"]
+        assert int(row["d_sae"]) == entry["d_sae"] == results["config"]["sae_d_sae"]
+        for task, metric in (("sae_core", "l0"), ("sae_core", "ce_loss_recovered"), ("sae_embedding", "auroc"),
+                             ("sae_embedding", "auroc_shuffled")):
+            value = results["results"][task][f"{metric},none"]
+            assert float(row[f"{task}/{metric}"]) == pytest.approx(value)
+            got = entry["tasks"][task]["metrics"][metric]
+            assert got["value"] == pytest.approx(value)
+            assert got["lo"] <= value <= got["hi"]
+        stderr = results["results"]["sae_core"]["l0_stderr,none"]
+        l0 = entry["tasks"]["sae_core"]["metrics"]["l0"]
+        assert l0["interval"] == "z" and l0["hi"] - l0["lo"] == pytest.approx(2 * 1.959964 * stderr, rel=1e-5)
+        assert entry["tasks"]["sae_core"]["metrics"]["ce_loss_recovered"]["interval"] == "bootstrap"
+        assert row["sae_embedding/latents_scored"] == "4"
+        assert float(row["sae_embedding/skipped"]) == results["results"]["sae_embedding"]["skipped_dead,none"]
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_leaderboard_plots(board_runs, sae_cache, tmp_path):
+    folder = tmp_path / "plots"
+    proc = sae_interp("leaderboard", *board_runs, "--plots", folder, cache=sae_cache)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["group1_bars.png", "group1_vs_l0.png"]
+    for path in folder.iterdir():
+        width, height = png_size(path.read_bytes())
+        assert width > 600 and height > 250
+        pixels = __import__("matplotlib.image", fromlist=["imread"]).imread(path)
+        assert pixels[..., :3].std() > 0.05  # something is drawn
+
+
+def test_rows_under_other_settings_are_grouped_apart(board_runs, fewer_tokens_run, sae_cache):
+    proc = sae_interp("leaderboard", *board_runs, fewer_tokens_run, cache=sae_cache)
+    assert proc.returncode == 0, proc.stderr
+    assert "The rows fall in 2 groups" in proc.stdout
+    groups = proc.stdout.split("## Group ")[1:]
+    assert len(groups) == 2
+    assert "sae_core: n_tokens=2048" in groups[0] and "sae_core: n_tokens=1024" in groups[1]
+    assert len(markdown_rows(groups[0])) == 3 and len(markdown_rows(groups[1])) == 1
+
+
+# ------------------------------------------------------------------------------------ leaderboard: HTML
+def _chromium() -> tuple[str, str] | None:
+    browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through selenium; installs Debian's chromium where missing and we are root."""
+    pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[test]')")
+    found = _chromium()
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"], capture_output=True,
+                       timeout=900, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        found = _chromium()
+    if found is None:
+        pytest.skip("no chromium + chromedriver, and they cannot be installed here "
+                    "(apt-get install -y chromium chromium-driver needs root and apt)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = found[0]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    try:
+        driver = webdriver.Chrome(service=Service(found[1]), options=options)
+    except Exception as err:  # noqa: BLE001  (a browser that will not start is a reason to skip, not a failure)
+        pytest.skip(f"chromium did not start: {str(err).splitlines()[0]}")
+    yield driver
+    driver.quit()
+
+
+def test_html_page_renders_and_sorts(board_runs, sae_cache, tmp_path, browser):
+    from selenium.webdriver.common.by import By
+
+    page = tmp_path / "board.html"
+    proc = sae_interp("leaderboard", *board_runs, "--format", "html", "--output", page, cache=sae_cache)
+    assert proc.returncode == 0, proc.stderr
+    text = page.read_text()
+    assert not re.search(r"(src|href)=['\"]https?:", text)  # self-contained: nothing fetched at view time
+    embedded = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text)
+    assert len(embedded) == 2 and all(png_size(base64.b64decode(data))[0] > 600 for data in embedded)
+    browser.get(page.as_uri())
+    assert browser.title == "SAE leaderboard"
+    images = browser.find_elements(By.CSS_SELECTOR, "img.plot")
+    assert len(images) == 2
+    for img in images:
+        assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 0
+    table = browser.find_element(By.ID, "board1")
+
+    def column(key: str) -> list[str]:
+        headers = [th.get_attribute("data-key") for th in table.find_elements(By.CSS_SELECTOR, "thead th")]
+        i = headers.index(key)
+        return [tr.find_elements(By.TAG_NAME, "td")[i].get_attribute("data-value")
+                for tr in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
+
+    assert len(column("sae")) == 3
+    header = table.find_element(By.CSS_SELECTOR, "th[data-key='sae_core/ce_loss_recovered']")
+    header.click()
+    ascending = [float(v) for v in column("sae_core/ce_loss_recovered")]
+    assert ascending == sorted(ascending) and ascending[0] < ascending[-1]
+    header.click()
+    descending = [float(v) for v in column("sae_core/ce_loss_recovered")]
+    assert descending == sorted(ascending, reverse=True)
+    assert column("sae")[0] == results_of(board_runs[0])["config"]["sae"]  # the intact SAE recovers most
+
+
+# ------------------------------------------------------------------------------------ compare
+def test_compare_fails_the_damaged_candidate(planted_run, damaged_run, sae_cache, tmp_path):
+    summary = tmp_path / "summary.md"
+    proc = sae_interp("compare", planted_run, damaged_run, "--markdown", summary, cache=sae_cache)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == ""
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("FAIL:") and "sae_core/ce_loss_recovered" in line
+    text = summary.read_text()
+    assert "sae-interp compare: FAIL" in text
+    rows = {r["metric"]: r for r in markdown_rows(text)}
+    assert set(rows) == {"sae_core/ce_loss_recovered", "sae_embedding/auroc"}
+    core = rows["sae_core/ce_loss_recovered"]
+    assert core["test"].startswith("paired by chunk") and core["verdict"] == "**worse**"
+    # the encoder is untouched, so the latents and their scores are the same, but they are two SAEs' latents
+    emb = rows["sae_embedding/auroc"]
+    assert emb["test"].startswith("unpaired: different SAEs") and emb["verdict"] == "ok"
+
+
+def test_compare_passes_an_identical_rerun(planted_run, rerun, sae_cache):
+    proc = sae_interp("compare", planted_run, rerun, cache=sae_cache)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().startswith("PASS:")
+    rows = {r["metric"]: r for r in markdown_rows(proc.stdout)}
+    assert rows["sae_embedding/auroc"]["test"].startswith("paired by latent (same SAE weights), 4 matched docs")
+    for row in rows.values():
+        assert row["difference [95% CI]"] == "+0 [+0, +0]", row
+
+
+def test_compare_refuses_other_settings(planted_run, fewer_tokens_run, sae_cache, tmp_path):
+    summary = tmp_path / "summary.md"
+    proc = sae_interp("compare", planted_run, fewer_tokens_run, "--metrics", "sae_core/ce_loss_recovered",
+                      "--markdown", summary, cache=sae_cache)
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: sae_core was scored under different instrument settings: n_tokens (2048 vs 1024)")
+    assert not summary.exists()
+    proc = sae_interp("compare", planted_run, fewer_tokens_run, cache=sae_cache)  # no --metrics: every task
+    assert proc.returncode == 2
+    assert error_lines(proc.stderr) == [
+        "error: the two sides scored different tasks (sae_embedding only in the baseline); run the same --tasks "
+        "on both, or gate on some with --metrics"]
+
+
+# ------------------------------------------------------------------------------------ bad input
+def copy_run(run: Path, dest: Path) -> Path:
+    shutil.copytree(run, dest)
+    return dest
+
+
+def test_bad_input_is_one_line_and_writes_nothing(planted_run, damaged_run, sae_cache, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    corrupt = copy_run(planted_run, tmp_path / "corrupt")
+    (path,) = result_files(corrupt)
+    path.write_text(path.read_text()[:500])
+    no_samples = copy_run(planted_run, tmp_path / "no_samples")
+    (lost,) = no_samples.rglob("samples_sae_embedding_*.jsonl")
+    lost.unlink()
+    foreign = copy_run(planted_run, tmp_path / "foreign")
+    (path,) = result_files(foreign)
+    data = json.loads(path.read_text())  # a real results file whose only task is another harness's
+    data["results"] = {"arc_easy": {"alias": "arc_easy", "acc,none": 0.5, "acc_stderr,none": 0.1}}
+    path.write_text(json.dumps(data))
+    cases = [
+        (empty, "holds no results_*.json"),
+        (corrupt, "is not valid JSON"),
+        (no_samples, "samples_sae_embedding_*.jsonl is missing"),
+        (foreign, "holds no sae_interp_tasks results (tasks: arc_easy)"),
+    ]
+    for bad, said in cases:
+        out, plots = tmp_path / f"{bad.name}.html", tmp_path / f"{bad.name}_plots"
+        proc = sae_interp("leaderboard", damaged_run, bad, "--format", "html", "--output", out, "--plots", plots,
+                          cache=sae_cache)
+        assert proc.returncode == 2, (bad, proc.stderr)
+        assert proc.stdout == "" and "Traceback" not in proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith("error:") and said in line, line
+        assert not out.exists() and not plots.exists()
+    proc = sae_interp("compare", planted_run, no_samples, cache=sae_cache)
+    assert proc.returncode == 2
+    (line,) = error_lines(proc.stderr)
+    assert "has no samples_sae_embedding_*.jsonl beside it" in line
