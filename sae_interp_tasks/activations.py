@@ -144,12 +144,13 @@ class PassState:
         return int(hits[0, 0])
 
     def record(self, latent: int) -> LatentRecord:
+        """One latent's examples: top windows strongest first, the sample by its keys (ties: earlier window)."""
         i = self.index_of(latent)
-        top_order = torch.argsort(self.top_key[i], descending=True)
         top = [_example(self.top_tokens[i, j], self.top_acts[i, j], self.top_id[i, j])
-               for j in top_order.tolist() if torch.isfinite(self.top_key[i, j])]
+               for j in _slot_order(self.top_key[i], self.top_id[i], largest=True) if torch.isfinite(self.top_key[i, j])]
         sample = [_example(self.sample_tokens[i, j], self.sample_acts[i, j], self.sample_id[i, j])
-                  for j in range(self.sample_key.shape[1]) if torch.isfinite(self.sample_key[i, j])]
+                  for j in _slot_order(self.sample_key[i], self.sample_id[i], largest=False)
+                  if torch.isfinite(self.sample_key[i, j])]
         quiet = ((self.random_max[:, i] <= 0) & torch.isfinite(self.random_key)).nonzero().flatten().tolist()
         non_act = [Example(tokens=self.random_tokens[g].numpy().astype(np.int64),
                            acts=np.zeros(self.random_tokens.shape[1], dtype=np.float32),
@@ -157,12 +158,30 @@ class PassState:
         return LatentRecord(latent=latent, n_firing=int(self.firing[i]), n_tokens=self.n_tokens,
                             max_act=float(self.max_act[i]), top=top, activating=sample, non_activating=non_act)
 
+    def canonical(self) -> PassState:
+        """The same state with every latent's slots in record order: states that keep the same windows
+        are equal tensor for tensor, whatever order the windows arrived in."""
+        out = PassState.from_dict(dict(self.__dict__))
+        for prefix, largest in (("top", True), ("sample", False)):
+            key, ids = getattr(self, f"{prefix}_key"), getattr(self, f"{prefix}_id")
+            order = _rank(key, torch.where(ids < 0, _LAST, ids), largest)
+            for name in ("key", "id"):
+                setattr(out, f"{prefix}_{name}", getattr(self, f"{prefix}_{name}").gather(1, order))
+            for name in ("tokens", "acts"):
+                values = getattr(self, f"{prefix}_{name}")
+                setattr(out, f"{prefix}_{name}", values.gather(1, order[..., None].expand(-1, -1, values.shape[2])))
+        return out
+
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> PassState:
         return cls(**d)
+
+
+def _slot_order(key: torch.Tensor, ids: torch.Tensor, largest: bool) -> list[int]:
+    return _rank(key[None], torch.where(ids < 0, _LAST, ids)[None], largest)[0].tolist()
 
 
 def hash_uniform(latents: torch.Tensor, window_ids: torch.Tensor, seed: int) -> torch.Tensor:
@@ -185,25 +204,42 @@ def _example(tokens: torch.Tensor, acts: torch.Tensor, window_id: torch.Tensor) 
                    window_id=int(window_id))
 
 
-def _keep(key, ids, toks, acts, new_key, new_ids, new_toks, new_acts, largest: bool):
-    """Per latent, keep the k best of the current and the new windows by key.
+_LAST = torch.iinfo(torch.long).max
 
-    key/ids: [L, k]; toks/acts: [L, k, W]; new_key: [L, N]; new_ids: [N]; new_toks: [N, W]; new_acts: [L, N, W].
+
+def _rank(keys: torch.Tensor, ids: torch.Tensor, largest: bool) -> torch.Tensor:
+    """Indices ordering each row best key first; equal keys go to the earlier window, and entries whose
+    id is _LAST (empty slots, windows that cannot enter) go last, in their given order."""
+    by_id = torch.argsort(ids, dim=1, stable=True)
+    return by_id.gather(1, torch.sort(keys.gather(1, by_id), dim=1, descending=largest, stable=True).indices)
+
+
+def _keep(key, ids, toks, acts, new_key, new_ids, new_toks, new_acts, largest: bool):
+    """Per latent, keep the k best of the kept and the new windows by key (ties: the earlier window).
+
+    Slots are an unordered set (`PassState.canonical` orders them): only the new windows that enter
+    are written, into the slots of those that leave, so a batch costs what changes, not k x window
+    per latent. key/ids: [L, k]; toks/acts: [L, k, W]; new_key: [L, N]; new_ids: [N]; new_toks:
+    [N, W]; new_acts: [L, N, W]. Updated in place; returned for convenience.
     """
-    n_lat, k = key.shape
-    all_key = torch.cat([key, new_key], dim=1)
-    all_ids = torch.cat([ids, new_ids.expand(n_lat, -1)], dim=1)
-    # equal keys (common: bf16, token-level latents) go to the earlier window, so what is kept
-    # does not depend on the batch layout; topk's choice among ties does
-    by_id = torch.argsort(torch.where(all_ids < 0, torch.iinfo(all_ids.dtype).max, all_ids), dim=1, stable=True)
-    ranked = torch.sort(all_key.gather(1, by_id), dim=1, descending=largest, stable=True).indices[:, :k]
-    sel = by_id.gather(1, ranked)  # [L, k]
-    all_toks = torch.cat([toks, new_toks.expand(n_lat, -1, -1)], dim=1)
-    all_acts = torch.cat([acts, new_acts], dim=1)
-    w = toks.shape[2]
-    sel_w = sel.unsqueeze(-1).expand(-1, -1, w)
-    return (all_key.gather(1, sel), all_ids.gather(1, sel),
-            all_toks.gather(1, sel_w), all_acts.gather(1, sel_w))
+    k = key.shape[1]
+    worst = key.min(1).values if largest else key.max(1).values  # empty slots hold the worst key
+    can_enter = new_key > worst[:, None] if largest else new_key < worst[:, None]
+    rows = can_enter.any(1).nonzero().flatten()
+    if len(rows) == 0:
+        return key, ids, toks, acts
+    old_ids = torch.where(ids[rows] < 0, _LAST, ids[rows])
+    cand_ids = torch.where(can_enter[rows], new_ids.expand(len(rows), -1), _LAST)
+    order = _rank(torch.cat([key[rows], new_key[rows]], 1), torch.cat([old_ids, cand_ids], 1), largest)
+    chosen = torch.zeros(len(rows), k + new_key.shape[1], dtype=torch.bool).scatter_(1, order[:, :k], True)
+    enter_row, enter_col = chosen[:, k:].nonzero(as_tuple=True)  # row-major: rows in the same order
+    leave_row, leave_slot = (~chosen[:, :k]).nonzero(as_tuple=True)
+    lat = rows[enter_row]
+    key[lat, leave_slot] = new_key[lat, enter_col]
+    ids[lat, leave_slot] = new_ids[enter_col]
+    toks[lat, leave_slot] = new_toks[enter_col]
+    acts[lat, leave_slot] = new_acts[lat, enter_col]
+    return key, ids, toks, acts
 
 
 # --- encoding only some latents ---------------------------------------------------------------
@@ -242,9 +278,10 @@ def subset_encoder(sae, latents: torch.Tensor):
 
 
 # --- the pass itself --------------------------------------------------------------------------
-def pass_key(info, spec: corpus_mod.CorpusSpec, cfg: PassConfig, seed: int, latents: torch.Tensor) -> str:
+def pass_key(info, spec: corpus_mod.CorpusSpec, cfg: PassConfig, seed: int, latents: torch.Tensor,
+             forward: str = "tl") -> str:
     """Everything that determines a pass's content (not the batch size: results do not depend on it)."""
-    return cache_key({
+    return cache_key({"forward": forward,
         "v": CACHE_VERSION, "sae": info.fingerprint, "model": info.model_name, "hook": info.hook_name,
         "bos": info.prepend_bos, "corpus": asdict(spec), "corpus_fp": corpus_mod.fingerprint(spec),
         "cfg": {k: v for k, v in asdict(cfg).items() if k != "pass_batch_size"}, "seed": seed,
@@ -261,15 +298,18 @@ def hook_activations(model, hook_name: str, tokens: torch.Tensor) -> torch.Tenso
 
 def run_activation_pass(model, sae, info, spec: corpus_mod.CorpusSpec, cfg: PassConfig, seed: int,
                         batch_size: int = 8, latents: torch.Tensor | None = None, cache_dir: Path | None = None,
-                        progress: bool = True, checkpoint_seconds: float = 60.0) -> PassState:
+                        progress: bool = True, checkpoint_seconds: float = 60.0, read=None,
+                        forward: str = "tl") -> PassState:
     """The pass for `latents` (default: all), from the cache when it has it, resuming a partial one.
-    `batch_size` contexts go through the model at once (at least cfg.pass_batch_size)."""
+    `batch_size` contexts go through the model at once (at least cfg.pass_batch_size). `read(tokens)`
+    gives the hooked activation (default: TransformerLens, stopping after the hook's layer); `forward`
+    names it in the cache key."""
     if latents is None:
         latents = torch.arange(info.d_sae)
     latents = latents.to(torch.long).cpu()
     if len(latents) == 0 or int(latents.min()) < 0 or int(latents.max()) >= info.d_sae:
         raise SaeInterpError(f"latent ids must lie in 0..{info.d_sae - 1} (the SAE has d_sae={info.d_sae})")
-    folder = Path(cache_dir or cache_root() / "activations") / pass_key(info, spec, cfg, seed, latents)
+    folder = Path(cache_dir or cache_root() / "activations") / pass_key(info, spec, cfg, seed, latents, forward)
     done, partial = folder / "pass.pt", folder / "partial.pt"
     if done.exists():
         log.info("activation pass: cached at %s", folder)
@@ -296,7 +336,7 @@ def run_activation_pass(model, sae, info, spec: corpus_mod.CorpusSpec, cfg: Pass
     def flush():
         tokens = torch.stack(batch)
         with torch.no_grad():
-            x = hook_activations(model, info.hook_name, tokens.to(device))
+            x = (read or (lambda t: hook_activations(model, info.hook_name, t)))(tokens.to(device))
             acts = encode(x.to(sae.W_dec.dtype)).float().cpu()
         if info.prepend_bos:
             acts[:, 0] = 0  # BOS is not text: its activations would swamp every statistic

@@ -93,16 +93,37 @@ class SAEBackend(TemplateLM):
         override = self._model_override is not None
         log.info("sae backend: loading %s on %s, hook %s (d_sae=%d)", info.label, info.model_name, info.hook_name,
                  info.d_sae)
-        model = load_subject(self._model_override or info.model_name, device=self._device, dtype=self._dtype,
-                             from_pretrained_kwargs=None if override else info.model_from_pretrained_kwargs)
+        model, hf_model = load_subject(self._model_override or info.model_name, device=self._device,
+                                       dtype=self._dtype, keep_hf=True,
+                                       from_pretrained_kwargs=None if override else info.model_from_pretrained_kwargs)
         check_hook(model, info.hook_name)
         _check_width(model, info)
-        return sae, info, model
+        return sae, info, model, hf_model
 
     @property
     def subject_name(self) -> str:
         """The subject model's name: `model=` when given, else the one the SAE's metadata names."""
         return self._model_override or self.info.model_name
+
+    @cached_property
+    def reader(self):
+        """Reads the hooked activation through the Hugging Face forward where it gives TransformerLens's
+        numbers (faster on a CPU); None: read it through TransformerLens."""
+        from sae_interp_tasks.hf_forward import HFReader
+
+        probe = torch.tensor([self.tokenizer.encode("The reader checks one probe sentence, token by token.")])
+        return HFReader.check(self._loaded[3], self.model, self.info.hook_name, probe)
+
+    def read_activations(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The hooked activation [B, T, d] of `tokens`, by the fastest forward that gives it exactly."""
+        from sae_interp_tasks.activations import hook_activations
+
+        return self.reader.activations(tokens) if self.reader else hook_activations(self.model, self.info.hook_name, tokens)
+
+    @property
+    def forward_name(self) -> str:
+        """Which forward reads activations ("hf" or "tl"): part of the activation caches' keys."""
+        return "hf" if self.reader else "tl"
 
     @property
     def sae(self):

@@ -12,6 +12,7 @@ predicted from them are dropped. Zero ablation covers every position.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,9 +77,105 @@ def special_ids(tokenizer) -> list[int]:
     return get_special_token_ids(tokenizer)
 
 
+@dataclass(frozen=True, eq=False)
+class ChunkReference:
+    """What sae_core needs from a chunk that does not depend on the SAE: computed once per subject
+    model, hook, corpus and seed, and cached, so every further SAE at that hook pays only for its
+    encode and the spliced forward from the hook on."""
+
+    x: torch.Tensor  # the hooked activation [B, T, ...] (the subject model's dtype, on the CPU)
+    ce_clean: float
+    ce_zero: float
+
+
+_RESID = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
+
+
+def resid_start(hook_name: str) -> int | None:
+    """The TransformerLens `start_at_layer` that continues the model from a residual-stream hook
+    (None for hooks inside a block, which need a hooked full forward)."""
+    match = _RESID.match(hook_name)
+    if match is None:
+        return None
+    return int(match.group(1)) + (match.group(2) == "post")
+
+
 @torch.no_grad()
-def chunk_stats(model, sae, hook_name: str, tokens: torch.Tensor, special: list[int] | None = None) -> CoreStats:
-    """Statistics of one chunk of contexts (tokens [B, T]) with three full forwards."""
+def zero_ablation_logits(model, hook_name: str) -> torch.Tensor | None:
+    """The logits with the whole residual stream zeroed at a residual-stream hook, [vocab].
+
+    With the same vector at every position nothing after the hook can tell positions apart:
+    attention mixes identical values, so its output is the same whatever the pattern, and the
+    normalisations and MLPs act per position. The zero-ablated logits are one row, computed from a
+    single position. None for other hooks (zeroing them leaves the residual stream position-dependent)."""
+    start = resid_start(hook_name)
+    if start is None:
+        return None
+    zeros = torch.zeros(1, 1, model.cfg.d_model, device=model.cfg.device, dtype=model.cfg.dtype)
+    return model(zeros, start_at_layer=start)[0, 0].float()
+
+
+def _keep_mask(tokens: torch.Tensor, special: list[int]) -> torch.Tensor:
+    return ~torch.isin(tokens, torch.tensor(special, dtype=tokens.dtype, device=tokens.device))
+
+
+@torch.no_grad()
+def chunk_reference(model, hook_name: str, tokens: torch.Tensor, special: list[int], reader=None,
+                    zero_logits: torch.Tensor | None = None) -> ChunkReference:
+    """The chunk's hooked activation and its clean and zero-ablated losses: one clean forward (the
+    Hugging Face model's when `reader` is given), and no zero-ablated forward for residual hooks."""
+    keep = _keep_mask(tokens, special)
+    if reader is not None:
+        x, logits = reader.activations_and_logits(tokens)
+    else:
+        logits, cache = model.run_with_cache(tokens, names_filter=hook_name)
+        x = cache[hook_name]
+    if zero_logits is not None:
+        row = zero_logits.to(tokens.device)
+        losses = torch.logsumexp(row, -1) - row[tokens[:, 1:]]
+        ce_zero = float(losses[keep[:, :-1]].mean())
+    else:
+        zeroed = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, lambda a, hook: torch.zeros_like(a))])
+        ce_zero = _next_token_ce(zeroed, tokens, keep)
+    return ChunkReference(x=x.detach().cpu(), ce_clean=_next_token_ce(logits, tokens, keep), ce_zero=ce_zero)
+
+
+@torch.no_grad()
+def chunk_stats(model, sae, hook_name: str, tokens: torch.Tensor, reference: ChunkReference,
+                special: list[int] | None = None) -> CoreStats:
+    """One chunk's statistics for one SAE: one encode, and the spliced forward from the hook on."""
+    special = special_ids(model.tokenizer) if special is None else special
+    keep = _keep_mask(tokens, special)
+    x = reference.x.to(tokens.device)
+    acts = sae.encode(x.to(sae.W_dec.dtype))
+    recon = sae.decode(acts)
+    mask = keep.view(*keep.shape, *([1] * (x.dim() - 2)))
+    spliced = torch.where(mask, recon.to(x.dtype), x)
+    start = resid_start(hook_name)
+    if start is not None:
+        logits = model(spliced, start_at_layer=start)
+    else:
+        logits = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, lambda a, hook: spliced.to(a.dtype))])
+    kept_x, kept_acts, kept_recon = x.to(sae.W_dec.dtype)[keep], acts[keep], recon[keep]
+    return CoreStats(
+        n_tokens=kept_x.shape[0],
+        l0_sum=float((kept_acts > 0).sum()),
+        sq_err_sum=float(((kept_recon - kept_x) ** 2).sum()),
+        x_sum=kept_x.sum(0).double().cpu().numpy(),
+        x_sq_sum=float((kept_x.double() ** 2).sum()),
+        firing=(kept_acts > 0).sum(0).cpu().numpy().astype(np.int64),
+        ce_clean=reference.ce_clean,
+        ce_spliced=_next_token_ce(logits, tokens, keep),
+        ce_zero=reference.ce_zero,
+    )
+
+
+@torch.no_grad()
+def three_forward_chunk_stats(model, sae, hook_name: str, tokens: torch.Tensor,
+                              special: list[int] | None = None) -> CoreStats:
+    """One chunk's statistics from three full hooked forwards (clean, spliced, zero-ablated): the
+    plain method, kept as the reference the tests compare `chunk_stats` with and the benchmark's
+    baseline."""
     special = special_ids(model.tokenizer) if special is None else special
     keep = ~torch.isin(tokens, torch.tensor(special, dtype=tokens.dtype, device=tokens.device))
     captured = {}

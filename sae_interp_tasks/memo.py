@@ -94,7 +94,8 @@ def selection(backend, s: LatentSettings, seed: int, n_slots: int) -> Selection:
     """The latent selection; the first caller's n_slots (the run's largest) fills the pool."""
     return backend.memo.get(selection_key(s, seed), lambda: select_latents(
         backend.model, backend.sae, backend.info, s.corpus.spec(backend.info.dataset_path), s.activations,
-        s.selection, s.examples.min_examples, n_slots, seed, backend.batch_size_per_gpu))
+        s.selection, s.examples.min_examples, n_slots, seed, backend.batch_size_per_gpu,
+        read=backend.read_activations, forward=backend.forward_name))
 
 
 def latent_run(backend, s: LatentSettings, seed: int, n_slots: int) -> LatentRun:

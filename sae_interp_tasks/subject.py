@@ -71,8 +71,10 @@ def bundled_hf_dir() -> Path:
     return out
 
 
-def hooked_from_hf_dir(path: str | Path, device: str, dtype: torch.dtype, model_name: str | None = None, **kwargs):
-    """A HookedTransformer from a local Hugging Face checkpoint, without any hub access."""
+def hooked_from_hf_dir(path: str | Path, device: str, dtype: torch.dtype, model_name: str | None = None,
+                       keep_hf: bool = False, **kwargs):
+    """A HookedTransformer from a local Hugging Face checkpoint, without any hub access (with the
+    Hugging Face model it was converted from, when `keep_hf`)."""
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -92,28 +94,50 @@ def hooked_from_hf_dir(path: str | Path, device: str, dtype: torch.dtype, model_
         state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
         fold_value_biases=False, refactor_factored_attn_matrices=False)
     model.cfg.model_name = model_name or path
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    return (model, hf_model.to(device).eval()) if keep_hf else model
 
 
-def load_subject(name: str, device: str = "cpu", dtype: str = "float32", from_pretrained_kwargs: dict | None = None):
-    """Load the subject model by hub name, local HF folder, or the bundled model's name."""
+def load_subject(name: str, device: str = "cpu", dtype: str = "float32", from_pretrained_kwargs: dict | None = None,
+                 keep_hf: bool = False):
+    """The subject model by hub name, local HF folder, or the bundled model's name, as a HookedTransformer;
+    with `keep_hf`, the pair (HookedTransformer, the Hugging Face model it was converted from)."""
     kwargs = dict(from_pretrained_kwargs or {})
     kwargs.pop("device", None)
     torch_dtype = DTYPES.get(str(dtype))
     if torch_dtype is None:
         raise unknown("dtype", str(dtype), DTYPES)
     if is_bundled(name):
-        return hooked_from_hf_dir(bundled_hf_dir(), device, torch_dtype, model_name=BUNDLED_MODEL)
+        return hooked_from_hf_dir(bundled_hf_dir(), device, torch_dtype, model_name=BUNDLED_MODEL, keep_hf=keep_hf)
     if Path(name).is_dir():
-        return hooked_from_hf_dir(name, device, torch_dtype)
+        return hooked_from_hf_dir(name, device, torch_dtype, keep_hf=keep_hf)
     from transformer_lens import HookedTransformer
 
     try:
-        model = HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=torch_dtype, **kwargs)
+        hf_model = None
+        if keep_hf:  # loaded once: TransformerLens converts this one instead of loading its own
+            from transformers import AutoModelForCausalLM
+
+            hf_model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
+        model = HookedTransformer.from_pretrained_no_processing(name, hf_model=hf_model, device=device,
+                                                               dtype=torch_dtype, **kwargs)
     except (OSError, ValueError) as err:
         raise SaeInterpError(f"cannot load subject model {name!r}: {str(err).splitlines()[0][:300]} "
                              f"(check the name, your hub access, or pass model=<local HF folder>)") from err
-    return model.eval()
+    model = model.eval()
+    return (model, hf_model.to(device).eval()) if keep_hf else model
+
+
+def model_fingerprint(model) -> str:
+    """Identifies a subject model's weights for cache keys: its shape and a strided sample of its
+    embedding and unembedding (a hash of every weight would cost seconds on large models)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{model.cfg.model_name}:{model.cfg.n_layers}:{model.cfg.d_model}:{model.cfg.d_vocab}".encode())
+    for tensor in (model.W_E, model.W_U):
+        flat = tensor.detach().flatten()
+        digest.update(flat[::max(1, flat.numel() // 65536)].to("cpu", torch.float32).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 _LAYER = re.compile(r"^blocks\.(\d+)\.")

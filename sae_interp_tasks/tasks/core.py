@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from lm_eval.api.metrics import mean
@@ -15,6 +16,7 @@ from sae_interp_tasks.config import Settings
 from sae_interp_tasks.corpus import CorpusConfig, fingerprint, token_contexts
 from sae_interp_tasks.core import CoreConfig
 from sae_interp_tasks.records import Response
+from sae_interp_tasks.subject import model_fingerprint
 from sae_interp_tasks.registry import settings_for, task_kind
 from sae_interp_tasks.tasks.base import SAETask
 
@@ -52,34 +54,49 @@ class SAECoreTask(SAETask):
 
 
 def serve_core(backend, payloads: list[dict]) -> list[Response]:
-    """Chunk statistics for sae_core docs, each cached on disk so an interrupted run resumes."""
+    """Chunk statistics for sae_core docs. Each chunk's SAE-independent part (the hooked activation, the
+    clean and zero-ablated losses) is cached per subject model, hook, corpus and seed; each SAE's
+    statistics are cached per SAE. An interrupted run resumes; a second SAE at the same hook pays
+    only for its encode and the spliced forward from the hook on."""
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(payloads):
         groups.setdefault(json.dumps([p["settings"], p["seed"]], sort_keys=True), []).append(i)
     results: list = [None] * len(payloads)
+    model, info = backend.model, backend.info
+    special = core.special_ids(model.tokenizer)
     for key, indices in groups.items():
         settings, seed = json.loads(key)
         s: CoreSettings = settings_for("core", settings)
-        corpus = s.corpus.spec(backend.info.dataset_path)
+        corpus = s.corpus.spec(info.dataset_path)
         wanted = sorted({payloads[i]["doc"]["chunk"] for i in indices})
-        folder = cache_root() / "core" / cache_key({
-            "sae": backend.info.fingerprint, "model": backend.model.cfg.model_name, "hook": backend.info.hook_name,
-            "corpus": corpus, "corpus_fp": fingerprint(corpus), "core": s.core, "seed": seed})
-        folder.mkdir(parents=True, exist_ok=True)
+        where = {"model": model.cfg.model_name, "weights": model_fingerprint(model), "hook": info.hook_name,
+                 "bos": info.prepend_bos, "corpus": corpus, "corpus_fp": fingerprint(corpus), "core": s.core,
+                 "seed": seed, "forward": backend.forward_name}
+        ref_folder = _folder("core_reference", where)
+        sae_folder = _folder("core", {**where, "sae": info.fingerprint})
         contexts = token_contexts(corpus, backend.tokenizer, (max(wanted) + 1) * s.core.chunk_tokens,
-                                  s.core.context_size, backend.info.prepend_bos, seed)
+                                  s.core.context_size, info.prepend_bos, seed)
+        zero = None
         stats = {}
         bar = tqdm(total=len(wanted), unit="chunks", desc="sae_core")
         for chunk in range(max(wanted) + 1):
             batch = [next(contexts) for _ in range(s.core.chunk_contexts)]
             if chunk not in wanted:
                 continue
-            path = folder / f"chunk{chunk}.pt"
+            path = sae_folder / f"chunk{chunk}.pt"
             if path.exists():
                 stats[chunk] = torch.load(path, weights_only=False)
             else:
                 tokens = torch.stack(batch).to(backend.device)
-                stats[chunk] = core.chunk_stats(backend.model, backend.sae, backend.info.hook_name, tokens)
+                ref_path = ref_folder / f"chunk{chunk}.pt"
+                if ref_path.exists():
+                    reference = torch.load(ref_path, weights_only=False)
+                else:
+                    if zero is None:
+                        zero = [core.zero_ablation_logits(model, info.hook_name)]
+                    reference = core.chunk_reference(model, info.hook_name, tokens, special, backend.reader, zero[0])
+                    atomic_save(reference, ref_path)
+                stats[chunk] = core.chunk_stats(model, backend.sae, info.hook_name, tokens, reference, special)
                 atomic_save(stats[chunk], path)
             bar.update(1)
         bar.close()
@@ -87,3 +104,9 @@ def serve_core(backend, payloads: list[dict]) -> list[Response]:
             chunk = payloads[i]["doc"]["chunk"]
             results[i] = Response(metrics=core.per_chunk_metrics(stats[chunk]), chunk=chunk, stats=stats[chunk])
     return results
+
+
+def _folder(kind: str, key: dict) -> Path:
+    folder = cache_root() / kind / cache_key(key)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
