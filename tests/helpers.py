@@ -21,10 +21,30 @@ def lm_eval_script() -> str:
     return found
 
 
-def run_lm_eval(args: list[str], cache: Path, timeout: int = 400, **env: str) -> subprocess.CompletedProcess:
+# lm_eval's own entry point in a fresh process, with lm-eval's ~14k built-in task YAMLs left out of the
+# task index (indexing them costs 10-25 s a run here); everything else is the console script's path
+FAST_DRIVER = """
+import sys
+import lm_eval.tasks.manager as manager
+from lm_eval.__main__ import cli_evaluate
+
+original = manager.TaskManager.__init__
+def without_builtin_tasks(self, *args, **kwargs):
+    original(self, *args, **{**kwargs, "include_defaults": False})
+manager.TaskManager.__init__ = without_builtin_tasks
+sys.argv = ["lm_eval", *sys.argv[1:]]
+cli_evaluate()
+"""
+
+
+def run_lm_eval(args: list[str], cache: Path, timeout: int = 400, console: bool = False,
+                **env: str) -> subprocess.CompletedProcess:
+    """`lm_eval ARGS` in a subprocess: the installed console script itself with `console=True`, else
+    lm_eval's entry point without lm-eval's built-in tasks (this package's tasks and --include_path only)."""
+    command = [lm_eval_script()] if console else [sys.executable, "-c", FAST_DRIVER]
     # DISABLE_MULTIPROC: lm-eval bootstraps each nanmean metric's stderr (100k draws) in a fresh
     # process pool per metric; in-process it takes ~1 s per metric instead of ~1.7 s here
-    return subprocess.run([lm_eval_script(), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([*command, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env={**subprocess_env(cache), "DISABLE_MULTIPROC": "1", **env})
 
 

@@ -117,7 +117,8 @@ def test_every_yaml_default_equals_its_settings_default():
         # client and batching knobs documented in docs/methods.md
         quiet = {"corpus_name", "corpus_split", "text_field", "pass_batch_size", "latents", "seed", "n_deciles",
                  "explainer_base_url", "explainer_max_tokens", "max_concurrency", "scorer_base_url",
-                 "scorer_max_tokens", "embedding_batch_size", "selfexplain_batch_size"}
+                 "scorer_max_tokens", "embedding_batch_size", "selfexplain_batch_size", "intervention_batch_size",
+                 "surprisal_base_url"}
         missing = set(defaults) - set(listed) - quiet
         assert not missing, f"{task}.yaml does not list {sorted(missing)}"
 
@@ -337,7 +338,7 @@ def test_a_new_task_kind_runs_through_lm_eval(planted_sae, corpus_file, toy_dir,
 ])
 def test_bad_task_input_fails_before_any_model_loads(extra, expected, planted_sae, toy_dir, sae_cache, tmp_path):
     args = ["--model", "sae", "--model_args", f"path={planted_sae.path},device=cpu",
-            *[a.format(toy_dir=toy_dir) for a in extra], "--output_path", str(tmp_path)]
+            *[a.replace("{toy_dir}", str(toy_dir)) for a in extra], "--output_path", str(tmp_path)]
     proc = run_lm_eval(args, sae_cache)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr

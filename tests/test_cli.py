@@ -34,7 +34,7 @@ def run(planted_sae, corpus_file, sae_cache, tmp_path_factory):
     proc = run_lm_eval(["--model", "sae", "--model_args", f"path={planted_sae.path},device=cpu",
                         "--tasks", "sae_core,sae_test_tiny_mc,sae_test_tiny_ppl", "--include_path", "tests/data",
                         "--limit", str(LIMIT), "--metadata", meta, "--output_path", str(out), "--log_samples"],
-                       sae_cache)
+                       sae_cache, console=True)  # the installed console script, plugin hook and all
     files = result_files(out)
     results = json.loads(files[0].read_text()) if files else None
     return proc, out, results
