@@ -127,14 +127,12 @@ class PassState:
         self.sample_key, self.sample_id, self.sample_tokens, self.sample_acts = _keep(
             self.sample_key, self.sample_id, self.sample_tokens, self.sample_acts,
             torch.where(win_max > 0, keys, torch.inf), ids, win_tokens, win_acts, largest=False)
-        # shared uniform sample of all windows, for non-activating examples
-        rkeys = hash_uniform(torch.tensor([-1]), ids, self.seed)[0]
-        all_keys = torch.cat([self.random_key, rkeys])
-        keep = torch.topk(all_keys, len(self.random_key), largest=False).indices
-        self.random_key = all_keys[keep]
-        self.random_id = torch.cat([self.random_id, ids])[keep]
-        self.random_tokens = torch.cat([self.random_tokens, win_tokens])[keep]
-        self.random_max = torch.cat([self.random_max, win_max.T])[keep]
+        # shared uniform sample of all windows, for non-activating examples (one row of _keep)
+        rkeys = hash_uniform(torch.tensor([-1]), ids, self.seed)
+        pool_tokens, pool_max = self.random_tokens[None], self.random_max[None]  # one row, slots x (window | latents)
+        key, ident, _, _ = _keep(self.random_key[None], self.random_id[None], pool_tokens, pool_max, rkeys, ids,
+                                 win_tokens, win_max.T[None], largest=False)
+        self.random_key, self.random_id = key[0], ident[0]
 
     # --- reading records out ------------------------------------------------------------------
     def index_of(self, latent: int) -> int:
@@ -151,7 +149,8 @@ class PassState:
         sample = [_example(self.sample_tokens[i, j], self.sample_acts[i, j], self.sample_id[i, j])
                   for j in _slot_order(self.sample_key[i], self.sample_id[i], largest=False)
                   if torch.isfinite(self.sample_key[i, j])]
-        quiet = ((self.random_max[:, i] <= 0) & torch.isfinite(self.random_key)).nonzero().flatten().tolist()
+        quiet = [g for g in _slot_order(self.random_key, self.random_id, largest=False)
+                 if self.random_max[g, i] <= 0 and torch.isfinite(self.random_key[g])]
         non_act = [Example(tokens=self.random_tokens[g].numpy().astype(np.int64),
                            acts=np.zeros(self.random_tokens.shape[1], dtype=np.float32),
                            window_id=int(self.random_id[g])) for g in quiet]
@@ -170,6 +169,9 @@ class PassState:
             for name in ("tokens", "acts"):
                 values = getattr(self, f"{prefix}_{name}")
                 setattr(out, f"{prefix}_{name}", values.gather(1, order[..., None].expand(-1, -1, values.shape[2])))
+        order = _slot_order(self.random_key, self.random_id, largest=False)
+        for name in ("random_key", "random_id", "random_tokens", "random_max"):
+            setattr(out, name, getattr(self, name)[order])
         return out
 
     def to_dict(self) -> dict:

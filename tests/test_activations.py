@@ -37,7 +37,9 @@ def run(model, sae, info, spec, cfg=CFG, batch_size=PASS_BATCH, **kwargs):
 
 
 def assert_same_state(a, b, latents=None):
-    """Two pass states hold the same thing (optionally: b restricted to a's latents)."""
+    """Two pass states hold the same thing (optionally: b restricted to a's latents). Each latent's kept
+    windows are a set; canonical() puts both in record order."""
+    a, b = a.canonical(), b.canonical()
     rows = slice(None) if latents is None else [b.index_of(int(l)) for l in latents]
     assert a.n_tokens == b.n_tokens and a.n_contexts == b.n_contexts
     for name in TENSORS:

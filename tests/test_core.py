@@ -73,11 +73,18 @@ def test_ce_loss_recovered_and_per_chunk_metrics():
                                          "ce_loss_zero_ablation": 3.0}
 
 
+def fast_stats(model, sae, tokens, reader=None, hook=HOOK):
+    """sae_core's path: the SAE-independent reference, then the SAE's part."""
+    special = core.special_ids(model.tokenizer)
+    reference = core.chunk_reference(model, hook, tokens, special, reader, core.zero_ablation_logits(model, hook))
+    return core.chunk_stats(model, sae, hook, tokens, reference, special)
+
+
 def test_exact_sae_recovers_everything(tiny_model, exact_sae_dir, eval_tokens):
     from sae_interp_tasks.saes import SAESource, load_sae
 
     sae, _ = load_sae(SAESource(path=str(exact_sae_dir)))
-    s = core.chunk_stats(tiny_model, sae, HOOK, eval_tokens)
+    s = fast_stats(tiny_model, sae, eval_tokens)
     assert s.n_tokens == eval_tokens[:, 1:].numel()
     assert s.sq_err_sum == pytest.approx(0.0, abs=1e-8)
     assert core.explained_variance([s]) == pytest.approx(1.0)
@@ -87,7 +94,7 @@ def test_exact_sae_recovers_everything(tiny_model, exact_sae_dir, eval_tokens):
 
 def test_planted_sae_counts(tiny_model, loaded_planted, planted_sae, eval_tokens):
     sae, _ = loaded_planted
-    s = core.chunk_stats(tiny_model, sae, HOOK, eval_tokens)
+    s = fast_stats(tiny_model, sae, eval_tokens)
     body = eval_tokens[:, 1:]
     for latent, tok in planted_sae.latent_tokens.items():
         assert s.firing[latent] == int((body == tok).sum())
@@ -140,7 +147,7 @@ def test_agrees_with_sae_lens_run_evals(tiny_model, loaded_planted, eval_tokens)
       zero ablation at the hook at every position in both.
     """
     sae, info = loaded_planted
-    ours = core.chunk_stats(tiny_model, sae, HOOK, eval_tokens)
+    ours = fast_stats(tiny_model, sae, eval_tokens)
     n = ours.n_tokens
 
     sparse, features = sae_lens_metrics(tiny_model, sae, eval_tokens, exclude_special_tokens=True,
@@ -158,3 +165,82 @@ def test_agrees_with_sae_lens_run_evals(tiny_model, loaded_planted, eval_tokens)
     assert ours.ce_spliced == pytest.approx(ce["ce_loss_with_sae"], rel=1e-5)
     assert ours.ce_zero == pytest.approx(ce["ce_loss_with_ablation"], rel=1e-5)
     assert core.ce_loss_recovered([ours]) == pytest.approx(ce["ce_loss_score"], abs=1e-3)
+
+
+# --- the fast path: reference once, the SAE's part per SAE ----------------------------------------
+@pytest.fixture(scope="module")
+def hf_reader(tiny_model, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from sae_interp_tasks.hf_forward import HFReader
+
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    reader = HFReader.check(hf, tiny_model, HOOK, torch.tensor([[1, 504, 2891, 30, 1032]]))
+    assert reader is not None, "the tiny Llama's Hugging Face forward should match TransformerLens"
+    return reader
+
+
+@pytest.mark.parametrize("through_hf", [False, True])
+def test_fast_path_equals_three_full_forwards(tiny_model, loaded_planted, eval_tokens, hf_reader, through_hf):
+    sae, _ = loaded_planted
+    slow = core.three_forward_chunk_stats(tiny_model, sae, HOOK, eval_tokens)
+    fast = fast_stats(tiny_model, sae, eval_tokens, hf_reader if through_hf else None)
+    assert fast.n_tokens == slow.n_tokens and fast.l0_sum == slow.l0_sum
+    assert np.array_equal(fast.firing, slow.firing)
+    assert fast.sq_err_sum == pytest.approx(slow.sq_err_sum, rel=1e-4)
+    assert fast.x_sq_sum == pytest.approx(slow.x_sq_sum, rel=1e-5)
+    for name in ("ce_clean", "ce_spliced", "ce_zero"):
+        assert getattr(fast, name) == pytest.approx(getattr(slow, name), rel=1e-5), name
+
+
+def tiny_gpt2():
+    """A 3-layer GPT-2-style model (LayerNorm with biases, learned positions, biased attention and MLP)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    torch.manual_seed(1)
+    cfg = HookedTransformerConfig(n_layers=3, d_model=32, n_ctx=64, d_head=8, n_heads=4, d_mlp=64, d_vocab=50,
+                                  act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard")
+    model = HookedTransformer(cfg)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", ".b")):
+                param.normal_(0, 0.5)  # biases well away from zero: the zeroed stream is not trivially zero after
+    return model.eval()
+
+
+@pytest.mark.parametrize("hook", ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.2.hook_resid_post",
+                                  "blocks.1.hook_resid_pre"])
+def test_zero_ablation_from_one_position_equals_a_zeroed_forward(hook, tiny_model):
+    """A zeroed residual stream gives the same logits at every position: one position computes them."""
+    tokens = torch.randint(0, 50, (3, 40), generator=torch.Generator().manual_seed(0))
+    for model, toks in ((tiny_gpt2(), tokens), (tiny_model, tokens + 100)):
+        if int(hook.split(".")[1]) >= model.cfg.n_layers:
+            continue
+        with torch.no_grad():
+            zeroed = model.run_with_hooks(toks, fwd_hooks=[(hook, lambda a, hook: torch.zeros_like(a))])
+        row = core.zero_ablation_logits(model, hook)
+        assert torch.allclose(zeroed.float(), row.expand_as(zeroed), atol=1e-4), (model.cfg.model_name, hook)
+    assert core.zero_ablation_logits(tiny_model, "blocks.0.hook_mlp_out") is None  # not a residual-stream hook
+
+
+def test_a_second_sae_at_the_same_hook_reuses_the_reference(planted_sae, exact_sae_dir, corpus_file, tmp_path,
+                                                            monkeypatch):
+    """sae_core's cache: the reference (activations, clean and zero-ablated losses) is paid once per
+    model, hook, corpus and seed; the second SAE runs no clean forward and gets the same numbers."""
+    from sae_interp_tasks.backend import SAEBackend
+    from sae_interp_tasks.tasks.core import serve_core
+
+    monkeypatch.setenv("SAE_INTERP_CACHE", str(tmp_path / "cache"))
+    settings = {"corpus": str(corpus_file), "n_tokens": 1024, "context_size": 64, "chunk_contexts": 4}
+    payloads = [{"kind": "core", "task": "sae_core", "doc": {"chunk": i}, "seed": 3, "settings": settings}
+                for i in range(4)]
+    first = serve_core(SAEBackend(path=str(planted_sae.path), device="cpu"), payloads)
+    calls = []
+    real = core.chunk_reference
+    monkeypatch.setattr(core, "chunk_reference", lambda *a, **k: calls.append(1) or real(*a, **k))
+    second = serve_core(SAEBackend(path=str(exact_sae_dir), device="cpu"), payloads)
+    assert calls == []  # every chunk's reference came from the cache
+    for a, b in zip(first, second):
+        assert a.stats.ce_clean == b.stats.ce_clean and a.stats.ce_zero == b.stats.ce_zero
+        assert b.stats.sq_err_sum == pytest.approx(0.0, abs=1e-6)  # the exact SAE
+        assert b.stats.ce_spliced == pytest.approx(b.stats.ce_clean, abs=1e-5)
