@@ -9,7 +9,11 @@ interpreter start. It only adds a meta-path finder (no lm_eval import, no torch)
   "sae_interp_tasks.backend:SAEBackend", and give lm-eval's base `LM` an `interpret` that
   says these tasks need `--model sae` (another backend would fail with an AttributeError);
 - when `lm_eval.tasks.manager` has loaded, every `TaskManager` also scans this
-  package's `task_configs/` folder;
+  package's `task_configs/` folder, and the metadata it is built with (lm-eval's CLI passes
+  `--model_args` merged with `--metadata`) is kept in `RUN_METADATA`, so a task can tell the
+  keys a user set from its YAML's defaults;
+- when `lm_eval.evaluator_utils` has loaded, an aggregation function that carries its own
+  closed-form `stderr` uses it instead of lm-eval's bootstrap (which forks the process per metric);
 - our own `SaeInterpError` ends a CLI run with one line naming the fix, not a traceback.
 
 The task YAMLs live in the repository's top-level `task_configs/`; the wheel carries them as
@@ -30,6 +34,7 @@ TASK_DIR = next((path for path in (os.path.join(_PACKAGE, "task_configs"),
                                    os.path.join(os.path.dirname(_PACKAGE), "task_configs"))
                  if os.path.isdir(path)), os.path.join(_PACKAGE, "task_configs"))
 BACKEND = "sae_interp_tasks.backend:SAEBackend"
+RUN_METADATA: dict | None = None  # what the latest TaskManager was built with (None: no TaskManager yet)
 
 
 def register_backend(registry_module) -> None:
@@ -64,10 +69,12 @@ def add_task_dir(manager_module) -> None:
     original = cls.__init__
 
     def __init__(self, *args, include_path=None, **kwargs):
+        global RUN_METADATA
         paths = [] if include_path is None else (
             list(include_path) if isinstance(include_path, (list, tuple)) else [include_path])
         if TASK_DIR not in [str(p) for p in paths]:
             paths.insert(0, TASK_DIR)  # user paths come later, so they can override ours
+        RUN_METADATA = dict(kwargs.get("metadata") or {})
         original(self, *args, include_path=paths, **kwargs)
 
     __init__._sae_interp_wrapped = True
@@ -79,8 +86,11 @@ def register() -> None:
     import lm_eval.api.registry as registry
     import lm_eval.tasks.manager as manager
 
+    import lm_eval.evaluator_utils as evaluator_utils
+
     register_backend(registry)
     add_task_dir(manager)
+    closed_form_stderr(evaluator_utils)
 
 
 def _install_excepthook() -> None:
@@ -102,7 +112,24 @@ def _install_excepthook() -> None:
     sys.excepthook = hook
 
 
-_AFTER_IMPORT = {"lm_eval.api.registry": register_backend, "lm_eval.tasks.manager": add_task_dir}
+def closed_form_stderr(utils_module) -> None:
+    """Aggregations with a `stderr` attribute get it as their standard error, not a bootstrap."""
+    original = utils_module.stderr_for_metric
+    if getattr(original, "_sae_interp", False):
+        return
+
+    def stderr_for_metric(metric, bootstrap_iters):
+        own = getattr(metric, "stderr", None)
+        if own is not None and bootstrap_iters and bootstrap_iters > 0:
+            return own
+        return original(metric, bootstrap_iters)
+
+    stderr_for_metric._sae_interp = True
+    utils_module.stderr_for_metric = stderr_for_metric
+
+
+_AFTER_IMPORT = {"lm_eval.api.registry": register_backend, "lm_eval.tasks.manager": add_task_dir,
+                 "lm_eval.evaluator_utils": closed_form_stderr}
 
 
 class _Loader(importlib.abc.Loader):

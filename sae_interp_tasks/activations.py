@@ -104,8 +104,9 @@ class PassState:
         )
 
     # --- the streaming update -------------------------------------------------------------
-    def update(self, tokens: torch.Tensor, acts: torch.Tensor, window: int, first_window_id: int) -> None:
-        """Fold one batch in. tokens: [B, T]; acts: [B, T, L] (already zeroed where not counted)."""
+    def update(self, tokens: torch.Tensor, acts: torch.Tensor, window: int, context_ids: torch.Tensor) -> None:
+        """Fold one batch in. tokens: [B, T]; acts: [B, T, L] (already zeroed where not counted);
+        context_ids: [B] each context's index in the corpus (window ids derive from it)."""
         b, t, n = acts.shape
         nw = t // window
         self.n_tokens += b * t
@@ -116,7 +117,7 @@ class PassState:
         win_tokens = tokens.reshape(b * nw, window).to(torch.int32)  # [N, W]
         win_acts = acts.reshape(b * nw, window, n).permute(2, 0, 1)  # [L, N, W]
         win_max = win_acts.amax(dim=2)  # [L, N]
-        ids = torch.arange(first_window_id, first_window_id + b * nw)
+        ids = (context_ids.to(torch.long)[:, None] * nw + torch.arange(nw)).flatten()
 
         # top windows: keep the n_top largest window maxima
         self.top_key, self.top_id, self.top_tokens, self.top_acts = _keep(
@@ -156,6 +157,21 @@ class PassState:
                            window_id=int(self.random_id[g])) for g in quiet]
         return LatentRecord(latent=latent, n_firing=int(self.firing[i]), n_tokens=self.n_tokens,
                             max_act=float(self.max_act[i]), top=top, activating=sample, non_activating=non_act)
+
+    def merge(self, other: PassState) -> None:
+        """Fold in a pass over other contexts (another rank's shard): the same state one pass over both
+        would give, since every kept set is the k best by (key, window id)."""
+        self.n_tokens += other.n_tokens
+        self.n_contexts += other.n_contexts
+        self.firing += other.firing
+        self.max_act = torch.maximum(self.max_act, other.max_act)
+        for prefix, largest in (("top", True), ("sample", False)):
+            mine = [getattr(self, f"{prefix}_{n}") for n in ("key", "id", "tokens", "acts")]
+            theirs = [getattr(other, f"{prefix}_{n}") for n in ("key", "id", "tokens", "acts")]
+            _keep(*mine, *theirs, largest=largest)
+        _keep(self.random_key[None], self.random_id[None], self.random_tokens[None], self.random_max[None],
+              other.random_key[None], other.random_id[None], other.random_tokens[None], other.random_max[None],
+              largest=False)
 
     def canonical(self) -> PassState:
         """The same state with every latent's slots in record order: states that keep the same windows
@@ -221,25 +237,31 @@ def _keep(key, ids, toks, acts, new_key, new_ids, new_toks, new_acts, largest: b
 
     Slots are an unordered set (`PassState.canonical` orders them): only the new windows that enter
     are written, into the slots of those that leave, so a batch costs what changes, not k x window
-    per latent. key/ids: [L, k]; toks/acts: [L, k, W]; new_key: [L, N]; new_ids: [N]; new_toks:
-    [N, W]; new_acts: [L, N, W]. Updated in place; returned for convenience.
+    per latent. key/ids: [L, k]; toks/acts: [L, k, W]; new_key: [L, N]; new_ids: [N] (one batch) or
+    [L, N] (another state's kept windows); new_toks: [N, W] or [L, N, W]; new_acts: [L, N, W].
+    Updated in place; returned for convenience.
     """
     k = key.shape[1]
+    if new_ids.dim() == 1:  # one batch's windows, the same for every latent
+        new_ids, new_toks = new_ids.expand(len(key), -1), new_toks.expand(len(key), -1, -1)
     worst = key.min(1).values if largest else key.max(1).values  # empty slots hold the worst key
-    can_enter = new_key > worst[:, None] if largest else new_key < worst[:, None]
+    # a window ties the worst kept one and may still win on its earlier id (when merging shards): ties
+    # are candidates and the ranking decides; empty slots and non-firing windows never enter
+    beats = new_key >= worst[:, None] if largest else new_key <= worst[:, None]
+    can_enter = beats & torch.isfinite(new_key) & (new_ids >= 0)
     rows = can_enter.any(1).nonzero().flatten()
     if len(rows) == 0:
         return key, ids, toks, acts
     old_ids = torch.where(ids[rows] < 0, _LAST, ids[rows])
-    cand_ids = torch.where(can_enter[rows], new_ids.expand(len(rows), -1), _LAST)
+    cand_ids = torch.where(can_enter[rows], new_ids[rows], _LAST)
     order = _rank(torch.cat([key[rows], new_key[rows]], 1), torch.cat([old_ids, cand_ids], 1), largest)
     chosen = torch.zeros(len(rows), k + new_key.shape[1], dtype=torch.bool).scatter_(1, order[:, :k], True)
     enter_row, enter_col = chosen[:, k:].nonzero(as_tuple=True)  # row-major: rows in the same order
     leave_row, leave_slot = (~chosen[:, :k]).nonzero(as_tuple=True)
     lat = rows[enter_row]
     key[lat, leave_slot] = new_key[lat, enter_col]
-    ids[lat, leave_slot] = new_ids[enter_col]
-    toks[lat, leave_slot] = new_toks[enter_col]
+    ids[lat, leave_slot] = new_ids[lat, enter_col]
+    toks[lat, leave_slot] = new_toks[lat, enter_col]
     acts[lat, leave_slot] = new_acts[lat, enter_col]
     return key, ids, toks, acts
 
@@ -301,18 +323,24 @@ def hook_activations(model, hook_name: str, tokens: torch.Tensor) -> torch.Tenso
 def run_activation_pass(model, sae, info, spec: corpus_mod.CorpusSpec, cfg: PassConfig, seed: int,
                         batch_size: int = 8, latents: torch.Tensor | None = None, cache_dir: Path | None = None,
                         progress: bool = True, checkpoint_seconds: float = 60.0, read=None,
-                        forward: str = "tl") -> PassState:
+                        forward: str = "tl", group=None) -> PassState:
     """The pass for `latents` (default: all), from the cache when it has it, resuming a partial one.
+
     `batch_size` contexts go through the model at once (at least cfg.pass_batch_size). `read(tokens)`
     gives the hooked activation (default: TransformerLens, stopping after the hook's layer); `forward`
-    names it in the cache key."""
+    names it in the cache key. With a `group` of several processes (rank, world_size,
+    all_gather_object: the backend), each rank reads every world_size-th context and the states are
+    merged, so every rank holds what one process over the whole corpus would.
+    """
     if latents is None:
         latents = torch.arange(info.d_sae)
     latents = latents.to(torch.long).cpu()
     if len(latents) == 0 or int(latents.min()) < 0 or int(latents.max()) >= info.d_sae:
         raise SaeInterpError(f"latent ids must lie in 0..{info.d_sae - 1} (the SAE has d_sae={info.d_sae})")
+    rank, world = (group.rank, group.world_size) if group is not None else (0, 1)
     folder = Path(cache_dir or cache_root() / "activations") / pass_key(info, spec, cfg, seed, latents, forward)
-    done, partial = folder / "pass.pt", folder / "partial.pt"
+    done = folder / "pass.pt"
+    partial = folder / ("partial.pt" if world == 1 else f"partial.rank{rank}of{world}.pt")
     if done.exists():
         log.info("activation pass: cached at %s", folder)
         return PassState.from_dict(torch.load(done, weights_only=False))
@@ -324,30 +352,32 @@ def run_activation_pass(model, sae, info, spec: corpus_mod.CorpusSpec, cfg: Pass
 
     encode = subset_encoder(sae, latents)
     device = next(sae.parameters()).device
-    contexts = corpus_mod.token_contexts(spec, model.tokenizer, cfg.n_tokens, cfg.context_size,
-                                         info.prepend_bos, seed)
+    read = read or (lambda t: hook_activations(model, info.hook_name, t))
     batch_size = cfg.batch_size(batch_size)
-    for _ in range(state.n_contexts):  # resume: skip what the checkpoint holds
-        next(contexts)
-    windows_per_ctx = cfg.context_size // cfg.window
-    bar = tqdm(total=cfg.n_tokens, initial=state.n_tokens, unit="tokens", unit_scale=True,
-               desc="activation pass", disable=not progress)
+    bar = tqdm(total=cfg.n_tokens // world, initial=state.n_tokens, unit="tokens", unit_scale=True,
+               desc="activation pass" if world == 1 else f"activation pass (rank {rank})", disable=not progress)
     last_save = time.monotonic()
     batch: list[torch.Tensor] = []
+    batch_ids: list[int] = []
 
     def flush():
         tokens = torch.stack(batch)
         with torch.no_grad():
-            x = (read or (lambda t: hook_activations(model, info.hook_name, t)))(tokens.to(device))
-            acts = encode(x.to(sae.W_dec.dtype)).float().cpu()
+            acts = encode(read(tokens.to(device)).to(sae.W_dec.dtype)).float().cpu()
         if info.prepend_bos:
             acts[:, 0] = 0  # BOS is not text: its activations would swamp every statistic
-        state.update(tokens, acts, cfg.window, state.n_contexts * windows_per_ctx)
+        state.update(tokens, acts, cfg.window, torch.tensor(batch_ids))
         bar.update(tokens.numel())
         batch.clear()
+        batch_ids.clear()
 
-    for ctx in contexts:
+    contexts = corpus_mod.token_contexts(spec, model.tokenizer, cfg.n_tokens, cfg.context_size, info.prepend_bos, seed)
+    mine = (i for i in enumerate(contexts) if i[0] % world == rank)
+    for _ in range(state.n_contexts):  # resume: skip what the checkpoint holds
+        next(mine)
+    for index, ctx in mine:
         batch.append(ctx)
+        batch_ids.append(index)
         if len(batch) == batch_size:
             flush()
             if time.monotonic() - last_save > checkpoint_seconds:
@@ -356,6 +386,12 @@ def run_activation_pass(model, sae, info, spec: corpus_mod.CorpusSpec, cfg: Pass
     if batch:
         flush()
     bar.close()
+    if world > 1:
+        atomic_save(state.to_dict(), partial)  # a rank that dies in the merge resumes from here
+        merged = PassState.empty(latents, cfg, seed)
+        for part in group.all_gather_object(state.to_dict()):
+            merged.merge(PassState.from_dict(part))
+        state = merged
     atomic_save(state.to_dict(), done)
     partial.unlink(missing_ok=True)
     return state

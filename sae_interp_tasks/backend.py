@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import defaultdict
 from functools import cached_property
 
@@ -73,6 +74,58 @@ class SAEBackend(TemplateLM):
         self._model_override = model
         self._requested_max_length = int(max_length) if max_length else None
         self.memo = RunMemo()  # per-run shared work: activation passes, explanations, scores, ...
+        self._join_process_group()
+
+    # --- more than one process (accelerate launch / torchrun), as lm-eval's HFLM ------------------------
+    def _join_process_group(self) -> None:
+        """Under a launcher (WORLD_SIZE > 1), join its process group: gloo on the CPU, nccl on GPUs,
+        one GPU per local rank. Each rank then gets its share of every task's docs from lm-eval."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return
+        import torch.distributed as dist
+
+        if self._device.startswith("cuda"):
+            self._device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            torch.cuda.set_device(self._device)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if self._device.startswith("cuda") else "gloo")
+        self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
+        log.info("sae backend: rank %d of %d on %s", self._rank, self._world_size, self._device)
+
+    def all_gather(self, tensor):
+        if self.world_size == 1:
+            return tensor
+        import torch.distributed as dist
+
+        parts = [torch.zeros_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor)
+        return torch.stack(parts) if tensor.dim() == 0 else torch.cat(parts)
+
+    def gather_object(self, obj, dst: int = 0):
+        if self.world_size == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world_size if self.rank == dst else None
+        dist.gather_object(obj, out, dst=dst)
+        return out
+
+    def all_gather_object(self, obj) -> list:
+        """Every rank's `obj`, in rank order, on every rank."""
+        if self.world_size == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
@@ -148,6 +201,12 @@ class SAEBackend(TemplateLM):
     # --- the package's own request type ----------------------------------------------------------
     def interpret(self, requests) -> list:
         payloads = [json.loads(req.args[0]) for req in requests]
+        mine = SAESource(release=self.source.release, sae_id=self.source.sae_id, path=self.source.path).label
+        for p in payloads:
+            if p.get("defaults_from") not in (None, mine):
+                raise SaeInterpError(f"{p['task']} took the instrument defaults of the SAE {p['defaults_from']}, but the "
+                                     f"model is {mine}: build the tasks with this SAE's model_args (or set the keys in "
+                                     "--metadata)")
         # one call per handler, all its kinds together: tasks that share a latent selection or
         # explanations must be seen at once (e.g. detection and fuzzing on the same slots)
         by_handler: dict = defaultdict(list)

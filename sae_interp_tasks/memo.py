@@ -46,7 +46,12 @@ class LatentSettings(Settings):
 
 @dataclass(frozen=True)
 class LatentRun:
-    """What a latent kind's scorer receives: the run's shared stages for these settings."""
+    """What a latent kind's scorer receives: the run's shared stages for these settings.
+
+    `owned` are the latents whose docs this process answers (all of them in one process; under a
+    launcher, those of its share of the slots). A scorer may score only those, with everything else
+    of the run at hand (other latents' explanations as shuffled controls); `scores` gathers the rest.
+    """
 
     backend: object
     settings: LatentSettings
@@ -54,6 +59,7 @@ class LatentRun:
     selection: Selection
     splits: dict[int, ExampleSplit]
     explanations: dict[int, Explanation]
+    owned: tuple[int, ...] = ()
 
     @property
     def latents(self) -> list[int]:
@@ -95,7 +101,27 @@ def selection(backend, s: LatentSettings, seed: int, n_slots: int) -> Selection:
     return backend.memo.get(selection_key(s, seed), lambda: select_latents(
         backend.model, backend.sae, backend.info, s.corpus.spec(backend.info.dataset_path), s.activations,
         s.selection, s.examples.min_examples, n_slots, seed, backend.batch_size_per_gpu,
-        read=backend.read_activations, forward=backend.forward_name))
+        read=backend.read_activations, forward=backend.forward_name, group=_group(backend)))
+
+
+def _group(backend):
+    return backend if getattr(backend, "world_size", 1) > 1 else None
+
+
+def owned_latents(backend, chosen: Selection) -> tuple[int, ...]:
+    """The live latents of the slots this process answers: lm-eval gives rank r every world_size-th doc."""
+    world, rank = getattr(backend, "world_size", 1), getattr(backend, "rank", 0)
+    return tuple(lat for slot, lat in enumerate(chosen.latents) if lat is not None and slot % world == rank)
+
+
+def gathered(backend, mine: dict) -> dict:
+    """The union of every process's dict (each holds its owned latents' entries)."""
+    if _group(backend) is None:
+        return mine
+    out: dict = {}
+    for part in backend.all_gather_object(mine):
+        out.update(part)
+    return out
 
 
 def latent_run(backend, s: LatentSettings, seed: int, n_slots: int) -> LatentRun:
@@ -104,11 +130,12 @@ def latent_run(backend, s: LatentSettings, seed: int, n_slots: int) -> LatentRun
         chosen, s.examples, seed, backend.tok_decode,
         embedder(backend, s.embedding) if s.examples.non_activating == "hard" else None,
         s.embedding.embedding_batch_size))
-    explanations = backend.memo.get(explanations_key(s, seed), lambda: explain(
-        [splits[lat] for lat in chosen.live], s.explainer,
+    owned = owned_latents(backend, chosen)
+    explanations = backend.memo.get(explanations_key(s, seed), lambda: gathered(backend, explain(
+        [splits[lat] for lat in owned], s.explainer,
         None if s.explainer.explainer == "tokens" else client(backend, s.explainer.client_config(backend.device)),
-        backend.tok_decode))
-    return LatentRun(backend, s, seed, chosen, splits, explanations)
+        backend.tok_decode)))
+    return LatentRun(backend, s, seed, chosen, splits, explanations, owned)
 
 
 def scores(run: LatentRun, kind: str, settings: Settings | None = None) -> dict[int, ScoredLatent]:
@@ -120,8 +147,8 @@ def scores(run: LatentRun, kind: str, settings: Settings | None = None) -> dict[
         chosen = chosen.project(spec.settings)
     key = explanations_key(run.settings, run.seed) + ("score", kind, chosen)
     scorer = spec.score()
-    return run.backend.memo.get(key, lambda: scorer(LatentRun(run.backend, chosen, run.seed, run.selection,
-                                                              run.splits, run.explanations)))
+    return run.backend.memo.get(key, lambda: gathered(run.backend, scorer(LatentRun(
+        run.backend, chosen, run.seed, run.selection, run.splits, run.explanations, run.owned))))
 
 
 def contexts(backend, s: LatentSettings, seed: int):

@@ -47,7 +47,8 @@ POOLED = {"sae_core": ("explained_variance", "ce_loss_recovered", "dead_fraction
 # metadata keys that are not instrument settings: which SAE and how it ran, and lm-eval's own
 NOT_SETTINGS = frozenset({"config_source", "release", "sae_id", "path", "model", "device", "dtype", "batch_size",
                           "max_batch_size", "control", "control_k", "max_length", "trust_remote_code", "pretrained",
-                          "_metadata", "version", "task_kind", "headline_metric"})
+                          "_metadata", "version", "task_kind", "headline_metric",
+                          "instrument_defaults_from"})
 CORE_STATS = ("n_tokens", "l0_sum", "sq_err_sum", "x_sq_sum", "ce_clean", "ce_spliced", "ce_zero")
 
 _RESULTS_NAME = re.compile(r"^results_(?P<date>.+)\.json$")

@@ -16,6 +16,9 @@ from sae_interp_tasks.errors import SaeInterpError, unknown
 log = logging.getLogger(__name__)
 
 DEMO_SAE_DIR = Path(__file__).parent / "data" / "demo_sae"
+# an SAE's sae_lens metadata may name instrument settings suited to it (the embedded demo does: a
+# small model on a 2-core CPU); they replace the task YAML's defaults, never a user's --metadata
+INSTRUMENT_DEFAULTS_KEY = "sae_interp_defaults"
 CONTROLS = ("random", "neurons")
 DEFAULT_CONTROL_K = 32
 
@@ -52,6 +55,20 @@ class SAEInfo:
     architecture: str
     fingerprint: str  # hash of the weights: part of every cache key
     model_from_pretrained_kwargs: dict
+
+
+def instrument_defaults(release: str | None, sae_id: str | None, path: str | None) -> tuple[str, dict]:
+    """(the SAE's label, its own instrument defaults) for a folder SAE or the demo, read from its
+    cfg.json without loading it; a release has none here (its metadata is on the hub)."""
+    label = SAESource(release=release, sae_id=sae_id, path=path).label
+    if release:
+        return label, {}
+    try:
+        meta = json.loads((Path(path or DEMO_SAE_DIR) / "cfg.json").read_text()).get("metadata") or {}
+    except (OSError, ValueError):
+        return label, {}
+    found = meta.get(INSTRUMENT_DEFAULTS_KEY)
+    return label, dict(found) if isinstance(found, dict) else {}
 
 
 def validate_release(release: str, sae_id: str | None) -> None:

@@ -68,7 +68,8 @@ def candidate_order(d_sae: int, latents: list | None, seed: int) -> list[int]:
 
 
 def select_latents(model, sae, info, spec: CorpusSpec, pass_cfg: activations.PassConfig, cfg: SelectionConfig,
-                   min_examples: int, n_slots: int, seed: int, batch_size: int, read=None, forward: str = "tl") -> Selection:
+                   min_examples: int, n_slots: int, seed: int, batch_size: int, read=None, forward: str = "tl",
+                   group=None) -> Selection:
     """The first n_slots live latents of a seeded order of all latents (or exactly the named ones)."""
     order = candidate_order(info.d_sae, cfg.latents, seed)
     explicit = cfg.latents is not None
@@ -76,7 +77,8 @@ def select_latents(model, sae, info, spec: CorpusSpec, pass_cfg: activations.Pas
     while True:
         pool = order[:size]
         state = activations.run_activation_pass(model, sae, info, spec, pass_cfg, seed, batch_size,
-                                                latents=torch.tensor(sorted(pool)), read=read, forward=forward)
+                                                latents=torch.tensor(sorted(pool)), read=read, forward=forward,
+                                                group=group)
         filled = torch.isfinite(state.sample_key).sum(1)
         live = {int(lat) for lat, n in zip(state.latents.tolist(), filled.tolist()) if n >= min_examples}
         if explicit or sum(lat in live for lat in pool) >= n_slots or size == len(order):

@@ -233,6 +233,9 @@ def train_sae(acts: torch.Tensor, *, seed: int, l1_coefficient: float, lr: float
     return sae, stats
 
 
+DEMO_INSTRUMENT_DEFAULTS = {"n_latents": 8, "n_tokens": 32768}
+
+
 def to_inference_sae(training_sae, scaling_factor: float, metadata: dict):
     """A sae_lens StandardSAE with the activation scaling and decoder norms folded in."""
     from sae_lens import StandardSAE, StandardSAEConfig
@@ -442,6 +445,9 @@ def main(argv: list[str] | None = None) -> dict:
         "lr": args.lr,
         "train_batch_size_tokens": args.batch_size,
         "trained_by": "scripts/train_demo_sae.py",
+        # read by sae_interp_tasks (saes.INSTRUMENT_DEFAULTS_KEY): sizes that let the headline tasks run in
+        # minutes on a 2-core CPU; a user's --metadata overrides them
+        "sae_interp_defaults": DEMO_INSTRUMENT_DEFAULTS,
     }
     sae = to_inference_sae(training_sae, scaling_factor, metadata)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -4,10 +4,13 @@ output, and an oracle that reads detection/fuzzing prompts and answers them corr
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from conftest import REPO, subprocess_env
@@ -97,3 +100,65 @@ def verdicts(system: str, user: str) -> list[bool]:
     if fuzzing:
         return [any(mentions(m, explanation) for m in re.findall(r"<<(.*?)>>", text)) for text in examples]
     return [mentions(text, explanation) for text in examples]
+
+
+YES, NO = math.log(0.9), math.log(0.1)
+
+
+def chat_completion(content: str, top: list[dict[str, float]]) -> dict:
+    return {"id": "oracle", "object": "chat.completion", "created": 0, "model": "oracle",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": content},
+                         "logprobs": {"content": [
+                             {"token": max(alts, key=alts.get), "logprob": max(alts.values()), "bytes": None,
+                              "top_logprobs": [{"token": t, "logprob": lp, "bytes": None} for t, lp in alts.items()]}
+                             for alts in top]}}]}
+
+
+def oracle_answer(messages: list[dict]) -> dict:
+    """The oracle scorer's chat answer: the right 0/1 list with logprobs; a plain "no" to anything else."""
+    system, user = messages[0]["content"], messages[-1]["content"]
+    if not user.startswith("Explanation: "):  # not a scorer prompt (e.g. a judge)
+        return chat_completion("no", [{"no": 0.0}])
+    said = verdicts(system, user)
+    top: list[dict[str, float]] = [{"[": 0.0}]
+    for i, v in enumerate(said):
+        top.append({"1": YES, "0": NO} if v else {"0": YES, "1": NO})
+        top.append({", " if i < len(said) - 1 else "]": 0.0})
+    return chat_completion("[" + ", ".join("1" if v else "0" for v in said) + "]", top)
+
+
+class OracleEndpoint:
+    """An OpenAI-compatible chat endpoint on 127.0.0.1 answering as the oracle scorer; `asked` holds
+    every request body. Use as a context manager."""
+
+    def __init__(self):
+        from servers import free_port
+
+        self.asked: list[dict] = []
+        asked = self.asked
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                asked.append(body)
+                data = json.dumps(oracle_answer(body["messages"])).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()

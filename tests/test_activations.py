@@ -196,3 +196,29 @@ def test_latent_ids_out_of_range(tiny_model, loaded_planted, spec, tmp_path):
     sae, info = loaded_planted
     with pytest.raises(SaeInterpError, match=f"0..{info.d_sae - 1}"):
         run(tiny_model, sae, info, spec, latents=torch.tensor([0, info.d_sae]), cache_dir=tmp_path)
+
+
+class ShardOnly:
+    """A process group stub: rank `rank` of `world`, whose gather returns only its own state, so the pass
+    returns that rank's shard unmerged."""
+
+    def __init__(self, rank: int, world: int):
+        self.rank, self.world_size = rank, world
+
+    def all_gather_object(self, obj):
+        return [obj]
+
+
+def test_shards_merge_into_the_single_process_pass(tiny_model, loaded_planted, spec, full_pass, tmp_path):
+    """Under a launcher each rank reads every world_size-th context; merging the ranks' states (k best by
+    key, ties to the earlier window; counts summed) gives exactly the pass one process makes."""
+    from sae_interp_tasks.activations import PassState
+
+    sae, info = loaded_planted
+    shards = [run(tiny_model, sae, info, spec, cache_dir=tmp_path / f"rank{r}", group=ShardOnly(r, 3)) for r in range(3)]
+    assert sum(s.n_contexts for s in shards) == full_pass.n_contexts
+    assert all(s.n_contexts < full_pass.n_contexts for s in shards)
+    merged = PassState.empty(full_pass.latents, CFG, SEED)
+    for shard in (shards[2], shards[0], shards[1]):  # the order ranks arrive in does not matter
+        merged.merge(shard)
+    assert_same_state(merged, full_pass)

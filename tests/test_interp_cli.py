@@ -19,21 +19,18 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from conftest import CAT_LATENT, D_SAE, DOG_LATENT
-from helpers import error_lines, result_files, run_lm_eval, samples, verdicts
+from helpers import OracleEndpoint, error_lines, result_files, run_lm_eval, samples
 from servers import free_port
 
 ORACLE_SEED = 41  # first live latents in its order: 0 (cat), then 1 (dog)
 OTHER_SEED = 1234  # lm-eval's default: other latents come first
 KEY_ENV = "SAE_TEST_KEY"
 SECRET = "sk-planted-SECRET-xyz"
-YES, NO = math.log(0.9), math.log(0.1)
 
 PASS = {"n_tokens": 4096, "context_size": 64, "window": 16, "n_top": 10, "n_sample": 40, "n_random": 64}
 EXAMPLES = {"n_latents": 2, "min_examples": 5, "n_train": 10, "n_test_per_decile": 1, "n_test_non_activating": 10}
@@ -42,53 +39,11 @@ SELFEXPLAIN = {"patch_layer": 1, "n_scales": 4, "temperature": 0, "n_samples": 1
 
 
 # ------------------------------------------------------------------------------------ the oracle endpoint
-def chat_completion(content: str, top: list[dict[str, float]]) -> dict:
-    return {"id": "oracle", "object": "chat.completion", "created": 0, "model": "oracle",
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content},
-                         "logprobs": {"content": [
-                             {"token": max(alts, key=alts.get), "logprob": max(alts.values()), "bytes": None,
-                              "top_logprobs": [{"token": t, "logprob": lp, "bytes": None} for t, lp in alts.items()]}
-                             for alts in top]}}]}
-
-
-def oracle_answer(messages: list[dict]) -> dict:
-    system, user = messages[0]["content"], messages[-1]["content"]
-    if not user.startswith("Explanation: "):  # not a scorer prompt (e.g. a judge): a plain no
-        return chat_completion("no", [{"no": 0.0}])
-    said = verdicts(system, user)
-    top: list[dict[str, float]] = [{"[": 0.0}]
-    for i, v in enumerate(said):
-        top.append({"1": YES, "0": NO} if v else {"0": YES, "1": NO})
-        top.append({", " if i < len(said) - 1 else "]": 0.0})
-    return chat_completion("[" + ", ".join("1" if v else "0" for v in said) + "]", top)
-
-
 @pytest.fixture(scope="module")
 def oracle_endpoint():
     """http://127.0.0.1:PORT/v1 answering chat completions as the oracle scorer; counts its requests."""
-    asked: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            asked.append(body)
-            data = json.dumps(oracle_answer(body["messages"])).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", asked
-    server.shutdown()
-    server.server_close()
+    with OracleEndpoint() as endpoint:
+        yield endpoint.url, endpoint.asked
 
 
 # ------------------------------------------------------------------------------------ runs

@@ -12,6 +12,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from sae_interp_tasks.clients.records import Completion, Prompt
@@ -26,10 +27,23 @@ class CompletionCache:
         self._lock = threading.Lock()
         # answers arrive on the asyncio thread, lookups come from the caller's: one connection, one lock
         self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS logprobs (key TEXT PRIMARY KEY, value REAL NOT NULL)")
+        self._setup()
+
+    def _setup(self, attempts: int = 100) -> None:
+        """WAL mode and the tables. Several processes (ranks of one run) may open a new cache at once, and
+        switching the journal mode does not wait for another connection's lock: retry it a while."""
+        for attempt in range(attempts):
+            try:
+                if self._db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                self._db.execute("CREATE TABLE IF NOT EXISTS logprobs (key TEXT PRIMARY KEY, value REAL NOT NULL)")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 * (1 + attempt % 10))
 
     @staticmethod
     def key(client_name: str, base_url: str | None, prompt: Prompt) -> str:

@@ -153,11 +153,14 @@ def derangement(latents: list[int], rng: random.Random) -> dict[int, int]:
 
 
 def score(method: str, splits: list[ExampleSplit], explanations: dict[int, Explanation], cfg: ScorerConfig,
-          client: LLMClient, decode: Decode, seed: int, threshold: float = 0.3) -> dict[int, ScoredLatent]:
-    """Score every latent's explanation (and, as chance level, a shuffled one) with one batched client call."""
+          client: LLMClient, decode: Decode, seed: int, threshold: float = 0.3,
+          owned: set[int] | None = None) -> dict[int, ScoredLatent]:
+    """Score every latent's explanation (and, as chance level, a shuffled one) with one batched client
+    call; with `owned`, only those latents (the shuffled donors are still drawn among all)."""
     if method not in METHODS:
         raise SaeInterpError(f"method must be one of {METHODS}, got {method!r}")
     donor = derangement([s.latent for s in splits], random.Random(f"{seed}:shuffle")) if cfg.shuffled_control else {}
+    splits = [s for s in splits if owned is None or s.latent in owned]
     jobs = []  # (latent, variant, explanation text, batch of Shown)
     for split in splits:
         shown = windows_to_show(split, method, random.Random(f"{seed}:{method}:{split.latent}"), threshold)

@@ -69,10 +69,10 @@ def hard_negatives(top: list[Example], candidates: list[Example], embedder, deco
 
 
 def score_embedding(splits: list[ExampleSplit], explanations: dict[int, Explanation], embedder, decode: Decode,
-                    seed: int, batch_size: int = 64, shuffled_control: bool = True) -> dict[int, ScoredLatent]:
+                    seed: int, batch_size: int = 64, shuffled_control: bool = True, owned: set[int] | None = None) -> dict[int, ScoredLatent]:
     donor = derangement([s.latent for s in splits], random.Random(f"{seed}:shuffle")) if shuffled_control else {}
     scored = {}
-    for split in splits:
+    for split in (s for s in splits if owned is None or s.latent in owned):
         windows = split.test
         labels = [ex.is_activating for ex in windows]
         texts = [decode(ex.tokens.tolist()) for ex in windows]

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lm_eval.api.metrics import nanmean
 
 from sae_interp_tasks import memo
+from sae_interp_tasks.aggregations import nanmean, total
 from sae_interp_tasks.memo import LatentRun, LatentSettings
 from sae_interp_tasks.registry import task_kind
 from sae_interp_tasks.scorers import classifier
 from sae_interp_tasks.scorers.classifier import ScorerConfig
 from sae_interp_tasks.scorers.embedding import score_embedding
-from sae_interp_tasks.tasks.base import LatentTask, total
+from sae_interp_tasks.tasks.base import LatentTask
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ def classify(run: LatentRun, method: str):
     s = run.settings
     client = memo.client(run.backend, s.scorer.client_config(run.backend.device))
     return classifier.score(method, [run.splits[lat] for lat in run.latents], run.explanations, s.scorer, client,
-                            run.backend.tok_decode, run.seed, s.explainer.highlight_threshold)
+                            run.backend.tok_decode, run.seed, s.explainer.highlight_threshold, set(run.owned))
 
 
 def score_detection(run: LatentRun):
@@ -45,7 +45,7 @@ def score_by_embedding(run: LatentRun):
     s = run.settings
     return score_embedding([run.splits[lat] for lat in run.latents], run.explanations,
                            memo.embedder(run.backend, s.embedding), run.backend.tok_decode, run.seed,
-                           s.embedding.embedding_batch_size)
+                           s.embedding.embedding_batch_size, owned=set(run.owned))
 
 
 CLASSIFIER_METRICS = {

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import yaml
@@ -22,20 +23,17 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.task import Task, TaskConfig
 
 from sae_interp_tasks import memo, registry
+from sae_interp_tasks.aggregations import total
 from sae_interp_tasks.caching import canonical
 from sae_interp_tasks.config import HARNESS_KEYS, MODEL_ARG_KEYS
 
-NOT_SETTINGS = frozenset({"task_kind", "headline_metric"})
+NOT_SETTINGS = frozenset({"task_kind", "headline_metric", "instrument_defaults_from"})
 from sae_interp_tasks.records import Response
 
 DEFAULT_SEED = 1234  # lm-eval's default --seed for the fewshot sampler
 RECORDED = frozenset({"version", "config_source"})  # lm-eval's own metadata keys a task keeps
+log = logging.getLogger(__name__)
 NAN = float("nan")
-
-
-def total(values) -> float:
-    """Aggregation for counts (e.g. dead-or-rare latents passed over): their sum over docs."""
-    return float(sum(values))
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -77,11 +75,14 @@ class SAETask(Task):
         metadata = {**included_metadata(own.get("config_source")), **own}
         # an unknown kind or handler, an unknown key or a bad value fails here, before any model loads
         kind = registry.check_servable(self.KIND)
+        self._defaults_from = self._apply_sae_defaults(metadata, kind, config.get("task", self.KIND))
         self.settings = registry.settings_for(self.KIND, metadata)
         # lm-eval hands every task all of --metadata and --model_args; the results file records only
         # what this task reads, with its kind and headline metric (so result readers need no registry)
         self._metadata = {k: v for k, v in metadata.items() if k in kind.settings.keys() or k in RECORDED}
         self._metadata.update(task_kind=kind.name, headline_metric=kind.headline)
+        if self._defaults_from:
+            self._metadata["instrument_defaults_from"] = self._defaults_from
         self._seed = DEFAULT_SEED
         super().__init__()
         # Task.__init__ would wrap a dict as TaskConfig({...}) (all of it in `task`, the metadata lost
@@ -92,6 +93,26 @@ class SAETask(Task):
         self._config = TaskConfig(**fields)
         if isinstance(self._metadata.get("version"), (int, float)):
             self.VERSION = self._metadata["version"]
+
+    @staticmethod
+    def _apply_sae_defaults(metadata: dict, kind, task: str) -> str | None:
+        """Put the SAE's own instrument defaults (see saes.INSTRUMENT_DEFAULTS_KEY) over the YAML's, for
+        keys the user did not set; the SAE's label when any applied. Only when the run's metadata is
+        known (lm-eval built a TaskManager): otherwise nothing tells the YAML's values from the user's."""
+        from sae_interp_tasks import _lm_eval_hook
+        from sae_interp_tasks.saes import instrument_defaults
+
+        user = _lm_eval_hook.RUN_METADATA
+        label, defaults = instrument_defaults(metadata.get("release"), metadata.get("sae_id"), metadata.get("path"))
+        applied = {k: v for k, v in defaults.items() if k in kind.settings.keys() and user is not None and k not in user}
+        if not applied:
+            return None
+        yaml_values = {k: metadata.get(k) for k in applied}
+        metadata.update(applied)
+        log.warning("%s: the SAE %s sets its own instrument defaults %s (the task's are %s); for a full evaluation "
+                    "pass --metadata '%s'", task, label, json.dumps(applied), json.dumps(yaml_values),
+                    json.dumps(yaml_values))
+        return label
 
     @classmethod
     def all_metrics(cls) -> dict:
@@ -135,7 +156,7 @@ class SAETask(Task):
 
     def construct_requests(self, doc, ctx, **kwargs):
         payload = {"kind": self.KIND, "task": self.config.task, "doc": doc, "seed": self.seed,
-                   "settings": self.task_settings()}
+                   "settings": self.task_settings(), "defaults_from": self._defaults_from}
         return Instance(request_type="interpret", doc=doc, arguments=(json.dumps(payload, sort_keys=True),),
                         idx=0, metadata=kwargs.get("metadata", (self.config.task, None, 1)))
 
@@ -189,6 +210,10 @@ def serve_latents(backend, payloads: list[dict]) -> list[Response]:
     for p, s in zip(payloads, typed):
         key = canonical(*memo.selection_key(s, p["seed"]))
         n_slots[key] = max(n_slots.get(key, 0), p["doc"]["slot"] + 1)
+    if backend.world_size > 1:  # every rank holds a share of the slots: they agree on the pool to select from
+        for part in backend.all_gather_object(n_slots):
+            for key, n in part.items():
+                n_slots[key] = max(n_slots.get(key, 0), n)
     responses = []
     for p, s in zip(payloads, typed):
         run = memo.latent_run(backend, s, p["seed"], n_slots[canonical(*memo.selection_key(s, p["seed"]))])

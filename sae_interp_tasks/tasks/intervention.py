@@ -11,10 +11,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from lm_eval.api.metrics import nanmean
 from tqdm.auto import tqdm
 
 from sae_interp_tasks import memo
+from sae_interp_tasks.aggregations import nanmean, total
 from sae_interp_tasks.intervention import InterventionConfig, intervention_prompts, steer_latents, steering_directions
 from sae_interp_tasks.memo import LatentRun, LatentSettings
 from sae_interp_tasks.records import ScoredLatent
@@ -22,7 +22,7 @@ from sae_interp_tasks.registry import task_kind
 from sae_interp_tasks.scorers.classifier import ScorerConfig, derangement
 from sae_interp_tasks.scorers.intervention import (InterventionScoringConfig, judge_prompt, judge_sets, output_explanations,
                                                    read_judgement, surprisal_scores)
-from sae_interp_tasks.tasks.base import LatentTask, total
+from sae_interp_tasks.tasks.base import LatentTask
 
 NAN = float("nan")
 
@@ -43,19 +43,23 @@ def score_intervention(run: LatentRun) -> dict[int, ScoredLatent]:
     s: InterventionSettings = run.settings
     cfg, backend = s.intervention, run.backend
     decode = lambda ids: backend.tokenizer.decode(list(ids), skip_special_tokens=True)  # noqa: E731
-    steered, skipped = steer_all(run)
+    # each process steers and explains the latents it owns; the shuffled controls and the judge need
+    # every latent's explanations and continuations, so those are gathered
+    mine, skipped_mine = steer_all(run)
+    steered = memo.gathered(backend, mine)
+    skipped = set().union(*memo.gathered(backend, {backend.rank: skipped_mine}).values())
     reached = {t: [lat for lat in run.latents if (lat, t) in steered and steered[(lat, t)].reached]
                for t in cfg.targets}
     # output explanations from the promoted tokens
     explainer = None if s.explainer.explainer == "tokens" else memo.client(backend, s.explainer.client_config(backend.device))
     promoted = {(lat, t): [(backend.tokenizer.decode([tok]), gain) for tok, gain in steered[(lat, t)].promoted]
-                for t in cfg.targets for lat in reached[t]}
-    output = output_explanations(promoted, explainer, s.explainer.explainer_max_tokens)
+                for t in cfg.targets for lat in reached[t] if lat in run.owned}
+    output = memo.gathered(backend, output_explanations(promoted, explainer, s.explainer.explainer_max_tokens))
     texts = {key: _texts(run, res, decode) for key, res in steered.items() if res.reached}
     scores = score_variants(run, reached, output, texts)
 
     out = {}
-    for lat in run.latents:
+    for lat in run.owned:
         metrics, detail = {}, {"skipped_few_prompts": lat in skipped, "targets": {}}
         for t in cfg.targets:
             suffix = metric_suffix(t, cfg.targets[0])
@@ -75,20 +79,21 @@ def score_intervention(run: LatentRun) -> dict[int, ScoredLatent]:
 
 
 def steer_all(run: LatentRun):
-    """Steering results {(latent, target): LatentSteering} and the latents with too few prompts."""
+    """Steering results {(latent, target): LatentSteering} of the latents this process owns, and those
+    of them with too few prompts."""
     s: InterventionSettings = run.settings
     cfg, backend = s.intervention, run.backend
     contexts = memo.contexts(backend, s, run.seed)
     per_context = s.activations.context_size // s.activations.window
     prompts, skipped = {}, set()
-    for lat in run.latents:
+    for lat in run.owned:
         chosen = intervention_prompts(run.selection.state.record(lat), cfg, run.seed, lambda c: contexts[c].numpy(),
                                       s.activations.window, per_context)
         if chosen is None:
             skipped.add(lat)
         else:
             prompts[lat] = chosen
-    ready = [lat for lat in run.latents if lat in prompts]
+    ready = [lat for lat in run.owned if lat in prompts]
     group_size = max(1, cfg.intervention_batch_size // cfg.n_prompts)
     stop = {backend.tokenizer.eos_token_id}
     steered = {}
@@ -122,7 +127,7 @@ def score_variants(run: LatentRun, reached: dict, output: dict, texts: dict) -> 
     judge_jobs = []
     for t, lats in reached.items():
         donor = derangement(lats, random.Random(f"{run.seed}:intervention-shuffle:{t}")) if s.scorer.shuffled_control else {}
-        for lat in lats:
+        for lat in (lat for lat in lats if lat in run.owned):
             variants = {"score": run.explanations[lat].text, "output_score": output[(lat, t)]}
             if lat in donor:
                 variants["score_shuffled"] = run.explanations[donor[lat]].text

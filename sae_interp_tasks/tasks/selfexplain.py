@@ -8,11 +8,12 @@ explanation's (sae_detection's scores, computed once when both tasks run).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
-from lm_eval.api.metrics import nanmean
 
 from sae_interp_tasks import memo
+from sae_interp_tasks.aggregations import nanmean, total
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.memo import LatentRun
 from sae_interp_tasks.records import Explanation, ScoredLatent
@@ -21,7 +22,7 @@ from sae_interp_tasks.scorers import classifier
 from sae_interp_tasks.scorers.agreement import AgreementConfig, judge_agreement, retrieval_agreement
 from sae_interp_tasks.selfexplain import SelfExplainConfig, run_sweeps
 from sae_interp_tasks.tasks.autointerp import ClassifierSettings
-from sae_interp_tasks.tasks.base import LatentTask, total
+from sae_interp_tasks.tasks.base import LatentTask
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,11 @@ def score_selfexplain(run: LatentRun) -> dict[int, ScoredLatent]:
         for lat, vote in zip(latents, votes):
             per[lat]["judge_agreement"] = vote
     if s.agreement.selfexplain_detection:
+        # only the self-explanations' own balanced accuracy is reported: no shuffled control to pay for
         own = classifier.score("detection", [run.splits[lat] for lat in latents],
-                               {lat: Explanation(lat, self_text[lat], "selfexplain") for lat in latents}, s.scorer,
-                               scorer_client(), run.backend.tok_decode, run.seed, s.explainer.highlight_threshold)
+                               {lat: Explanation(lat, self_text[lat], "selfexplain") for lat in latents},
+                               dataclasses.replace(s.scorer, shuffled_control=False), scorer_client(),
+                               run.backend.tok_decode, run.seed, s.explainer.highlight_threshold)
         auto = memo.scores(run, "detection")  # sae_detection's own scores when both tasks run
         for lat in latents:
             per[lat]["selfexplain_balanced_acc"] = own[lat].metrics["balanced_acc"]
