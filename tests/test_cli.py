@@ -59,7 +59,9 @@ def test_sae_core_run_writes_results(run, planted_sae):
 
 
 def test_sae_core_numbers_match_an_in_process_computation(run, tiny_model, loaded_planted, corpus_file, tokenizer):
-    """The harness glue (docs = chunks, per-chunk stats, corpus-level aggregation) changes no number."""
+    """The harness path (docs = chunks, the cached SAE-independent reference, the spliced forward from the
+    hook on, corpus-level aggregation) gives the numbers of the plain method: three full hooked forwards
+    per chunk, computed here in process."""
     from sae_interp_tasks.corpus import CorpusSpec, token_contexts
 
     _, _, results = run
@@ -69,7 +71,7 @@ def test_sae_core_numbers_match_an_in_process_computation(run, tiny_model, loade
     contexts = torch.stack(list(token_contexts(CorpusSpec(source=str(corpus_file)), tokenizer,
                                                LIMIT * per_chunk * CORE_META["context_size"],
                                                CORE_META["context_size"], True, seed)))
-    stats = [core.chunk_stats(tiny_model, sae, HOOK, contexts[i * per_chunk:(i + 1) * per_chunk])
+    stats = [core.three_forward_chunk_stats(tiny_model, sae, HOOK, contexts[i * per_chunk:(i + 1) * per_chunk])
              for i in range(LIMIT)]
     got = results["results"]["sae_core"]
     assert got["l0,none"] == pytest.approx(np.mean([s.l0_sum / s.n_tokens for s in stats]), rel=1e-6)
