@@ -8,15 +8,17 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=benchmarks/results; mkdir -p "$OUT/runs"
 LM=.venv/bin/lm_eval
 
-run() {  # name, model_args, tasks, metadata
+run() {  # name, model_args, tasks, metadata (empty: the YAML's and the SAE's own defaults)
   local name=$1 margs=$2 tasks=$3 meta=$4
   rm -rf "$OUT/runs/$name"  # no stale results from an earlier run of this step
-  echo "== $name: lm_eval --model sae ${margs:+--model_args $margs} --tasks $tasks --metadata '$meta'"
-  $LM --model sae ${margs:+--model_args "$margs"} --tasks "$tasks" --batch_size 8 --metadata "$meta" ${LIMIT:-} \
+  echo "== $name: lm_eval --model sae ${margs:+--model_args $margs} --tasks $tasks ${meta:+--metadata '$meta'} ${LIMIT:-}"
+  local start=$SECONDS
+  $LM --model sae ${margs:+--model_args "$margs"} --tasks "$tasks" --batch_size 8 ${meta:+--metadata "$meta"} ${LIMIT:-} \
       --log_samples --output_path "$OUT/runs/$name" 2>"$OUT/$name.log" | tee "$OUT/$name.txt"
+  echo "wall seconds: $((SECONDS - start))" | tee -a "$OUT/$name.txt"
 }
 
-steps=${*:-core embedding embedding_tokens interp agreement bench tables}
+steps=${*:-core embedding embedding_tokens interp agreement intervention headline leaderboard bench tables}
 # Sized for a 2-core CPU: 131k tokens a pass; sae_embedding on 128 latents with the LLM explainer
 # and on 512 with the token-list explainer (no LLM, so affordable at that size); the LLM-scored
 # tasks (detection, fuzzing, self-explanation) on the first 16 of the 128 (--limit 16), and
@@ -26,10 +28,15 @@ META_E='{"n_tokens": 131072, "n_latents": 128}'
 META_T='{"n_tokens": 131072, "n_latents": 512, "explainer": "tokens"}'
 META_I='{"n_tokens": 131072, "n_latents": 128, "n_scales": 8}'
 META_A='{"n_tokens": 131072, "n_latents": 128, "n_scales": 8, "selfexplain_detection": false}'
+META_V='{"n_tokens": 65536, "n_latents": 32, "explainer": "tokens", "target_kl": 1.0}'
 for step in $steps; do
   case $step in
-    core)
-      run core_demo "" sae_core '{}' ;;
+    core)  # the README's main job on a fresh cache (the converted model kept), then a second SAE at the hook
+      export SAE_INTERP_CACHE=${SAE_INTERP_CACHE:-$HOME/.cache/sae_interp_tasks}
+      rm -rf "$SAE_INTERP_CACHE/core" "$SAE_INTERP_CACHE/core_reference"
+      run core_demo "" sae_core ""
+      run core_random "control=random" sae_core ""
+      run core_neurons "control=neurons" sae_core "" ;;
     embedding)
       run embedding_demo "" sae_embedding "$META_E"
       run embedding_random "control=random" sae_embedding "$META_E" ;;
@@ -42,12 +49,23 @@ for step in $steps; do
     agreement)  # self-explanation agreement without LLM scoring: sweeps + embeddings on cached explanations
       LIMIT="--limit 32" run selfexplain_demo "" sae_selfexplain "$META_A"
       LIMIT="--limit 32" run selfexplain_random "control=random" sae_selfexplain "$META_A" ;;
+    intervention)
+      run intervention_demo "" sae_intervention "$META_V"
+      run intervention_random "control=random" sae_intervention "$META_V"
+      run intervention_neurons "control=neurons" sae_intervention "$META_V" ;;
+    headline)  # the mission's headline command with every default (the demo's own: 8 latents, 32k tokens)
+      run headline_demo "" sae_detection,sae_selfexplain "" ;;
+    leaderboard)
+      .venv/bin/sae-interp leaderboard "$OUT/runs" --plots "$OUT/leaderboard_plots" | tee "$OUT/leaderboard.md"
+      .venv/bin/sae-interp leaderboard "$OUT/runs" --format html -o "$OUT/leaderboard.html" ;;
     bench)
-      .venv/bin/python benchmarks/activation_pass.py --n-tokens 16384 | tee "$OUT/activation_pass.txt"
+      .venv/bin/python benchmarks/core_throughput.py --chunks 4 | tee "$OUT/core_throughput.txt"
+      .venv/bin/python benchmarks/activation_pass.py --n-tokens 32768 --batch-size 16 --repeats 2 | tee "$OUT/activation_pass.txt"
+      .venv/bin/python benchmarks/intervention.py --latents 6 --naive-latents 1 | tee "$OUT/intervention_speed.txt"
       .venv/bin/python benchmarks/selfexplain.py --latents 8 --scales 8 --naive-latents 1 | tee "$OUT/selfexplain.txt"
       .venv/bin/python benchmarks/detection_scoring.py --latents 2 | tee "$OUT/detection_scoring.txt" ;;
     tables)
       .venv/bin/python benchmarks/interp_tables.py | tee "$OUT/interp_tables.md" ;;
-    *) echo "unknown step $step (core embedding embedding_tokens interp agreement bench tables)"; exit 2 ;;
+    *) echo "unknown step $step (core embedding embedding_tokens interp agreement intervention headline leaderboard bench tables)"; exit 2 ;;
   esac
 done

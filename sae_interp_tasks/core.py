@@ -66,9 +66,11 @@ class CoreStats:
 
 
 def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor) -> float:
-    """Mean next-token loss over the positions `keep` [B, T] marks (the prediction's source position)."""
-    losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none")
-    return float(losses[keep[:, :-1].flatten()].mean())
+    """Mean next-token loss over the positions `keep` [B, T] marks (the prediction's source position).
+    logsumexp minus the target's logit: reads the logits once, writes no [B, T, vocab] log-softmax."""
+    body = logits[:, :-1].float()
+    losses = torch.logsumexp(body, -1) - body.gather(-1, tokens[:, 1:, None].to(body.device)).squeeze(-1)
+    return float(losses[keep[:, :-1]].mean())
 
 
 def special_ids(tokenizer) -> list[int]:
