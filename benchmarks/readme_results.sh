@@ -28,7 +28,7 @@ META_E='{"n_tokens": 131072, "n_latents": 128}'
 META_T='{"n_tokens": 131072, "n_latents": 512, "explainer": "tokens"}'
 META_I='{"n_tokens": 131072, "n_latents": 128, "n_scales": 8}'
 META_A='{"n_tokens": 131072, "n_latents": 128, "n_scales": 8, "selfexplain_detection": false}'
-META_V='{"n_tokens": 65536, "n_latents": 32, "explainer": "tokens", "target_kl": 1.0}'
+META_V='{"n_tokens": 65536, "n_latents": 16, "explainer": "tokens", "target_kl": 1.0}'
 for step in $steps; do
   case $step in
     core)  # the README's main job on a fresh cache (the converted model kept), then a second SAE at the hook

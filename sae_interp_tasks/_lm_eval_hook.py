@@ -17,7 +17,7 @@ interpreter start. It only adds a meta-path finder (no lm_eval import, no torch)
 - our own `SaeInterpError` ends a CLI run with one line naming the fix, not a traceback.
 
 The task YAMLs live in the repository's top-level `task_configs/`; the wheel carries them as
-`sae_interp_tasks/task_configs/`. Without the `.pth` (e.g. a source checkout on PYTHONPATH) use
+`sae_interp_tasks/task_configs/` (hatchling force-includes it). Without the `.pth` (e.g. a source checkout on PYTHONPATH) use
 `lm_eval --include_path task_configs` and call `register()` yourself.
 """
 

@@ -20,6 +20,8 @@ fi
 # Headless Chromium for the leaderboard's HTML test (tests/test_leaderboard.py skips without it):
 # best effort, never fatal (no root, no apt, or no network: the setup still succeeds).
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 \
+         && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; }; } \
     || echo "note: chromium not installed; the leaderboard HTML test will be skipped" >&2
 fi

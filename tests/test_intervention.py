@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 import threading
 from dataclasses import replace
@@ -27,6 +28,7 @@ from sae_interp_tasks import intervention as iv
 from sae_interp_tasks.errors import SaeInterpError
 from servers import free_port
 
+FOX = " fox"  # steerable too, for the judge's third set
 CFG = iv.InterventionConfig(n_intervention_prompts=8, n_output_prompts=2, n_strata=2, prompt_tokens=24,
                             continuation_tokens=6, target_kl=1.0)
 WINDOWS_PER_CONTEXT = PASS_CFG.context_size // PASS_CFG.window
@@ -47,7 +49,7 @@ def steerable_dir(tmp_path_factory, tiny_model_dir, tokenizer):
     model.load_state_dict({k: v for k, v in base.state_dict().items() if k != "lm_head.weight"}, strict=False)
     with torch.no_grad():
         embed = model.get_input_embeddings().weight
-        for word in (CAT, DOG):
+        for word in (CAT, DOG, FOX):
             tok = token_id(tokenizer, word)
             model.lm_head.weight[tok] = LOGIT_GAIN / math.sqrt(config.hidden_size) * embed[tok] / embed[tok].norm()
     out = tmp_path_factory.mktemp("steerable-subject")
@@ -434,3 +436,84 @@ def test_a_surprisal_endpoint_without_logprobs_stops_the_run(world, corpus_file,
     (line,) = error_lines(proc.stderr)
     assert "returns no prompt logprobs" in line and "intervention_scorers: [judge]" in line, line
     assert not result_files(tmp_path)
+
+
+# ------------------------------------------------------------------------------------ the judge
+def test_judge_sets_and_answers():
+    from sae_interp_tasks.scorers.intervention import judge_prompt, judge_sets, read_judgement
+
+    sets, truth = judge_sets(["a cat", "cat cat"], [["a dog"], ["a fox"]], random.Random(0))
+    assert sorted(map(tuple, sets)) == [("a cat", "cat cat"), ("a dog",), ("a fox",)]
+    assert sets[truth] == ["a cat", "cat cat"]
+    prompt = judge_prompt("cats", sets)
+    assert "Description: cats" in prompt.messages[-1][1] and "Set 3:" in prompt.messages[-1][1]
+    assert read_judgement(f"Set {truth + 1}.", truth) == 1.0
+    assert read_judgement(str((truth + 1) % 3 + 1), truth) == 0.0
+    assert math.isnan(read_judgement("I cannot tell", truth))
+
+
+def judge_oracle(messages: list[dict]) -> str:
+    """Names the set whose continuations say the description's quoted token most often."""
+    user = messages[-1]["content"]
+    description = user.split("\n", 1)[0].removeprefix("Description: ")
+    quoted = re.findall(r'"([^"]+)"', description)
+    word = (quoted[0] if quoted else description.split()[-1]).strip()
+    sets = re.split(r"\n\nSet \d+:\n", "\n\n" + user.split("\n\n", 1)[1].rsplit("\n\nWhich set?", 1)[0])[1:]
+    counts = [len(re.findall(rf"\b{re.escape(word)}\b", s)) for s in sets]
+    return str(1 + counts.index(max(counts)))
+
+
+@pytest.fixture(scope="module")
+def judge_endpoint():
+    asked = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            asked.append(body)
+            data = json.dumps({"id": "j", "object": "chat.completion", "created": 0, "model": "judge",
+                               "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                                   "role": "assistant", "content": judge_oracle(body["messages"])}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", asked
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_the_judge_picks_the_steered_set_on_a_generation_only_endpoint(world, steerable_dir, tokenizer, corpus_file,
+                                                                       judge_endpoint, sae_cache, tmp_path):
+    """intervention_scorers: [judge] needs no logprobs: three latents steered to the same KL, and a judge
+    that names the set saying the explanation's token names the latent's own set, while a shuffled
+    explanation points at another latent's set."""
+    url, asked = judge_endpoint
+    # a third planted word: the judge needs three latents steered to the target, and in this untrained
+    # model only the words the lm_head was given can be steered that far
+    words = {CAT_LATENT: CAT, DOG_LATENT: DOG, 2: FOX}
+    path = build_planted_sae(world[0].W_E.detach().float(), {lat: token_id(tokenizer, w) for lat, w in words.items()},
+                             D_SAE, steerable_dir, tmp_path / "sae")
+    planted = list(words)
+    meta = {"corpus": str(corpus_file), **TINY_PASS, **TINY_INTERVENTION, "latents": planted,
+            "intervention_scorers": ["judge"], "scorer": "openai", "scorer_base_url": url, "scorer_model": "judge",
+            "judge_continuations": 8}
+    proc = run_lm_eval(["--model", "sae", "--model_args", f"path={path},device=cpu,batch_size=8", "--tasks",
+                        "sae_intervention", "--metadata", json.dumps(meta), "--log_samples", "--output_path",
+                        str(tmp_path / "out")], sae_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["response"]["latent"]: r["response"] for r in samples(tmp_path / "out", "sae_intervention")}
+    assert [rows[lat]["metrics"]["judge_acc"] for lat in planted] == [1.0, 1.0, 1.0]
+    (path,) = result_files(tmp_path / "out")
+    got = json.loads(path.read_text())["results"]["sae_intervention"]
+    # each shuffled explanation names one of the two other steered sets, so the judge always picks wrong
+    assert got["judge_acc,none"] == 1.0 and got["judge_acc_shuffled,none"] == 0.0
+    assert rows[CAT_LATENT]["metrics"]["score"] is None  # surprisal was not asked for (NaN is written as null)
+    assert asked and all("messages" in body and not body.get("logprobs") for body in asked)

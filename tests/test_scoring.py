@@ -251,9 +251,8 @@ def test_parse_answer_probabilities_from_top_logprobs():
 
 
 def test_parse_answer_probabilities_ignore_digits_after_the_list():
-    """BUG: parse_answer reads the list and ignores prose after it, but _digit_probabilities counts
-    every generated 0/1 token, so one "1" in the prose (a scorer explaining itself, "Example 1
-    ...") makes the count differ from n and the batch loses its probabilities (no AUROC)."""
+    """Probabilities are read at the list's digits only: a "1" in prose after the list (a scorer
+    explaining itself, "Example 1 ...") neither shifts nor drops them."""
     top = [{"1": math.log(0.8), "0": math.log(0.2)}, {",": 0.0}, {" 0": math.log(0.7), " 1": math.log(0.3)},
            {"]": 0.0}, {"\n": 0.0}, {"Example": 0.0}, {" 1": -0.1, " 2": -3.0}, {" fits": 0.0}]
     preds, probs = parse_answer(Completion(text="[1, 0]\nExample 1 fits", top_logprobs=top), 2)
