@@ -18,7 +18,7 @@ run() {  # name, model_args, tasks, metadata (empty: the YAML's and the SAE's ow
   echo "wall seconds: $((SECONDS - start))" | tee -a "$OUT/$name.txt"
 }
 
-steps=${*:-core embedding embedding_tokens interp agreement intervention headline leaderboard bench tables}
+steps=${*:-core embedding embedding_tokens embedding_tokens_neurons interp agreement intervention headline leaderboard bench tables}
 # Sized for a 2-core CPU: 131k tokens a pass; sae_embedding on 128 latents with the LLM explainer
 # and on 512 with the token-list explainer (no LLM, so affordable at that size); the LLM-scored
 # tasks (detection, fuzzing, self-explanation) on the first 16 of the 128 (--limit 16), and
@@ -43,6 +43,8 @@ for step in $steps; do
     embedding_tokens)
       run embedding_tokens_demo "" sae_embedding "$META_T"
       run embedding_tokens_random "control=random" sae_embedding "$META_T" ;;
+    embedding_tokens_neurons)  # the neuron-basis control, for the leaderboard
+      run embedding_tokens_neurons "control=neurons" sae_embedding "$META_T" ;;
     interp)
       LIMIT="--limit 16" run interp_demo "" sae_interp,sae_selfexplain "$META_I"
       LIMIT="--limit 16" run interp_random "control=random" sae_interp,sae_selfexplain "$META_I" ;;
@@ -66,6 +68,6 @@ for step in $steps; do
       .venv/bin/python benchmarks/detection_scoring.py --latents 2 | tee "$OUT/detection_scoring.txt" ;;
     tables)
       .venv/bin/python benchmarks/interp_tables.py | tee "$OUT/interp_tables.md" ;;
-    *) echo "unknown step $step (core embedding embedding_tokens interp agreement intervention headline leaderboard bench tables)"; exit 2 ;;
+    *) echo "unknown step $step (core embedding embedding_tokens embedding_tokens_neurons interp agreement intervention headline leaderboard bench tables)"; exit 2 ;;
   esac
 done

@@ -349,6 +349,20 @@ def generate_pairs(model, hook_name: str, batch: PromptBatch, vectors: torch.Ten
     return cut[0::2], cut[1::2]
 
 
+def _group_rows(batch: PromptBatch, rows: dict[int, slice], group: list[int], vec: dict[int, torch.Tensor],
+                strengths: dict[int, float]):
+    """The rows of `batch` that belong to the latents of `group`, each row with its latent's steering
+    vector and strength, and each latent's span of rows in that subset."""
+    spans, start = {}, 0
+    for lat in group:
+        n = rows[lat].stop - rows[lat].start
+        spans[lat], start = slice(start, start + n), start + n
+    sub = _subset(batch, torch.cat([torch.arange(rows[lat].start, rows[lat].stop) for lat in group]))
+    row_vectors = torch.cat([vec[lat].expand(spans[lat].stop - spans[lat].start, *vec[lat].shape) for lat in group])
+    scales = torch.cat([torch.full((spans[lat].stop - spans[lat].start,), strengths[lat]) for lat in group])
+    return sub, row_vectors, scales, spans
+
+
 def steer_latents(model, hook_name: str, latents: list[int], prompts: dict[int, tuple[list, list]], vectors: torch.Tensor,
                   cfg: InterventionConfig, seed: int, stop_ids: set[int]) -> dict[tuple[int, float], LatentSteering]:
     """The whole intervention stage for a group of latents that fits one batch."""
@@ -376,35 +390,19 @@ def steer_latents(model, hook_name: str, latents: list[int], prompts: dict[int, 
         group = [lat for lat in latents if out[(lat, target)].reached]
         if not group:
             continue
+        strengths = {lat: out[(lat, target)].strength for lat in group}
         # promoted tokens over the explainer prompts
-        rows = torch.cat([torch.arange(explain_rows[lat].start, explain_rows[lat].stop) for lat in group])
-        sub = _subset(explaining_batch, rows)
-        row_vectors = torch.cat([vec[lat].expand(explain_rows[lat].stop - explain_rows[lat].start, *vec[lat].shape)
-                                 for lat in group])
-        scales = torch.cat([torch.full((explain_rows[lat].stop - explain_rows[lat].start,), out[(lat, target)].strength)
-                            for lat in group])
+        sub, row_vectors, scales, spans = _group_rows(explaining_batch, explain_rows, group, vec, strengths)
         steered = steered_logp(model, hook_name, sub, row_vectors, scales)
-        start = 0
-        for lat in group:
-            n = explain_rows[lat].stop - explain_rows[lat].start
-            out[(lat, target)].promoted = promoted_tokens(sub.clean_logp[start:start + n], steered[start:start + n],
-                                                          cfg.n_promoted_tokens)
-            start += n
+        for lat, span in spans.items():
+            out[(lat, target)].promoted = promoted_tokens(sub.clean_logp[span], steered[span], cfg.n_promoted_tokens)
         # continuations of the scoring prompts
-        rows = torch.cat([torch.arange(score_rows[lat].start, score_rows[lat].stop) for lat in group])
-        sub = _subset(scoring_batch, rows)
-        row_vectors = torch.cat([vec[lat].expand(score_rows[lat].stop - score_rows[lat].start, *vec[lat].shape)
-                                 for lat in group])
-        scales = torch.cat([torch.full((score_rows[lat].stop - score_rows[lat].start,), out[(lat, target)].strength)
-                            for lat in group])
-        draws = torch.cat([coupled_uniforms(seed, lat, score_rows[lat].stop - score_rows[lat].start,
-                                            cfg.continuation_tokens) for lat in group])
+        sub, row_vectors, scales, spans = _group_rows(scoring_batch, score_rows, group, vec, strengths)
+        draws = torch.cat([coupled_uniforms(seed, lat, span.stop - span.start, cfg.continuation_tokens)
+                           for lat, span in spans.items()])
         clean, steered_tokens = generate_pairs(model, hook_name, sub, row_vectors, scales, draws, cfg, stop_ids)
-        start = 0
-        for lat in group:
-            n = score_rows[lat].stop - score_rows[lat].start
-            out[(lat, target)].clean, out[(lat, target)].steered = clean[start:start + n], steered_tokens[start:start + n]
-            start += n
+        for lat, span in spans.items():
+            out[(lat, target)].clean, out[(lat, target)].steered = clean[span], steered_tokens[span]
     return out
 
 

@@ -3,8 +3,8 @@
 A *run* is one `results_<date>.json` written by `lm_eval --model sae ... --output_path`: the
 SAE it scored (from `results["config"]`, which `SAEBackend.get_model_info` fills), and per task
 of this package its aggregate metrics with stderr, the instrument settings it ran under, and,
-where the `samples_<task>_<date>.jsonl` beside it exists, the per-doc scores keyed by latent id
-(or by chunk id for sae_core, with the chunk's sufficient statistics).
+where the `samples_<task>_<date>.jsonl` beside it exists (or its gzipped `.jsonl.gz`), the per-doc
+scores keyed by latent id (or by chunk id for sae_core, with the chunk's sufficient statistics).
 
 Nothing here imports torch or lm_eval: the `sae-interp` commands start in a fraction of a second.
 Every bad input raises SaeInterpError with one line that names the file and the fix.
@@ -12,6 +12,7 @@ Every bad input raises SaeInterpError with one line that names the file and the 
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import math
@@ -168,12 +169,15 @@ def find_results(paths: list[str | Path]) -> list[Path]:
 
 
 def samples_path(results_path: Path, task: str) -> Path | None:
-    """lm-eval writes samples_<task>_<date>.jsonl beside results_<date>.json."""
+    """lm-eval writes samples_<task>_<date>.jsonl beside results_<date>.json (kept gzipped: .jsonl.gz)."""
     m = _RESULTS_NAME.match(results_path.name)
     if not m:
         return None
-    path = results_path.with_name(f"samples_{task}_{m['date']}.jsonl")
-    return path if path.exists() else None
+    for suffix in (".jsonl", ".jsonl.gz"):
+        path = results_path.with_name(f"samples_{task}_{m['date']}{suffix}")
+        if path.exists():
+            return path
+    return None
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -181,7 +185,7 @@ def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise SaeInterpError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}); "
+        raise SaeInterpError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}); "
                              "re-run lm_eval or remove the file") from err
     except (OSError, UnicodeDecodeError) as err:
         raise SaeInterpError(f"cannot read {path} ({type(err).__name__}); check the path and its permissions") from err
@@ -270,6 +274,10 @@ def _read_task(data: dict, task: str, path: Path, load_samples: bool) -> TaskRes
                                higher_is_better=better.get(name))
     n_docs = int(((data.get("n-samples") or {}).get(task) or {}).get("effective", raw.get("sample_len", 0)))
     found = samples_path(path, task) if load_samples else None
+    if load_samples and found is None and (data.get("task_hashes") or {}).get(task):
+        # lm-eval fills task_hashes only when it wrote samples: this run had them, and the file is gone
+        raise SaeInterpError(f"{path}: samples_{task}_*.jsonl is missing beside it (the run logged samples); "
+                             "restore it, or re-run lm_eval with --log_samples")
     return TaskResult(task=task, version=str((data.get("versions") or {}).get(task, "")), metrics=metrics,
                       settings=task_settings(data, task), n_docs=n_docs,
                       samples=read_samples(found, task, list(metrics)) if found else None)
@@ -279,8 +287,9 @@ def read_samples(path: Path, task: str, metric_names: list[str]) -> DocScores:
     """Per-doc scores of one samples file; sae_core's chunk statistics where the responses carry them."""
     keys, rows, stats, unfilled = [], [], [], 0
     try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+        lines = text.splitlines()
+    except (OSError, EOFError, UnicodeDecodeError) as err:
         raise SaeInterpError(f"cannot read {path} ({type(err).__name__}); re-run lm_eval with --log_samples") from err
     for number, line in enumerate(lines, 1):
         if not line.strip():

@@ -24,10 +24,11 @@ def lm_eval_script() -> str:
     return found
 
 
-# lm_eval's own entry point in a fresh process, with lm-eval's ~14k built-in task YAMLs left out of the
-# task index (indexing them costs 10-25 s a run here); everything else is the console script's path
-FAST_DRIVER = """
-import sys
+# Python that patches lm-eval's TaskManager to leave its ~14k built-in task YAMLs out of the task index
+# (indexing them costs 10-25 s a run here); only this package's tasks run, so the results files are
+# what the console script writes
+WITHOUT_BUILTIN_TASKS = """
+import json, sys
 import lm_eval.tasks.manager as manager
 from lm_eval.__main__ import cli_evaluate
 
@@ -35,6 +36,9 @@ original = manager.TaskManager.__init__
 def without_builtin_tasks(self, *args, **kwargs):
     original(self, *args, **{**kwargs, "include_defaults": False})
 manager.TaskManager.__init__ = without_builtin_tasks
+"""
+# lm_eval's own entry point in a fresh process, the built-in tasks left out
+FAST_DRIVER = WITHOUT_BUILTIN_TASKS + """
 sys.argv = ["lm_eval", *sys.argv[1:]]
 cli_evaluate()
 """
@@ -105,14 +109,14 @@ def verdicts(system: str, user: str) -> list[bool]:
 YES, NO = math.log(0.9), math.log(0.1)
 
 
-def chat_completion(content: str, top: list[dict[str, float]]) -> dict:
+def chat_completion(content: str, top: list[dict[str, float]] | None = None) -> dict:
+    """A chat.completion body whose one choice says `content`, with top logprobs per token when given."""
+    logprobs = None if top is None else {"content": [
+        {"token": max(alts, key=alts.get), "logprob": max(alts.values()), "bytes": None,
+         "top_logprobs": [{"token": t, "logprob": lp, "bytes": None} for t, lp in alts.items()]} for alts in top]}
     return {"id": "oracle", "object": "chat.completion", "created": 0, "model": "oracle",
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content},
-                         "logprobs": {"content": [
-                             {"token": max(alts, key=alts.get), "logprob": max(alts.values()), "bytes": None,
-                              "top_logprobs": [{"token": t, "logprob": lp, "bytes": None} for t, lp in alts.items()]}
-                             for alts in top]}}]}
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content},
+                         "logprobs": logprobs}]}
 
 
 def oracle_answer(messages: list[dict]) -> dict:
@@ -128,11 +132,11 @@ def oracle_answer(messages: list[dict]) -> dict:
     return chat_completion("[" + ", ".join("1" if v else "0" for v in said) + "]", top)
 
 
-class OracleEndpoint:
-    """An OpenAI-compatible chat endpoint on 127.0.0.1 answering as the oracle scorer; `asked` holds
-    every request body. Use as a context manager."""
+class JsonEndpoint:
+    """An HTTP server on 127.0.0.1 answering each POST with `respond(path, body) -> (status, payload)`
+    as JSON; `asked` holds every request body, `url` ends in /v1. A context manager, or call close()."""
 
-    def __init__(self):
+    def __init__(self, respond):
         from servers import free_port
 
         self.asked: list[dict] = []
@@ -142,8 +146,9 @@ class OracleEndpoint:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 asked.append(body)
-                data = json.dumps(oracle_answer(body["messages"])).encode()
-                self.send_response(200)
+                status, payload = respond(self.path, body)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -154,11 +159,21 @@ class OracleEndpoint:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
 
     def __enter__(self):
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
     def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        self.close()
+
+
+class OracleEndpoint(JsonEndpoint):
+    """An OpenAI-compatible chat endpoint answering as the oracle scorer."""
+
+    def __init__(self):
+        super().__init__(lambda path, body: (200, oracle_answer(body["messages"])))

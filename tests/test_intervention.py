@@ -12,9 +12,7 @@ import json
 import math
 import random
 import re
-import threading
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -23,10 +21,9 @@ import torch.nn.functional as F
 
 from conftest import (CAT, CAT_LATENT, D_SAE, DOG, DOG_LATENT, HOOK, PASS_BATCH, PASS_CFG, PASS_SEED, build_planted_sae,
                       token_id)
-from helpers import error_lines, result_files, run_lm_eval, samples
+from helpers import JsonEndpoint, chat_completion, error_lines, result_files, run_lm_eval, samples
 from sae_interp_tasks import intervention as iv
 from sae_interp_tasks.errors import SaeInterpError
-from servers import free_port
 
 FOX = " fox"  # steerable too, for the judge's third set
 CFG = iv.InterventionConfig(n_intervention_prompts=8, n_output_prompts=2, n_strata=2, prompt_tokens=24,
@@ -259,45 +256,22 @@ def test_hf_logprobs_equal_a_direct_forward(tiny_model_dir, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ surprisal, over HTTP
-class CompletionsServer:
-    """An OpenAI-compatible /v1/completions endpoint on 127.0.0.1 whose echoed prompt logprobs come from
+class CompletionsServer(JsonEndpoint):
+    """An OpenAI-compatible /v1/completions endpoint whose echoed prompt logprobs come from
     `logprob_of(prompt) -> (tokens, logprobs, offsets)`, or are withheld (`with_logprobs=False`)."""
 
     def __init__(self, logprob_of, with_logprobs: bool = True):
-        self.asked: list[dict] = []
-        server = self
+        def respond(path: str, body: dict):
+            if not path.endswith("/completions") or "messages" in body:
+                return 404, {"error": {"message": "not found"}}
+            tokens, values, offsets = logprob_of(body["prompt"])
+            logprobs = ({"tokens": tokens, "token_logprobs": values, "text_offset": offsets, "top_logprobs": None}
+                        if with_logprobs else None)
+            return 200, {"id": "c", "object": "text_completion", "created": 0, "model": body["model"],
+                         "choices": [{"index": 0, "text": body["prompt"] + "!", "finish_reason": "length",
+                                      "logprobs": logprobs}]}
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.asked.append(body)
-                if not self.path.endswith("/completions") or "messages" in body:
-                    return self._send(404, {"error": {"message": "not found"}})
-                tokens, values, offsets = logprob_of(body["prompt"])
-                logprobs = ({"tokens": tokens, "token_logprobs": values, "text_offset": offsets, "top_logprobs": None}
-                            if with_logprobs else None)
-                self._send(200, {"id": "c", "object": "text_completion", "created": 0, "model": body["model"],
-                                 "choices": [{"index": 0, "text": body["prompt"] + "!", "finish_reason": "length",
-                                              "logprobs": logprobs}]})
-
-            def _send(self, status, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(respond)
 
 
 def model_logprobs(tiny_model_dir):
@@ -411,6 +385,10 @@ def test_the_oracle_explanation_beats_its_shuffled_control(oracle_run):
 @pytest.mark.parametrize("meta,expected", [
     ({"target_kl": 0}, "error: target_kl must be a positive number or a list of them, got 0.0"),
     ({"n_intervention_prompts": 0}, "error: setting n_intervention_prompts=0 must be at least 1"),
+    ({"n_intervention_prompts": 300}, "error: n_intervention_prompts + n_output_prompts (310) cannot exceed n_sample (200)"),
+    # an empty prompt pool: the one latent asked for has fewer windows than its prompts need
+    ({**TINY_PASS, "n_tokens": 512, "latents": [CAT_LATENT], "explainer": "tokens", "n_intervention_prompts": 30},
+     "error: no latent has the 40 activating windows"),
 ])
 def test_bad_intervention_settings_are_one_line(meta, expected, planted_sae, corpus_file, sae_cache, tmp_path):
     proc = run_lm_eval(["--model", "sae", "--model_args", f"path={planted_sae.path},device=cpu", "--tasks",
@@ -465,29 +443,8 @@ def judge_oracle(messages: list[dict]) -> str:
 
 @pytest.fixture(scope="module")
 def judge_endpoint():
-    asked = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            asked.append(body)
-            data = json.dumps({"id": "j", "object": "chat.completion", "created": 0, "model": "judge",
-                               "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                                   "role": "assistant", "content": judge_oracle(body["messages"])}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", asked
-    httpd.shutdown()
-    httpd.server_close()
+    with JsonEndpoint(lambda path, body: (200, chat_completion(judge_oracle(body["messages"])))) as endpoint:
+        yield endpoint.url, endpoint.asked
 
 
 def test_the_judge_picks_the_steered_set_on_a_generation_only_endpoint(world, steerable_dir, tokenizer, corpus_file,

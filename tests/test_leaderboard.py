@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import gzip
 import io
 import json
 import math
@@ -32,7 +33,7 @@ import pytest
 import torch
 
 from conftest import D_MODEL, REPO, build_planted_sae, corpus_lines, subprocess_env
-from helpers import error_lines, result_files
+from helpers import WITHOUT_BUILTIN_TASKS, error_lines, result_files
 
 TASKS = "sae_core,sae_embedding"
 META = {"n_tokens": 2048, "context_size": 64, "chunk_contexts": 4, "window": 16, "n_top": 10, "n_sample": 40,
@@ -114,18 +115,8 @@ def damaged_sae(vocab_sae, tmp_path_factory) -> Path:
 
 # ------------------------------------------------------------------------------------ lm_eval runs
 # The lm_eval console script's entry point, once per argv, in one process: its ~15 s of imports
-# are paid once for the five runs instead of five times. lm-eval's own ~14k task YAMLs are left
-# out of the task index (include_defaults=False), which is rebuilt per run and took ~10-25 s here;
-# only this package's tasks run, so the results files are what the console script writes.
-DRIVER = """
-import json, sys
-import lm_eval.tasks.manager as manager
-from lm_eval.__main__ import cli_evaluate
-
-original = manager.TaskManager.__init__
-def without_defaults(self, *args, **kwargs):
-    original(self, *args, **{**kwargs, "include_defaults": False})
-manager.TaskManager.__init__ = without_defaults
+# are paid once for the five runs instead of five times.
+DRIVER = WITHOUT_BUILTIN_TASKS + """
 for argv in json.loads(sys.argv[1]):
     sys.argv = ["lm_eval", *argv]
     cli_evaluate()
@@ -421,6 +412,17 @@ def test_compare_passes_an_identical_rerun(planted_run, rerun, sae_cache):
         assert row["difference [95% CI]"] == "+0 [+0, +0]", row
 
 
+def test_gzipped_samples_read_as_the_plain_ones(planted_run, rerun, sae_cache, tmp_path):
+    packed = shutil.copytree(rerun, tmp_path / "packed")
+    for path in packed.rglob("samples_*.jsonl"):
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+    plain = sae_interp("compare", planted_run, rerun, cache=sae_cache)
+    gz = sae_interp("compare", planted_run, packed, cache=sae_cache)
+    assert gz.returncode == 0, gz.stderr
+    assert gz.stdout == plain.stdout.replace(str(rerun), str(packed))
+
+
 def test_compare_refuses_other_settings(planted_run, fewer_tokens_run, sae_cache, tmp_path):
     summary = tmp_path / "summary.md"
     proc = sae_interp("compare", planted_run, fewer_tokens_run, "--metrics", "sae_core/ce_loss_recovered",
@@ -451,6 +453,10 @@ def test_bad_input_is_one_line_and_writes_nothing(planted_run, damaged_run, sae_
     no_samples = copy_run(planted_run, tmp_path / "no_samples")
     (lost,) = no_samples.rglob("samples_sae_embedding_*.jsonl")
     lost.unlink()
+    # every samples file gone: the results' task_hashes still say the run logged them
+    none_left = copy_run(planted_run, tmp_path / "none_left")
+    for lost in none_left.rglob("samples_*.jsonl"):
+        lost.unlink()
     foreign = copy_run(planted_run, tmp_path / "foreign")
     (path,) = result_files(foreign)
     data = json.loads(path.read_text())  # a real results file whose only task is another harness's
@@ -460,6 +466,7 @@ def test_bad_input_is_one_line_and_writes_nothing(planted_run, damaged_run, sae_
         (empty, "holds no results_*.json"),
         (corrupt, "is not valid JSON"),
         (no_samples, "samples_sae_embedding_*.jsonl is missing"),
+        (none_left, "samples_sae_core_*.jsonl is missing beside it (the run logged samples)"),
         (foreign, "holds no sae_interp_tasks results (tasks: arc_easy)"),
     ]
     for bad, said in cases:
@@ -474,4 +481,4 @@ def test_bad_input_is_one_line_and_writes_nothing(planted_run, damaged_run, sae_
     proc = sae_interp("compare", planted_run, no_samples, cache=sae_cache)
     assert proc.returncode == 2
     (line,) = error_lines(proc.stderr)
-    assert "has no samples_sae_embedding_*.jsonl beside it" in line
+    assert "samples_sae_embedding_*.jsonl is missing beside it" in line

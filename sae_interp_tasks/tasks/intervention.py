@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from sae_interp_tasks import memo
 from sae_interp_tasks.aggregations import nanmean, total
+from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.intervention import InterventionConfig, intervention_prompts, steer_latents, steering_directions
 from sae_interp_tasks.memo import LatentRun, LatentSettings
 from sae_interp_tasks.records import ScoredLatent
@@ -33,6 +34,14 @@ class InterventionSettings(LatentSettings):
     intervention: InterventionConfig = field(default_factory=InterventionConfig)
     intervention_scoring: InterventionScoringConfig = field(default_factory=InterventionScoringConfig)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.intervention.n_prompts > self.activations.n_sample:
+            raise SaeInterpError(
+                f"n_intervention_prompts + n_output_prompts ({self.intervention.n_prompts}) cannot exceed n_sample "
+                f"({self.activations.n_sample}), the activating windows a latent's prompts are drawn from; lower "
+                "them or raise n_sample")
+
 
 def metric_suffix(target: float, primary: float) -> str:
     """'' for the first target KL; '_kl3' or '_kl0p33' for the others."""
@@ -48,6 +57,11 @@ def score_intervention(run: LatentRun) -> dict[int, ScoredLatent]:
     mine, skipped_mine = steer_all(run)
     steered = memo.gathered(backend, mine)
     skipped = set().union(*memo.gathered(backend, {backend.rank: skipped_mine}).values())
+    if run.latents and skipped >= set(run.latents):
+        raise SaeInterpError(
+            f"no latent has the {cfg.n_prompts} activating windows (each cut after its first activating token) that "
+            f"n_intervention_prompts + n_output_prompts ask for; raise n_tokens or lower n_intervention_prompts "
+            "and n_output_prompts")
     reached = {t: [lat for lat in run.latents if (lat, t) in steered and steered[(lat, t)].reached]
                for t in cfg.targets}
     # output explanations from the promoted tokens
