@@ -11,14 +11,17 @@ LM=.venv/bin/lm_eval
 run() {  # name, model_args, tasks, metadata (empty: the YAML's and the SAE's own defaults)
   local name=$1 margs=$2 tasks=$3 meta=$4
   rm -rf "$OUT/runs/$name"  # no stale results from an earlier run of this step
-  echo "== $name: lm_eval --model sae ${margs:+--model_args $margs} --tasks $tasks ${meta:+--metadata '$meta'} ${LIMIT:-}"
+  echo "== $name: lm_eval --model sae ${margs:+--model_args $margs} --tasks $tasks ${meta:+--metadata '$meta'} ${LIMIT:-} --batch_size 8 --log_samples" | tee "$OUT/$name.txt"
   local start=$SECONDS
   $LM --model sae ${margs:+--model_args "$margs"} --tasks "$tasks" --batch_size 8 ${meta:+--metadata "$meta"} ${LIMIT:-} \
-      --log_samples --output_path "$OUT/runs/$name" 2>"$OUT/$name.log" | tee "$OUT/$name.txt"
+      --log_samples --output_path "$OUT/runs/$name" 2>"$OUT/$name.log" | tee -a "$OUT/$name.txt"
   echo "wall seconds: $((SECONDS - start))" | tee -a "$OUT/$name.txt"
+  # the line an SAE's own instrument defaults print (stderr, kept in the uncommitted .log) beside the table
+  grep -h "instrument defaults" "$OUT/$name.log" | sort -u | tee -a "$OUT/$name.txt" || true
+  gzip -9f "$OUT/runs/$name"/*/samples_*.jsonl  # sae-interp reads .jsonl.gz as it reads .jsonl
 }
 
-steps=${*:-core embedding embedding_tokens embedding_tokens_neurons interp agreement intervention headline leaderboard bench tables}
+steps=${*:-core embedding embedding_tokens embedding_tokens_neurons interp agreement intervention headline headline_controls leaderboard bench tables}
 # Sized for a 2-core CPU: 131k tokens a pass; sae_embedding on 128 latents with the LLM explainer
 # and on 512 with the token-list explainer (no LLM, so affordable at that size); the LLM-scored
 # tasks (detection, fuzzing, self-explanation) on the first 16 of the 128 (--limit 16), and
@@ -57,6 +60,9 @@ for step in $steps; do
       run intervention_neurons "control=neurons" sae_intervention "$META_V" ;;
     headline)  # the mission's headline command with every default (the demo's own: 8 latents, 32k tokens)
       run headline_demo "" sae_detection,sae_selfexplain "" ;;
+    headline_controls)  # the same for both controls, so the leaderboard's first group has every task for all three
+      run headline_random "control=random" sae_detection,sae_selfexplain ""
+      run headline_neurons "control=neurons" sae_detection,sae_selfexplain "" ;;
     leaderboard)
       .venv/bin/sae-interp leaderboard "$OUT/runs" --plots "$OUT/leaderboard_plots" | tee "$OUT/leaderboard.md"
       .venv/bin/sae-interp leaderboard "$OUT/runs" --format html -o "$OUT/leaderboard.html" ;;
@@ -68,6 +74,6 @@ for step in $steps; do
       .venv/bin/python benchmarks/detection_scoring.py --latents 2 | tee "$OUT/detection_scoring.txt" ;;
     tables)
       .venv/bin/python benchmarks/interp_tables.py | tee "$OUT/interp_tables.md" ;;
-    *) echo "unknown step $step (core embedding embedding_tokens embedding_tokens_neurons interp agreement intervention headline leaderboard bench tables)"; exit 2 ;;
+    *) echo "unknown step $step (core embedding embedding_tokens embedding_tokens_neurons interp agreement intervention headline headline_controls leaderboard bench tables)"; exit 2 ;;
   esac
 done

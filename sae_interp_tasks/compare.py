@@ -213,10 +213,21 @@ def pairing(task: str, base: Side, cand: Side) -> tuple[bool, str]:
     if base.subject_model != cand.subject_model:
         return False, "unpaired: different subject models"
     if task == "sae_core":
+        if not _same_tokens(base.tasks[task], cand.tasks[task]):
+            return False, "unpaired: the chunks hold different tokens (e.g. corpus: sae read each SAE's own dataset)"
         return True, "paired by chunk (same corpus, seed and subject model)"
     if base.fingerprint and base.fingerprint == cand.fingerprint:
         return True, "paired by latent (same SAE weights)"
     return False, "unpaired: different SAEs' latents"
+
+
+def _same_tokens(b: TaskResult, c: TaskResult) -> bool:
+    """False when both sides' samples hash their chunks' tokens and a chunk of the same id differs."""
+    sb, sc = b.samples, c.samples
+    if sb is None or sc is None or sb.token_hashes is None or sc.token_hashes is None:
+        return True  # written before the hashes were logged: the settings agree, which is what they can say
+    theirs = dict(zip(sc.keys, sc.token_hashes))
+    return all(theirs.get(k, h) == h for k, h in zip(sb.keys, sb.token_hashes))
 
 
 def compare_metric(task: str, metric: str, base: Side, cand: Side, confidence: float, max_drop: float,

@@ -96,6 +96,7 @@ class DocScores:
     values: dict[str, np.ndarray]
     unfilled: int  # docs whose slot found no live latent (`latent: null`), left out of keys
     chunks: CoreChunks | None = None  # sae_core only, when the samples carry the statistics
+    token_hashes: tuple | None = None  # sae_core only: each chunk's tokens_sha256, when the samples carry it
 
 
 @dataclass(frozen=True, eq=False)
@@ -285,7 +286,7 @@ def _read_task(data: dict, task: str, path: Path, load_samples: bool) -> TaskRes
 
 def read_samples(path: Path, task: str, metric_names: list[str]) -> DocScores:
     """Per-doc scores of one samples file; sae_core's chunk statistics where the responses carry them."""
-    keys, rows, stats, unfilled = [], [], [], 0
+    keys, rows, stats, hashes, unfilled = [], [], [], [], 0
     try:
         text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
         lines = text.splitlines()
@@ -303,6 +304,7 @@ def read_samples(path: Path, task: str, metric_names: list[str]) -> DocScores:
         if task == "sae_core":
             key = response.get("chunk", row.get("doc", {}).get("chunk"))
             stats.append(response.get("stats"))
+            hashes.append(response.get("tokens_sha256"))
         elif "latent" in response:
             key = response["latent"]
             if key is None:
@@ -315,8 +317,10 @@ def read_samples(path: Path, task: str, metric_names: list[str]) -> DocScores:
     values = {name: np.array([_float(r.get(name)) for r in rows], dtype=float) for name in metric_names}
     if len(set(keys)) < len(keys):
         log.warning("%s: some docs share a latent id; pairing uses the first of each", path)
+    core = task == "sae_core"
     return DocScores(path=path, keys=tuple(keys), values=values, unfilled=unfilled,
-                     chunks=_core_chunks(stats) if task == "sae_core" else None)
+                     chunks=_core_chunks(stats) if core else None,
+                     token_hashes=tuple(hashes) if core and hashes and all(hashes) else None)
 
 
 def _core_chunks(stats: list) -> CoreChunks | None:

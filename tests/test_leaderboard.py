@@ -412,6 +412,22 @@ def test_compare_passes_an_identical_rerun(planted_run, rerun, sae_cache):
         assert row["difference [95% CI]"] == "+0 [+0, +0]", row
 
 
+def test_core_chunks_pair_only_where_their_tokens_agree(planted_run, rerun, sae_cache, tmp_path):
+    # the same settings can read other text (corpus: sae is each SAE's own dataset): a chunk whose tokens differ
+    other_text = shutil.copytree(rerun, tmp_path / "other_text")
+    (path,) = other_text.rglob("samples_sae_core_*.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    response = json.loads(rows[0]["resps"][0][0])
+    assert re.fullmatch(r"[0-9a-f]{16}", response["tokens_sha256"])
+    response["tokens_sha256"] = "0" * 16
+    rows[0]["resps"] = [[json.dumps(response)]]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    proc = sae_interp("compare", planted_run, other_text, "--metrics", "sae_core/ce_loss_recovered,l0", cache=sae_cache)
+    assert proc.returncode == 0, proc.stderr
+    tests = {r["metric"]: r["test"] for r in markdown_rows(proc.stdout)}
+    assert all(t.startswith("unpaired: the chunks hold different tokens") for t in tests.values()), tests
+
+
 def test_gzipped_samples_read_as_the_plain_ones(planted_run, rerun, sae_cache, tmp_path):
     packed = shutil.copytree(rerun, tmp_path / "packed")
     for path in packed.rglob("samples_*.jsonl"):

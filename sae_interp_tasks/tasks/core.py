@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,12 +78,13 @@ def serve_core(backend, payloads: list[dict]) -> list[Response]:
         contexts = token_contexts(corpus, backend.tokenizer, (max(wanted) + 1) * s.core.chunk_tokens,
                                   s.core.context_size, info.prepend_bos, seed)
         zero = None
-        stats = {}
+        stats, token_sha = {}, {}
         bar = tqdm(total=len(wanted), unit="chunks", desc="sae_core")
         for chunk in range(max(wanted) + 1):
             batch = [next(contexts) for _ in range(s.core.chunk_contexts)]
             if chunk not in wanted:
                 continue
+            token_sha[chunk] = tokens_sha256(batch)
             path = sae_folder / f"chunk{chunk}.pt"
             if path.exists():
                 stats[chunk] = torch.load(path, weights_only=False)
@@ -102,8 +104,16 @@ def serve_core(backend, payloads: list[dict]) -> list[Response]:
         bar.close()
         for i in indices:
             chunk = payloads[i]["doc"]["chunk"]
-            results[i] = Response(metrics=core.per_chunk_metrics(stats[chunk]), chunk=chunk, stats=stats[chunk])
+            results[i] = Response(metrics=core.per_chunk_metrics(stats[chunk]), chunk=chunk, stats=stats[chunk],
+                                  detail={"tokens_sha256": token_sha[chunk]})
     return results
+
+
+def tokens_sha256(contexts: list[torch.Tensor]) -> str:
+    """A chunk's token ids, hashed: `sae-interp compare` pairs two runs' chunks only where these agree
+    (the same settings can read different text, e.g. `corpus: sae` is each SAE's own training set)."""
+    ids = torch.stack(contexts).to(torch.int64).cpu().numpy()
+    return hashlib.sha256(ids.tobytes()).hexdigest()[:16]
 
 
 def _folder(kind: str, key: dict) -> Path:
