@@ -8,6 +8,7 @@ with `atomic_save`, so an interrupted run leaves no half-written entry and a rer
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -44,8 +45,27 @@ def atomic_save(obj, path: Path) -> None:
     tmp.replace(path)
 
 
-def atomic_write_text(text: str, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+def write_files(files: dict[Path, str | bytes]) -> None:
+    """Every file or none: each is written to a temporary file beside it, and only once all are written
+    are they renamed into place. On failure the temporary files, and the folders made for them, are
+    removed, and the error is raised as it came."""
+    made: list[Path] = []
+    tmps: dict[Path, Path] = {}
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made += reversed(missing)
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            tmps[path] = tmp
+            tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        for path, tmp in tmps.items():
+            tmp.replace(path)
+    except BaseException:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from sae_interp_tasks.errors import SaeInterpError
@@ -49,19 +47,16 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def write_outputs(files: dict[Path, str | bytes]) -> None:
+    """All output files or none (see caching.write_files); a file that cannot be written is a user error."""
+    from sae_interp_tasks.caching import write_files
+
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; the result should read like any new file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_files(files)
+    except OSError as err:
+        where = err.filename or next(iter(files), "")
+        raise SaeInterpError(f"cannot write {where} ({err.strerror or type(err).__name__}); "
+                             "choose another --output/--plots/--markdown path") from err
 
 
 def run_leaderboard(args) -> int:
@@ -75,12 +70,11 @@ def run_leaderboard(args) -> int:
     board = leaderboard.build_board(runs, confidence=args.confidence)
     images = leaderboard.plots(board) if (args.plots or args.format == "html") else {}
     text = leaderboard.html_page(board, images) if args.format == "html" else leaderboard.render(board, args.format)
-    if args.plots:
-        for name, png in images.items():
-            write_atomic(Path(args.plots) / name, png)
+    files = {Path(args.plots) / name: png for name, png in images.items()} if args.plots else {}
     if args.output:
-        write_atomic(Path(args.output), text)
-    else:
+        files[Path(args.output)] = text
+    write_outputs(files)
+    if not args.output:
         sys.stdout.write(text)
     return 0
 
@@ -97,7 +91,7 @@ def run_compare(args) -> int:
                              resamples=args.resamples, seed=args.seed)
     summary = compare.markdown(report)
     if args.markdown:
-        write_atomic(Path(args.markdown), summary)
+        write_outputs({Path(args.markdown): summary})
     else:
         sys.stdout.write(summary)
     print(compare.verdict_line(report), file=sys.stderr)

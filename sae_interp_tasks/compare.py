@@ -24,7 +24,7 @@ import numpy as np
 
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.results_io import (HEADLINE, POOLED, CoreChunks, Run, TaskResult, describe_differences,
-                                         require_samples, settings_differences)
+                                         percent, require_samples, settings_differences)
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +139,9 @@ class Report:
 
 def side_from_runs(runs: list[Run], what: str) -> Side:
     """The runs of one SAE merged (e.g. its sae_core and interp runs); a task given twice is an error."""
-    identities = {r.identity for r in runs}
-    if len(identities) > 1:
-        names = ", ".join(sorted({r.sae for r in runs}))
-        raise SaeInterpError(f"{what} holds results of {len(identities)} SAEs ({names}); "
+    names = sorted({r.sae + (f" [{r.fingerprint}]" if r.fingerprint else " [no fingerprint]") for r in runs})
+    if len(names) > 1:
+        raise SaeInterpError(f"{what} holds results of {len(names)} SAEs ({', '.join(names)}); "
                              "point at one SAE's results file or folder")
     tasks: dict = {}
     for run in runs:
@@ -314,7 +313,7 @@ def _num(x: float) -> str:
 
 
 def verdict_line(report: Report) -> str:
-    pct = f"{report.confidence:.0%}"
+    pct = percent(report.confidence)
     if report.failed:
         worst = "; ".join(f"{r.name} {_signed(r.difference)} [{_signed(r.lo)}, {_signed(r.hi)}] "
                           f"({'paired' if r.paired else 'unpaired'}, n={r.n_baseline}/{r.n_candidate})"
@@ -329,7 +328,7 @@ def _signed(x: float) -> str:
 
 
 def markdown(report: Report) -> str:
-    pct = f"{report.confidence:.0%}"
+    pct = percent(report.confidence)
     status = "FAIL" if report.failed else "PASS"
     lines = [
         f"### sae-interp compare: {status}",

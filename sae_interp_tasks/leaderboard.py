@@ -29,7 +29,7 @@ import numpy as np
 
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.results_io import (EXTRA_METRICS, HEADLINE, POOLED, Run, TaskResult, chance_metric,
-                                         settings_differences)
+                                         percent, settings_differences)
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def fmt_entry(row: Row, col: Column, entry) -> str:
 
 # --- text renderers ----------------------------------------------------------------------------
 def interval_note(board: Board) -> str:
-    pct = f"{board.confidence:.0%}"
+    pct = percent(board.confidence)
     return (f"Cells: mean [{pct} interval]. Means over docs: mean ± {board.z:.2f}·stderr as lm-eval reports it; "
             f"sae_core's explained variance and CE loss recovered: percentile bootstrap over chunks "
             f"({BOOTSTRAP_RESAMPLES} resamples) when the samples carry chunk statistics, else no interval. "
@@ -459,12 +459,12 @@ def plot_vs_l0(group: Group, confidence: float) -> bytes | None:
         ax.set_title(f"{task}: {metric}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"score against L0 (group {group.number}; {_interval_words(confidence)})", fontsize=10)
+    fig.suptitle(f"score against L0 (group {group.number})\n{_interval_words(confidence)}", fontsize=10)
     return _png(fig)
 
 
 def _interval_words(confidence: float) -> str:
-    return f"error bars: the table's {confidence:.0%} intervals"
+    return f"error bars: the table's {percent(confidence)} intervals"
 
 
 def plot_bars(group: Group, confidence: float) -> bytes | None:
@@ -505,7 +505,7 @@ def plot_bars(group: Group, confidence: float) -> bytes | None:
         ax.grid(axis="x", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"headline metrics (group {group.number}; {_interval_words(confidence)})", fontsize=10)
+    fig.suptitle(f"headline metrics (group {group.number})\n{_interval_words(confidence)}", fontsize=10)
     return _png(fig)
 
 

@@ -55,6 +55,11 @@ CORE_STATS = ("n_tokens", "l0_sum", "sq_err_sum", "x_sq_sum", "ce_clean", "ce_sp
 _RESULTS_NAME = re.compile(r"^results_(?P<date>.+)\.json$")
 
 
+def percent(level: float) -> str:
+    """0.95 -> '95%', 0.999 -> '99.9%' (never rounded up to 100%)."""
+    return f"{round(level * 100, 6):g}%"
+
+
 def chance_metric(metric: str) -> str:
     return CHANCE_OF.get(metric, f"{metric}_shuffled")
 
@@ -119,8 +124,11 @@ class TaskResult:
 
     @property
     def latents_scored(self) -> int:
-        """Docs that held a latent: all docs, less those whose slot found none (known only with samples)."""
-        return self.n_docs - (self.samples.unfilled if self.samples else 0)
+        """Docs whose latent got a headline score (known only with samples: they show the slots that found
+        no live latent and the latents left unscored); without samples, every doc."""
+        if self.samples is None or self.headline not in self.samples.values:
+            return self.n_docs - (self.samples.unfilled if self.samples else 0)
+        return int(np.isfinite(self.samples.values[self.headline]).sum())
 
 
 @dataclass(frozen=True, eq=False)

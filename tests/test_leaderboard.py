@@ -498,3 +498,37 @@ def test_bad_input_is_one_line_and_writes_nothing(planted_run, damaged_run, sae_
     assert proc.returncode == 2
     (line,) = error_lines(proc.stderr)
     assert "samples_sae_embedding_*.jsonl is missing beside it" in line
+
+
+# ------------------------------------------------------------------------------------ the README's CI job
+def test_the_readme_ci_job_runs_commands_that_exist():
+    """Every lm_eval and sae-interp command of README's GitHub Actions job parses with the real argument
+    parsers, with its environment filled in, and its --metadata names only keys the tasks read."""
+    import shlex
+
+    import yaml
+    from lm_eval._cli import HarnessCLI
+
+    from sae_interp_tasks import cli, registry
+    from sae_interp_tasks import tasks as _  # noqa: F401  (declares the task kinds)
+
+    readme = (REPO / "README.md").read_text()
+    (block,) = re.findall(r"```yaml\n(name: sae-gate\n.*?)```", readme, re.S)
+    job = yaml.safe_load(block)["jobs"]["gate"]
+    env = {k: str(v) for k, v in job["env"].items()}
+    commands = []
+    for step in job["steps"]:
+        script = step.get("run", "").replace("\\\n", " ")
+        commands += [line.strip() for line in script.splitlines() if line.strip().startswith(("lm_eval ", "sae-interp "))]
+    assert sum(c.startswith("lm_eval") for c in commands) == 2 and any(" compare " in c for c in commands)
+    for command in commands:
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, value)
+            argv = [os.path.expandvars(word) for word in shlex.split(command.split(">>")[0])]
+        if argv[0] == "sae-interp":
+            cli.parser().parse_args(argv[1:])
+        else:
+            args = HarnessCLI()._parser.parse_args(["run", *argv[1:]])
+            assert args.model == "sae" and args.log_samples and args.seed
+            registry.check_keys(json.loads(args.metadata) if isinstance(args.metadata, str) else args.metadata)
