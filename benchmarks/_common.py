@@ -12,13 +12,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RESULTS = Path(__file__).parent / "results"
 
 
-def demo():
+def demo(device: str = "cpu"):
     from sae_interp_tasks.saes import SAESource, load_sae
     from sae_interp_tasks.subject import load_subject
 
-    sae, info = load_sae(SAESource())
-    model = load_subject(info.model_name)
+    sae, info = load_sae(SAESource(), device=device)
+    model = load_subject(info.model_name, device=device)
     return model, sae, info
+
+
+def sync(device: str) -> None:
+    """Wait for queued GPU work, so a timer read after it measures the work itself."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def peak_rss_mb() -> float:

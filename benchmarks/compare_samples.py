@@ -1,39 +1,71 @@
 """Compare two lm_eval runs of this package doc by doc: every field of every response in the samples
-files, the per-doc metrics, and the aggregated results. Usage: python benchmarks/compare_samples.py BEFORE AFTER TASKS"""
-import json, glob, sys, math
-def rows(folder, task):
-    (path,) = glob.glob(f"{folder}/**/samples_{task}_*.jsonl", recursive=True)
+files, the per-doc metrics, and the aggregated results. Exit 0 when all agree (floats to 1e-9), 1
+when anything differs; every difference is printed.
+
+    python benchmarks/compare_samples.py BEFORE_DIR AFTER_DIR sae_detection,sae_fuzzing,sae_embedding
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import math
+import sys
+
+IGNORED_ROW_FIELDS = ("resps", "filtered_resps", "doc_hash", "prompt_hash", "target_hash", "arguments")
+
+
+def samples(folder: str, task: str) -> dict[str, tuple[dict, dict]]:
+    """doc (as JSON) -> (samples row, its decoded response), from samples_<task>_*.jsonl[.gz]."""
+    (path,) = glob.glob(f"{folder}/**/samples_{task}_*.jsonl*", recursive=True)
+    text = gzip.decompress(open(path, "rb").read()).decode() if path.endswith(".gz") else open(path).read()
     out = {}
-    for line in open(path):
-        r = json.loads(line)
-        resp = json.loads(r["resps"][0][0])
-        out[json.dumps(r["doc"], sort_keys=True)] = (r, resp)
+    for line in text.splitlines():
+        row = json.loads(line)
+        out[json.dumps(row["doc"], sort_keys=True)] = (row, json.loads(row["resps"][0][0]))
     return out
-def results(folder):
+
+
+def results(folder: str) -> dict:
     (path,) = glob.glob(f"{folder}/**/results_*.json", recursive=True)
     return json.load(open(path))["results"]
-def same(a, b, path=""):
+
+
+def same(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float):
-        return (math.isnan(a) and math.isnan(b)) or a == b or abs(a-b) <= 1e-9
+        return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-9
     if isinstance(a, dict) and isinstance(b, dict):
-        return all(same(a.get(k), b.get(k), path+"."+k) for k in set(a)|set(b))
+        return all(same(a.get(k), b.get(k)) for k in set(a) | set(b))
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     return a == b
-before, after, tasks = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
-ok = True
-for task in tasks:
-    A, B = rows(before, task), rows(after, task)
-    assert A.keys() == B.keys(), (task, A.keys(), B.keys())
-    for doc in A:
-        (ra, pa), (rb, pb) = A[doc], B[doc]
-        keys = set(pa) | set(pb)
-        diff = [k for k in keys if not same(pa.get(k), pb.get(k))]
-        metric_diff = [k for k in ra if k not in ("resps", "filtered_resps", "doc_hash", "prompt_hash", "target_hash", "arguments") and not same(ra[k], rb.get(k))]
-        print(task, doc, "latent", pa.get("latent", pa.get("chunk")), "response fields differing:", diff or "none", "| per-doc metrics differing:", metric_diff or "none")
-        ok &= not metric_diff
-    ra, rb = results(before)[task], results(after)[task]
-    mdiff = {k: (ra[k], rb.get(k)) for k in ra if k not in ("alias",) and not same(ra[k], rb.get(k))}
-    print(task, "aggregated results differing:", mdiff or "none")
-    ok &= not mdiff
-print("IDENTICAL METRICS" if ok else "DIFFERENCES FOUND")
+
+
+def compare_task(before: str, after: str, task: str) -> bool:
+    a, b = samples(before, task), samples(after, task)
+    ok = a.keys() == b.keys()
+    if not ok:
+        print(task, "docs differ:", sorted(a.keys() ^ b.keys()))
+    for doc in sorted(a.keys() & b.keys()):
+        (row_a, resp_a), (row_b, resp_b) = a[doc], b[doc]
+        fields = sorted(k for k in set(resp_a) | set(resp_b) if not same(resp_a.get(k), resp_b.get(k)))
+        metrics = sorted(k for k in row_a if k not in IGNORED_ROW_FIELDS and not same(row_a[k], row_b.get(k)))
+        print(task, doc, "latent", resp_a.get("latent", resp_a.get("chunk")), "response fields differing:",
+              fields or "none", "| per-doc metrics differing:", metrics or "none")
+        ok &= not fields and not metrics
+    agg_a, agg_b = results(before)[task], results(after)[task]
+    differing = {k: (agg_a[k], agg_b.get(k)) for k in agg_a if k != "alias" and not same(agg_a[k], agg_b.get(k))}
+    print(task, "aggregated results differing:", differing or "none")
+    return ok and not differing
+
+
+def main() -> int:
+    before, after, tasks = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+    ok = all([compare_task(before, after, task) for task in tasks])  # a list: every task is printed
+    print("IDENTICAL" if ok else "DIFFERENCES FOUND")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,7 @@ scorer's default (answers constrained to a 0/1 list, P(1) read at each digit), a
 generation read with logprobs or by list parsing alone (what an endpoint scorer does).
 
     python benchmarks/detection_scoring.py --latents 4
+    python benchmarks/detection_scoring.py --latents 4 --device cuda   # the in-process scorer on a GPU
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latents", type=int, default=4)
     parser.add_argument("--n-tokens", type=int, default=65536)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: the model, the SAE and the scorer")
+    parser.add_argument("--save-as", default="detection_scoring", help="results/<name>.json (default: %(default)s)")
     args = parser.parse_args()
 
-    model, sae, info = _common.demo()
+    model, sae, info = _common.demo(args.device)
     candidates = torch.randperm(info.d_sae, generator=torch.Generator().manual_seed(0))[:4 * args.latents]
     state = run_activation_pass(model, sae, info, CorpusSpec(), PassConfig(n_tokens=args.n_tokens), 0,
                                 latents=candidates, progress=False)
@@ -56,7 +59,7 @@ def main() -> None:
         cfg = dataclasses.replace(classifier.ScorerConfig(), use_logprobs=use_logprobs, constrained=constrained,
                                   shuffled_control=False)
         with tempfile.TemporaryDirectory() as cache:
-            client = make_client(cfg.client_config(), cache_dir=Path(cache))
+            client = make_client(cfg.client_config(args.device), cache_dir=Path(cache))
             tokens = 0
             for split in splits:
                 shown = classifier.windows_to_show(split, "detection", __import__("random").Random(0), 0.3)
@@ -68,6 +71,7 @@ def main() -> None:
                     tokens += len(model.tokenizer(text, add_special_tokens=False).input_ids)
             start = time.perf_counter()
             scored = classifier.score("detection", splits, explanations, cfg, client, decode, seed=0)
+            _common.sync(args.device)
             seconds = time.perf_counter() - start
         batches = sum(s.detail["batches"] for s in scored.values())
         failures = sum(s.detail["parse_failures"] for s in scored.values())
@@ -77,7 +81,7 @@ def main() -> None:
                       "mean_balanced_acc": float(torch.tensor([s.metrics["balanced_acc"] for s in scored.values()]).nanmean()),
                       "mean_auroc": float(torch.tensor([s.metrics["auroc"] for s in scored.values()]).nanmean())}
     print(f"detection scoring, embedded default (SmolLM2-135M-Instruct scorer), {len(splits)} latents, token-list "
-          f"explanations; {_common.machine()}\n")
+          f"explanations, device {args.device}; {_common.machine()}\n")
     print("| mode | prompt tokens / latent | seconds / latent | parse failures / batches | windows with P(yes) "
           "| balanced acc | AUROC |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -85,7 +89,8 @@ def main() -> None:
         print(f"| {mode} | {r['prompt_tokens_per_latent']:.0f} | {r['seconds_per_latent']:.1f} | "
               f"{r['parse_failures']}/{r['batches']} | {r['windows_with_probability']} | {r['mean_balanced_acc']:.3f} | "
               f"{r['mean_auroc']:.3f} |")
-    _common.save("detection_scoring", {"latents": len(splits), "rows": rows, "machine": _common.machine()})
+    _common.save(args.save_as, {"latents": len(splits), "device": args.device, "rows": rows,
+                                "machine": _common.machine()})
 
 
 if __name__ == "__main__":

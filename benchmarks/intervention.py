@@ -12,7 +12,7 @@ explanation after each continuation (the in-process SmolLM2-135M as the base LM)
 Same latents, prompts, random draws and strengths; the naive loop runs on fewer latents (it is
 slow) and its rate is per latent, as ours is.
 
-    python benchmarks/intervention.py --latents 6 --naive-latents 1
+    python benchmarks/intervention.py --latents 6 --naive-latents 1   # --naive-latents 0: ours alone, by stage
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--latents", type=int, default=6)
     parser.add_argument("--naive-latents", type=int, default=1)
     parser.add_argument("--n-tokens", type=int, default=32768)
+    parser.add_argument("--save-as", default="intervention_speed", help="results/<name>.json (default: %(default)s)")
     args = parser.parse_args()
 
     import torch
@@ -75,8 +76,11 @@ def main() -> None:
             for p, c, s in zip(res.prompts, res.clean, res.steered):
                 pairs += [surprisal_request(decode(p.tokens), decode(c), explanation),
                           surprisal_request(decode(p.tokens), decode(s), explanation)]
+        steering_done = time.perf_counter()
         client.continuation_logprobs(surprisal_prefix(), pairs)
         ours = time.perf_counter() - start
+        stages = {"steering (search, promoted tokens, continuations)": steering_done - start,
+                  f"surprisal ({len(pairs)} passages)": ours - (steering_done - start)}
         reached = sum(steered[(lat, cfg.targets[0])].reached for lat in latents)
 
     naive_latents = [lat for lat in latents if steered[(lat, cfg.targets[0])].reached][:args.naive_latents]
@@ -87,16 +91,21 @@ def main() -> None:
                      decode, explanation, F)
     naive = time.perf_counter() - start
 
-    rows = [("ours: batched search on KV caches, batched generation, shared few-shot prefix", len(latents), ours),
-            ("naive: one latent and one prompt at a time, full forwards, no prefix cache", len(naive_latents), naive)]
+    rows = [("ours: batched search on KV caches, batched generation, shared few-shot prefix", len(latents), ours)]
+    if naive_latents:
+        rows.append(("naive: one latent and one prompt at a time, full forwards, no prefix cache", len(naive_latents),
+                     naive))
     print(f"intervention scoring, embedded default, {cfg.n_intervention_prompts} scoring prompts of up to "
           f"{cfg.prompt_tokens} tokens, {cfg.continuation_tokens} new tokens, surprisal on the in-process model; "
           f"{_common.machine()}; {reached}/{len(latents)} latents reached the target\n")
     print("| method | latents | seconds | latents / min |\n|---|---:|---:|---:|")
     for name, n, seconds in rows:
         print(f"| {name} | {n} | {seconds:.1f} | {60 * n / seconds:.2f} |")
-    print(f"\nspeedup: {(len(latents) / ours) / (len(naive_latents) / naive):.1f}x")
-    _common.save("intervention_speed", {"rows": [{"method": m, "latents": n, "seconds": s} for m, n, s in rows]})
+    print("\nours, by stage: " + "; ".join(f"{name} {seconds:.1f} s" for name, seconds in stages.items()))
+    if naive_latents:
+        print(f"\nspeedup: {(len(latents) / ours) / (len(naive_latents) / naive):.1f}x")
+    _common.save(args.save_as, {"rows": [{"method": m, "latents": n, "seconds": s} for m, n, s in rows],
+                                "ours_stages_seconds": stages})
 
 
 def naive_latent(model, hook, prompts, vector, found, cfg, client, decode, explanation, F) -> None:

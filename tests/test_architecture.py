@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -22,8 +23,21 @@ from sae_interp_tasks.tasks.base import included_metadata
 
 PACKAGE = REPO / "sae_interp_tasks"
 TASK_DIR = REPO / "task_configs"
-BUILTIN = {"sae_core": "core", "sae_detection": "detection", "sae_fuzzing": "fuzzing",
-           "sae_embedding": "embedding", "sae_selfexplain": "selfexplain", "sae_intervention": "intervention"}
+
+
+def shipped_tasks() -> dict[str, str]:
+    """task name -> kind, for every task YAML in task_configs/ (a group names no class)."""
+    kind_of = {f"{k.task_class.__module__}.{k.task_class.__name__}": name for name, k in registry.kinds().items()}
+    found = {}
+    for path in sorted(TASK_DIR.glob("*.yaml")):
+        named = re.search(r"^class: !function (\S+)", path.read_text(), re.M)
+        if named:
+            assert named[1] in kind_of, f"{path.name} names {named[1]}, which declares no task kind"
+            found[path.stem] = kind_of[named[1]]
+    return found
+
+
+BUILTIN = shipped_tasks()
 
 
 # ------------------------------------------------------------------------------------ import graph
@@ -93,6 +107,10 @@ def test_no_test_module_imports_another():
 
 # ------------------------------------------------------------------------------------ registry and settings
 def test_every_builtin_task_yaml_names_a_registered_kind():
+    # every kind the package declares ships a YAML, and the YAMLs found are the six task families
+    declared = {name for name, k in registry.kinds().items() if k.task_class.__module__.startswith("sae_interp_tasks.")}
+    assert set(BUILTIN.values()) == declared >= {"core", "detection", "fuzzing", "embedding", "selfexplain",
+                                                 "intervention"}
     for task, kind in BUILTIN.items():
         spec = registry.get(kind)
         yaml_text = (TASK_DIR / f"{task}.yaml").read_text()
@@ -218,6 +236,22 @@ def test_the_pinned_lm_eval_has_what_the_hook_patches():
 
     assert "include_path" in inspect.signature(TaskManager.__init__).parameters
     assert model_registry.get("sae") is not None
+    # what the hook patches in, and the lm-eval internals the Task glue writes, exist in this version
+    import dataclasses
+
+    import lm_eval.evaluator_utils as evaluator_utils
+    from lm_eval.api.model import LM
+    from lm_eval.api.task import Task, TaskConfig
+
+    from sae_interp_tasks.aggregations import nanmean
+
+    assert getattr(evaluator_utils.stderr_for_metric, "_sae_interp", False)
+    assert evaluator_utils.stderr_for_metric(nanmean, 100000) is nanmean.stderr  # closed form, not a bootstrap
+    assert callable(getattr(LM, "interpret", None))  # the one-line error for other backends
+    assert {"task", "metadata", "output_type"} <= {f.name for f in dataclasses.fields(TaskConfig)}
+    assert "config" in inspect.signature(Task.__init__).parameters
+    task = registry.get("detection").task_class(config={"task": "sae_detection", "metadata": {}})
+    assert task.config.output_type == "interpret" and task.config.metadata["task_kind"] == "detection"
 
 
 # ------------------------------------------------------------------------------------ adding a task

@@ -329,3 +329,23 @@ def test_openai_client_stops_with_a_user_error_when_the_key_is_refused(served_mo
         client.generate([ask("Say yes.", max_tokens=2)])
     assert PLANTED_KEY not in str(refused.value)
     assert client.n_calls == 1 and client.n_retries == 0
+
+
+@pytest.mark.slow
+def test_surprisal_scorer_on_a_real_server_without_prompt_logprobs_is_one_clear_error(served_model, tmp_path,
+                                                                                       monkeypatch):
+    """`transformers serve` answers /v1/completions but ignores echo and logprobs: the surprisal scorer's
+    request reaches it, and the answer is the one-line error naming what would work, not a score."""
+    from sae_interp_tasks.scorers.intervention import surprisal_prefix, surprisal_request
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    model_dir, server = served_model
+    client = make_client(ClientConfig(kind="openai", model=str(model_dir), base_url=server.url + "/v1",
+                                      api_key_env=KEY_ENV, max_retries=0), tmp_path)
+    pairs = [surprisal_request("The cat sat on the", " mat. The cat", 'cats"')]
+    with pytest.raises(SaeInterpError) as err:
+        client.continuation_logprobs(surprisal_prefix(), pairs)
+    message = str(err.value)
+    assert "\n" not in message and "returns no prompt logprobs on /v1/completions" in message
+    assert "serve the model with vLLM" in message and "intervention_scorers: [judge]" in message
+    assert client.n_calls == 1  # the server answered: the request went through, it lacks what the scorer needs
