@@ -3,43 +3,64 @@
 
     python benchmarks/interp_tables.py > benchmarks/results/interp_tables.md
 
-Each cell is mean ± stderr over latents as lm-eval reports it; "95% interval" is mean ± 1.96
-stderr. A run that is missing is left out (its step of readme_results.sh has not been run).
+Each cell is mean ± stderr over latents; "95% interval" is mean ± 1.96 stderr. The standard error is
+the closed form this package reports (the sample standard deviation over the latents that have a
+value, over the square root of their number), recomputed from the samples files where they are,
+so runs made while lm-eval still bootstrapped it read like new ones. A run that is missing is left
+out (its step of readme_results.sh has not been run).
 """
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
+
+import numpy as np
+
+from sae_interp_tasks.results_io import Run, TaskResult, read_run
 
 RUNS = Path(__file__).parent / "results" / "runs"
 SAES = (("demo SAE", "demo"), ("`control=random`", "random"))
 
 
-def newest_results(name: str) -> dict | None:
+def newest_run(name: str) -> Run | None:
     files = sorted((RUNS / name).glob("*/results_*.json"), key=lambda p: p.name)
-    return json.loads(files[-1].read_text()) if files else None
+    return read_run(files[-1]) if files else None
 
 
-def cell(res: dict, metric: str, ci: bool = False) -> str:
-    value, err = res.get(f"{metric},none"), res.get(f"{metric}_stderr,none")
-    if value is None or value != value:  # absent or NaN
+def stderr(result: TaskResult, metric: str) -> float | None:
+    """Closed form from the per-latent values when the samples are there, else lm-eval's."""
+    if result.samples is not None and metric in result.samples.values:
+        values = result.samples.values[metric]
+        values = values[np.isfinite(values)]
+        return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+    return result.metrics[metric].stderr
+
+
+def cell(result: TaskResult, metric: str, ci: bool = False) -> str:
+    found = result.metrics.get(metric)
+    if found is None or not math.isfinite(found.value):
         return "n/a"
-    if not isinstance(err, (int, float)) or err != err:
+    value, err = found.value, (stderr(result, metric) if found.stderr is not None else None)
+    if err is None or not math.isfinite(err):
         return f"{value:.3f}"
     text = f"{value:.3f} ± {err:.3f}"
     return text + (f" [{value - 1.96 * err:.3f}, {value + 1.96 * err:.3f}]" if ci else "")
 
 
+def total(result: TaskResult, metric: str) -> str:
+    found = result.metrics.get(metric)
+    return "n/a" if found is None else f"{found.value:g}"
+
+
 def embedding_table(prefix: str, title: str) -> list[str]:
     rows = []
     for label, suffix in SAES:
-        results = newest_results(f"{prefix}_{suffix}")
-        if results is None:
+        run = newest_run(f"{prefix}_{suffix}")
+        if run is None:
             continue
-        res = results["results"]["sae_embedding"]
-        n = results["n-samples"]["sae_embedding"]["effective"]
-        rows.append(f"| {label} | {n} | {cell(res, 'auroc', ci=True)} | {cell(res, 'auroc_shuffled')} |")
+        res = run.tasks["sae_embedding"]
+        rows.append(f"| {label} | {res.n_docs} | {cell(res, 'auroc', ci=True)} | {cell(res, 'auroc_shuffled')} |")
     if not rows:
         return []
     return [f"**{title}**", "", "| SAE | latents | AUROC [95% interval] | shuffled-explanation AUROC (chance) |",
@@ -49,21 +70,20 @@ def embedding_table(prefix: str, title: str) -> list[str]:
 def interp_table() -> list[str]:
     rows = []
     for label, suffix in SAES:
-        results = newest_results(f"interp_{suffix}")
-        if results is None:
+        run = newest_run(f"interp_{suffix}")
+        if run is None:
             continue
         for task in ("sae_detection", "sae_fuzzing", "sae_embedding"):
-            res = results["results"].get(task)
+            res = run.tasks.get(task)
             if res is None:
                 continue
-            n = results["n-samples"][task]["effective"]
             if task == "sae_embedding":
-                rows.append(f"| {label} | {task} | {n} | n/a | n/a | {cell(res, 'auroc', ci=True)} | "
+                rows.append(f"| {label} | {task} | {res.n_docs} | n/a | n/a | {cell(res, 'auroc', ci=True)} | "
                             f"{cell(res, 'auroc_shuffled')} | n/a |")
                 continue
-            rows.append(f"| {label} | {task} | {n} | {cell(res, 'balanced_acc')} | {cell(res, 'balanced_acc_shuffled')} | "
-                        f"{cell(res, 'auroc', ci=True)} | {cell(res, 'auroc_shuffled')} | "
-                        f"{res.get('parse_failures,none', 'n/a')} |")
+            rows.append(f"| {label} | {task} | {res.n_docs} | {cell(res, 'balanced_acc')} | "
+                        f"{cell(res, 'balanced_acc_shuffled')} | {cell(res, 'auroc', ci=True)} | "
+                        f"{cell(res, 'auroc_shuffled')} | {total(res, 'parse_failures')} |")
     if not rows:
         return []
     return ["| SAE | task | latents | balanced acc | balanced acc, shuffled | AUROC [95% interval] | AUROC, shuffled "
@@ -73,15 +93,14 @@ def interp_table() -> list[str]:
 def selfexplain_table(prefix: str) -> list[str]:
     rows = []
     for label, suffix in SAES:
-        results = newest_results(f"{prefix}_{suffix}")
-        if results is None or "sae_selfexplain" not in results["results"]:
+        run = newest_run(f"{prefix}_{suffix}")
+        if run is None or "sae_selfexplain" not in run.tasks:
             continue
-        res = results["results"]["sae_selfexplain"]
-        n = results["n-samples"]["sae_selfexplain"]["effective"]
-        rows.append(f"| {label} | {n} | {cell(res, 'retrieval_auroc', ci=True)} | {cell(res, 'top1_match')} | "
+        res = run.tasks["sae_selfexplain"]
+        rows.append(f"| {label} | {res.n_docs} | {cell(res, 'retrieval_auroc', ci=True)} | {cell(res, 'top1_match')} | "
                     f"{cell(res, 'top1_chance')} | {cell(res, 'selfexplain_balanced_acc')} | "
                     f"{cell(res, 'autointerp_balanced_acc')} | {cell(res, 'peak_selfsim')} | "
-                    f"{cell(res, 'selfsim_threshold')} | {res.get('selfexplain_failure,none', 'n/a')} |")
+                    f"{cell(res, 'selfsim_threshold')} | {total(res, 'selfexplain_failure')} |")
     if not rows:
         return []
     return ["| SAE | latents | retrieval AUROC [95% interval] | top-1 match | top-1 chance | self-explanation "

@@ -17,7 +17,7 @@ run() {  # name, model_args, tasks, metadata (empty: the YAML's and the SAE's ow
       --log_samples --output_path "$OUT/runs/$name" 2>"$OUT/$name.log" | tee -a "$OUT/$name.txt"
   echo "wall seconds: $((SECONDS - start))" | tee -a "$OUT/$name.txt"
   # the line an SAE's own instrument defaults print (stderr, kept in the uncommitted .log) beside the table
-  grep -h "instrument defaults" "$OUT/$name.log" | sort -u | tee -a "$OUT/$name.txt" || true
+  tr '\r' '\n' <"$OUT/$name.log" | grep "instrument defaults" | sort -u | tee -a "$OUT/$name.txt" || true
   gzip -9f "$OUT/runs/$name"/*/samples_*.jsonl  # sae-interp reads .jsonl.gz as it reads .jsonl
 }
 

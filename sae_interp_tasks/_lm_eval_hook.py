@@ -56,7 +56,8 @@ def _guard_other_backends() -> None:
         from sae_interp_tasks.errors import SaeInterpError
 
         tasks = sorted({req.task_name for req in requests if getattr(req, "task_name", None)})
-        raise SaeInterpError(f"{', '.join(tasks) or 'these tasks'} need --model sae (the SAE under evaluation), "
+        named = ", ".join(tasks) or "these tasks"
+        raise SaeInterpError(f"{named} need{'s' if len(tasks) == 1 else ''} --model sae (the SAE under evaluation), "
                              f"not --model {getattr(self, 'MODEL_NAME', None) or type(self).__name__}")
 
     LM.interpret = interpret

@@ -341,7 +341,10 @@ def run_activation_pass(model, sae, info, spec: corpus_mod.CorpusSpec, cfg: Pass
     folder = Path(cache_dir or cache_root() / "activations") / pass_key(info, spec, cfg, seed, latents, forward)
     done = folder / "pass.pt"
     partial = folder / ("partial.pt" if world == 1 else f"partial.rank{rank}of{world}.pt")
-    if done.exists():
+    cached = done.exists()
+    if world > 1:  # all ranks load, or all run their shard: a rank alone would wait in the merge for ever
+        cached = all(group.all_gather_object(cached))
+    if cached:
         log.info("activation pass: cached at %s", folder)
         return PassState.from_dict(torch.load(done, weights_only=False))
     folder.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,9 @@
 
 Everything expensive is cached under `$SAE_INTERP_CACHE` (default
 `~/.cache/sae_interp_tasks`): converted models, activation passes, sae_core chunks, LLM answers.
-A cache entry is named by `cache_key(...)` of everything that determines its content, and written
-with `atomic_save`, so an interrupted run leaves no half-written entry and a rerun resumes.
+A cache entry is named by `cache_key(...)` of everything that determines its content (the LLM
+answers too: the rows of their sqlite file, `clients/cache.py`), and written with `atomic_save`,
+so an interrupted run leaves no half-written entry and a rerun resumes.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ def cache_root() -> Path:
 
 
 def canonical(*parts) -> str:
-    """A stable text form of `parts` (dataclasses as dicts, keys sorted): equal inputs, equal text."""
+    """A stable text form of `parts` (dataclasses as dicts, keys sorted, text as it is): equal inputs,
+    equal text."""
     return json.dumps([dataclasses.asdict(p) if dataclasses.is_dataclass(p) and not isinstance(p, type) else p
-                       for p in parts], sort_keys=True, default=str)
+                       for p in parts], sort_keys=True, default=str, ensure_ascii=False)
 
 
 def cache_key(*parts, length: int = 24) -> str:
-    """The hex name of a cache entry determined by `parts`."""
+    """The hex name of a cache entry determined by `parts` (a sha256, cut to `length` hex digits; 64 keeps
+    all of it, as the LLM answer cache does: it holds far more entries than there are activation passes)."""
     return hashlib.sha256(canonical(*parts).encode()).hexdigest()[:length]
 
 

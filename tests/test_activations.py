@@ -222,3 +222,31 @@ def test_shards_merge_into_the_single_process_pass(tiny_model, loaded_planted, s
     for shard in (shards[2], shards[0], shards[1]):  # the order ranks arrive in does not matter
         merged.merge(shard)
     assert_same_state(merged, full_pass)
+
+
+class PeerCache:
+    """Rank 0 of 2 whose peer reports `peer_cached` when the ranks ask each other whether the finished pass
+    is cached; every other gather returns this rank's object alone (its shard, unmerged)."""
+
+    rank, world_size = 0, 2
+
+    def __init__(self, peer_cached: bool):
+        self.peer_cached, self.gathered = peer_cached, []
+
+    def all_gather_object(self, obj):
+        self.gathered.append(obj)
+        return [obj, self.peer_cached] if isinstance(obj, bool) else [obj]
+
+
+def test_ranks_agree_on_a_cached_pass(tiny_model, loaded_planted, spec, tmp_path):
+    """A rank that finds the finished pass cached loads it only when every rank does; otherwise it runs its
+    shard with the others (with per-machine caches, a rank alone on the cached path would leave the others
+    waiting in the merge)."""
+    sae, info = loaded_planted
+    shard = run(tiny_model, sae, info, spec, cache_dir=tmp_path, group=ShardOnly(0, 2))  # writes pass.pt
+    both = PeerCache(peer_cached=True)
+    assert_same_state(run(tiny_model, sae, info, spec, cache_dir=tmp_path, group=both), shard)
+    assert both.gathered == [True]  # asked, then loaded: no shard run, no merge
+    alone = PeerCache(peer_cached=False)
+    assert_same_state(run(tiny_model, sae, info, spec, cache_dir=tmp_path, group=alone), shard)
+    assert alone.gathered[0] is True and len(alone.gathered) == 2 and isinstance(alone.gathered[1], dict)

@@ -359,6 +359,46 @@ def test_a_new_task_kind_runs_through_lm_eval(planted_sae, corpus_file, toy_dir,
     assert "sae_toy" in board.stdout and "hit_rate" in board.stdout
 
 
+# ------------------------------------------------------------------------------------ instrument defaults an SAE brings
+def test_an_sae_brings_its_own_instrument_defaults(planted_sae, corpus_file, sae_cache, tmp_path):
+    """A folder SAE whose sae_lens metadata holds sae_interp_defaults: they replace the YAML's values for keys
+    the user did not set, a warning line says so and how to restore them, and the results record it; a key the
+    user sets wins, and a default equal to the YAML's is not mentioned."""
+    import shutil
+
+    sae_dir = shutil.copytree(planted_sae.path, tmp_path / "sae_with_defaults")
+    cfg_path = sae_dir / "cfg.json"
+    cfg = json.loads(cfg_path.read_text())
+    # n_latents differs from the YAML's 64; non_activating and n_deciles equal the YAML's and the settings' own
+    cfg.setdefault("metadata", {})["sae_interp_defaults"] = {"n_latents": 2, "non_activating": "random", "n_deciles": 10}
+    cfg_path.write_text(json.dumps(cfg))
+    meta = {k: v for k, v in TINY_LATENTS.items() if k != "latents"}
+    meta.update(corpus=str(corpus_file), explainer="tokens")
+
+    def lm_eval(extra: dict, out: Path):
+        proc = run_lm_eval(["--model", "sae", "--model_args", f"path={sae_dir},device=cpu,batch_size=8", "--tasks",
+                            "sae_embedding", "--metadata", json.dumps({**meta, **extra}), "--output_path", str(out)],
+                           sae_cache)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (path,) = result_files(out)
+        return proc, json.loads(path.read_text())
+
+    proc, results = lm_eval({}, tmp_path / "sae_defaults")
+    (line,) = {ln for ln in proc.stderr.replace("\r", "\n").splitlines() if "instrument defaults" in ln}
+    assert line.endswith(f"sae_embedding: the SAE {sae_dir} sets its own instrument defaults {{\"n_latents\": 2}} "
+                         "(the task's are {\"n_latents\": 64}); for a full evaluation pass --metadata "
+                         "'{\"n_latents\": 64}'"), line
+    used = results["configs"]["sae_embedding"]["metadata"]
+    assert used["n_latents"] == 2 and used["instrument_defaults_from"] == str(sae_dir)
+    assert results["n-samples"]["sae_embedding"]["effective"] == 2
+
+    proc, results = lm_eval({"n_latents": 3}, tmp_path / "user_set")
+    assert "instrument defaults" not in proc.stderr
+    used = results["configs"]["sae_embedding"]["metadata"]
+    assert used["n_latents"] == 3 and "instrument_defaults_from" not in used
+    assert results["n-samples"]["sae_embedding"]["effective"] == 3
+
+
 # ------------------------------------------------------------------------------------ bad task input, end to end
 @pytest.mark.parametrize("extra,expected", [
     (["--include_path", "{toy_dir}", "--tasks", "sae_undeclared"],
@@ -388,5 +428,5 @@ def test_these_tasks_with_another_backend_say_they_need_model_sae(tiny_model_dir
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     (line,) = error_lines(proc.stderr)
-    assert line.startswith("error: sae_detection need --model sae (the SAE under evaluation), not --model"), line
+    assert line.startswith("error: sae_detection needs --model sae (the SAE under evaluation), not --model"), line
     assert not result_files(tmp_path)

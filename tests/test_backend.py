@@ -161,6 +161,15 @@ def test_backend_properties(backend, planted_sae, tiny_model_dir):
     assert backend.model.cfg.model_name == str(tiny_model_dir)
 
 
+def test_tok_encode_adds_special_tokens_only_when_asked(backend):
+    """lm-eval asks for the prefix token itself (add_special_tokens=True) where a request needs one."""
+    plain = backend.tok_encode("The cat sat")
+    assert plain == backend.tokenizer.encode("The cat sat", add_special_tokens=False)
+    assert backend.tok_encode("The cat sat", add_special_tokens=False) == plain
+    with_bos = backend.tok_encode("The cat sat", add_special_tokens=True)
+    assert with_bos == [backend.tokenizer.bos_token_id, *plain]
+
+
 @pytest.mark.parametrize("control,d_sae", [("random", D_SAE), ("neurons", D_MODEL)])
 def test_controls_have_the_expected_shapes(planted_sae, control, d_sae):
     b = SAEBackend(path=str(planted_sae.path), device="cpu", control=control, control_k=4)

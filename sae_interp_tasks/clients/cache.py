@@ -1,20 +1,20 @@
 """The on-disk cache of LLM answers: one sqlite file per cache folder, WAL, one commit per answer.
 
-Keyed by the sha256 of everything that decides an answer (client name, base_url, messages,
-sampling parameters), so a rerun pays nothing for what it already has. Only successes are
+Keyed by `caching.cache_key` of everything that decides an answer (client name, base_url,
+messages, sampling parameters), so a rerun pays nothing for what it already has. Only successes are
 stored; failures are asked again. Nothing secret enters a key or a row: clients name their
 endpoint, never their API key.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import threading
 import time
 from pathlib import Path
 
+from sae_interp_tasks.caching import cache_key
 from sae_interp_tasks.clients.records import Completion, Prompt
 
 CACHE_FILE = "completions.sqlite"
@@ -54,12 +54,11 @@ class CompletionCache:
             fields.append(prompt.prefill)
         if prompt.choice_list:
             fields.append({"choice_list": prompt.choice_list})
-        return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
+        return cache_key(*fields, length=64)
 
     @staticmethod
     def logprob_key(client_name: str, base_url: str | None, prefix: str, context: str, target: str) -> str:
-        fields = [client_name, base_url, "logprob", prefix, context, target]
-        return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
+        return cache_key(client_name, base_url, "logprob", prefix, context, target, length=64)
 
     def _rows(self, table: str, keys: list[str]) -> list[tuple[str, object]]:
         unique = list(dict.fromkeys(keys))

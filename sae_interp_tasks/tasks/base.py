@@ -104,10 +104,12 @@ class SAETask(Task):
 
         user = _lm_eval_hook.RUN_METADATA
         label, defaults = instrument_defaults(metadata.get("release"), metadata.get("sae_id"), metadata.get("path"))
-        applied = {k: v for k, v in defaults.items() if k in kind.settings.keys() and user is not None and k not in user}
+        current = {**kind.settings.defaults(), **metadata}  # the YAML's value, else the settings default
+        applied = {k: v for k, v in defaults.items()
+                   if k in kind.settings.keys() and user is not None and k not in user and current[k] != v}
         if not applied:
             return None
-        yaml_values = {k: metadata.get(k) for k in applied}
+        yaml_values = {k: current[k] for k in applied}
         metadata.update(applied)
         log.warning("%s: the SAE %s sets its own instrument defaults %s (the task's are %s); for a full evaluation "
                     "pass --metadata '%s'", task, label, json.dumps(applied), json.dumps(yaml_values),
