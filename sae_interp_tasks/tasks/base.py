@@ -84,7 +84,15 @@ class SAETask(Task):
         if self._defaults_from:
             self._metadata["instrument_defaults_from"] = self._defaults_from
         self._seed = DEFAULT_SEED
-        super().__init__()
+        # Task.__init__ builds a default TaskConfig (output type generate_until, so it warns about
+        # generation settings) that is replaced below: its construction has nothing to say here
+        config_log = logging.getLogger("lm_eval.config.task")
+        level = config_log.level
+        config_log.setLevel(logging.ERROR)
+        try:
+            super().__init__()
+        finally:
+            config_log.setLevel(level)
         # Task.__init__ would wrap a dict as TaskConfig({...}) (all of it in `task`, the metadata lost
         # from the results file); build the config field by field, with our own output type
         known = {f.name for f in dataclasses.fields(TaskConfig)}
