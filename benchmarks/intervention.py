@@ -84,11 +84,11 @@ def main() -> None:
         reached = sum(steered[(lat, cfg.targets[0])].reached for lat in latents)
 
     naive_latents = [lat for lat in latents if steered[(lat, cfg.targets[0])].reached][:args.naive_latents]
-    vectors = iv.steering_directions(sae, naive_latents)
     start = time.perf_counter()
-    for lat, vector in zip(naive_latents, vectors):
-        naive_latent(model, info.hook_name, prompts[lat][0], vector, steered[(lat, cfg.targets[0])], cfg, client,
-                     decode, explanation, F)
+    if naive_latents:
+        for lat, vector in zip(naive_latents, iv.steering_directions(sae, naive_latents)):
+            naive_latent(model, info.hook_name, prompts[lat][0], vector, steered[(lat, cfg.targets[0])], cfg, client,
+                         decode, explanation, F)
     naive = time.perf_counter() - start
 
     rows = [("ours: batched search on KV caches, batched generation, shared few-shot prefix", len(latents), ours)]

@@ -408,6 +408,17 @@ def _figure(n: int, width: float = 4.2, height: float = 3.4):
     return fig, axes
 
 
+def _legend(fig, axes) -> None:
+    """One legend for the figure, below the panels (inside a panel it hid the bars it labels)."""
+    found: dict = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            found.setdefault(label, handle)
+    if found:
+        fig.legend(list(found.values()), list(found), loc="outside lower center", ncol=min(len(found), 3), fontsize=8,
+                   frameon=False)
+
+
 def _readable_limits(ax, axis: str, min_span: float = 0.02) -> None:
     """No offset notation, and at least `min_span` shown: equal numbers read as equal, not as 1e-8 apart."""
     ax.ticklabel_format(axis=axis, useOffset=False, style="plain")
@@ -458,7 +469,7 @@ def plot_vs_l0(group: Group, confidence: float) -> bytes | None:
         ax.set_ylabel(metric)
         ax.set_title(f"{task}: {metric}", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+    _legend(fig, axes)
     fig.suptitle(f"score against L0 (group {group.number})\n{_interval_words(confidence)}", fontsize=10)
     return _png(fig)
 
@@ -503,8 +514,7 @@ def plot_bars(group: Group, confidence: float) -> bytes | None:
         ax.set_xlabel(metric)
         ax.set_title(f"{task}: {metric}", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="best")
+    _legend(fig, axes)
     fig.suptitle(f"headline metrics (group {group.number})\n{_interval_words(confidence)}", fontsize=10)
     return _png(fig)
 
