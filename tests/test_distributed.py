@@ -20,7 +20,7 @@ from conftest import CAT_LATENT, DOG_LATENT, REPO, subprocess_env
 from helpers import FAST_DRIVER, OracleEndpoint, result_files, run_lm_eval
 from servers import free_port
 
-TASKS = "sae_core,sae_detection,sae_embedding"
+TASKS = "sae_core,sae_detection,sae_fuzzing,sae_embedding"
 META = {"n_tokens": 4096, "context_size": 64, "window": 16, "n_top": 10, "n_sample": 40, "n_random": 64,
         "n_latents": 5, "min_examples": 5, "n_train": 10, "n_test_per_decile": 1, "n_test_non_activating": 10,
         "explainer": "tokens", "scorer": "openai", "scorer_model": "oracle", "chunk_contexts": 4}
