@@ -498,6 +498,17 @@ def test_bad_input_is_one_line_and_writes_nothing(planted_run, damaged_run, sae_
     assert proc.returncode == 2
     (line,) = error_lines(proc.stderr)
     assert "samples_sae_embedding_*.jsonl is missing beside it" in line
+    # an output that cannot be written: one line, exit 2 (not 1, which CI reads as "worse"), no plot left behind
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    plots = tmp_path / "unwritten_plots"
+    for args in (("leaderboard", planted_run, "--plots", plots, "--output", blocker / "board.md"),
+                 ("compare", planted_run, planted_run, "--markdown", blocker / "summary.md")):
+        proc = sae_interp(*args, cache=sae_cache)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith(f"error: cannot write {blocker}") and "choose another" in line, line
+    assert not plots.exists()
 
 
 # ------------------------------------------------------------------------------------ the README's CI job
