@@ -8,10 +8,11 @@ when anything differs; every difference is printed.
 from __future__ import annotations
 
 import glob
-import gzip
 import json
 import math
 import sys
+
+from sae_interp_tasks.results_io import samples_text
 
 IGNORED_ROW_FIELDS = ("resps", "filtered_resps", "doc_hash", "prompt_hash", "target_hash", "arguments")
 
@@ -19,9 +20,8 @@ IGNORED_ROW_FIELDS = ("resps", "filtered_resps", "doc_hash", "prompt_hash", "tar
 def samples(folder: str, task: str) -> dict[str, tuple[dict, dict]]:
     """doc (as JSON) -> (samples row, its decoded response), from samples_<task>_*.jsonl[.gz]."""
     (path,) = glob.glob(f"{folder}/**/samples_{task}_*.jsonl*", recursive=True)
-    text = gzip.decompress(open(path, "rb").read()).decode() if path.endswith(".gz") else open(path).read()
     out = {}
-    for line in text.splitlines():
+    for line in samples_text(path).splitlines():
         row = json.loads(line)
         out[json.dumps(row["doc"], sort_keys=True)] = (row, json.loads(row["resps"][0][0]))
     return out
@@ -34,7 +34,7 @@ def results(folder: str) -> dict:
 
 def same(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float):
-        return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-9
+        return a == b or (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-9
     if isinstance(a, dict) and isinstance(b, dict):
         return all(same(a.get(k), b.get(k)) for k in set(a) | set(b))
     if isinstance(a, list) and isinstance(b, list):

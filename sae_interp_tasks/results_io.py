@@ -292,12 +292,17 @@ def _read_task(data: dict, task: str, path: Path, load_samples: bool) -> TaskRes
                       samples=read_samples(found, task, list(metrics)) if found else None)
 
 
+def samples_text(path: Path) -> str:
+    """A samples file's text, gzipped (.jsonl.gz) or not."""
+    path = Path(path)
+    return gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+
+
 def read_samples(path: Path, task: str, metric_names: list[str]) -> DocScores:
     """Per-doc scores of one samples file; sae_core's chunk statistics where the responses carry them."""
     keys, rows, stats, hashes, unfilled = [], [], [], [], 0
     try:
-        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
-        lines = text.splitlines()
+        lines = samples_text(path).splitlines()
     except (OSError, EOFError, UnicodeDecodeError) as err:
         raise SaeInterpError(f"cannot read {path} ({type(err).__name__}); re-run lm_eval with --log_samples") from err
     for number, line in enumerate(lines, 1):
