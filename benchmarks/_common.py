@@ -13,8 +13,8 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def demo(device: str = "cpu"):
-    from sae_interp_tasks.saes import SAESource, load_sae
-    from sae_interp_tasks.subject import load_subject
+    from sae_interp_tasks.stages.saes import SAESource, load_sae
+    from sae_interp_tasks.stages.subject import load_subject
 
     sae, info = load_sae(SAESource(), device=device)
     model = load_subject(info.model_name, device=device)

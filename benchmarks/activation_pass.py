@@ -34,7 +34,7 @@ import _common  # noqa: E402
 def demo_tokens(model, info, n_tokens: int):
     import torch
 
-    from sae_interp_tasks.corpus import CorpusSpec, token_contexts
+    from sae_interp_tasks.stages.corpus import CorpusSpec, token_contexts
 
     return torch.stack(list(token_contexts(CorpusSpec(), model.tokenizer, n_tokens, 256, info.prepend_bos, 0)))
 
@@ -42,8 +42,8 @@ def demo_tokens(model, info, n_tokens: int):
 def reader_of(model, info, device: str):
     import torch
 
-    from sae_interp_tasks.hf_forward import HFReader
-    from sae_interp_tasks.subject import bundled_hf_dir
+    from sae_interp_tasks.stages.hf_forward import HFReader
+    from sae_interp_tasks.stages.subject import bundled_hf_dir
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(str(bundled_hf_dir())).eval().to(device)
@@ -60,8 +60,8 @@ def result(seconds: float, n_tokens: int, base_rss: float, kept_mb: float) -> di
 def run_ours(n_latents: int | None, n_tokens: int, batch_size: int, device: str) -> dict:
     import torch
 
-    from sae_interp_tasks.activations import PassConfig, run_activation_pass
-    from sae_interp_tasks.corpus import CorpusSpec
+    from sae_interp_tasks.stages.activations import PassConfig, run_activation_pass
+    from sae_interp_tasks.stages.corpus import CorpusSpec
 
     model, sae, info = _common.demo(device)
     reader = reader_of(model, info, device)
@@ -82,7 +82,7 @@ def run_forward(kind: str, n_tokens: int, batch_size: int, device: str) -> dict:
     """The floor (Hugging Face to the hook) or TransformerLens with stop_at_layer: the forward alone."""
     import torch
 
-    from sae_interp_tasks.activations import hook_activations
+    from sae_interp_tasks.stages.activations import hook_activations
 
     model, _, info = _common.demo(device)
     tokens = demo_tokens(model, info, n_tokens)
@@ -102,7 +102,7 @@ def run_delphi(n_tokens: int, batch_size: int, device: str) -> dict:
     from delphi.latents.cache import LatentCache
     from transformers import AutoModelForCausalLM
 
-    from sae_interp_tasks.subject import bundled_hf_dir
+    from sae_interp_tasks.stages.subject import bundled_hf_dir
 
     model, sae, info = _common.demo(device)
     tokens = demo_tokens(model, info, n_tokens)
@@ -123,7 +123,7 @@ def run_delphi(n_tokens: int, batch_size: int, device: str) -> dict:
 def run_naive(n_tokens: int, batch_size: int, device: str) -> dict:
     import torch
 
-    from sae_interp_tasks.corpus import CorpusSpec, token_contexts
+    from sae_interp_tasks.stages.corpus import CorpusSpec, token_contexts
 
     model, sae, info = _common.demo(device)
     base_rss = _common.peak_rss_mb()

@@ -12,7 +12,7 @@ import json
 import math
 import sys
 
-from sae_interp_tasks.results_io import samples_text
+from sae_interp_tasks.reports.results_io import samples_text
 
 IGNORED_ROW_FIELDS = ("resps", "filtered_resps", "doc_hash", "prompt_hash", "target_hash", "arguments")
 

@@ -34,11 +34,11 @@ def main() -> None:
 
     import torch
 
-    from sae_interp_tasks import core
-    from sae_interp_tasks.corpus import CorpusSpec, token_contexts
-    from sae_interp_tasks.hf_forward import HFReader
-    from sae_interp_tasks.saes import SAESource, load_sae
-    from sae_interp_tasks.subject import load_subject
+    from sae_interp_tasks.stages import core
+    from sae_interp_tasks.stages.corpus import CorpusSpec, token_contexts
+    from sae_interp_tasks.stages.hf_forward import HFReader
+    from sae_interp_tasks.stages.saes import SAESource, load_sae
+    from sae_interp_tasks.stages.subject import load_subject
 
     sae, info = load_sae(SAESource())
     model, hf = load_subject(info.model_name, keep_hf=True)

@@ -26,13 +26,14 @@ import _common  # noqa: E402
 
 
 def main() -> None:
-    from sae_interp_tasks.activations import PassConfig, run_activation_pass
+    from sae_interp_tasks.stages.activations import PassConfig, run_activation_pass
     from sae_interp_tasks.clients import make_client
-    from sae_interp_tasks.corpus import CorpusSpec
-    from sae_interp_tasks.examples import ExampleConfig, split_examples
-    from sae_interp_tasks.explainers import token_explanation
+    from sae_interp_tasks.stages.corpus import CorpusSpec
+    from sae_interp_tasks.stages.examples import ExampleConfig, split_examples
+    from sae_interp_tasks.stages.explainers import token_explanation
     from sae_interp_tasks.records import Explanation
     from sae_interp_tasks.scorers import classifier
+    from sae_interp_tasks.scorers.detection import Detection
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latents", type=int, default=4)
@@ -61,16 +62,17 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as cache:
             client = make_client(cfg.client_config(args.device), cache_dir=Path(cache))
             tokens = 0
+            scorer = Detection()
             for split in splits:
-                shown = classifier.windows_to_show(split, "detection", __import__("random").Random(0), 0.3)
+                shown = scorer.shown(split, __import__("random").Random(0), 0.3)
                 for i in range(0, len(shown), cfg.windows_per_prompt):
-                    prompt = classifier.scorer_prompt(explanations[split.latent].text, shown[i:i + cfg.windows_per_prompt],
-                                                      "detection", decode, cfg)
+                    prompt = scorer.prompt(explanations[split.latent].text, shown[i:i + cfg.windows_per_prompt], decode,
+                                           cfg)
                     text = model.tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in prompt.messages],
                                                                tokenize=False, add_generation_prompt=True)
                     tokens += len(model.tokenizer(text, add_special_tokens=False).input_ids)
             start = time.perf_counter()
-            scored = classifier.score("detection", splits, explanations, cfg, client, decode, seed=0)
+            scored = scorer.score(splits, explanations, cfg, client, decode, seed=0, stream="detection")
             _common.sync(args.device)
             seconds = time.perf_counter() - start
         batches = sum(s.detail["batches"] for s in scored.values())

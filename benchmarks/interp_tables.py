@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sae_interp_tasks.results_io import Run, TaskResult, read_run
+from sae_interp_tasks.reports.results_io import Run, TaskResult, read_run
 
 RUNS = Path(__file__).parent / "results" / "runs"
 SAES = (("demo SAE", "demo"), ("`control=random`", "random"))

@@ -37,10 +37,10 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from sae_interp_tasks import intervention as iv
-    from sae_interp_tasks.activations import PassConfig, run_activation_pass
+    from sae_interp_tasks.stages import steering as iv
+    from sae_interp_tasks.stages.activations import PassConfig, run_activation_pass
     from sae_interp_tasks.clients import ClientConfig, make_client
-    from sae_interp_tasks.corpus import CorpusSpec, token_contexts
+    from sae_interp_tasks.stages.corpus import CorpusSpec, token_contexts
     from sae_interp_tasks.scorers.intervention import surprisal_prefix, surprisal_request
 
     model, sae, info = _common.demo()
@@ -112,7 +112,7 @@ def naive_latent(model, hook, prompts, vector, found, cfg, client, decode, expla
     """The same work as ours for one latent, done plainly."""
     import torch
 
-    from sae_interp_tasks import intervention as iv
+    from sae_interp_tasks.stages import steering as iv
     from sae_interp_tasks.scorers.intervention import surprisal_prefix, surprisal_request
 
     def last_logp(tokens, scale):

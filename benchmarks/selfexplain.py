@@ -22,7 +22,7 @@ import _common  # noqa: E402
 
 
 def main() -> None:
-    from sae_interp_tasks.selfexplain import (DEFAULT_TEMPLATES, SelfExplainConfig, naive_generate, render_prompt,
+    from sae_interp_tasks.stages.selfexplain import (DEFAULT_TEMPLATES, SelfExplainConfig, naive_generate, render_prompt,
                                               sweep, typical_norm, unit_directions)
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -6,12 +6,13 @@ interpreter start. It only adds a meta-path finder (no lm_eval import, no torch)
 
 - when `lm_eval.api.registry` has loaded, import `lm_eval.models` first (the built-in
   models register only while the registry is empty), then register `sae` lazily as
-  "sae_interp_tasks.backend:SAEBackend", and give lm-eval's base `LM` an `interpret` that
+  "sae_interp_tasks.harness.backend:SAEBackend", and give lm-eval's base `LM` an `interpret` that
   says these tasks need `--model sae` (another backend would fail with an AttributeError);
 - when `lm_eval.tasks.manager` has loaded, every `TaskManager` also scans this
   package's `task_configs/` folder, and the metadata it is built with (lm-eval's CLI passes
-  `--model_args` merged with `--metadata`) is kept in `RUN_METADATA`, so a task can tell the
-  keys a user set from its YAML's defaults;
+  `--model_args` merged with `--metadata`) gains one key, `sae_interp_user_keys`, listing the keys
+  the user set; lm-eval hands that metadata to every task it builds, so a task can tell the keys a
+  user set from its YAML's defaults;
 - when `lm_eval.evaluator_utils` has loaded, an aggregation function that carries its own
   closed-form `stderr` uses it instead of lm-eval's bootstrap (which forks the process per metric);
 - our own `SaeInterpError` ends a CLI run with one line naming the fix, not a traceback.
@@ -33,8 +34,7 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 TASK_DIR = next((path for path in (os.path.join(_PACKAGE, "task_configs"),
                                    os.path.join(os.path.dirname(_PACKAGE), "task_configs"))
                  if os.path.isdir(path)), os.path.join(_PACKAGE, "task_configs"))
-BACKEND = "sae_interp_tasks.backend:SAEBackend"
-RUN_METADATA: dict | None = None  # what the latest TaskManager was built with (None: no TaskManager yet)
+BACKEND = "sae_interp_tasks.harness.backend:SAEBackend"
 
 
 def register_backend(registry_module) -> None:
@@ -70,12 +70,15 @@ def add_task_dir(manager_module) -> None:
     original = cls.__init__
 
     def __init__(self, *args, include_path=None, **kwargs):
-        global RUN_METADATA
         paths = [] if include_path is None else (
             list(include_path) if isinstance(include_path, (list, tuple)) else [include_path])
         if TASK_DIR not in [str(p) for p in paths]:
             paths.insert(0, TASK_DIR)  # user paths come later, so they can override ours
-        RUN_METADATA = dict(kwargs.get("metadata") or {})
+        from sae_interp_tasks.config import USER_KEYS
+
+        metadata = dict(kwargs.get("metadata") or {})
+        metadata.setdefault(USER_KEYS, sorted(k for k in metadata if k != USER_KEYS))
+        kwargs["metadata"] = metadata
         original(self, *args, include_path=paths, **kwargs)
 
     __init__._sae_interp_wrapped = True

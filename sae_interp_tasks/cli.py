@@ -60,16 +60,16 @@ def write_outputs(files: dict[Path, str | bytes]) -> None:
 
 
 def run_leaderboard(args) -> int:
-    from sae_interp_tasks import leaderboard, results_io
+    from sae_interp_tasks.reports import board, html, plots, results_io, tables
 
     if args.output and Path(args.output).is_dir():
         raise SaeInterpError(f"--output {args.output} is a folder; give a file name")
     if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
         raise SaeInterpError(f"--plots {args.plots} is a file; give a folder")
     runs = results_io.read_runs(args.results)
-    board = leaderboard.build_board(runs, confidence=args.confidence)
-    images = leaderboard.plots(board) if (args.plots or args.format == "html") else {}
-    text = leaderboard.html_page(board, images) if args.format == "html" else leaderboard.render(board, args.format)
+    built = board.build_board(runs, confidence=args.confidence)
+    images = plots.plots(built) if (args.plots or args.format == "html") else {}
+    text = html.html_page(built, images) if args.format == "html" else tables.render(built, args.format)
     files = {Path(args.plots) / name: png for name, png in images.items()} if args.plots else {}
     if args.output:
         files[Path(args.output)] = text
@@ -80,7 +80,7 @@ def run_leaderboard(args) -> int:
 
 
 def run_compare(args) -> int:
-    from sae_interp_tasks import compare, results_io
+    from sae_interp_tasks.reports import compare, results_io
 
     if args.resamples < 100:
         raise SaeInterpError(f"--resamples {args.resamples} is too few for an interval; use 1000 or more")

@@ -80,12 +80,15 @@ class WindowJudgement:
 
 @dataclass(frozen=True)
 class ScoredLatent:
+    """A scorer's verdict on one latent: its per-latent metrics, what --log_samples shows (prompts, raw
+    answers), and, for a kind with pooled metrics, the latent's statistics they pool (aggregations.Pooled)."""
+
     latent: int
-    method: str
     explanation: str
     judgements: list[WindowJudgement]
     metrics: dict[str, float] = field(default_factory=dict)
-    detail: dict = field(default_factory=dict)  # what --log_samples shows (prompts, raw answers)
+    detail: dict = field(default_factory=dict)
+    stats: dict | None = None
 
 
 def _jsonable(value):
@@ -127,3 +130,20 @@ class Response:
 
     def __str__(self) -> str:
         return json.dumps(_jsonable(self.to_json()), ensure_ascii=False, default=str)
+
+
+@dataclass(frozen=True)
+class SAESource:
+    """Which SAE to evaluate, as named in --model_args."""
+
+    release: str | None = None
+    sae_id: str | None = None
+    path: str | None = None
+    control: str | None = None  # None | "random" | "neurons"
+    control_k: int | None = None
+
+    @property
+    def label(self) -> str:
+        base = (f"{self.release}/{self.sae_id}" if self.release else
+                self.path if self.path else "demo")
+        return f"{base}+control={self.control}" if self.control else base

@@ -1,23 +1,75 @@
 """The registry of task kinds: each kind is declared once, on its Task class, with `@task_kind`.
 
 A kind ties together the lm-eval Task class (docs, metrics), the `Settings` bundle its YAML
-metadata builds, the handler that serves its requests in the `sae` backend, and, for kinds
-whose docs are latents, the scorer that turns the run's shared stages into per-latent scores.
-Handlers and scorers may be given as "module:function" strings: they are imported when first
-needed (as lm-eval's own model registry does), and checked when the Task is built, so a kind
-that cannot be served fails at task-load time, before any model loads.
+metadata builds, the handler that serves its requests in the `sae` backend (`serve`), for kinds
+whose docs are latents the scorer that turns the run's shared stages into per-latent scores
+(`scorer`), and the `Report` a results file carries about it: its headline, further columns,
+chance levels, pooled metrics and how its docs pair across runs. Handlers and scorers are the
+functions themselves, so a request is followed from `SAEBackend.interpret` by reading names.
+
+This module and `tasks/` are the only places that name a task kind.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 
+from sae_interp_tasks.aggregations import Pooled
 from sae_interp_tasks.config import HARNESS_KEYS, MODEL_ARG_KEYS, Settings
 from sae_interp_tasks.errors import SaeInterpError, closest, unknown
 
-Target = str | Callable
+
+@dataclass(frozen=True)
+class Report:
+    """What a results file says about a task, so that `sae-interp leaderboard` and `compare` need no
+    table of task kinds. The Task writes it into its results metadata (`report`).
+
+    - `headline`: the metric a leaderboard shows first and `compare` gates on by default;
+    - `columns`: the metrics a leaderboard shows, in order (default: the headline, then `extra`);
+    - `chance`: metric -> the metric holding its chance level (default: `<metric>_shuffled` where
+      the kind has it);
+    - `pooled`: metric -> an expression over the docs' summed statistics (`aggregations.Pooled`), or
+      None where the metric is pooled but cannot be recomputed from what the samples log;
+    - `doc_id`: the response field naming a doc ("latent", "chunk");
+    - `pair_on`: when two runs' docs are the same doc: "sae" (the same SAE's weights), or a response
+      field whose values must agree (e.g. the hash of a chunk's tokens);
+    - `plotted`: metrics plotted per group (default: the headline); `axis`: a metric of this task that
+      describes the SAE and that other tasks' headlines are plotted against (e.g. L0);
+    - `labels`: metric -> its column header (default "<task> <metric>"); `position`: where the task's
+      columns go among other tasks' (lower first, then by task name).
+    """
+
+    headline: str
+    extra: tuple = ()
+    columns: tuple = ()
+    chance: dict = field(default_factory=dict)
+    pooled: dict = field(default_factory=dict)
+    doc_id: str = "latent"
+    pair_on: str = "sae"
+    plotted: tuple = ()
+    axis: str | None = None
+    labels: dict = field(default_factory=dict)
+    position: int = 100
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "columns", tuple(self.columns) or (self.headline, *self.extra))
+        object.__setattr__(self, "plotted", tuple(self.plotted) or (self.headline,))
+        object.__setattr__(self, "extra", tuple(self.extra))
+
+    def for_metrics(self, metrics: dict) -> Report:
+        """This report completed from a kind's metrics: default chance levels and the pooled ones."""
+        chance = {m: f"{m}_shuffled" for m in metrics if f"{m}_shuffled" in metrics}
+        pooled = {m: agg.expression for m, (agg, _) in metrics.items() if isinstance(agg, Pooled)}
+        return replace(self, chance={**chance, **self.chance}, pooled={**pooled, **self.pooled})
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Report:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -26,37 +78,36 @@ class TaskKind:
     task_class: type
     settings: type[Settings]
     metrics: dict  # metric -> (aggregation, higher_is_better)
-    handler: Target  # (backend, [payload]) -> [Response]
-    scorer: Target | None = None  # latent kinds: (LatentRun) -> {latent: ScoredLatent}
-    headline: str | None = None  # the metric a leaderboard shows first
+    serve: Callable  # (context, [payload]) -> [Response]
+    report: Report
+    scorer: Callable | None = None  # latent kinds: (LatentRun) -> {latent: ScoredLatent}
 
-    def serve(self) -> Callable:
-        return _resolve(self.handler, f"task kind {self.name!r}'s handler")
-
-    def score(self) -> Callable:
-        if self.scorer is None:
-            raise SaeInterpError(f"task kind {self.name!r} declares no scorer")
-        return _resolve(self.scorer, f"task kind {self.name!r}'s scorer")
+    @property
+    def headline(self) -> str:
+        return self.report.headline
 
 
 _KINDS: dict[str, TaskKind] = {}
 
 
-def task_kind(name: str, *, settings: type[Settings], handler: Target | None = None, scorer: Target | None = None,
-              headline: str | None = None):
-    """Class decorator declaring a task kind: `@task_kind("detection", settings=..., scorer=...)`.
+def task_kind(name: str, *, settings: type[Settings], serve: Callable, report: Report, scorer: Callable | None = None):
+    """Class decorator declaring a task kind:
+    `@task_kind("detection", settings=..., serve=serve_latents, scorer=score_detection, report=Report(headline=...))`.
 
-    The class's `METRICS` are the kind's metrics; `handler` defaults to the class's `HANDLER`.
-    """
+    The class's `METRICS` are the kind's metrics."""
 
     def declare(cls):
-        chosen = handler or getattr(cls, "HANDLER", None)
-        if chosen is None:
-            raise SaeInterpError(f"task kind {name!r} ({cls.__qualname__}) has no handler: pass handler= to "
-                                 "@task_kind or derive from a Task class that has one")
+        if not callable(serve):
+            raise SaeInterpError(f"task kind {name!r} ({cls.__qualname__}) needs serve=<the function answering its "
+                                 f"requests>, got {serve!r}")
+        if scorer is not None and not callable(scorer):
+            raise SaeInterpError(f"task kind {name!r}: scorer must be a function, got {scorer!r}")
+        metrics = dict(cls.METRICS)
+        if report.headline not in metrics:
+            raise SaeInterpError(f"task kind {name!r}: headline {report.headline!r} is not one of its METRICS")
         cls.KIND = name
-        register(TaskKind(name=name, task_class=cls, settings=settings, metrics=dict(cls.METRICS), handler=chosen,
-                          scorer=scorer, headline=headline))
+        register(TaskKind(name=name, task_class=cls, settings=settings, metrics=metrics, serve=serve,
+                          report=report.for_metrics(metrics), scorer=scorer))
         return cls
 
     return declare
@@ -70,23 +121,30 @@ def register(kind: TaskKind) -> None:
     _KINDS[kind.name] = kind  # the same class loaded again (lm-eval reloads YAML-side modules) replaces itself
 
 
-def get(name: str) -> TaskKind:
+def lookup(name: str) -> TaskKind:
+    if name not in _KINDS:
+        _declare_builtins()
     if name not in _KINDS:
         raise unknown("task kind", name, _KINDS, fix="declare it with @task_kind on its Task class")
     return _KINDS[name]
 
 
 def kinds() -> dict[str, TaskKind]:
+    _declare_builtins()
     return dict(_KINDS)
 
 
-def check_servable(name: str) -> TaskKind:
-    """The kind, with its handler and scorer importable: called when a Task is built."""
-    kind = get(name)
-    kind.serve()
-    if kind.scorer is not None:
-        kind.score()
-    return kind
+def _declare_builtins() -> None:
+    """Import the package's task modules, which declare the built-in kinds (imports lm_eval and torch)."""
+    import sae_interp_tasks.tasks  # noqa: F401
+
+
+def builtin_report(task: str, kind_name: str | None) -> Report | None:
+    """The one fallback for results files written before tasks recorded their `report`: the report the
+    kind declares now (kind from the file's `task_kind`, else the task name without its `sae_` prefix)."""
+    _declare_builtins()
+    name = kind_name or task.removeprefix("sae_")
+    return _KINDS[name].report if name in _KINDS else None
 
 
 # --- metadata keys ------------------------------------------------------------------------------
@@ -94,12 +152,14 @@ def valid_keys() -> frozenset[str]:
     """Every key some task kind reads, plus the harness's and the backend's own. lm-eval hands the
     same --metadata to every task of a run, so a key any kind knows is accepted by all."""
     keys = set(HARNESS_KEYS) | set(MODEL_ARG_KEYS)
-    for kind in _KINDS.values():
+    for kind in kinds().values():
         keys |= kind.settings.keys()
     return frozenset(keys)
 
 
 def check_keys(metadata: dict) -> None:
+    """Unknown keys are an error listing the valid ones; every known key's value is checked by the stage
+    config that declares it, whichever task reads the metadata."""
     valid = valid_keys()
     for key in metadata:
         if key not in valid:
@@ -107,26 +167,15 @@ def check_keys(metadata: dict) -> None:
             hint = f"did you mean {', '.join(near)}? " if near else ""
             listed = sorted(valid - HARNESS_KEYS - set(MODEL_ARG_KEYS))
             raise SaeInterpError(f"unknown --metadata key {key!r}; {hint}valid keys: {', '.join(listed)}")
+    checked: set[type] = set()
+    for kind in kinds().values():
+        for stage in kind.settings.stages().values():
+            if stage not in checked and stage.keys() & metadata.keys():
+                stage.from_metadata(metadata)  # raises on a bad value
+                checked.add(stage)
 
 
 def settings_for(name: str, metadata: dict) -> Settings:
     """The kind's typed settings from flat task metadata; unknown keys and bad values raise."""
     check_keys(metadata)
-    return get(name).settings.from_metadata(metadata)
-
-
-# --- resolving "module:function" ----------------------------------------------------------------
-def _resolve(target: Target, what: str) -> Callable:
-    if callable(target):
-        return target
-    module_name, _, attr = str(target).partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise SaeInterpError(f"{what} {target!r} cannot be imported ({err}); give it as 'package.module:function'") from err
-    found = getattr(module, attr, None) if attr else None
-    if not callable(found):
-        near = closest(attr or "", [n for n in dir(module) if not n.startswith("_")])
-        hint = f" (did you mean {', '.join(near)}?)" if near else ""
-        raise SaeInterpError(f"{what} {target!r} names no function in {module_name}{hint}")
-    return found
+    return lookup(name).settings.from_metadata(metadata)

@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO))
 
-from sae_interp_tasks.corpus import CorpusSpec, token_contexts  # noqa: E402
-from sae_interp_tasks.subject import load_subject, stop_layer  # noqa: E402
+from sae_interp_tasks.stages.corpus import CorpusSpec, token_contexts  # noqa: E402
+from sae_interp_tasks.stages.subject import load_subject, stop_layer  # noqa: E402
 
 log = logging.getLogger("train_demo_sae")
 

@@ -71,7 +71,7 @@ def subprocess_env(cache: Path) -> dict:
 @pytest.fixture(scope="session")
 def bundled_dir(sae_cache) -> Path:
     """The bundled SmolLM2 in HF format; only its tokenizer is used by the tiny model."""
-    from sae_interp_tasks.subject import bundled_hf_dir
+    from sae_interp_tasks.stages.subject import bundled_hf_dir
 
     return bundled_hf_dir()
 
@@ -104,7 +104,7 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
     """The tiny model as a HookedTransformer (shared: tests add hooks only through context managers)."""
-    from sae_interp_tasks.subject import load_subject
+    from sae_interp_tasks.stages.subject import load_subject
 
     return load_subject(str(tiny_model_dir))
 
@@ -210,7 +210,7 @@ def exact_sae_dir(tmp_path_factory, tiny_model_dir) -> Path:
 @pytest.fixture(scope="session")
 def loaded_planted(planted_sae):
     """(sae, SAEInfo) of the planted SAE, through the package's loader."""
-    from sae_interp_tasks.saes import SAESource, load_sae
+    from sae_interp_tasks.stages.saes import SAESource, load_sae
 
     return load_sae(SAESource(path=str(planted_sae.path)))
 
@@ -260,7 +260,7 @@ def jsonl_corpus(tmp_path_factory) -> Path:
 
 # --- the activation pass of the planted SAE over the corpus ------------------------------------------
 def _pass_config():
-    from sae_interp_tasks.activations import PassConfig
+    from sae_interp_tasks.stages.activations import PassConfig
 
     # pass_batch_size 1: the tests choose the batch size themselves
     return PassConfig(n_tokens=4096, context_size=CONTEXT_SIZE, window=16, n_top=10, n_sample=40, n_random=64,
@@ -274,8 +274,8 @@ PASS_SEED, PASS_BATCH = 0, 8
 @pytest.fixture(scope="session")
 def planted_pass(tiny_model, loaded_planted, corpus_file, tmp_path_factory):
     """The full pass (every latent) of the planted SAE over `corpus_file` with PASS_CFG."""
-    from sae_interp_tasks.activations import run_activation_pass
-    from sae_interp_tasks.corpus import CorpusSpec
+    from sae_interp_tasks.stages.activations import run_activation_pass
+    from sae_interp_tasks.stages.corpus import CorpusSpec
 
     sae, info = loaded_planted
     return run_activation_pass(tiny_model, sae, info, CorpusSpec(source=str(corpus_file)), PASS_CFG, PASS_SEED,

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from conftest import CAT_LATENT, DOG_LATENT, PASS_BATCH, PASS_CFG as CFG, PASS_SEED as SEED
-from sae_interp_tasks import activations, corpus
-from sae_interp_tasks.activations import run_activation_pass
+from sae_interp_tasks.stages import activations
+from sae_interp_tasks.stages import corpus
+from sae_interp_tasks.stages.activations import run_activation_pass
 
 TENSORS = ("firing", "max_act", "top_key", "top_id", "top_tokens", "top_acts", "sample_key", "sample_id",
            "sample_tokens", "sample_acts", "random_key", "random_id", "random_tokens", "random_max")
@@ -212,7 +213,7 @@ class ShardOnly:
 def test_shards_merge_into_the_single_process_pass(tiny_model, loaded_planted, spec, full_pass, tmp_path):
     """Under a launcher each rank reads every world_size-th context; merging the ranks' states (k best by
     key, ties to the earlier window; counts summed) gives exactly the pass one process makes."""
-    from sae_interp_tasks.activations import PassState
+    from sae_interp_tasks.stages.activations import PassState
 
     sae, info = loaded_planted
     shards = [run(tiny_model, sae, info, spec, cache_dir=tmp_path / f"rank{r}", group=ShardOnly(r, 3)) for r in range(3)]

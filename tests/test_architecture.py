@@ -1,6 +1,8 @@
 """The structure the package promises: one registry of task kinds, typed settings whose defaults
-the YAMLs repeat exactly, no import cycles, YAMLs shipped in the wheel, a new task kind added the
-way README's "Adding a task" says, and bad task input that fails before any model loads."""
+the YAMLs repeat exactly, no import cycles, no task kind named outside `tasks/` and the registry,
+files and functions of a readable size, YAMLs shipped in the wheel, a new task kind (with an extra
+column and a pooled metric) added the way README's "Adding a task" says and reaching lm_eval, the
+leaderboard and compare, and bad task input that fails before any model loads."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import sae_interp_tasks.tasks  # noqa: F401  (declares the built-in task kinds)
 from conftest import REPO
 from helpers import error_lines, result_files, run_lm_eval, samples
 from sae_interp_tasks import registry
-from sae_interp_tasks.tasks.base import included_metadata
+from sae_interp_tasks.harness.task import included_metadata
 
 PACKAGE = REPO / "sae_interp_tasks"
 TASK_DIR = REPO / "task_configs"
@@ -112,11 +114,12 @@ def test_every_builtin_task_yaml_names_a_registered_kind():
     assert set(BUILTIN.values()) == declared >= {"core", "detection", "fuzzing", "embedding", "selfexplain",
                                                  "intervention"}
     for task, kind in BUILTIN.items():
-        spec = registry.get(kind)
+        spec = registry.lookup(kind)
         yaml_text = (TASK_DIR / f"{task}.yaml").read_text()
         assert f"{spec.task_class.__module__}.{spec.task_class.__name__}" in yaml_text, task
         assert spec.headline in spec.metrics, kind
-        assert callable(spec.serve()), kind
+        assert callable(spec.serve), kind
+        assert spec.task_class.__module__ == f"sae_interp_tasks.tasks.{kind}"  # one home per kind
 
 
 def test_every_yaml_default_equals_its_settings_default():
@@ -125,7 +128,7 @@ def test_every_yaml_default_equals_its_settings_default():
         path = TASK_DIR / f"{task}.yaml"
         own = json.loads(json.dumps(_yaml(path).get("metadata") or {}))
         metadata = {**included_metadata(path), **own}
-        defaults = registry.get(kind).settings.defaults()
+        defaults = registry.lookup(kind).settings.defaults()
         listed = {k: v for k, v in metadata.items() if k != "version"}
         assert listed, task
         for key, value in listed.items():
@@ -141,12 +144,60 @@ def test_every_yaml_default_equals_its_settings_default():
         assert not missing, f"{task}.yaml does not list {sorted(missing)}"
 
 
-def test_the_result_readers_know_each_builtin_headline():
-    """sae-interp reads results without importing the registry; its fallback table agrees with it."""
-    from sae_interp_tasks.results_io import HEADLINE
+def test_results_files_carry_each_kinds_report_and_the_readers_take_it_from_there():
+    """A Task writes its kind's Report into the results metadata; the report readers rebuild it from the
+    file alone, and the one fallback (files without it) gives the same report."""
+    from sae_interp_tasks.registry import Report
+    from sae_interp_tasks.reports.results_io import task_report
 
     for task, kind in BUILTIN.items():
-        assert HEADLINE[task] == registry.get(kind).headline, task
+        spec = registry.lookup(kind)
+        built = spec.task_class(config={"task": task, "metadata": {}})
+        recorded = json.loads(json.dumps(built.config.metadata["report"]))  # as lm-eval writes it
+        data = {"configs": {task: {"metadata": {"report": recorded}}}, "config": {"model": "sae"}}
+        assert Report.from_json(recorded) == spec.report == task_report(data, task), task
+        old = {"configs": {task: {"metadata": {}}}, "config": {"model": "sae"}}  # before reports were recorded
+        assert task_report(old, task) == spec.report, task
+        assert spec.report.headline in spec.metrics
+        assert all(m in spec.metrics and c in spec.metrics for m, c in spec.report.chance.items()), task
+
+
+def _non_doc_strings(path: Path):
+    """(line, text) of every string constant in a module that is not a docstring."""
+    tree = ast.parse(path.read_text())
+    docs = {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body
+            and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs]
+
+
+def test_no_module_outside_tasks_and_the_registry_names_a_task_kind():
+    kinds = set(registry.kinds())
+    tasks = set(BUILTIN) | {"sae_interp"}
+    task_words = re.compile(r"\b(" + "|".join(sorted(tasks)) + r")\b")
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        inside = path.relative_to(PACKAGE).parts
+        if inside[0] == "tasks" or path.name == "registry.py":
+            continue
+        found += [f"{path.relative_to(REPO)}:{line} {text!r}" for line, text in _non_doc_strings(path)
+                  if text in kinds or task_words.search(text)]
+    assert not found, "task kinds named outside tasks/ and registry.py: " + "; ".join(found)
+
+
+def test_files_and_functions_stay_readable():
+    """About 400 lines a file, 60 a function (STYLE: split by role, not by line count)."""
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > 400:
+            too_long.append(f"{path.relative_to(REPO)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
+                too_long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}: "
+                                f"{node.end_lineno - node.lineno + 1} lines")
+    assert not too_long, too_long
 
 
 def test_stages_sharing_a_key_agree_on_its_default():
@@ -157,29 +208,41 @@ def test_stages_sharing_a_key_agree_on_its_default():
                 assert seen.setdefault(key, value) == value, (kind.name, key)
 
 
-def test_a_kind_without_a_handler_fails_when_declared():
+def test_a_kind_declares_its_handler_and_a_headline_among_its_metrics():
+    from sae_interp_tasks.aggregations import nanmean
     from sae_interp_tasks.config import Settings
     from sae_interp_tasks.errors import SaeInterpError
-    from sae_interp_tasks.tasks.base import SAETask
+    from sae_interp_tasks.harness.serve import serve_latents
+    from sae_interp_tasks.harness.task import SAETask
+    from sae_interp_tasks.registry import Report
 
-    with pytest.raises(SaeInterpError, match="task kind 'orphan' .*has no handler"):
-        @registry.task_kind("orphan", settings=Settings)
+    with pytest.raises(SaeInterpError, match="task kind 'orphan' .*needs serve="):
+        @registry.task_kind("orphan", settings=Settings, serve=None, report=Report(headline="x"))
         class Orphan(SAETask):
-            METRICS = {}
+            METRICS = {"x": (nanmean, True)}
 
-    with pytest.raises(SaeInterpError, match="handler 'sae_interp_tasks.tasks.base:serve_lat' names no function"):
-        @registry.task_kind("typo", settings=Settings, handler="sae_interp_tasks.tasks.base:serve_lat")
+    with pytest.raises(SaeInterpError, match="task kind 'typo': headline 'acuracy' is not one of its METRICS"):
+        @registry.task_kind("typo", settings=Settings, serve=serve_latents, report=Report(headline="acuracy"))
         class Typo(SAETask):
-            METRICS = {}
+            METRICS = {"accuracy": (nanmean, True)}
+    assert "orphan" not in registry.kinds() and "typo" not in registry.kinds()
 
-        Typo(config={"task": "typo", "metadata": {}})
+
+def test_a_key_is_checked_by_the_kind_that_declares_it_whichever_task_reads_it():
+    from sae_interp_tasks.errors import SaeInterpError
+
+    with pytest.raises(SaeInterpError, match="setting shuffled_control='maybe' should be a boolean"):
+        registry.settings_for("embedding", {"shuffled_control": "maybe"})  # a key of the LLM scorer's stage
+    with pytest.raises(SaeInterpError, match="target_kl must be a positive number or a list of them, got -1"):
+        registry.settings_for("core", {"target_kl": -1})
+    assert registry.settings_for("embedding", {"shuffled_control": "no"})  # a good value passes
 
 
 # ------------------------------------------------------------------------------------ packaging
 def _yaml(path: Path) -> dict:
     import yaml
 
-    from sae_interp_tasks.tasks.base import _YamlLoader
+    from sae_interp_tasks.harness.task import _YamlLoader
 
     return yaml.load(path.read_text(), Loader=_YamlLoader)
 
@@ -250,7 +313,7 @@ def test_the_pinned_lm_eval_has_what_the_hook_patches():
     assert callable(getattr(LM, "interpret", None))  # the one-line error for other backends
     assert {"task", "metadata", "output_type"} <= {f.name for f in dataclasses.fields(TaskConfig)}
     assert "config" in inspect.signature(Task.__init__).parameters
-    task = registry.get("detection").task_class(config={"task": "sae_detection", "metadata": {}})
+    task = registry.lookup("detection").task_class(config={"task": "sae_detection", "metadata": {}})
     assert task.config.output_type == "interpret" and task.config.metadata["task_kind"] == "detection"
 
 
@@ -259,13 +322,13 @@ TOY_MODULE = '''
 """A toy task kind, written the way README's "Adding a task" says: a scorer, a Task class, a YAML."""
 from dataclasses import dataclass, field
 
-from lm_eval.api.metrics import nanmean
-
+from sae_interp_tasks.aggregations import Pooled, nanmean
 from sae_interp_tasks.config import StageConfig, positive
-from sae_interp_tasks.memo import LatentRun, LatentSettings
+from sae_interp_tasks.harness.memo import LatentRun, LatentSettings
+from sae_interp_tasks.harness.serve import serve_latents
+from sae_interp_tasks.harness.task import LatentTask
 from sae_interp_tasks.records import ScoredLatent
-from sae_interp_tasks.registry import task_kind
-from sae_interp_tasks.tasks.base import LatentTask
+from sae_interp_tasks.registry import Report, task_kind
 
 
 @dataclass(frozen=True)
@@ -279,23 +342,25 @@ class ToySettings(LatentSettings):
 
 
 def score_toy(run: LatentRun):
-    """Hit rate: the share of test windows holding a token the explanation quotes, activating vs not."""
-    decode = run.backend.tok_decode
+    """Hit rate: the share of test windows holding a token the explanation quotes, activating vs not;
+    pooled over latents, the hits over all activating windows."""
     out = {}
-    for lat in run.latents:
+    for lat in run.owned:
         split, quoted = run.splits[lat], run.explanations[lat].text.split('"')[1::2]
         quoted = quoted[:run.settings.toy.toy_top_tokens]
-        hit = lambda ex: any(q in decode(ex.tokens.tolist()) for q in quoted)
-        on = sum(map(hit, split.test_activating)) / len(split.test_activating)
-        off = sum(map(hit, split.test_non_activating)) / len(split.test_non_activating)
-        out[lat] = ScoredLatent(lat, "toy", run.explanations[lat].text, [], {"hit_rate": on, "false_hit_rate": off},
-                                {"quoted": quoted})
+        hit = lambda ex: any(q in run.decode(ex.tokens.tolist()) for q in quoted)
+        on, off = sum(map(hit, split.test_activating)), sum(map(hit, split.test_non_activating))
+        metrics = {"hit_rate": on / len(split.test_activating), "false_hit_rate": off / len(split.test_non_activating)}
+        out[lat] = ScoredLatent(lat, run.explanations[lat].text, [], metrics, {"quoted": quoted},
+                                stats={"hits": on, "windows": len(split.test_activating)})
     return out
 
 
-@task_kind("toy", settings=ToySettings, scorer=score_toy, headline="hit_rate")
+@task_kind("toy", settings=ToySettings, serve=serve_latents, scorer=score_toy,
+           report=Report(headline="hit_rate", extra=("false_hit_rate", "pooled_hit_rate")))
 class ToyTask(LatentTask):
-    METRICS = {"hit_rate": (nanmean, True), "false_hit_rate": (nanmean, False)}
+    METRICS = {"hit_rate": (nanmean, True), "false_hit_rate": (nanmean, False),
+               "pooled_hit_rate": (Pooled("sum(hits) / sum(windows)"), True)}
 '''
 
 TOY_YAML = '''
@@ -309,7 +374,7 @@ metadata:
 '''
 
 BAD_KIND_MODULE = '''
-from sae_interp_tasks.tasks.base import LatentTask
+from sae_interp_tasks.harness.task import LatentTask
 
 
 class Undeclared(LatentTask):
@@ -333,30 +398,46 @@ TINY_LATENTS = {"n_tokens": 4096, "context_size": 64, "window": 16, "n_top": 10,
 
 
 def test_a_new_task_kind_runs_through_lm_eval(planted_sae, corpus_file, toy_dir, sae_cache, tmp_path):
+    """A new latent kind with an extra column and a pooled metric reaches lm_eval, the leaderboard in every
+    format and compare, from its own folder (its scorer, its Task class and its YAML): nothing else changes."""
     meta = {"corpus": str(corpus_file), **TINY_LATENTS}
     proc = run_lm_eval(["--model", "sae", "--model_args", f"path={planted_sae.path},device=cpu,batch_size=8",
                         "--tasks", "sae_toy", "--include_path", str(toy_dir), "--metadata", json.dumps(meta),
-                        "--log_samples", "--output_path", str(tmp_path)], sae_cache)
+                        "--log_samples", "--output_path", str(tmp_path / "run")], sae_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (path,) = result_files(tmp_path)
+    (path,) = result_files(tmp_path / "run")
     results = json.loads(path.read_text())
     got = results["results"]["sae_toy"]
     # the planted latents fire exactly on " cat" / " dog", and the token explainer quotes that token
-    assert got["hit_rate,none"] == 1.0 and got["false_hit_rate,none"] == 0.0
+    assert got["hit_rate,none"] == 1.0 and got["false_hit_rate,none"] == 0.0 and got["pooled_hit_rate,none"] == 1.0
     assert got["skipped_dead,none"] == 0
     meta_used = results["configs"]["sae_toy"]["metadata"]
     assert meta_used["toy_top_tokens"] == 1 and meta_used["n_train"] == 10
     assert meta_used["embedding_model"] == "sentence-transformers/all-MiniLM-L6-v2"  # from the included template
     assert meta_used["task_kind"] == "toy" and meta_used["headline_metric"] == "hit_rate"
+    assert meta_used["report"]["pooled"] == {"pooled_hit_rate": "sum(hits) / sum(windows)"}
     assert "scorer" not in meta_used and "chunk_contexts" not in meta_used  # only what the toy kind reads
-    rows = samples(tmp_path, "sae_toy")
+    rows = samples(tmp_path / "run", "sae_toy")
     assert [r["response"]["latent"] for r in rows] == [0, 1]
     assert rows[0]["response"]["scorer"]["quoted"] == [" cat"]
-    # the leaderboard shows the new kind with no change to the CLI
-    board = subprocess.run([sys.executable, "-m", "sae_interp_tasks.cli", "leaderboard", str(tmp_path), "--format",
-                            "json"], capture_output=True, text=True)
-    assert board.returncode == 0, board.stderr
-    assert "sae_toy" in board.stdout and "hit_rate" in board.stdout
+    stats = rows[0]["response"]["stats"]
+    assert set(stats) == {"hits", "windows"} and stats["hits"] == stats["windows"] > 0
+    # the leaderboard shows the new kind's columns in every format, with no change to the CLI
+    boards = {fmt: subprocess.run([sys.executable, "-m", "sae_interp_tasks.cli", "leaderboard", str(tmp_path / "run"),
+                                   "--format", fmt], capture_output=True, text=True) for fmt in ("markdown", "csv",
+                                                                                                 "json", "html")}
+    for fmt, board in boards.items():
+        assert board.returncode == 0, (fmt, board.stderr)
+        for metric in ("hit_rate", "false_hit_rate", "pooled_hit_rate"):
+            assert (f"sae_toy {metric}" if fmt in ("markdown", "html") else f"sae_toy/{metric}") in board.stdout, fmt
+    cell = json.loads(boards["json"].stdout)["groups"][0]["rows"][0]["tasks"]["sae_toy"]["metrics"]["pooled_hit_rate"]
+    assert cell["value"] == 1.0 and cell["interval"] == "bootstrap"  # resampled from the logged stats
+    # compare gates on the headline and on the pooled metric, recomputed from the samples' stats
+    gate = subprocess.run([sys.executable, "-m", "sae_interp_tasks.cli", "compare", str(tmp_path / "run"),
+                           str(tmp_path / "run"), "--metrics", "sae_toy/hit_rate,sae_toy/pooled_hit_rate"],
+                          capture_output=True, text=True)
+    assert gate.returncode == 0, gate.stderr
+    assert "sae_toy/pooled_hit_rate" in gate.stdout and "paired by latent" in gate.stdout
 
 
 # ------------------------------------------------------------------------------------ instrument defaults an SAE brings

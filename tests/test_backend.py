@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from lm_eval.api.instance import Instance
 
 from conftest import D_MODEL, D_SAE, HOOK
-from sae_interp_tasks.backend import SAEBackend
+from sae_interp_tasks.harness.backend import SAEBackend
 from sae_interp_tasks.config import MODEL_ARG_KEYS
 
 MODEL_ARGS = [key for key in MODEL_ARG_KEYS if key != "trust_remote_code"]
@@ -188,7 +188,7 @@ def test_controls_have_the_expected_shapes(planted_sae, control, d_sae):
 
 
 def test_control_fingerprints_differ(planted_sae):
-    from sae_interp_tasks.saes import SAESource, load_sae
+    from sae_interp_tasks.stages.saes import SAESource, load_sae
 
     _, base = load_sae(SAESource(path=str(planted_sae.path)))
     _, rand = load_sae(SAESource(path=str(planted_sae.path), control="random"))
@@ -222,7 +222,7 @@ def test_contradictory_model_args(kwargs, match):
 def test_building_the_backend_loads_nothing(planted_sae, monkeypatch):
     """lm-eval builds the model before the tasks: the SAE and subject load on first use, so a bad task
     setting fails before any weights are read."""
-    from sae_interp_tasks import backend as backend_mod
+    from sae_interp_tasks.harness import backend as backend_mod
 
     loads = []
     monkeypatch.setattr(backend_mod, "load_subject", lambda *a, **k: loads.append("subject"))
@@ -273,7 +273,7 @@ def test_sae_narrower_than_the_hook(tmp_path, tiny_model_dir):
 def test_subject_folder_named_llama(tmp_path, tiny_model_dir):
     """A local subject folder whose path contains "llama" (or "gemma") loads like any other: users name
     their folders like that ("my-llama-finetune"), and TransformerLens must not guess from the name."""
-    from sae_interp_tasks.subject import load_subject
+    from sae_interp_tasks.stages.subject import load_subject
 
     folder = tmp_path / "my-llama-finetune"
     shutil.copytree(tiny_model_dir, folder)

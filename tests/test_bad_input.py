@@ -9,9 +9,9 @@ import pytest
 
 import sae_interp_tasks.tasks  # noqa: F401  (declares the built-in task kinds)
 from sae_interp_tasks import registry
-from sae_interp_tasks.corpus import CorpusConfig
+from sae_interp_tasks.stages.corpus import CorpusConfig
 from sae_interp_tasks.errors import SaeInterpError, closest, unknown
-from sae_interp_tasks.saes import SAESource, load_sae
+from sae_interp_tasks.stages.saes import SAESource, load_sae
 
 
 # --- SAEs by release -------------------------------------------------------------------------------
@@ -103,14 +103,14 @@ def test_sae_without_hook_in_its_metadata(planted_sae, tmp_path):
 
 # --- the subject model -----------------------------------------------------------------------------
 def test_unknown_dtype(tiny_model_dir):
-    from sae_interp_tasks.subject import load_subject
+    from sae_interp_tasks.stages.subject import load_subject
 
     with pytest.raises(SaeInterpError, match="unknown dtype 'float8' .closest: float32"):
         load_subject(str(tiny_model_dir), dtype="float8")
 
 
 def test_subject_that_cannot_be_loaded():
-    from sae_interp_tasks.subject import load_subject
+    from sae_interp_tasks.stages.subject import load_subject
 
     with pytest.raises(SaeInterpError, match="cannot load subject model 'gpt2'.*model=<local HF folder>"):
         load_subject("gpt2")  # offline: the hub is unreachable
@@ -170,7 +170,7 @@ def test_bad_setting_values(kind, key, value, match):
 
 def test_unknown_task_kind():
     with pytest.raises(SaeInterpError, match="unknown task kind 'detektion' .closest: detection"):
-        registry.get("detektion")
+        registry.lookup("detektion")
 
 
 def test_corpus_sae_uses_the_sae_training_set():

@@ -20,7 +20,7 @@ import torch
 
 from conftest import HOOK
 from helpers import error_lines, result_files, run_lm_eval, run_python
-from sae_interp_tasks import core
+from sae_interp_tasks.stages import core
 
 LIMIT = 2
 CORE_META = {"n_tokens": 2048, "context_size": 64, "chunk_contexts": 4}
@@ -63,7 +63,7 @@ def test_sae_core_numbers_match_an_in_process_computation(run, tiny_model, loade
     """The harness path (docs = chunks, the cached SAE-independent reference, the spliced forward from the
     hook on, corpus-level aggregation) gives the numbers of the plain method: three full hooked forwards
     per chunk, computed here in process."""
-    from sae_interp_tasks.corpus import CorpusSpec, token_contexts
+    from sae_interp_tasks.stages.corpus import CorpusSpec, token_contexts
 
     _, _, results = run
     seed = results["config"]["fewshot_seed"]  # the tasks' seed is the harness's --seed
@@ -138,7 +138,7 @@ def test_registry_keeps_the_builtin_models(sae_cache):
     proc = run_python("from lm_eval.api.registry import get_model\n"
                       "hf, sae = get_model('hf'), get_model('sae')\n"
                       "assert hf.__name__ == 'HFLM', hf\n"
-                      "assert sae.__module__ == 'sae_interp_tasks.backend', sae\n"
+                      "assert sae.__module__ == 'sae_interp_tasks.harness.backend', sae\n"
                       "from lm_eval.tasks import TaskManager\n"
                       "assert 'sae_core' in TaskManager().all_tasks\n", sae_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -156,7 +156,7 @@ def test_plugin_costs_nothing_without_lm_eval(sae_cache):
 @pytest.mark.slow
 def test_embedded_default_smoke(sae_cache, tmp_path):
     """No model_args at all: the demo SAE on the bundled SmolLM2-135M, stdlib corpus."""
-    from sae_interp_tasks.saes import DEMO_SAE_DIR
+    from sae_interp_tasks.stages.saes import DEMO_SAE_DIR
 
     if not (DEMO_SAE_DIR / "cfg.json").exists():
         pytest.skip(f"{DEMO_SAE_DIR} has no cfg.json yet (the demo SAE is trained by scripts/train_demo_sae.py)")

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sae_interp_tasks import compare
-from sae_interp_tasks.results_io import DocScores, Metric, Run, TaskResult, _core_chunks
+from sae_interp_tasks.reports import compare
+from sae_interp_tasks.registry import Report
+from sae_interp_tasks.reports.results_io import DocScores, Metric, Run, TaskResult, _doc_stats
 
 RESAMPLES = 20_000
 
@@ -58,7 +59,7 @@ def test_paired_mean_difference_matches_scipy():
 
 
 def random_core_stats(n: int, seed: int, spliced_shift: float = 0.0):
-    from sae_interp_tasks.core import CoreStats
+    from sae_interp_tasks.stages.core import CoreStats
 
     rng = np.random.default_rng(seed)
     out = []
@@ -77,43 +78,59 @@ def chunks_of(stats_list):
     """Through the samples file's JSON, as `sae-interp` reads it."""
     from sae_interp_tasks.records import Response
 
+    from sae_interp_tasks.registry import lookup
+
     rows = [json.loads(str(Response(chunk=i, stats=s, metrics={}))) for i, s in enumerate(stats_list)]
-    return _core_chunks([r["stats"] for r in rows])
+    return _doc_stats([r["stats"] for r in rows], lookup("core").report).arrays
 
 
-def test_pooled_ratios_are_the_tasks_own_aggregations():
-    from sae_interp_tasks import core
+def ratio(metric: str, stats: dict, weights) -> np.ndarray:
+    from sae_interp_tasks.stages import core
+
+    return getattr(core, metric).resampled(stats, weights)
+
+
+def test_pooled_metrics_resample_from_the_statistics_the_samples_log():
+    """The task's aggregation (on its CoreStats) and the reports' recomputation (on the JSON the samples
+    log) are one expression; a resample's weights count how often each chunk is drawn."""
+    from sae_interp_tasks.stages import core
 
     stats_list = random_core_stats(12, seed=3)
     chunks = chunks_of(stats_list)
     ones = np.ones((1, 12))
-    assert compare.pooled_ratio("explained_variance", chunks, ones)[0] == pytest.approx(
-        core.explained_variance(stats_list), rel=1e-12)
-    assert compare.pooled_ratio("ce_loss_recovered", chunks, ones)[0] == pytest.approx(
-        core.ce_loss_recovered(stats_list), rel=1e-12)
+    assert ratio("explained_variance", chunks, ones)[0] == pytest.approx(core.explained_variance(stats_list), rel=1e-12)
+    assert ratio("ce_loss_recovered", chunks, ones)[0] == pytest.approx(core.ce_loss_recovered(stats_list), rel=1e-12)
+    # by hand: explained variance about the pooled mean, and the ratio of summed losses
+    n = sum(s.n_tokens for s in stats_list)
+    x_sum = sum(s.x_sum for s in stats_list)
+    total = sum(s.x_sq_sum for s in stats_list) - float(x_sum @ x_sum) / n
+    assert core.explained_variance(stats_list) == pytest.approx(1 - sum(s.sq_err_sum for s in stats_list) / total,
+                                                                rel=1e-12)
+    clean, spliced, zero = (np.mean([getattr(s, k) for s in stats_list]) for k in ("ce_clean", "ce_spliced", "ce_zero"))
+    assert core.ce_loss_recovered(stats_list) == pytest.approx((zero - spliced) / (zero - clean), rel=1e-12)
     # a resample that draws chunk 0 twice and leaves chunk 1 out is the aggregation of that list
     weights = ones.copy()
     weights[0, 0], weights[0, 1] = 2, 0
     drawn = [stats_list[0], stats_list[0], *stats_list[2:]]
-    assert compare.pooled_ratio("explained_variance", chunks, weights)[0] == pytest.approx(
-        core.explained_variance(drawn), rel=1e-12)
+    assert ratio("explained_variance", chunks, weights)[0] == pytest.approx(core.explained_variance(drawn), rel=1e-12)
 
 
 def test_paired_ratio_difference_matches_scipy():
-    from sae_interp_tasks import core
+    from sae_interp_tasks.stages import core
 
     base_list = random_core_stats(16, seed=4)
     cand_list = [s.__class__(**{**s.__dict__, "ce_spliced": s.ce_spliced + 0.3}) for s in base_list]
     base, cand = chunks_of(base_list), chunks_of(cand_list)
-    point, lo, hi = compare.ratio_difference("ce_loss_recovered", base, cand, True, 0.95, RESAMPLES,
-                                             np.random.default_rng(5))
+    from sae_interp_tasks.reports.results_io import DocStats
+
+    point, lo, hi = compare.pooled_difference(core.ce_loss_recovered, DocStats(base), DocStats(cand), True, 0.95,
+                                              RESAMPLES, np.random.default_rng(5))
     assert point == pytest.approx(core.ce_loss_recovered(cand_list) - core.ce_loss_recovered(base_list))
 
     def statistic(index, axis):
         index = index.astype(int)  # [resamples, n] drawn chunk ids
         weights = np.stack([np.bincount(row, minlength=16) for row in np.atleast_2d(index)]).astype(float)
-        diff = (compare.pooled_ratio("ce_loss_recovered", cand, weights)
-                - compare.pooled_ratio("ce_loss_recovered", base, weights))
+        diff = ratio("ce_loss_recovered", cand, weights) - ratio("ce_loss_recovered", base, weights)
         return diff if index.ndim > 1 else diff[0]
 
     theirs = scipy_interval((np.arange(16.0),), statistic, paired=True)
@@ -126,7 +143,8 @@ def task_result(task: str, values: dict[str, list], keys: list, better: dict[str
     arrays = {m: np.array(v, dtype=float) for m, v in values.items()}
     metrics = {m: Metric(m, float(np.nanmean(a)), 0.01, better[m]) for m, a in arrays.items()}
     return TaskResult(task=task, version="1.0", metrics=metrics, settings={"n_tokens": 1, "fewshot_seed": 1234},
-                      n_docs=len(keys), samples=DocScores(path=Path("x"), keys=tuple(keys), values=arrays, unfilled=0))
+                      n_docs=len(keys), samples=DocScores(path=Path("x"), keys=tuple(keys), values=arrays, unfilled=0),
+                      report=Report(headline=next(iter(values))))
 
 
 def run_of(result: TaskResult, fingerprint: str, sae: str = "s") -> Run:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import HOOK, corpus_lines
-from sae_interp_tasks import core
-from sae_interp_tasks.core import CoreStats
+from sae_interp_tasks.stages import core
+from sae_interp_tasks.stages.core import CoreStats
 
 
 def stats_from(x: np.ndarray, recon: np.ndarray, firing=None, ce=(2.0, 3.0, 6.0)) -> CoreStats:
@@ -81,7 +81,7 @@ def fast_stats(model, sae, tokens, reader=None, hook=HOOK):
 
 
 def test_exact_sae_recovers_everything(tiny_model, exact_sae_dir, eval_tokens):
-    from sae_interp_tasks.saes import SAESource, load_sae
+    from sae_interp_tasks.stages.saes import SAESource, load_sae
 
     sae, _ = load_sae(SAESource(path=str(exact_sae_dir)))
     s = fast_stats(tiny_model, sae, eval_tokens)
@@ -172,7 +172,7 @@ def test_agrees_with_sae_lens_run_evals(tiny_model, loaded_planted, eval_tokens)
 def hf_reader(tiny_model, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from sae_interp_tasks.hf_forward import HFReader
+    from sae_interp_tasks.stages.hf_forward import HFReader
 
     hf = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
     reader = HFReader.check(hf, tiny_model, HOOK, torch.tensor([[1, 504, 2891, 30, 1032]]))
@@ -227,7 +227,7 @@ def test_a_second_sae_at_the_same_hook_reuses_the_reference(planted_sae, exact_s
                                                             monkeypatch):
     """sae_core's cache: the reference (activations, clean and zero-ablated losses) is paid once per
     model, hook, corpus and seed; the second SAE runs no clean forward and gets the same numbers."""
-    from sae_interp_tasks.backend import SAEBackend
+    from sae_interp_tasks.harness.backend import SAEBackend
     from sae_interp_tasks.tasks.core import serve_core
 
     monkeypatch.setenv("SAE_INTERP_CACHE", str(tmp_path / "cache"))

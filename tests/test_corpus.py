@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from sae_interp_tasks.corpus import CorpusSpec, fingerprint, token_contexts
+from sae_interp_tasks.stages.corpus import CorpusSpec, fingerprint, token_contexts
 from sae_interp_tasks.errors import SaeInterpError
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sae_interp_tasks.errors import SaeInterpError
-from sae_interp_tasks.examples import (ExampleConfig, activating_marks, assign_deciles, highlight,
+from sae_interp_tasks.stages.examples import (ExampleConfig, activating_marks, assign_deciles, highlight,
                                        split_examples)
 from sae_interp_tasks.records import Example, LatentRecord
 

@@ -184,7 +184,7 @@ def test_selfexplain_task_end_to_end(run_a):
 
 # ------------------------------------------------------------------------------------ run B: seed and secrets
 def test_seed_changes_the_chosen_latents(run_a, run_b):
-    from sae_interp_tasks.selection import candidate_order
+    from sae_interp_tasks.stages.selection import candidate_order
 
     proc, out, _, _ = run_b
     assert proc.returncode == 0, proc.stderr[-3000:]

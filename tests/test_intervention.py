@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from conftest import (CAT, CAT_LATENT, D_SAE, DOG, DOG_LATENT, HOOK, PASS_BATCH, PASS_CFG, PASS_SEED, build_planted_sae,
                       token_id)
 from helpers import JsonEndpoint, chat_completion, error_lines, result_files, run_lm_eval, samples
-from sae_interp_tasks import intervention as iv
+from sae_interp_tasks.stages import steering as iv
 from sae_interp_tasks.errors import SaeInterpError
 
 FOX = " fox"  # steerable too, for the judge's third set
@@ -58,10 +58,10 @@ def steerable_dir(tmp_path_factory, tiny_model_dir, tokenizer):
 @pytest.fixture(scope="module")
 def world(steerable_dir, tokenizer, corpus_file, tmp_path_factory):
     """(model, sae, sae path, activation pass, contexts) of the steerable world."""
-    from sae_interp_tasks.activations import run_activation_pass
-    from sae_interp_tasks.corpus import CorpusSpec, token_contexts
-    from sae_interp_tasks.saes import SAESource, load_sae
-    from sae_interp_tasks.subject import load_subject
+    from sae_interp_tasks.stages.activations import run_activation_pass
+    from sae_interp_tasks.stages.corpus import CorpusSpec, token_contexts
+    from sae_interp_tasks.stages.saes import SAESource, load_sae
+    from sae_interp_tasks.stages.subject import load_subject
 
     model = load_subject(str(steerable_dir))
     planted = {CAT_LATENT: token_id(tokenizer, CAT), DOG_LATENT: token_id(tokenizer, DOG)}

@@ -101,7 +101,7 @@ def vocab_sae(bigram, tokenizer, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def damaged_sae(vocab_sae, tmp_path_factory) -> Path:
     """The same SAE with Gaussian noise of each row's norm added to W_dec (encoder untouched)."""
-    from sae_interp_tasks.saes import SAESource, load_sae
+    from sae_interp_tasks.stages.saes import SAESource, load_sae
 
     sae, _ = load_sae(SAESource(path=str(vocab_sae)))
     gen = torch.Generator().manual_seed(1)
@@ -216,16 +216,18 @@ def test_the_instrument_sees_the_damage(planted_run, damaged_run, control_run):
 
 def test_core_samples_carry_the_chunk_statistics(planted_run):
     """The per-chunk JSON holds the sums the pooled metrics are made of; recomputing gives the task's numbers."""
-    from sae_interp_tasks import compare, results_io
+    from sae_interp_tasks.aggregations import Pooled
+    from sae_interp_tasks.reports import results_io
 
     (run,) = results_io.read_runs([planted_run])
     core = run.tasks["sae_core"]
-    chunks = core.samples.chunks
-    assert chunks is not None and chunks.n_tokens.size == N_CHUNKS
-    assert chunks.x_sum.shape == (N_CHUNKS, D_MODEL)
+    stats = core.samples.stats
+    assert stats is not None and stats.n_docs == N_CHUNKS
+    assert stats.arrays["x_sum"].shape == (N_CHUNKS, D_MODEL)
     ones = np.ones((1, N_CHUNKS))
-    for metric in ("explained_variance", "ce_loss_recovered"):
-        assert compare.pooled_ratio(metric, chunks, ones)[0] == pytest.approx(core.metrics[metric].value, rel=1e-9)
+    for metric in ("explained_variance", "ce_loss_recovered"):  # the expressions the results file recorded
+        recomputed = Pooled(core.report.pooled[metric]).resampled(stats.arrays, ones)[0]
+        assert recomputed == pytest.approx(core.metrics[metric].value, rel=1e-9)
     assert np.nanmean(core.samples.values["l0"]) == pytest.approx(core.metrics["l0"].value)
 
 

@@ -1,4 +1,4 @@
-"""Per-latent metrics of the yes/no scorers (sae_interp_tasks.metrics).
+"""Per-latent metrics of the yes/no scorers (sae_interp_tasks.scorers.metrics).
 
 The arithmetic is scikit-learn's; what is ours is which windows count: a window whose batch
 could not be parsed (prediction None) is left out of every metric, so a latent whose batches
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from sae_interp_tasks import metrics
+from sae_interp_tasks.scorers import metrics
 from sae_interp_tasks.records import WindowJudgement
 
 # 12 windows: 6 activating (deciles 1..6), 6 not; a scorer that is right 9 times in 12

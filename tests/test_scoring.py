@@ -23,11 +23,13 @@ from helpers import read_scorer_prompt, verdicts
 from sae_interp_tasks import clients as clients_mod
 from sae_interp_tasks.clients import ClientConfig, Completion, LLMClient, Prompt
 from sae_interp_tasks.clients.cache import CompletionCache
-from sae_interp_tasks.examples import ExampleConfig, split_examples
-from sae_interp_tasks.explainers import ExplainerConfig, explain, explainer_prompt, token_explanation
+from sae_interp_tasks.stages.examples import ExampleConfig, split_examples
+from sae_interp_tasks.stages.explainers import ExplainerConfig, explain, explainer_prompt, token_explanation
 from sae_interp_tasks.records import Explanation
 from sae_interp_tasks.scorers import classifier
 from sae_interp_tasks.scorers.classifier import ScorerConfig, parse_answer
+from sae_interp_tasks.scorers.detection import Detection
+from sae_interp_tasks.scorers.fuzzing import Fuzzing
 
 EX_CFG = ExampleConfig(n_train=10, n_test_per_decile=2, n_test_non_activating=20, min_examples=5)
 SEED = 0
@@ -98,10 +100,13 @@ def decode(tokenizer):
     return tokenizer.decode
 
 
+SCORERS = {"detection": Detection(), "fuzzing": Fuzzing()}
+
+
 def run_scorer(method, splits, explanations, reply, tmp_path, decode, **cfg):
     client = FakeClient(tmp_path, reply)
-    scored = classifier.score(method, [splits[lat] for lat in explanations], explanations,
-                              ScorerConfig(**cfg), client, decode, SEED)
+    scored = SCORERS[method].score([splits[lat] for lat in explanations], explanations, ScorerConfig(**cfg), client,
+                                   decode, SEED, method)
     return scored, client
 
 
@@ -114,7 +119,7 @@ def test_the_oracle_reads_prompts_as_intended(splits, decode):
     split = splits[CAT_LATENT]
     shown = split.test_activating[:2] + split.test_non_activating[:3]
     batch = [classifier.Shown(ex, ex.is_activating, None) for ex in shown]
-    prompt = classifier.scorer_prompt("the word cat", batch, "detection", decode, ScorerConfig())
+    prompt = Detection().prompt("the word cat", batch, decode, ScorerConfig())
     assert prompt.prefill == "["
     assert oracle_verdicts(prompt) == [True, True, False, False, False]
 
@@ -314,15 +319,15 @@ def test_tokens_explainer_asks_no_llm(splits, decode, tmp_path):
 def test_token_explanations_of_token_latents_score_like_the_truth(splits, decode, tmp_path):
     """The non-LLM floor names the planted token, which is all there is to say about these latents."""
     floor = {lat: Explanation(lat, token_explanation(splits[lat].train, decode, 0.3), "tokens") for lat in TRUE}
-    scored = classifier.score("detection", list(splits.values()), floor, ScorerConfig(),
-                              FakeClient(tmp_path, oracle_list), decode, SEED)
+    scored = Detection().score(list(splits.values()), floor, ScorerConfig(), FakeClient(tmp_path, oracle_list), decode,
+                               SEED, "detection")
     assert all(scored[lat].metrics["balanced_acc"] >= 0.95 for lat in TRUE)
 
 
 # ------------------------------------------------------------------------------------ embedding scorer
 @pytest.fixture(scope="module")
 def embedder():
-    from sae_interp_tasks.scorers.embedding import load_embedder
+    from sae_interp_tasks.stages.shared import load_embedder
 
     return load_embedder("sentence-transformers/all-MiniLM-L6-v2")
 
@@ -353,7 +358,7 @@ def test_embedding_shuffled_control_is_near_chance(splits, embedder, decode):
 
 
 def test_hard_negatives_are_quiet_windows_nearest_the_top_windows(planted_pass, embedder, decode):
-    from sae_interp_tasks.scorers.embedding import embed, hard_negatives
+    from sae_interp_tasks.stages.shared import embed, hard_negatives
 
     record = planted_pass.record(CAT_LATENT)
     pool = list(record.non_activating)
@@ -417,8 +422,8 @@ def made_clients(monkeypatch):
 
 
 def test_detection_and_fuzzing_share_one_explanation_per_latent(planted_sae, corpus_file, fresh_cache, monkeypatch):
-    from sae_interp_tasks.backend import SAEBackend
-    from sae_interp_tasks.tasks.base import serve_latents
+    from sae_interp_tasks.harness.backend import SAEBackend
+    from sae_interp_tasks.harness.serve import serve_latents
 
     fakes: dict[str, FakeClient] = {}
 
@@ -456,9 +461,9 @@ def test_detection_and_fuzzing_share_one_explanation_per_latent(planted_sae, cor
 
 def test_a_rerun_on_the_same_cache_calls_no_model(planted_sae, tiny_model_dir, corpus_file, fresh_cache, made_clients):
     """The real in-process hf client on the tiny model: the second backend answers from disk."""
-    from sae_interp_tasks.backend import SAEBackend
+    from sae_interp_tasks.harness.backend import SAEBackend
     from sae_interp_tasks.clients.hf_client import HFClient
-    from sae_interp_tasks.tasks.base import serve_latents
+    from sae_interp_tasks.harness.serve import serve_latents
 
     settings = interp_settings(corpus_file, str(tiny_model_dir), str(tiny_model_dir), scorer_max_tokens=8,
                                explainer_max_tokens=8, n_test_per_decile=1, n_test_non_activating=5,
@@ -485,7 +490,7 @@ def test_a_rerun_on_the_same_cache_calls_no_model(planted_sae, tiny_model_dir, c
 
 def test_explanation_on_the_line_after_its_lead_is_kept():
     """Regression: SmolLM2 answers 'Explanation:\\nThe feature ...' (lead alone on its line)."""
-    from sae_interp_tasks.explainers import parse_explanation
+    from sae_interp_tasks.stages.explainers import parse_explanation
 
     assert parse_explanation("Explanation:\nThe feature detects method names.\n\nThe feature also") == \
         "The feature detects method names."

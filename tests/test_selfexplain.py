@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from conftest import CAT, CAT_LATENT, DOG, DOG_LATENT, token_id
 from sae_interp_tasks.errors import SaeInterpError
-from sae_interp_tasks.selfexplain import (DEFAULT_TEMPLATES, SelfExplainConfig, best_scales, composite, minmax,
+from sae_interp_tasks.stages.selfexplain import (DEFAULT_TEMPLATES, SelfExplainConfig, best_scales, composite, minmax,
                                           naive_generate, render_prompt, sweep, typical_norm, unit_directions)
 
 ECHO = {"user": 'Say "X".', "assistant": '"X', "placeholder": "X"}  # the prompt ends on a placeholder
@@ -223,7 +223,7 @@ def test_render_prompt_refuses_a_placeholder_merged_into_a_word(tokenizer):
 @pytest.mark.slow
 def test_bundled_model_repeats_the_patched_token():
     """SmolLM2-135M-Instruct, W_E[" cat"] patched at layer 0 into the repeat template's placeholders."""
-    from sae_interp_tasks.subject import load_subject
+    from sae_interp_tasks.stages.subject import load_subject
 
     model = load_subject("bundled")
     prompt = render_prompt(model.tokenizer, DEFAULT_TEMPLATES["repeat"])
@@ -252,7 +252,7 @@ def test_patch_layer_zero_is_a_valid_setting():
 
 def test_null_threshold_is_the_quantile_of_random_directions_peaks(tiny_model, echo, directions, echo_sweep):
     """The calibrated failure threshold: random unit directions swept like latents (selfsim only)."""
-    from sae_interp_tasks.selfexplain import null_selfsim_threshold
+    from sae_interp_tasks.stages.selfexplain import null_selfsim_threshold
 
     prompt, scales = echo
     measured = sweep(tiny_model, prompt, directions, LATENTS, scales, greedy(), seed=0, progress=False, generate=False)

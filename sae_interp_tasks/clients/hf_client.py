@@ -16,7 +16,7 @@ from sae_interp_tasks.clients.base import LLMClient, OnAnswer
 from sae_interp_tasks.clients.cache import CompletionCache
 from sae_interp_tasks.clients.records import ClientConfig, Completion, Prompt
 from sae_interp_tasks.errors import SaeInterpError
-from sae_interp_tasks.subject import BUNDLED_MODEL, bundled_hf_dir, is_bundled
+from sae_interp_tasks.stages.subject import BUNDLED_MODEL, bundled_hf_dir, is_bundled
 
 log = logging.getLogger(__name__)
 

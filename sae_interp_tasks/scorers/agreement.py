@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sae_interp_tasks import metrics
+from sae_interp_tasks.scorers import metrics
 from sae_interp_tasks.clients import Prompt
 from sae_interp_tasks.config import StageConfig
-from sae_interp_tasks.scorers.embedding import embed
+from sae_interp_tasks.stages.shared import embed
 
 
 @dataclass(frozen=True)
@@ -57,3 +57,16 @@ def judge_agreement(client, pairs: list[tuple[str, str]]) -> list[float]:
         match = _YES.search(ans.text or "")
         out.append(metrics.NAN if match is None else float(match.group(1).lower() == "yes"))
     return out
+
+
+def agreement_metrics(latents: list[int], self_text: dict[int, str], auto_text: dict[int, str], embedder,
+                      batch_size: int = 64, judge_client=None) -> dict[int, dict]:
+    """Per latent: retrieval agreement, and the judge's verdict when a judge client is given."""
+    retrieval = retrieval_agreement([self_text[lat] for lat in latents], [auto_text[lat] for lat in latents],
+                                    embedder, batch_size)
+    per = {lat: dict(values) for lat, values in zip(latents, retrieval)}
+    if judge_client is not None:
+        votes = judge_agreement(judge_client, [(self_text[lat], auto_text[lat]) for lat in latents])
+        for lat, vote in zip(latents, votes):
+            per[lat]["judge_agreement"] = vote
+    return per

@@ -1,12 +1,12 @@
-"""Detection and fuzzing: an LLM scorer reads the explanation and labels held-out windows yes/no.
+"""The base of scorers that show an LLM held-out windows and read a yes/no verdict per window
+(detection, fuzzing: `scorers/detection.py`, `scorers/fuzzing.py`).
 
-Detection shows plain windows: does the latent fire anywhere here? Fuzzing shows every window
-with some tokens marked: activating windows with their true activating tokens, non-activating
-ones with as many random tokens as an activating window has on average; is this the marking
-the explanation describes? Several windows go into one prompt; the scorer answers with a list
-like [1, 0, 0, 1, 0]. With logprobs, each listed digit's P(1) / (P(1) + P(0)) is the window's
-probability (then AUROC too). A batch whose answer cannot be parsed is a failure: its windows
-get no prediction, are counted, and are left out of the metrics.
+A variant says what the scorer decides for each window (`rules`) and how the windows are shown
+(`shown`: plain, or with tokens marked). Several windows go into one prompt; the scorer answers with
+a list like [1, 0, 0, 1, 0]. With logprobs, each listed digit's P(1) / (P(1) + P(0)) is the window's
+probability (then AUROC too). A batch whose answer cannot be parsed is a failure: its windows get no
+prediction, are counted, and are left out of the metrics. Every latent is also scored with another
+latent's explanation (the shuffled control), which gives the scorer's chance level.
 """
 
 from __future__ import annotations
@@ -19,21 +19,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sae_interp_tasks import metrics
+from sae_interp_tasks.aggregations import nanmean, total
 from sae_interp_tasks.clients import ClientConfig, Completion, LLMClient, Prompt
 from sae_interp_tasks.config import StageConfig, option, positive
-from sae_interp_tasks.errors import SaeInterpError
-from sae_interp_tasks.examples import activating_marks, highlight
 from sae_interp_tasks.records import Example, ExampleSplit, Explanation, ScoredLatent, WindowJudgement
+from sae_interp_tasks.scorers import metrics
+from sae_interp_tasks.stages.examples import highlight
+from sae_interp_tasks.stages.shared import shuffled_donors
 
-METHODS = ("detection", "fuzzing")
 Decode = Callable[[list[int]], str]
 
-_RULES = {
-    "detection": ("decide for each example whether the feature fires on any of its tokens, judging only by "
-                  "the explanation."),
-    "fuzzing": ("some tokens of each example are marked <<like this>>. Decide for each example whether the "
-                "marked tokens are exactly what the explanation describes (the feature fires on them)."),
+# the per-latent metrics every window classifier reports: name -> (aggregation, higher_is_better)
+METRICS = {
+    "balanced_acc": (nanmean, True),
+    "f1": (nanmean, True),
+    "precision": (nanmean, True),
+    "recall": (nanmean, True),
+    "auroc": (nanmean, True),
+    "balanced_acc_shuffled": (nanmean, False),
+    "auroc_shuffled": (nanmean, False),
+    "answered_frac": (nanmean, True),
+    "parse_failures": (total, False),
+    **{f"recall_decile{d}": (nanmean, True) for d in range(1, 11)},
 }
 
 
@@ -65,40 +72,6 @@ class Shown:
     example: Example
     label: bool
     marks: np.ndarray | None  # fuzzing only
-
-
-def windows_to_show(split: ExampleSplit, method: str, rng: random.Random, threshold: float) -> list[Shown]:
-    shown = [Shown(ex, True, None) for ex in split.test_activating]
-    shown += [Shown(ex, False, None) for ex in split.test_non_activating]
-    if method == "fuzzing":
-        true_marks = [activating_marks(ex, threshold) for ex in split.test_activating]
-        n_marked = max(1, round(float(np.mean([m.sum() for m in true_marks]))) if true_marks else 1)
-        fuzzed = []
-        for item in shown:
-            if item.label:
-                marks = activating_marks(item.example, threshold)
-            else:
-                marks = np.zeros(len(item.example.tokens), dtype=bool)
-                marks[rng.sample(range(len(marks)), min(n_marked, len(marks)))] = True
-            fuzzed.append(Shown(item.example, item.label, marks))
-        shown = fuzzed
-    rng.shuffle(shown)
-    return shown
-
-
-def scorer_prompt(explanation: str, batch: list[Shown], method: str, decode: Decode, cfg: ScorerConfig) -> Prompt:
-    n = len(batch)
-    system = (f"You check an explanation of a feature of a language model against text examples. For each example, "
-              f"{_RULES[method]} Answer with a Python list of {n} numbers, one per example in order, written "
-              f"[{', '.join(['x'] * n)}] with each x replaced by 1 (yes) or 0 (no), and nothing else.")
-    lines = []
-    for i, item in enumerate(batch, 1):
-        text = highlight(item.example.tokens, item.marks, decode) if item.marks is not None else decode(item.example.tokens.tolist())
-        lines.append(f"Example {i}: {text}")
-    user = f"Explanation: {explanation}\n\n" + "\n".join(lines) + f"\n\nYour list of {n} numbers:"
-    return Prompt(messages=(("system", system), ("user", user)), max_tokens=cfg.scorer_max_tokens,
-                  temperature=0.0, logprobs=cfg.use_logprobs, prefill="[",
-                  choice_list=n if cfg.constrained else 0)
 
 
 _LIST = re.compile(r"\[([^\[\]]*)\]")
@@ -143,65 +116,86 @@ def _digit_probabilities(completion: Completion, n: int) -> list[float] | None:
     return probs if len(probs) == n else None
 
 
-def derangement(latents: list[int], rng: random.Random) -> dict[int, int]:
-    """Each latent -> another latent (whose explanation it borrows for the shuffled control)."""
-    if len(latents) < 2:
-        return {}
-    order = list(latents)
-    rng.shuffle(order)
-    return {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
+class WindowClassifier:
+    """A scorer that labels windows yes/no from an explanation. Subclasses set `rules` (what the scorer
+    decides for each window) and may override `shown` (how the windows are presented)."""
+
+    rules: str = ""
+
+    def shown(self, split: ExampleSplit, rng: random.Random, threshold: float) -> list[Shown]:
+        """The latent's test windows as the scorer sees them, in a seeded order (plain text here)."""
+        items = [Shown(ex, True, None) for ex in split.test_activating]
+        items += [Shown(ex, False, None) for ex in split.test_non_activating]
+        rng.shuffle(items)
+        return items
+
+    def prompt(self, explanation: str, batch: list[Shown], decode: Decode, cfg: ScorerConfig) -> Prompt:
+        n = len(batch)
+        system = (f"You check an explanation of a feature of a language model against text examples. For each "
+                  f"example, {self.rules} Answer with a Python list of {n} numbers, one per example in order, "
+                  f"written [{', '.join(['x'] * n)}] with each x replaced by 1 (yes) or 0 (no), and nothing else.")
+        lines = [f"Example {i}: {_text(item, decode)}" for i, item in enumerate(batch, 1)]
+        user = f"Explanation: {explanation}\n\n" + "\n".join(lines) + f"\n\nYour list of {n} numbers:"
+        return Prompt(messages=(("system", system), ("user", user)), max_tokens=cfg.scorer_max_tokens,
+                      temperature=0.0, logprobs=cfg.use_logprobs, prefill="[",
+                      choice_list=n if cfg.constrained else 0)
+
+    def score(self, splits: list[ExampleSplit], explanations: dict[int, Explanation], cfg: ScorerConfig,
+              client: LLMClient, decode: Decode, seed: int, stream: str, threshold: float = 0.3,
+              owned: set[int] | None = None) -> dict[int, ScoredLatent]:
+        """Score every latent's explanation (and, as chance level, a shuffled one) with one batched client
+        call. `stream` names the random stream (the asking task's kind: tasks asking with the same name see
+        the same windows); with `owned`, only those latents (shuffled donors are still drawn among all)."""
+        donor = shuffled_donors([s.latent for s in splits], seed, cfg.shuffled_control)
+        splits = [s for s in splits if owned is None or s.latent in owned]
+        jobs = []  # (latent, variant, batch of Shown)
+        for split in splits:
+            shown = self.shown(split, random.Random(f"{seed}:{stream}:{split.latent}"), threshold)
+            variants = [("real", explanations[split.latent].text)]
+            if split.latent in donor:
+                variants.append(("shuffled", explanations[donor[split.latent]].text))
+            for variant, text in variants:
+                for start in range(0, len(shown), cfg.windows_per_prompt):
+                    jobs.append((split.latent, variant, text, shown[start:start + cfg.windows_per_prompt]))
+        answers = client.generate([self.prompt(text, batch, decode, cfg) for _, _, text, batch in jobs], desc=stream)
+        judged, detail = _read_answers([s.latent for s in splits], jobs, answers, cfg, decode)
+        return {split.latent: _scored(split.latent, explanations[split.latent].text, judged, detail[split.latent])
+                for split in splits}
 
 
-def score(method: str, splits: list[ExampleSplit], explanations: dict[int, Explanation], cfg: ScorerConfig,
-          client: LLMClient, decode: Decode, seed: int, threshold: float = 0.3,
-          owned: set[int] | None = None) -> dict[int, ScoredLatent]:
-    """Score every latent's explanation (and, as chance level, a shuffled one) with one batched client
-    call; with `owned`, only those latents (the shuffled donors are still drawn among all)."""
-    if method not in METHODS:
-        raise SaeInterpError(f"method must be one of {METHODS}, got {method!r}")
-    donor = derangement([s.latent for s in splits], random.Random(f"{seed}:shuffle")) if cfg.shuffled_control else {}
-    splits = [s for s in splits if owned is None or s.latent in owned]
-    jobs = []  # (latent, variant, explanation text, batch of Shown)
-    for split in splits:
-        shown = windows_to_show(split, method, random.Random(f"{seed}:{method}:{split.latent}"), threshold)
-        variants = [("real", explanations[split.latent].text)]
-        if split.latent in donor:
-            variants.append(("shuffled", explanations[donor[split.latent]].text))
-        for variant, text in variants:
-            for start in range(0, len(shown), cfg.windows_per_prompt):
-                jobs.append((split.latent, variant, text, shown[start:start + cfg.windows_per_prompt]))
-    prompts = [scorer_prompt(text, batch, method, decode, cfg) for _, _, text, batch in jobs]
-    answers = client.generate(prompts, desc=method)
+def _text(item: Shown, decode: Decode) -> str:
+    return highlight(item.example.tokens, item.marks, decode) if item.marks is not None else decode(item.example.tokens.tolist())
 
+
+def _read_answers(latents: list[int], jobs: list, answers: list[Completion], cfg: ScorerConfig, decode: Decode):
+    """Per (latent, variant) the window judgements; per latent what --log_samples shows of its real variant."""
     judged: dict[tuple[int, str], list[WindowJudgement]] = {}
-    detail: dict[int, dict] = {s.latent: {"windows": [], "answers": [], "parse_failures": 0, "batches": 0} for s in splits}
-    for (latent, variant, text, batch), answer in zip(jobs, answers, strict=True):
+    detail = {lat: {"windows": [], "answers": [], "parse_failures": 0, "batches": 0} for lat in latents}
+    for (latent, variant, _, batch), answer in zip(jobs, answers, strict=True):
         preds, probs = parse_answer(answer, len(batch), cfg.use_logprobs)
         out = judged.setdefault((latent, variant), [])
         for i, item in enumerate(batch):
             out.append(WindowJudgement(label=item.label, prediction=None if preds is None else preds[i],
                                        probability=None if probs is None else probs[i], decile=item.example.decile))
-        if variant == "real":
-            d = detail[latent]
-            d["batches"] += 1
-            d["parse_failures"] += preds is None
-            d["answers"].append(answer.text if answer.text is not None else f"<failed: {answer.error}>")
-            for i, item in enumerate(batch):
-                d["windows"].append({
-                    "text": highlight(item.example.tokens, item.marks, decode) if item.marks is not None
-                    else decode(item.example.tokens.tolist()),
-                    "max_act": round(item.example.max_act, 4), "decile": item.example.decile, "label": item.label,
-                    "prediction": None if preds is None else preds[i],
-                    "probability": None if probs is None else round(probs[i], 4)})
+        if variant != "real":
+            continue
+        d = detail[latent]
+        d["batches"] += 1
+        d["parse_failures"] += preds is None
+        d["answers"].append(answer.text if answer.text is not None else f"<failed: {answer.error}>")
+        for i, item in enumerate(batch):
+            d["windows"].append({
+                "text": _text(item, decode), "max_act": round(item.example.max_act, 4), "decile": item.example.decile,
+                "label": item.label, "prediction": None if preds is None else preds[i],
+                "probability": None if probs is None else round(probs[i], 4)})
+    return judged, detail
 
-    scored = {}
-    for split in splits:
-        real = judged[(split.latent, "real")]
-        values = metrics.classification_metrics(real)
-        values["parse_failures"] = detail[split.latent]["parse_failures"]
-        shuffled = judged.get((split.latent, "shuffled"))
-        values["balanced_acc_shuffled"] = metrics.balanced_accuracy(shuffled) if shuffled else metrics.NAN
-        values["auroc_shuffled"] = metrics.judgement_auroc(shuffled) if shuffled else metrics.NAN
-        scored[split.latent] = ScoredLatent(split.latent, method, explanations[split.latent].text, real, values,
-                                            detail[split.latent])
-    return scored
+
+def _scored(latent: int, explanation: str, judged: dict, detail: dict) -> ScoredLatent:
+    real = judged[(latent, "real")]
+    values = metrics.classification_metrics(real)
+    values["parse_failures"] = detail["parse_failures"]
+    shuffled = judged.get((latent, "shuffled"))
+    values["balanced_acc_shuffled"] = metrics.balanced_accuracy(shuffled) if shuffled else metrics.NAN
+    values["auroc_shuffled"] = metrics.judgement_auroc(shuffled) if shuffled else metrics.NAN
+    return ScoredLatent(latent, explanation, real, values, detail)

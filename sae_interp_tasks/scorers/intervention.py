@@ -8,20 +8,24 @@
 - judge (optional; output-centric descriptions, Gur-Arieh et al. 2025): a chat model reads the
   explanation and three sets of steered continuations (this latent's and two others' at the same
   target KL, in a seeded order) and names the set the explanation describes; chance is 1/3.
-- the output explanation: an explainer describes the tokens the edit promotes most.
+The output explanation (what the edit makes the model write, from the tokens it promotes) comes
+from `stages/explainers.py`; `score_steering` scores both kinds of explanation for every latent.
 """
 
 from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from sae_interp_tasks.aggregations import nanmean, total
 from sae_interp_tasks.clients import ClientConfig, LLMClient, Prompt
 from sae_interp_tasks.config import StageConfig, option, positive
-from sae_interp_tasks.explainers import parse_explanation
+from sae_interp_tasks.records import ScoredLatent
+from sae_interp_tasks.stages.shared import shuffled_donors
 
 INTERVENTION_SCORERS = ("surprisal", "judge")
 CLAIM = 'The above passage contains an amplified amount of "'
@@ -120,29 +124,125 @@ def read_judgement(text: str | None, truth: int) -> float:
     return float("nan") if match is None else float(int(match.group(1)) - 1 == truth)
 
 
-# --- the output explanation -------------------------------------------------------------------------------
-OUTPUT_SYSTEM = ("You study one feature of a language model. When the feature is amplified, the model's "
-                 "next-token predictions move toward the tokens listed, with the average increase in probability. "
-                 "Say what the feature makes the model write: one line of at most 20 words that starts with "
-                 "'Explanation:'.")
+# --- scoring every latent's steering ----------------------------------------------------------------------
+NAN = float("nan")
+VARIANT_METRICS = ("score", "score_shuffled", "output_score", "output_score_shuffled",
+                   "judge_acc", "judge_acc_shuffled", "output_judge_acc", "output_judge_acc_shuffled")
 
 
-def output_explainer_prompt(promoted: list[tuple[str, float]], max_tokens: int) -> Prompt:
-    listing = "\n".join(f"{token!r} +{gain:.3f}" for token, gain in promoted)
-    return Prompt(messages=(("system", OUTPUT_SYSTEM), ("user", f"Promoted tokens:\n{listing}\n\nWhat does it promote?")),
-                  max_tokens=max_tokens, temperature=0.0, prefill="Explanation:")
+def metric_suffix(target: float, primary: float) -> str:
+    """'' for the first target KL; '_kl3' or '_kl0p33' for the others."""
+    return "" if target == primary else "_kl" + f"{target:g}".replace(".", "p")
 
 
-def promoted_token_explanation(promoted: list[tuple[str, float]]) -> str:
-    """The non-LLM output explanation: the promoted tokens themselves."""
-    quoted = ", ".join(f'"{token}"' for token, _ in promoted[:3])
-    return f"the tokens {quoted}" if quoted else "nothing recognisable"
+def intervention_metrics(targets: list[float]) -> dict:
+    """The per-latent metrics for these target KLs: name -> (aggregation, higher_is_better)."""
+    per_target = {**{name: (nanmean, not name.endswith("_shuffled")) for name in VARIANT_METRICS},
+                  "strength": (nanmean, False), "kl": (nanmean, False), "unreached": (total, False)}
+    return {**{f"{name}{metric_suffix(t, targets[0])}": spec for t in targets for name, spec in per_target.items()},
+            "skipped_few_prompts": (total, False)}
 
 
-def output_explanations(promoted: dict, client: LLMClient | None, max_tokens: int) -> dict:
-    """{key: explanation} from each key's promoted (token text, gain) list; token lists without a client."""
-    if client is None:
-        return {key: promoted_token_explanation(tokens) for key, tokens in promoted.items()}
-    keys = list(promoted)
-    answers = client.generate([output_explainer_prompt(promoted[k], max_tokens) for k in keys], desc="output explain")
-    return {k: parse_explanation(a.text) or promoted_token_explanation(promoted[k]) for k, a in zip(keys, answers)}
+@dataclass(frozen=True)
+class SteeredTextScorers:
+    """The scorers of steered text, and their clients (made on first use, so an unused one never loads)."""
+
+    config: InterventionScoringConfig
+    shuffled_control: bool
+    surprisal_client: Callable[[], LLMClient]
+    judge_client: Callable[[], LLMClient]
+
+
+def score_steering(latents: list[int], owned: tuple[int, ...], explanations: dict[int, str], steered: dict,
+                   skipped: set[int], output: dict, targets: list[float], scorers: SteeredTextScorers,
+                   decode: Callable, token_text: Callable[[int], str], seed: int) -> dict[int, ScoredLatent]:
+    """The owned latents' scores from every latent's steering results {(latent, target): LatentSteering}
+    and output explanations {(latent, target): text} (the shuffled controls and the judge use them all)."""
+    reached = {t: [lat for lat in latents if (lat, t) in steered and steered[(lat, t)].reached] for t in targets}
+    texts = {key: steered_texts(res, decode) for key, res in steered.items() if res.reached}
+    scores = score_variants(owned, explanations, reached, output, texts, scorers, seed)
+    out = {}
+    for lat in owned:
+        metrics, detail = {}, {"skipped_few_prompts": lat in skipped, "targets": {}}
+        for t in targets:
+            suffix = metric_suffix(t, targets[0])
+            res = steered.get((lat, t))
+            metrics.update({f"{name}{suffix}": NAN for name in VARIANT_METRICS})
+            metrics[f"strength{suffix}"] = res.strength if res is not None and res.reached else NAN
+            metrics[f"kl{suffix}"] = res.kl if res is not None and res.reached else NAN
+            metrics[f"unreached{suffix}"] = float(res is not None and not res.reached)
+            metrics.update({f"{name}{suffix}": v for name, v in scores.get((lat, t), {}).get("metrics", {}).items()})
+            if res is not None:
+                detail["targets"][f"{t:g}"] = _detail(res, texts.get((lat, t)), output.get((lat, t)),
+                                                      scores.get((lat, t), {}), token_text)
+        metrics["skipped_few_prompts"] = float(lat in skipped)
+        detail["explanation"] = explanations[lat]
+        out[lat] = ScoredLatent(lat, explanations[lat], [], metrics, detail)
+    return out
+
+
+def steered_texts(res, decode: Callable) -> dict:
+    return {"prompts": [decode(p.tokens) for p in res.prompts], "clean": [decode(c) for c in res.clean],
+            "steered": [decode(c) for c in res.steered]}
+
+
+def score_variants(owned: tuple[int, ...], explanations: dict[int, str], reached: dict, output: dict, texts: dict,
+                   scorers: SteeredTextScorers, seed: int) -> dict:
+    """Per (latent, target) of the owned latents: the surprisal and judge scores of the auto-interp and
+    output explanations and of their shuffled controls (each latent scored with another latent's)."""
+    results: dict = {}
+    jobs: list = []  # (latent, target, variant name, explanation)
+    for t, lats in reached.items():
+        donor = shuffled_donors(lats, seed, scorers.shuffled_control, stream=f"intervention-shuffle:{t}")
+        for lat in (lat for lat in lats if lat in owned):
+            variants = {"score": explanations[lat], "output_score": output[(lat, t)]}
+            if lat in donor:
+                variants["score_shuffled"] = explanations[donor[lat]]
+                variants["output_score_shuffled"] = output[(donor[lat], t)]
+            results[(lat, t)] = {"metrics": {}, "explanations": variants, "surprisal": {}, "judge": {}}
+            jobs += [(lat, t, name, explanation) for name, explanation in variants.items()]
+    which = scorers.config.intervention_scorers
+    if "surprisal" in which and jobs:
+        _surprisal(jobs, texts, scorers.surprisal_client(), results)
+    judged = [job for job in jobs if len(reached[job[1]]) >= 3]
+    if "judge" in which and judged:
+        _judge(judged, reached, texts, scorers, seed, results)
+    return results
+
+
+def _surprisal(jobs: list, texts: dict, client: LLMClient, results: dict) -> None:
+    asked = [(explanation, texts[(lat, t)]["prompts"], texts[(lat, t)]["clean"], texts[(lat, t)]["steered"])
+             for lat, t, _, explanation in jobs]
+    for (lat, t, name, _), sc in zip(jobs, surprisal_scores(client, asked)):
+        results[(lat, t)]["metrics"][name] = sc.score
+        results[(lat, t)]["surprisal"][name] = {"score": sc.score, "stderr": sc.stderr,
+                                                "logprob_clean_steered": sc.per_prompt}
+
+
+def _judge(jobs: list, reached: dict, texts: dict, scorers: SteeredTextScorers, seed: int, results: dict) -> None:
+    prompts, truths = [], []
+    n = scorers.config.judge_continuations
+    for lat, t, name, explanation in jobs:
+        rng = random.Random(f"{seed}:judge:{lat}:{t}:{name}")
+        others = rng.sample([o for o in reached[t] if o != lat], 2)
+        sets, truth = judge_sets(texts[(lat, t)]["steered"][:n], [texts[(o, t)]["steered"][:n] for o in others], rng)
+        prompts.append(judge_prompt(explanation, sets))
+        truths.append(truth)
+    answers = scorers.judge_client().generate(prompts, desc="judge")
+    for (lat, t, name, _), answer, truth in zip(jobs, answers, truths):
+        metric = name.replace("score", "judge_acc")
+        results[(lat, t)]["metrics"][metric] = read_judgement(answer.text, truth)
+        results[(lat, t)]["judge"][metric] = {"answer": answer.text, "truth": truth + 1}
+
+
+def _detail(res, texts, output, scores, token_text: Callable[[int], str]) -> dict:
+    detail = {"target_kl": res.target, "strength": res.strength, "kl": round(res.kl, 5), "reached": res.reached,
+              "search": [[round(s, 6), round(kl, 5)] for s, kl in res.history],
+              "promoted": [[token_text(tok), round(gain, 5)] for tok, gain in res.promoted],
+              "output_explanation": output}
+    if texts:
+        detail["continuations"] = [{"prompt": p, "clean": c, "steered": st} for p, c, st in
+                                   zip(texts["prompts"], texts["clean"], texts["steered"])]
+    if scores:
+        detail.update(explanations=scores["explanations"], surprisal=scores["surprisal"], judge=scores["judge"])
+    return detail

@@ -1,9 +1,10 @@
 """sae_selfexplain: self-explanations of the selected latents, and their agreement with auto-interp.
 
 Uses the same latent selection, test windows and auto-interp explanations as sae_detection
-(shared through `memo`), so agreement is measured latent by latent: retrieval agreement, an
+(shared through `harness.memo`), so agreement is measured latent by latent: retrieval agreement, an
 optional LLM judge, and the self-explanation's own detection score next to the auto-interp
-explanation's (sae_detection's scores, computed once when both tasks run).
+explanation's (sae_detection's scores, computed once when both tasks run). The sweeps are
+`stages/selfexplain.py`; agreement is `scorers/agreement.py`.
 """
 
 from __future__ import annotations
@@ -11,22 +12,23 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-
-from sae_interp_tasks import memo
 from sae_interp_tasks.aggregations import nanmean, total
 from sae_interp_tasks.errors import SaeInterpError
-from sae_interp_tasks.memo import LatentRun
+from sae_interp_tasks.harness import memo
+from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
+from sae_interp_tasks.harness.serve import serve_latents
+from sae_interp_tasks.harness.task import LatentTask
 from sae_interp_tasks.records import Explanation, ScoredLatent
-from sae_interp_tasks.registry import task_kind
-from sae_interp_tasks.scorers import classifier
-from sae_interp_tasks.scorers.agreement import AgreementConfig, judge_agreement, retrieval_agreement
-from sae_interp_tasks.selfexplain import SelfExplainConfig, run_sweeps
-from sae_interp_tasks.tasks.autointerp import ClassifierSettings
-from sae_interp_tasks.tasks.base import LatentTask
+from sae_interp_tasks.registry import Report, task_kind
+from sae_interp_tasks.scorers.agreement import AgreementConfig, agreement_metrics
+from sae_interp_tasks.scorers.detection import Detection
+from sae_interp_tasks.stages.selfexplain import SelfExplainConfig, run_sweeps
+from sae_interp_tasks.tasks.detection import KIND as DETECTION
+from sae_interp_tasks.tasks.detection import classify
 
 
 @dataclass(frozen=True)
-class SelfExplainSettings(ClassifierSettings):
+class SelfExplainSettings(ScorerSettings):
     selfexplain: SelfExplainConfig = field(default_factory=SelfExplainConfig)
     agreement: AgreementConfig = field(default_factory=AgreementConfig)
 
@@ -34,55 +36,46 @@ class SelfExplainSettings(ClassifierSettings):
 def explaining_model(run: LatentRun):
     """The model that explains its latents: the subject model, or `selfexplain_model` (same width)."""
     name = run.settings.selfexplain.selfexplain_model
-    backend = run.backend
     if name is None:
-        return backend.model
-    from sae_interp_tasks.subject import load_subject
-
-    model = backend.memo.get(("selfexplain-model", name), lambda: load_subject(name, device=backend.device))
-    if model.cfg.d_model != backend.info.d_in:
+        return run.context.model
+    model = memo.subject_model(run.context, name)
+    if model.cfg.d_model != run.context.info.d_in:
         raise SaeInterpError(f"selfexplain_model {name} has d_model={model.cfg.d_model} but the SAE reads "
-                             f"{backend.info.d_in}-wide activations; use an instruction-tuned variant of the SAE's model")
+                             f"{run.context.info.d_in}-wide activations; use an instruction-tuned variant of the SAE's model")
     return model
 
 
 def score_selfexplain(run: LatentRun) -> dict[int, ScoredLatent]:
     s: SelfExplainSettings = run.settings
-    cfg = s.selfexplain
     latents = run.latents
-    sweeps, threshold = run_sweeps(explaining_model(run), run.backend.sae, latents, run.selection.state.record,
-                                   run.backend.tok_decode, cfg, run.seed)
-    primary = sweeps[cfg.explain_template]
+    sweeps, threshold = run_sweeps(explaining_model(run), run.context.sae, latents, run.selection.state.record,
+                                   run.decode, s.selfexplain, run.seed)
+    primary = sweeps[s.selfexplain.explain_template]
     self_text = {lat: primary[lat]["explanation"] or "(nothing)" for lat in latents}
     auto_text = {lat: run.explanations[lat].text for lat in latents}
-    retrieval = retrieval_agreement([self_text[lat] for lat in latents], [auto_text[lat] for lat in latents],
-                                    memo.embedder(run.backend, s.embedding), s.embedding.embedding_batch_size)
-    per = {lat: {**values, "selfexplain_failure": float(primary[lat]["peak_selfsim"] < threshold),
-                 "peak_selfsim": primary[lat]["peak_selfsim"], "selfsim_threshold": threshold}
-           for lat, values in zip(latents, retrieval)}
-    def scorer_client():
-        return memo.client(run.backend, s.scorer.client_config(run.backend.device))
-
-    if s.agreement.judge:
-        votes = judge_agreement(scorer_client(), [(self_text[lat], auto_text[lat]) for lat in latents])
-        for lat, vote in zip(latents, votes):
-            per[lat]["judge_agreement"] = vote
+    judge = memo.scorer_client(run.context, s.scorer) if s.agreement.judge else None
+    per = agreement_metrics(latents, self_text, auto_text, memo.embedder(run.context, s.embedding),
+                            s.embedding.embedding_batch_size, judge)
+    for lat in latents:
+        per[lat].update(selfexplain_failure=float(primary[lat]["peak_selfsim"] < threshold),
+                        peak_selfsim=primary[lat]["peak_selfsim"], selfsim_threshold=threshold)
     if s.agreement.selfexplain_detection:
-        # only the self-explanations' own balanced accuracy is reported: no shuffled control to pay for
-        own = classifier.score("detection", [run.splits[lat] for lat in latents],
-                               {lat: Explanation(lat, self_text[lat], "selfexplain") for lat in latents},
-                               dataclasses.replace(s.scorer, shuffled_control=False), scorer_client(),
-                               run.backend.tok_decode, run.seed, s.explainer.highlight_threshold)
-        auto = memo.scores(run, "detection")  # sae_detection's own scores when both tasks run
+        # the self-explanations' own balanced accuracy, on detection's windows (no shuffled control to pay for)
+        own = classify(dataclasses.replace(run, owned=tuple(latents)), Detection(), DETECTION,
+                       settings=dataclasses.replace(s, scorer=dataclasses.replace(s.scorer, shuffled_control=False)),
+                       explanations={lat: Explanation(lat, self_text[lat], "selfexplain") for lat in latents})
+        auto = memo.scores(run, DETECTION)  # sae_detection's own scores when both tasks run
         for lat in latents:
-            per[lat]["selfexplain_balanced_acc"] = own[lat].metrics["balanced_acc"]
-            per[lat]["autointerp_balanced_acc"] = auto[lat].metrics["balanced_acc"]
-    return {lat: ScoredLatent(lat, "selfexplain", self_text[lat], [], per[lat], {
+            per[lat].update(selfexplain_balanced_acc=own[lat].metrics["balanced_acc"],
+                            autointerp_balanced_acc=auto[lat].metrics["balanced_acc"])
+    return {lat: ScoredLatent(lat, self_text[lat], [], per[lat], {
         "selfexplanation": self_text[lat], "autointerp_explanation": auto_text[lat],
         "sweeps": {name: by_latent[lat] for name, by_latent in sweeps.items()}}) for lat in latents}
 
 
-@task_kind("selfexplain", settings=SelfExplainSettings, scorer=score_selfexplain, headline="retrieval_auroc")
+@task_kind("selfexplain", settings=SelfExplainSettings, serve=serve_latents, scorer=score_selfexplain,
+           report=Report(headline="retrieval_auroc", extra=("top1_match",), chance={"top1_match": "top1_chance"},
+                         position=40))
 class SAESelfExplainTask(LatentTask):
     """The subject model explains its own latents; agreement with the auto-interp explanations."""
 

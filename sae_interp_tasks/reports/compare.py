@@ -2,13 +2,13 @@
 
 Per gated metric the difference candidate - baseline gets a percentile bootstrap interval from
 the per-doc scores in the samples files:
-  - paired, where the docs are the same: sae_core chunks of the same corpus, seed and subject
-    model (the two SAEs' losses on the same tokens), or the same latents of the same SAE
-    (weights fingerprint): one resampling of the matched docs serves both sides;
+  - paired, where the docs are the same (as the task's recorded report says: the same latents of
+    the same SAE's weights, or docs whose pairing field agrees, e.g. chunks of the same tokens):
+    one resampling of the matched docs serves both sides;
   - unpaired otherwise: each side's docs are resampled independently.
-Means over docs resample per-doc values with NaN (no score) left out. sae_core's pooled ratios
-(explained variance, CE loss recovered) resample chunks and recompute the ratio from the chunk
-statistics, exactly as the task aggregates them.
+Means over docs resample per-doc values with NaN (no score) left out. Pooled metrics (e.g. explained
+variance) resample docs and recompute the metric from the docs' statistics with the expression the
+task recorded (aggregations.Pooled), exactly as the task aggregates it.
 
 The verdict is FAIL when, on any gated metric, the whole two-sided `confidence` interval lies
 beyond a drop of `max_drop` in the metric's bad direction.
@@ -23,33 +23,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from sae_interp_tasks.errors import SaeInterpError
-from sae_interp_tasks.results_io import (HEADLINE, POOLED, CoreChunks, Run, TaskResult, describe_differences,
-                                         percent, require_samples, settings_differences)
+from sae_interp_tasks.aggregations import Pooled
+from sae_interp_tasks.reports.results_io import (DocStats, Run, TaskResult, describe_differences, percent,
+                                                 require_samples, settings_differences)
 
 log = logging.getLogger(__name__)
 
 N_RESAMPLES = 10_000
-RATIOS = ("explained_variance", "ce_loss_recovered")  # the pooled metrics the samples can recompute
 
 
-# --- the pooled ratios, vectorised over resamples ----------------------------------------------
-def pooled_ratio(metric: str, chunks: CoreChunks, weights: np.ndarray) -> np.ndarray:
-    """`metric` of sae_core recomputed from chunk statistics, one value per row of `weights`
-    [resamples, chunks] (how often each chunk is drawn); a row of ones gives the task's own number."""
-    if metric == "explained_variance":  # about the pooled mean, as core.explained_variance
-        n = weights @ chunks.n_tokens
-        # |sum of x|^2 per resample through the chunks' Gram matrix: [resamples, chunks] memory, not
-        # [resamples, d_in] (10k resamples of a 2304-wide stream would hold ~180 MB)
-        gram = chunks.x_sum @ chunks.x_sum.T
-        x_sum_sq = np.einsum("bi,bi->b", weights @ gram, weights)
-        total = weights @ chunks.x_sq_sum - x_sum_sq / n
-        return 1.0 - (weights @ chunks.sq_err_sum) / total
-    if metric == "ce_loss_recovered":  # a ratio of mean losses over chunks, as core.ce_loss_recovered
-        clean, spliced, zero = (weights @ chunks.ce_clean, weights @ chunks.ce_spliced, weights @ chunks.ce_zero)
-        return (zero - spliced) / (zero - clean)
-    raise ValueError(metric)
-
-
+# --- resampling -----------------------------------------------------------------------------------
 def resample_weights(rng: np.random.Generator, n: int, resamples: int) -> np.ndarray:
     """[resamples, n] draw counts: each row is a bootstrap sample of n docs drawn with replacement."""
     return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(float)
@@ -76,13 +59,13 @@ def mean_difference(base: np.ndarray, cand: np.ndarray, paired: bool, confidence
     return (float(cand.mean() - base.mean()), *percentile_interval(draws_c - draws_b, confidence))
 
 
-def ratio_difference(metric: str, base: CoreChunks, cand: CoreChunks, paired: bool, confidence: float,
-                     resamples: int, rng: np.random.Generator) -> tuple[float, float, float]:
-    n_b, n_c = base.n_tokens.size, cand.n_tokens.size
-    point = float(pooled_ratio(metric, cand, np.ones((1, n_c)))[0] - pooled_ratio(metric, base, np.ones((1, n_b)))[0])
+def pooled_difference(pooled: Pooled, base: DocStats, cand: DocStats, paired: bool, confidence: float,
+                      resamples: int, rng: np.random.Generator) -> tuple[float, float, float]:
+    n_b, n_c = base.n_docs, cand.n_docs
+    point = float(pooled.resampled(cand.arrays, np.ones((1, n_c)))[0] - pooled.resampled(base.arrays, np.ones((1, n_b)))[0])
     w_b = resample_weights(rng, n_b, resamples)
     w_c = w_b if paired else resample_weights(rng, n_c, resamples)
-    draws = pooled_ratio(metric, cand, w_c) - pooled_ratio(metric, base, w_b)
+    draws = pooled.resampled(cand.arrays, w_c) - pooled.resampled(base.arrays, w_b)
     return (point, *percentile_interval(draws, confidence))
 
 
@@ -138,7 +121,7 @@ class Report:
 
 
 def side_from_runs(runs: list[Run], what: str) -> Side:
-    """The runs of one SAE merged (e.g. its sae_core and interp runs); a task given twice is an error."""
+    """The runs of one SAE merged (e.g. its reconstruction and auto-interp runs); a task given twice is an error."""
     names = sorted({r.sae + (f" [{r.fingerprint}]" if r.fingerprint else " [no fingerprint]") for r in runs})
     if len(names) > 1:
         raise SaeInterpError(f"{what} holds results of {len(names)} SAEs ({', '.join(names)}); "
@@ -166,7 +149,7 @@ def gated_metrics(base: Side, cand: Side, metrics: list[str] | None) -> list[tup
             said = ", ".join(f"{t} only in the {w}" for t, w in where.items())
             raise SaeInterpError(f"the two sides scored different tasks ({said}); run the same --tasks on both, "
                                  "or gate on some with --metrics")
-        chosen = [(t, HEADLINE[t]) for t in base.tasks]
+        chosen = [(t, result.headline) for t, result in base.tasks.items()]
         for task, metric in chosen:
             for side, what in ((base, "baseline"), (cand, "candidate")):
                 if metric not in side.tasks[task].metrics:
@@ -179,8 +162,9 @@ def gated_metrics(base: Side, cand: Side, metrics: list[str] | None) -> list[tup
         tasks = [task] if task else [t for t in set(base.tasks) | set(cand.tasks)
                                      if metric in _metric_names(base, cand, t)]
         if not tasks:
+            headlines = {f"{t}/{r.headline}" for side in (base, cand) for t, r in side.tasks.items()}
             raise SaeInterpError(f"no task on either side reports metric {metric!r}; "
-                                 f"headline metrics: {', '.join(f'{t}/{m}' for t, m in HEADLINE.items())}")
+                                 f"headline metrics: {', '.join(sorted(headlines))}")
         for t in sorted(tasks):
             for side, what in ((base, "baseline"), (cand, "candidate")):
                 if t not in side.tasks:
@@ -206,27 +190,31 @@ def check_settings(base: Side, cand: Side, tasks) -> None:
 
 
 def pairing(task: str, base: Side, cand: Side) -> tuple[bool, str]:
-    """Whether the docs of `task` are the same on both sides, and why (settings already agree)."""
+    """Whether the docs of `task` are the same on both sides, and why (settings already agree). A task's
+    report says when docs pair: `pair_on: sae` (the same latents of the same SAE weights), or a field
+    each doc logs whose values must agree (e.g. the hash of a chunk's tokens)."""
     if not base.subject_model or not cand.subject_model:
         return False, "unpaired: subject model not recorded (results written before get_model_info)"
     if base.subject_model != cand.subject_model:
         return False, "unpaired: different subject models"
-    if task == "sae_core":
-        if not _same_tokens(base.tasks[task], cand.tasks[task]):
-            return False, "unpaired: the chunks hold different tokens (e.g. corpus: sae read each SAE's own dataset)"
-        return True, "paired by chunk (same corpus, seed and subject model)"
+    report = base.tasks[task].report
+    doc = report.doc_id
+    if report.pair_on != "sae":
+        if not _same_field(base.tasks[task], cand.tasks[task]):
+            return False, f"unpaired: the {doc}s differ in {report.pair_on} (e.g. corpus: sae read each SAE's own dataset)"
+        return True, f"paired by {doc} (same settings, subject model and {report.pair_on})"
     if base.fingerprint and base.fingerprint == cand.fingerprint:
-        return True, "paired by latent (same SAE weights)"
-    return False, "unpaired: different SAEs' latents"
+        return True, f"paired by {doc} (same SAE weights)"
+    return False, f"unpaired: different SAEs' {doc}s"
 
 
-def _same_tokens(b: TaskResult, c: TaskResult) -> bool:
-    """False when both sides' samples hash their chunks' tokens and a chunk of the same id differs."""
+def _same_field(b: TaskResult, c: TaskResult) -> bool:
+    """False when both sides' samples log the pairing field and a doc of the same id differs in it."""
     sb, sc = b.samples, c.samples
-    if sb is None or sc is None or sb.token_hashes is None or sc.token_hashes is None:
-        return True  # written before the hashes were logged: the settings agree, which is what they can say
-    theirs = dict(zip(sc.keys, sc.token_hashes))
-    return all(theirs.get(k, h) == h for k, h in zip(sb.keys, sb.token_hashes))
+    if sb is None or sc is None or sb.pair_values is None or sc.pair_values is None:
+        return True  # written before the field was logged: the settings agree, which is what they can say
+    theirs = dict(zip(sc.keys, sc.pair_values))
+    return all(theirs.get(k, h) == h for k, h in zip(sb.keys, sb.pair_values))
 
 
 def compare_metric(task: str, metric: str, base: Side, cand: Side, confidence: float, max_drop: float,
@@ -236,7 +224,7 @@ def compare_metric(task: str, metric: str, base: Side, cand: Side, confidence: f
     if better is None:
         raise SaeInterpError(f"{task}/{metric} has no higher_is_better in the results; gate on another metric")
     paired, how = pairing(task, base, cand)
-    if metric in POOLED.get(task, ()):
+    if b.pooled(metric):
         point, lo, hi, n_b, n_c, paired, how = _pooled(task, metric, b, c, paired, how, confidence, resamples, rng)
     else:
         point, lo, hi, n_b, n_c, paired, how = _means(task, metric, b, c, paired, how, confidence, resamples, rng)
@@ -267,25 +255,28 @@ def _means(task, metric, b: TaskResult, c: TaskResult, paired, how, confidence, 
 
 
 def _pooled(task, metric, b: TaskResult, c: TaskResult, paired, how, confidence, resamples, rng):
-    if metric not in RATIOS:
-        raise SaeInterpError(f"{task}/{metric} is pooled over chunks and the samples lack the statistics to "
-                             f"resample it; gate on {', '.join(f'{task}/{m}' for m in RATIOS)} or a mean metric")
-    cb, cc = b.samples.chunks, c.samples.chunks
-    for chunks, s in ((cb, b), (cc, c)):
-        if chunks is None:
-            raise SaeInterpError(f"{s.samples.path} has no chunk statistics (written before they were logged); "
-                                 "re-run sae_core with --log_samples")
+    expression = b.report.pooled.get(metric)
+    if not expression:
+        redo = [f"{task}/{m}" for m, e in b.report.pooled.items() if e]
+        raise SaeInterpError(f"{task}/{metric} is pooled over docs and the samples lack the statistics to resample "
+                             f"it; gate on {', '.join(redo) or 'a metric'} or a mean metric")
+    sb, sc = b.samples.stats, c.samples.stats
+    for stats, s in ((sb, b), (sc, c)):
+        if stats is None:
+            raise SaeInterpError(f"{s.samples.path} lacks the statistics {task}/{metric} is pooled from (written "
+                                 f"before they were logged); re-run {task} with --log_samples")
+    pooled, doc = Pooled(expression), b.report.doc_id
     if paired:
         index_c = {k: i for i, k in enumerate(c.samples.keys)}
         common = [(i, index_c[k]) for i, k in enumerate(b.samples.keys) if k in index_c]
         if len(common) == len(b.samples.keys) == len(c.samples.keys):
             ib, ic = (np.array(x) for x in zip(*common, strict=True))
-            point, lo, hi = ratio_difference(metric, cb.take(ib), cc.take(ic), True, confidence, resamples, rng)
-            return point, lo, hi, len(common), len(common), True, f"{how}, {len(common)} chunks"
-        how = "unpaired: the two runs scored different chunks"
-    point, lo, hi = ratio_difference(metric, cb, cc, False, confidence, resamples, rng)
-    n_b, n_c = cb.n_tokens.size, cc.n_tokens.size
-    return point, lo, hi, n_b, n_c, False, f"{how}, {n_b} vs {n_c} chunks"
+            point, lo, hi = pooled_difference(pooled, sb.take(ib), sc.take(ic), True, confidence, resamples, rng)
+            return point, lo, hi, len(common), len(common), True, f"{how}, {len(common)} {doc}s"
+        how = f"unpaired: the two runs scored different {doc}s"
+    point, lo, hi = pooled_difference(pooled, sb, sc, False, confidence, resamples, rng)
+    n_b, n_c = sb.n_docs, sc.n_docs
+    return point, lo, hi, n_b, n_c, False, f"{how}, {n_b} vs {n_c} {doc}s"
 
 
 def compare(base_runs: list[Run], cand_runs: list[Run], metrics: list[str] | None = None, confidence: float = 0.95,

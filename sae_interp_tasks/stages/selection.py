@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
-from sae_interp_tasks import activations
+from sae_interp_tasks.stages import activations
 from sae_interp_tasks.config import StageConfig, option, positive
-from sae_interp_tasks.corpus import CorpusSpec
+from sae_interp_tasks.stages.corpus import CorpusSpec
 from sae_interp_tasks.errors import SaeInterpError
-from sae_interp_tasks.examples import ExampleConfig, split_examples
+from sae_interp_tasks.stages.examples import ExampleConfig, split_examples
+from sae_interp_tasks.stages.shared import hard_negatives
 from sae_interp_tasks.records import ExampleSplit
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,6 @@ def make_splits(selection: Selection, cfg: ExampleConfig, seed: int, decode, emb
                 embedding_batch_size: int = 64) -> dict[int, ExampleSplit]:
     """Each live latent's split; with `non_activating: hard` the non-activating pool is first narrowed
     to the windows nearest its top windows by `embedder`."""
-    from sae_interp_tasks.scorers.embedding import hard_negatives
-
     splits = {}
     for lat in selection.live:
         record = selection.state.record(lat)

@@ -4,6 +4,8 @@
   with its activating tokens marked <<like this>> (tokens at or above `highlight_threshold`
   x the window's max), then the activating tokens with activations scaled to 0..10.
 - `tokens`: the non-LLM floor, naming the most frequent activating tokens.
+- output explanations (sae_intervention): what steering a latent makes the model write, from the
+  tokens the edit promotes most (an LLM's description, or the tokens themselves).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 from sae_interp_tasks.clients import ClientConfig, LLMClient, Prompt
 from sae_interp_tasks.config import StageConfig, option, positive
-from sae_interp_tasks.examples import activating_marks, highlight
+from sae_interp_tasks.stages.examples import activating_marks, highlight
 from sae_interp_tasks.records import Example, ExampleSplit, Explanation
 
 EXPLAINERS = ("hf", "openai", "tokens")
@@ -114,3 +116,31 @@ def explain(splits: list[ExampleSplit], cfg: ExplainerConfig, client: LLMClient 
         else:
             out[split.latent] = Explanation(split.latent, text, client.name)
     return out
+
+
+# --- the output explanation: what steering a latent makes the model write ------------------------------
+OUTPUT_SYSTEM = ("You study one feature of a language model. When the feature is amplified, the model's "
+                 "next-token predictions move toward the tokens listed, with the average increase in probability. "
+                 "Say what the feature makes the model write: one line of at most 20 words that starts with "
+                 "'Explanation:'.")
+
+
+def output_explainer_prompt(promoted: list[tuple[str, float]], max_tokens: int) -> Prompt:
+    listing = "\n".join(f"{token!r} +{gain:.3f}" for token, gain in promoted)
+    return Prompt(messages=(("system", OUTPUT_SYSTEM), ("user", f"Promoted tokens:\n{listing}\n\nWhat does it promote?")),
+                  max_tokens=max_tokens, temperature=0.0, prefill="Explanation:")
+
+
+def promoted_token_explanation(promoted: list[tuple[str, float]]) -> str:
+    """The non-LLM output explanation: the promoted tokens themselves."""
+    quoted = ", ".join(f'"{token}"' for token, _ in promoted[:3])
+    return f"the tokens {quoted}" if quoted else "nothing recognisable"
+
+
+def output_explanations(promoted: dict, client: LLMClient | None, max_tokens: int) -> dict:
+    """{key: explanation} from each key's promoted (token text, gain) list; token lists without a client."""
+    if client is None:
+        return {key: promoted_token_explanation(tokens) for key, tokens in promoted.items()}
+    keys = list(promoted)
+    answers = client.generate([output_explainer_prompt(promoted[k], max_tokens) for k in keys], desc="output explain")
+    return {k: parse_explanation(a.text) or promoted_token_explanation(promoted[k]) for k, a in zip(keys, answers)}

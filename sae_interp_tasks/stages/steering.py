@@ -11,9 +11,9 @@ For each latent (Paulo et al. 2024, section 3.3.5; docs/methods.md, "Interventio
   - one clean and one steered continuation per scoring prompt, sampled with the same random
     numbers, so the two differ only where the edit changes the distribution.
 
-Everything runs batched across prompts and latents on TransformerLens's KV cache: the clean
-prompt runs once, each search step reruns only the last prompt token against the frozen cache
-of the prompt before it, and generation extends copies of that cache.
+Everything runs batched across prompts and latents on TransformerLens's KV cache (the engine is
+`steering_engine.py`): the clean prompt runs once, each search step reruns only the last prompt
+token against the frozen cache of the prompt before it, and generation extends copies of that cache.
 """
 
 from __future__ import annotations
@@ -25,12 +25,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from sae_interp_tasks.config import StageConfig, option, positive
 from sae_interp_tasks.errors import SaeInterpError
-from sae_interp_tasks.examples import assign_deciles
 from sae_interp_tasks.records import LatentRecord
+from sae_interp_tasks.stages.examples import assign_deciles
+from sae_interp_tasks.stages.steering_engine import (PromptBatch, coupled_uniforms, generate_pairs, group_rows,
+                                                     kl_clean_steered, naive_steered_generate, prepare,
+                                                     promoted_tokens, sample, steered_logp)
+
+__all__ = ["InterventionConfig", "LatentSteering", "Search", "SteeringPrompt", "coupled_uniforms", "intervention_prompts",
+           "naive_steered_generate", "sample", "check_prompts", "steer_all", "steer_latents", "steering_directions"]
 
 
 @dataclass(frozen=True)
@@ -132,64 +138,6 @@ def steering_directions(sae, latents: list[int]) -> torch.Tensor:
         return (sae.decode(onehot) - sae.decode(torch.zeros_like(onehot))).float()
 
 
-class Steering:
-    """A forward hook adding rows[b] * scales[b] to the hooked activation at every position of the
-    current forward. With a KV cache a forward holds only new positions, so a cached generation is
-    edited at the last prompt token and at every generated token, and nowhere else."""
-
-    def __init__(self, vectors: torch.Tensor, scales: torch.Tensor):
-        self.vectors, self.scales = vectors, scales
-
-    def __call__(self, act, hook):
-        shift = (self.vectors * self.scales.view(-1, *([1] * (self.vectors.dim() - 1)))).to(act.dtype)
-        return act + shift.unsqueeze(1)
-
-
-# --- the batched engine -----------------------------------------------------------------------------
-@dataclass
-class PromptBatch:
-    """Prompts left-padded into one batch, with the KV cache of every position but the last (frozen)
-    and the clean next-token log-distribution at the last."""
-
-    tokens: torch.Tensor  # [B, T] left-padded
-    mask: torch.Tensor  # [B, T]
-    cache: object  # TransformerLensKeyValueCache over tokens[:, :-1], frozen
-    clean_logp: torch.Tensor  # [B, vocab] float32
-
-
-def prepare(model, prompts: list[np.ndarray]) -> PromptBatch:
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-    device = model.cfg.device
-    width = max(len(p) for p in prompts)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    tokens = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        tokens[i, width - len(p):] = torch.as_tensor(p)
-        mask[i, width - len(p):] = 1
-    tokens, mask = tokens.to(device), mask.to(device)
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(prompts))
-    with torch.no_grad():
-        if width > 1:
-            model(tokens[:, :-1], attention_mask=mask[:, :-1], past_kv_cache=cache)
-        cache.freeze()
-        logits = model(tokens[:, -1:], attention_mask=mask[:, -1:], past_kv_cache=cache)
-    return PromptBatch(tokens, mask, cache, F.log_softmax(logits[:, -1].float(), dim=-1))
-
-
-def steered_logp(model, hook_name: str, batch: PromptBatch, vectors: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """The last prompt token's next-token log-distribution with the edit, [B, vocab]."""
-    with torch.no_grad(), model.hooks(fwd_hooks=[(hook_name, Steering(vectors, scales))]):
-        logits = model(batch.tokens[:, -1:], attention_mask=batch.mask[:, -1:], past_kv_cache=batch.cache)
-    return F.log_softmax(logits[:, -1].float(), dim=-1)
-
-
-def kl_clean_steered(clean_logp: torch.Tensor, steered: torch.Tensor) -> torch.Tensor:
-    """KL(clean || steered) per row, in nats."""
-    return (clean_logp.exp() * (clean_logp - steered)).sum(-1)
-
-
 # --- the strength search ----------------------------------------------------------------------------
 @dataclass
 class Search:
@@ -288,81 +236,6 @@ def search_strengths(model, hook_name: str, scoring: PromptBatch, rows: dict[int
             seen[lat][s] = float(kl[rows[lat]].mean())
 
 
-def promoted_tokens(clean_logp: torch.Tensor, steered: torch.Tensor, k: int) -> list[tuple[int, float]]:
-    """The k tokens whose probability the edit raises most on average over the rows."""
-    gain = (steered.exp() - clean_logp.exp()).mean(0)
-    values, ids = gain.topk(k)
-    return [(int(i), float(v)) for i, v in zip(ids.tolist(), values.tolist())]
-
-
-def coupled_uniforms(seed: int, latent: int, n_prompts: int, n_tokens: int) -> torch.Tensor:
-    """Uniform draws [prompt, step] for sampling, a function of (seed, latent) alone: a clean and a
-    steered continuation of one prompt use the same draws, whatever else shares the batch."""
-    gen = torch.Generator().manual_seed(hash_seed(seed, latent))
-    return torch.rand(n_prompts, n_tokens, generator=gen, dtype=torch.float64)
-
-
-def hash_seed(*parts) -> int:
-    import hashlib
-
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & (2**63 - 1)
-
-
-def sample(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Inverse-CDF sampling: row b takes the token where its cumulative probability passes uniforms[b]."""
-    probs = F.softmax(logits.double() / temperature, dim=-1)
-    cdf = probs.cumsum(-1)
-    picked = torch.searchsorted(cdf, uniforms[:, None].to(cdf.device).contiguous()).squeeze(-1)
-    return picked.clamp(max=probs.shape[-1] - 1)
-
-
-def generate_pairs(model, hook_name: str, batch: PromptBatch, vectors: torch.Tensor, scales: torch.Tensor,
-                   uniforms: torch.Tensor, cfg: InterventionConfig, stop_ids: set[int]) -> tuple[list[list[int]], list[list[int]]]:
-    """Clean and steered continuations of every prompt row (same draws for both), with the edit at the
-    last prompt token and at every generated token of the steered rows."""
-    import copy
-
-    b = batch.tokens.shape[0]
-    cache = copy.copy(batch.cache)
-    cache.entries = [copy.copy(e) for e in batch.cache.entries]
-    for entry in cache.entries:  # rows [clean_0, steered_0, clean_1, ...] on an unfrozen copy
-        entry.past_keys = entry.past_keys.repeat_interleave(2, dim=0)
-        entry.past_values = entry.past_values.repeat_interleave(2, dim=0)
-        entry.frozen = False
-    cache.previous_attention_mask = batch.cache.previous_attention_mask.repeat_interleave(2, dim=0)
-    cache.frozen = False
-    device = model.cfg.device
-    pair_vectors = vectors.repeat_interleave(2, dim=0).to(device)
-    pair_scales = torch.stack([torch.zeros_like(scales), scales], dim=1).flatten().to(device)
-    draws = uniforms.repeat_interleave(2, dim=0)
-    nxt = batch.tokens[:, -1:].repeat_interleave(2, dim=0)
-    mask = batch.mask[:, -1:].repeat_interleave(2, dim=0)
-    out = []
-    with torch.no_grad(), model.hooks(fwd_hooks=[(hook_name, Steering(pair_vectors, pair_scales))]):
-        for step in range(cfg.continuation_tokens):
-            logits = model(nxt, attention_mask=mask, past_kv_cache=cache)[:, -1]
-            nxt = sample(logits, draws[:, step], cfg.continuation_temperature)[:, None]
-            out.append(nxt[:, 0].cpu())
-            mask = torch.ones_like(mask)
-    tokens = torch.stack(out, dim=1).tolist()
-    cut = [row[:next((i for i, t in enumerate(row) if t in stop_ids), len(row))] for row in tokens]
-    return cut[0::2], cut[1::2]
-
-
-def _group_rows(batch: PromptBatch, rows: dict[int, slice], group: list[int], vec: dict[int, torch.Tensor],
-                strengths: dict[int, float]):
-    """The rows of `batch` that belong to the latents of `group`, each row with its latent's steering
-    vector and strength, and each latent's span of rows in that subset."""
-    spans, start = {}, 0
-    for lat in group:
-        n = rows[lat].stop - rows[lat].start
-        spans[lat], start = slice(start, start + n), start + n
-    sub = _subset(batch, torch.cat([torch.arange(rows[lat].start, rows[lat].stop) for lat in group]))
-    row_vectors = torch.cat([vec[lat].expand(spans[lat].stop - spans[lat].start, *vec[lat].shape) for lat in group])
-    scales = torch.cat([torch.full((spans[lat].stop - spans[lat].start,), strengths[lat]) for lat in group])
-    return sub, row_vectors, scales, spans
-
-
 def steer_latents(model, hook_name: str, latents: list[int], prompts: dict[int, tuple[list, list]], vectors: torch.Tensor,
                   cfg: InterventionConfig, seed: int, stop_ids: set[int]) -> dict[tuple[int, float], LatentSteering]:
     """The whole intervention stage for a group of latents that fits one batch."""
@@ -392,12 +265,12 @@ def steer_latents(model, hook_name: str, latents: list[int], prompts: dict[int, 
             continue
         strengths = {lat: out[(lat, target)].strength for lat in group}
         # promoted tokens over the explainer prompts
-        sub, row_vectors, scales, spans = _group_rows(explaining_batch, explain_rows, group, vec, strengths)
+        sub, row_vectors, scales, spans = group_rows(explaining_batch, explain_rows, group, vec, strengths)
         steered = steered_logp(model, hook_name, sub, row_vectors, scales)
         for lat, span in spans.items():
             out[(lat, target)].promoted = promoted_tokens(sub.clean_logp[span], steered[span], cfg.n_promoted_tokens)
         # continuations of the scoring prompts
-        sub, row_vectors, scales, spans = _group_rows(scoring_batch, score_rows, group, vec, strengths)
+        sub, row_vectors, scales, spans = group_rows(scoring_batch, score_rows, group, vec, strengths)
         draws = torch.cat([coupled_uniforms(seed, lat, span.stop - span.start, cfg.continuation_tokens)
                            for lat, span in spans.items()])
         clean, steered_tokens = generate_pairs(model, hook_name, sub, row_vectors, scales, draws, cfg, stop_ids)
@@ -406,36 +279,35 @@ def steer_latents(model, hook_name: str, latents: list[int], prompts: dict[int, 
     return out
 
 
-def _subset(batch: PromptBatch, rows: torch.Tensor) -> PromptBatch:
-    import copy
+def steer_all(model, sae, hook_name: str, latents: list[int], record_of: Callable[[int], LatentRecord],
+              context_of: Callable[[int], np.ndarray], cfg: InterventionConfig, window: int, windows_per_context: int,
+              seed: int, stop_ids: set[int]) -> tuple[dict[tuple[int, float], LatentSteering], set[int]]:
+    """Steering results {(latent, target): LatentSteering} of `latents`, in groups that fit one batch, and
+    the latents with too few activating windows for their prompts."""
+    prompts, skipped = {}, set()
+    for lat in latents:
+        chosen = intervention_prompts(record_of(lat), cfg, seed, context_of, window, windows_per_context)
+        if chosen is None:
+            skipped.add(lat)
+        else:
+            prompts[lat] = chosen
+    ready = [lat for lat in latents if lat in prompts]
+    group_size = max(1, cfg.intervention_batch_size // cfg.n_prompts)
+    steered = {}
+    bar = tqdm(total=len(ready), unit="latents", desc="steering")
+    for start in range(0, len(ready), group_size):
+        group = ready[start:start + group_size]
+        steered.update(steer_latents(model, hook_name, group, prompts, steering_directions(sae, group), cfg, seed,
+                                     stop_ids))
+        bar.update(len(group))
+    bar.close()
+    return steered, skipped
 
-    rows = rows.to(batch.tokens.device)
-    cache = copy.copy(batch.cache)
-    cache.entries = [copy.copy(e) for e in batch.cache.entries]
-    for entry in cache.entries:
-        entry.past_keys, entry.past_values = entry.past_keys[rows], entry.past_values[rows]
-    cache.previous_attention_mask = batch.cache.previous_attention_mask[rows]
-    return PromptBatch(batch.tokens[rows], batch.mask[rows], cache, batch.clean_logp[rows])
 
-
-def naive_steered_generate(model, hook_name: str, prompt: np.ndarray, vector: torch.Tensor, scale: float,
-                           uniforms: torch.Tensor, cfg: InterventionConfig) -> list[int]:
-    """One prompt, no KV cache: every step reruns the whole sequence with the edit at the last prompt
-    token and every generated position. The reference for tests and the naive benchmark row."""
-    tokens = torch.as_tensor(prompt)[None].to(model.cfg.device)
-    start = tokens.shape[1] - 1
-    vector = vector.to(model.cfg.device)
-
-    def edit(act, hook):
-        act = act.clone()
-        act[:, start:] = act[:, start:] + (scale * vector).to(act.dtype)
-        return act
-
-    out = []
-    with torch.no_grad(), model.hooks(fwd_hooks=[(hook_name, edit)]):
-        for step in range(cfg.continuation_tokens):
-            logits = model(tokens)[:, -1]
-            nxt = sample(logits, uniforms[step:step + 1], cfg.continuation_temperature)
-            out.append(int(nxt[0]))
-            tokens = torch.cat([tokens, nxt.view(1, 1).to(tokens.device)], dim=1)
-    return out
+def check_prompts(latents: list[int], skipped: set[int], cfg: InterventionConfig) -> None:
+    """A run where no latent could be given its prompts has nothing to score: say what to change."""
+    if latents and skipped >= set(latents):
+        raise SaeInterpError(
+            f"no latent has the {cfg.n_prompts} activating windows (each cut after its first activating token) that "
+            f"n_intervention_prompts + n_output_prompts ask for; raise n_tokens or lower n_intervention_prompts "
+            "and n_output_prompts")

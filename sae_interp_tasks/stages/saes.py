@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError
 
 from sae_interp_tasks.errors import SaeInterpError, unknown
+from sae_interp_tasks.records import SAESource
 
 log = logging.getLogger(__name__)
 
@@ -21,23 +22,6 @@ DEMO_SAE_DIR = Path(__file__).parent / "data" / "demo_sae"
 INSTRUMENT_DEFAULTS_KEY = "sae_interp_defaults"
 CONTROLS = ("random", "neurons")
 DEFAULT_CONTROL_K = 32
-
-
-@dataclass(frozen=True)
-class SAESource:
-    """Which SAE to evaluate, as named in --model_args."""
-
-    release: str | None = None
-    sae_id: str | None = None
-    path: str | None = None
-    control: str | None = None  # None | "random" | "neurons"
-    control_k: int | None = None
-
-    @property
-    def label(self) -> str:
-        base = (f"{self.release}/{self.sae_id}" if self.release else
-                self.path if self.path else "demo")
-        return f"{base}+control={self.control}" if self.control else base
 
 
 @dataclass(frozen=True)

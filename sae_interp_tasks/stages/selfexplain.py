@@ -14,7 +14,6 @@ placeholder is computed once and its KV cache shared by every row.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -158,19 +157,14 @@ def typical_norm(model, prompt: PromptIds, layer: int) -> float:
 
 @torch.no_grad()
 def sweep(model, prompt: PromptIds, directions: torch.Tensor, latents: list[int], scales: np.ndarray,
-          cfg: SelfExplainConfig, seed: int, progress: bool = True, generate: bool = True) -> SweepResult:
+          cfg: SelfExplainConfig, seed: int, progress: bool = True, generate: bool = True,
+          desc: str = "self-explanation sweep") -> SweepResult:
     """Batched generation for every (latent, scale, sample); the shared prompt prefix runs once.
     With generate=False only self-similarity and entropy are measured (texts stay empty)."""
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
     device = model.cfg.device
-    patch_hook = f"blocks.{cfg.patch_layer}.hook_resid_pre"
-    probe_layer = cfg.probe_layer if cfg.probe_layer is not None else (2 * model.cfg.n_layers) // 3
-    probe_hook = f"blocks.{probe_layer}.hook_resid_post"
-    for hook in (patch_hook, probe_hook):
-        if hook not in model.hook_dict:
-            raise SaeInterpError(f"{hook} does not exist in {model.cfg.model_name} ({model.cfg.n_layers} layers); "
-                                 "lower patch_layer / probe_layer")
+    patch_hook, probe_hook = _hooks(model, cfg)
     n_samples = 1 if cfg.temperature <= 0 else cfg.n_samples
     split = min(prompt.positions)
     prefix, rest = prompt.tokens[:split].to(device), prompt.tokens[split:].to(device)
@@ -184,30 +178,17 @@ def sweep(model, prompt: PromptIds, directions: torch.Tensor, latents: list[int]
     entropy = np.zeros((len(latents), len(scales)))
     texts = [[[] for _ in scales] for _ in latents]
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    eos = {model.tokenizer.eos_token_id}
-    im_end = model.tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in model.tokenizer.get_vocab() else None
-    if im_end is not None:
-        eos.add(im_end)
-    bar = tqdm(total=len(rows), unit="rows", desc="self-explanation sweep", disable=not progress)
+    eos = _stop_ids(model.tokenizer)
+    bar = tqdm(total=len(rows), unit="rows", desc=desc, disable=not progress)
     for start in range(0, len(rows), cfg.selfexplain_batch_size):
         chunk = rows[start:start + cfg.selfexplain_batch_size]
         b = len(chunk)
         vectors = torch.stack([directions[r] * float(scales[s]) for r, s in chunk]).to(device, model.cfg.dtype)
         cache = _expand_cache(_clone_cache(base), b)
-        captured = {}
-
-        def patch(resid, hook):
-            resid[:, rel_positions] = vectors[:, None, :]
-            return resid
-
-        def probe(resid, hook):
-            captured["last"] = resid[:, -1].float()
-            return resid
-
-        logits = model.run_with_hooks(rest[None].expand(b, -1), past_kv_cache=cache,
-                                      fwd_hooks=[(patch_hook, patch), (probe_hook, probe)])
-        dirs = torch.stack([directions[r] for r, _ in chunk]).to(captured["last"])
-        sims = F.cosine_similarity(captured["last"], dirs, dim=-1).cpu().numpy()
+        logits, last = _patched_forward(model, rest[None].expand(b, -1), cache, vectors, rel_positions, patch_hook,
+                                        probe_hook)
+        dirs = torch.stack([directions[r] for r, _ in chunk]).to(last)
+        sims = F.cosine_similarity(last, dirs, dim=-1).cpu().numpy()
         logp = F.log_softmax(logits[:, -1].float(), dim=-1)
         ents = (-(logp.exp() * logp).sum(-1)).cpu().numpy()
         for (r, s), sim, ent in zip(chunk, sims, ents):
@@ -217,27 +198,73 @@ def sweep(model, prompt: PromptIds, directions: torch.Tensor, latents: list[int]
             continue
 
         # generation: n_samples per row, sharing the patched prompt's cache
-        cache = _repeat_cache(cache, n_samples)
-        next_logits = logits[:, -1].repeat_interleave(n_samples, dim=0)
-        out = torch.zeros(b * n_samples, 0, dtype=torch.long, device=device)
-        done = torch.zeros(b * n_samples, dtype=torch.bool, device=device)
-        for step in range(cfg.max_new_tokens):
-            if cfg.temperature <= 0:
-                nxt = next_logits.argmax(-1)
-            else:
-                probs = F.softmax(next_logits.float().cpu() / cfg.temperature, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=gen)[:, 0].to(device)
-            out = torch.cat([out, nxt[:, None]], dim=1)
-            done |= torch.isin(nxt, torch.tensor(sorted(eos), device=device))
-            if bool(done.all()) or step == cfg.max_new_tokens - 1:
-                break
-            next_logits = model(nxt[:, None], past_kv_cache=cache)[:, -1]
+        out = _generate(model, _repeat_cache(cache, n_samples), logits[:, -1].repeat_interleave(n_samples, dim=0),
+                        cfg, gen, eos)
         for i, (r, s) in enumerate(chunk):
             for k in range(n_samples):
                 texts[r][s].append(clean_generation(model.tokenizer, out[i * n_samples + k].tolist(), eos))
         bar.update(b)
     bar.close()
     return SweepResult(latents=list(latents), scales=scales, selfsim=selfsim, entropy=entropy, texts=texts)
+
+
+def _hooks(model, cfg: SelfExplainConfig) -> tuple[str, str]:
+    """The hook the latent is patched in at and the one self-similarity is read at."""
+    patch_hook = f"blocks.{cfg.patch_layer}.hook_resid_pre"
+    probe_layer = cfg.probe_layer if cfg.probe_layer is not None else (2 * model.cfg.n_layers) // 3
+    probe_hook = f"blocks.{probe_layer}.hook_resid_post"
+    for hook in (patch_hook, probe_hook):
+        if hook not in model.hook_dict:
+            raise SaeInterpError(f"{hook} does not exist in {model.cfg.model_name} ({model.cfg.n_layers} layers); "
+                                 "lower patch_layer / probe_layer")
+    return patch_hook, probe_hook
+
+
+def _patched_forward(model, tokens: torch.Tensor, cache, vectors: torch.Tensor, positions: list[int], patch_hook: str,
+                     probe_hook: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompt's rest after the cached prefix, with each row's vector at the placeholder positions:
+    (logits, the probe layer's residual at the last token)."""
+    captured = {}
+
+    def patch(resid, hook):
+        resid[:, positions] = vectors[:, None, :]
+        return resid
+
+    def probe(resid, hook):
+        captured["last"] = resid[:, -1].float()
+        return resid
+
+    logits = model.run_with_hooks(tokens, past_kv_cache=cache, fwd_hooks=[(patch_hook, patch), (probe_hook, probe)])
+    return logits, captured["last"]
+
+
+def _stop_ids(tokenizer) -> set[int]:
+    """End of text and, for chat models that have it, end of turn."""
+    eos = {tokenizer.eos_token_id}
+    if "<|im_end|>" in tokenizer.get_vocab():
+        eos.add(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    return eos
+
+
+def _generate(model, cache, next_logits: torch.Tensor, cfg: SelfExplainConfig, gen: torch.Generator,
+              eos: set[int]) -> torch.Tensor:
+    """Up to max_new_tokens tokens for each row [rows, steps], continuing the patched prompt's cache;
+    sampled at `temperature` with `gen` (greedy at 0); stops early once every row has ended."""
+    device = next_logits.device
+    out = torch.zeros(next_logits.shape[0], 0, dtype=torch.long, device=device)
+    done = torch.zeros(next_logits.shape[0], dtype=torch.bool, device=device)
+    for step in range(cfg.max_new_tokens):
+        if cfg.temperature <= 0:
+            nxt = next_logits.argmax(-1)
+        else:
+            probs = F.softmax(next_logits.float().cpu() / cfg.temperature, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=gen)[:, 0].to(device)
+        out = torch.cat([out, nxt[:, None]], dim=1)
+        done |= torch.isin(nxt, torch.tensor(sorted(eos), device=device))
+        if bool(done.all()) or step == cfg.max_new_tokens - 1:
+            break
+        next_logits = model(nxt[:, None], past_kv_cache=cache)[:, -1]
+    return out
 
 
 def null_selfsim_threshold(model, prompt: PromptIds, scales: np.ndarray, cfg: SelfExplainConfig, seed: int) -> float:
@@ -249,7 +276,7 @@ def null_selfsim_threshold(model, prompt: PromptIds, scales: np.ndarray, cfg: Se
     gen = torch.Generator().manual_seed(seed)
     directions = F.normalize(torch.randn(cfg.n_null_directions, model.cfg.d_model, generator=gen), dim=-1)
     res = sweep(model, prompt, directions, list(range(cfg.n_null_directions)), scales, cfg, seed,
-                progress=False, generate=False)
+                generate=False, desc="self-explanation threshold (random directions)")
     return float(np.quantile(res.selfsim.max(axis=1), cfg.null_quantile))
 
 
@@ -333,14 +360,14 @@ def run_sweeps(model, sae, latents: list[int], record_of: Callable, decode, cfg:
         template = templates[name]
         if "{examples}" in template["user"]:  # one prompt per latent
             per_latent = {}
-            for i, lat in enumerate(latents):
+            for i, lat in enumerate(tqdm(latents, unit="latents", desc=f"self-explanation sweep ({name})")):
                 prompt, scales = prompt_and_scales(template, lat)
                 res = sweep(model, prompt, directions[i:i + 1], [lat], scales, cfg, seed, progress=False)
                 per_latent[lat] = summarize(res, 0, cfg)
             out[name] = per_latent
         else:
             prompt, scales = prompt_and_scales(template)
-            res = sweep(model, prompt, directions, latents, scales, cfg, seed)
+            res = sweep(model, prompt, directions, latents, scales, cfg, seed, desc=f"self-explanation sweep ({name})")
             out[name] = {lat: summarize(res, i, cfg) for i, lat in enumerate(latents)}
     threshold = cfg.min_selfsim
     if threshold is None and latents:  # on the explain template's prompt (in context: the first latent's)

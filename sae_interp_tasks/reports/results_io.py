@@ -2,9 +2,11 @@
 
 A *run* is one `results_<date>.json` written by `lm_eval --model sae ... --output_path`: the
 SAE it scored (from `results["config"]`, which `SAEBackend.get_model_info` fills), and per task
-of this package its aggregate metrics with stderr, the instrument settings it ran under, and,
-where the `samples_<task>_<date>.jsonl` beside it exists (or its gzipped `.jsonl.gz`), the per-doc
-scores keyed by latent id (or by chunk id for sae_core, with the chunk's sufficient statistics).
+of this package its aggregate metrics with stderr, the instrument settings it ran under, the
+`Report` the task recorded about itself (headline, columns, chance levels, pooled metrics, how its
+docs are named and paired), and, where the `samples_<task>_<date>.jsonl` beside it exists (or its
+gzipped `.jsonl.gz`), the per-doc scores keyed by the doc's id (with the statistics its pooled
+metrics are computed from).
 
 Nothing here imports torch or lm_eval: the `sae-interp` commands start in a fraction of a second.
 Every bad input raises SaeInterpError with one line that names the file and the fix.
@@ -22,35 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from sae_interp_tasks.aggregations import Pooled
+from sae_interp_tasks.config import NOT_SETTINGS
 from sae_interp_tasks.errors import SaeInterpError
+from sae_interp_tasks.records import SAESource
+from sae_interp_tasks.registry import Report, builtin_report
 
 log = logging.getLogger(__name__)
-
-# task -> its headline metric (the leaderboard's column, compare's default gate). Results files
-# record each task's kind and headline in its metadata (`task_kind`, `headline_metric`, written by
-# the Task class from the registry), so a new task kind joins this map when its results are read;
-# the built-ins are listed for results written before those keys existed.
-HEADLINE = {
-    "sae_core": "ce_loss_recovered",
-    "sae_detection": "balanced_acc",
-    "sae_fuzzing": "balanced_acc",
-    "sae_embedding": "auroc",
-    "sae_selfexplain": "retrieval_auroc",
-    "sae_intervention": "score",
-}
-# further metrics shown beside a task's headline
-EXTRA_METRICS = {"sae_core": ("l0", "explained_variance"), "sae_selfexplain": ("top1_match",)}
-# a metric's chance level, where it is not `<metric>_shuffled`
-CHANCE_OF = {"top1_match": "top1_chance"}
-# sae_core's metrics computed from pooled chunk statistics (no per-doc value, no lm-eval stderr)
-POOLED = {"sae_core": ("explained_variance", "ce_loss_recovered", "dead_fraction", "dense_fraction")}
-
-# metadata keys that are not instrument settings: which SAE and how it ran, and lm-eval's own
-NOT_SETTINGS = frozenset({"config_source", "release", "sae_id", "path", "model", "device", "dtype", "batch_size",
-                          "max_batch_size", "control", "control_k", "max_length", "trust_remote_code", "pretrained",
-                          "_metadata", "version", "task_kind", "headline_metric",
-                          "instrument_defaults_from"})
-CORE_STATS = ("n_tokens", "l0_sum", "sq_err_sum", "x_sq_sum", "ce_clean", "ce_spliced", "ce_zero")
 
 _RESULTS_NAME = re.compile(r"^results_(?P<date>.+)\.json$")
 
@@ -58,10 +38,6 @@ _RESULTS_NAME = re.compile(r"^results_(?P<date>.+)\.json$")
 def percent(level: float) -> str:
     """0.95 -> '95%', 0.999 -> '99.9%' (never rounded up to 100%)."""
     return f"{round(level * 100, 6):g}%"
-
-
-def chance_metric(metric: str) -> str:
-    return CHANCE_OF.get(metric, f"{metric}_shuffled")
 
 
 @dataclass(frozen=True)
@@ -75,33 +51,31 @@ class Metric:
 
 
 @dataclass(frozen=True, eq=False)
-class CoreChunks:
-    """sae_core's per-chunk sufficient statistics, one array entry per chunk (x_sum: [chunks, d_in])."""
+class DocStats:
+    """The statistics pooled metrics are computed from, one row per doc (`arrays[name]`: [docs] or
+    [docs, dim]), read from the samples' `stats` fields."""
 
-    n_tokens: np.ndarray
-    l0_sum: np.ndarray
-    sq_err_sum: np.ndarray
-    x_sq_sum: np.ndarray
-    x_sum: np.ndarray
-    ce_clean: np.ndarray
-    ce_spliced: np.ndarray
-    ce_zero: np.ndarray
+    arrays: dict
 
-    def take(self, rows: np.ndarray) -> "CoreChunks":
-        return CoreChunks(**{name: getattr(self, name)[rows] for name in (*CORE_STATS, "x_sum")})
+    @property
+    def n_docs(self) -> int:
+        return len(next(iter(self.arrays.values()))) if self.arrays else 0
+
+    def take(self, rows: np.ndarray) -> "DocStats":
+        return DocStats({name: values[rows] for name, values in self.arrays.items()})
 
 
 @dataclass(frozen=True, eq=False)
 class DocScores:
-    """Per-doc scores from a samples file: `keys[i]` is doc i's latent id (chunk id for sae_core);
-    `values[metric][i]` is NaN where the doc has no score (latent skipped, batch unanswered)."""
+    """Per-doc scores from a samples file: `keys[i]` is doc i's id (the report's `doc_id`: a latent, a
+    chunk); `values[metric][i]` is NaN where the doc has no score (latent skipped, batch unanswered)."""
 
     path: Path
     keys: tuple
     values: dict[str, np.ndarray]
     unfilled: int  # docs whose slot found no live latent (`latent: null`), left out of keys
-    chunks: CoreChunks | None = None  # sae_core only, when the samples carry the statistics
-    token_hashes: tuple | None = None  # sae_core only: each chunk's tokens_sha256, when the samples carry it
+    stats: DocStats | None = None  # when the samples carry every statistic the pooled metrics read
+    pair_values: tuple | None = None  # each doc's value of the report's `pair_on` field, when logged
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,10 +86,19 @@ class TaskResult:
     settings: dict  # the instrument settings (see task_settings)
     n_docs: int  # lm-eval's n-samples "effective"
     samples: DocScores | None
+    report: Report
 
     @property
     def headline(self) -> str:
-        return HEADLINE[self.task]
+        return self.report.headline
+
+    def chance_of(self, metric: str) -> str | None:
+        """The metric holding `metric`'s chance level, where the task reports one."""
+        chance = self.report.chance.get(metric)
+        return chance if chance in self.metrics else None
+
+    def pooled(self, metric: str) -> bool:
+        return metric in self.report.pooled
 
     @property
     def skipped(self) -> float | None:
@@ -233,35 +216,44 @@ def _sae_label(config: dict) -> str:
     args = config.get("model_args") or {}
     if isinstance(args, str):
         args = dict(kv.split("=", 1) for kv in args.split(",") if "=" in kv)
-    base = (f"{args['release']}/{args.get('sae_id')}" if args.get("release") else args.get("path") or "demo")
-    return f"{base}+control={args['control']}" if args.get("control") else base
+    return SAESource(release=args.get("release"), sae_id=args.get("sae_id"), path=args.get("path"),
+                     control=args.get("control")).label
 
 
 def _int_or_none(value) -> int | None:
     return None if value is None else int(value)
 
 
+def task_report(data: dict, task: str) -> Report | None:
+    """The Report a task of this package recorded about itself; None for tasks that are not ours. Files
+    written before tasks recorded it fall back to what the kind declares now (registry.builtin_report)."""
+    meta = ((data.get("configs") or {}).get(task) or {}).get("metadata") or {}
+    if isinstance(meta.get("report"), dict):
+        return Report.from_json(meta["report"])
+    if meta.get("task_kind") or (data.get("config") or {}).get("model") == "sae":
+        return builtin_report(task, meta.get("task_kind"))
+    return None
+
+
 def read_run(path: Path, load_samples: bool = True) -> Run:
     """One results file as a Run; raises when it holds none of this package's tasks."""
     data = read_json(path)
     config = data.get("config") or {}
-    for task, cfg in (data.get("configs") or {}).items():
-        meta = (cfg or {}).get("metadata") or {}
-        if meta.get("task_kind") and meta.get("headline_metric"):
-            HEADLINE.setdefault(task, meta["headline_metric"])
-    ours = [t for t in data["results"] if t in HEADLINE]
+    groups = data.get("groups") or {}
+    reports = {t: task_report(data, t) for t in data["results"] if t not in groups}
+    ours = {t: report for t, report in reports.items() if report is not None}
     if not ours:
         listed = ", ".join(sorted(data["results"])[:5]) or "none"
-        raise SaeInterpError(f"{path} holds no sae_interp_tasks results (tasks: {listed}); "
-                             f"give results of {', '.join(HEADLINE)}")
+        raise SaeInterpError(f"{path} holds no sae_interp_tasks results (tasks: {listed}); give the results of "
+                             "lm_eval --model sae with this package's tasks")
     if config.get("model") not in (None, "sae"):
         raise SaeInterpError(f"{path} was written by --model {config.get('model')}, not --model sae; "
                              "give results of lm_eval --model sae")
-    others = sorted(t for t in data["results"] if t not in HEADLINE and t not in data.get("groups", {}))
+    others = sorted(t for t in reports if t not in ours)
     if others:
         log.info("%s: not this package's tasks, left out: %s", path, ", ".join(others))
     m = _RESULTS_NAME.match(path.name)
-    tasks = {t: _read_task(data, t, path, load_samples) for t in ours}
+    tasks = {t: _read_task(data, t, report, path, load_samples) for t, report in ours.items()}
     seed = config.get("fewshot_seed")
     args = config.get("model_args") if isinstance(config.get("model_args"), dict) else {}
     return Run(path=path, date=m["date"] if m else "", sae=_sae_label(config), fingerprint=config.get("sae_fingerprint"),
@@ -271,7 +263,7 @@ def read_run(path: Path, load_samples: bool = True) -> Run:
                seed=_int_or_none(seed), tasks=tasks)
 
 
-def _read_task(data: dict, task: str, path: Path, load_samples: bool) -> TaskResult:
+def _read_task(data: dict, task: str, report: Report, path: Path, load_samples: bool) -> TaskResult:
     raw = data["results"][task]
     better = (data.get("higher_is_better") or {}).get(task) or {}
     metrics = {}
@@ -289,7 +281,7 @@ def _read_task(data: dict, task: str, path: Path, load_samples: bool) -> TaskRes
                              "restore it, or re-run lm_eval with --log_samples")
     return TaskResult(task=task, version=str((data.get("versions") or {}).get(task, "")), metrics=metrics,
                       settings=task_settings(data, task), n_docs=n_docs,
-                      samples=read_samples(found, task, list(metrics)) if found else None)
+                      samples=read_samples(found, report, list(metrics)) if found else None, report=report)
 
 
 def samples_text(path: Path) -> str:
@@ -298,9 +290,10 @@ def samples_text(path: Path) -> str:
     return gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
 
 
-def read_samples(path: Path, task: str, metric_names: list[str]) -> DocScores:
-    """Per-doc scores of one samples file; sae_core's chunk statistics where the responses carry them."""
-    keys, rows, stats, hashes, unfilled = [], [], [], [], 0
+def read_samples(path: Path, report: Report, metric_names: list[str]) -> DocScores:
+    """Per-doc scores of one samples file, keyed by the report's doc id; the statistics of its pooled
+    metrics and its pairing field where the responses carry them."""
+    keys, rows, stats, pairs, unfilled = [], [], [], [], 0
     try:
         lines = samples_text(path).splitlines()
     except (OSError, EOFError, UnicodeDecodeError) as err:
@@ -314,34 +307,31 @@ def read_samples(path: Path, task: str, metric_names: list[str]) -> DocScores:
         except (json.JSONDecodeError, KeyError, IndexError, TypeError) as err:
             raise SaeInterpError(f"{path} line {number} is not a samples row of this package "
                                  f"({type(err).__name__}); re-run lm_eval with --log_samples") from err
-        if task == "sae_core":
-            key = response.get("chunk", row.get("doc", {}).get("chunk"))
-            stats.append(response.get("stats"))
-            hashes.append(response.get("tokens_sha256"))
-        elif "latent" in response:
-            key = response["latent"]
-            if key is None:
+        if report.doc_id in response:
+            key = response[report.doc_id]
+            if key is None:  # a slot that found no live latent
                 unfilled += 1
                 continue
         else:
-            key = row.get("doc_id")
+            key = (row.get("doc") or {}).get(report.doc_id, row.get("doc_id"))
         keys.append(key)
         rows.append(row)
+        stats.append(response.get("stats"))
+        pairs.append(response.get(report.pair_on))
     values = {name: np.array([_float(r.get(name)) for r in rows], dtype=float) for name in metric_names}
     if len(set(keys)) < len(keys):
-        log.warning("%s: some docs share a latent id; pairing uses the first of each", path)
-    core = task == "sae_core"
-    return DocScores(path=path, keys=tuple(keys), values=values, unfilled=unfilled,
-                     chunks=_core_chunks(stats) if core else None,
-                     token_hashes=tuple(hashes) if core and hashes and all(hashes) else None)
+        log.warning("%s: some docs share a %s id; pairing uses the first of each", path, report.doc_id)
+    return DocScores(path=path, keys=tuple(keys), values=values, unfilled=unfilled, stats=_doc_stats(stats, report),
+                     pair_values=tuple(pairs) if pairs and all(p is not None for p in pairs) else None)
 
 
-def _core_chunks(stats: list) -> CoreChunks | None:
-    """None when the samples predate the statistics (their `stats` was a repr string)."""
-    if not stats or not all(isinstance(s, dict) and all(k in s for k in (*CORE_STATS, "x_sum")) for s in stats):
+def _doc_stats(stats: list, report: Report) -> DocStats | None:
+    """None when the samples lack a statistic the pooled expressions read (e.g. written before they were
+    logged, when `stats` was a repr string)."""
+    names = sorted({name for expr in report.pooled.values() if expr for name in Pooled(expr).stats})
+    if not names or not stats or not all(isinstance(s, dict) and all(n in s for n in names) for s in stats):
         return None
-    arrays = {name: np.array([_float(s[name]) for s in stats], dtype=float) for name in CORE_STATS}
-    return CoreChunks(x_sum=np.array([s["x_sum"] for s in stats], dtype=float), **arrays)
+    return DocStats({name: np.array([s[name] for s in stats], dtype=float) for name in names})
 
 
 def read_runs(paths: list[str | Path], load_samples: bool = True) -> list[Run]:

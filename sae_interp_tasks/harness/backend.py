@@ -17,6 +17,7 @@ import json
 import logging
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 from functools import cached_property
 
 import torch
@@ -28,9 +29,9 @@ from tqdm.auto import tqdm
 from sae_interp_tasks import registry
 from sae_interp_tasks.config import MODEL_ARG_KEYS
 from sae_interp_tasks.errors import SaeInterpError, unknown
-from sae_interp_tasks.memo import RunMemo
-from sae_interp_tasks.saes import CONTROLS, SAESource, check_source, load_sae
-from sae_interp_tasks.subject import DTYPES, check_hook, load_subject
+from sae_interp_tasks.harness.context import RunMemo
+from sae_interp_tasks.stages.saes import CONTROLS, SAEInfo, SAESource, check_source, load_sae
+from sae_interp_tasks.stages.subject import DTYPES, check_hook, load_subject
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,24 @@ def _resolve_device(device: str | None) -> str:
     return str(device)
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """What the backend loads on first use: the SAE, what the pipeline needs to know of it, and the
+    subject model twice over the same weights (TransformerLens for edits, Hugging Face for reading)."""
+
+    sae: object
+    info: SAEInfo
+    model: object  # transformer_lens.HookedTransformer
+    hf_model: object  # transformers.PreTrainedModel
+
+
 class SAEBackend(TemplateLM):
+    """`--model sae --model_args release=R,sae_id=I` | `path=DIR` | (nothing: the offline demo).
+
+    Implements `harness.context.RunContext`, which is all that tasks see of it."""
+
+    _unused_doc = None
+
     """`--model sae --model_args release=R,sae_id=I` | `path=DIR` | (nothing: the offline demo)."""
 
     def __init__(self, release: str | None = None, sae_id: str | None = None, path: str | None = None,
@@ -141,7 +159,7 @@ class SAEBackend(TemplateLM):
 
     # --- loaded on first use ---------------------------------------------------------------------
     @cached_property
-    def _loaded(self):
+    def _loaded(self) -> Loaded:
         sae, info = load_sae(self.source, device=self._device, dtype=self._dtype)
         override = self._model_override is not None
         log.info("sae backend: loading %s on %s, hook %s (d_sae=%d)", info.label, info.model_name, info.hook_name,
@@ -151,7 +169,7 @@ class SAEBackend(TemplateLM):
                                        from_pretrained_kwargs=None if override else info.model_from_pretrained_kwargs)
         check_hook(model, info.hook_name)
         _check_width(model, info)
-        return sae, info, model, hf_model
+        return Loaded(sae=sae, info=info, model=model, hf_model=hf_model)
 
     @property
     def subject_name(self) -> str:
@@ -162,14 +180,14 @@ class SAEBackend(TemplateLM):
     def reader(self):
         """Reads the hooked activation through the Hugging Face forward where it gives TransformerLens's
         numbers (faster on a CPU); None: read it through TransformerLens."""
-        from sae_interp_tasks.hf_forward import HFReader
+        from sae_interp_tasks.stages.hf_forward import HFReader
 
         probe = torch.tensor([self.tokenizer.encode("The reader checks one probe sentence, token by token.")])
-        return HFReader.check(self._loaded[3], self.model, self.info.hook_name, probe)
+        return HFReader.check(self._loaded.hf_model, self.model, self.info.hook_name, probe)
 
     def read_activations(self, tokens: torch.Tensor) -> torch.Tensor:
         """The hooked activation [B, T, d] of `tokens`, by the fastest forward that gives it exactly."""
-        from sae_interp_tasks.activations import hook_activations
+        from sae_interp_tasks.stages.activations import hook_activations
 
         return self.reader.activations(tokens) if self.reader else hook_activations(self.model, self.info.hook_name, tokens)
 
@@ -180,15 +198,15 @@ class SAEBackend(TemplateLM):
 
     @property
     def sae(self):
-        return self._loaded[0]
+        return self._loaded.sae
 
     @property
-    def info(self):
-        return self._loaded[1]
+    def info(self) -> SAEInfo:
+        return self._loaded.info
 
     @property
     def model(self):
-        return self._loaded[2]
+        return self._loaded.model
 
     def get_model_info(self) -> dict:
         """Facts about the SAE under evaluation; lm-eval merges them into results["config"], where
@@ -211,7 +229,7 @@ class SAEBackend(TemplateLM):
         # explanations must be seen at once (e.g. detection and fuzzing on the same slots)
         by_handler: dict = defaultdict(list)
         for i, p in enumerate(payloads):
-            by_handler[registry.get(p["kind"]).serve()].append(i)
+            by_handler[registry.lookup(p["kind"]).serve].append(i)
         results: list = [None] * len(requests)
         for handler, indices in by_handler.items():
             for i, out in zip(indices, handler(self, [payloads[i] for i in indices]), strict=True):
@@ -341,7 +359,7 @@ class SAEBackend(TemplateLM):
 
 
 def _check_width(model, info) -> None:
-    from sae_interp_tasks.activations import hook_activations
+    from sae_interp_tasks.stages.activations import hook_activations
 
     probe = torch.tensor([[model.tokenizer.bos_token_id or 0, 1]], device=model.cfg.device)
     width = hook_activations(model, info.hook_name, probe).shape[-1]

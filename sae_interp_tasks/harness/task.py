@@ -1,9 +1,9 @@
-"""lm-eval Task classes shared by every task kind, and the handler that serves latent tasks.
+"""lm-eval Task classes shared by every task kind.
 
 A doc is one latent slot (latent tasks) or one corpus chunk (sae_core). Each doc becomes one
 `interpret` request whose single argument is a JSON payload naming the task kind, the doc, the
 seed and the task's flat settings; the `sae` backend answers all of a run's requests together,
-grouped by the handler each kind declares (see `registry`).
+grouped by the handler each kind declares (`serve=` in `registry.task_kind`).
 
 Task YAMLs `include:` shared templates. lm-eval merges an include shallowly (the task's own
 `metadata:` replaces the template's), so the Task merges the `metadata` of its YAML's include
@@ -22,12 +22,9 @@ import yaml
 from lm_eval.api.instance import Instance
 from lm_eval.api.task import Task, TaskConfig
 
-from sae_interp_tasks import memo, registry
-from sae_interp_tasks.aggregations import total
-from sae_interp_tasks.caching import canonical
-from sae_interp_tasks.config import HARNESS_KEYS, MODEL_ARG_KEYS
-
-NOT_SETTINGS = frozenset({"task_kind", "headline_metric", "instrument_defaults_from"})
+from sae_interp_tasks import registry
+from sae_interp_tasks.aggregations import Pooled, total
+from sae_interp_tasks.config import NOT_SETTINGS, USER_KEYS
 from sae_interp_tasks.records import Response
 
 DEFAULT_SEED = 1234  # lm-eval's default --seed for the fewshot sampler
@@ -73,14 +70,17 @@ class SAETask(Task):
         config = dict(config or {})
         own = dict(config.get("metadata") or {})
         metadata = {**included_metadata(own.get("config_source")), **own}
-        # an unknown kind or handler, an unknown key or a bad value fails here, before any model loads
-        kind = registry.check_servable(self.KIND)
-        self._defaults_from = self._apply_sae_defaults(metadata, kind, config.get("task", self.KIND))
+        # the keys the user set (the import hook adds their list to the run's metadata); None when the
+        # task is built outside a TaskManager, where nothing tells them from the YAML's
+        user_keys = metadata.pop(USER_KEYS, None)
+        # an unknown kind, an unknown key or a bad value fails here, before any model loads
+        kind = registry.lookup(self.KIND)
+        self._defaults_from = self._apply_sae_defaults(metadata, kind, config.get("task", self.KIND), user_keys)
         self.settings = registry.settings_for(self.KIND, metadata)
         # lm-eval hands every task all of --metadata and --model_args; the results file records only
-        # what this task reads, with its kind and headline metric (so result readers need no registry)
+        # what this task reads, with its kind and its report (so result readers need no registry)
         self._metadata = {k: v for k, v in metadata.items() if k in kind.settings.keys() or k in RECORDED}
-        self._metadata.update(task_kind=kind.name, headline_metric=kind.headline)
+        self._metadata.update(task_kind=kind.name, headline_metric=kind.headline, report=kind.report.to_json())
         if self._defaults_from:
             self._metadata["instrument_defaults_from"] = self._defaults_from
         self._seed = DEFAULT_SEED
@@ -103,18 +103,18 @@ class SAETask(Task):
             self.VERSION = self._metadata["version"]
 
     @staticmethod
-    def _apply_sae_defaults(metadata: dict, kind, task: str) -> str | None:
+    def _apply_sae_defaults(metadata: dict, kind, task: str, user_keys: list | None) -> str | None:
         """Put the SAE's own instrument defaults (see saes.INSTRUMENT_DEFAULTS_KEY) over the YAML's, for
-        keys the user did not set; the SAE's label when any applied. Only when the run's metadata is
+        keys the user did not set; the SAE's label when any applied. Only when the user's keys are
         known (lm-eval built a TaskManager): otherwise nothing tells the YAML's values from the user's."""
-        from sae_interp_tasks import _lm_eval_hook
-        from sae_interp_tasks.saes import instrument_defaults
+        from sae_interp_tasks.stages.saes import instrument_defaults
 
-        user = _lm_eval_hook.RUN_METADATA
+        if user_keys is None:
+            return None
         label, defaults = instrument_defaults(metadata.get("release"), metadata.get("sae_id"), metadata.get("path"))
         current = {**kind.settings.defaults(), **metadata}  # the YAML's value, else the settings default
         applied = {k: v for k, v in defaults.items()
-                   if k in kind.settings.keys() and user is not None and k not in user and current[k] != v}
+                   if k in kind.settings.keys() and k not in user_keys and current[k] != v}
         if not applied:
             return None
         yaml_values = {k: current[k] for k in applied}
@@ -124,9 +124,10 @@ class SAETask(Task):
                     json.dumps(yaml_values))
         return label
 
-    @classmethod
-    def all_metrics(cls) -> dict:
-        return dict(cls.METRICS)
+    def metric_specs(self) -> dict:
+        """This task's metrics, name -> (aggregation, higher_is_better): the kind's METRICS (a task may add
+        ones its settings call for)."""
+        return dict(self.METRICS)
 
     def download(self, *args, **kwargs) -> None:
         pass
@@ -162,7 +163,7 @@ class SAETask(Task):
         return self._seed if chosen is None else int(chosen)
 
     def task_settings(self) -> dict:
-        return {k: v for k, v in self._metadata.items() if k not in HARNESS_KEYS | set(MODEL_ARG_KEYS) | NOT_SETTINGS}
+        return {k: v for k, v in self._metadata.items() if k not in NOT_SETTINGS}
 
     def construct_requests(self, doc, ctx, **kwargs):
         payload = {"kind": self.KIND, "task": self.config.task, "doc": doc, "seed": self.seed,
@@ -171,24 +172,24 @@ class SAETask(Task):
                         idx=0, metadata=kwargs.get("metadata", (self.config.task, None, 1)))
 
     def process_results(self, doc, results) -> dict:
+        """Each metric's per-doc value; a pooled metric's is the doc's statistics (see aggregations.Pooled)."""
         response: Response = results[0]
-        return {name: response.metrics.get(name, NAN) for name in self.METRICS}
+        return {name: response.stats if isinstance(agg, Pooled) else response.metrics.get(name, NAN)
+                for name, (agg, _) in self.metric_specs().items()}
 
     def aggregation(self) -> dict:
-        return {name: agg for name, (agg, _) in self.all_metrics().items()}
+        return {name: agg for name, (agg, _) in self.metric_specs().items()}
 
     def higher_is_better(self) -> dict:
-        return {name: better for name, (_, better) in self.all_metrics().items()}
+        return {name: better for name, (_, better) in self.metric_specs().items()}
 
 
 class LatentTask(SAETask):
-    """Docs are latent slots, filled by a seeded sample of live latents (or `latents: [...]`)."""
+    """Docs are latent slots, filled by a seeded sample of live latents (or `latents: [...]`); their
+    requests are served by `harness.serve.serve_latents`."""
 
-    HANDLER = "sae_interp_tasks.tasks.base:serve_latents"
-
-    @classmethod
-    def all_metrics(cls) -> dict:
-        return {**cls.METRICS, "skipped_dead": (total, False)}
+    def metric_specs(self) -> dict:
+        return {**super().metric_specs(), "skipped_dead": (total, False)}
 
     def make_docs(self) -> list[dict]:
         return [{"slot": i} for i in range(self.settings.selection.n_slots)]
@@ -199,11 +200,11 @@ class LatentTask(SAETask):
         return values
 
     @classmethod
-    def response_detail(cls, scored, run: memo.LatentRun) -> dict:
-        """What --log_samples shows for a scored latent besides its metrics."""
+    def response_detail(cls, scored, run) -> dict:
+        """What --log_samples shows for a scored latent (run: harness.memo.LatentRun) besides its metrics."""
         split = run.splits[scored.latent]
         explanation = run.explanations[scored.latent]
-        decode = run.backend.tok_decode
+        decode = run.decode
         return {
             "explanation": explanation.text,
             "explainer": explanation.explainer,
@@ -211,29 +212,3 @@ class LatentTask(SAETask):
                                "decile": ex.decile} for ex in split.train],
             "scorer": scored.detail,
         }
-
-
-def serve_latents(backend, payloads: list[dict]) -> list[Response]:
-    """Answer the docs of every latent task of a run: the shared stages once, then each kind's scores."""
-    typed = [registry.settings_for(p["kind"], p["settings"]) for p in payloads]
-    n_slots: dict[str, int] = {}  # per latent selection: the most slots any task asks for
-    for p, s in zip(payloads, typed):
-        key = canonical(*memo.selection_key(s, p["seed"]))
-        n_slots[key] = max(n_slots.get(key, 0), p["doc"]["slot"] + 1)
-    if backend.world_size > 1:  # every rank holds a share of the slots: they agree on the pool to select from
-        for part in backend.all_gather_object(n_slots):
-            for key, n in part.items():
-                n_slots[key] = max(n_slots.get(key, 0), n)
-    responses = []
-    for p, s in zip(payloads, typed):
-        run = memo.latent_run(backend, s, p["seed"], n_slots[canonical(*memo.selection_key(s, p["seed"]))])
-        slot = p["doc"]["slot"]
-        latent, skipped = run.selection.latents[slot], run.selection.skipped_before[slot]
-        if latent is None:
-            responses.append(Response(metrics={}, latent=None, skipped_before=skipped))
-            continue
-        scored = memo.scores(run, p["kind"])[latent]
-        detail = registry.get(p["kind"]).task_class.response_detail(scored, run)
-        responses.append(Response(metrics=scored.metrics, latent=latent, skipped_before=skipped, detail=detail))
-    return responses
-

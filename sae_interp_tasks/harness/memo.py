@@ -1,0 +1,189 @@
+"""Work shared by the tasks of one run: the activation pass and latent selection, the example
+splits, the explanations, each kind's scores, and the resources they use (LLM clients, the
+embedder, other subject models).
+
+Each is computed once per run, on the context's `RunMemo`, under a key of exactly the settings
+that determine it: tasks that agree on the corpus and pass share one pass and one latent
+selection; those that also agree on examples and explainer share the explanations; and a kind's
+scores are shared by any task that asks for them with the same settings (sae_selfexplain reuses
+sae_detection's scores). Everything expensive inside is cached on disk as well.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sae_interp_tasks import registry
+from sae_interp_tasks.config import Settings
+from sae_interp_tasks.errors import SaeInterpError
+from sae_interp_tasks.harness.context import RunContext
+from sae_interp_tasks.records import ExampleSplit, Explanation, ScoredLatent
+from sae_interp_tasks.scorers.classifier import ScorerConfig
+from sae_interp_tasks.stages.activations import PassConfig
+from sae_interp_tasks.stages.corpus import CorpusConfig
+from sae_interp_tasks.stages.examples import ExampleConfig
+from sae_interp_tasks.stages.explainers import ExplainerConfig, explain
+from sae_interp_tasks.stages.selection import Selection, SelectionConfig, make_splits, select_latents
+from sae_interp_tasks.stages.shared import EmbeddingConfig, load_embedder
+
+
+@dataclass(frozen=True)
+class LatentSettings(Settings):
+    """The stages every latent task shares: corpus, activation pass, latent selection, examples,
+    explainer; the embedder picks hard negatives and embeds explanations."""
+
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    activations: PassConfig = field(default_factory=PassConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    examples: ExampleConfig = field(default_factory=ExampleConfig)
+    explainer: ExplainerConfig = field(default_factory=ExplainerConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+
+    def __post_init__(self) -> None:
+        if self.examples.min_examples > self.activations.n_sample:
+            raise SaeInterpError(f"min_examples ({self.examples.min_examples}) cannot exceed n_sample "
+                                 f"({self.activations.n_sample}), the activating windows kept per latent")
+
+
+@dataclass(frozen=True)
+class ScorerSettings(LatentSettings):
+    """The shared stages plus an LLM scorer (detection, fuzzing, self-explanation, intervention's judge)."""
+
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+
+
+@dataclass(frozen=True)
+class LatentRun:
+    """What a latent kind's scorer receives: the run's shared stages for these settings.
+
+    `owned` are the latents whose docs this process answers (all of them in one process; under a
+    launcher, those of its share of the slots). A scorer may score only those, with everything else
+    of the run at hand (other latents' explanations as shuffled controls); `scores` gathers the rest.
+    """
+
+    context: RunContext
+    settings: LatentSettings
+    seed: int
+    selection: Selection
+    splits: dict[int, ExampleSplit]
+    explanations: dict[int, Explanation]
+    owned: tuple[int, ...] = ()
+
+    @property
+    def latents(self) -> list[int]:
+        return self.selection.live
+
+    def decode(self, tokens) -> str:
+        return self.context.tok_decode(tokens)
+
+    def gather(self, mine: dict) -> dict:
+        """The union of every process's dict (each holds its owned latents' entries)."""
+        return gathered(self.context, mine)
+
+
+# --- keys: exactly what determines each stage ---------------------------------------------------
+def selection_key(s: LatentSettings, seed: int) -> tuple:
+    # n_latents is left out: tasks asking for different numbers of latents share one pass over
+    # the largest pool, and slot i is the same latent in all of them
+    return ("selection", s.corpus, s.activations, s.selection.latents, s.examples.min_examples, seed)
+
+
+def splits_key(s: LatentSettings, seed: int) -> tuple:
+    hard = s.embedding.embedding_model if s.examples.non_activating == "hard" else None
+    return selection_key(s, seed) + ("splits", s.examples, hard)
+
+
+def explanations_key(s: LatentSettings, seed: int) -> tuple:
+    return splits_key(s, seed) + ("explain", s.explainer)
+
+
+# --- the shared stages --------------------------------------------------------------------------
+def selection(ctx: RunContext, s: LatentSettings, seed: int, n_slots: int) -> Selection:
+    """The latent selection; the first caller's n_slots (the run's largest) fills the pool."""
+    return ctx.memo.compute_once(selection_key(s, seed), lambda: select_latents(
+        ctx.model, ctx.sae, ctx.info, s.corpus.spec(ctx.info.dataset_path), s.activations,
+        s.selection, s.examples.min_examples, n_slots, seed, ctx.batch_size_per_gpu,
+        read=ctx.read_activations, forward=ctx.forward_name, group=ctx if ctx.world_size > 1 else None))
+
+
+def owned_latents(ctx: RunContext, chosen: Selection) -> tuple[int, ...]:
+    """The live latents of the slots this process answers: lm-eval gives rank r every world_size-th doc."""
+    return tuple(lat for slot, lat in enumerate(chosen.latents)
+                 if lat is not None and slot % ctx.world_size == ctx.rank)
+
+
+def gathered(ctx: RunContext, mine: dict) -> dict:
+    """The union of every process's dict (each holds its owned latents' entries)."""
+    if ctx.world_size == 1:
+        return mine
+    out: dict = {}
+    for part in ctx.all_gather_object(mine):
+        out.update(part)
+    return out
+
+
+def latent_run(ctx: RunContext, s: LatentSettings, seed: int, n_slots: int) -> LatentRun:
+    chosen = selection(ctx, s, seed, n_slots)
+    splits = ctx.memo.compute_once(splits_key(s, seed), lambda: make_splits(
+        chosen, s.examples, seed, ctx.tok_decode,
+        embedder(ctx, s.embedding) if s.examples.non_activating == "hard" else None,
+        s.embedding.embedding_batch_size))
+    owned = owned_latents(ctx, chosen)
+    explanations = ctx.memo.compute_once(explanations_key(s, seed), lambda: gathered(ctx, explain(
+        [splits[lat] for lat in owned], s.explainer, explainer_client(ctx, s.explainer), ctx.tok_decode)))
+    return LatentRun(ctx, s, seed, chosen, splits, explanations, owned)
+
+
+def scores(run: LatentRun, kind: str, settings: Settings | None = None) -> dict[int, ScoredLatent]:
+    """`kind`'s scores of the run's latents, computed once per run for equal settings. `settings`
+    defaults to the run's; another kind's task passes its own settings seen as `kind`'s bundle."""
+    spec = registry.lookup(kind)
+    chosen = settings if settings is not None else run.settings
+    if type(chosen) is not spec.settings:  # exactly the kind's bundle, so the key matches its own task's
+        chosen = chosen.project(spec.settings)
+    key = explanations_key(run.settings, run.seed) + ("score", kind, chosen)
+    return run.context.memo.compute_once(key, lambda: gathered(run.context, spec.scorer(LatentRun(
+        run.context, chosen, run.seed, run.selection, run.splits, run.explanations, run.owned))))
+
+
+# --- resources ----------------------------------------------------------------------------------
+def contexts(ctx: RunContext, s: LatentSettings, seed: int):
+    """The activation pass's token contexts [n_contexts, context_size] (int32), rebuilt from the corpus
+    once per run: stages that need more than the pass's windows (intervention prompts) read them."""
+    import torch
+
+    from sae_interp_tasks.stages.corpus import token_contexts
+
+    def build():
+        spec = s.corpus.spec(ctx.info.dataset_path)
+        return torch.stack(list(token_contexts(spec, ctx.tokenizer, s.activations.n_tokens,
+                                               s.activations.context_size, ctx.info.prepend_bos, seed))).to(torch.int32)
+
+    return ctx.memo.compute_once(("contexts", s.corpus, s.activations.n_tokens, s.activations.context_size, seed), build)
+
+
+def client(ctx: RunContext, cfg):
+    """One LLM client per client config and run (clients.ClientConfig)."""
+    from sae_interp_tasks.clients import make_client
+
+    return ctx.memo.compute_once(("client", cfg), lambda: make_client(cfg))
+
+
+def explainer_client(ctx: RunContext, cfg: ExplainerConfig):
+    """The explainer's LLM client; None for the token-list explainer."""
+    return None if cfg.explainer == "tokens" else client(ctx, cfg.client_config(ctx.device))
+
+
+def scorer_client(ctx: RunContext, cfg: ScorerConfig):
+    return client(ctx, cfg.client_config(ctx.device))
+
+
+def embedder(ctx: RunContext, cfg: EmbeddingConfig):
+    return ctx.memo.compute_once(("embedder", cfg.embedding_model), lambda: load_embedder(cfg.embedding_model, ctx.device))
+
+
+def subject_model(ctx: RunContext, name: str):
+    """Another subject model than the backend's (e.g. an instruction-tuned variant), loaded once per run."""
+    from sae_interp_tasks.stages.subject import load_subject
+
+    return ctx.memo.compute_once(("subject-model", name), lambda: load_subject(name, device=ctx.device))

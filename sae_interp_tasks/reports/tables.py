@@ -1,0 +1,111 @@
+"""`sae-interp leaderboard`'s text renderers: markdown, CSV (a cell gives value, lo, hi) and JSON.
+
+Renderers return text and write nothing: the CLI writes once everything is computed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+from sae_interp_tasks.errors import SaeInterpError
+from sae_interp_tasks.reports.board import Board, Column, columns, fmt_entry, interval_note, settings_lines, value
+
+
+def markdown(board: Board) -> str:
+    lines = ["# SAE leaderboard", "", interval_note(board), ""]
+    several = len(board.groups) > 1
+    if several:
+        lines += [f"The rows fall in {len(board.groups)} groups scored under different instrument settings; "
+                  "compare numbers within a group only.", ""]
+    for group in board.groups:
+        if several:
+            lines += [f"## Group {group.number}", ""]
+            lines += [*settings_lines(group), ""]
+        cols = columns(group)
+        lines.append("| " + " | ".join(c.header for c in cols) + " |")
+        lines.append("|" + "|".join("---" if c.kind == "text" else "---:" for c in cols) + "|")
+        for row in group.rows:
+            cells = [fmt_entry(row, c, value(row, c)).replace("|", "\\|") for c in cols]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def csv_text(board: Board) -> str:
+    """One line per row; a cell gives three columns (value, lo, hi)."""
+    all_cols: list[Column] = []
+    for group in board.groups:
+        for c in columns(group):
+            if c.key not in {x.key for x in all_cols}:
+                all_cols.append(c)
+    header = ["group", "control", "fingerprint"]
+    for c in all_cols:
+        header += ([c.key, f"{c.key}_lo", f"{c.key}_hi"] if c.kind == "cell" else
+                   [f"{c.task}/latents_scored", f"{c.task}/skipped"] if c.kind == "count" else [c.key])
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for group in board.groups:
+        for row in group.rows:
+            line = [group.number, row.control or "", row.fingerprint or ""]
+            for c in all_cols:
+                entry = value(row, c) if (c.task is None or c.task in row.tasks) else None
+                if c.kind == "cell":
+                    line += [_csv_num(entry.value), _csv_num(entry.lo), _csv_num(entry.hi)] if entry else ["", "", ""]
+                elif c.kind == "count":
+                    line += ["" if x is None else x for x in entry] if entry else ["", ""]
+                else:
+                    line.append("" if entry is None else entry)
+            writer.writerow(line)
+    return out.getvalue()
+
+
+def _csv_num(x: float) -> str:
+    return "" if not math.isfinite(x) else repr(float(x))
+
+
+def _json_num(x):
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def json_data(board: Board) -> dict:
+    groups = []
+    for group in board.groups:
+        rows = []
+        for row in group.rows:
+            tasks = {}
+            for task, result in row.tasks.items():
+                tasks[task] = {
+                    "results_file": row.sources[task],
+                    "samples": result.samples is not None,
+                    "latents_scored": result.latents_scored if result.report.doc_id == "latent" else None,
+                    "latents_scored_exact": result.samples is not None,
+                    "skipped": result.skipped,
+                    "metrics": {m: {"value": _json_num(c.value), "lo": _json_num(c.lo), "hi": _json_num(c.hi),
+                                    "interval": c.how or None, "stderr": _json_num(result.metrics[m].stderr),
+                                    "higher_is_better": result.metrics[m].higher_is_better}
+                                for (t, m), c in row.cells.items() if t == task},
+                }
+            rows.append({"sae": row.sae, "fingerprint": row.fingerprint, "d_sae": row.d_sae, "control": row.control,
+                         "subject_model": row.subject_model, "tasks": tasks})
+        groups.append({"group": group.number, "settings": group.settings, "differs": group.differs, "rows": rows})
+    return {"confidence": board.confidence, "interval": interval_note(board), "files": list(board.files),
+            "groups": groups}
+
+
+def json_text(board: Board) -> str:
+    return json.dumps(json_data(board), indent=2, default=str) + "\n"
+
+
+def render(board: Board, fmt_name: str) -> str:
+    """The board as text in one of the text formats (HTML: html.html_page)."""
+    if fmt_name == "markdown":
+        return markdown(board)
+    if fmt_name == "csv":
+        return csv_text(board)
+    if fmt_name == "json":
+        return json_text(board)
+    raise SaeInterpError(f"unknown format {fmt_name!r}; valid: markdown, csv, json, html")

@@ -1,0 +1,28 @@
+"""sae_fuzzing: does the explanation let a scorer tell true activating-token markings from random ones?
+
+The scorer is `scorers/fuzzing.py` on the window-classifier base (docs/methods.md, "Fuzzing").
+"""
+
+from __future__ import annotations
+
+from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
+from sae_interp_tasks.harness.serve import serve_latents
+from sae_interp_tasks.harness.task import LatentTask
+from sae_interp_tasks.registry import Report, task_kind
+from sae_interp_tasks.scorers import classifier
+from sae_interp_tasks.scorers.fuzzing import Fuzzing
+from sae_interp_tasks.tasks.detection import classify
+
+KIND = "fuzzing"
+
+
+def score_fuzzing(run: LatentRun):
+    return classify(run, Fuzzing(), KIND)
+
+
+@task_kind(KIND, settings=ScorerSettings, serve=serve_latents, scorer=score_fuzzing,
+           report=Report(headline="balanced_acc", position=20))
+class SAEFuzzingTask(LatentTask):
+    """Does the explanation let a scorer tell true activating-token markings from random ones?"""
+
+    METRICS = classifier.METRICS
