@@ -168,17 +168,21 @@ def chunk_stats(model, sae, hook_name: str, tokens: torch.Tensor, reference: Chu
         logits = model(spliced, start_at_layer=start)
     else:
         logits = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, lambda a, hook: spliced.to(a.dtype))])
-    kept_x, kept_acts, kept_recon = x.to(sae.W_dec.dtype)[keep], acts[keep], recon[keep]
+    return _stats(x.to(sae.W_dec.dtype)[keep], acts[keep], recon[keep], reference.ce_clean,
+                  _next_token_ce(logits, tokens, keep), reference.ce_zero)
+
+
+def _stats(x: torch.Tensor, acts: torch.Tensor, recon: torch.Tensor, ce_clean: float, ce_spliced: float,
+           ce_zero: float) -> CoreStats:
+    """A chunk's statistics from its kept positions' activations [N, d_in], codes and reconstructions."""
     return CoreStats(
-        n_tokens=kept_x.shape[0],
-        l0_sum=float((kept_acts > 0).sum()),
-        sq_err_sum=float(((kept_recon - kept_x) ** 2).sum()),
-        x_sum=kept_x.sum(0).double().cpu().numpy(),
-        x_sq_sum=float((kept_x.double() ** 2).sum()),
-        firing=(kept_acts > 0).sum(0).cpu().numpy().astype(np.int64),
-        ce_clean=reference.ce_clean,
-        ce_spliced=_next_token_ce(logits, tokens, keep),
-        ce_zero=reference.ce_zero,
+        n_tokens=x.shape[0],
+        l0_sum=float((acts > 0).sum()),
+        sq_err_sum=float(((recon - x) ** 2).sum()),
+        x_sum=x.sum(0).double().cpu().numpy(),
+        x_sq_sum=float((x.double() ** 2).sum()),
+        firing=(acts > 0).sum(0).cpu().numpy().astype(np.int64),
+        ce_clean=ce_clean, ce_spliced=ce_spliced, ce_zero=ce_zero,
     )
 
 
@@ -209,18 +213,8 @@ def three_forward_chunk_stats(model, sae, hook_name: str, tokens: torch.Tensor,
 
     x = captured["x"].to(sae.W_dec.dtype)[keep]
     acts = sae.encode(x)
-    recon = sae.decode(acts)
-    return CoreStats(
-        n_tokens=x.shape[0],
-        l0_sum=float((acts > 0).sum()),
-        sq_err_sum=float(((recon - x) ** 2).sum()),
-        x_sum=x.sum(0).double().cpu().numpy(),
-        x_sq_sum=float((x.double() ** 2).sum()),
-        firing=(acts > 0).sum(0).cpu().numpy().astype(np.int64),
-        ce_clean=_next_token_ce(clean, tokens, keep),
-        ce_spliced=_next_token_ce(spliced, tokens, keep),
-        ce_zero=_next_token_ce(zeroed, tokens, keep),
-    )
+    return _stats(x, acts, sae.decode(acts), _next_token_ce(clean, tokens, keep), _next_token_ce(spliced, tokens, keep),
+                  _next_token_ce(zeroed, tokens, keep))
 
 
 def per_chunk_metrics(s: CoreStats) -> dict[str, float]:

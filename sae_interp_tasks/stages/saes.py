@@ -16,7 +16,7 @@ from sae_interp_tasks.records import SAESource
 
 log = logging.getLogger(__name__)
 
-DEMO_SAE_DIR = Path(__file__).parent / "data" / "demo_sae"
+DEMO_SAE_DIR = Path(__file__).parent.parent / "data" / "demo_sae"
 # an SAE's sae_lens metadata may name instrument settings suited to it (the embedded demo does: a
 # small model on a 2-core CPU); they replace the task YAML's defaults, never a user's --metadata
 INSTRUMENT_DEFAULTS_KEY = "sae_interp_defaults"

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from sae_interp_tasks.stages import activations
 from sae_interp_tasks.config import StageConfig, option, positive
@@ -113,7 +114,8 @@ def make_splits(selection: Selection, cfg: ExampleConfig, seed: int, decode, emb
     """Each live latent's split; with `non_activating: hard` the non-activating pool is first narrowed
     to the windows nearest its top windows by `embedder`."""
     splits = {}
-    for lat in selection.live:
+    hard = cfg.non_activating == "hard"  # embeds every latent's windows: seconds per latent, so a bar
+    for lat in tqdm(selection.live, unit="latents", desc="hard negatives", disable=not hard):
         record = selection.state.record(lat)
         if cfg.non_activating == "hard":
             chosen = hard_negatives(record.top, list(record.non_activating), embedder, decode,
