@@ -35,6 +35,26 @@ def _nanmean_stderr(values) -> float:
 nanmean.stderr = _nanmean_stderr
 
 
+class Shared:
+    """For a number every doc of a run shares, measured with its own standard error (e.g. a scorer's
+    known-answer check): each doc's value is {"value": v, "stderr": s}; the aggregate is v, and its
+    standard error s (not the spread over docs, which is zero)."""
+
+    __name__ = "shared"
+
+    def __call__(self, values) -> float:
+        first = _first_shared(values)
+        return float(first["value"]) if first else float("nan")
+
+    def stderr(self, values) -> float:
+        first = _first_shared(values)
+        return float(first["stderr"]) if first else float("nan")
+
+
+def _first_shared(values) -> dict | None:
+    return next((v for v in values if isinstance(v, dict) and "value" in v), None)
+
+
 def total(values) -> float:
     """For counts (e.g. dead-or-rare latents passed over): their sum over docs; no standard error."""
     return float(sum(values))

@@ -37,7 +37,9 @@ class Report:
     - `plotted`: metrics plotted per group (default: the headline); `axis`: a metric of this task that
       describes the SAE and that other tasks' headlines are plotted against (e.g. L0);
     - `labels`: metric -> its column header (default "<task> <metric>"); `position`: where the task's
-      columns go among other tasks' (lower first, then by task name).
+      columns go among other tasks' (lower first, then by task name);
+    - `checks`: metric -> the metric saying whether the scorer behind it passed its known-answer check
+      (1 passed, 0 failed: then the leaderboard marks the metric and `compare` does not gate on it).
     """
 
     headline: str
@@ -51,6 +53,7 @@ class Report:
     axis: str | None = None
     labels: dict = field(default_factory=dict)
     position: int = 100
+    checks: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "columns", tuple(self.columns) or (self.headline, *self.extra))

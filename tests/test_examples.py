@@ -126,3 +126,25 @@ def test_activating_marks_threshold():
     assert activating_marks(ex).tolist() == [False, True, True, False, False]
     quiet = Example(tokens=np.arange(3), acts=np.zeros(3, dtype=np.float32))
     assert not activating_marks(quiet).any()
+
+
+@pytest.mark.parametrize("n_activating", [20, 21, 25, 49, 60])
+def test_a_rare_latent_keeps_at_least_half_of_its_windows_for_its_explanation(n_activating):
+    """With exactly min_examples activating windows (or a few more) the test set takes at most half, spread
+    across deciles, and the explainer gets the rest (never nothing)."""
+    record = graded_record(n_activating=n_activating)
+    cfg = ExampleConfig(n_train=40, min_examples=20)
+    split = split_examples(record, cfg, seed=0)
+    assert len(split.test_activating) <= n_activating // 2
+    assert len(split.train) >= n_activating - n_activating // 2
+    assert len(split.train) + len(split.test_activating) == n_activating  # every window is used once
+    assert not {ex.window_id for ex in split.train} & {ex.window_id for ex in split.test_activating}
+    assert len({ex.decile for ex in split.test_activating}) >= min(10, n_activating // 4)  # spread over deciles
+
+
+def test_a_frequent_latent_is_split_as_before():
+    """Thousands of activating windows: 5 test windows per decile and 40 for the explainer, as always."""
+    record = graded_record(n_activating=2000, n_quiet=100)
+    split = split_examples(record, ExampleConfig(), seed=0)
+    assert len(split.test_activating) == 50 and len(split.train) == 40
+    assert all(sum(ex.decile == d for ex in split.test_activating) == 5 for d in range(1, 11))

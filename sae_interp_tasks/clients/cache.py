@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from sae_interp_tasks.caching import cache_key
-from sae_interp_tasks.clients.records import Completion, Prompt
+from sae_interp_tasks.clients.records import Completion, Prompt, Reading
 
 CACHE_FILE = "completions.sqlite"
 
@@ -39,6 +39,7 @@ class CompletionCache:
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
                 self._db.execute("CREATE TABLE IF NOT EXISTS logprobs (key TEXT PRIMARY KEY, value REAL NOT NULL)")
+                self._db.execute("CREATE TABLE IF NOT EXISTS readings (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
                 return
             except sqlite3.OperationalError as err:
                 if "locked" not in str(err) or attempt == attempts - 1:
@@ -59,6 +60,24 @@ class CompletionCache:
     @staticmethod
     def logprob_key(client_name: str, base_url: str | None, prefix: str, context: str, target: str) -> str:
         return cache_key(client_name, base_url, "logprob", prefix, context, target, length=64)
+
+    @staticmethod
+    def reading_key(client_name: str, base_url: str | None, prefix: str, text: str, choices: tuple[str, ...],
+                    at: tuple[int, ...]) -> str:
+        return cache_key(client_name, base_url, "reading", prefix, text, list(choices), list(at), length=64)
+
+    def get_readings(self, keys: list[str]) -> dict[str, Reading]:
+        found = {}
+        for key, value in self._rows("readings", keys):
+            data = json.loads(value)
+            found[key] = Reading(offsets=data["offsets"], logprobs=data["logprobs"], choices=data.get("choices"),
+                                 cached=True)
+        return found
+
+    def put_reading(self, key: str, reading: Reading) -> None:
+        value = json.dumps({"offsets": reading.offsets, "logprobs": reading.logprobs, "choices": reading.choices})
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO readings (key, value) VALUES (?, ?)", (key, value))
 
     def _rows(self, table: str, keys: list[str]) -> list[tuple[str, object]]:
         unique = list(dict.fromkeys(keys))

@@ -14,7 +14,7 @@ import torch
 
 from sae_interp_tasks.clients.base import LLMClient, OnAnswer
 from sae_interp_tasks.clients.cache import CompletionCache
-from sae_interp_tasks.clients.records import ClientConfig, Completion, Prompt
+from sae_interp_tasks.clients.records import ClientConfig, Completion, Prompt, Reading
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.stages.subject import BUNDLED_MODEL, bundled_hf_dir, is_bundled
 
@@ -39,20 +39,41 @@ class HFClient(LLMClient):
         self._templates: dict[int, list[int | None] | None] = {}
 
     def _load(self) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        source = str(self._source or bundled_hf_dir())
+        tokenizer = self._load_tokenizer()
         log.info("loading %s on %s for LLM calls", self.name, self.cfg.device)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left")
             model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=torch.float32 if self.cfg.device == "cpu" else "auto")
+                self._where(), dtype=torch.float32 if self.cfg.device == "cpu" else "auto")
         except OSError as err:
-            raise SaeInterpError(f"cannot load LLM {self.cfg.model!r}: {str(err).splitlines()[0][:300]} "
-                                 "(check the name and your hub access, or pass a local Hugging Face folder)") from err
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
+            raise self._cannot_load(err) from err
         self._tokenizer, self._model = tokenizer, model.to(self.cfg.device).eval()
+
+    def _where(self) -> str:
+        return str(self._source or bundled_hf_dir())
+
+    def _cannot_load(self, err: OSError) -> SaeInterpError:
+        return SaeInterpError(f"cannot load LLM {self.cfg.model!r}: {str(err).splitlines()[0][:300]} "
+                              "(check the name and your hub access, or pass a local Hugging Face folder)")
+
+    def _load_tokenizer(self):
+        """The tokenizer alone (the model loads only when a prompt must be answered)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(self._where(), padding_side="left")
+            except OSError as err:
+                raise self._cannot_load(err) from err
+            if tokenizer.pad_token_id is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            self._tokenizer = tokenizer
+        return self._tokenizer
+
+    def single_token_choices(self, choices: tuple[str, ...]) -> tuple[str, ...]:
+        tokenizer = self._load_tokenizer()
+        return tuple(c for c in choices if len(tokenizer(c, add_special_tokens=False).input_ids) == 1)
 
     def _answer(self, prompts: list[Prompt], on_answer: OnAnswer) -> None:
         if self._model is None:
@@ -83,6 +104,7 @@ class HFClient(LLMClient):
         out = self._model(prefix_ids, use_cache=True)
         prefix_cache, prefix_last = out.past_key_values, torch.log_softmax(out.logits[0, -1].float(), dim=-1)
         self._count_call()
+        self._count_tokens(prefix_ids.shape[1])
         rows = [self._split(context, target) for context, target in pairs]
         order = sorted(range(len(rows)), key=lambda i: -sum(map(len, rows[i])))
         for start in range(0, len(order), self.cfg.batch_size):
@@ -96,6 +118,7 @@ class HFClient(LLMClient):
             full_mask = torch.cat([torch.ones(len(batch), prefix_ids.shape[1], dtype=mask.dtype, device=device), mask], 1)
             logp = torch.log_softmax(self._model(ids, attention_mask=full_mask, past_key_values=cache).logits.float(), -1)
             self._count_call(len(batch))
+            self._count_tokens(int(mask.sum()))
             for row, i in enumerate(batch):
                 context, target = rows[i]
                 total = 0.0
@@ -103,6 +126,52 @@ class HFClient(LLMClient):
                     at = len(context) + j - 1  # the position whose next-token distribution predicts it
                     total += float(prefix_last[token] if at < 0 else logp[row, at, token])
                 on_answer(i, total)
+
+    @torch.no_grad()
+    def _read(self, prefix: str, items: list[tuple[str, tuple[int, ...]]], choices: tuple[str, ...], on_answer) -> None:
+        """The prefix runs once; each batch of texts reads on from a copy of its KV cache."""
+        import copy
+
+        if self._model is None:
+            self._load()
+        tok, device = self._tokenizer, self.cfg.device
+        choice_ids = [self._single_token(c) for c in choices]
+        prefix_ids = tok(prefix, add_special_tokens=True, return_tensors="pt").input_ids.to(device)
+        out = self._model(prefix_ids, use_cache=True)
+        prefix_cache, prefix_last = out.past_key_values, torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        self._count_call()
+        self._count_tokens(prefix_ids.shape[1])
+        encoded = [tok(text, add_special_tokens=False, return_offsets_mapping=True) for text, _ in items]
+        order = sorted(range(len(items)), key=lambda i: -len(encoded[i].input_ids))
+        for start in range(0, len(order), self.cfg.batch_size):
+            batch = [i for i in order[start:start + self.cfg.batch_size] if encoded[i].input_ids]
+            for i in order[start:start + self.cfg.batch_size]:
+                if not encoded[i].input_ids:
+                    on_answer(i, Reading(offsets=[], logprobs=[], choices=[{} for _ in items[i][1]]))
+            if not batch:
+                continue
+            width = max(len(encoded[i].input_ids) for i in batch)
+            ids = torch.tensor([encoded[i].input_ids + [tok.pad_token_id] * (width - len(encoded[i].input_ids))
+                                for i in batch], device=device)
+            mask = torch.tensor([[1] * len(encoded[i].input_ids) + [0] * (width - len(encoded[i].input_ids))
+                                 for i in batch], device=device)
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(batch))
+            full_mask = torch.cat([torch.ones(len(batch), prefix_ids.shape[1], dtype=mask.dtype, device=device), mask], 1)
+            logp = torch.log_softmax(self._model(ids, attention_mask=full_mask, past_key_values=cache).logits.float(), -1)
+            self._count_call(len(batch))
+            self._count_tokens(int(mask.sum()))
+            for row, i in enumerate(batch):
+                # the distribution that predicts token j sits at position j - 1 (the prefix's last for j = 0)
+                dists = torch.cat([prefix_last[None], logp[row, :len(encoded[i].input_ids) - 1]])
+                on_answer(i, _reading(encoded[i], dists, items[i][1], choices, choice_ids))
+
+    def _single_token(self, text: str) -> int:
+        ids = self._tokenizer(text, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            raise SaeInterpError(f"{self.name}: the choice {text!r} is {len(ids)} tokens in this tokenizer; "
+                                 "choices must be single tokens")
+        return ids[0]
 
     def _split(self, context: str, target: str) -> tuple[list[int], list[int]]:
         """Token ids of context and target as the model reads them joined (lm-eval's convention)."""
@@ -136,6 +205,8 @@ class HFClient(LLMClient):
         self._count_call(len(batch))
         out = self._model.generate(**encoded, **kwargs)
         new_tokens = out.sequences[:, prompt_len:]
+        generated = (new_tokens != tokenizer.pad_token_id).sum() if tokenizer.pad_token_id is not None else new_tokens.numel()
+        self._count_tokens(int(encoded["attention_mask"].sum()), int(generated))
         stop_ids = _stop_ids(self._model.generation_config.eos_token_id, tokenizer.eos_token_id)
         completions = []
         for row, prompt in enumerate(batch):
@@ -216,3 +287,16 @@ def _stop_ids(*sources) -> set[int]:
         elif source:
             ids.update(source)
     return ids
+
+
+def _reading(encoded, dists: torch.Tensor, spots: tuple[int, ...], choices: tuple[str, ...],
+             choice_ids: list[int]) -> Reading:
+    """A Reading from one text's tokens and the distributions that predict each of them [tokens, vocab]."""
+    ids = encoded.input_ids
+    starts = [start for start, _ in encoded.offset_mapping]
+    token_lp = dists[torch.arange(len(ids)), torch.tensor(ids)].tolist()
+    at_spot = []
+    for spot in spots:
+        j = next((k for k, s in enumerate(starts) if s == spot), None)  # the token that begins there
+        at_spot.append({} if j is None else {c: float(dists[j, cid]) for c, cid in zip(choices, choice_ids)})
+    return Reading(offsets=starts, logprobs=[float(v) for v in token_lp], choices=at_spot if spots else None)

@@ -21,7 +21,7 @@ import openai
 
 from sae_interp_tasks.clients.base import LLMClient, OnAnswer
 from sae_interp_tasks.clients.cache import CompletionCache
-from sae_interp_tasks.clients.records import ClientConfig, Completion, Prompt
+from sae_interp_tasks.clients.records import ClientConfig, Completion, Prompt, Reading
 from sae_interp_tasks.errors import SaeInterpError
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,9 @@ class OpenAIClient(LLMClient):
                 state["logprobs"] = prompt.logprobs and self.supports_logprobs
                 self._count_call()
                 response = await client.chat.completions.create(**self._request(prompt, state["logprobs"]))
-            return self._parse(response, state["logprobs"])
+            completion = self._parse(response, state["logprobs"])
+            self._count_usage(response)
+            return completion
 
         def retry_now(err) -> bool:
             if state.get("logprobs") and "logprob" in self._describe(err).lower():
@@ -141,9 +143,62 @@ class OpenAIClient(LLMClient):
                 self._count_call()
                 response = await client.completions.create(model=self.cfg.model, prompt=text, max_tokens=1,
                                                            temperature=0.0, echo=True, logprobs=1)
-            return self._target_logprob(response, begin, len(text))
+            value = self._target_logprob(response, begin, len(text))
+            self._count_usage(response)
+            return value
 
         return await self._retrying(attempt, lambda err: False, retry_lock, lambda error: None, logprob_request=True)
+
+    def _read(self, prefix: str, items: list[tuple[str, tuple[int, ...]]], choices: tuple[str, ...], on_answer) -> None:
+        self._run(lambda client, semaphore, retry_lock, item: self._ask_reading(client, semaphore, prefix, item, choices,
+                                                                               retry_lock),
+                  items, on_answer, lambda error: None)
+
+    async def _ask_reading(self, client: openai.AsyncOpenAI, semaphore: asyncio.Semaphore, prefix: str,
+                           item: tuple[str, tuple[int, ...]], choices: tuple[str, ...],
+                           retry_lock: threading.Lock) -> Reading | None:
+        """The prompt's own token logprobs (and top alternatives) from /v1/completions with echo."""
+        text, spots = item
+        top = min(20, max(5, len(choices))) if choices else 1
+
+        async def attempt() -> Reading:
+            async with semaphore:
+                self._count_call()
+                response = await client.completions.create(model=self.cfg.model, prompt=prefix + text, max_tokens=1,
+                                                           temperature=0.0, echo=True, logprobs=top)
+            reading = self._reading(response, len(prefix), len(prefix + text), spots, choices)
+            self._count_usage(response)
+            return reading
+
+        return await self._retrying(attempt, lambda err: False, retry_lock, lambda error: None, logprob_request=True)
+
+    def _reading(self, response, begin: int, end: int, spots: tuple[int, ...], choices: tuple[str, ...]) -> Reading:
+        lp = self._prompt_logprobs(response)
+        rows = [(off - begin, v, alts) for off, v, alts in zip(lp.text_offset, lp.token_logprobs,
+                                                                 lp.top_logprobs or [None] * len(lp.text_offset))
+                if begin <= off < end]
+        if not rows or any(v is None for _, v, _ in rows):
+            raise _ConfigProblem(self._no_prompt_logprobs())
+        found = []
+        for spot in spots:
+            alts = next((a for off, _, a in rows if off == spot), None) or {}
+            found.append({c: float(alts[c]) for c in choices if c in alts})
+        return Reading(offsets=[off for off, _, _ in rows], logprobs=[float(v) for _, v, _ in rows],
+                       choices=found if spots else None)
+
+    def _prompt_logprobs(self, response):
+        choices = getattr(response, "choices", None)
+        if not choices:
+            raise MalformedResponse(f"no choices in the answer ({type(response).__name__})")
+        lp = getattr(choices[0], "logprobs", None)
+        if lp is None or not getattr(lp, "token_logprobs", None) or not getattr(lp, "text_offset", None):
+            raise _ConfigProblem(self._no_prompt_logprobs())
+        return lp
+
+    def _count_usage(self, response) -> None:
+        usage = getattr(response, "usage", None)
+        if usage is not None:
+            self._count_tokens(getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
 
     def _target_logprob(self, response, begin: int, end: int) -> float:
         choices = getattr(response, "choices", None)
@@ -161,8 +216,9 @@ class OpenAIClient(LLMClient):
 
     def _no_prompt_logprobs(self) -> str:
         return (f"the endpoint {self.cfg.base_url or 'default'} returns no prompt logprobs on /v1/completions "
-                "(echo=true, logprobs=1), which the surprisal scorer needs; serve the model with vLLM (or another "
-                "server that echoes prompt logprobs), or set intervention_scorers: [judge]")
+                "(echo=true, logprobs=k), which the surprisal and simulation scorers need; serve the model with vLLM "
+                "(or another server that echoes prompt logprobs), or use a scorer that needs none (intervention_scorers: "
+                "[judge]; simulation_mode: json)")
 
     async def _retrying(self, attempt, retry_now, retry_lock: threading.Lock, failed, logprob_request: bool = False):
         """`attempt()` until it returns, with backoff on retryable failures; `failed(reason)` after the last."""

@@ -57,3 +57,16 @@ class Completion:
     cached: bool = False
     # with Prompt.choice_list: P(1) / (P(0) + P(1)) at each choice, from the unconstrained logits
     choice_probs: list[float] | None = None
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a model's forward over a prefix and a text says about the text: for each token of the text,
+    its character offset in the text and its log-probability given everything before it; at the
+    character offsets asked for (`at`), the log-probabilities of the `choices` strings as the next token
+    there (a choice the endpoint did not list is absent). Asked with `LLMClient.read_texts`."""
+
+    offsets: list[int]
+    logprobs: list[float]
+    choices: list[dict[str, float]] | None = None  # one per asked offset, in order
+    cached: bool = False

@@ -11,6 +11,8 @@ sae_detection's scores). Everything expensive inside is cached on disk as well.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sae_interp_tasks import registry
@@ -25,6 +27,7 @@ from sae_interp_tasks.stages.examples import ExampleConfig
 from sae_interp_tasks.stages.explainers import ExplainerConfig, explain
 from sae_interp_tasks.stages.selection import Selection, SelectionConfig, make_splits, select_latents
 from sae_interp_tasks.stages.shared import EmbeddingConfig, load_embedder
+from sae_interp_tasks.validity.scorer_check import CheckConfig, CheckResult, known_answers, pool_windows
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,11 @@ class LatentSettings(Settings):
 
 @dataclass(frozen=True)
 class ScorerSettings(LatentSettings):
-    """The shared stages plus an LLM scorer (detection, fuzzing, self-explanation, intervention's judge)."""
+    """The shared stages plus an LLM scorer (detection, fuzzing, simulation, self-explanation, intervention's
+    judge) and the known-answer check every LLM scorer takes first."""
 
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,29 @@ def scores(run: LatentRun, kind: str, settings: Settings | None = None) -> dict[
     key = explanations_key(run.settings, run.seed) + ("score", kind, chosen)
     return run.context.memo.compute_once(key, lambda: gathered(run.context, spec.scorer(LatentRun(
         run.context, chosen, run.seed, run.selection, run.splits, run.explanations, run.owned))))
+
+
+# --- the scorer check ----------------------------------------------------------------------------
+def check_set(run: LatentRun):
+    """The run's known answers for scorer checks (validity.scorer_check), built once from the pass's windows."""
+    s: ScorerSettings = run.settings
+    return run.context.memo.compute_once(("check-set", *selection_key(s, run.seed), s.check), lambda: known_answers(
+        pool_windows(run.selection.state), run.decode, s.check, run.seed))
+
+
+def scorer_check(run: LatentRun, key: tuple, compute: Callable[[], CheckResult]) -> CheckResult | None:
+    """A scorer's known-answer check, once per run for equal `key` (its scorer and settings); None when
+    `scorer_check` is off."""
+    s: ScorerSettings = run.settings
+    if not s.check.scorer_check:
+        return None
+    return run.context.memo.compute_once(("scorer-check", *selection_key(s, run.seed), s.check, *key), compute)
+
+
+def with_checks(scored: dict[int, ScoredLatent], *results: CheckResult | None) -> dict[int, ScoredLatent]:
+    """Every latent's scores with the checks' metrics beside them (the same for every latent of the run)."""
+    extra = {k: v for r in results if r is not None for k, v in r.metrics().items()}
+    return {lat: dataclasses.replace(sc, metrics={**sc.metrics, **extra}) for lat, sc in scored.items()}
 
 
 # --- resources ----------------------------------------------------------------------------------

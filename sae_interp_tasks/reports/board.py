@@ -214,6 +214,7 @@ class Column:
     kind: str  # "text" | "int" | "cell" | "count" (latents scored, skipped)
     task: str | None = None
     metric: str | None = None
+    checked: bool = False  # its scorer takes a known-answer check (the task's report says so)
 
 
 def columns(group: Group) -> list[Column]:
@@ -224,10 +225,11 @@ def columns(group: Group) -> list[Column]:
         for metric in report.columns:
             if metric not in present:
                 continue
-            cols.append(Column(f"{task}/{metric}", report.labels.get(metric, f"{task} {metric}"), "cell", task, metric))
+            cols.append(Column(f"{task}/{metric}", report.labels.get(metric, f"{task} {metric}"), "cell", task, metric,
+                               metric in report.checks))
             chance = report.chance.get(metric)
             if chance in present:
-                cols.append(Column(f"{task}/{chance}", f"chance ({chance})", "cell", task, chance))
+                cols.append(Column(f"{task}/{chance}", f"chance ({chance})", "cell", task, chance, chance in report.checks))
         if report.doc_id == "latent":
             cols.append(Column(f"{task}/latents", f"{task} latents scored (skipped)", "count", task, "latents"))
     return cols
@@ -258,15 +260,38 @@ def fmt(x: float) -> str:
     return f"{x:.1f}" if abs(x) >= 10 else f"{x:.3f}"
 
 
+FAILED_MARK = "†"
+
+
 def fmt_entry(row: Row, col: Column, entry) -> str:
     if entry is None:
         return ""
     if isinstance(entry, Cell):
-        return f"{fmt(entry.value)} [{fmt(entry.lo)}, {fmt(entry.hi)}]" if entry.has_interval else fmt(entry.value)
+        text = f"{fmt(entry.value)} [{fmt(entry.lo)}, {fmt(entry.hi)}]" if entry.has_interval else fmt(entry.value)
+        return text + (f" {FAILED_MARK}" if check_failed(row, col) else "")
     if col.kind == "count":
         scored, skipped = entry
         return (f"{scored}" if exact_count(row, col) else f"≤{scored}") + ("" if skipped is None else f" ({skipped})")
     return str(entry)
+
+
+def check_failed(row: Row, col: Column) -> bool:
+    """The cell's number comes from a scorer that failed its known-answer check."""
+    result = row.tasks.get(col.task) if col.task else None
+    return result is not None and col.metric is not None and result.check_passed(col.metric) is False
+
+
+def check_notes(group: Group) -> list[str]:
+    """One footnote per row and task whose marked cells come from a scorer that failed its check."""
+    notes = {}
+    for row in group.rows:
+        for col in columns(group):
+            if col.kind == "cell" and check_failed(row, col) and (row.sae, col.task) not in notes:
+                notes[(row.sae, col.task)] = (
+                    f"{FAILED_MARK} {row.sae}, {col.task}: the scorer failed its known-answer check "
+                    f"({row.tasks[col.task].check_summary(col.metric)}); the marked numbers cannot tell a right "
+                    "explanation from a wrong one, whatever the SAE. Score with a capable scorer.")
+    return list(notes.values())
 
 
 def interval_note(board: Board) -> str:

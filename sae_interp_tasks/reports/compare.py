@@ -95,11 +95,21 @@ class Comparison:
     how: str  # why paired / unpaired, in words
     n_baseline: int
     n_candidate: int
-    worse: bool  # worse than max_drop at the confidence
+    worse: bool  # worse than max_drop at the confidence (never for a metric that is not gated)
+    not_gated: str = ""  # why the metric is not gated on (its scorer failed its known-answer check); "" if gated
 
     @property
     def name(self) -> str:
         return f"{self.task}/{self.metric}"
+
+    @property
+    def gated(self) -> bool:
+        return not self.not_gated
+
+    @property
+    def detectable_drop(self) -> float:
+        """The smallest drop this comparison could detect: its interval's half-width."""
+        return (self.hi - self.lo) / 2
 
 
 @dataclass(frozen=True)
@@ -116,8 +126,13 @@ class Report:
         return tuple(r for r in self.rows if r.worse)
 
     @property
+    def gated(self) -> tuple:
+        return tuple(r for r in self.rows if r.gated)
+
+    @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        """1: a gated metric is worse; 2: nothing could be gated (every scorer failed its check); 0: pass."""
+        return 1 if self.failed else 0 if self.gated else 2
 
 
 def side_from_runs(runs: list[Run], what: str) -> Side:
@@ -228,11 +243,14 @@ def compare_metric(task: str, metric: str, base: Side, cand: Side, confidence: f
         point, lo, hi, n_b, n_c, paired, how = _pooled(task, metric, b, c, paired, how, confidence, resamples, rng)
     else:
         point, lo, hi, n_b, n_c, paired, how = _means(task, metric, b, c, paired, how, confidence, resamples, rng)
+    failed = [(what, r) for what, r in (("baseline", b), ("candidate", c)) if r.check_passed(metric) is False]
+    not_gated = "; ".join(f"the {what}'s scorer failed its known-answer check ({r.check_summary(metric)})"
+                          for what, r in failed)
     # worse by more than max_drop: the whole interval lies beyond -max_drop in the bad direction
-    worse = (hi < -max_drop) if better else (lo > max_drop)
+    worse = not not_gated and ((hi < -max_drop) if better else (lo > max_drop))
     return Comparison(task=task, metric=metric, baseline=b.metrics[metric].value, candidate=c.metrics[metric].value,
                       difference=point, lo=lo, hi=hi, higher_is_better=bool(better), paired=paired, how=how,
-                      n_baseline=n_b, n_candidate=n_c, worse=bool(worse))
+                      n_baseline=n_b, n_candidate=n_c, worse=bool(worse), not_gated=not_gated)
 
 
 def _means(task, metric, b: TaskResult, c: TaskResult, paired, how, confidence, resamples, rng):
@@ -305,13 +323,20 @@ def _num(x: float) -> str:
 
 def verdict_line(report: Report) -> str:
     pct = percent(report.confidence)
+    skipped = [r for r in report.rows if not r.gated]
+    aside = (f"; not gated: {', '.join(r.name for r in skipped)} (a scorer failed its known-answer check)"
+             if skipped else "")
     if report.failed:
         worst = "; ".join(f"{r.name} {_signed(r.difference)} [{_signed(r.lo)}, {_signed(r.hi)}] "
                           f"({'paired' if r.paired else 'unpaired'}, n={r.n_baseline}/{r.n_candidate})"
                           for r in report.failed)
-        return f"FAIL: candidate worse than baseline by more than {report.max_drop:g} at {pct} confidence: {worst}"
-    return (f"PASS: no gated metric ({len(report.rows)}) worse by more than {report.max_drop:g} "
-            f"at {pct} confidence")
+        return f"FAIL: candidate worse than baseline by more than {report.max_drop:g} at {pct} confidence: {worst}{aside}"
+    if not report.gated:
+        return (f"NOTHING GATED: every metric's scorer failed its known-answer check, so no number here can tell "
+                f"the two SAEs apart{aside}")
+    smallest = ", ".join(f"{r.name} {r.detectable_drop:.3g}" for r in report.gated)
+    return (f"PASS: no gated metric ({len(report.gated)}) worse by more than {report.max_drop:g} "
+            f"at {pct} confidence (smallest detectable drop: {smallest}){aside}")
 
 
 def _signed(x: float) -> str:
@@ -320,7 +345,7 @@ def _signed(x: float) -> str:
 
 def markdown(report: Report) -> str:
     pct = percent(report.confidence)
-    status = "FAIL" if report.failed else "PASS"
+    status = {0: "PASS", 1: "FAIL", 2: "NOTHING GATED"}[report.exit_code]
     lines = [
         f"### sae-interp compare: {status}",
         "",
@@ -329,12 +354,13 @@ def markdown(report: Report) -> str:
         f"- gate: fail when the {pct} bootstrap interval of candidate - baseline lies entirely beyond a drop of "
         f"{report.max_drop:g} ({report.resamples} resamples, percentile interval)",
         "",
-        f"| metric | better | baseline | candidate | difference [{pct} CI] | test | verdict |",
-        "|---|:-:|---:|---:|---:|---|---|",
+        f"| metric | better | baseline | candidate | difference [{pct} CI] | smallest detectable drop | test | verdict |",
+        "|---|:-:|---:|---:|---:|---:|---|---|",
     ]
     for r in report.rows:
+        verdict = f"not gated: {r.not_gated}" if not r.gated else "**worse**" if r.worse else "ok"
         lines.append(f"| {r.name} | {'higher' if r.higher_is_better else 'lower'} | {_num(r.baseline)} | "
                      f"{_num(r.candidate)} | {_signed(r.difference)} [{_signed(r.lo)}, {_signed(r.hi)}] | "
-                     f"{r.how} | {'**worse**' if r.worse else 'ok'} |")
+                     f"{_num(r.detectable_drop)} | {r.how} | {verdict} |")
     lines += ["", verdict_line(report)]
     return "\n".join(lines) + "\n"

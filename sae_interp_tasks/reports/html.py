@@ -11,7 +11,8 @@ import math
 from importlib import resources
 from string import Template
 
-from sae_interp_tasks.reports.board import Board, Cell, columns, fmt_entry, interval_note, settings_lines, value
+from sae_interp_tasks.reports.board import (Board, Cell, check_notes, columns, fmt_entry, interval_note, settings_lines,
+                                            value)
 from sae_interp_tasks.reports.plots import plots
 
 
@@ -56,6 +57,7 @@ def html_page(board: Board, images: dict[str, bytes] | None = None) -> str:
                              f"data-value='{e(_sort_value(entry))}'>{e(fmt_entry(row, c, entry))}</td>")
             parts.append("</tr>")
         parts.append("</tbody></table>")
+        parts += [f"<p class='note failed'>{e(note)}</p>" for note in check_notes(group)]
         parts.append("<details><summary>settings of this group</summary><pre>"
                      f"{e(json.dumps(group.settings, indent=1, sort_keys=True, default=str))}</pre></details>")
         for name, png in images.items():

@@ -100,6 +100,24 @@ class TaskResult:
     def pooled(self, metric: str) -> bool:
         return metric in self.report.pooled
 
+    def check_passed(self, metric: str) -> bool | None:
+        """Whether the scorer behind `metric` passed its known-answer check; None where it was not checked
+        (no check declared for the metric, or none ran: results written before checks, check turned off)."""
+        passed = self.metrics.get(self.report.checks.get(metric, ""))
+        if passed is None or not math.isfinite(passed.value):
+            return None
+        return passed.value >= 0.5
+
+    def check_summary(self, metric: str) -> str:
+        """The check behind `metric` in words: its statistic with a 95% interval, e.g. for a failed one."""
+        passed = self.report.checks.get(metric, "")
+        prefix = passed.removesuffix("passed")
+        stat = next((m for name, m in self.metrics.items() if name.startswith(prefix) and name != passed), None)
+        if stat is None:
+            return passed
+        interval = f" [{stat.value - 1.96 * stat.stderr:.3f}, {stat.value + 1.96 * stat.stderr:.3f}]" if stat.stderr else ""
+        return f"{stat.name} {stat.value:.3f}{interval}"
+
     @property
     def skipped(self) -> float | None:
         m = self.metrics.get("skipped_dead")

@@ -11,7 +11,8 @@ import json
 import math
 
 from sae_interp_tasks.errors import SaeInterpError
-from sae_interp_tasks.reports.board import Board, Column, columns, fmt_entry, interval_note, settings_lines, value
+from sae_interp_tasks.reports.board import (Board, Column, check_notes, columns, fmt_entry, interval_note, settings_lines,
+                                            value)
 
 
 def markdown(board: Board) -> str:
@@ -31,6 +32,8 @@ def markdown(board: Board) -> str:
             cells = [fmt_entry(row, c, value(row, c)).replace("|", "\\|") for c in cols]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        notes = check_notes(group)
+        lines += [*notes, ""] if notes else []
     return "\n".join(lines)
 
 
@@ -43,7 +46,8 @@ def csv_text(board: Board) -> str:
                 all_cols.append(c)
     header = ["group", "control", "fingerprint"]
     for c in all_cols:
-        header += ([c.key, f"{c.key}_lo", f"{c.key}_hi"] if c.kind == "cell" else
+        header += ([c.key, f"{c.key}_lo", f"{c.key}_hi", *([f"{c.key}_scorer_check"] if c.checked else [])]
+                   if c.kind == "cell" else
                    [f"{c.task}/latents_scored", f"{c.task}/skipped"] if c.kind == "count" else [c.key])
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -55,12 +59,18 @@ def csv_text(board: Board) -> str:
                 entry = value(row, c) if (c.task is None or c.task in row.tasks) else None
                 if c.kind == "cell":
                     line += [_csv_num(entry.value), _csv_num(entry.lo), _csv_num(entry.hi)] if entry else ["", "", ""]
+                    if c.checked:
+                        line.append(_check_word(row.tasks[c.task].check_passed(c.metric)) if entry else "")
                 elif c.kind == "count":
                     line += ["" if x is None else x for x in entry] if entry else ["", ""]
                 else:
                     line.append("" if entry is None else entry)
             writer.writerow(line)
     return out.getvalue()
+
+
+def _check_word(passed: bool | None) -> str:
+    return {True: "passed", False: "failed", None: ""}[passed]
 
 
 def _csv_num(x: float) -> str:
@@ -86,7 +96,8 @@ def json_data(board: Board) -> dict:
                     "skipped": result.skipped,
                     "metrics": {m: {"value": _json_num(c.value), "lo": _json_num(c.lo), "hi": _json_num(c.hi),
                                     "interval": c.how or None, "stderr": _json_num(result.metrics[m].stderr),
-                                    "higher_is_better": result.metrics[m].higher_is_better}
+                                    "higher_is_better": result.metrics[m].higher_is_better,
+                                    **_check_json(result, m)}
                                 for (t, m), c in row.cells.items() if t == task},
                 }
             rows.append({"sae": row.sae, "fingerprint": row.fingerprint, "d_sae": row.d_sae, "control": row.control,
@@ -94,6 +105,17 @@ def json_data(board: Board) -> dict:
         groups.append({"group": group.number, "settings": group.settings, "differs": group.differs, "rows": rows})
     return {"confidence": board.confidence, "interval": interval_note(board), "files": list(board.files),
             "groups": groups}
+
+
+def _check_json(result, metric: str) -> dict:
+    """A checked metric's verdict (and, when it failed, the check in words); nothing for unchecked metrics."""
+    if metric not in result.report.checks:
+        return {}
+    passed = result.check_passed(metric)
+    out = {"scorer_check": _check_word(passed) or None}
+    if passed is False:
+        out["scorer_check_detail"] = result.check_summary(metric)
+    return out
 
 
 def json_text(board: Board) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sae_interp_tasks.aggregations import nanmean, total
-from sae_interp_tasks.clients import ClientConfig, LLMClient, Prompt
+from sae_interp_tasks.clients import LLMClient, Prompt
 from sae_interp_tasks.config import StageConfig, option, positive
 from sae_interp_tasks.records import ScoredLatent
 from sae_interp_tasks.stages.shared import shuffled_donors
@@ -45,18 +45,10 @@ FEW_SHOT = (
 
 @dataclass(frozen=True)
 class InterventionScoringConfig(StageConfig):
-    intervention_scorers: list = option(["surprisal"], choices=INTERVENTION_SCORERS)
-    # the base LM reading the surprisal prompt: in process (hf) or an OpenAI-compatible completions
-    # endpoint that echoes prompt logprobs (vLLM)
-    surprisal_scorer: str = option("hf", choices=("hf", "openai"))
-    surprisal_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    surprisal_base_url: str | None = None
-    surprisal_api_key_env: str = "OPENAI_API_KEY"
-    judge_continuations: int = positive(5)  # continuations shown per set to the judge
+    """Which scorers read the steered text (the surprisal reader's model: scorers.surprisal.ReaderConfig)."""
 
-    def surprisal_client(self, device: str = "cpu", max_concurrency: int = 8) -> ClientConfig:
-        return ClientConfig(kind=self.surprisal_scorer, model=self.surprisal_model, base_url=self.surprisal_base_url,
-                            api_key_env=self.surprisal_api_key_env, max_concurrency=max_concurrency, device=device)
+    intervention_scorers: list = option(["surprisal"], choices=INTERVENTION_SCORERS)
+    judge_continuations: int = positive(5)  # continuations shown per set to the judge
 
 
 # --- surprisal ----------------------------------------------------------------------------------------
@@ -246,3 +238,35 @@ def _detail(res, texts, output, scores, token_text: Callable[[int], str]) -> dic
     if scores:
         detail.update(explanations=scores["explanations"], surprisal=scores["surprisal"], judge=scores["judge"])
     return detail
+
+
+# --- the scorers' known-answer checks (validity.scorer_check) ------------------------------------------------
+def reader_check(client: LLMClient, splits: list, explanations: dict, decode: Callable, name: str):
+    """The surprisal reader on known answers: log P(explanation | a window with the word) minus log P(explanation |
+    a window without it), pair by pair; the mean gain must lie above zero."""
+    from sae_interp_tasks.validity.scorer_check import mean_gain
+
+    jobs = []
+    for split in splits:
+        text = explanations[split.latent].text
+        jobs += [(text, [""], [decode(off.tokens.tolist())], [decode(on.tokens.tolist())])
+                 for on, off in zip(split.test_activating, split.test_non_activating)]
+    return mean_gain([sc.score for sc in surprisal_scores(client, jobs)], name)
+
+
+def judge_check(client: LLMClient, splits: list, explanations: dict, decode: Callable, seed: int, n: int, name: str):
+    """The judge on known answers: which of three sets of windows holds the explained word; against 1/3."""
+    from sae_interp_tasks.validity.scorer_check import accuracy
+
+    if len(splits) < 3:
+        return accuracy([], 1 / 3, name)
+    sets = {s.latent: [decode(ex.tokens.tolist()) for ex in s.test_activating[:n]] for s in splits}
+    prompts, truths = [], []
+    for split in splits:
+        rng = random.Random(f"{seed}:judge-check:{split.latent}")
+        others = rng.sample([o for o in sets if o != split.latent], 2)
+        shown, truth = judge_sets(sets[split.latent], [sets[o] for o in others], rng)
+        prompts.append(judge_prompt(explanations[split.latent].text, shown))
+        truths.append(truth)
+    answers = client.generate(prompts, desc="judge check")
+    return accuracy([read_judgement(a.text, t) for a, t in zip(answers, truths)], 1 / 3, name)

@@ -37,7 +37,11 @@ def assign_deciles(examples: list[Example], n_deciles: int = 10) -> list[Example
 
 
 def split_examples(record: LatentRecord, cfg: ExampleConfig, seed: int) -> ExampleSplit:
-    """Train windows (by `train_sampling`) and test windows (per decile + non-activating), never overlapping."""
+    """Train windows (by `train_sampling`) and test windows (per decile + non-activating), never overlapping.
+
+    The test set takes `n_test_per_decile` windows of each decile, but at most half of each decile's
+    windows (so at most half of all), and training takes from the rest: a latent with few activating
+    windows is never left with nothing to explain it by."""
     rng = random.Random(f"{seed}:{record.latent}")
     sample = assign_deciles(record.activating, cfg.n_deciles)
     by_decile: dict[int, list[Example]] = {d: [] for d in range(1, cfg.n_deciles + 1)}
@@ -46,8 +50,10 @@ def split_examples(record: LatentRecord, cfg: ExampleConfig, seed: int) -> Examp
     for group in by_decile.values():
         rng.shuffle(group)
 
-    # test first, so every decile keeps its test windows; train takes from what is left
-    test_act = [ex for d in by_decile for ex in by_decile[d][:cfg.n_test_per_decile]]
+    # test first, so every decile keeps its test windows, but never more than half of a decile's windows:
+    # a rare latent keeps at least half of its activating windows for its explanation
+    n_test = {d: min(cfg.n_test_per_decile, len(group) // 2) for d, group in by_decile.items()}
+    test_act = [ex for d in by_decile for ex in by_decile[d][:n_test[d]]]
     test_ids = {ex.window_id for ex in test_act}
     if cfg.train_sampling == "top":
         pool = [ex for ex in record.top if ex.window_id not in test_ids]
@@ -56,7 +62,7 @@ def split_examples(record: LatentRecord, cfg: ExampleConfig, seed: int) -> Examp
         pool = [ex for ex in sample if ex.window_id not in test_ids]
         train = rng.sample(pool, min(cfg.n_train, len(pool)))
     else:
-        rest = {d: [ex for ex in g[cfg.n_test_per_decile:]] for d, g in by_decile.items()}
+        rest = {d: g[n_test[d]:] for d, g in by_decile.items()}
         train = _round_robin(rest, cfg.n_train)
     non_act = list(record.non_activating)
     rng.shuffle(non_act)

@@ -1,10 +1,13 @@
 """sae_detection: does the explanation let a scorer tell which held-out windows make the latent fire?
 
 Same latents, splits and explanations as every latent task of the run (`harness.memo`); the scorer
-is `scorers/detection.py` on the window-classifier base (docs/methods.md, "Detection").
+is `scorers/detection.py` on the window-classifier base (docs/methods.md, "Detection"). The scorer
+first scores known answers (validity.scorer_check).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from sae_interp_tasks.harness import memo
 from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
@@ -13,12 +16,19 @@ from sae_interp_tasks.harness.task import LatentTask
 from sae_interp_tasks.registry import Report, task_kind
 from sae_interp_tasks.scorers import classifier
 from sae_interp_tasks.scorers.detection import Detection
+from sae_interp_tasks.validity import scorer_check
+from sae_interp_tasks.validity.scorer_check import CheckResult
 
 KIND = "detection"
+CHECK = "scorer_check_balanced_acc"
+INSTEAD = ("use a capable scorer (scorer: openai with scorer_model and scorer_base_url, e.g. an instruction-tuned "
+           "model of 7B parameters or more behind vLLM)")
+METRICS = {**classifier.METRICS, **scorer_check.check_metrics(CHECK)}
+CHECKED = {m: "scorer_check_passed" for m in classifier.METRICS if m not in ("answered_frac", "parse_failures")}
 
 
 def score_detection(run: LatentRun):
-    return classify(run, Detection(), KIND)
+    return memo.with_checks(classify(run, Detection(), KIND), check_classifier(run, Detection(), KIND))
 
 
 def classify(run: LatentRun, scorer: classifier.WindowClassifier, stream: str, settings: ScorerSettings | None = None,
@@ -31,9 +41,25 @@ def classify(run: LatentRun, scorer: classifier.WindowClassifier, stream: str, s
                         s.explainer.highlight_threshold, set(run.owned))
 
 
+def check_classifier(run: LatentRun, scorer: classifier.WindowClassifier, stream: str) -> CheckResult | None:
+    """The window classifier's balanced accuracy on the run's known answers (once per run)."""
+    s: ScorerSettings = run.settings
+
+    def compute() -> CheckResult:
+        splits, explanations = memo.check_set(run)
+        client = memo.scorer_client(run.context, s.scorer)
+        scored = scorer.score(splits, explanations, dataclasses.replace(s.scorer, shuffled_control=False), client,
+                              run.decode, run.seed, f"{stream} check", s.explainer.highlight_threshold)
+        result = scorer_check.balanced_accuracy([j for sc in scored.values() for j in sc.judgements], CHECK)
+        scorer_check.announce(f"sae_{stream}", client.name, result, INSTEAD)
+        return result
+
+    return memo.scorer_check(run, (stream, s.scorer, s.explainer.highlight_threshold), compute)
+
+
 @task_kind(KIND, settings=ScorerSettings, serve=serve_latents, scorer=score_detection,
-           report=Report(headline="balanced_acc", position=10))
+           report=Report(headline="balanced_acc", position=10, checks=CHECKED))
 class SAEDetectionTask(LatentTask):
     """Does the explanation let a scorer tell which held-out windows make the latent fire?"""
 
-    METRICS = classifier.METRICS
+    METRICS = METRICS

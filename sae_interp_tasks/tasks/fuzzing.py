@@ -1,28 +1,29 @@
 """sae_fuzzing: does the explanation let a scorer tell true activating-token markings from random ones?
 
-The scorer is `scorers/fuzzing.py` on the window-classifier base (docs/methods.md, "Fuzzing").
+The scorer is `scorers/fuzzing.py` on the window-classifier base (docs/methods.md, "Fuzzing"); it
+first scores known answers, marked the same way (validity.scorer_check).
 """
 
 from __future__ import annotations
 
+from sae_interp_tasks.harness import memo
 from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
 from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
 from sae_interp_tasks.registry import Report, task_kind
-from sae_interp_tasks.scorers import classifier
 from sae_interp_tasks.scorers.fuzzing import Fuzzing
-from sae_interp_tasks.tasks.detection import classify
+from sae_interp_tasks.tasks.detection import CHECKED, METRICS, check_classifier, classify
 
 KIND = "fuzzing"
 
 
 def score_fuzzing(run: LatentRun):
-    return classify(run, Fuzzing(), KIND)
+    return memo.with_checks(classify(run, Fuzzing(), KIND), check_classifier(run, Fuzzing(), KIND))
 
 
 @task_kind(KIND, settings=ScorerSettings, serve=serve_latents, scorer=score_fuzzing,
-           report=Report(headline="balanced_acc", position=20))
+           report=Report(headline="balanced_acc", position=20, checks=CHECKED))
 class SAEFuzzingTask(LatentTask):
     """Does the explanation let a scorer tell true activating-token markings from random ones?"""
 
-    METRICS = classifier.METRICS
+    METRICS = METRICS

@@ -18,7 +18,14 @@ from sae_interp_tasks.harness.task import LatentTask
 from sae_interp_tasks.records import ScoredLatent
 from sae_interp_tasks.registry import Report, task_kind
 from sae_interp_tasks.scorers.intervention import (InterventionScoringConfig, SteeredTextScorers, intervention_metrics,
-                                                   score_steering)
+                                                   judge_check, reader_check, score_steering)
+from sae_interp_tasks.scorers.surprisal import ReaderConfig
+from sae_interp_tasks.tasks.detection import INSTEAD
+from sae_interp_tasks.tasks.surprisal import INSTEAD as SURPRISAL_INSTEAD
+from sae_interp_tasks.validity import scorer_check
+from sae_interp_tasks.validity.scorer_check import CheckResult
+
+READER_CHECK, JUDGE_CHECK = "surprisal_check_gain", "judge_check_acc"
 from sae_interp_tasks.stages.explainers import output_explanations
 from sae_interp_tasks.stages.steering import InterventionConfig, check_prompts, steer_all
 
@@ -27,6 +34,7 @@ from sae_interp_tasks.stages.steering import InterventionConfig, check_prompts, 
 class InterventionSettings(ScorerSettings):  # `scorer` is the judge's chat model
     intervention: InterventionConfig = field(default_factory=InterventionConfig)
     intervention_scoring: InterventionScoringConfig = field(default_factory=InterventionScoringConfig)
+    reader: ReaderConfig = field(default_factory=ReaderConfig)  # the surprisal scorer's base LM
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -57,20 +65,50 @@ def score_intervention(run: LatentRun) -> dict[int, ScoredLatent]:
                                             s.explainer.explainer_max_tokens))
     scorers = SteeredTextScorers(
         s.intervention_scoring, s.scorer.shuffled_control,
-        surprisal_client=lambda: memo.client(ctx, s.intervention_scoring.surprisal_client(ctx.device,
-                                                                                          s.scorer.max_concurrency)),
+        surprisal_client=lambda: memo.client(ctx, s.reader.surprisal_client(ctx.device, s.scorer.max_concurrency)),
         judge_client=lambda: memo.scorer_client(ctx, s.scorer))
-    return score_steering(run.latents, run.owned, {lat: e.text for lat, e in run.explanations.items()}, steered, skipped,
-                          output, cfg.targets, scorers, lambda ids: tokenizer.decode(list(ids), skip_special_tokens=True),
-                          lambda tok: tokenizer.decode([tok]), run.seed)
+    scored = score_steering(run.latents, run.owned, {lat: e.text for lat, e in run.explanations.items()}, steered,
+                            skipped, output, cfg.targets, scorers,
+                            lambda ids: tokenizer.decode(list(ids), skip_special_tokens=True),
+                            lambda tok: tokenizer.decode([tok]), run.seed)
+    return memo.with_checks(scored, *check_scorers(run, scorers))
+
+
+def check_scorers(run: LatentRun, scorers: SteeredTextScorers) -> list[CheckResult | None]:
+    """The surprisal reader's and the judge's known-answer checks, for the scorers in use."""
+    s: InterventionSettings = run.settings
+    which = s.intervention_scoring.intervention_scorers
+
+    def reader() -> CheckResult:
+        client = scorers.surprisal_client()
+        result = reader_check(client, *memo.check_set(run), run.decode, READER_CHECK)
+        scorer_check.announce("sae_intervention", client.name, result, SURPRISAL_INSTEAD)
+        return result
+
+    def judge() -> CheckResult:
+        client = scorers.judge_client()
+        result = judge_check(client, *memo.check_set(run), run.decode, run.seed,
+                             s.intervention_scoring.judge_continuations, JUDGE_CHECK)
+        scorer_check.announce("sae_intervention", client.name, result, INSTEAD)
+        return result
+
+    return [memo.scorer_check(run, ("intervention-reader", s.reader), reader) if "surprisal" in which else None,
+            memo.scorer_check(run, ("intervention-judge", s.scorer, s.intervention_scoring), judge)
+            if "judge" in which else None]
+
+
+CHECKS = {**{m: "surprisal_check_passed" for m in ("score", "score_shuffled", "output_score", "output_score_shuffled")},
+          **{m: "judge_check_passed" for m in ("judge_acc", "judge_acc_shuffled", "output_judge_acc",
+                                               "output_judge_acc_shuffled")}}
 
 
 @task_kind("intervention", settings=InterventionSettings, serve=serve_latents, scorer=score_intervention,
-           report=Report(headline="score", position=50))
+           report=Report(headline="score", position=50, checks=CHECKS))
 class SAEInterventionTask(LatentTask):
     """Steer each latent to a target KL; does its explanation predict what the model then writes?"""
 
-    METRICS = intervention_metrics([1.0])
+    METRICS = {**intervention_metrics([1.0]), **scorer_check.check_metrics(READER_CHECK),
+               **scorer_check.check_metrics(JUDGE_CHECK)}
 
     def metric_specs(self) -> dict:
         """This run's metrics: the class's, plus suffixed ones for every extra target KL."""

@@ -20,11 +20,17 @@ from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
 from sae_interp_tasks.records import Explanation, ScoredLatent
 from sae_interp_tasks.registry import Report, task_kind
-from sae_interp_tasks.scorers.agreement import AgreementConfig, agreement_metrics
+from sae_interp_tasks.scorers.agreement import AgreementConfig, agreement_metrics, judge_agreement
 from sae_interp_tasks.scorers.detection import Detection
 from sae_interp_tasks.stages.selfexplain import SelfExplainConfig, run_sweeps
+from sae_interp_tasks.tasks.detection import CHECK as DETECTION_CHECK
+from sae_interp_tasks.tasks.detection import INSTEAD
 from sae_interp_tasks.tasks.detection import KIND as DETECTION
-from sae_interp_tasks.tasks.detection import classify
+from sae_interp_tasks.tasks.detection import check_classifier, classify
+from sae_interp_tasks.validity import scorer_check
+from sae_interp_tasks.validity.scorer_check import CheckResult
+
+JUDGE_CHECK = "judge_check_acc"
 
 
 @dataclass(frozen=True)
@@ -68,14 +74,40 @@ def score_selfexplain(run: LatentRun) -> dict[int, ScoredLatent]:
         for lat in latents:
             per[lat].update(selfexplain_balanced_acc=own[lat].metrics["balanced_acc"],
                             autointerp_balanced_acc=auto[lat].metrics["balanced_acc"])
-    return {lat: ScoredLatent(lat, self_text[lat], [], per[lat], {
+    scored = {lat: ScoredLatent(lat, self_text[lat], [], per[lat], {
         "selfexplanation": self_text[lat], "autointerp_explanation": auto_text[lat],
         "sweeps": {name: by_latent[lat] for name, by_latent in sweeps.items()}}) for lat in latents}
+    return memo.with_checks(scored, check_classifier(run, Detection(), DETECTION) if s.agreement.selfexplain_detection
+                            else None, check_judge(run) if s.agreement.judge else None)
+
+
+def check_judge(run: LatentRun) -> CheckResult | None:
+    """The agreement judge on known answers: a word's explanation against a rewording of it (same) and
+    against another word's (not the same); accuracy against 0.5."""
+    s: SelfExplainSettings = run.settings
+
+    def compute() -> CheckResult:
+        _, explanations = memo.check_set(run)
+        texts = [e.text for e in explanations.values()]
+        words = [t.split('"')[1] for t in texts]
+        pairs = [(t, f"text containing {w}") for t, w in zip(texts, words)]
+        pairs += [(t, texts[(i + 1) % len(texts)]) for i, t in enumerate(texts)] if len(texts) > 1 else []
+        truth = [1.0] * len(texts) + [0.0] * (len(pairs) - len(texts))
+        client = memo.scorer_client(run.context, s.scorer)
+        votes = judge_agreement(client, pairs)
+        result = scorer_check.accuracy([float(v == t) if v == v else v for v, t in zip(votes, truth)], 0.5,
+                                       JUDGE_CHECK)
+        scorer_check.announce("sae_selfexplain", client.name, result, INSTEAD)
+        return result
+
+    return memo.scorer_check(run, ("agreement-judge", s.scorer), compute)
 
 
 @task_kind("selfexplain", settings=SelfExplainSettings, serve=serve_latents, scorer=score_selfexplain,
            report=Report(headline="retrieval_auroc", extra=("top1_match",), chance={"top1_match": "top1_chance"},
-                         position=40))
+                         position=40, checks={"selfexplain_balanced_acc": "scorer_check_passed",
+                                              "autointerp_balanced_acc": "scorer_check_passed",
+                                              "judge_agreement": "judge_check_passed"}))
 class SAESelfExplainTask(LatentTask):
     """The subject model explains its own latents; agreement with the auto-interp explanations."""
 
@@ -90,6 +122,8 @@ class SAESelfExplainTask(LatentTask):
         "peak_selfsim": (nanmean, True),
         "selfsim_threshold": (nanmean, False),  # the failure threshold used (calibrated on random directions)
         "selfexplain_failure": (total, False),
+        **scorer_check.check_metrics(DETECTION_CHECK),
+        **scorer_check.check_metrics(JUDGE_CHECK),
     }
 
     @classmethod
