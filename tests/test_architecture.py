@@ -428,10 +428,12 @@ def test_a_new_task_kind_runs_through_lm_eval(planted_sae, corpus_file, toy_dir,
                                                                                                  "json", "html")}
     for fmt, board in boards.items():
         assert board.returncode == 0, (fmt, board.stderr)
-        for metric in ("hit_rate", "false_hit_rate", "pooled_hit_rate"):
-            assert (f"sae_toy {metric}" if fmt in ("markdown", "html") else f"sae_toy/{metric}") in board.stdout, fmt
-    cell = json.loads(boards["json"].stdout)["groups"][0]["rows"][0]["tasks"]["sae_toy"]["metrics"]["pooled_hit_rate"]
-    assert cell["value"] == 1.0 and cell["interval"] == "bootstrap"  # resampled from the logged stats
+    for metric in ("hit_rate", "false_hit_rate", "pooled_hit_rate"):
+        assert f"sae_toy {metric}" in boards["markdown"].stdout and f"sae_toy {metric}" in boards["html"].stdout
+        assert f"sae_toy/{metric}" in boards["csv"].stdout.splitlines()[0]
+    cells = json.loads(boards["json"].stdout)["groups"][0]["rows"][0]["tasks"]["sae_toy"]["metrics"]
+    assert set(cells) == {"hit_rate", "false_hit_rate", "pooled_hit_rate"}
+    assert cells["pooled_hit_rate"]["value"] == 1.0 and cells["pooled_hit_rate"]["interval"] == "bootstrap"
     # compare gates on the headline and on the pooled metric, recomputed from the samples' stats
     gate = subprocess.run([sys.executable, "-m", "sae_interp_tasks.cli", "compare", str(tmp_path / "run"),
                            str(tmp_path / "run"), "--metrics", "sae_toy/hit_rate,sae_toy/pooled_hit_rate"],
