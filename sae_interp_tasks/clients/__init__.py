@@ -11,7 +11,7 @@ from sae_interp_tasks.clients.records import ClientConfig, Completion, Prompt
 from sae_interp_tasks.caching import cache_root
 from sae_interp_tasks.errors import SaeInterpError
 
-KINDS = ("hf", "openai")
+KINDS = ("hf", "openai", "oracle")
 
 __all__ = ["KINDS", "ClientConfig", "Completion", "CompletionCache", "LLMClient", "Prompt", "make_client"]
 
@@ -28,6 +28,10 @@ def make_client(cfg: ClientConfig, cache_dir: Path | None = None) -> LLMClient:
         from sae_interp_tasks.clients.hf_client import HFClient
 
         return HFClient(cfg, cache)
+    if cfg.kind == "oracle":  # a validity instrument: knows a known-answer SAE's planted meanings
+        from sae_interp_tasks.validity.oracle import OracleClient
+
+        return OracleClient(cfg, cache)
     from sae_interp_tasks.clients.openai_client import OpenAIClient
 
     return OpenAIClient(cfg, cache)

@@ -46,7 +46,7 @@ METRICS = {
 
 @dataclass(frozen=True)
 class ScorerConfig(StageConfig):
-    scorer: str = option("hf", choices=("hf", "openai"))
+    scorer: str = option("hf", choices=("hf", "openai", "oracle"))  # oracle: validity.oracle, known-answer SAEs only
     scorer_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     scorer_base_url: str | None = None
     scorer_api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable holding the key

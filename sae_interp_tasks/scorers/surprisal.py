@@ -54,7 +54,7 @@ class ReaderConfig(StageConfig):
     OpenAI-compatible completions endpoint that echoes prompt logprobs (vLLM). sae_surprisal and
     sae_intervention's surprisal scorer use it."""
 
-    surprisal_scorer: str = option("hf", choices=("hf", "openai"))
+    surprisal_scorer: str = option("hf", choices=("hf", "openai", "oracle"))
     surprisal_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     surprisal_base_url: str | None = None
     surprisal_api_key_env: str = "OPENAI_API_KEY"

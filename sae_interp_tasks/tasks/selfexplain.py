@@ -90,7 +90,7 @@ def check_judge(run: LatentRun) -> CheckResult | None:
         _, explanations = memo.check_set(run)
         texts = [e.text for e in explanations.values()]
         words = [t.split('"')[1] for t in texts]
-        pairs = [(t, f"text containing {w}") for t, w in zip(texts, words)]
+        pairs = [(t, f'mentions of "{w}"') for t, w in zip(texts, words)]
         pairs += [(t, texts[(i + 1) % len(texts)]) for i, t in enumerate(texts)] if len(texts) > 1 else []
         truth = [1.0] * len(texts) + [0.0] * (len(pairs) - len(texts))
         client = memo.scorer_client(run.context, s.scorer)

@@ -2,7 +2,7 @@
 
 Each latent is a linear probe on the subject model's residual stream at one hook, trained
 (scikit-learn's logistic regression) to fire on one meaning of the corpus text: a single token
-(" return", " self", ...) or a concept that spans tokens (digits, string literals, comment lines).
+(" return", " self", ...) or a concept that spans many tokens (digits, Python keywords, brackets).
 The SAE is an ordinary sae_lens `StandardSAE` (encoder column = the probe's weights, bias = its
 intercept, so a latent's activation is the probe's logit where positive; decoder row = the unit
 direction between the meaning's mean activation and the rest), saved with `save_model`, with the
@@ -43,7 +43,7 @@ class Meaning:
     """What one planted latent fires on, and the words that name it in an explanation."""
 
     name: str  # e.g. 'the token " return"', "digits"
-    kind: str  # "token" | "concept"
+    kind: str  # "token" | "concept" | "word" (a word whatever its leading spaces)
     token: str | None = None  # token latents: the token's text
     markers: tuple[str, ...] = ()  # an explanation naming the meaning contains one of these (case-insensitive)
 
@@ -53,21 +53,29 @@ def token_meaning(token: str) -> Meaning:
 
 
 DIGITS = Meaning("digits", "concept", markers=("digit", "number", "numeral", *"0123456789"))
-STRINGS = Meaning("text inside string literals", "concept", markers=("string", "quot", '"', "'"))
-COMMENTS = Meaning("comment lines", "concept", markers=("comment", "#"))
-TOKENS = (" return", " self", " import", " def", " None", " if", " for", " not", " class", " raise",
-          " lambda", " yield", " True", " assert", " while", " except")
-FULL = tuple(token_meaning(t) for t in TOKENS) + (DIGITS, STRINGS, COMMENTS)
+KEYWORD_WORDS = ("if", "else", "elif", "for", "while", "return", "def", "class", "import", "from", "try", "except",
+                 "raise", "not", "and", "or", "in", "is", "None", "True", "False", "with", "as", "pass", "yield",
+                 "lambda", "break", "continue", "assert", "global", "del", "finally")
+KEYWORDS = Meaning("Python keywords", "concept", markers=("keyword", *KEYWORD_WORDS))
+BRACKETS = Meaning("brackets", "concept", markers=("bracket", "paren", "brace", *"()[]{}"))
+# Concepts a scorer can judge from a window alone: a concept that needs context from before the window (a
+# comment line, a string literal) fires where nothing in the window shows it (docs/methods.md, "Known answers")
+# frequent in the stdlib corpus (each at least ~100 times in 131k tokens), and none a word that explanations
+# use anyway ("the", "token", "word")
+TOKENS = (" if", " return", " self", " for", " not", " def", " None", " os", " file", " raise", " else", " key",
+          " sys", " import", " try", " except")
+FULL = tuple(token_meaning(t) for t in TOKENS) + (DIGITS, KEYWORDS, BRACKETS)
 SMALL = tuple(token_meaning(t) for t in (" return", " self", " import")) + (DIGITS,)
 
 
 def names_meaning(explanation: str, meaning: Meaning) -> bool:
-    """Whether the explanation names the planted meaning: one of its markers, as a word where it is one."""
+    """Whether the explanation names the planted meaning: one of its markers, as a whole word where the
+    marker is a word ("is" is not named by "this"; "keyword" is by "keywords"), else as it is."""
     text = explanation.lower()
     for marker in meaning.markers:
         m = marker.lower()
-        if m.isalpha() and meaning.kind == "token":
-            if re.search(rf"(?<![a-z_]){re.escape(m)}(?![a-z_])", text):
+        if m.isalpha():
+            if re.search(rf"(?<![a-z_]){re.escape(m)}(?:s|es)?(?![a-z_])", text):
                 return True
         elif m in text:
             return True
@@ -75,61 +83,28 @@ def names_meaning(explanation: str, meaning: Meaning) -> bool:
 
 
 # --- labelling the corpus ------------------------------------------------------------------------
-def _code_spans(text: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per character: inside a string literal, inside a comment. A small scanner of Python's lexical
-    rules (quotes, triple quotes, escapes, '#' to the end of the line); a context that starts inside a
-    literal is misread until its next quote, which the probe absorbs as label noise."""
-    in_string = np.zeros(len(text), dtype=bool)
-    in_comment = np.zeros(len(text), dtype=bool)
-    i, quote = 0, None
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            in_string[i] = True
-            if ch == "\\":
-                in_string[i:i + 2] = True
-                i += 2
-                continue
-            if text.startswith(quote, i):
-                in_string[i:i + len(quote)] = False  # the closing quote is not inside
-                i += len(quote)
-                quote = None
-                continue
-        elif ch == "#":
-            end = text.find("\n", i)
-            end = len(text) if end < 0 else end
-            in_comment[i:end] = True
-            i = end
-            continue
-        elif ch in "\"'":
-            quote = ch * 3 if text.startswith(ch * 3, i) else ch
-            i += len(quote)
-            continue
-        elif ch == "\n" and quote and len(quote) == 1:
-            quote = None
-        i += 1
-    return in_string, in_comment
+def label_tokens(ids: list[int], tokenizer, meanings: tuple[Meaning, ...]) -> np.ndarray:
+    """[tokens, meanings] bool: which meaning each token of one document (or a piece that starts at a
+    document's start) carries."""
+    return label_pieces([tokenizer.decode([i]) for i in ids], meanings)
 
 
-def label_context(ids: list[int], tokenizer, meanings: tuple[Meaning, ...]) -> np.ndarray:
-    """[tokens, meanings] bool: which meaning each token of one context carries."""
-    pieces = [tokenizer.decode([i]) for i in ids]
-    text = "".join(pieces)
-    in_string, in_comment = _code_spans(text)
-    out = np.zeros((len(ids), len(meanings)), dtype=bool)
-    start = 0
+def label_pieces(pieces: list[str], meanings: tuple[Meaning, ...]) -> np.ndarray:
+    """[pieces, meanings] bool, for a text given as its tokens' strings."""
+    out = np.zeros((len(pieces), len(meanings)), dtype=bool)
     for pos, piece in enumerate(pieces):
-        chars = slice(start + len(piece) - len(piece.lstrip()), start + len(piece))  # leading spaces aside
-        start += len(piece)
+        word = piece.strip()
         for m, meaning in enumerate(meanings):
             if meaning.kind == "token":
                 out[pos, m] = piece == meaning.token
+            elif meaning.kind == "word":  # a word, whatever spaces its token carries
+                out[pos, m] = word == meaning.token
             elif meaning.name == DIGITS.name:
-                out[pos, m] = piece.strip().isdigit()
-            elif meaning.name == STRINGS.name:
-                out[pos, m] = bool(piece.strip()) and bool(in_string[chars].all())
-            elif meaning.name == COMMENTS.name:
-                out[pos, m] = bool(piece.strip()) and bool(in_comment[chars].all())
+                out[pos, m] = word.isdigit()
+            elif meaning.name == KEYWORDS.name:
+                out[pos, m] = word in KEYWORD_WORDS
+            elif meaning.name == BRACKETS.name:
+                out[pos, m] = bool(word) and all(ch in "()[]{}" for ch in word)
     return out
 
 
@@ -178,7 +153,7 @@ def build(out: Path, meanings: tuple[Meaning, ...] = FULL, n_tokens: int = 131_0
     model = load_subject(model_name, device=device)
     contexts = torch.stack(list(token_contexts(CorpusSpec(), model.tokenizer, n_tokens, CONTEXT_SIZE, True, seed)))
     acts = collect(model, hook_name, contexts)
-    labels = np.stack([label_context(c.tolist(), model.tokenizer, meanings) for c in contexts])
+    labels = np.stack([label_tokens(c.tolist(), model.tokenizer, meanings) for c in contexts])
     keep = np.ones(contexts.shape, dtype=bool)
     keep[:, 0] = False  # BOS
     keep &= ~np.isin(contexts.numpy(), [model.tokenizer.eos_token_id])
@@ -211,7 +186,9 @@ def save(out: Path, meanings: tuple[Meaning, ...], probes: list[Probe], model_na
     sae.cfg.metadata = SAEMetadata(**{**sae.cfg.metadata.to_dict(), "model_name": model_name, "hook_name": hook_name,
                                       "hook_head_index": None, "prepend_bos": True, "context_size": CONTEXT_SIZE,
                                       "dataset_path": "stdlib", "model_from_pretrained_kwargs": {},
-                                      "trained_by": "sae_interp_tasks.validity.known_answers"})
+                                      "trained_by": "sae_interp_tasks.validity.known_answers",
+                                      # every latent is a doc (saes.INSTRUMENT_DEFAULTS_KEY); a user's --metadata wins
+                                      "sae_interp_defaults": {"n_latents": len(probes)}})
     out.mkdir(parents=True, exist_ok=True)
     sae.save_model(out)
     answers = {"hook_name": hook_name, "n_tokens": n_tokens, "seed": seed,

@@ -91,32 +91,34 @@ def pool_windows(state) -> list[np.ndarray]:
 
 def known_answers(windows: list[np.ndarray], decode: Callable[[list[int]], str], cfg: CheckConfig,
                   seed: int) -> tuple[list[ExampleSplit], dict[int, Explanation]]:
-    """Pseudo-latents 0..n-1, each a frequent word with windows that contain it (the word's positions
-    marked, activation 1) and windows that do not; the explanation names the word."""
+    """Pseudo-latents 0..n-1, each a frequent word with windows that contain it (every token that spells the
+    word marked, activation 1) and windows that do not; the explanation names the word."""
     rng = random.Random(f"{seed}:scorer-check")
     need = cfg.scorer_check_windows
-    holding: dict[int, list[int]] = {}
+    spelled = {tok: decode([tok]) for tok in {t for ids in windows for t in ids.tolist()}}
+    words = {tok: text.strip() for tok, text in spelled.items() if _is_word(text)}
+    holding: dict[str, set[int]] = {}
     for w, ids in enumerate(windows):
         for tok in set(ids.tolist()):
-            holding.setdefault(tok, []).append(w)
-    counts = Counter({tok: len(ws) for tok, ws in holding.items()
-                      if _is_word(decode([tok])) and need <= len(ws) <= len(windows) - need})
-    words = [tok for tok, _ in counts.most_common(CANDIDATES)]
-    chosen = rng.sample(words, min(cfg.scorer_check_words, len(words)))
+            if tok in words:
+                holding.setdefault(words[tok], set()).add(w)
+    counts = Counter({word: len(ws) for word, ws in holding.items() if need <= len(ws) <= len(windows) - need})
+    chosen = rng.sample([word for word, _ in counts.most_common(CANDIDATES)], min(cfg.scorer_check_words, len(counts)))
     splits, explanations = [], {}
-    for i, tok in enumerate(chosen):
-        inside = rng.sample(holding[tok], need)
-        outside = rng.sample([w for w in range(len(windows)) if w not in set(holding[tok])], need)
-        marked = [Example(windows[w], (windows[w] == tok).astype(np.float32), decile=10, window_id=w) for w in inside]
+    for i, word in enumerate(chosen):
+        inside = rng.sample(sorted(holding[word]), need)
+        outside = rng.sample([w for w in range(len(windows)) if w not in holding[word]], need)
+        marked = [Example(windows[w], np.array([spelled[t].strip() == word for t in windows[w].tolist()], np.float32),
+                          decile=10, window_id=w) for w in inside]
         quiet = [Example(windows[w], np.zeros(len(windows[w]), dtype=np.float32), window_id=w) for w in outside]
         splits.append(ExampleSplit(latent=i, train=[], test_activating=marked, test_non_activating=quiet))
-        explanations[i] = Explanation(i, f'the word "{decode([tok]).strip()}"', "scorer-check")
+        explanations[i] = Explanation(i, f'the word "{word}"', "scorer-check")
     return splits, explanations
 
 
 def _is_word(text: str) -> bool:
     word = text.strip()
-    return text.startswith(" ") and len(word) >= 4 and word.isalpha()
+    return len(word) >= 4 and word.isalpha()
 
 
 # --- statistics with a standard error ---------------------------------------------------------------
