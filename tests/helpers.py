@@ -176,4 +176,5 @@ class OracleEndpoint(JsonEndpoint):
     """An OpenAI-compatible chat endpoint answering as the oracle scorer."""
 
     def __init__(self):
-        super().__init__(lambda path, body: (200, oracle_answer(body["messages"])))
+        super().__init__(lambda path, body: (200, oracle_answer(body["messages"])) if path.endswith("/chat/completions")
+                         else (404, {"error": {"message": f"{path} not found"}}))  # a chat-only API, as OpenAI's

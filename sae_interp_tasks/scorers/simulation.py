@@ -8,7 +8,8 @@ prompt log-probabilities) gives at every slot the log-probabilities of the value
 next token; renormalised over the values, their mean is the slot's expected activation. A tokenizer
 that spells "10" as two tokens gets a 0..9 scale (the prompt says so; a correlation does not care).
 `json` mode, for chat APIs that return no prompt log-probabilities: the model writes the window's
-activations as a JSON list, and those are the predictions.
+activations as a JSON list, and those are the predictions. `auto` (the default) reads log-probabilities
+and turns to `json`, with a warning, once an endpoint shows it returns none.
 
 Score: the Pearson correlation between true activations (scaled to the scale's top by the latent's
 largest) and predicted ones over all of the latent's test windows concatenated, activating and
@@ -20,6 +21,7 @@ window whose slots cannot be read is a parse failure: counted, left out, never s
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Callable
@@ -30,9 +32,11 @@ import numpy as np
 from sae_interp_tasks.aggregations import nanmean, total
 from sae_interp_tasks.clients import LLMClient, Prompt
 from sae_interp_tasks.config import StageConfig, option, positive
+from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.records import Example, ExampleSplit, Explanation, ScoredLatent
 from sae_interp_tasks.stages.shared import shuffled_donors
 
+log = logging.getLogger(__name__)
 Decode = Callable[[list[int]], str]
 FILLER = "unknown"
 VALUES = tuple(str(v) for v in range(11))
@@ -49,8 +53,9 @@ METRICS = {
 @dataclass(frozen=True)
 class SimulationConfig(StageConfig):
     # logprobs: expected values from the value tokens' log-probabilities (in process, or a completions
-    # endpoint that echoes prompt logprobs, e.g. vLLM); json: the model writes the values (chat APIs)
-    simulation_mode: str = option("logprobs", choices=("logprobs", "json"))
+    # endpoint that echoes prompt logprobs, e.g. vLLM); json: the model writes the values (chat APIs);
+    # auto: logprobs, and json once an endpoint shows it returns no prompt logprobs
+    simulation_mode: str = option("auto", choices=("auto", "logprobs", "json"))
     simulation_max_tokens: int = positive(256)  # json mode: the answer's length
 
 
@@ -137,15 +142,23 @@ class Simulator:
         self.client, self.cfg, self.decode = client, cfg, decode
         self.values = choices
         self.top = max(int(v) for v in choices)
+        self.mode = "json" if cfg.simulation_mode == "json" else "logprobs"
 
     def simulate(self, explanation: str, windows: list[Example], scale: float, desc: str) -> list[Simulated]:
         tokens = [[self.decode([t]) for t in ex.tokens.tolist()] for ex in windows]
         true = [np.clip(ex.acts / scale * self.top, 0, self.top) if scale > 0 else np.zeros(len(ex.acts))
                 for ex in windows]
-        if self.cfg.simulation_mode == "json":
+        if self.mode == "logprobs":
+            try:
+                predicted = self._expected(explanation, tokens, desc)
+            except SaeInterpError as err:
+                if self.cfg.simulation_mode != "auto" or "no prompt logprobs" not in str(err):
+                    raise
+                log.warning("simulation: %s gives no prompt log-probabilities; the model writes the activations as "
+                            "JSON instead (simulation_mode: json)", self.client.name)
+                self.mode = "json"
+        if self.mode == "json":
             predicted = self._written(explanation, tokens, desc)
-        else:
-            predicted = self._expected(explanation, tokens, desc)
         return [Simulated(ex, t, p) for ex, t, p in zip(windows, true, predicted)]
 
     def _expected(self, explanation: str, tokens: list[list[str]], desc: str) -> list[np.ndarray | None]:
@@ -187,7 +200,7 @@ def score_simulation(splits: list[ExampleSplit], explanations: dict[int, Explana
         detail = {"windows": [{"text": simulator.decode(s.example.tokens.tolist()), "decile": s.example.decile,
                                "true": [round(float(v), 3) for v in s.true],
                                "expected": None if s.predicted is None else [round(float(v), 3) for v in s.predicted]}
-                              for s in real], "scale_top": simulator.top, "mode": simulator.cfg.simulation_mode}
+                              for s in real], "scale_top": simulator.top, "mode": simulator.mode}
         out[split.latent] = ScoredLatent(split.latent, explanations[split.latent].text, [], metrics, detail)
     return out
 
