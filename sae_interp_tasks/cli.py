@@ -2,7 +2,7 @@
 
 The only module here that prints. Exit codes: 0 done (compare: no gated metric worse),
 1 compare's candidate is worse than the baseline, 2 unusable input (one `error:` line on
-stderr, nothing written). Output files are written only once everything is computed, each
+stderr, nothing written) or, for compare, nothing that could be gated. Output files are written only once everything is computed, each
 atomically (a temporary file renamed into place).
 """
 
@@ -33,6 +33,11 @@ def parser() -> argparse.ArgumentParser:
     board.add_argument("--plots", metavar="DIR", help="also write the plots as PNG files into DIR")
     board.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
 
+    out = sub.add_parser("export", help="write results in another tool's format (SAEBench's result files)")
+    out.add_argument("results", nargs="+", help="results_*.json files or lm_eval --output_path folders")
+    out.add_argument("--format", choices=("saebench",), default="saebench", help="default: saebench")
+    out.add_argument("--output", "-o", required=True, help="folder to write <eval_type_id>/<sae>_eval_results.json into")
+
     cmp = sub.add_parser("compare", help="candidate - baseline with bootstrap intervals; exit 1 when worse")
     cmp.add_argument("baseline", help="the baseline's results file or --output_path folder (with samples)")
     cmp.add_argument("candidate", help="the candidate's results file or --output_path folder (with samples)")
@@ -60,13 +65,13 @@ def write_outputs(files: dict[Path, str | bytes]) -> None:
 
 
 def run_leaderboard(args) -> int:
-    from sae_interp_tasks.reports import board, html, plots, results_io, tables
+    from sae_interp_tasks.reports import board, html, inputs, plots, tables
 
     if args.output and Path(args.output).is_dir():
         raise SaeInterpError(f"--output {args.output} is a folder; give a file name")
     if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
         raise SaeInterpError(f"--plots {args.plots} is a file; give a folder")
-    runs = results_io.read_runs(args.results)
+    runs = inputs.read_inputs(args.results)
     built = board.build_board(runs, confidence=args.confidence)
     images = plots.plots(built) if (args.plots or args.format == "html") else {}
     text = html.html_page(built, images) if args.format == "html" else tables.render(built, args.format)
@@ -80,12 +85,12 @@ def run_leaderboard(args) -> int:
 
 
 def run_compare(args) -> int:
-    from sae_interp_tasks.reports import compare, results_io
+    from sae_interp_tasks.reports import compare, inputs
 
     if args.resamples < 100:
         raise SaeInterpError(f"--resamples {args.resamples} is too few for an interval; use 1000 or more")
-    base = results_io.read_runs([args.baseline])
-    cand = results_io.read_runs([args.candidate])
+    base = inputs.read_inputs([args.baseline])
+    cand = inputs.read_inputs([args.candidate])
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     report = compare.compare(base, cand, metrics=metrics, confidence=args.confidence, max_drop=args.max_drop,
                              resamples=args.resamples, seed=args.seed)
@@ -98,6 +103,18 @@ def run_compare(args) -> int:
     return report.exit_code
 
 
+def run_export(args) -> int:
+    from sae_interp_tasks.reports import inputs, saebench
+
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise SaeInterpError(f"--output {args.output} is a file; give a folder")
+    files = saebench.export(inputs.read_inputs(args.results))
+    write_outputs({Path(args.output) / name: text for name, text in files.items()})
+    for name in files:
+        print(Path(args.output) / name)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
@@ -105,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "leaderboard":
             return run_leaderboard(args)
+        if args.command == "export":
+            return run_export(args)
         return run_compare(args)
     except SaeInterpError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -28,7 +28,7 @@ from sae_interp_tasks.errors import SaeInterpError
 USER_KEYS = "sae_interp_user_keys"
 HARNESS_KEYS = frozenset({"version", "config_source", "_metadata", "pretrained", USER_KEYS})
 MODEL_ARG_KEYS = ("release", "sae_id", "path", "model", "device", "dtype", "batch_size", "max_batch_size",
-                  "control", "control_k", "max_length", "trust_remote_code")
+                  "control", "control_k", "max_length", "trust_remote_code", "hookpoint")
 # what a Task records in its results metadata besides its settings: which kind, how to report it, and
 # whose instrument defaults it took (see harness.task)
 RECORD_KEYS = frozenset({"task_kind", "headline_metric", "report", "instrument_defaults_from"})

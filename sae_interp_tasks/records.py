@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -141,9 +142,13 @@ class SAESource:
     path: str | None = None
     control: str | None = None  # None | "random" | "neurons"
     control_k: int | None = None
+    hookpoint: str | None = None  # a sparsify folder (or hub repo) with several hookpoints: which one
+    model: str | None = None  # the subject model, when given (model=): a sparsify SAE names none itself
 
     @property
     def label(self) -> str:
-        base = (f"{self.release}/{self.sae_id}" if self.release else
+        base = (f"{self.release}/{self.sae_id or self.hookpoint}" if self.release else
                 self.path if self.path else "demo")
+        if self.path and self.hookpoint and Path(self.path).name != self.hookpoint:
+            base = f"{base}/{self.hookpoint}"
         return f"{base}+control={self.control}" if self.control else base

@@ -39,7 +39,10 @@ class Report:
     - `labels`: metric -> its column header (default "<task> <metric>"); `position`: where the task's
       columns go among other tasks' (lower first, then by task name);
     - `checks`: metric -> the metric saying whether the scorer behind it passed its known-answer check
-      (1 passed, 0 failed: then the leaderboard marks the metric and `compare` does not gate on it).
+      (1 passed, 0 failed: then the leaderboard marks the metric and `compare` does not gate on it);
+    - `saebench`: for a kind SAEBench also evaluates, how its results map onto SAEBench's result files
+      (`eval_type_id`, the `task` name, `metrics` {category: {their metric: ours}}, `left_out` {category:
+      [their metrics we do not compute]}); empty: exported under our own eval type (reports/saebench.py).
     """
 
     headline: str
@@ -54,6 +57,7 @@ class Report:
     labels: dict = field(default_factory=dict)
     position: int = 100
     checks: dict = field(default_factory=dict)
+    saebench: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "columns", tuple(self.columns) or (self.headline, *self.extra))
@@ -84,6 +88,7 @@ class TaskKind:
     serve: Callable  # (context, [payload]) -> [Response]
     report: Report
     scorer: Callable | None = None  # latent kinds: (LatentRun) -> {latent: ScoredLatent}
+    estimate: Callable | None = None  # (LatentRun without explanations, PromptCounter) -> costs.Estimate of its LLM use
 
     @property
     def headline(self) -> str:
@@ -93,7 +98,8 @@ class TaskKind:
 _KINDS: dict[str, TaskKind] = {}
 
 
-def task_kind(name: str, *, settings: type[Settings], serve: Callable, report: Report, scorer: Callable | None = None):
+def task_kind(name: str, *, settings: type[Settings], serve: Callable, report: Report, scorer: Callable | None = None,
+              estimate: Callable | None = None):
     """Class decorator declaring a task kind:
     `@task_kind("detection", settings=..., serve=serve_latents, scorer=score_detection, report=Report(headline=...))`.
 
@@ -110,7 +116,7 @@ def task_kind(name: str, *, settings: type[Settings], serve: Callable, report: R
             raise SaeInterpError(f"task kind {name!r}: headline {report.headline!r} is not one of its METRICS")
         cls.KIND = name
         register(TaskKind(name=name, task_class=cls, settings=settings, metrics=metrics, serve=serve,
-                          report=report.for_metrics(metrics), scorer=scorer))
+                          report=report.for_metrics(metrics), scorer=scorer, estimate=estimate))
         return cls
 
     return declare

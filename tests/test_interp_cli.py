@@ -95,9 +95,12 @@ def test_suite_run_writes_every_metric_and_the_group_row(run_a):
     assert set(got["sae_embedding"]) >= {"auroc,none", "auroc_shuffled,none", "skipped_dead,none"}
     group = results["groups"]["sae_interp"]
     assert group == got["sae_interp"]
-    subtasks = [got[t]["auroc,none"] for t in results["group_subtasks"]["sae_interp"]]
-    assert sorted(results["group_subtasks"]["sae_interp"]) == ["sae_detection", "sae_embedding", "sae_fuzzing"]
-    assert group["auroc,none"] == pytest.approx(sum(subtasks) / 3)  # unweighted mean over the three tasks
+    assert sorted(results["group_subtasks"]["sae_interp"]) == ["sae_detection", "sae_embedding", "sae_fuzzing",
+                                                               "sae_simulation", "sae_surprisal"]
+    assert "correlation,none" in got["sae_simulation"] and "auroc,none" in got["sae_surprisal"]
+    with_auroc = [got[t]["auroc,none"] for t in results["group_subtasks"]["sae_interp"] if "auroc,none" in got[t]]
+    assert len(with_auroc) == 4  # simulation scores a correlation
+    assert group["auroc,none"] == pytest.approx(sum(with_auroc) / 4)  # unweighted mean over the tasks that have it
 
 
 def test_the_oracle_scores_the_planted_latents_perfectly(run_a):
@@ -114,7 +117,8 @@ def test_the_oracle_scores_the_planted_latents_perfectly(run_a):
     assert got["sae_embedding"]["auroc,none"] >= 0.9
     assert got["sae_embedding"]["auroc,none"] > got["sae_embedding"]["auroc_shuffled,none"]
     assert asked and all(body["model"] == "oracle" for body in asked)
-    assert all(body.get("logprobs") is True for body in asked)
+    classifier = [b for b in asked if "Your list of" in (b.get("messages") or [{}])[-1].get("content", "")]
+    assert classifier and all(body.get("logprobs") is True for body in classifier)
 
 
 def test_samples_show_explanation_windows_and_answers(run_a):

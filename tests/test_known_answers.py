@@ -142,4 +142,4 @@ def test_a_failed_check_is_marked_in_the_leaderboard_and_never_gated(planted_sae
     gate = cli("compare", str(tmp_path / "run"), str(tmp_path / "run"))
     assert gate.returncode == 2, gate.stdout + gate.stderr
     assert "not gated: the baseline's scorer failed its known-answer check" in gate.stdout
-    assert gate.stderr.startswith("NOTHING GATED")
+    assert gate.stderr.startswith("NOTHING GATED") and "failed its known-answer check" in gate.stderr

@@ -545,3 +545,91 @@ def test_the_readme_ci_job_runs_commands_that_exist():
             args = HarnessCLI()._parser.parse_args(["run", *argv[1:]])
             assert args.model == "sae" and args.log_samples and args.seed
             registry.check_keys(json.loads(args.metadata) if isinstance(args.metadata, str) else args.metadata)
+
+
+# ------------------------------------------------------------------------------------ SAEBench files
+SAEBENCH_SCHEMAS = Path(sys.prefix) / "peers" / "sae-bench" / "sae_bench" / "evals"  # scripts/setup.sh puts them there
+
+
+def sae_interp(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sae_interp_tasks.cli", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def exported(planted_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("saebench")
+    proc = sae_interp("export", str(planted_run), "--format", "saebench", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_sae_core_exports_onto_saebench_core_and_validates_against_its_schema(exported):
+    """The core file validates against the schema the sae-bench package ships, with exactly the fields we do not
+    compute (recorded in the file as left out) relaxed; every number is ours, none is invented."""
+    import jsonschema
+
+    from sae_interp_tasks.registry import lookup
+
+    (path,) = (exported / "core").glob("*_eval_results.json")
+    data = json.loads(path.read_text())
+    schema = json.loads((SAEBENCH_SCHEMAS / "core" / "eval_output_schema_core.json").read_text())
+    left_out = data["eval_result_unstructured"]["left_out"]
+    assert left_out == lookup("core").report.saebench["left_out"] and "model_behavior_preservation" in left_out
+    defs = schema["$defs"]
+    category_of = {name: defs[ref["$ref"].split("/")[-1]] for name, ref in defs["CoreMetricCategories"]["properties"].items()}
+    for category, fields in left_out.items():
+        category_of[category]["required"] = [f for f in category_of[category]["required"] if f not in fields]
+        if not category_of[category]["required"]:
+            defs["CoreMetricCategories"]["required"].remove(category)
+            data["eval_result_metrics"].pop(category, None)
+    jsonschema.validate(data, schema)
+    ours = {k: v["value"] for k, v in json.loads(sae_interp("leaderboard", str(exported.parent / exported.name),
+                                                            "--format", "json").stdout)["groups"][0]["rows"][0]
+            ["tasks"]["sae_core"]["metrics"].items()}
+    metrics = data["eval_result_metrics"]
+    assert metrics["reconstruction_quality"]["explained_variance"] == pytest.approx(ours["explained_variance"])
+    assert metrics["sparsity"]["l0"] == pytest.approx(ours["l0"])
+    assert metrics["model_performance_preservation"]["ce_loss_score"] == pytest.approx(ours["ce_loss_recovered"])
+    assert 0 < metrics["reconstruction_quality"]["cossim"] <= 1 and metrics["token_stats"]["total_tokens_eval_reconstruction"] > 0
+    assert data["sae_bench_commit_hash"].startswith("not SAEBench") and data["sae_lens_id"] is None
+
+
+def test_our_other_tasks_export_under_their_own_eval_types(exported):
+    (path,) = (exported / "sae_embedding").glob("*_eval_results.json")
+    data = json.loads(path.read_text())
+    assert data["eval_type_id"] == "sae_embedding" and set(data["eval_result_metrics"]) == {"sae_embedding"}
+    assert "auroc" in data["eval_result_metrics"]["sae_embedding"] and data["eval_result_details"]
+    assert data["eval_result_unstructured"]["chance"] == {"auroc": "auroc_shuffled"}
+    assert all(isinstance(v, (int, float)) or v is None for v in data["eval_result_metrics"]["sae_embedding"].values())
+
+
+def test_saebench_files_join_the_leaderboard_as_their_own_rows(exported, planted_run, tmp_path):
+    """A published-style SAEBench core file beside our results: its own row, marked, in its own group; a file of an
+    eval type nothing maps is skipped with a note; a truncated file is one line and exit 2."""
+    core = next((exported / "core").glob("*_eval_results.json"))
+    published = json.loads(core.read_text())
+    published.update(sae_lens_release_id="gpt2-small-res-jb", sae_lens_id="blocks.8.hook_resid_pre",
+                     eval_config={"model_name": "gpt2", "dataset": "Skylion007/openwebtext"})
+    (tmp_path / "published_eval_results.json").write_text(json.dumps(published))
+    (tmp_path / "absorption_eval_results.json").write_text(json.dumps({"eval_type_id": "absorption_first_letter",
+                                                                        "eval_result_metrics": {"mean": {"x": 1.0}}}))
+    board = sae_interp("leaderboard", str(planted_run), str(tmp_path), "--format", "json")
+    assert board.returncode == 0, board.stderr
+    assert "absorption_first_letter' has no counterpart here; skipped" in board.stderr
+    groups = json.loads(board.stdout)["groups"]
+    saebench_rows = [r for g in groups for r in g["rows"] if r["sae"].endswith("(SAEBench)")]
+    assert [r["sae"] for r in saebench_rows] == ["gpt2-small-res-jb/blocks.8.hook_resid_pre (SAEBench)"]
+    assert len(groups) == 2  # SAEBench's settings are its own group
+    assert saebench_rows[0]["tasks"]["sae_core"]["metrics"]["explained_variance"]["value"] == pytest.approx(
+        published["eval_result_metrics"]["reconstruction_quality"]["explained_variance"])
+    (tmp_path / "cut_eval_results.json").write_text(core.read_text()[:200])
+    bad = sae_interp("leaderboard", str(tmp_path))
+    (line,) = error_lines(bad.stderr)
+    assert bad.returncode == 2 and "cut_eval_results.json is not valid JSON" in line
+
+
+def test_compare_reads_saebench_files_but_gates_nothing_without_per_doc_scores(exported, tmp_path):
+    core = next((exported / "core").glob("*_eval_results.json"))
+    gate = sae_interp("compare", str(core), str(core))
+    assert gate.returncode == 2, gate.stdout + gate.stderr
+    assert "a SAEBench result file carries no per-doc scores" in gate.stdout and gate.stderr.startswith("NOTHING GATED")

@@ -68,7 +68,8 @@ class SAEBackend(TemplateLM):
     def __init__(self, release: str | None = None, sae_id: str | None = None, path: str | None = None,
                  model: str | None = None, device: str | None = None, dtype: str = "float32",
                  batch_size: int | str = 8, max_batch_size: int | None = None, control: str | None = None,
-                 control_k: int | None = None, max_length: int | None = None, **unknown_args):
+                 control_k: int | None = None, max_length: int | None = None, hookpoint: str | None = None,
+                 **unknown_args):
         super().__init__()
         if unknown_args:
             raise SaeInterpError(f"unknown --model_args {', '.join(sorted(unknown_args))} for --model sae; "
@@ -77,6 +78,8 @@ class SAEBackend(TemplateLM):
             raise SaeInterpError("give either release=...,sae_id=... or path=..., not both")
         if sae_id and not release:
             raise SaeInterpError("sae_id needs release=... (or use path=DIR for an SAE on disk)")
+        if sae_id and hookpoint:
+            raise SaeInterpError("give sae_id=... (a sae_lens release) or hookpoint=... (a sparsify SAE), not both")
         if control is not None and control not in CONTROLS:
             raise unknown("control", control, CONTROLS)
         if str(dtype) not in DTYPES:
@@ -87,7 +90,7 @@ class SAEBackend(TemplateLM):
         if self.batch_size_per_gpu <= 0:
             raise SaeInterpError(f"batch_size must be positive, got {batch_size}")
         self.source = SAESource(release=release, sae_id=sae_id, path=path, control=control,
-                                control_k=int(control_k) if control_k else None)
+                                control_k=int(control_k) if control_k else None, hookpoint=hookpoint, model=model)
         check_source(self.source)
         self._model_override = model
         self._requested_max_length = int(max_length) if max_length else None

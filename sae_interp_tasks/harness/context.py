@@ -30,6 +30,10 @@ class RunMemo:
             self._values[text] = compute()
         return self._values[text]
 
+    def values(self) -> list:
+        """Everything computed so far (e.g. the run's LLM clients, whose usage is counted)."""
+        return list(self._values.values())
+
 
 class RunContext(Protocol):
     memo: RunMemo  # the run's shared work (see harness.memo)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from sae_interp_tasks import registry
 from sae_interp_tasks.config import Settings
 from sae_interp_tasks.errors import SaeInterpError
+from sae_interp_tasks.harness import costs
 from sae_interp_tasks.harness.context import RunContext
 from sae_interp_tasks.records import ExampleSplit, Explanation, ScoredLatent
 from sae_interp_tasks.scorers.classifier import ScorerConfig
@@ -41,6 +42,7 @@ class LatentSettings(Settings):
     examples: ExampleConfig = field(default_factory=ExampleConfig)
     explainer: ExplainerConfig = field(default_factory=ExplainerConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    budget: costs.BudgetConfig = field(default_factory=costs.BudgetConfig)
 
     def __post_init__(self) -> None:
         if self.examples.min_examples > self.activations.n_sample:
@@ -127,15 +129,21 @@ def gathered(ctx: RunContext, mine: dict) -> dict:
     return out
 
 
-def latent_run(ctx: RunContext, s: LatentSettings, seed: int, n_slots: int) -> LatentRun:
+def example_splits(ctx: RunContext, s: LatentSettings, seed: int, n_slots: int) -> tuple[Selection, dict]:
+    """The latent selection and every live latent's train/test split."""
     chosen = selection(ctx, s, seed, n_slots)
-    splits = ctx.memo.compute_once(splits_key(s, seed), lambda: make_splits(
+    return chosen, ctx.memo.compute_once(splits_key(s, seed), lambda: make_splits(
         chosen, s.examples, seed, ctx.tok_decode,
         embedder(ctx, s.embedding) if s.examples.non_activating == "hard" else None,
         s.embedding.embedding_batch_size))
+
+
+def latent_run(ctx: RunContext, s: LatentSettings, seed: int, n_slots: int, kind: str = "") -> LatentRun:
+    """The shared stages for these settings; the explanations' LLM cost is charged to `kind`, the first to ask."""
+    chosen, splits = example_splits(ctx, s, seed, n_slots)
     owned = owned_latents(ctx, chosen)
-    explanations = ctx.memo.compute_once(explanations_key(s, seed), lambda: gathered(ctx, explain(
-        [splits[lat] for lat in owned], s.explainer, explainer_client(ctx, s.explainer), ctx.tok_decode)))
+    explanations = ctx.memo.compute_once(explanations_key(s, seed), lambda: costs.charged(ctx, kind, lambda: gathered(
+        ctx, explain([splits[lat] for lat in owned], s.explainer, explainer_client(ctx, s.explainer), ctx.tok_decode))))
     return LatentRun(ctx, s, seed, chosen, splits, explanations, owned)
 
 
@@ -147,8 +155,9 @@ def scores(run: LatentRun, kind: str, settings: Settings | None = None) -> dict[
     if type(chosen) is not spec.settings:  # exactly the kind's bundle, so the key matches its own task's
         chosen = chosen.project(spec.settings)
     key = explanations_key(run.settings, run.seed) + ("score", kind, chosen)
-    return run.context.memo.compute_once(key, lambda: gathered(run.context, spec.scorer(LatentRun(
-        run.context, chosen, run.seed, run.selection, run.splits, run.explanations, run.owned))))
+    return run.context.memo.compute_once(key, lambda: costs.charged(run.context, kind, lambda: gathered(
+        run.context, spec.scorer(LatentRun(run.context, chosen, run.seed, run.selection, run.splits, run.explanations,
+                                           run.owned)))))
 
 
 # --- the scorer check ----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from lm_eval.api.task import Task, TaskConfig
 from sae_interp_tasks import registry
 from sae_interp_tasks.aggregations import Pooled, total
 from sae_interp_tasks.config import NOT_SETTINGS, USER_KEYS
+from sae_interp_tasks.harness.costs import USAGE_METRICS
 from sae_interp_tasks.records import Response
 
 DEFAULT_SEED = 1234  # lm-eval's default --seed for the fewshot sampler
@@ -189,7 +190,8 @@ class LatentTask(SAETask):
     requests are served by `harness.serve.serve_latents`."""
 
     def metric_specs(self) -> dict:
-        return {**super().metric_specs(), "skipped_dead": (total, False)}
+        # what the task's LLM calls cost (harness.costs): per-doc shares that sum to the task's totals
+        return {**super().metric_specs(), "skipped_dead": (total, False), **{m: (total, False) for m in USAGE_METRICS}}
 
     def make_docs(self) -> list[dict]:
         return [{"slot": i} for i in range(self.settings.selection.n_slots)]

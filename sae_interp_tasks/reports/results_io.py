@@ -100,6 +100,11 @@ class TaskResult:
     def pooled(self, metric: str) -> bool:
         return metric in self.report.pooled
 
+    @property
+    def from_saebench(self) -> bool:
+        """Read from a SAEBench result file (reports.saebench): values only, no per-doc scores."""
+        return str(self.settings.get("source", "")).startswith("SAEBench")
+
     def check_passed(self, metric: str) -> bool | None:
         """Whether the scorer behind `metric` passed its known-answer check; None where it was not checked
         (no check declared for the metric, or none ran: results written before checks, check turned off)."""
@@ -148,6 +153,9 @@ class Run:
     control: str | None
     seed: int | None
     tasks: dict[str, TaskResult] = field(default_factory=dict)
+    release: str | None = None  # sae_lens's release and sae_id, where the SAE came from one
+    sae_id: str | None = None
+    epoch_seconds: float = 0.0  # when the results were written
 
     @property
     def identity(self) -> tuple:
@@ -165,10 +173,11 @@ def find_results(paths: list[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            inside = sorted(p for p in path.rglob("results_*.json") if p.is_file())
+            inside = sorted(p for pattern in ("results_*.json", "*_eval_results.json") for p in path.rglob(pattern)
+                            if p.is_file())
             if not inside:
-                raise SaeInterpError(f"{path} holds no results_*.json; point at the folder lm_eval --output_path wrote, "
-                                     "or at a results file")
+                raise SaeInterpError(f"{path} holds no results_*.json (nor SAEBench's *_eval_results.json); point at "
+                                     "the folder lm_eval --output_path wrote, or at a results file")
             found += inside
         elif path.is_file():
             found.append(path)
@@ -191,14 +200,19 @@ def samples_path(results_path: Path, task: str) -> Path | None:
 
 
 # --- reading -------------------------------------------------------------------------------------
-def read_json(path: Path) -> dict:
+def load_json(path: Path) -> object:
+    """A file's JSON; one line naming the file when it is not JSON (e.g. truncated)."""
     try:
-        data = json.loads(path.read_text())
+        return json.loads(Path(path).read_text())
     except json.JSONDecodeError as err:
         raise SaeInterpError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}); "
-                             "re-run lm_eval or remove the file") from err
+                             "re-run lm_eval (or re-download the file) or remove it") from err
     except (OSError, UnicodeDecodeError) as err:
         raise SaeInterpError(f"cannot read {path} ({type(err).__name__}); check the path and its permissions") from err
+
+
+def read_json(path: Path) -> dict:
+    data = load_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
         raise SaeInterpError(f"{path} is not an lm-eval results file (no \"results\" table); "
                              "give the results_*.json that lm_eval --output_path writes")
@@ -253,9 +267,9 @@ def task_report(data: dict, task: str) -> Report | None:
     return None
 
 
-def read_run(path: Path, load_samples: bool = True) -> Run:
+def read_run(path: Path, load_samples: bool = True, data: dict | None = None) -> Run:
     """One results file as a Run; raises when it holds none of this package's tasks."""
-    data = read_json(path)
+    data = read_json(path) if data is None else data
     config = data.get("config") or {}
     groups = data.get("groups") or {}
     reports = {t: task_report(data, t) for t in data["results"] if t not in groups}
@@ -278,7 +292,8 @@ def read_run(path: Path, load_samples: bool = True) -> Run:
                d_sae=_int_or_none(config.get("sae_d_sae")), d_in=_int_or_none(config.get("sae_d_in")),
                architecture=config.get("sae_architecture"), hook_name=config.get("sae_hook_name"),
                subject_model=config.get("subject_model"), control=config.get("sae_control") or args.get("control"),
-               seed=_int_or_none(seed), tasks=tasks)
+               seed=_int_or_none(seed), tasks=tasks, release=args.get("release"), sae_id=args.get("sae_id"),
+               epoch_seconds=float(data.get("date") or 0.0))
 
 
 def _read_task(data: dict, task: str, report: Report, path: Path, load_samples: bool) -> TaskResult:

@@ -221,3 +221,8 @@ def simulation_metrics(simulated: list[Simulated]) -> dict[str, float]:
         mine = [s for s in read if s.example.decile == d]
         metrics[f"correlation_decile{d}"] = corr(mine + quiet) if mine else math.nan
     return metrics
+
+
+def table(explanation: str, tokens: list[str]) -> str:
+    """The text one window is read as (for estimates of what the reads cost)."""
+    return _table(explanation, tokens, None)[0]

@@ -61,13 +61,23 @@ class CoreStats:
     ce_clean: float  # mean next-token CE of this chunk
     ce_spliced: float
     ce_zero: float
+    # sums over the chunk's tokens of what SAEBench's core eval also reports
+    l1_sum: float = 0.0  # |acts|_1
+    cos_sum: float = 0.0  # cosine(x, x_hat)
+    norm_in_sum: float = 0.0  # |x|
+    norm_out_sum: float = 0.0  # |x_hat|
+    ratio_sum: float = 0.0  # |x_hat| / |x|
+    xhat_sq_sum: float = 0.0  # |x_hat|^2
+    dot_sum: float = 0.0  # x . x_hat
 
     def to_json(self) -> dict:
         """The sufficient statistics of the pooled metrics, as --log_samples writes them (not `firing`:
         d_sae counts a chunk), so `sae-interp compare` can bootstrap explained variance and CE loss recovered."""
+        sums = {name: float(getattr(self, name)) for name in EXTRA_SUMS}
         return {"n_tokens": int(self.n_tokens), "l0_sum": float(self.l0_sum), "sq_err_sum": float(self.sq_err_sum),
                 "x_sq_sum": float(self.x_sq_sum), "x_sum": np.asarray(self.x_sum, dtype=float).tolist(),
-                "ce_clean": float(self.ce_clean), "ce_spliced": float(self.ce_spliced), "ce_zero": float(self.ce_zero)}
+                "ce_clean": float(self.ce_clean), "ce_spliced": float(self.ce_spliced), "ce_zero": float(self.ce_zero),
+                **sums}
 
     def __repr__(self) -> str:  # logged samples stay readable
         return (f"CoreStats(n_tokens={self.n_tokens}, l0={self.l0_sum / max(self.n_tokens, 1):.2f}, "
@@ -175,14 +185,21 @@ def chunk_stats(model, sae, hook_name: str, tokens: torch.Tensor, reference: Chu
 def _stats(x: torch.Tensor, acts: torch.Tensor, recon: torch.Tensor, ce_clean: float, ce_spliced: float,
            ce_zero: float) -> CoreStats:
     """A chunk's statistics from its kept positions' activations [N, d_in], codes and reconstructions."""
+    xd, rd = x.double(), recon.double()
+    norm_in, norm_out = xd.norm(dim=-1), rd.norm(dim=-1)
     return CoreStats(
         n_tokens=x.shape[0],
         l0_sum=float((acts > 0).sum()),
         sq_err_sum=float(((recon - x) ** 2).sum()),
         x_sum=x.sum(0).double().cpu().numpy(),
-        x_sq_sum=float((x.double() ** 2).sum()),
+        x_sq_sum=float((xd ** 2).sum()),
         firing=(acts > 0).sum(0).cpu().numpy().astype(np.int64),
         ce_clean=ce_clean, ce_spliced=ce_spliced, ce_zero=ce_zero,
+        l1_sum=float(acts.abs().sum()),
+        cos_sum=float(((xd * rd).sum(-1) / (norm_in * norm_out).clamp_min(1e-12)).sum()),
+        norm_in_sum=float(norm_in.sum()), norm_out_sum=float(norm_out.sum()),
+        ratio_sum=float((norm_out / torch.where(norm_in < 1e-4, torch.ones_like(norm_in), norm_in)).sum()),
+        xhat_sq_sum=float((rd ** 2).sum()), dot_sum=float((xd * rd).sum()),
     )
 
 
@@ -245,13 +262,37 @@ def _dense_fraction(stats: list[CoreStats]) -> float:
     return float((firing_frequency(stats) > DENSE_THRESHOLD).mean())
 
 
+def _over(threshold: float, normalized: bool):
+    def fraction(stats: list[CoreStats]) -> float:
+        freq = firing_frequency(stats)
+        over = freq > threshold
+        return float(freq[over].sum() / max(freq.sum(), 1e-12)) if normalized else float(over.mean())
+
+    fraction.__name__ = f"{'normalized_' if normalized else ''}freq_over_{threshold:g}"
+    return fraction
+
+
 # pooled too, but from each chunk's per-latent firing counts, which the samples do not log
 dead_fraction = Pooled(compute=_dead_fraction)
-dense_fraction = Pooled(compute=_dense_fraction)
+frac_alive = Pooled(compute=lambda stats: 1.0 - _dead_fraction(stats))
+dense_fraction = Pooled(compute=_dense_fraction)  # firing on more than 10% of tokens
+freq_over_1_percent = Pooled(compute=_over(0.01, False))
+normalized_freq_over_1_percent = Pooled(compute=_over(0.01, True))  # their share of all firing
+normalized_freq_over_10_percent = Pooled(compute=_over(0.1, True))
+EXTRA_SUMS = ("l1_sum", "cos_sum", "norm_in_sum", "norm_out_sum", "ratio_sum", "xhat_sq_sum", "dot_sum")
+# per token means over all chunks, as SAEBench's core eval reports them (its relative reconstruction bias is
+# E|x_hat|^2 / E[x . x_hat], Wright & Sharkey's gamma)
+l1 = Pooled("sum(l1_sum) / sum(n_tokens)")
+cossim = Pooled("sum(cos_sum) / sum(n_tokens)")
+l2_norm_in = Pooled("sum(norm_in_sum) / sum(n_tokens)")
+l2_norm_out = Pooled("sum(norm_out_sum) / sum(n_tokens)")
+l2_ratio = Pooled("sum(ratio_sum) / sum(n_tokens)")
+relative_reconstruction_bias = Pooled("sum(xhat_sq_sum) / sum(dot_sum)")
+tokens = Pooled("sum(n_tokens)")
 
 
 # --- the chunk loop and its caches ---------------------------------------------------------------
-CACHE_FORMAT = 2  # chunk entries are saved as plain dicts (no pickled classes)
+CACHE_FORMAT = 3  # chunk entries are saved as plain dicts (no pickled classes); 3: SAEBench's extra sums
 
 
 def chunk_statistics(model, sae, info, reader, forward_name: str, spec: CorpusSpec, cfg: CoreConfig, seed: int,

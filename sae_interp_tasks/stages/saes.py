@@ -13,6 +13,7 @@ from safetensors import SafetensorError
 
 from sae_interp_tasks.errors import SaeInterpError, unknown
 from sae_interp_tasks.records import SAESource
+from sae_interp_tasks.stages import sparsify_saes
 
 log = logging.getLogger(__name__)
 
@@ -70,23 +71,70 @@ def validate_release(release: str, sae_id: str | None) -> None:
         raise unknown(f"sae_id for release {release!r}", sae_id, directory[release].saes_map)
 
 
-def check_folder(path: str) -> None:
+def _release_error(source: SAESource, err: Exception) -> SaeInterpError:
+    """Why a release did not load, and how to get it: a file missing from the local hub cache offline names
+    the repo and folder to download."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if isinstance(err, LocalEntryNotFoundError):
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+        entry = get_pretrained_saes_directory().get(source.release)
+        repo = entry.repo_id if entry else source.release
+        folder = entry.saes_map.get(source.sae_id, source.sae_id) if entry else source.sae_id
+        return SaeInterpError(f"the SAE {source.label} is not in the local Hugging Face cache and the hub is not "
+                              f"reachable (HF_HUB_OFFLINE is set or there is no network); fetch it where the hub is "
+                              f"reachable: huggingface-cli download {repo} --include '{folder}/*', then rerun with "
+                              "the same HF_HOME (or pass path=DIR)")
+    return SaeInterpError(f"cannot load SAE {source.label}: {str(err).splitlines()[0][:300]} "
+                          "(check release/sae_id, your hub access, or pass path=DIR)")
+
+
+def check_folder(path: str, hookpoint: str | None = None) -> None:
     folder = Path(path)
     if not folder.is_dir():
-        raise SaeInterpError(f"path={path!r} is not a folder; give a folder saved by sae_lens (cfg.json + sae_weights.safetensors)")
+        raise SaeInterpError(f"path={path!r} is not a folder; give a folder saved by sae_lens (cfg.json + "
+                             "sae_weights.safetensors) or by sparsify (cfg.json + sae.safetensors, or a folder of them)")
+    if sparsify_saes.is_sparsify(folder):
+        sparsify_saes.checkpoint_folder(folder, hookpoint, f"path={path!r}")
+        return
     for needed in ("cfg.json", "sae_weights.safetensors"):
         if not (folder / needed).exists():
-            raise SaeInterpError(f"path={path!r} has no {needed}; give a folder saved by sae_lens's SAE.save_model")
+            raise SaeInterpError(f"path={path!r} has no {needed}; give a folder saved by sae_lens's SAE.save_model "
+                                 "(or by sparsify: cfg.json + sae.safetensors)")
 
 
 def check_source(source: SAESource) -> None:
     """The checks that need no download and no weights: a known release and sae_id, an SAE folder, a control."""
     if source.control is not None and source.control not in CONTROLS:
         raise unknown("control", source.control, CONTROLS)
-    if source.release:
+    if source.release and not _sparsify_release(source):
         validate_release(source.release, source.sae_id)
+    elif not source.release:
+        check_folder(source.path or str(DEMO_SAE_DIR), source.hookpoint)
+
+
+def _sparsify_release(source: SAESource) -> bool:
+    """A hub repo of sparsify SAEs: `release=org/name,hookpoint=...` (sae_lens's releases take sae_id)."""
+    return bool(source.release and source.hookpoint and not source.sae_id and "/" in source.release)
+
+
+def _load_sparsify(source: SAESource, device: str, dtype: str):
+    """A sparsify checkpoint from `path=` (with `hookpoint=` in a folder of several) or a hub repo."""
+    label = source.label
+    if source.release:
+        from huggingface_hub import snapshot_download
+
+        try:
+            root = Path(snapshot_download(source.release, allow_patterns=[f"{source.hookpoint}/*", "config.json"]))
+        except (OSError, ValueError) as err:  # offline, not found, gated: all OSError in huggingface_hub
+            raise SaeInterpError(f"cannot load the sparsify SAE {label}: {str(err).splitlines()[0][:300]} (check the "
+                                 "repo and hookpoint and your hub access, or download it and pass path=DIR)") from err
     else:
-        check_folder(source.path or str(DEMO_SAE_DIR))
+        root = Path(source.path)
+    folder, hookpoint = sparsify_saes.checkpoint_folder(root, source.hookpoint, label)
+    model_name = sparsify_saes.subject_name(folder, source.model, label)
+    return sparsify_saes.load(folder, hookpoint, model_name, device, dtype)
 
 
 def _load_from_disk(path: str, device: str, dtype: str):
@@ -107,12 +155,13 @@ def load_sae(source: SAESource, device: str = "cpu", dtype: str = "float32"):
     from sae_lens import SAE
 
     check_source(source)
-    if source.release:
+    if _sparsify_release(source) or (source.path and sparsify_saes.is_sparsify(Path(source.path))):
+        sae = _load_sparsify(source, device, dtype)
+    elif source.release:
         try:
             sae = SAE.from_pretrained(source.release, source.sae_id, device=device, dtype=dtype)
         except (OSError, ValueError) as err:  # huggingface_hub: not found, offline, gated (all OSError)
-            raise SaeInterpError(f"cannot load SAE {source.label}: {str(err).splitlines()[0][:300]} "
-                                 "(check release/sae_id, your hub access, or pass path=DIR)") from err
+            raise _release_error(source, err) from err
     else:
         sae = _load_from_disk(source.path or str(DEMO_SAE_DIR), device, dtype)
     if source.control:

@@ -50,10 +50,36 @@ def serve_core(ctx: RunContext, payloads: list[dict]) -> list[Response]:
     return results
 
 
+# SAEBench's core eval: where our numbers go in its result files, and what it reports that we do not compute
+# (KL divergences need every token's clean logits, which sae_core does not keep; the legacy explained variance
+# is a formula SAEBench itself calls incorrect; the decoder/encoder cosine similarities are weights, not results)
+SAEBENCH = {
+    "eval_type_id": "core", "task": "sae_core",
+    "metrics": {
+        "model_performance_preservation": {"ce_loss_score": "ce_loss_recovered", "ce_loss_with_ablation":
+                                           "ce_loss_zero_ablation", "ce_loss_with_sae": "ce_loss_spliced",
+                                           "ce_loss_without_sae": "ce_loss_clean"},
+        "reconstruction_quality": {"explained_variance": "explained_variance", "mse": "mse", "cossim": "cossim"},
+        "shrinkage": {"l2_norm_in": "l2_norm_in", "l2_norm_out": "l2_norm_out", "l2_ratio": "l2_ratio",
+                      "relative_reconstruction_bias": "relative_reconstruction_bias"},
+        "sparsity": {"l0": "l0", "l1": "l1"},
+        "token_stats": {"total_tokens_eval_reconstruction": "tokens", "total_tokens_eval_sparsity_variance": "tokens"},
+        "misc_metrics": {"freq_over_1_percent": "freq_over_1_percent", "freq_over_10_percent": "dense_fraction",
+                         "normalized_freq_over_1_percent": "normalized_freq_over_1_percent",
+                         "normalized_freq_over_10_percent": "normalized_freq_over_10_percent",
+                         "frac_alive": "frac_alive"},
+    },
+    "left_out": {"model_behavior_preservation": ["kl_div_score", "kl_div_with_ablation", "kl_div_with_sae"],
+                 "reconstruction_quality": ["explained_variance_legacy"],
+                 "misc_metrics": ["average_max_encoder_cosine_sim", "average_max_decoder_cosine_sim"]},
+}
+
+
 @task_kind(KIND, settings=CoreSettings, serve=serve_core, report=Report(
     headline="ce_loss_recovered", columns=("l0", "explained_variance", "ce_loss_recovered"), doc_id="chunk",
     pair_on="tokens_sha256", plotted=("ce_loss_recovered", "explained_variance"), axis="l0", position=0,
-    labels={"l0": "L0", "explained_variance": "explained variance", "ce_loss_recovered": "CE loss recovered"}))
+    labels={"l0": "L0", "explained_variance": "explained variance", "ce_loss_recovered": "CE loss recovered"},
+    saebench=SAEBENCH))
 class SAECoreTask(SAETask):
     """Reconstruction and sparsity of the SAE over corpus chunks; no LLM."""
 
@@ -67,6 +93,18 @@ class SAECoreTask(SAETask):
         "ce_loss_clean": (mean, False),
         "ce_loss_spliced": (mean, False),
         "ce_loss_zero_ablation": (mean, False),
+        # SAEBench's core eval reports these too (see SAEBENCH)
+        "cossim": (core.cossim, True),
+        "l1": (core.l1, False),
+        "l2_norm_in": (core.l2_norm_in, True),
+        "l2_norm_out": (core.l2_norm_out, True),
+        "l2_ratio": (core.l2_ratio, True),
+        "relative_reconstruction_bias": (core.relative_reconstruction_bias, True),
+        "freq_over_1_percent": (core.freq_over_1_percent, False),
+        "normalized_freq_over_1_percent": (core.normalized_freq_over_1_percent, False),
+        "normalized_freq_over_10_percent": (core.normalized_freq_over_10_percent, False),
+        "frac_alive": (core.frac_alive, True),
+        "tokens": (core.tokens, True),
     }
 
     def make_docs(self) -> list[dict]:

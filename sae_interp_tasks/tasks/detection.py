@@ -8,8 +8,9 @@ first scores known answers (validity.scorer_check).
 from __future__ import annotations
 
 import dataclasses
+import random
 
-from sae_interp_tasks.harness import memo
+from sae_interp_tasks.harness import costs, memo
 from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
 from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
@@ -57,7 +58,34 @@ def check_classifier(run: LatentRun, scorer: classifier.WindowClassifier, stream
     return memo.scorer_check(run, (stream, s.scorer, s.explainer.highlight_threshold), compute)
 
 
+def classifier_estimate(scorer: classifier.WindowClassifier, shuffled: bool | None = None, check: bool = True):
+    """The estimate of a window classifier's requests: its prompts for the owned latents (with a stand-in
+    explanation), the shuffled control's as many again, and the known-answer check's."""
+
+    def estimate(run: LatentRun, counter: costs.PromptCounter) -> costs.Estimate:
+        s: ScorerSettings = run.settings
+        variants = 2 if (s.scorer.shuffled_control if shuffled is None else shuffled) else 1
+        total = _prompts(scorer, [run.splits[lat] for lat in run.owned], s, run.decode, counter).times(variants)
+        if check and s.check.scorer_check:
+            total = total.add(_prompts(scorer, memo.check_set(run)[0], s, run.decode, counter))
+        return total
+
+    return estimate
+
+
+def _prompts(scorer: classifier.WindowClassifier, splits: list, s: ScorerSettings, decode, counter) -> costs.Estimate:
+    total, rng, size = costs.Estimate(), random.Random(0), s.scorer.windows_per_prompt
+    for split in splits:
+        shown = scorer.shown(split, rng, s.explainer.highlight_threshold)
+        for start in range(0, len(shown), size):
+            batch = shown[start:start + size]
+            answer = counter.text(", ".join(["0"] * len(batch)) + "]")
+            total = total.add(counter.prompt(scorer.prompt(costs.STAND_IN, batch, decode, s.scorer), answer))
+    return total
+
+
 @task_kind(KIND, settings=ScorerSettings, serve=serve_latents, scorer=score_detection,
+           estimate=classifier_estimate(Detection()),
            report=Report(headline="balanced_acc", position=10, checks=CHECKED))
 class SAEDetectionTask(LatentTask):
     """Does the explanation let a scorer tell which held-out windows make the latent fire?"""

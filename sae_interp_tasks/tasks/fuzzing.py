@@ -12,7 +12,7 @@ from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
 from sae_interp_tasks.registry import Report, task_kind
 from sae_interp_tasks.scorers.fuzzing import Fuzzing
-from sae_interp_tasks.tasks.detection import CHECKED, METRICS, check_classifier, classify
+from sae_interp_tasks.tasks.detection import CHECKED, METRICS, check_classifier, classifier_estimate, classify
 
 KIND = "fuzzing"
 
@@ -22,7 +22,7 @@ def score_fuzzing(run: LatentRun):
 
 
 @task_kind(KIND, settings=ScorerSettings, serve=serve_latents, scorer=score_fuzzing,
-           report=Report(headline="balanced_acc", position=20, checks=CHECKED))
+           estimate=classifier_estimate(Fuzzing()), report=Report(headline="balanced_acc", position=20, checks=CHECKED))
 class SAEFuzzingTask(LatentTask):
     """Does the explanation let a scorer tell true activating-token markings from random ones?"""
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sae_interp_tasks.errors import SaeInterpError
-from sae_interp_tasks.harness import memo
+from sae_interp_tasks.harness import costs, memo
 from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
 from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
 from sae_interp_tasks.records import ScoredLatent
 from sae_interp_tasks.registry import Report, task_kind
-from sae_interp_tasks.scorers.intervention import (InterventionScoringConfig, SteeredTextScorers, intervention_metrics,
-                                                   judge_check, reader_check, score_steering)
+from sae_interp_tasks.scorers.intervention import (CLAIM, InterventionScoringConfig, SteeredTextScorers,
+                                                   intervention_metrics, judge_check, reader_check, score_steering,
+                                                   surprisal_prefix)
 from sae_interp_tasks.scorers.surprisal import ReaderConfig
 from sae_interp_tasks.tasks.detection import INSTEAD
 from sae_interp_tasks.tasks.surprisal import INSTEAD as SURPRISAL_INSTEAD
@@ -97,13 +98,35 @@ def check_scorers(run: LatentRun, scorers: SteeredTextScorers) -> list[CheckResu
             if "judge" in which else None]
 
 
+def estimate_intervention(run: LatentRun, counter: costs.PromptCounter) -> costs.Estimate:
+    """Per owned latent and target KL: the output explanation, the surprisal reads of every scoring prompt's
+    clean and steered passages for each explanation (and shuffled one), the judge; and the scorers' checks."""
+    s: InterventionSettings = run.settings
+    cfg, which = s.intervention, s.intervention_scoring.intervention_scorers
+    steered = len(run.owned) * len(cfg.targets)
+    variants = 4 if s.scorer.shuffled_control else 2
+    total = costs.Estimate()
+    if s.explainer.explainer != "tokens":
+        total = total.add(costs.Estimate(steered, 120 * steered, costs.ANSWER_TOKENS * steered))
+    passage = cfg.prompt_tokens + cfg.continuation_tokens + counter.text(CLAIM) + 16
+    prefix = counter.text(surprisal_prefix())
+    per_request = passage + (prefix if s.reader.surprisal_scorer == "openai" else 0)
+    if "surprisal" in which:
+        reads = steered * variants * cfg.n_intervention_prompts * 2 + 2 * s.check.scorer_check_words * s.check.scorer_check_windows
+        total = total.add(costs.Estimate(reads, reads * per_request + prefix, 0))
+    if "judge" in which:
+        asks = steered * variants + s.check.scorer_check_words
+        total = total.add(costs.Estimate(asks, asks * (80 + 3 * s.intervention_scoring.judge_continuations * 12), 4 * asks))
+    return total
+
+
 CHECKS = {**{m: "surprisal_check_passed" for m in ("score", "score_shuffled", "output_score", "output_score_shuffled")},
           **{m: "judge_check_passed" for m in ("judge_acc", "judge_acc_shuffled", "output_judge_acc",
                                                "output_judge_acc_shuffled")}}
 
 
 @task_kind("intervention", settings=InterventionSettings, serve=serve_latents, scorer=score_intervention,
-           report=Report(headline="score", position=50, checks=CHECKS))
+           estimate=estimate_intervention, report=Report(headline="score", position=50, checks=CHECKS))
 class SAEInterventionTask(LatentTask):
     """Steer each latent to a target KL; does its explanation predict what the model then writes?"""
 

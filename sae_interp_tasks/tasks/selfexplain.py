@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from sae_interp_tasks.aggregations import nanmean, total
 from sae_interp_tasks.errors import SaeInterpError
-from sae_interp_tasks.harness import memo
+from sae_interp_tasks.harness import costs, memo
 from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
 from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
@@ -26,7 +26,7 @@ from sae_interp_tasks.stages.selfexplain import SelfExplainConfig, run_sweeps
 from sae_interp_tasks.tasks.detection import CHECK as DETECTION_CHECK
 from sae_interp_tasks.tasks.detection import INSTEAD
 from sae_interp_tasks.tasks.detection import KIND as DETECTION
-from sae_interp_tasks.tasks.detection import check_classifier, classify
+from sae_interp_tasks.tasks.detection import check_classifier, classifier_estimate, classify
 from sae_interp_tasks.validity import scorer_check
 from sae_interp_tasks.validity.scorer_check import CheckResult
 
@@ -103,7 +103,22 @@ def check_judge(run: LatentRun) -> CheckResult | None:
     return memo.scorer_check(run, ("agreement-judge", s.scorer), compute)
 
 
+def estimate_selfexplain(run: LatentRun, counter: costs.PromptCounter) -> costs.Estimate:
+    """The self-explanations' own detection (no shuffled control; its check is detection's, counted there) and the
+    judge (one short prompt per latent and per check pair)."""
+    s: SelfExplainSettings = run.settings
+    every = dataclasses.replace(run, owned=tuple(run.latents))  # self-explanations are scored on every rank
+    total = classifier_estimate(Detection(), shuffled=False, check=False)(every, counter) if s.agreement.selfexplain_detection \
+        else costs.Estimate()
+    if s.agreement.judge:
+        total = total.add(costs.Estimate(len(run.latents) + 2 * s.check.scorer_check_words,
+                                         60 * (len(run.latents) + 2 * s.check.scorer_check_words),
+                                         len(run.latents) + 2 * s.check.scorer_check_words))
+    return total
+
+
 @task_kind("selfexplain", settings=SelfExplainSettings, serve=serve_latents, scorer=score_selfexplain,
+           estimate=estimate_selfexplain,
            report=Report(headline="retrieval_auroc", extra=("top1_match",), chance={"top1_match": "top1_chance"},
                          position=40, checks={"selfexplain_balanced_acc": "scorer_check_passed",
                                               "autointerp_balanced_acc": "scorer_check_passed",

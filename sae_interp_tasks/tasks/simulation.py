@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sae_interp_tasks.harness import memo
+from sae_interp_tasks.harness import costs, memo
 from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
 from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
@@ -57,7 +57,26 @@ def check_simulator(run: LatentRun, simulator: Simulator) -> CheckResult | None:
     return memo.scorer_check(run, (KIND, s.scorer, s.simulation), compute)
 
 
-@task_kind(KIND, settings=SimulationSettings, serve=serve_latents, scorer=score_simulation,
+def estimate_simulation(run: LatentRun, counter: costs.PromptCounter) -> costs.Estimate:
+    """One read (logprobs) or one written answer (json) per test window, for the explanation and the shuffled
+    control, and per window of the known answers."""
+    s: SimulationSettings = run.settings
+    windows = [ex for lat in run.owned for ex in run.splits[lat].test]
+    checked = [ex for split in memo.check_set(run)[0] for ex in split.test] if s.check.scorer_check else []
+    variants = 2 if s.scorer.shuffled_control else 1
+    total = costs.Estimate()
+    for group, times in ((windows, variants), (checked, 1)):
+        tables = [simulation.table(costs.STAND_IN, [run.decode([t]) for t in ex.tokens.tolist()]) for ex in group]
+        if s.simulation.simulation_mode == "json":
+            one = costs.Estimate(len(tables), sum(counter.text(simulation.prefix(10) + tb) for tb in tables),
+                                 sum(3 * len(ex.tokens) for ex in group))
+        else:
+            one = counter.reads(simulation.prefix(10), tables)
+        total = total.add(one.times(times))
+    return total
+
+
+@task_kind(KIND, settings=SimulationSettings, serve=serve_latents, scorer=score_simulation, estimate=estimate_simulation,
            report=Report(headline="correlation", position=25, checks={
                m: "scorer_check_passed" for m in simulation.METRICS if m not in ("answered_frac", "parse_failures")}))
 class SAESimulationTask(LatentTask):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sae_interp_tasks.harness import memo
+from sae_interp_tasks.harness import costs, memo
 from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
 from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
@@ -59,7 +59,19 @@ def check_reader(run: LatentRun, reader: SurprisalReader) -> CheckResult | None:
     return memo.scorer_check(run, (KIND, s.reader, s.surprisal), compute)
 
 
-@task_kind(KIND, settings=SurprisalSettings, serve=serve_latents, scorer=score_surprisal,
+def estimate_surprisal(run: LatentRun, counter: costs.PromptCounter) -> costs.Estimate:
+    """Each test window read after the explanation, the neutral description and (shuffled) another latent's,
+    and the known answers' windows after their explanations and the neutral one."""
+    s: SurprisalSettings = run.settings
+    reads = (3 if s.scorer.shuffled_control else 2)
+    texts = [run.decode(ex.tokens.tolist()) for lat in run.owned for ex in run.splits[lat].test]
+    checked = ([run.decode(ex.tokens.tolist()) for split in memo.check_set(run)[0] for ex in split.test]
+               if s.check.scorer_check else [])
+    prefix = surprisal.surprisal_prefix(costs.STAND_IN)
+    return counter.reads(prefix, texts).times(reads).add(counter.reads(prefix, checked).times(2))
+
+
+@task_kind(KIND, settings=SurprisalSettings, serve=serve_latents, scorer=score_surprisal, estimate=estimate_surprisal,
            report=Report(headline="auroc", position=35, checks={
                m: "scorer_check_passed" for m in ("auroc", "auroc_shuffled", "loss_reduction")}))
 class SAESurprisalTask(LatentTask):
