@@ -45,3 +45,22 @@ def save(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))
     return path
+
+
+def bar_seconds(log_text: str) -> dict[str, float]:
+    """Seconds each finished progress bar of a run took, by its description, from the run's stderr (tqdm's last
+    state of a bar: `desc: 100%|...| n/n [mm:ss<00:00, ...]`). Bars of the same description add up."""
+    import re
+
+    finished = {}
+    for line in log_text.replace("\r", "\n").splitlines():
+        found = re.match(r"^(.+?): 100%\|.*\| (\d+)/\2 \[(?:(\d+):)?(\d+):(\d+)<", line.strip())
+        if found:
+            desc, _, hours, minutes, seconds = found.groups()
+            # tqdm redraws a finished bar: keep one final state per bar (same description, same count)
+            finished[(desc, found.group(2), line.strip().split("[")[0])] = (
+                int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds))
+    out: dict[str, float] = {}
+    for (desc, _, _), secs in finished.items():
+        out[desc] = out.get(desc, 0) + secs
+    return out

@@ -21,7 +21,8 @@ run() {  # name, model_args, tasks, metadata (empty: the YAML's and the SAE's ow
   gzip -9f "$OUT/runs/$name"/*/samples_*.jsonl  # sae-interp reads .jsonl.gz as it reads .jsonl
 }
 
-steps=${*:-core embedding embedding_tokens embedding_tokens_neurons interp agreement intervention headline headline_controls leaderboard bench tables}
+ALL="core embedding embedding_tokens embedding_tokens_neurons interp agreement intervention headline headline_controls group gate known_answers leaderboard bench tables"
+steps=${*:-$ALL}
 # Sized for a 2-core CPU: 131k tokens a pass; sae_embedding on 128 latents with the LLM explainer
 # and on 512 with the token-list explainer (no LLM, so affordable at that size); the LLM-scored
 # tasks (detection, fuzzing, self-explanation) on the first 16 of the 128 (--limit 16), and
@@ -63,6 +64,20 @@ for step in $steps; do
     headline_controls)  # the same for both controls, so the leaderboard's first group has every task for all three
       run headline_random "control=random" sae_detection,sae_selfexplain ""
       run headline_neurons "control=neurons" sae_detection,sae_selfexplain "" ;;
+    group)  # the five tasks of sae_interp with every default, demo and both controls (docs: benchmarks/group_table.py)
+      run group_demo "" sae_interp ""
+      run group_random "control=random" sae_interp ""
+      run group_neurons "control=neurons" sae_interp ""
+      .venv/bin/python benchmarks/group_table.py | tee "$OUT/group_table.md" ;;
+    gate)  # the CI gate, demo vs a random-direction SAE, both scored by the bundled scorer: must not pass
+      set +e
+      .venv/bin/sae-interp compare "$OUT/runs/group_demo" "$OUT/runs/group_random" --metrics sae_detection/balanced_acc \
+        >"$OUT/gate_demo_random.md" 2>"$OUT/gate_demo_random.txt"
+      echo "exit $?" | tee -a "$OUT/gate_demo_random.txt"
+      set -e
+      cat "$OUT/gate_demo_random.txt" ;;
+    known_answers)
+      .venv/bin/python benchmarks/known_answers.py ;;
     leaderboard)
       .venv/bin/sae-interp leaderboard "$OUT/runs" --plots "$OUT/leaderboard_plots" | tee "$OUT/leaderboard.md"
       .venv/bin/sae-interp leaderboard "$OUT/runs" --format html -o "$OUT/leaderboard.html" ;;
@@ -74,6 +89,6 @@ for step in $steps; do
       .venv/bin/python benchmarks/detection_scoring.py --latents 2 | tee "$OUT/detection_scoring.txt" ;;
     tables)
       .venv/bin/python benchmarks/interp_tables.py | tee "$OUT/interp_tables.md" ;;
-    *) echo "unknown step $step (core embedding embedding_tokens embedding_tokens_neurons interp agreement intervention headline headline_controls leaderboard bench tables)"; exit 2 ;;
+    *) echo "unknown step $step ($ALL)"; exit 2 ;;
   esac
 done

@@ -172,9 +172,23 @@ class JsonEndpoint:
         self.close()
 
 
+def words(text: str) -> int:
+    """The oracle endpoint's token count (an API counts with its own tokenizer; this one counts words)."""
+    return len(text.split())
+
+
+def with_usage(body: dict, answer: dict) -> dict:
+    """The answer with an API's `usage`: the request's and the answer's words."""
+    prompt = sum(words(m["content"]) for m in body["messages"])
+    completion = words(answer["choices"][0]["message"]["content"])
+    return {**answer, "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                                "total_tokens": prompt + completion}}
+
+
 class OracleEndpoint(JsonEndpoint):
-    """An OpenAI-compatible chat endpoint answering as the oracle scorer."""
+    """An OpenAI-compatible chat endpoint answering as the oracle scorer, with `usage` counted in words."""
 
     def __init__(self):
-        super().__init__(lambda path, body: (200, oracle_answer(body["messages"])) if path.endswith("/chat/completions")
+        super().__init__(lambda path, body: (200, with_usage(body, oracle_answer(body["messages"])))
+                         if path.endswith("/chat/completions")
                          else (404, {"error": {"message": f"{path} not found"}}))  # a chat-only API, as OpenAI's

@@ -551,19 +551,15 @@ def test_the_readme_ci_job_runs_commands_that_exist():
 SAEBENCH_SCHEMAS = Path(sys.prefix) / "peers" / "sae-bench" / "sae_bench" / "evals"  # scripts/setup.sh puts them there
 
 
-def sae_interp(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sae_interp_tasks.cli", *args], capture_output=True, text=True)
-
-
 @pytest.fixture(scope="module")
-def exported(planted_run, tmp_path_factory) -> Path:
+def exported(planted_run, sae_cache, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("saebench")
-    proc = sae_interp("export", str(planted_run), "--format", "saebench", "--output", str(out))
+    proc = sae_interp("export", str(planted_run), "--format", "saebench", "--output", str(out), cache=sae_cache)
     assert proc.returncode == 0, proc.stderr
     return out
 
 
-def test_sae_core_exports_onto_saebench_core_and_validates_against_its_schema(exported):
+def test_sae_core_exports_onto_saebench_core_and_validates_against_its_schema(exported, sae_cache):
     """The core file validates against the schema the sae-bench package ships, with exactly the fields we do not
     compute (recorded in the file as left out) relaxed; every number is ours, none is invented."""
     import jsonschema
@@ -584,7 +580,7 @@ def test_sae_core_exports_onto_saebench_core_and_validates_against_its_schema(ex
             data["eval_result_metrics"].pop(category, None)
     jsonschema.validate(data, schema)
     ours = {k: v["value"] for k, v in json.loads(sae_interp("leaderboard", str(exported.parent / exported.name),
-                                                            "--format", "json").stdout)["groups"][0]["rows"][0]
+                                                            "--format", "json", cache=sae_cache).stdout)["groups"][0]["rows"][0]
             ["tasks"]["sae_core"]["metrics"].items()}
     metrics = data["eval_result_metrics"]
     assert metrics["reconstruction_quality"]["explained_variance"] == pytest.approx(ours["explained_variance"])
@@ -603,7 +599,7 @@ def test_our_other_tasks_export_under_their_own_eval_types(exported):
     assert all(isinstance(v, (int, float)) or v is None for v in data["eval_result_metrics"]["sae_embedding"].values())
 
 
-def test_saebench_files_join_the_leaderboard_as_their_own_rows(exported, planted_run, tmp_path):
+def test_saebench_files_join_the_leaderboard_as_their_own_rows(exported, planted_run, sae_cache, tmp_path):
     """A published-style SAEBench core file beside our results: its own row, marked, in its own group; a file of an
     eval type nothing maps is skipped with a note; a truncated file is one line and exit 2."""
     core = next((exported / "core").glob("*_eval_results.json"))
@@ -613,7 +609,7 @@ def test_saebench_files_join_the_leaderboard_as_their_own_rows(exported, planted
     (tmp_path / "published_eval_results.json").write_text(json.dumps(published))
     (tmp_path / "absorption_eval_results.json").write_text(json.dumps({"eval_type_id": "absorption_first_letter",
                                                                         "eval_result_metrics": {"mean": {"x": 1.0}}}))
-    board = sae_interp("leaderboard", str(planted_run), str(tmp_path), "--format", "json")
+    board = sae_interp("leaderboard", str(planted_run), str(tmp_path), "--format", "json", cache=sae_cache)
     assert board.returncode == 0, board.stderr
     assert "absorption_first_letter' has no counterpart here; skipped" in board.stderr
     groups = json.loads(board.stdout)["groups"]
@@ -623,13 +619,13 @@ def test_saebench_files_join_the_leaderboard_as_their_own_rows(exported, planted
     assert saebench_rows[0]["tasks"]["sae_core"]["metrics"]["explained_variance"]["value"] == pytest.approx(
         published["eval_result_metrics"]["reconstruction_quality"]["explained_variance"])
     (tmp_path / "cut_eval_results.json").write_text(core.read_text()[:200])
-    bad = sae_interp("leaderboard", str(tmp_path))
+    bad = sae_interp("leaderboard", str(tmp_path), cache=sae_cache)
     (line,) = error_lines(bad.stderr)
     assert bad.returncode == 2 and "cut_eval_results.json is not valid JSON" in line
 
 
-def test_compare_reads_saebench_files_but_gates_nothing_without_per_doc_scores(exported, tmp_path):
+def test_compare_reads_saebench_files_but_gates_nothing_without_per_doc_scores(exported, sae_cache, tmp_path):
     core = next((exported / "core").glob("*_eval_results.json"))
-    gate = sae_interp("compare", str(core), str(core))
+    gate = sae_interp("compare", str(core), str(core), cache=sae_cache)
     assert gate.returncode == 2, gate.stdout + gate.stderr
     assert "a SAEBench result file carries no per-doc scores" in gate.stdout and gate.stderr.startswith("NOTHING GATED")

@@ -11,6 +11,8 @@ shared between tasks, and a rerun on the same on-disk cache asks no model anythi
 
 from __future__ import annotations
 
+import json
+
 import math
 import re
 from collections import Counter
@@ -484,7 +486,20 @@ def test_a_rerun_on_the_same_cache_calls_no_model(planted_sae, tiny_model_dir, c
     assert client.n_calls == 0 and client.asked == []
     assert client._model is None  # the cache answered everything: the model was never loaded
     assert len(client.cache) == n_answers
-    assert [str(r) for r in second] == [str(r) for r in first]
+    assert [without_usage(r) for r in second] == [without_usage(r) for r in first]
+    # what each run paid: the first asked the model, the second the cache, for the same requests
+    paid = [sum(json.loads(str(r))["metrics"][m] for r in run) for run in (first, second) for m in
+            ("llm_calls", "llm_cached_calls")]
+    assert paid[1] == 0 and paid[2] == 0 and paid[0] == paid[3] > 0
+
+
+def without_usage(response) -> dict:
+    """A response's JSON without the LLM usage it reports (which differs between a paid run and a cached one)."""
+    from sae_interp_tasks.harness.costs import USAGE_METRICS
+
+    data = json.loads(str(response))
+    data["metrics"] = {k: v for k, v in data["metrics"].items() if k not in USAGE_METRICS}
+    return data
 
 
 

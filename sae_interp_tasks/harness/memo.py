@@ -174,7 +174,26 @@ def scorer_check(run: LatentRun, key: tuple, compute: Callable[[], CheckResult])
     s: ScorerSettings = run.settings
     if not s.check.scorer_check:
         return None
-    return run.context.memo.compute_once(("scorer-check", *selection_key(s, run.seed), s.check, *key), compute)
+    return run.context.memo.compute_once(("scorer-check", *selection_key(s, run.seed), s.check, *key),
+                                         lambda: _on_rank_zero(run.context, compute))
+
+
+def _on_rank_zero(ctx: RunContext, compute: Callable):
+    """compute() on rank 0 alone, its result handed to every rank: work done (and LLM calls paid) once per
+    run however many processes share it. Every rank must call this at the same point."""
+    if ctx.world_size == 1:
+        return compute()
+    result, failure = None, None
+    if ctx.rank == 0:
+        try:
+            result = compute()
+        except Exception as err:  # the other ranks wait in the gather below: tell them, then fail here too
+            ctx.all_gather_object((None, f"{type(err).__name__}: {err}"))
+            raise
+    result, failure = ctx.all_gather_object((result, failure))[0]
+    if failure is not None:
+        raise SaeInterpError(f"rank 0 failed: {failure}")
+    return result
 
 
 def with_checks(scored: dict[int, ScoredLatent], *results: CheckResult | None) -> dict[int, ScoredLatent]:

@@ -11,6 +11,7 @@ import json
 import math
 
 from sae_interp_tasks.errors import SaeInterpError
+from sae_interp_tasks.harness.costs import USAGE_METRICS
 from sae_interp_tasks.reports.board import (Board, Column, check_notes, columns, fmt_entry, interval_note, settings_lines,
                                             value)
 
@@ -45,10 +46,12 @@ def csv_text(board: Board) -> str:
             if c.key not in {x.key for x in all_cols}:
                 all_cols.append(c)
     header = ["group", "control", "fingerprint"]
+    priced = _tasks_with_usage(board)
     for c in all_cols:
         header += ([c.key, f"{c.key}_lo", f"{c.key}_hi", *([f"{c.key}_scorer_check"] if c.checked else [])]
                    if c.kind == "cell" else
                    [f"{c.task}/latents_scored", f"{c.task}/skipped"] if c.kind == "count" else [c.key])
+    header += [f"{task}/{m}" for task in priced for m in USAGE_METRICS]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
@@ -65,8 +68,26 @@ def csv_text(board: Board) -> str:
                     line += ["" if x is None else x for x in entry] if entry else ["", ""]
                 else:
                     line.append("" if entry is None else entry)
+            for task in priced:
+                usage = llm_usage(row.tasks.get(task))
+                line += [_csv_num(usage[m]) if usage else "" for m in USAGE_METRICS]
             writer.writerow(line)
     return out.getvalue()
+
+
+def llm_usage(result) -> dict[str, float] | None:
+    """What the task's LLM calls cost (harness.costs): totals over its docs, or None for a task without them."""
+    if result is None or not all(m in result.metrics for m in USAGE_METRICS):
+        return None
+    return {m: result.metrics[m].value for m in USAGE_METRICS}
+
+
+def _tasks_with_usage(board: Board) -> list[str]:
+    found = []
+    for group in board.groups:
+        for row in group.rows:
+            found += [t for t, result in row.tasks.items() if t not in found and llm_usage(result) is not None]
+    return found
 
 
 def _check_word(passed: bool | None) -> str:
@@ -94,6 +115,7 @@ def json_data(board: Board) -> dict:
                     "latents_scored": result.latents_scored if result.report.doc_id == "latent" else None,
                     "latents_scored_exact": result.samples is not None,
                     "skipped": result.skipped,
+                    "llm_usage": llm_usage(result),
                     "metrics": {m: {"value": _json_num(c.value), "lo": _json_num(c.lo), "hi": _json_num(c.hi),
                                     "interval": c.how or None, "stderr": _json_num(result.metrics[m].stderr),
                                     "higher_is_better": result.metrics[m].higher_is_better,
