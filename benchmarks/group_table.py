@@ -13,6 +13,7 @@ apart.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from sae_interp_tasks.reports.results_io import read_run  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 SAES = (("demo", "demo"), ("random", "`control=random`"), ("neurons", "`control=neurons`"))
 TASKS = ("sae_detection", "sae_fuzzing", "sae_simulation", "sae_embedding", "sae_surprisal")
+USAGE = ("llm_calls", "llm_cached_calls", "llm_prompt_tokens", "llm_completion_tokens")
+ESTIMATE = re.compile(r"\(estimate\): (\d+) requests, ([\d,]+) prompt \+ ([\d,]+) completion tokens")
 STAGES = ("activation pass", "explain", "detection check", "detection", "fuzzing check", "fuzzing",
           "simulation check", "sae_simulation", "surprisal check", "sae_surprisal", "embedding scorer")
 
@@ -91,7 +94,30 @@ def main() -> None:
             continue
         per = [("" if v is None else f"{v / scored[name]:.1f}") for v, (name, _) in zip(row, present)]
         print(f"| {stage} | " + " | ".join(per) + " |")
-    _common.save("group_table", {"seconds": seconds, "latents": scored})
+    print("\nLLM cost: the estimate line each run printed before its first call (empty cache) vs what the run's "
+          "tasks report (requests answered by the model or the cache; tokens of the model's answers):\n")
+    print("| SAE | requests estimated | requests made | ratio | prompt + completion tokens estimated | "
+          "tokens counted | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    costs = {}
+    for name, label in present:
+        log = RESULTS / f"group_{name}.log"
+        estimate = ESTIMATE.search(log.read_text()) if log.exists() else None
+        used = {m: sum(r.metrics[m].value for r in runs[name].tasks.values() if m in r.metrics) for m in USAGE}
+        if estimate is None:
+            continue
+        calls, prompt, completion = (int(g.replace(",", "")) for g in estimate.groups())
+        made = used["llm_calls"] + used["llm_cached_calls"]
+        tokens = used["llm_prompt_tokens"] + used["llm_completion_tokens"]
+        costs[name] = {"estimated_calls": calls, "calls": made, "estimated_tokens": prompt + completion,
+                       "tokens": tokens, "cached_calls": used["llm_cached_calls"]}
+        cached = used["llm_cached_calls"]
+        # tokens are counted for the model's answers only: comparable where the cache answered nothing
+        token_cells = (f"{tokens:,.0f} | {(prompt + completion) / tokens:.2f}" if not cached and tokens else
+                       f"{tokens:,.0f} ({cached:,.0f} requests from the cache) | ")
+        print(f"| {label} | {calls:,} | {made:,.0f} | {calls / made:.2f} | {prompt + completion:,} | {token_cells} |"
+              if made else f"| {label} | {calls:,} | 0 | | | | |")
+    _common.save("group_table", {"seconds": seconds, "latents": scored, "llm_cost": costs})
 
 
 if __name__ == "__main__":
