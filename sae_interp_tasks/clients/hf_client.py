@@ -93,32 +93,42 @@ class HFClient(LLMClient):
                     on_answer(i, completion)
 
     @torch.no_grad()
-    def _logprobs(self, prefix: str, pairs: list[tuple[str, str]], on_answer) -> None:
-        """The prefix runs once; its KV cache is copied for each batch of (context + target) rows."""
-        import copy
-
+    def _prefix(self, prefix: str):
+        """The prefix run once: its KV cache and the distribution of the token after it."""
         if self._model is None:
             self._load()
-        tok, device = self._tokenizer, self.cfg.device
-        prefix_ids = tok(prefix, add_special_tokens=True, return_tensors="pt").input_ids.to(device)
+        prefix_ids = self._tokenizer(prefix, add_special_tokens=True, return_tensors="pt").input_ids.to(self.cfg.device)
         out = self._model(prefix_ids, use_cache=True)
-        prefix_cache, prefix_last = out.past_key_values, torch.log_softmax(out.logits[0, -1].float(), dim=-1)
         self._count_call()
         self._count_tokens(prefix_ids.shape[1])
+        return out.past_key_values, torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+
+    @torch.no_grad()
+    def _read_on(self, prefix_cache, seqs: list[list[int]]) -> torch.Tensor:
+        """Log-probabilities [batch, width, vocab] of token rows read on from a copy of the prefix's KV cache
+        (rows padded on the right; the prefix is visible to every row)."""
+        import copy
+
+        device, pad = self.cfg.device, self._tokenizer.pad_token_id
+        width = max(len(q) for q in seqs)
+        ids = torch.tensor([q + [pad] * (width - len(q)) for q in seqs], device=device)
+        mask = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in seqs], device=device)
+        cache = copy.deepcopy(prefix_cache)
+        cache.batch_repeat_interleave(len(seqs))
+        seen = torch.cat([torch.ones(len(seqs), prefix_cache.get_seq_length(), dtype=mask.dtype, device=device), mask], 1)
+        logp = torch.log_softmax(self._model(ids, attention_mask=seen, past_key_values=cache).logits.float(), -1)
+        self._count_call(len(seqs))
+        self._count_tokens(int(mask.sum()))
+        return logp
+
+    def _logprobs(self, prefix: str, pairs: list[tuple[str, str]], on_answer) -> None:
+        """The prefix runs once; its KV cache is copied for each batch of (context + target) rows."""
+        prefix_cache, prefix_last = self._prefix(prefix)
         rows = [self._split(context, target) for context, target in pairs]
         order = sorted(range(len(rows)), key=lambda i: -sum(map(len, rows[i])))
         for start in range(0, len(order), self.cfg.batch_size):
             batch = order[start:start + self.cfg.batch_size]
-            seqs = [rows[i][0] + rows[i][1] for i in batch]
-            width = max(len(q) for q in seqs)
-            ids = torch.tensor([q + [tok.pad_token_id] * (width - len(q)) for q in seqs], device=device)
-            mask = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in seqs], device=device)
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(len(batch))
-            full_mask = torch.cat([torch.ones(len(batch), prefix_ids.shape[1], dtype=mask.dtype, device=device), mask], 1)
-            logp = torch.log_softmax(self._model(ids, attention_mask=full_mask, past_key_values=cache).logits.float(), -1)
-            self._count_call(len(batch))
-            self._count_tokens(int(mask.sum()))
+            logp = self._read_on(prefix_cache, [rows[i][0] + rows[i][1] for i in batch])
             for row, i in enumerate(batch):
                 context, target = rows[i]
                 total = 0.0
@@ -127,21 +137,11 @@ class HFClient(LLMClient):
                     total += float(prefix_last[token] if at < 0 else logp[row, at, token])
                 on_answer(i, total)
 
-    @torch.no_grad()
     def _read(self, prefix: str, items: list[tuple[str, tuple[int, ...]]], choices: tuple[str, ...], on_answer) -> None:
         """The prefix runs once; each batch of texts reads on from a copy of its KV cache."""
-        import copy
-
-        if self._model is None:
-            self._load()
-        tok, device = self._tokenizer, self.cfg.device
+        prefix_cache, prefix_last = self._prefix(prefix)
         choice_ids = [self._single_token(c) for c in choices]
-        prefix_ids = tok(prefix, add_special_tokens=True, return_tensors="pt").input_ids.to(device)
-        out = self._model(prefix_ids, use_cache=True)
-        prefix_cache, prefix_last = out.past_key_values, torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-        self._count_call()
-        self._count_tokens(prefix_ids.shape[1])
-        encoded = [tok(text, add_special_tokens=False, return_offsets_mapping=True) for text, _ in items]
+        encoded = [self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True) for text, _ in items]
         order = sorted(range(len(items)), key=lambda i: -len(encoded[i].input_ids))
         for start in range(0, len(order), self.cfg.batch_size):
             batch = [i for i in order[start:start + self.cfg.batch_size] if encoded[i].input_ids]
@@ -150,17 +150,7 @@ class HFClient(LLMClient):
                     on_answer(i, Reading(offsets=[], logprobs=[], choices=[{} for _ in items[i][1]]))
             if not batch:
                 continue
-            width = max(len(encoded[i].input_ids) for i in batch)
-            ids = torch.tensor([encoded[i].input_ids + [tok.pad_token_id] * (width - len(encoded[i].input_ids))
-                                for i in batch], device=device)
-            mask = torch.tensor([[1] * len(encoded[i].input_ids) + [0] * (width - len(encoded[i].input_ids))
-                                 for i in batch], device=device)
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(len(batch))
-            full_mask = torch.cat([torch.ones(len(batch), prefix_ids.shape[1], dtype=mask.dtype, device=device), mask], 1)
-            logp = torch.log_softmax(self._model(ids, attention_mask=full_mask, past_key_values=cache).logits.float(), -1)
-            self._count_call(len(batch))
-            self._count_tokens(int(mask.sum()))
+            logp = self._read_on(prefix_cache, [list(encoded[i].input_ids) for i in batch])
             for row, i in enumerate(batch):
                 # the distribution that predicts token j sits at position j - 1 (the prefix's last for j = 0)
                 dists = torch.cat([prefix_last[None], logp[row, :len(encoded[i].input_ids) - 1]])

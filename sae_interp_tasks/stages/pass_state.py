@@ -152,6 +152,12 @@ class PassState:
               other.random_key[None], other.random_id[None], other.random_tokens[None], other.random_max[None],
               largest=False)
 
+    def shared_windows(self) -> list[torch.Tensor]:
+        """The token ids of the shared sample's windows in record order (by hash key): the same list however
+        the pass was split across processes."""
+        order = _slot_order(self.random_key, self.random_id, largest=False)
+        return [self.random_tokens[g] for g in order if torch.isfinite(self.random_key[g])]
+
     def canonical(self) -> PassState:
         """The same state with every latent's slots in record order: states that keep the same windows
         are equal tensor for tensor, whatever order the windows arrived in."""

@@ -84,9 +84,9 @@ def announce(task: str, scorer: str, result: CheckResult, instead: str) -> None:
 
 # --- the known answers -----------------------------------------------------------------------------
 def pool_windows(state) -> list[np.ndarray]:
-    """The token ids of the activation pass's shared sample of windows (pass_state.PassState)."""
-    filled = [g for g in range(len(state.random_key)) if math.isfinite(float(state.random_key[g]))]
-    return [state.random_tokens[g].numpy().astype(np.int64) for g in filled]
+    """The token ids of the activation pass's shared sample of windows (pass_state.PassState), in the state's
+    canonical order: the same windows in the same order however the pass was split across processes."""
+    return [tokens.numpy().astype(np.int64) for tokens in state.shared_windows()]
 
 
 def known_answers(windows: list[np.ndarray], decode: Callable[[list[int]], str], cfg: CheckConfig,
