@@ -48,19 +48,24 @@ def save(name: str, payload: dict) -> Path:
 
 
 def bar_seconds(log_text: str) -> dict[str, float]:
-    """Seconds each finished progress bar of a run took, by its description, from the run's stderr (tqdm's last
-    state of a bar: `desc: 100%|...| n/n [mm:ss<00:00, ...]`). Bars of the same description add up."""
+    """Seconds the progress bars of a run took, by description, from the run's stderr (tqdm's states of a bar:
+    `desc:  40%|...| 4/10 [00:12<00:18, ...]`, the last at 100%). Bars of one description (one per latent,
+    say) add up; a finished bar drawn again counts once."""
     import re
 
-    finished = {}
+    state = re.compile(r"^(.+?):\s+(\d+)%\|.*\| (\d+)/(\d+) \[(?:(\d+):)?(\d+):(\d+)<")
+    total: dict[str, float] = {}
+    finished: dict[str, float | None] = {}  # the seconds of the description's bar last seen finished, else None
     for line in log_text.replace("\r", "\n").splitlines():
-        found = re.match(r"^(.+?): 100%\|.*\| (\d+)/\2 \[(?:(\d+):)?(\d+):(\d+)<", line.strip())
-        if found:
-            desc, _, hours, minutes, seconds = found.groups()
-            # tqdm redraws a finished bar: keep one final state per bar (same description, same count)
-            finished[(desc, found.group(2), line.strip().split("[")[0])] = (
-                int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds))
-    out: dict[str, float] = {}
-    for (desc, _, _), secs in finished.items():
-        out[desc] = out.get(desc, 0) + secs
-    return out
+        found = state.match(line.strip())
+        if not found:
+            continue
+        desc, _, done, of, hours, minutes, seconds = found.groups()
+        secs = int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds)
+        if done != of:
+            finished[desc] = None  # a bar of this description is running
+            continue
+        previous = finished.get(desc)
+        total[desc] = total.get(desc, 0) + secs - (previous or 0)  # a redraw replaces its bar's earlier state
+        finished[desc] = secs
+    return total

@@ -5,9 +5,10 @@ the seconds per latent of each scorer, from the runs `benchmarks/readme_results.
 
     python benchmarks/group_table.py > benchmarks/results/group_table.md
 
-Seconds come from the progress bars each stage draws (tqdm's final state: the explainer, each scorer,
-each scorer check), divided by the latents the run scored; the SAE's load and activation pass are shown
-apart.
+Seconds come from the progress bars each stage draws (tqdm's final states: the explainer, each scorer and
+its shuffled control, each scorer check), divided by the latents the run explained. A stage whose work
+was already cached (the activation pass of an earlier run) draws no bar. Then the LLM cost: the estimate
+line each run printed against the usage its tasks report.
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ SAES = (("demo", "demo"), ("random", "`control=random`"), ("neurons", "`control=
 TASKS = ("sae_detection", "sae_fuzzing", "sae_simulation", "sae_embedding", "sae_surprisal")
 USAGE = ("llm_calls", "llm_cached_calls", "llm_prompt_tokens", "llm_completion_tokens")
 ESTIMATE = re.compile(r"\(estimate\): (\d+) requests, ([\d,]+) prompt \+ ([\d,]+) completion tokens")
-STAGES = ("activation pass", "explain", "detection check", "detection", "fuzzing check", "fuzzing",
-          "simulation check", "sae_simulation", "surprisal check", "sae_surprisal", "embedding scorer")
+SKIP = ("Loading weights",)  # bars that are not a stage of the run
 
 
 def newest(name: str):
@@ -88,35 +88,33 @@ def main() -> None:
         log = RESULTS / f"group_{name}.log"
         seconds[name] = _common.bar_seconds(log.read_text()) if log.exists() else {}
     scored = {name: latents_scored(runs[name]) for name, _ in present}
-    for stage in STAGES:
+    stages = [d for name, _ in present for d in seconds[name] if d not in SKIP]
+    for stage in dict.fromkeys(stages):
         row = [seconds[name].get(stage) for name, _ in present]
         if all(v is None for v in row):
             continue
         per = [("" if v is None else f"{v / scored[name]:.1f}") for v, (name, _) in zip(row, present)]
         print(f"| {stage} | " + " | ".join(per) + " |")
-    print("\nLLM cost: the estimate line each run printed before its first call (empty cache) vs what the run's "
-          "tasks report (requests answered by the model or the cache; tokens of the model's answers):\n")
-    print("| SAE | requests estimated | requests made | ratio | prompt + completion tokens estimated | "
-          "tokens counted | ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\nLLM cost: the estimate line each run printed before its first call (what an empty cache would have the "
+          "model answer) vs what the run's tasks report (requests the model answered, and those the cache answered: "
+          "the same window read twice in one run, or the known-answer check an earlier run already paid for):\n")
+    print("| SAE | requests estimated | answered by the model | by the cache | estimated / model | "
+          "tokens estimated (prompt + completion) | tokens counted (model's) | estimated / counted |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     costs = {}
     for name, label in present:
         log = RESULTS / f"group_{name}.log"
         estimate = ESTIMATE.search(log.read_text()) if log.exists() else None
-        used = {m: sum(r.metrics[m].value for r in runs[name].tasks.values() if m in r.metrics) for m in USAGE}
         if estimate is None:
             continue
+        used = {m: sum(r.metrics[m].value for r in runs[name].tasks.values() if m in r.metrics) for m in USAGE}
         calls, prompt, completion = (int(g.replace(",", "")) for g in estimate.groups())
-        made = used["llm_calls"] + used["llm_cached_calls"]
         tokens = used["llm_prompt_tokens"] + used["llm_completion_tokens"]
-        costs[name] = {"estimated_calls": calls, "calls": made, "estimated_tokens": prompt + completion,
-                       "tokens": tokens, "cached_calls": used["llm_cached_calls"]}
-        cached = used["llm_cached_calls"]
-        # tokens are counted for the model's answers only: comparable where the cache answered nothing
-        token_cells = (f"{tokens:,.0f} | {(prompt + completion) / tokens:.2f}" if not cached and tokens else
-                       f"{tokens:,.0f} ({cached:,.0f} requests from the cache) | ")
-        print(f"| {label} | {calls:,} | {made:,.0f} | {calls / made:.2f} | {prompt + completion:,} | {token_cells} |"
-              if made else f"| {label} | {calls:,} | 0 | | | | |")
+        costs[name] = {"estimated_calls": calls, "estimated_tokens": prompt + completion, **used}
+        ratio = (lambda a, b: f"{a / b:.2f}" if b else "")
+        print(f"| {label} | {calls:,} | {used['llm_calls']:,.0f} | {used['llm_cached_calls']:,.0f} | "
+              f"{ratio(calls, used['llm_calls'])} | {prompt + completion:,} | {tokens:,.0f} | "
+              f"{ratio(prompt + completion, tokens)} |")
     _common.save("group_table", {"seconds": seconds, "latents": scored, "llm_cost": costs})
 
 

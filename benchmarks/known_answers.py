@@ -44,6 +44,8 @@ def runs(sae: Path) -> dict[str, tuple[str, dict, int | None]]:
         "tokens_embedding": ("sae_embedding", {"explainer": "tokens"}, None),
         "tokens_oracle": (LLM_TASKS, {"explainer": "tokens", **oracle}, None),
         "tokens_bundled": (LLM_TASKS, {"explainer": "tokens"}, 10),
+        # sae_surprisal's per-window statistic: the mean over the window's tokens (the default) or the largest
+        "tokens_bundled_max": ("sae_surprisal", {"explainer": "tokens", "surprisal_statistic": "max"}, 10),
         "llm_embedding": ("sae_embedding,sae_selfexplain", {"selfexplain_detection": False}, None),
     }
 
@@ -95,7 +97,8 @@ def rows_for(name: str, results: dict, samples: dict, answers: dict) -> list[dic
         value, se = got[f"{metric},none"], got.get(f"{metric}_stderr,none")
         se = se if isinstance(se, float) else None
         check = got.get("scorer_check_passed,none")
-        out.append({"method": task, "explainer": explainer, "scorer": scorer or ("MiniLM" if "embedding" in task else ""),
+        method = task + (" (surprisal_statistic: max)" if name.endswith("_max") else "")
+        out.append({"method": method, "explainer": explainer, "scorer": scorer or ("MiniLM" if "embedding" in task else ""),
                     "value": value, "lo": None if se is None else value - 1.96 * se,
                     "hi": None if se is None else value + 1.96 * se, "shuffled": got.get(f"{metric}_shuffled,none"),
                     "check": None if check is None else bool(check), "target": TARGETS.get(task),

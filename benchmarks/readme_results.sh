@@ -65,10 +65,11 @@ for step in $steps; do
       run headline_random "control=random" sae_detection,sae_selfexplain ""
       run headline_neurons "control=neurons" sae_detection,sae_selfexplain "" ;;
     group)  # the five tasks of sae_interp with every default, demo and both controls (docs: benchmarks/group_table.py)
-      run group_demo "" sae_interp ""
-      run group_random "control=random" sae_interp ""
-      run group_neurons "control=neurons" sae_interp ""
-      .venv/bin/python benchmarks/group_table.py | tee "$OUT/group_table.md" ;;
+      bash "$0" group_demo group_random group_neurons group_table ;;
+    group_demo) run group_demo "" sae_interp "" ;;  # one SAE at a time, so a cut-off run resumes from its step
+    group_random) run group_random "control=random" sae_interp "" ;;
+    group_neurons) run group_neurons "control=neurons" sae_interp "" ;;
+    group_table) .venv/bin/python benchmarks/group_table.py | tee "$OUT/group_table.md" ;;
     gate)  # the CI gate, demo vs a random-direction SAE, both scored by the bundled scorer: must not pass
       set +e
       .venv/bin/sae-interp compare "$OUT/runs/group_demo" "$OUT/runs/group_random" --metrics sae_detection/balanced_acc \
