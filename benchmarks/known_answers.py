@@ -42,9 +42,10 @@ def runs(sae: Path) -> dict[str, tuple[str, dict, int | None]]:
     oracle = {"scorer": "oracle", "scorer_model": str(sae), "surprisal_scorer": "oracle", "surprisal_model": str(sae)}
     return {
         "tokens_embedding": ("sae_embedding", {"explainer": "tokens"}, None),
-        "tokens_oracle": (LLM_TASKS, {"explainer": "tokens", **oracle}, None),
-        "tokens_bundled": (LLM_TASKS, {"explainer": "tokens"}, 10),
-        # sae_surprisal's per-window statistic: the mean over the window's tokens (the default) or the largest
+        "tokens_oracle": (LLM_TASKS, {"explainer": "tokens", "surprisal_statistic": "mean", **oracle}, None),
+        "tokens_bundled": (LLM_TASKS, {"explainer": "tokens", "surprisal_statistic": "mean"}, 10),
+        # sae_surprisal's per-window statistic: the mean over the window's tokens (the default of task version 1.0)
+        # or the largest (the default since 1.1, chosen from these two runs)
         "tokens_bundled_max": ("sae_surprisal", {"explainer": "tokens", "surprisal_statistic": "max"}, 10),
         "llm_embedding": ("sae_embedding,sae_selfexplain", {"selfexplain_detection": False}, None),
     }
@@ -68,13 +69,16 @@ def run(name: str, tasks: str, meta: dict, limit: int | None, sae: Path, out: Pa
 
 
 def read(out: Path, name: str) -> tuple[dict, dict]:
+    from sae_interp_tasks.reports.results_io import samples_text
+
     (path,) = glob.glob(str(out / name / "*" / "results_*.json"))
     data = json.load(open(path))
     samples = {}
     for task in data["results"]:
-        found = glob.glob(str(Path(path).parent / f"samples_{task}_*.jsonl"))
+        found = glob.glob(str(Path(path).parent / f"samples_{task}_*.jsonl*"))  # kept gzipped in the repository
         if found:
-            samples[task] = [json.loads(json.loads(line)["resps"][0][0]) for line in open(found[0])]
+            lines = samples_text(Path(found[0])).splitlines()
+            samples[task] = [json.loads(json.loads(line)["resps"][0][0]) for line in lines if line.strip()]
     return data["results"], samples
 
 
@@ -97,13 +101,17 @@ def rows_for(name: str, results: dict, samples: dict, answers: dict) -> list[dic
         value, se = got[f"{metric},none"], got.get(f"{metric}_stderr,none")
         se = se if isinstance(se, float) else None
         check = got.get("scorer_check_passed,none")
-        method = task + (" (surprisal_statistic: max)" if name.endswith("_max") else "")
+        method = task + (f" (surprisal_statistic: {statistic(name)})" if task == "sae_surprisal" else "")
         out.append({"method": method, "explainer": explainer, "scorer": scorer or ("MiniLM" if "embedding" in task else ""),
                     "value": value, "lo": None if se is None else value - 1.96 * se,
                     "hi": None if se is None else value + 1.96 * se, "shuffled": got.get(f"{metric}_shuffled,none"),
-                    "check": None if check is None else bool(check), "target": TARGETS.get(task),
+                    "check": None if check is None or math.isnan(check) else bool(check), "target": TARGETS.get(task),
                     "n": len(samples.get(task, []))})
     return out
+
+
+def statistic(name: str) -> str:
+    return runs(Path())[name][1].get("surprisal_statistic", "max")
 
 
 def fmt(x) -> str:
