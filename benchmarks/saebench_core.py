@@ -26,7 +26,7 @@ import _common  # noqa: E402
 PEER = Path(sys.prefix) / "peers" / "sae-bench"
 SHARED = {  # SAEBench category/metric -> ours
     ("reconstruction_quality", "explained_variance"): "explained_variance",
-    ("reconstruction_quality", "mse"): "mse",
+    ("reconstruction_quality", "mse"): "mse",  # not the same quantity: SAEBench divides by the batch's tokens
     ("reconstruction_quality", "cossim"): "cossim",
     ("sparsity", "l0"): "l0",
     ("sparsity", "l1"): "l1",
@@ -56,6 +56,25 @@ class Contexts:
 
     def shuffle_input_dataset(self, *args, **kwargs) -> None:  # the same contexts in the same order as ours
         self.at = 0
+
+
+class LegacyConfig:
+    """sae-bench 0.6.0 reads sae_lens 5's config fields (hook_name, hook_layer, hook_head_index on `sae.cfg`);
+    sae_lens 6 keeps them in `cfg.metadata`. This hands SAEBench the same SAE with those fields in place."""
+
+    def __init__(self, sae, info):
+        import re
+        from types import SimpleNamespace
+
+        layer = int(re.search(r"blocks\.(\d+)\.", info.hook_name).group(1))
+        self.sae, self.device = sae, sae.device
+        self.cfg = SimpleNamespace(hook_name=info.hook_name, hook_layer=layer, hook_head_index=None, d_sae=info.d_sae)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sae.encode(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.sae.decode(z)
 
 
 def ours(model, sae, info, contexts: torch.Tensor, chunk_contexts: int):
@@ -91,7 +110,7 @@ def bootstrap(stats, name: str, rng, resamples: int = 2000) -> tuple[float, floa
     return percentile_interval(draws, 0.95)
 
 
-def theirs(model, sae, contexts: torch.Tensor, batch: int):
+def theirs(model, sae, info, contexts: torch.Tensor, batch: int):
     assert (PEER / "sae_bench").is_dir(), f"{PEER} is missing: run scripts/setup.sh"
     sys.path.insert(0, str(PEER))
     from sae_bench.evals.core.eval_config import CoreEvalConfig
@@ -102,8 +121,9 @@ def theirs(model, sae, contexts: torch.Tensor, batch: int):
     n_batches = len(contexts) // batch
     cfg = CoreEvalConfig(model_name="", batch_size_prompts=batch, n_eval_reconstruction_batches=n_batches,
                          n_eval_sparsity_variance_batches=n_batches, compute_kl=True, compute_ce_loss=True,
+                         compute_l2_norms=True, compute_sparsity_metrics=True, compute_variance_metrics=True,
                          exclude_special_tokens_from_reconstruction=True, context_size=contexts.shape[1])
-    metrics, _ = run_evals(sae, Contexts(contexts, batch), model, cfg, ignore_tokens=set(core.special_ids(model.tokenizer)))
+    metrics, _ = run_evals(LegacyConfig(sae, info), Contexts(contexts, batch), model, cfg, ignore_tokens=set(core.special_ids(model.tokenizer)))
     return metrics
 
 
@@ -120,7 +140,7 @@ def main() -> None:
     mine, stats = ours(model, sae, info, contexts, 8)
     ours_s = time.perf_counter() - start
     start = time.perf_counter()
-    other = theirs(model, sae, contexts, 8)
+    other = theirs(model, sae, info, contexts, 8)
     theirs_s = time.perf_counter() - start
     rng = np.random.default_rng(0)
     rows = []
@@ -130,7 +150,7 @@ def main() -> None:
     for (category, name), our_name in SHARED.items():
         lo, hi = bootstrap(stats, our_name, rng)
         value = other.get(category, {}).get(name)
-        inside = value is not None and lo <= value <= hi
+        inside = value is not None and lo - 1e-6 * abs(lo) <= value <= hi + 1e-6 * abs(hi)  # a zero-width interval too
         rows.append({"metric": f"{category}.{name}", "ours": mine[our_name], "lo": lo, "hi": hi, "saebench": value,
                      "within": inside})
         print(f"| {category}.{name} | {mine[our_name]:.4f} [{lo:.4f}, {hi:.4f}] | "

@@ -6,7 +6,8 @@ A few-shot prefix of descriptions each followed by sentences that fit it ends in
 log-probability of every token of each test window after both (`LLMClient.read_texts`: in process
 with the prefix's KV cache, or a completions endpoint that echoes prompt log-probabilities). A
 window's statistic is its loss reduction, log P(token | explanation) - log P(token | neutral),
-averaged over its tokens (`surprisal_statistic: mean`) or the largest over its tokens (`max`); the
+the largest over its tokens (`surprisal_statistic: max`, the default: on the known-answer suite it
+recovers planted meanings that the mean over a window dilutes; docs/methods.md) or their mean; the
 latent's score is the AUROC of that statistic, activating vs non-activating windows, beside the same
 with another latent's explanation (the shuffled control). Both kinds of window are read by the same
 rule, so no difference of length or form can score.
@@ -66,7 +67,7 @@ class ReaderConfig(StageConfig):
 
 @dataclass(frozen=True)
 class SurprisalConfig(StageConfig):
-    surprisal_statistic: str = option("mean", choices=("mean", "max"))  # per window, over its tokens
+    surprisal_statistic: str = option("max", choices=("max", "mean"))  # per window, over its tokens
 
 
 def surprisal_prefix(description: str) -> str:

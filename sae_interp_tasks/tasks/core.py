@@ -59,7 +59,7 @@ SAEBENCH = {
         "model_performance_preservation": {"ce_loss_score": "ce_loss_recovered", "ce_loss_with_ablation":
                                            "ce_loss_zero_ablation", "ce_loss_with_sae": "ce_loss_spliced",
                                            "ce_loss_without_sae": "ce_loss_clean"},
-        "reconstruction_quality": {"explained_variance": "explained_variance", "mse": "mse", "cossim": "cossim"},
+        "reconstruction_quality": {"explained_variance": "explained_variance", "cossim": "cossim"},
         "shrinkage": {"l2_norm_in": "l2_norm_in", "l2_norm_out": "l2_norm_out", "l2_ratio": "l2_ratio",
                       "relative_reconstruction_bias": "relative_reconstruction_bias"},
         "sparsity": {"l0": "l0", "l1": "l1"},
@@ -70,7 +70,8 @@ SAEBENCH = {
                          "frac_alive": "frac_alive"},
     },
     "left_out": {"model_behavior_preservation": ["kl_div_score", "kl_div_with_ablation", "kl_div_with_sae"],
-                 "reconstruction_quality": ["explained_variance_legacy"],
+                 # SAEBench's mse divides each token's squared error by its batch's token count (benchmarks/README)
+                 "reconstruction_quality": ["explained_variance_legacy", "mse"],
                  "misc_metrics": ["average_max_encoder_cosine_sim", "average_max_decoder_cosine_sim"]},
 }
 
