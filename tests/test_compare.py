@@ -115,6 +115,23 @@ def test_pooled_metrics_resample_from_the_statistics_the_samples_log():
     assert ratio("explained_variance", chunks, weights)[0] == pytest.approx(core.explained_variance(drawn), rel=1e-12)
 
 
+def test_samples_written_before_a_statistic_existed_still_resample_what_they_carry():
+    """sae_core samples from before SAEBench's sums were logged: explained variance and CE loss recovered
+    still get their bootstrap; a metric that reads a missing sum does not, and says so."""
+    from sae_interp_tasks.records import Response
+    from sae_interp_tasks.registry import lookup
+    from sae_interp_tasks.stages.core import EXTRA_SUMS
+
+    report = lookup("core").report
+    rows = [json.loads(str(Response(chunk=i, stats=s, metrics={}))) for i, s in enumerate(random_core_stats(6, 4))]
+    old = [{k: v for k, v in r["stats"].items() if k not in EXTRA_SUMS} for r in rows]
+    stats = _doc_stats(old, report)
+    assert stats is not None and stats.n_docs == 6
+    assert stats.carries(report.pooled["explained_variance"]) and stats.carries(report.pooled["ce_loss_recovered"])
+    assert not stats.carries(report.pooled["cossim"]) and "cos_sum" not in stats.arrays
+    assert _doc_stats(["CoreStats(n_tokens=1, ...)"] * 3, report) is None  # a repr string: nothing to resample
+
+
 def test_paired_ratio_difference_matches_scipy():
     from sae_interp_tasks.stages import core
 

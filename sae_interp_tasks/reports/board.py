@@ -174,7 +174,7 @@ def _cell(result: TaskResult, metric: str, z: float, confidence: float, rng) -> 
         return Cell(m.value, m.value - z * m.stderr, m.value + z * m.stderr, "z")
     expression = result.report.pooled.get(metric)
     stats = result.samples.stats if result.samples else None
-    if expression and stats is not None and stats.n_docs > 1:
+    if expression and stats is not None and stats.carries(expression) and stats.n_docs > 1:
         weights = resample_weights(rng, stats.n_docs, BOOTSTRAP_RESAMPLES)
         lo, hi = percentile_interval(Pooled(expression).resampled(stats.arrays, weights), confidence)
         return Cell(m.value, lo, hi, "bootstrap")

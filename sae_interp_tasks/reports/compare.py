@@ -286,7 +286,7 @@ def _pooled(task, metric, b: TaskResult, c: TaskResult, paired, how, confidence,
                              f"it; gate on {', '.join(redo) or 'a metric'} or a mean metric")
     sb, sc = b.samples.stats, c.samples.stats
     for stats, s in ((sb, b), (sc, c)):
-        if stats is None:
+        if stats is None or not stats.carries(expression):
             raise SaeInterpError(f"{s.samples.path} lacks the statistics {task}/{metric} is pooled from (written "
                                  f"before they were logged); re-run {task} with --log_samples")
     pooled, doc = Pooled(expression), b.report.doc_id

@@ -61,6 +61,10 @@ class DocStats:
     def n_docs(self) -> int:
         return len(next(iter(self.arrays.values()))) if self.arrays else 0
 
+    def carries(self, expression: str) -> bool:
+        """Whether every statistic the pooled expression reads was logged."""
+        return all(name in self.arrays for name in Pooled(expression).stats)
+
     def take(self, rows: np.ndarray) -> "DocStats":
         return DocStats({name: values[rows] for name, values in self.arrays.items()})
 
@@ -359,12 +363,14 @@ def read_samples(path: Path, report: Report, metric_names: list[str]) -> DocScor
 
 
 def _doc_stats(stats: list, report: Report) -> DocStats | None:
-    """None when the samples lack a statistic the pooled expressions read (e.g. written before they were
-    logged, when `stats` was a repr string)."""
+    """The statistics the pooled expressions read that every doc logged; None when no doc logged any (e.g.
+    written before they were logged, when `stats` was a repr string). Samples written before a statistic
+    was added still resample the metrics that do not read it (`DocStats.carries`)."""
     names = sorted({name for expr in report.pooled.values() if expr for name in Pooled(expr).stats})
-    if not names or not stats or not all(isinstance(s, dict) and all(n in s for n in names) for s in stats):
+    if not names or not stats or not all(isinstance(s, dict) for s in stats):
         return None
-    return DocStats({name: np.array([s[name] for s in stats], dtype=float) for name in names})
+    kept = [n for n in names if all(n in s for s in stats)]
+    return DocStats({name: np.array([s[name] for s in stats], dtype=float) for name in kept}) if kept else None
 
 
 def read_runs(paths: list[str | Path], load_samples: bool = True) -> list[Run]:
