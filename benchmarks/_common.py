@@ -37,7 +37,10 @@ def peak_rss_mb() -> float:
 def machine() -> str:
     import torch
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads"
+    )
 
 
 def save(name: str, payload: dict) -> Path:
@@ -48,14 +51,17 @@ def save(name: str, payload: dict) -> Path:
 
 
 def bar_seconds(log_text: str) -> dict[str, float]:
-    """Seconds the progress bars of a run took, by description, from the run's stderr (tqdm's states of a bar:
-    `desc:  40%|...| 4/10 [00:12<00:18, ...]`, the last at 100%). Bars of one description (one per latent,
-    say) add up; a finished bar drawn again counts once."""
+    """Seconds the progress bars of a run took, by description, from the run's stderr (tqdm's
+    states of a bar:
+    `desc:  40%|...| 4/10 [00:12<00:18, ...]`, the last at 100%). Bars of one description (one per
+    latent, say) add up; a finished bar drawn again counts once."""
     import re
 
     state = re.compile(r"^(.+?):\s+(\d+)%\|.*\| (\d+)/(\d+) \[(?:(\d+):)?(\d+):(\d+)<")
     total: dict[str, float] = {}
-    finished: dict[str, float | None] = {}  # the seconds of the description's bar last seen finished, else None
+    finished: dict[
+        str, float | None
+    ] = {}  # the seconds of the description's bar last seen finished, else None
     for line in log_text.replace("\r", "\n").splitlines():
         found = state.match(line.strip())
         if not found:
@@ -66,6 +72,8 @@ def bar_seconds(log_text: str) -> dict[str, float]:
             finished[desc] = None  # a bar of this description is running
             continue
         previous = finished.get(desc)
-        total[desc] = total.get(desc, 0) + secs - (previous or 0)  # a redraw replaces its bar's earlier state
+        total[desc] = (
+            total.get(desc, 0) + secs - (previous or 0)
+        )  # a redraw replaces its bar's earlier state
         finished[desc] = secs
     return total

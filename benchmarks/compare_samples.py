@@ -2,7 +2,8 @@
 files, the per-doc metrics, and the aggregated results. Exit 0 when all agree (floats to 1e-9), 1
 when anything differs; every difference is printed.
 
-    python benchmarks/compare_samples.py BEFORE_DIR AFTER_DIR sae_detection,sae_fuzzing,sae_embedding
+    python benchmarks/compare_samples.py BEFORE_DIR AFTER_DIR
+    sae_detection,sae_fuzzing,sae_embedding
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ import sys
 
 from sae_interp_tasks.reports.results_io import samples_text
 
-IGNORED_ROW_FIELDS = ("resps", "filtered_resps", "doc_hash", "prompt_hash", "target_hash", "arguments")
+IGNORED_ROW_FIELDS = (
+    "resps",
+    "filtered_resps",
+    "doc_hash",
+    "prompt_hash",
+    "target_hash",
+    "arguments",
+)
 
 
 def samples(folder: str, task: str) -> dict[str, tuple[dict, dict]]:
@@ -38,7 +46,7 @@ def same(a, b) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return all(same(a.get(k), b.get(k)) for k in set(a) | set(b))
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 
@@ -49,13 +57,29 @@ def compare_task(before: str, after: str, task: str) -> bool:
         print(task, "docs differ:", sorted(a.keys() ^ b.keys()))
     for doc in sorted(a.keys() & b.keys()):
         (row_a, resp_a), (row_b, resp_b) = a[doc], b[doc]
-        fields = sorted(k for k in set(resp_a) | set(resp_b) if not same(resp_a.get(k), resp_b.get(k)))
-        metrics = sorted(k for k in row_a if k not in IGNORED_ROW_FIELDS and not same(row_a[k], row_b.get(k)))
-        print(task, doc, "latent", resp_a.get("latent", resp_a.get("chunk")), "response fields differing:",
-              fields or "none", "| per-doc metrics differing:", metrics or "none")
+        fields = sorted(
+            k for k in set(resp_a) | set(resp_b) if not same(resp_a.get(k), resp_b.get(k))
+        )
+        metrics = sorted(
+            k for k in row_a if k not in IGNORED_ROW_FIELDS and not same(row_a[k], row_b.get(k))
+        )
+        print(
+            task,
+            doc,
+            "latent",
+            resp_a.get("latent", resp_a.get("chunk")),
+            "response fields differing:",
+            fields or "none",
+            "| per-doc metrics differing:",
+            metrics or "none",
+        )
         ok &= not fields and not metrics
     agg_a, agg_b = results(before)[task], results(after)[task]
-    differing = {k: (agg_a[k], agg_b.get(k)) for k in agg_a if k != "alias" and not same(agg_a[k], agg_b.get(k))}
+    differing = {
+        k: (agg_a[k], agg_b.get(k))
+        for k in agg_a
+        if k != "alias" and not same(agg_a[k], agg_b.get(k))
+    }
     print(task, "aggregated results differing:", differing or "none")
     return ok and not differing
 

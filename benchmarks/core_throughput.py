@@ -43,8 +43,10 @@ def main() -> None:
     sae, info = load_sae(SAESource())
     model, hf = load_subject(info.model_name, keep_hf=True)
     hook = info.hook_name
-    contexts = list(token_contexts(CorpusSpec(), model.tokenizer, args.chunks * 8 * 256, 256, True, 1234))
-    chunks = [torch.stack(contexts[i * 8:(i + 1) * 8]) for i in range(args.chunks)]
+    contexts = list(
+        token_contexts(CorpusSpec(), model.tokenizer, args.chunks * 8 * 256, 256, True, 1234)
+    )
+    chunks = [torch.stack(contexts[i * 8 : (i + 1) * 8]) for i in range(args.chunks)]
     n_tokens = sum(c.numel() for c in chunks)
     special = core.special_ids(model.tokenizer)
     reader = HFReader.check(hf, model, hook, chunks[0][:1, :16])
@@ -55,41 +57,87 @@ def main() -> None:
     rows = {}
     with torch.no_grad():
         rows["plain: three full hooked forwards per chunk (before)"] = timed(
-            lambda: [core.three_forward_chunk_stats(model, sae, hook, c, special) for c in chunks])
-        rows["first SAE at a hook: reference + SAE part"] = timed(lambda: [
-            core.chunk_stats(model, sae, hook, c, core.chunk_reference(model, hook, c, special, reader,
-                                                                         core.zero_ablation_logits(model, hook)),
-                             special) for c in chunks])
+            lambda: [core.three_forward_chunk_stats(model, sae, hook, c, special) for c in chunks]
+        )
+        rows["first SAE at a hook: reference + SAE part"] = timed(
+            lambda: [
+                core.chunk_stats(
+                    model,
+                    sae,
+                    hook,
+                    c,
+                    core.chunk_reference(
+                        model, hook, c, special, reader, core.zero_ablation_logits(model, hook)
+                    ),
+                    special,
+                )
+                for c in chunks
+            ]
+        )
         rows["second SAE at the same hook: SAE part (cached reference)"] = timed(
-            lambda: [core.chunk_stats(model, sae, hook, c, r, special) for c, r in zip(chunks, references)])
-        rows["sae_lens.evals.run_evals, same SAE and tokens"] = timed(lambda: run_evals(model, sae, torch.cat(chunks)))
-        rows["floor: one clean forward (Hugging Face)"] = timed(lambda: [hf(input_ids=c).logits for c in chunks])
+            lambda: [
+                core.chunk_stats(model, sae, hook, c, r, special)
+                for c, r in zip(chunks, references, strict=True)
+            ]
+        )
+        rows["sae_lens.evals.run_evals, same SAE and tokens"] = timed(
+            lambda: run_evals(model, sae, torch.cat(chunks))
+        )
+        rows["floor: one clean forward (Hugging Face)"] = timed(
+            lambda: [hf(input_ids=c).logits for c in chunks]
+        )
         rows["one clean forward (TransformerLens)"] = timed(lambda: [model(c) for c in chunks])
 
     base = rows["plain: three full hooked forwards per chunk (before)"]
     table = []
-    print(f"sae_core throughput, {n_tokens} tokens ({args.chunks} chunks of 8 x 256), {_common.machine()}")
-    print(f"| method | seconds | tokens/s | speedup vs before |\n|---|---:|---:|---:|")
+    print(
+        f"sae_core throughput, {n_tokens} tokens ({args.chunks} chunks of 8 x 256), "
+        f"{_common.machine()}"
+    )
+    print("| method | seconds | tokens/s | speedup vs before |\n|---|---:|---:|---:|")
     for name, seconds in rows.items():
-        table.append({"method": name, "seconds": seconds, "tokens_per_s": n_tokens / seconds,
-                      "speedup": base / seconds})
+        table.append(
+            {
+                "method": name,
+                "seconds": seconds,
+                "tokens_per_s": n_tokens / seconds,
+                "speedup": base / seconds,
+            }
+        )
         print(f"| {name} | {seconds:.1f} | {n_tokens / seconds:,.0f} | {base / seconds:.2f}x |")
-    _common.save("core_throughput", {"n_tokens": n_tokens, "machine": _common.machine(), "rows": table})
+    _common.save(
+        "core_throughput", {"n_tokens": n_tokens, "machine": _common.machine(), "rows": table}
+    )
 
 
 def run_evals(model, sae, tokens):
-    """sae_lens's run_evals over exactly `tokens` (reconstruction and sparsity metrics, its defaults)."""
+    """sae_lens's run_evals over exactly `tokens` (reconstruction and sparsity metrics, its
+    defaults)."""
     import datasets
     from sae_lens import ActivationsStore
-    from sae_lens.evals import EvalConfig, run_evals as sae_lens_run_evals
+    from sae_lens.evals import EvalConfig
+    from sae_lens.evals import run_evals as sae_lens_run_evals
     from sae_lens.training.activation_scaler import ActivationScaler
 
     dataset = datasets.Dataset.from_dict({"tokens": tokens.tolist()})
-    store = ActivationsStore.from_sae(model, sae, dataset=dataset, context_size=tokens.shape[1], streaming=False,
-                                      store_batch_size_prompts=8, total_tokens=tokens.numel(), device="cpu")
+    store = ActivationsStore.from_sae(
+        model,
+        sae,
+        dataset=dataset,
+        context_size=tokens.shape[1],
+        streaming=False,
+        store_batch_size_prompts=8,
+        total_tokens=tokens.numel(),
+        device="cpu",
+    )
     n_batches = len(tokens) // 8
-    config = EvalConfig(batch_size_prompts=8, n_eval_reconstruction_batches=n_batches,
-                        n_eval_sparsity_variance_batches=n_batches, compute_kl=False, compute_ce_loss=True)
+    config = EvalConfig(
+        batch_size_prompts=8,
+        n_eval_reconstruction_batches=n_batches,
+        n_eval_sparsity_variance_batches=n_batches,
+        compute_kl=False,
+        compute_ce_loss=True,
+    )
     return sae_lens_run_evals(sae, store, model, ActivationScaler(), config)
 
 

@@ -60,11 +60,20 @@ def embedding_table(prefix: str, title: str) -> list[str]:
         if run is None:
             continue
         res = run.tasks["sae_embedding"]
-        rows.append(f"| {label} | {res.n_docs} | {cell(res, 'auroc', ci=True)} | {cell(res, 'auroc_shuffled')} |")
+        rows.append(
+            f"| {label} | {res.n_docs} | {cell(res, 'auroc', ci=True)} | "
+            f"{cell(res, 'auroc_shuffled')} |"
+        )
     if not rows:
         return []
-    return [f"**{title}**", "", "| SAE | latents | AUROC [95% interval] | shuffled-explanation AUROC (chance) |",
-            "|---|---:|---|---:|", *rows, ""]
+    return [
+        f"**{title}**",
+        "",
+        "| SAE | latents | AUROC [95% interval] | shuffled-explanation AUROC (chance) |",
+        "|---|---:|---|---:|",
+        *rows,
+        "",
+    ]
 
 
 def interp_table() -> list[str]:
@@ -78,16 +87,27 @@ def interp_table() -> list[str]:
             if res is None:
                 continue
             if task == "sae_embedding":
-                rows.append(f"| {label} | {task} | {res.n_docs} | n/a | n/a | {cell(res, 'auroc', ci=True)} | "
-                            f"{cell(res, 'auroc_shuffled')} | n/a |")
+                rows.append(
+                    f"| {label} | {task} | {res.n_docs} | n/a | n/a | "
+                    f"{cell(res, 'auroc', ci=True)} | "
+                    f"{cell(res, 'auroc_shuffled')} | n/a |"
+                )
                 continue
-            rows.append(f"| {label} | {task} | {res.n_docs} | {cell(res, 'balanced_acc')} | "
-                        f"{cell(res, 'balanced_acc_shuffled')} | {cell(res, 'auroc', ci=True)} | "
-                        f"{cell(res, 'auroc_shuffled')} | {total(res, 'parse_failures')} |")
+            rows.append(
+                f"| {label} | {task} | {res.n_docs} | {cell(res, 'balanced_acc')} | "
+                f"{cell(res, 'balanced_acc_shuffled')} | {cell(res, 'auroc', ci=True)} | "
+                f"{cell(res, 'auroc_shuffled')} | {total(res, 'parse_failures')} |"
+            )
     if not rows:
         return []
-    return ["| SAE | task | latents | balanced acc | balanced acc, shuffled | AUROC [95% interval] | AUROC, shuffled "
-            "| parse failures |", "|---|---|---:|---:|---:|---|---:|---:|", *rows, ""]
+    return [
+        "| SAE | task | latents | balanced acc | balanced acc, shuffled | AUROC [95% interval] | "
+        "AUROC, shuffled "
+        "| parse failures |",
+        "|---|---|---:|---:|---:|---|---:|---:|",
+        *rows,
+        "",
+    ]
 
 
 def selfexplain_table(prefix: str) -> list[str]:
@@ -97,20 +117,31 @@ def selfexplain_table(prefix: str) -> list[str]:
         if run is None or "sae_selfexplain" not in run.tasks:
             continue
         res = run.tasks["sae_selfexplain"]
-        rows.append(f"| {label} | {res.n_docs} | {cell(res, 'retrieval_auroc', ci=True)} | {cell(res, 'top1_match')} | "
-                    f"{cell(res, 'top1_chance')} | {cell(res, 'selfexplain_balanced_acc')} | "
-                    f"{cell(res, 'autointerp_balanced_acc')} | {cell(res, 'peak_selfsim')} | "
-                    f"{cell(res, 'selfsim_threshold')} | {total(res, 'selfexplain_failure')} |")
+        rows.append(
+            f"| {label} | {res.n_docs} | {cell(res, 'retrieval_auroc', ci=True)} | "
+            f"{cell(res, 'top1_match')} | "
+            f"{cell(res, 'top1_chance')} | {cell(res, 'selfexplain_balanced_acc')} | "
+            f"{cell(res, 'autointerp_balanced_acc')} | {cell(res, 'peak_selfsim')} | "
+            f"{cell(res, 'selfsim_threshold')} | {total(res, 'selfexplain_failure')} |"
+        )
     if not rows:
         return []
-    return ["| SAE | latents | retrieval AUROC [95% interval] | top-1 match | top-1 chance | self-explanation "
-            "balanced acc | auto-interp balanced acc | peak self-similarity | failure threshold | failures |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|", *rows, ""]
+    return [
+        "| SAE | latents | retrieval AUROC [95% interval] | top-1 match | top-1 chance | "
+        "self-explanation "
+        "balanced acc | auto-interp balanced acc | peak self-similarity | failure threshold | "
+        "failures |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+    ]
 
 
 def main() -> None:
     lines = ["### sae_embedding", ""]
-    lines += embedding_table("embedding", "SmolLM2-135M-Instruct explanations (the default explainer)")
+    lines += embedding_table(
+        "embedding", "SmolLM2-135M-Instruct explanations (the default explainer)"
+    )
     lines += embedding_table("embedding_tokens", "token-list explanations (`explainer: tokens`)")
     lines += ["### sae_interp on 16 latents (detection, fuzzing, embedding)", "", *interp_table()]
     lines += ["### sae_selfexplain with detection (16 latents)", "", *selfexplain_table("interp")]

@@ -1,11 +1,13 @@
 """Our sae_core against SAEBench's own core eval, on the demo SAE and the same tokens.
 
-Both read the same contexts of the stdlib corpus (n_chunks x 8 contexts of 256 tokens, seed 1234: the
-contexts sae_core's chunks hold): ours through `stages/core.py` as sae_core runs it; SAEBench's through
-`sae_bench.evals.core.main.run_evals` (installed with --no-deps beside the venv by scripts/setup.sh, its
-pins clash with ours), fed those contexts by a stand-in for sae_lens's ActivationsStore. Special tokens
-(BOS, EOS) are left out of both, as sae_core does. Prints both sets of shared metrics with our 95%
-intervals (percentile bootstrap over chunks), and the wall time of each in this one run.
+Both read the same contexts of the stdlib corpus (n_chunks x 8 contexts of 256 tokens, seed 1234:
+the contexts sae_core's chunks hold): ours through `stages/core.py` as sae_core runs it; SAEBench's
+through
+`sae_bench.evals.core.main.run_evals` (installed with --no-deps beside the venv by
+scripts/setup.sh, its pins clash with ours), fed those contexts by a stand-in for sae_lens's
+ActivationsStore. Special tokens (BOS, EOS) are left out of both, as sae_core does. Prints both
+sets of shared metrics with our 95% intervals (percentile bootstrap over chunks), and the wall time
+of each in this one run.
 
     python benchmarks/saebench_core.py --chunks 8
 """
@@ -21,12 +23,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import _common  # noqa: E402
+import _common
 
 PEER = Path(sys.prefix) / "peers" / "sae-bench"
 SHARED = {  # SAEBench category/metric -> ours
     ("reconstruction_quality", "explained_variance"): "explained_variance",
-    ("reconstruction_quality", "mse"): "mse",  # not the same quantity: SAEBench divides by the batch's tokens
+    (
+        "reconstruction_quality",
+        "mse",
+    ): "mse",  # not the same quantity: SAEBench divides by the batch's tokens
     ("reconstruction_quality", "cossim"): "cossim",
     ("sparsity", "l0"): "l0",
     ("sparsity", "l1"): "l1",
@@ -40,27 +45,35 @@ SHARED = {  # SAEBench category/metric -> ours
 
 
 class Contexts:
-    """What SAEBench's run_evals asks of sae_lens's ActivationsStore, over a fixed list of contexts."""
+    """What SAEBench's run_evals asks of sae_lens's ActivationsStore, over a fixed list of
+    contexts."""
 
     def __init__(self, contexts: torch.Tensor, batch: int):
-        self.contexts, self.store_batch_size_prompts, self.context_size = contexts, batch, contexts.shape[1]
+        self.contexts, self.store_batch_size_prompts, self.context_size = (
+            contexts,
+            batch,
+            contexts.shape[1],
+        )
         self.at = 0
 
     def get_batch_tokens(self, n: int) -> torch.Tensor:
-        out = self.contexts[self.at:self.at + n]
+        out = self.contexts[self.at : self.at + n]
         self.at += n
         return out
 
     def reset_input_dataset(self) -> None:
         self.at = 0
 
-    def shuffle_input_dataset(self, *args, **kwargs) -> None:  # the same contexts in the same order as ours
+    def shuffle_input_dataset(
+        self, *args, **kwargs
+    ) -> None:  # the same contexts in the same order as ours
         self.at = 0
 
 
 class LegacyConfig:
-    """sae-bench 0.6.0 reads sae_lens 5's config fields (hook_name, hook_layer, hook_head_index on `sae.cfg`);
-    sae_lens 6 keeps them in `cfg.metadata`. This hands SAEBench the same SAE with those fields in place."""
+    """sae-bench 0.6.0 reads sae_lens 5's config fields (hook_name, hook_layer, hook_head_index on
+    `sae.cfg`); sae_lens 6 keeps them in `cfg.metadata`. This hands SAEBench the same SAE with
+    those fields in place."""
 
     def __init__(self, sae, info):
         import re
@@ -68,7 +81,9 @@ class LegacyConfig:
 
         layer = int(re.search(r"blocks\.(\d+)\.", info.hook_name).group(1))
         self.sae, self.device = sae, sae.device
-        self.cfg = SimpleNamespace(hook_name=info.hook_name, hook_layer=layer, hook_head_index=None, d_sae=info.d_sae)
+        self.cfg = SimpleNamespace(
+            hook_name=info.hook_name, hook_layer=layer, hook_head_index=None, d_sae=info.d_sae
+        )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.sae.encode(x)
@@ -85,12 +100,21 @@ def ours(model, sae, info, contexts: torch.Tensor, chunk_contexts: int):
     zero = core.zero_ablation_logits(model, info.hook_name)
     stats = []
     for start in range(0, len(contexts), chunk_contexts):
-        tokens = contexts[start:start + chunk_contexts]
+        tokens = contexts[start : start + chunk_contexts]
         reference = core.chunk_reference(model, info.hook_name, tokens, special, None, zero)
         stats.append(core.chunk_stats(model, sae, info.hook_name, tokens, reference, special))
     metrics = lookup("core").metrics
-    values = {name: float(agg(stats if hasattr(agg, "expression") else [core.per_chunk_metrics(s)[name] for s in stats]))
-              for name, (agg, _) in metrics.items() if name in SHARED.values()}
+    values = {
+        name: float(
+            agg(
+                stats
+                if hasattr(agg, "expression")
+                else [core.per_chunk_metrics(s)[name] for s in stats]
+            )
+        )
+        for name, (agg, _) in metrics.items()
+        if name in SHARED.values()
+    }
     return values, stats
 
 
@@ -119,11 +143,26 @@ def theirs(model, sae, info, contexts: torch.Tensor, batch: int):
     from sae_interp_tasks.stages import core
 
     n_batches = len(contexts) // batch
-    cfg = CoreEvalConfig(model_name="", batch_size_prompts=batch, n_eval_reconstruction_batches=n_batches,
-                         n_eval_sparsity_variance_batches=n_batches, compute_kl=True, compute_ce_loss=True,
-                         compute_l2_norms=True, compute_sparsity_metrics=True, compute_variance_metrics=True,
-                         exclude_special_tokens_from_reconstruction=True, context_size=contexts.shape[1])
-    metrics, _ = run_evals(LegacyConfig(sae, info), Contexts(contexts, batch), model, cfg, ignore_tokens=set(core.special_ids(model.tokenizer)))
+    cfg = CoreEvalConfig(
+        model_name="",
+        batch_size_prompts=batch,
+        n_eval_reconstruction_batches=n_batches,
+        n_eval_sparsity_variance_batches=n_batches,
+        compute_kl=True,
+        compute_ce_loss=True,
+        compute_l2_norms=True,
+        compute_sparsity_metrics=True,
+        compute_variance_metrics=True,
+        exclude_special_tokens_from_reconstruction=True,
+        context_size=contexts.shape[1],
+    )
+    metrics, _ = run_evals(
+        LegacyConfig(sae, info),
+        Contexts(contexts, batch),
+        model,
+        cfg,
+        ignore_tokens=set(core.special_ids(model.tokenizer)),
+    )
     return metrics
 
 
@@ -135,7 +174,9 @@ def main() -> None:
     args = parser.parse_args()
     model, sae, info = _common.demo()
     n = args.chunks * 8
-    contexts = torch.stack(list(token_contexts(CorpusSpec(), model.tokenizer, n * 256, 256, True, 1234)))
+    contexts = torch.stack(
+        list(token_contexts(CorpusSpec(), model.tokenizer, n * 256, 256, True, 1234))
+    )
     start = time.perf_counter()
     mine, stats = ours(model, sae, info, contexts, 8)
     ours_s = time.perf_counter() - start
@@ -144,21 +185,47 @@ def main() -> None:
     theirs_s = time.perf_counter() - start
     rng = np.random.default_rng(0)
     rows = []
-    print(f"sae_core vs SAEBench core eval, demo SAE, the same {n * 256} tokens ({n} contexts of 256); {_common.machine()}\n")
+    print(
+        f"sae_core vs SAEBench core eval, demo SAE, the same {n * 256} tokens ({n} contexts of "
+        f"256); {_common.machine()}\n"
+    )
     print("| metric (SAEBench name) | ours [95% bootstrap over chunks] | SAEBench | within ours |")
     print("|---|---|---|---|")
     for (category, name), our_name in SHARED.items():
         lo, hi = bootstrap(stats, our_name, rng)
         value = other.get(category, {}).get(name)
-        inside = value is not None and lo - 1e-6 * abs(lo) <= value <= hi + 1e-6 * abs(hi)  # a zero-width interval too
-        rows.append({"metric": f"{category}.{name}", "ours": mine[our_name], "lo": lo, "hi": hi, "saebench": value,
-                     "within": inside})
-        print(f"| {category}.{name} | {mine[our_name]:.4f} [{lo:.4f}, {hi:.4f}] | "
-              f"{'n/a' if value is None else f'{value:.4f}'} | {'yes' if inside else 'no'} |")
-    print(f"\nwall seconds: ours {ours_s:.1f}, SAEBench {theirs_s:.1f} (SAEBench / ours = {theirs_s / ours_s:.2f}x; "
-          "model loading excluded)")
-    _common.save("saebench_core", {"tokens": n * 256, "rows": rows, "ours_seconds": ours_s, "saebench_seconds": theirs_s,
-                                   "machine": _common.machine()})
+        inside = value is not None and lo - 1e-6 * abs(lo) <= value <= hi + 1e-6 * abs(
+            hi
+        )  # a zero-width interval too
+        rows.append(
+            {
+                "metric": f"{category}.{name}",
+                "ours": mine[our_name],
+                "lo": lo,
+                "hi": hi,
+                "saebench": value,
+                "within": inside,
+            }
+        )
+        print(
+            f"| {category}.{name} | {mine[our_name]:.4f} [{lo:.4f}, {hi:.4f}] | "
+            f"{'n/a' if value is None else f'{value:.4f}'} | {'yes' if inside else 'no'} |"
+        )
+    print(
+        f"\nwall seconds: ours {ours_s:.1f}, SAEBench {theirs_s:.1f} (SAEBench / ours = "
+        f"{theirs_s / ours_s:.2f}x; "
+        "model loading excluded)"
+    )
+    _common.save(
+        "saebench_core",
+        {
+            "tokens": n * 256,
+            "rows": rows,
+            "ours_seconds": ours_s,
+            "saebench_seconds": theirs_s,
+            "machine": _common.machine(),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ interpreter start. It only adds a meta-path finder (no lm_eval import, no torch)
 - our own `SaeInterpError` ends a CLI run with one line naming the fix, not a traceback.
 
 The task YAMLs live in the repository's top-level `task_configs/`; the wheel carries them as
-`sae_interp_tasks/task_configs/` (hatchling force-includes it). Without the `.pth` (e.g. a source checkout on PYTHONPATH) use
+`sae_interp_tasks/task_configs/` (hatchling force-includes it). Without the `.pth` (e.g. a source
+checkout on PYTHONPATH) use
 `lm_eval --include_path task_configs` and call `register()` yourself.
 """
 
@@ -31,9 +32,17 @@ import sys
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 # installed wheel: inside the package; source checkout or editable install: beside it
-TASK_DIR = next((path for path in (os.path.join(_PACKAGE, "task_configs"),
-                                   os.path.join(os.path.dirname(_PACKAGE), "task_configs"))
-                 if os.path.isdir(path)), os.path.join(_PACKAGE, "task_configs"))
+TASK_DIR = next(
+    (
+        path
+        for path in (
+            os.path.join(_PACKAGE, "task_configs"),
+            os.path.join(os.path.dirname(_PACKAGE), "task_configs"),
+        )
+        if os.path.isdir(path)
+    ),
+    os.path.join(_PACKAGE, "task_configs"),
+)
 BACKEND = "sae_interp_tasks.harness.backend:SAEBackend"
 
 
@@ -57,8 +66,10 @@ def _guard_other_backends() -> None:
 
         tasks = sorted({req.task_name for req in requests if getattr(req, "task_name", None)})
         named = ", ".join(tasks) or "these tasks"
-        raise SaeInterpError(f"{named} need{'s' if len(tasks) == 1 else ''} --model sae (the SAE under evaluation), "
-                             f"not --model {getattr(self, 'MODEL_NAME', None) or type(self).__name__}")
+        raise SaeInterpError(
+            f"{named} need{'s' if len(tasks) == 1 else ''} --model sae (the SAE under evaluation), "
+            f"not --model {getattr(self, 'MODEL_NAME', None) or type(self).__name__}"
+        )
 
     LM.interpret = interpret
 
@@ -70,8 +81,11 @@ def add_task_dir(manager_module) -> None:
     original = cls.__init__
 
     def __init__(self, *args, include_path=None, **kwargs):
-        paths = [] if include_path is None else (
-            list(include_path) if isinstance(include_path, (list, tuple)) else [include_path])
+        paths = (
+            []
+            if include_path is None
+            else (list(include_path) if isinstance(include_path, (list, tuple)) else [include_path])
+        )
         if TASK_DIR not in [str(p) for p in paths]:
             paths.insert(0, TASK_DIR)  # user paths come later, so they can override ours
         from sae_interp_tasks.config import USER_KEYS
@@ -88,9 +102,8 @@ def add_task_dir(manager_module) -> None:
 def register() -> None:
     """Explicit registration, for processes where the `.pth` hook did not run."""
     import lm_eval.api.registry as registry
-    import lm_eval.tasks.manager as manager
-
     import lm_eval.evaluator_utils as evaluator_utils
+    import lm_eval.tasks.manager as manager
 
     register_backend(registry)
     add_task_dir(manager)
@@ -132,8 +145,11 @@ def closed_form_stderr(utils_module) -> None:
     utils_module.stderr_for_metric = stderr_for_metric
 
 
-_AFTER_IMPORT = {"lm_eval.api.registry": register_backend, "lm_eval.tasks.manager": add_task_dir,
-                 "lm_eval.evaluator_utils": closed_form_stderr}
+_AFTER_IMPORT = {
+    "lm_eval.api.registry": register_backend,
+    "lm_eval.tasks.manager": add_task_dir,
+    "lm_eval.evaluator_utils": closed_form_stderr,
+}
 
 
 class _Loader(importlib.abc.Loader):

@@ -2,7 +2,8 @@
 
 - `nanmean` and `total` take per-doc numbers. `nanmean` carries its own closed-form standard error
   (`stderr`), which the import hook makes lm-eval use instead of its bootstrap (100,000 resamples, a
-  forked process per metric: about a minute per run at 512 docs for numbers a formula gives at once).
+  forked process per metric: about a minute per run at 512 docs for numbers a formula gives at
+  once).
 - `Pooled` metrics take each doc's statistics (sums over its tokens or windows) and pool them over
   the docs, e.g. explained variance about the corpus mean. With an expression over summed statistics
   ("1 - sum(sq_err_sum) / sum(x_sq_sum)") the same object also recomputes the metric for bootstrap
@@ -56,7 +57,8 @@ def _first_shared(values) -> dict | None:
 
 
 def total(values) -> float:
-    """For counts (e.g. dead-or-rare latents passed over): their sum over docs; no standard error."""
+    """For counts (e.g. dead-or-rare latents passed over): their sum over docs; no standard
+    error."""
     return float(sum(values))
 
 
@@ -73,8 +75,9 @@ _OPS = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: n
 class Pooled:
     """A metric pooled over docs from each doc's statistics.
 
-    `expression` uses numbers, + - * /, parentheses, `sum(stat)` (the statistic summed over the docs)
-    and `sqnorm(sum(stat))` (the squared norm of a summed vector statistic). Without an expression,
+    `expression` uses numbers, + - * /, parentheses, `sum(stat)` (the statistic summed over the
+    docs) and `sqnorm(sum(stat))` (the squared norm of a summed vector statistic). Without an
+    expression,
     `compute(docs)` pools the docs' statistics itself; such a metric cannot be resampled by reports.
     """
 
@@ -91,12 +94,17 @@ class Pooled:
         """The statistics the expression reads."""
         if self._tree is None:
             return ()
-        return tuple(dict.fromkeys(n.id for n in ast.walk(self._tree) if isinstance(n, ast.Name)
-                                   and n.id not in _FUNCTIONS))
+        return tuple(
+            dict.fromkeys(
+                n.id
+                for n in ast.walk(self._tree)
+                if isinstance(n, ast.Name) and n.id not in _FUNCTIONS
+            )
+        )
 
     def __call__(self, docs) -> float:
-        """lm-eval's aggregation: each doc's value is its statistics (a mapping, or an object with them as
-        attributes)."""
+        """lm-eval's aggregation: each doc's value is its statistics (a mapping, or an object with
+        them as attributes)."""
         docs = list(docs)
         if self._compute is not None:
             return float(self._compute(docs))
@@ -104,8 +112,8 @@ class Pooled:
         return float(self.resampled(stats, np.ones((1, len(docs))))[0])
 
     def resampled(self, stats: Mapping[str, np.ndarray], weights: np.ndarray) -> np.ndarray:
-        """The metric for each row of `weights` [resamples, docs] (how often each doc is drawn); a row of
-        ones gives the metric itself. `stats[name]` is [docs] or [docs, dim]."""
+        """The metric for each row of `weights` [resamples, docs] (how often each doc is drawn); a
+        row of ones gives the metric itself. `stats[name]` is [docs] or [docs, dim]."""
         if self._tree is None:
             raise ValueError(f"{self.__name__} has no expression to recompute")
         return np.asarray(_evaluate(self._tree.body, stats, weights), dtype=float)
@@ -122,21 +130,44 @@ def _parse(expression: str) -> ast.Expression:
     except SyntaxError as err:
         raise ValueError(f"pooled expression {expression!r} does not parse ({err.msg})") from err
     for node in ast.walk(tree):
-        ok = isinstance(node, (ast.Expression, ast.BinOp, ast.UnaryOp, ast.USub, ast.Constant, ast.Name, ast.Call,
-                               ast.Load, *_OPS))
+        ok = isinstance(
+            node,
+            (
+                ast.Expression,
+                ast.BinOp,
+                ast.UnaryOp,
+                ast.USub,
+                ast.Constant,
+                ast.Name,
+                ast.Call,
+                ast.Load,
+                *_OPS,
+            ),
+        )
         if isinstance(node, ast.Call):
-            ok = (isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS and len(node.args) == 1
-                  and not node.keywords)
+            ok = (
+                isinstance(node.func, ast.Name)
+                and node.func.id in _FUNCTIONS
+                and len(node.args) == 1
+                and not node.keywords
+            )
             if ok and node.func.id == "sum":
                 ok = isinstance(node.args[0], ast.Name)
             if ok and node.func.id == "sqnorm":
                 inner = node.args[0]
-                ok = isinstance(inner, ast.Call) and isinstance(inner.func, ast.Name) and inner.func.id == "sum"
+                ok = (
+                    isinstance(inner, ast.Call)
+                    and isinstance(inner.func, ast.Name)
+                    and inner.func.id == "sum"
+                )
         if isinstance(node, ast.Constant):
             ok = isinstance(node.value, (int, float)) and not isinstance(node.value, bool)
         if not ok:
-            raise ValueError(f"pooled expression {expression!r}: {ast.unparse(node)} is not allowed; use numbers, "
-                             "+ - * /, sum(stat) and sqnorm(sum(stat))")
+            raise ValueError(
+                f"pooled expression {expression!r}: {ast.unparse(node)} is not allowed; use "
+                "numbers, "
+                "+ - * /, sum(stat) and sqnorm(sum(stat))"
+            )
     return tree
 
 
@@ -146,7 +177,9 @@ def _evaluate(node, stats: Mapping[str, np.ndarray], weights: np.ndarray):
     if isinstance(node, ast.UnaryOp):
         return -_evaluate(node.operand, stats, weights)
     if isinstance(node, ast.BinOp):
-        return _OPS[type(node.op)](_evaluate(node.left, stats, weights), _evaluate(node.right, stats, weights))
+        return _OPS[type(node.op)](
+            _evaluate(node.left, stats, weights), _evaluate(node.right, stats, weights)
+        )
     name = node.func.id
     if name == "sum":
         return weights @ np.asarray(stats[node.args[0].id], dtype=float)

@@ -19,27 +19,37 @@ from pathlib import Path
 
 def cache_root() -> Path:
     root = os.environ.get("SAE_INTERP_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "sae_interp_tasks")
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "sae_interp_tasks"
+    )
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def canonical(*parts) -> str:
-    """A stable text form of `parts` (dataclasses as dicts, keys sorted, text as it is): equal inputs,
-    equal text."""
-    return json.dumps([dataclasses.asdict(p) if dataclasses.is_dataclass(p) and not isinstance(p, type) else p
-                       for p in parts], sort_keys=True, default=str, ensure_ascii=False)
+    """A stable text form of `parts` (dataclasses as dicts, keys sorted, text as it is): equal
+    inputs, equal text."""
+    return json.dumps(
+        [
+            dataclasses.asdict(p) if dataclasses.is_dataclass(p) and not isinstance(p, type) else p
+            for p in parts
+        ],
+        sort_keys=True,
+        default=str,
+        ensure_ascii=False,
+    )
 
 
 def cache_key(*parts, length: int = 24) -> str:
-    """The hex name of a cache entry determined by `parts` (a sha256, cut to `length` hex digits; 64 keeps
-    all of it, as the LLM answer cache does: it holds far more entries than there are activation passes)."""
+    """The hex name of a cache entry determined by `parts` (a sha256, cut to `length` hex digits;
+    64 keeps all of it, as the LLM answer cache does: it holds far more entries than there are
+    activation passes)."""
     return hashlib.sha256(canonical(*parts).encode()).hexdigest()[:length]
 
 
 def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file, then rename: readers see the old entry or the whole new one."""
+    """torch.save to a temporary file, then rename: readers see the old entry or the whole new
+    one."""
     import torch
 
     path = Path(path)
@@ -49,9 +59,9 @@ def atomic_save(obj, path: Path) -> None:
 
 
 def write_files(files: dict[Path, str | bytes]) -> None:
-    """Every file or none: each is written to a temporary file beside it, and only once all are written
-    are they renamed into place. On failure the temporary files, and the folders made for them, are
-    removed, and the error is raised as it came."""
+    """Every file or none: each is written to a temporary file beside it, and only once all are
+    written are they renamed into place. On failure the temporary files, and the folders made for
+    them, are removed, and the error is raised as it came."""
     made: list[Path] = []
     tmps: dict[Path, Path] = {}
     try:

@@ -2,8 +2,8 @@
 
 The only module here that prints. Exit codes: 0 done (compare: no gated metric worse),
 1 compare's candidate is worse than the baseline, 2 unusable input (one `error:` line on
-stderr, nothing written) or, for compare, nothing that could be gated. Output files are written only once everything is computed, each
-atomically (a temporary file renamed into place).
+stderr, nothing written) or, for compare, nothing that could be gated. Output files are written
+only once everything is computed, each atomically (a temporary file renamed into place).
 """
 
 from __future__ import annotations
@@ -21,47 +21,91 @@ FORMATS = ("markdown", "csv", "json", "html")
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="sae-interp", description="Leaderboards and CI gates over the results of "
-                                  "lm_eval --model sae (see docs/leaderboard.md).")
-    top.add_argument("-v", "--verbose", action="count", default=0, help="log what is read (-vv: debug)")
+    top = argparse.ArgumentParser(
+        prog="sae-interp",
+        description="Leaderboards and CI gates over the results of "
+        "lm_eval --model sae (see docs/leaderboard.md).",
+    )
+    top.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log what is read (-vv: debug)"
+    )
     sub = top.add_subparsers(dest="command", required=True)
 
-    board = sub.add_parser("leaderboard", help="one row per SAE, one column per task's headline metric")
-    board.add_argument("results", nargs="+", help="results_*.json files or lm_eval --output_path folders")
+    board = sub.add_parser(
+        "leaderboard", help="one row per SAE, one column per task's headline metric"
+    )
+    board.add_argument(
+        "results", nargs="+", help="results_*.json files or lm_eval --output_path folders"
+    )
     board.add_argument("--format", choices=FORMATS, default="markdown", help="default: markdown")
     board.add_argument("--output", "-o", help="write the table here instead of stdout")
     board.add_argument("--plots", metavar="DIR", help="also write the plots as PNG files into DIR")
-    board.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+    board.add_argument(
+        "--confidence", type=float, default=0.95, help="interval level (default 0.95)"
+    )
 
-    out = sub.add_parser("export", help="write results in another tool's format (SAEBench's result files)")
-    out.add_argument("results", nargs="+", help="results_*.json files or lm_eval --output_path folders")
-    out.add_argument("--format", choices=("saebench",), default="saebench", help="default: saebench")
-    out.add_argument("--output", "-o", required=True, help="folder to write <eval_type_id>/<sae>_eval_results.json into")
+    out = sub.add_parser(
+        "export", help="write results in another tool's format (SAEBench's result files)"
+    )
+    out.add_argument(
+        "results", nargs="+", help="results_*.json files or lm_eval --output_path folders"
+    )
+    out.add_argument(
+        "--format", choices=("saebench",), default="saebench", help="default: saebench"
+    )
+    out.add_argument(
+        "--output",
+        "-o",
+        required=True,
+        help="folder to write <eval_type_id>/<sae>_eval_results.json into",
+    )
 
-    cmp = sub.add_parser("compare", help="candidate - baseline with bootstrap intervals; exit 1 when worse")
-    cmp.add_argument("baseline", help="the baseline's results file or --output_path folder (with samples)")
-    cmp.add_argument("candidate", help="the candidate's results file or --output_path folder (with samples)")
-    cmp.add_argument("--metrics", help="comma-separated metrics to gate on, as task/metric or metric "
-                     "(default: the headline metric of each task)")
-    cmp.add_argument("--max-drop", type=float, default=0.0,
-                     help="allowed drop in each gated metric's own units (default 0)")
-    cmp.add_argument("--confidence", type=float, default=0.95, help="two-sided interval level (default 0.95)")
-    cmp.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
+    cmp = sub.add_parser(
+        "compare", help="candidate - baseline with bootstrap intervals; exit 1 when worse"
+    )
+    cmp.add_argument(
+        "baseline", help="the baseline's results file or --output_path folder (with samples)"
+    )
+    cmp.add_argument(
+        "candidate", help="the candidate's results file or --output_path folder (with samples)"
+    )
+    cmp.add_argument(
+        "--metrics",
+        help="comma-separated metrics to gate on, as task/metric or metric "
+        "(default: the headline metric of each task)",
+    )
+    cmp.add_argument(
+        "--max-drop",
+        type=float,
+        default=0.0,
+        help="allowed drop in each gated metric's own units (default 0)",
+    )
+    cmp.add_argument(
+        "--confidence", type=float, default=0.95, help="two-sided interval level (default 0.95)"
+    )
+    cmp.add_argument(
+        "--resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)"
+    )
     cmp.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    cmp.add_argument("--markdown", metavar="FILE", help="write the pull-request summary here instead of stdout")
+    cmp.add_argument(
+        "--markdown", metavar="FILE", help="write the pull-request summary here instead of stdout"
+    )
     return top
 
 
 def write_outputs(files: dict[Path, str | bytes]) -> None:
-    """All output files or none (see caching.write_files); a file that cannot be written is a user error."""
+    """All output files or none (see caching.write_files); a file that cannot be written is a user
+    error."""
     from sae_interp_tasks.caching import write_files
 
     try:
         write_files(files)
     except OSError as err:
         where = err.filename or next(iter(files), "")
-        raise SaeInterpError(f"cannot write {where} ({err.strerror or type(err).__name__}); "
-                             "choose another --output/--plots/--markdown path") from err
+        raise SaeInterpError(
+            f"cannot write {where} ({err.strerror or type(err).__name__}); "
+            "choose another --output/--plots/--markdown path"
+        ) from err
 
 
 def run_leaderboard(args) -> int:
@@ -74,7 +118,11 @@ def run_leaderboard(args) -> int:
     runs = inputs.read_inputs(args.results)
     built = board.build_board(runs, confidence=args.confidence)
     images = plots.plots(built) if (args.plots or args.format == "html") else {}
-    text = html.html_page(built, images) if args.format == "html" else tables.render(built, args.format)
+    text = (
+        html.html_page(built, images)
+        if args.format == "html"
+        else tables.render(built, args.format)
+    )
     files = {Path(args.plots) / name: png for name, png in images.items()} if args.plots else {}
     if args.output:
         files[Path(args.output)] = text
@@ -88,12 +136,21 @@ def run_compare(args) -> int:
     from sae_interp_tasks.reports import compare, inputs
 
     if args.resamples < 100:
-        raise SaeInterpError(f"--resamples {args.resamples} is too few for an interval; use 1000 or more")
+        raise SaeInterpError(
+            f"--resamples {args.resamples} is too few for an interval; use 1000 or more"
+        )
     base = inputs.read_inputs([args.baseline])
     cand = inputs.read_inputs([args.candidate])
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
-    report = compare.compare(base, cand, metrics=metrics, confidence=args.confidence, max_drop=args.max_drop,
-                             resamples=args.resamples, seed=args.seed)
+    report = compare.compare(
+        base,
+        cand,
+        metrics=metrics,
+        confidence=args.confidence,
+        max_drop=args.max_drop,
+        resamples=args.resamples,
+        seed=args.seed,
+    )
     summary = compare.markdown(report)
     if args.markdown:
         write_outputs({Path(args.markdown): summary})
@@ -117,8 +174,16 @@ def run_export(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    level = (
+        logging.WARNING
+        if args.verbose == 0
+        else logging.INFO
+        if args.verbose == 1
+        else logging.DEBUG
+    )
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     try:
         if args.command == "leaderboard":
             return run_leaderboard(args)

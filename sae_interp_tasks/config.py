@@ -22,14 +22,29 @@ from dataclasses import dataclass, field, fields
 
 from sae_interp_tasks.errors import SaeInterpError
 
-# keys lm-eval itself puts into a task's metadata (and USER_KEYS, which the import hook adds: the keys
+# keys lm-eval itself puts into a task's metadata (and USER_KEYS, which the import hook adds: the
+# keys
 # the user set), and the `sae` backend's --model_args (lm-eval copies --model_args into every task's
 # metadata too)
 USER_KEYS = "sae_interp_user_keys"
 HARNESS_KEYS = frozenset({"version", "config_source", "_metadata", "pretrained", USER_KEYS})
-MODEL_ARG_KEYS = ("release", "sae_id", "path", "model", "device", "dtype", "batch_size", "max_batch_size",
-                  "control", "control_k", "max_length", "trust_remote_code", "hookpoint")
-# what a Task records in its results metadata besides its settings: which kind, how to report it, and
+MODEL_ARG_KEYS = (
+    "release",
+    "sae_id",
+    "path",
+    "model",
+    "device",
+    "dtype",
+    "batch_size",
+    "max_batch_size",
+    "control",
+    "control_k",
+    "max_length",
+    "trust_remote_code",
+    "hookpoint",
+)
+# what a Task records in its results metadata besides its settings: which kind, how to report it,
+# and
 # whose instrument defaults it took (see harness.task)
 RECORD_KEYS = frozenset({"task_kind", "headline_metric", "report", "instrument_defaults_from"})
 # the metadata keys that are not instrument settings
@@ -39,8 +54,15 @@ TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")
 
 
-def option(default, *, choices: tuple | None = None, min: float | None = None, max: float | None = None,
-           above: float | None = None, below: float | None = None):
+def option(
+    default,
+    *,
+    choices: tuple | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+):
     """A config field with its accepted values: `choices`, or a range (`min`/`max` inclusive,
     `above`/`below` exclusive). A `None` value is accepted wherever the field's type allows it."""
     checks = {"choices": choices, "min": min, "max": max, "above": above, "below": below}
@@ -108,16 +130,21 @@ class Settings:
         return out
 
     def project(self, other: type[Settings]):
-        """This bundle's stage configs seen as another kind's bundle (which must be a subset of them),
-        e.g. sae_selfexplain reading its settings as sae_detection's to share detection scores."""
+        """This bundle's stage configs seen as another kind's bundle (which must be a subset of
+        them), e.g. sae_selfexplain reading its settings as sae_detection's to share detection
+        scores."""
         return other(**{name: getattr(self, name) for name in other.stages()})
 
 
 # --- conversion and checks ---------------------------------------------------------------------
 def _describe(hint) -> str:
     base = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
-    names = [f"boolean: true or false ({'/'.join(TRUE_WORDS)}, {'/'.join(FALSE_WORDS)})" if t is bool
-             else getattr(t, "__name__", str(t)) for t in base]
+    names = [
+        f"boolean: true or false ({'/'.join(TRUE_WORDS)}, {'/'.join(FALSE_WORDS)})"
+        if t is bool
+        else getattr(t, "__name__", str(t))
+        for t in base
+    ]
     return " or ".join(names) + (" (or null)" if type(None) in typing.get_args(hint) else "")
 
 
@@ -195,11 +222,17 @@ def _check_range(f: dataclasses.Field, value) -> None:
         items = value if isinstance(value, list) else [value]
         bad = [v for v in items if v not in rules["choices"]]
         if bad:
-            raise SaeInterpError(f"setting {name}={value!r} is not valid; choose from: "
-                                 f"{', '.join(map(str, rules['choices']))}")
+            raise SaeInterpError(
+                f"setting {name}={value!r} is not valid; choose from: "
+                f"{', '.join(map(str, rules['choices']))}"
+            )
         return
-    for key, ok, words in (("min", lambda v, b: v >= b, "at least"), ("max", lambda v, b: v <= b, "at most"),
-                           ("above", lambda v, b: v > b, "above"), ("below", lambda v, b: v < b, "below")):
+    for key, ok, words in (
+        ("min", lambda v, b: v >= b, "at least"),
+        ("max", lambda v, b: v <= b, "at most"),
+        ("above", lambda v, b: v > b, "above"),
+        ("below", lambda v, b: v < b, "below"),
+    ):
         bound = rules.get(key)
         if bound is not None and not ok(value, bound):
             raise SaeInterpError(f"setting {name}={value!r} must be {words} {bound}")

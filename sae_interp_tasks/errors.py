@@ -1,11 +1,13 @@
-"""The one exception type users see: raised where user input enters, with a message that names the fix."""
+"""The one exception type users see: raised where user input enters, with a message that names the
+fix."""
 
 import difflib
 from collections.abc import Iterable
 
 
 class SaeInterpError(Exception):
-    """Bad input from the user (model_args, --metadata, paths, corpora). The message says what to fix."""
+    """Bad input from the user (model_args, --metadata, paths, corpora). The message says what to
+    fix."""
 
 
 def closest(name: str, choices: Iterable[str], n: int = 5) -> list[str]:

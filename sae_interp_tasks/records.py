@@ -1,4 +1,5 @@
-"""Typed records passed between pipeline stages (corpus -> activations -> examples -> explain -> score)."""
+"""Typed records passed between pipeline stages (corpus -> activations -> examples -> explain ->
+score)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ class Example:
 
 @dataclass(frozen=True, eq=False)
 class LatentRecord:
-    """What the activation pass keeps for one latent (bounded by the sampling sizes, not the corpus)."""
+    """What the activation pass keeps for one latent (bounded by the sampling sizes, not the
+    corpus)."""
 
     latent: int
     n_firing: int  # tokens with a nonzero activation
@@ -71,7 +73,8 @@ class Explanation:
 
 @dataclass(frozen=True)
 class WindowJudgement:
-    """A scorer's verdict on one test window; `prediction` is None when its batch could not be parsed."""
+    """A scorer's verdict on one test window; `prediction` is None when its batch could not be
+    parsed."""
 
     label: bool  # the truth: does the latent fire here (or: is this the true marking)
     prediction: bool | None
@@ -81,8 +84,9 @@ class WindowJudgement:
 
 @dataclass(frozen=True)
 class ScoredLatent:
-    """A scorer's verdict on one latent: its per-latent metrics, what --log_samples shows (prompts, raw
-    answers), and, for a kind with pooled metrics, the latent's statistics they pool (aggregations.Pooled)."""
+    """A scorer's verdict on one latent: its per-latent metrics, what --log_samples shows (prompts,
+    raw answers), and, for a kind with pooled metrics, the latent's statistics they pool
+    (aggregations.Pooled)."""
 
     latent: int
     explanation: str
@@ -124,8 +128,11 @@ class Response:
     stats: object = None
 
     def to_json(self) -> dict:
-        ident = {"chunk": self.chunk} if self.chunk is not None else {"latent": self.latent,
-                                                                       "skipped_before": self.skipped_before}
+        ident = (
+            {"chunk": self.chunk}
+            if self.chunk is not None
+            else {"latent": self.latent, "skipped_before": self.skipped_before}
+        )
         extra = {"stats": self.stats} if self.stats is not None else {}
         return {**ident, **self.detail, **extra, "metrics": self.metrics}
 
@@ -142,13 +149,22 @@ class SAESource:
     path: str | None = None
     control: str | None = None  # None | "random" | "neurons"
     control_k: int | None = None
-    hookpoint: str | None = None  # a sparsify folder (or hub repo) with several hookpoints: which one
-    model: str | None = None  # the subject model, when given (model=): a sparsify SAE names none itself
+    hookpoint: str | None = (
+        None  # a sparsify folder (or hub repo) with several hookpoints: which one
+    )
+    model: str | None = (
+        None  # the subject model, when given (model=): a sparsify SAE names none itself
+    )
 
     @property
     def label(self) -> str:
-        base = (f"{self.release}/{self.sae_id or self.hookpoint}" if self.release else
-                self.path if self.path else "demo")
+        base = (
+            f"{self.release}/{self.sae_id or self.hookpoint}"
+            if self.release
+            else self.path
+            if self.path
+            else "demo"
+        )
         if self.path and self.hookpoint and Path(self.path).name != self.hookpoint:
             base = f"{base}/{self.hookpoint}"
         return f"{base}+control={self.control}" if self.control else base

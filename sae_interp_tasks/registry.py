@@ -34,15 +34,17 @@ class Report:
     - `doc_id`: the response field naming a doc ("latent", "chunk");
     - `pair_on`: when two runs' docs are the same doc: "sae" (the same SAE's weights), or a response
       field whose values must agree (e.g. the hash of a chunk's tokens);
-    - `plotted`: metrics plotted per group (default: the headline); `axis`: a metric of this task that
-      describes the SAE and that other tasks' headlines are plotted against (e.g. L0);
-    - `labels`: metric -> its column header (default "<task> <metric>"); `position`: where the task's
-      columns go among other tasks' (lower first, then by task name);
-    - `checks`: metric -> the metric saying whether the scorer behind it passed its known-answer check
-      (1 passed, 0 failed: then the leaderboard marks the metric and `compare` does not gate on it);
-    - `saebench`: for a kind SAEBench also evaluates, how its results map onto SAEBench's result files
-      (`eval_type_id`, the `task` name, `metrics` {category: {their metric: ours}}, `left_out` {category:
-      [their metrics we do not compute]}); empty: exported under our own eval type (reports/saebench.py).
+    - `plotted`: metrics plotted per group (default: the headline); `axis`: a metric of this task
+      that describes the SAE and that other tasks' headlines are plotted against (e.g. L0);
+    - `labels`: metric -> its column header (default "<task> <metric>"); `position`: where the
+      task's columns go among other tasks' (lower first, then by task name);
+    - `checks`: metric -> the metric saying whether the scorer behind it passed its known-answer
+      check (1 passed, 0 failed: then the leaderboard marks the metric and `compare` does not gate
+      on it);
+    - `saebench`: for a kind SAEBench also evaluates, how its results map onto SAEBench's result
+      files (`eval_type_id`, the `task` name, `metrics` {category: {their metric: ours}},
+      `left_out` {category: [their metrics we do not compute]}); empty: exported under our own eval
+      type (reports/saebench.py).
     """
 
     headline: str
@@ -65,7 +67,8 @@ class Report:
         object.__setattr__(self, "extra", tuple(self.extra))
 
     def for_metrics(self, metrics: dict) -> Report:
-        """This report completed from a kind's metrics: default chance levels and the pooled ones."""
+        """This report completed from a kind's metrics: default chance levels and the pooled
+        ones."""
         chance = {m: f"{m}_shuffled" for m in metrics if f"{m}_shuffled" in metrics}
         pooled = {m: agg.expression for m, (agg, _) in metrics.items() if isinstance(agg, Pooled)}
         return replace(self, chance={**chance, **self.chance}, pooled={**pooled, **self.pooled})
@@ -76,7 +79,9 @@ class Report:
     @classmethod
     def from_json(cls, data: dict) -> Report:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
+        return cls(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+        )
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,9 @@ class TaskKind:
     serve: Callable  # (context, [payload]) -> [Response]
     report: Report
     scorer: Callable | None = None  # latent kinds: (LatentRun) -> {latent: ScoredLatent}
-    estimate: Callable | None = None  # (LatentRun without explanations, PromptCounter) -> costs.Estimate of its LLM use
+    estimate: Callable | None = (
+        None  # (LatentRun without explanations, PromptCounter) -> costs.Estimate of its LLM use
+    )
 
     @property
     def headline(self) -> str:
@@ -98,25 +105,47 @@ class TaskKind:
 _KINDS: dict[str, TaskKind] = {}
 
 
-def task_kind(name: str, *, settings: type[Settings], serve: Callable, report: Report, scorer: Callable | None = None,
-              estimate: Callable | None = None):
+def task_kind(
+    name: str,
+    *,
+    settings: type[Settings],
+    serve: Callable,
+    report: Report,
+    scorer: Callable | None = None,
+    estimate: Callable | None = None,
+):
     """Class decorator declaring a task kind:
-    `@task_kind("detection", settings=..., serve=serve_latents, scorer=score_detection, report=Report(headline=...))`.
+    `@task_kind("detection", settings=..., serve=serve_latents, scorer=score_detection,
+    report=Report(headline=...))`.
 
     The class's `METRICS` are the kind's metrics."""
 
     def declare(cls):
         if not callable(serve):
-            raise SaeInterpError(f"task kind {name!r} ({cls.__qualname__}) needs serve=<the function answering its "
-                                 f"requests>, got {serve!r}")
+            raise SaeInterpError(
+                f"task kind {name!r} ({cls.__qualname__}) needs serve=<the function answering its "
+                f"requests>, got {serve!r}"
+            )
         if scorer is not None and not callable(scorer):
             raise SaeInterpError(f"task kind {name!r}: scorer must be a function, got {scorer!r}")
         metrics = dict(cls.METRICS)
         if report.headline not in metrics:
-            raise SaeInterpError(f"task kind {name!r}: headline {report.headline!r} is not one of its METRICS")
+            raise SaeInterpError(
+                f"task kind {name!r}: headline {report.headline!r} is not one of its METRICS"
+            )
         cls.KIND = name
-        register(TaskKind(name=name, task_class=cls, settings=settings, metrics=metrics, serve=serve,
-                          report=report.for_metrics(metrics), scorer=scorer, estimate=estimate))
+        register(
+            TaskKind(
+                name=name,
+                task_class=cls,
+                settings=settings,
+                metrics=metrics,
+                serve=serve,
+                report=report.for_metrics(metrics),
+                scorer=scorer,
+                estimate=estimate,
+            )
+        )
         return cls
 
     return declare
@@ -125,9 +154,13 @@ def task_kind(name: str, *, settings: type[Settings], serve: Callable, report: R
 def register(kind: TaskKind) -> None:
     previous = _KINDS.get(kind.name)
     if previous is not None and previous.task_class.__qualname__ != kind.task_class.__qualname__:
-        raise SaeInterpError(f"task kind {kind.name!r} is declared twice: by {previous.task_class.__qualname__} "
-                             f"and {kind.task_class.__qualname__}; rename one")
-    _KINDS[kind.name] = kind  # the same class loaded again (lm-eval reloads YAML-side modules) replaces itself
+        raise SaeInterpError(
+            f"task kind {kind.name!r} is declared twice: by {previous.task_class.__qualname__} "
+            f"and {kind.task_class.__qualname__}; rename one"
+        )
+    _KINDS[kind.name] = (
+        kind  # the same class loaded again (lm-eval reloads YAML-side modules) replaces itself
+    )
 
 
 def lookup(name: str) -> TaskKind:
@@ -144,13 +177,15 @@ def kinds() -> dict[str, TaskKind]:
 
 
 def _declare_builtins() -> None:
-    """Import the package's task modules, which declare the built-in kinds (imports lm_eval and torch)."""
+    """Import the package's task modules, which declare the built-in kinds (imports lm_eval and
+    torch)."""
     import sae_interp_tasks.tasks  # noqa: F401
 
 
 def builtin_report(task: str, kind_name: str | None) -> Report | None:
-    """The one fallback for results files written before tasks recorded their `report`: the report the
-    kind declares now (kind from the file's `task_kind`, else the task name without its `sae_` prefix)."""
+    """The one fallback for results files written before tasks recorded their `report`: the report
+    the kind declares now (kind from the file's `task_kind`, else the task name without its `sae_`
+    prefix)."""
     _declare_builtins()
     name = kind_name or task.removeprefix("sae_")
     return _KINDS[name].report if name in _KINDS else None
@@ -167,15 +202,17 @@ def valid_keys() -> frozenset[str]:
 
 
 def check_keys(metadata: dict) -> None:
-    """Unknown keys are an error listing the valid ones; every known key's value is checked by the stage
-    config that declares it, whichever task reads the metadata."""
+    """Unknown keys are an error listing the valid ones; every known key's value is checked by the
+    stage config that declares it, whichever task reads the metadata."""
     valid = valid_keys()
     for key in metadata:
         if key not in valid:
             near = closest(key, valid)
             hint = f"did you mean {', '.join(near)}? " if near else ""
             listed = sorted(valid - HARNESS_KEYS - set(MODEL_ARG_KEYS))
-            raise SaeInterpError(f"unknown --metadata key {key!r}; {hint}valid keys: {', '.join(listed)}")
+            raise SaeInterpError(
+                f"unknown --metadata key {key!r}; {hint}valid keys: {', '.join(listed)}"
+            )
     checked: set[type] = set()
     for kind in kinds().values():
         for stage in kind.settings.stages().values():

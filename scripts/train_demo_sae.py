@@ -17,7 +17,8 @@ Python-stdlib corpus:
    variance about the mean, MSE, dead fraction).
 
 Usage (from the repository root):
-    HF_HUB_OFFLINE=1 .venv/bin/python scripts/train_demo_sae.py [--seed 0] [--n-tokens N] [--out DIR]
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/train_demo_sae.py [--seed 0] [--n-tokens N] [--out
+    DIR]
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO))
 
-from sae_interp_tasks.stages.corpus import CorpusSpec, token_contexts  # noqa: E402
-from sae_interp_tasks.stages.subject import load_subject, stop_layer  # noqa: E402
+from sae_interp_tasks.stages.corpus import CorpusSpec, token_contexts  # noqa: E402 (after the sys.path line)
+from sae_interp_tasks.stages.subject import load_subject, stop_layer  # noqa: E402 (after the sys.path line)
 
 log = logging.getLogger("train_demo_sae")
 
@@ -48,7 +49,9 @@ HOOK_NAME = "blocks.14.hook_resid_post"
 CORPUS = "stdlib"
 CONTEXT_SIZE = 256
 D_SAE = 2304
-MASSIVE_NORM_RATIO = 5.0  # a token whose activation norm is > 5x the median is a "massive activation"
+MASSIVE_NORM_RATIO = (
+    5.0  # a token whose activation norm is > 5x the median is a "massive activation"
+)
 DEFAULT_OUT = REPO / "sae_interp_tasks" / "data" / "demo_sae"
 
 
@@ -59,27 +62,41 @@ def _tqdm_kwargs() -> dict:
 
 # ----------------------------------------------------------------------------- activations
 
+
 @torch.no_grad()  # not inference_mode: the result is scaled in place later
 def collect_activations(model, n_tokens: int, seed: int, model_batch: int = 16) -> torch.Tensor:
-    """float32 [n_contexts, context_size - 1, d_model]: the hook's activations, BOS position dropped.
+    """float32 [n_contexts, context_size - 1, d_model]: the hook's activations, BOS position
+    dropped.
 
     Contexts come from `token_contexts` in the seeded corpus order; `n_tokens` counts the BOS too.
     """
-    contexts = token_contexts(CorpusSpec(CORPUS), model.tokenizer, n_tokens, context_size=CONTEXT_SIZE,
-                              prepend_bos=True, seed=seed)
+    contexts = token_contexts(
+        CorpusSpec(CORPUS),
+        model.tokenizer,
+        n_tokens,
+        context_size=CONTEXT_SIZE,
+        prepend_bos=True,
+        seed=seed,
+    )
     n_contexts = math.ceil(n_tokens / CONTEXT_SIZE)
     out = torch.empty(n_contexts, CONTEXT_SIZE - 1, model.cfg.d_model, dtype=torch.float32)
     stop = stop_layer(HOOK_NAME)
     row = 0
     batch: list[torch.Tensor] = []
-    bar = tqdm(total=n_contexts * CONTEXT_SIZE, desc="activations", unit="tok", unit_scale=True, **_tqdm_kwargs())
+    bar = tqdm(
+        total=n_contexts * CONTEXT_SIZE,
+        desc="activations",
+        unit="tok",
+        unit_scale=True,
+        **_tqdm_kwargs(),
+    )
 
     def flush() -> None:
         nonlocal row
         tokens = torch.stack(batch)
         _, cache = model.run_with_cache(tokens, names_filter=HOOK_NAME, stop_at_layer=stop)
         acts = cache[HOOK_NAME]
-        out[row:row + len(batch)] = acts[:, 1:].float()  # drop BOS
+        out[row : row + len(batch)] = acts[:, 1:].float()  # drop BOS
         row += len(batch)
         bar.update(tokens.numel())
         batch.clear()
@@ -97,20 +114,40 @@ def collect_activations(model, n_tokens: int, seed: int, model_batch: int = 16) 
 
 # ----------------------------------------------------------------------------- training
 
+
 def make_training_sae(d_in: int, l1_coefficient: float, l1_warm_up_steps: int, seed: int):
     from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
 
     torch.manual_seed(seed)
-    cfg = StandardTrainingSAEConfig(d_in=d_in, d_sae=D_SAE, dtype="float32", device="cpu",
-                                    apply_b_dec_to_input=True, normalize_activations="none",
-                                    l1_coefficient=l1_coefficient, lp_norm=1.0,
-                                    l1_warm_up_steps=l1_warm_up_steps, decoder_init_norm=0.1)
+    cfg = StandardTrainingSAEConfig(
+        d_in=d_in,
+        d_sae=D_SAE,
+        dtype="float32",
+        device="cpu",
+        apply_b_dec_to_input=True,
+        normalize_activations="none",
+        l1_coefficient=l1_coefficient,
+        lp_norm=1.0,
+        l1_warm_up_steps=l1_warm_up_steps,
+        decoder_init_norm=0.1,
+    )
     return StandardTrainingSAE(cfg)
 
 
-def train_sae(acts: torch.Tensor, *, seed: int, l1_coefficient: float, lr: float, epochs: float,
-              batch_size: int, l1_warm_up_frac: float = 0.05, lr_warm_up_steps: int = 100,
-              lr_decay_frac: float = 0.2, checkpoint: Path | None = None, checkpoint_every: int = 100):
+def train_sae(
+    acts: torch.Tensor,
+    *,
+    seed: int,
+    l1_coefficient: float,
+    lr: float,
+    epochs: float,
+    batch_size: int,
+    l1_warm_up_frac: float = 0.05,
+    lr_warm_up_steps: int = 100,
+    lr_decay_frac: float = 0.2,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 100,
+):
     """Train a StandardTrainingSAE on `acts` ([n, d_in], already scaled). Returns (sae, stats).
 
     With `checkpoint`, the training state is saved there every `checkpoint_every` steps and on
@@ -136,15 +173,26 @@ def train_sae(acts: torch.Tensor, *, seed: int, l1_coefficient: float, lr: float
         return 1.0
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-    run_key = {"seed": seed, "l1": l1_coefficient, "lr": lr, "epochs": epochs, "batch_size": batch_size,
-               "n": n, "d_in": d_in, "d_sae": D_SAE, "acts_sum": float(acts[:4096].double().sum())}
+    run_key = {
+        "seed": seed,
+        "l1": l1_coefficient,
+        "lr": lr,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "n": n,
+        "d_in": d_in,
+        "d_sae": D_SAE,
+        "acts_sum": float(acts[:4096].double().sum()),
+    }
     step = 0
     elapsed_before = 0.0  # training seconds spent by interrupted earlier runs
     t_start = time.time()
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
         if state["run_key"] != run_key:
-            raise SystemExit(f"checkpoint {checkpoint} belongs to another run ({state['run_key']}); delete it")
+            raise SystemExit(
+                f"checkpoint {checkpoint} belongs to another run ({state['run_key']}); delete it"
+            )
         sae.load_state_dict(state["sae"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -154,9 +202,17 @@ def train_sae(acts: torch.Tensor, *, seed: int, l1_coefficient: float, lr: float
 
     def save_checkpoint() -> None:
         tmp = checkpoint.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"run_key": run_key, "step": step, "sae": sae.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "elapsed_s": elapsed_before + time.time() - t_start}, tmp)
+        torch.save(
+            {
+                "run_key": run_key,
+                "step": step,
+                "sae": sae.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "elapsed_s": elapsed_before + time.time() - t_start,
+            },
+            tmp,
+        )
         tmp.replace(checkpoint)
 
     stop_signal: list[int] = []
@@ -165,7 +221,9 @@ def train_sae(acts: torch.Tensor, *, seed: int, l1_coefficient: float, lr: float
         import signal
 
         for sig in (signal.SIGTERM, signal.SIGINT):
-            previous_handlers[sig] = signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+            previous_handlers[sig] = signal.signal(
+                sig, lambda signum, frame: stop_signal.append(signum)
+            )
 
     fired_recently = torch.zeros(D_SAE, dtype=torch.bool)
     sae.train()
@@ -183,11 +241,17 @@ def train_sae(acts: torch.Tensor, *, seed: int, l1_coefficient: float, lr: float
         for start in range(first * batch_size, steps_per_epoch * batch_size, batch_size):
             if step >= total_steps:
                 break
-            x = acts[order[start:start + batch_size]]
+            x = acts[order[start : start + batch_size]]
             l1 = l1_coefficient * min(1.0, (step + 1) / max(1, l1_warm_up_steps))
-            out = sae.training_forward_pass(TrainStepInput(
-                sae_in=x, coefficients={"l1": l1}, dead_neuron_mask=None,
-                n_training_steps=step, is_logging_step=False))
+            out = sae.training_forward_pass(
+                TrainStepInput(
+                    sae_in=x,
+                    coefficients={"l1": l1},
+                    dead_neuron_mask=None,
+                    n_training_steps=step,
+                    is_logging_step=False,
+                )
+            )
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
@@ -203,22 +267,38 @@ def train_sae(acts: torch.Tensor, *, seed: int, l1_coefficient: float, lr: float
             step += 1
             bar.update(1)
             if step % 200 == 0 or step == total_steps:
-                stats = {"step": step, "l1": round(l1, 4), "lr": scheduler.get_last_lr()[0],
-                         "mse": window_mse / window_n, "l0": window_l0 / window_n,
-                         "ev": 1 - window_mse / window_var,
-                         "dead_last_200_steps": fired_recently.logical_not().float().mean().item()}
-                bar.set_postfix(l0=f"{stats['l0']:.1f}", ev=f"{stats['ev']:.3f}",
-                                dead=f"{stats['dead_last_200_steps']:.3f}")
-                log.info("step %d/%d %s", step, total_steps,
-                         {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.items()})
+                stats = {
+                    "step": step,
+                    "l1": round(l1, 4),
+                    "lr": scheduler.get_last_lr()[0],
+                    "mse": window_mse / window_n,
+                    "l0": window_l0 / window_n,
+                    "ev": 1 - window_mse / window_var,
+                    "dead_last_200_steps": fired_recently.logical_not().float().mean().item(),
+                }
+                bar.set_postfix(
+                    l0=f"{stats['l0']:.1f}",
+                    ev=f"{stats['ev']:.3f}",
+                    dead=f"{stats['dead_last_200_steps']:.3f}",
+                )
+                log.info(
+                    "step %d/%d %s",
+                    step,
+                    total_steps,
+                    {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.items()},
+                )
                 window_mse = window_l0 = window_var = 0.0
                 window_n = 0
                 fired_recently.zero_()
             if checkpoint is not None and (step % checkpoint_every == 0 or stop_signal):
                 save_checkpoint()
                 if stop_signal:
-                    log.warning("signal %d: saved step %d to %s; run the same command to resume",
-                                stop_signal[0], step, checkpoint)
+                    log.warning(
+                        "signal %d: saved step %d to %s; run the same command to resume",
+                        stop_signal[0],
+                        step,
+                        checkpoint,
+                    )
                     raise SystemExit(128 + stop_signal[0])
     bar.close()
     if checkpoint is not None:
@@ -256,9 +336,11 @@ def to_inference_sae(training_sae, scaling_factor: float, metadata: dict):
 
 # ----------------------------------------------------------------------------- evaluation
 
+
 @torch.no_grad()
 def evaluate(sae, acts: torch.Tensor, batch_size: int = 8192) -> dict:
-    """L0, explained variance about the mean, MSE and dead fraction of `sae` on raw activations [n, d]."""
+    """L0, explained variance about the mean, MSE and dead fraction of `sae` on raw activations [n,
+    d]."""
     n = acts.shape[0]
     mean = acts.mean(0, dtype=torch.float64).float()
     norms = acts.norm(dim=-1)
@@ -272,12 +354,12 @@ def evaluate(sae, acts: torch.Tensor, batch_size: int = 8192) -> dict:
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     counts = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
     for start in range(0, n, batch_size):
-        x = acts[start:start + batch_size]
+        x = acts[start : start + batch_size]
         feats = sae.encode(x)
         recon = sae.decode(feats)
         active = feats > 0
         err = (recon - x).double().pow(2).sum(-1)
-        keep = ~massive[start:start + batch_size]
+        keep = ~massive[start : start + batch_size]
         sse += err.sum().item()
         var += (x - mean).double().pow(2).sum().item()
         sse_rest += err[keep].sum().item()
@@ -305,6 +387,7 @@ def evaluate(sae, acts: torch.Tensor, batch_size: int = 8192) -> dict:
 
 # ----------------------------------------------------------------------------- main
 
+
 def folder_size(path: Path) -> dict:
     return {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()}
 
@@ -315,11 +398,15 @@ def write_readme(path: Path, command: str, args, results: dict) -> None:
     lines = [
         "# The demo SAE",
         "",
-        "`sae_interp_tasks/data/demo_sae/` holds a sae_lens `standard` SAE (ReLU encoder, L1 penalty "
+        "`sae_interp_tasks/data/demo_sae/` holds a sae_lens `standard` SAE (ReLU encoder, L1 "
+        "penalty "
         f"weighted by decoder norms) with d_sae = {D_SAE} on `{HOOK_NAME}` of the bundled "
-        f"`{MODEL_NAME}`, trained on CPU by `scripts/train_demo_sae.py` on the Python-stdlib corpus "
-        f"({CONTEXT_SIZE}-token contexts, BOS first; the BOS position is excluded from training and scoring).",
-        "Decoder rows are unit vectors; the activation scaling used in training is folded into the weights, "
+        f"`{MODEL_NAME}`, trained on CPU by `scripts/train_demo_sae.py` on the Python-stdlib "
+        "corpus "
+        f"({CONTEXT_SIZE}-token contexts, BOS first; the BOS position is excluded from training "
+        "and scoring).",
+        "Decoder rows are unit vectors; the activation scaling used in training is folded into the "
+        "weights, "
         "so it reads raw float32 activations (`normalize_activations: none`).",
         "",
         "Command (from the repository root):",
@@ -332,31 +419,47 @@ def write_readme(path: Path, command: str, args, results: dict) -> None:
         "|---|---|",
         f"| seed | {args.seed} |",
         f"| training tokens (non-BOS activations) | {results['training_tokens']:,} |",
-        f"| epochs over them / SAE steps | {args.epochs} / {results['train_stats'].get('step')} (batch {args.batch_size}) |",
+        f"| epochs over them / SAE steps | {args.epochs} / {results['train_stats'].get('step')} "
+        f"(batch {args.batch_size}) |",
         f"| L1 coefficient / lr | {args.l1} / {args.lr} |",
         f"| held-out tokens (contexts after the training ones) | {h['n_tokens']:,} |",
         f"| L0 (held-out) | {h['l0']:.1f} |",
         f"| explained variance about the mean (held-out) | {h['explained_variance']:.4f} |",
         f"| the same without the {h['n_massive_tokens']} massive-activation tokens (norm > "
-        f"{MASSIVE_NORM_RATIO:g}x median; {100 * h['massive_share_of_variance']:.0f}% of the variance) | "
+        f"{MASSIVE_NORM_RATIO:g}x median; {100 * h['massive_share_of_variance']:.0f}% of the "
+        "variance) | "
         f"{h['explained_variance_without_massive']:.4f} |",
-        f"| MSE per element / per token (held-out) | {h['mse_per_element']:.4f} / {h['mse_per_token']:.2f} |",
+        f"| MSE per element / per token (held-out) | {h['mse_per_element']:.4f} / "
+        f"{h['mse_per_token']:.2f} |",
         f"| dead fraction (never fires on held-out tokens) | {h['dead_fraction']:.4f} |",
         f"| latents firing on > 10% of held-out tokens | {h['dense_fraction_gt_10pct']:.4f} |",
-        f"| L0 / explained variance on {t['n_tokens']:,} training tokens | {t['l0']:.1f} / {t['explained_variance']:.4f} |",
-        (f"| wall time | {results['wall_s'] / 60:.1f} min (activations {results['collect_s'] / 60:.1f} min, "
-         f"training {results['train_s'] / 60:.1f} min) on {torch.get_num_threads()} CPU threads |")
-        if not results["activations_from_cache"] else
-        (f"| wall time | activations {results['collect_s'] / 60:.1f} min (an earlier run of this command, "
-         f"saved with --acts-cache) + {results['wall_s'] / 60:.1f} min in this run (training "
-         f"{results['train_s'] / 60:.1f} min) on {torch.get_num_threads()} CPU threads |"),
-        f"| files | " + ", ".join(f"{k} {v:,} B" for k, v in sizes.items()) + " |",
+        f"| L0 / explained variance on {t['n_tokens']:,} training tokens | {t['l0']:.1f} / "
+        f"{t['explained_variance']:.4f} |",
+        (
+            f"| wall time | {results['wall_s'] / 60:.1f} min (activations "
+            f"{results['collect_s'] / 60:.1f} min, "
+            f"training {results['train_s'] / 60:.1f} min) on {torch.get_num_threads()} CPU threads "
+            "|"
+        )
+        if not results["activations_from_cache"]
+        else (
+            f"| wall time | activations {results['collect_s'] / 60:.1f} min (an earlier run of "
+            "this command, "
+            f"saved with --acts-cache) + {results['wall_s'] / 60:.1f} min in this run (training "
+            f"{results['train_s'] / 60:.1f} min) on {torch.get_num_threads()} CPU threads |"
+        ),
+        "| files | " + ", ".join(f"{k} {v:,} B" for k, v in sizes.items()) + " |",
         "",
-        "Massive activations: in about 1 context in 20 the first token after BOS has an activation norm of "
-        "2,000-18,000 at this layer (an attention sink like BOS; the median token norm is about 150). "
-        "BOS is left out of training and scoring but these tokens are not, so they stay in the training data; "
-        "the SAE reconstructs them almost exactly with a few dedicated latents, and since they carry a large "
-        "share of the variance about the mean they lift the plain explained variance. The row without them "
+        "Massive activations: in about 1 context in 20 the first token after BOS has an activation "
+        "norm of "
+        "2,000-18,000 at this layer (an attention sink like BOS; the median token norm is about "
+        "150). "
+        "BOS is left out of training and scoring but these tokens are not, so they stay in the "
+        "training data; "
+        "the SAE reconstructs them almost exactly with a few dedicated latents, and since they "
+        "carry a large "
+        "share of the variance about the mean they lift the plain explained variance. The row "
+        "without them "
         "is the better guide to how well ordinary tokens are reconstructed.",
         "",
         f"Software: torch {torch.__version__}, sae-lens {results['sae_lens_version']}, "
@@ -370,26 +473,56 @@ def write_readme(path: Path, command: str, args, results: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="seeds torch and the corpus order")
-    parser.add_argument("--n-tokens", type=int, default=819_200,
-                        help="training tokens to collect (counting the dropped BOS positions)")
-    parser.add_argument("--n-heldout", type=int, default=102_400, help="held-out tokens for scoring")
+    parser.add_argument(
+        "--n-tokens",
+        type=int,
+        default=819_200,
+        help="training tokens to collect (counting the dropped BOS positions)",
+    )
+    parser.add_argument(
+        "--n-heldout", type=int, default=102_400, help="held-out tokens for scoring"
+    )
     parser.add_argument("--epochs", type=float, default=4.0)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--l1", type=float, default=2.0, help="L1 coefficient (on activations scaled to norm sqrt(d_in))")
-    parser.add_argument("--model-batch", type=int, default=16, help="contexts per subject-model forward pass")
-    parser.add_argument("--acts-cache", type=Path, default=None,
-                        help="optional .pt file: load the activations from it if present, else save them there")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="optional training checkpoint: saved every 100 steps and on SIGTERM, resumed from if present")
+    parser.add_argument(
+        "--l1",
+        type=float,
+        default=2.0,
+        help="L1 coefficient (on activations scaled to norm sqrt(d_in))",
+    )
+    parser.add_argument(
+        "--model-batch", type=int, default=16, help="contexts per subject-model forward pass"
+    )
+    parser.add_argument(
+        "--acts-cache",
+        type=Path,
+        default=None,
+        help="optional .pt file: load the activations from it if present, else save them there",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="optional training checkpoint: saved every 100 steps and on SIGTERM, resumed from if "
+        "present",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--readme", type=Path, default=None,
-                        help="write the numbers here (default scripts/README_demo_sae.md when --out is the default)")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="write the numbers here "
+        "(default scripts/README_demo_sae.md when --out is the default)",
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     command = "HF_HUB_OFFLINE=1 .venv/bin/python scripts/train_demo_sae.py " + " ".join(
-        sys.argv[1:] if argv is None else argv)
+        sys.argv[1:] if argv is None else argv
+    )
     t0 = time.time()
     torch.manual_seed(args.seed)
 
@@ -401,12 +534,16 @@ def main(argv: list[str] | None = None) -> dict:
         assert cached["seed"] == args.seed and cached["acts"].shape[0] >= n_train_ctx + n_held_ctx
         acts = cached["acts"][: n_train_ctx + n_held_ctx]
         collect_s = float(cached.get("collect_s", float("nan")))  # the collecting run's time
-        print(f"loaded activations {tuple(acts.shape)} from {args.acts_cache} "
-              f"(collected in {collect_s:.0f} s by an earlier run)")
+        print(
+            f"loaded activations {tuple(acts.shape)} from {args.acts_cache} "
+            f"(collected in {collect_s:.0f} s by an earlier run)"
+        )
     else:
         model = load_subject(MODEL_NAME, device="cpu")
         # one corpus pass: the held-out contexts are the ones right after the training ones
-        acts = collect_activations(model, (n_train_ctx + n_held_ctx) * CONTEXT_SIZE, args.seed, args.model_batch)
+        acts = collect_activations(
+            model, (n_train_ctx + n_held_ctx) * CONTEXT_SIZE, args.seed, args.model_batch
+        )
         del model
         collect_s = time.time() - t0
         if args.acts_cache:
@@ -414,16 +551,24 @@ def main(argv: list[str] | None = None) -> dict:
     d_in = acts.shape[-1]
     train_acts = acts[:n_train_ctx].reshape(-1, d_in)
     held_acts = acts[n_train_ctx:].reshape(-1, d_in)
-    print(f"activations: {train_acts.shape[0]:,} training, {held_acts.shape[0]:,} held-out tokens "
-          f"({collect_s:.0f} s)")
+    print(
+        f"activations: {train_acts.shape[0]:,} training, {held_acts.shape[0]:,} held-out tokens "
+        f"({collect_s:.0f} s)"
+    )
 
     # sae_lens's "expected_average_only_in" scaling: mean norm -> sqrt(d_in) while training
     scaling_factor = math.sqrt(d_in) / train_acts.norm(dim=-1).mean().item()
     train_acts.mul_(scaling_factor)
     t1 = time.time()
-    training_sae, train_stats = train_sae(train_acts, seed=args.seed, l1_coefficient=args.l1, lr=args.lr,
-                                          epochs=args.epochs, batch_size=args.batch_size,
-                                          checkpoint=args.checkpoint)
+    training_sae, train_stats = train_sae(
+        train_acts,
+        seed=args.seed,
+        l1_coefficient=args.l1,
+        lr=args.lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        checkpoint=args.checkpoint,
+    )
     train_s = train_stats.get("train_s", time.time() - t1)
     train_acts.div_(scaling_factor)
 
@@ -445,7 +590,8 @@ def main(argv: list[str] | None = None) -> dict:
         "lr": args.lr,
         "train_batch_size_tokens": args.batch_size,
         "trained_by": "scripts/train_demo_sae.py",
-        # read by sae_interp_tasks (saes.INSTRUMENT_DEFAULTS_KEY): sizes that let the headline tasks run in
+        # read by sae_interp_tasks (saes.INSTRUMENT_DEFAULTS_KEY): sizes that let the headline
+        # tasks run in
         # minutes on a 2-core CPU; a user's --metadata overrides them
         "sae_interp_defaults": DEMO_INSTRUMENT_DEFAULTS,
     }
@@ -485,7 +631,11 @@ def main(argv: list[str] | None = None) -> dict:
         "transformer_lens_version": version("transformer-lens"),
     }
     print(json.dumps(results, indent=2))
-    readme = args.readme or (REPO / "scripts" / "README_demo_sae.md" if args.out.resolve() == DEFAULT_OUT.resolve() else None)
+    readme = args.readme or (
+        REPO / "scripts" / "README_demo_sae.md"
+        if args.out.resolve() == DEFAULT_OUT.resolve()
+        else None
+    )
     if readme:
         write_readme(readme, command, args, results)
         print(f"wrote {readme}")

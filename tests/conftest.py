@@ -1,4 +1,5 @@
-"""Offline fixtures: a tiny Llama subject built from a config, SAEs with planted latents, a local corpus.
+"""Offline fixtures: a tiny Llama subject built from a config, SAEs with planted latents, a local
+corpus.
 
 Everything here is built at test time from fixed seeds; nothing is downloaded. The planted
 SAEs read `blocks.0.hook_resid_pre`, which for a Llama in TransformerLens is the token
@@ -21,8 +22,8 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -39,7 +40,10 @@ CAT_LATENT, DOG_LATENT = 0, 1
 def shared_models_dir() -> Path:
     """Converted models outlive one session (the bundled model's conversion takes ~20 s)."""
     root = os.environ.get("SAE_INTERP_TEST_MODELS") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "sae_interp_tasks", "models")
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+        "sae_interp_tasks",
+        "models",
+    )
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -62,8 +66,14 @@ def sae_cache(tmp_path_factory) -> Path:
 def subprocess_env(cache: Path) -> dict:
     """Environment for console scripts run by the tests: offline, our cache, quiet."""
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               SAE_INTERP_CACHE=str(cache), TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        SAE_INTERP_CACHE=str(cache),
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONWARNINGS="ignore",
+    )
     return env
 
 
@@ -85,16 +95,27 @@ def tokenizer(bundled_dir):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
-    """A 2-layer LlamaForCausalLM (d_model 128, 4 heads) with random weights (seed 0) and the bundled tokenizer."""
+    """A 2-layer LlamaForCausalLM (d_model 128, 4 heads) with random weights (seed 0) and the
+    bundled tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    out = tmp_path_factory.mktemp("tiny-subject")  # not "llama": see test_subject_folder_named_llama
+    out = tmp_path_factory.mktemp(
+        "tiny-subject"
+    )  # not "llama": see test_subject_folder_named_llama
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=D_MODEL, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+        vocab_size=len(tokenizer),
+        hidden_size=D_MODEL,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
     config.architectures = ["LlamaForCausalLM"]
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -103,7 +124,8 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
-    """The tiny model as a HookedTransformer (shared: tests add hooks only through context managers)."""
+    """The tiny model as a HookedTransformer (shared: tests add hooks only through context
+    managers)."""
     from sae_interp_tasks.stages.subject import load_subject
 
     return load_subject(str(tiny_model_dir))
@@ -128,14 +150,27 @@ class PlantedSAE:
 
 
 def _metadata(model_dir: Path, hook: str) -> dict:
-    return {"model_name": str(model_dir), "hook_name": hook, "prepend_bos": True,
-            "context_size": CONTEXT_SIZE, "dataset_path": None}
+    return {
+        "model_name": str(model_dir),
+        "hook_name": hook,
+        "prepend_bos": True,
+        "context_size": CONTEXT_SIZE,
+        "dataset_path": None,
+    }
 
 
-def build_planted_sae(W_E: torch.Tensor, planted: dict[int, int], d_sae: int, model_dir: Path, out: Path,
-                      hook: str = HOOK, seed: int = 0) -> Path:
-    """A StandardSAE whose latent i (in `planted`) fires on token planted[i] only; the rest are random
-    directions with a bias at their projection's 99.5th percentile over the vocabulary (sparse)."""
+def build_planted_sae(
+    W_E: torch.Tensor,
+    planted: dict[int, int],
+    d_sae: int,
+    model_dir: Path,
+    out: Path,
+    hook: str = HOOK,
+    seed: int = 0,
+) -> Path:
+    """A StandardSAE whose latent i (in `planted`) fires on token planted[i] only; the rest are
+    random directions with a bias at their projection's 99.5th percentile over the vocabulary
+    (sparse)."""
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
@@ -152,10 +187,14 @@ def build_planted_sae(W_E: torch.Tensor, planted: dict[int, int], d_sae: int, mo
             e = W_E[planted[latent]]
             w = e / e.dot(e)  # w . e = 1 exactly on the planted token
             proj = W_E @ w
-            others = torch.cat([proj[:planted[latent]], proj[planted[latent] + 1:]])
+            others = torch.cat([proj[: planted[latent]], proj[planted[latent] + 1 :]])
             bias = -(1.0 + float(others.max())) / 2  # halfway between the best other token and 1
             act = 1.0 + bias
-            W_enc[:, latent], b_enc[latent], W_dec[latent] = w, bias, e / act  # decodes its token exactly
+            W_enc[:, latent], b_enc[latent], W_dec[latent] = (
+                w,
+                bias,
+                e / act,
+            )  # decodes its token exactly
         else:
             w = torch.randn(d_in, generator=gen)
             w = w / w.norm()
@@ -195,7 +234,8 @@ def build_exact_sae(d_in: int, model_dir: Path, out: Path, hook: str = HOOK) -> 
 
 @pytest.fixture(scope="session")
 def planted_sae(tmp_path_factory, tiny_model, tiny_model_dir, tokenizer) -> PlantedSAE:
-    """Latent 0 fires exactly on " cat", latent 1 exactly on " dog", latents 2.. are random and sparse."""
+    """Latent 0 fires exactly on " cat", latent 1 exactly on " dog", latents 2.. are random and
+    sparse."""
     planted = {CAT_LATENT: token_id(tokenizer, CAT), DOG_LATENT: token_id(tokenizer, DOG)}
     out = tmp_path_factory.mktemp("planted_sae")
     build_planted_sae(tiny_model.W_E.detach().float(), planted, D_SAE, tiny_model_dir, out)
@@ -230,8 +270,12 @@ TEMPLATES = [
 
 def corpus_lines(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    return [rng.choice(TEMPLATES).format(a=rng.choice(ANIMALS), b=rng.choice(ANIMALS), t=rng.choice(THINGS))
-            for _ in range(n)]
+    return [
+        rng.choice(TEMPLATES).format(
+            a=rng.choice(ANIMALS), b=rng.choice(ANIMALS), t=rng.choice(THINGS)
+        )
+        for _ in range(n)
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -253,18 +297,30 @@ def small_corpus_file(tmp_path_factory) -> Path:
 def jsonl_corpus(tmp_path_factory) -> Path:
     """A jsonl corpus whose text lives in `content`, not `text`."""
     path = tmp_path_factory.mktemp("jsonl_corpus") / "docs.jsonl"
-    path.write_text("".join(json.dumps({"id": i, "content": line}) + "\n"
-                            for i, line in enumerate(corpus_lines(50, seed=2))))
+    path.write_text(
+        "".join(
+            json.dumps({"id": i, "content": line}) + "\n"
+            for i, line in enumerate(corpus_lines(50, seed=2))
+        )
+    )
     return path
 
 
-# --- the activation pass of the planted SAE over the corpus ------------------------------------------
+# --- the activation pass of the planted SAE over the corpus
+# ------------------------------------------
 def _pass_config():
     from sae_interp_tasks.stages.activations import PassConfig
 
     # pass_batch_size 1: the tests choose the batch size themselves
-    return PassConfig(n_tokens=4096, context_size=CONTEXT_SIZE, window=16, n_top=10, n_sample=40, n_random=64,
-                      pass_batch_size=1)
+    return PassConfig(
+        n_tokens=4096,
+        context_size=CONTEXT_SIZE,
+        window=16,
+        n_top=10,
+        n_sample=40,
+        n_random=64,
+        pass_batch_size=1,
+    )
 
 
 PASS_CFG = _pass_config()
@@ -278,5 +334,14 @@ def planted_pass(tiny_model, loaded_planted, corpus_file, tmp_path_factory):
     from sae_interp_tasks.stages.corpus import CorpusSpec
 
     sae, info = loaded_planted
-    return run_activation_pass(tiny_model, sae, info, CorpusSpec(source=str(corpus_file)), PASS_CFG, PASS_SEED,
-                               PASS_BATCH, cache_dir=tmp_path_factory.mktemp("planted_pass"), progress=False)
+    return run_activation_pass(
+        tiny_model,
+        sae,
+        info,
+        CorpusSpec(source=str(corpus_file)),
+        PASS_CFG,
+        PASS_SEED,
+        PASS_BATCH,
+        cache_dir=tmp_path_factory.mktemp("planted_pass"),
+        progress=False,
+    )

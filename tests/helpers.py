@@ -24,7 +24,8 @@ def lm_eval_script() -> str:
     return found
 
 
-# Python that patches lm-eval's TaskManager to leave its ~14k built-in task YAMLs out of the task index
+# Python that patches lm-eval's TaskManager to leave its ~14k built-in task YAMLs out of the task
+# index
 # (indexing them costs 10-25 s a run here); only this package's tasks run, so the results files are
 # what the console script writes
 WITHOUT_BUILTIN_TASKS = """
@@ -38,26 +39,43 @@ def without_builtin_tasks(self, *args, **kwargs):
 manager.TaskManager.__init__ = without_builtin_tasks
 """
 # lm_eval's own entry point in a fresh process, the built-in tasks left out
-FAST_DRIVER = WITHOUT_BUILTIN_TASKS + """
+FAST_DRIVER = (
+    WITHOUT_BUILTIN_TASKS
+    + """
 sys.argv = ["lm_eval", *sys.argv[1:]]
 cli_evaluate()
 """
+)
 
 
-def run_lm_eval(args: list[str], cache: Path, timeout: int = 400, console: bool = False,
-                **env: str) -> subprocess.CompletedProcess:
+def run_lm_eval(
+    args: list[str], cache: Path, timeout: int = 400, console: bool = False, **env: str
+) -> subprocess.CompletedProcess:
     """`lm_eval ARGS` in a subprocess: the installed console script itself with `console=True`, else
-    lm_eval's entry point without lm-eval's built-in tasks (this package's tasks and --include_path only)."""
+    lm_eval's entry point without lm-eval's built-in tasks (this package's tasks and --include_path
+    only)."""
     command = [lm_eval_script()] if console else [sys.executable, "-c", FAST_DRIVER]
     # DISABLE_MULTIPROC: lm-eval bootstraps each nanmean metric's stderr (100k draws) in a fresh
     # process pool per metric; in-process it takes ~1 s per metric instead of ~1.7 s here
-    return subprocess.run([*command, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**subprocess_env(cache), "DISABLE_MULTIPROC": "1", **env})
+    return subprocess.run(
+        [*command, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**subprocess_env(cache), "DISABLE_MULTIPROC": "1", **env},
+    )
 
 
 def run_python(code: str, cache: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(cache), capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=subprocess_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def result_files(folder: Path) -> list[Path]:
@@ -69,7 +87,8 @@ def error_lines(stderr: str) -> list[str]:
 
 
 def samples(out: Path, task: str, key: str = "slot") -> list[dict]:
-    """The task's samples file rows, each with its parsed `response` (our Response's str is JSON)."""
+    """The task's samples file rows, each with its parsed `response` (our Response's str is
+    JSON)."""
     (path,) = out.rglob(f"samples_{task}_*.jsonl")
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     for row in rows:
@@ -77,7 +96,8 @@ def samples(out: Path, task: str, key: str = "slot") -> list[dict]:
     return sorted(rows, key=lambda r: r["doc"][key])
 
 
-# --- an oracle scorer ------------------------------------------------------------------------------
+# --- an oracle scorer
+# ------------------------------------------------------------------------------
 def read_scorer_prompt(system: str, user: str) -> tuple[str, list[str], bool]:
     """(explanation, example texts, is_fuzzing) from the messages of a classifier.scorer_prompt."""
     explanation = re.match(r"Explanation: (.*)\n\n", user).group(1)
@@ -102,7 +122,10 @@ def verdicts(system: str, user: str) -> list[bool]:
     fuzzing whether the marked tokens do."""
     explanation, examples, fuzzing = read_scorer_prompt(system, user)
     if fuzzing:
-        return [any(mentions(m, explanation) for m in re.findall(r"<<(.*?)>>", text)) for text in examples]
+        return [
+            any(mentions(m, explanation) for m in re.findall(r"<<(.*?)>>", text))
+            for text in examples
+        ]
     return [mentions(text, explanation) for text in examples]
 
 
@@ -110,17 +133,44 @@ YES, NO = math.log(0.9), math.log(0.1)
 
 
 def chat_completion(content: str, top: list[dict[str, float]] | None = None) -> dict:
-    """A chat.completion body whose one choice says `content`, with top logprobs per token when given."""
-    logprobs = None if top is None else {"content": [
-        {"token": max(alts, key=alts.get), "logprob": max(alts.values()), "bytes": None,
-         "top_logprobs": [{"token": t, "logprob": lp, "bytes": None} for t, lp in alts.items()]} for alts in top]}
-    return {"id": "oracle", "object": "chat.completion", "created": 0, "model": "oracle",
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content},
-                         "logprobs": logprobs}]}
+    """A chat.completion body whose one choice says `content`, with top logprobs per token when
+    given."""
+    logprobs = (
+        None
+        if top is None
+        else {
+            "content": [
+                {
+                    "token": max(alts, key=alts.get),
+                    "logprob": max(alts.values()),
+                    "bytes": None,
+                    "top_logprobs": [
+                        {"token": t, "logprob": lp, "bytes": None} for t, lp in alts.items()
+                    ],
+                }
+                for alts in top
+            ]
+        }
+    )
+    return {
+        "id": "oracle",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "oracle",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": content},
+                "logprobs": logprobs,
+            }
+        ],
+    }
 
 
 def oracle_answer(messages: list[dict]) -> dict:
-    """The oracle scorer's chat answer: the right 0/1 list with logprobs; a plain "no" to anything else."""
+    """The oracle scorer's chat answer: the right 0/1 list with logprobs; a plain "no" to anything
+    else."""
     system, user = messages[0]["content"], messages[-1]["content"]
     if not user.startswith("Explanation: "):  # not a scorer prompt (e.g. a judge)
         return chat_completion("no", [{"no": 0.0}])
@@ -133,8 +183,9 @@ def oracle_answer(messages: list[dict]) -> dict:
 
 
 class JsonEndpoint:
-    """An HTTP server on 127.0.0.1 answering each POST with `respond(path, body) -> (status, payload)`
-    as JSON; `asked` holds every request body, `url` ends in /v1. A context manager, or call close()."""
+    """An HTTP server on 127.0.0.1 answering each POST with `respond(path, body) -> (status,
+    payload)` as JSON; `asked` holds every request body, `url` ends in /v1. A context manager, or
+    call close()."""
 
     def __init__(self, respond):
         from servers import free_port
@@ -173,7 +224,8 @@ class JsonEndpoint:
 
 
 def words(text: str) -> int:
-    """The oracle endpoint's token count (an API counts with its own tokenizer; this one counts words)."""
+    """The oracle endpoint's token count (an API counts with its own tokenizer; this one counts
+    words)."""
     return len(text.split())
 
 
@@ -181,14 +233,25 @@ def with_usage(body: dict, answer: dict) -> dict:
     """The answer with an API's `usage`: the request's and the answer's words."""
     prompt = sum(words(m["content"]) for m in body["messages"])
     completion = words(answer["choices"][0]["message"]["content"])
-    return {**answer, "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                                "total_tokens": prompt + completion}}
+    return {
+        **answer,
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }
 
 
 class OracleEndpoint(JsonEndpoint):
-    """An OpenAI-compatible chat endpoint answering as the oracle scorer, with `usage` counted in words."""
+    """An OpenAI-compatible chat endpoint answering as the oracle scorer, with `usage` counted in
+    words."""
 
     def __init__(self):
-        super().__init__(lambda path, body: (200, with_usage(body, oracle_answer(body["messages"])))
-                         if path.endswith("/chat/completions")
-                         else (404, {"error": {"message": f"{path} not found"}}))  # a chat-only API, as OpenAI's
+        super().__init__(
+            lambda path, body: (
+                (200, with_usage(body, oracle_answer(body["messages"])))
+                if path.endswith("/chat/completions")
+                else (404, {"error": {"message": f"{path} not found"}})
+            )
+        )  # a chat-only API, as OpenAI's

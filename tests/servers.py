@@ -51,7 +51,9 @@ def _wait_healthy(server: Server, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log_tail()}")
+            raise RuntimeError(
+                f"server exited with {server.process.returncode}:\n{server.log_tail()}"
+            )
         try:
             with urllib.request.urlopen(server.url + "/health", timeout=2) as response:
                 if response.status == 200:
@@ -59,7 +61,9 @@ def _wait_healthy(server: Server, timeout: float) -> None:
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.3)
-    raise TimeoutError(f"server at {server.url} not healthy after {timeout:.0f}s:\n{server.log_tail()}")
+    raise TimeoutError(
+        f"server at {server.url} not healthy after {timeout:.0f}s:\n{server.log_tail()}"
+    )
 
 
 def stop(server: Server, grace: float = 10.0) -> None:
@@ -73,9 +77,13 @@ def stop(server: Server, grace: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def _running(cmd: list[str], log_path: Path, port: int, env: dict, startup_timeout: float) -> Iterator[Server]:
+def _running(
+    cmd: list[str], log_path: Path, port: int, env: dict, startup_timeout: float
+) -> Iterator[Server]:
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(
+            cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     server = Server(process, f"http://127.0.0.1:{port}", log_path)
     try:
         _wait_healthy(server, startup_timeout)
@@ -85,28 +93,55 @@ def _running(cmd: list[str], log_path: Path, port: int, env: dict, startup_timeo
 
 
 def transformers_serve(model_dir: Path, workdir: Path, startup_timeout: float = 180.0):
-    """`transformers serve` pinned to `model_dir`; requests must name that same path as their model."""
-    exe = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
+    """`transformers serve` pinned to `model_dir`; requests must name that same path as their
+    model."""
+    exe = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which(
+        "transformers"
+    )
     if exe is None:
         raise RuntimeError("the `transformers` CLI is not installed next to this Python")
     port = free_port()
     hub_cache = workdir / "hf_hub_cache"
     hub_cache.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(hub_cache), TRANSFORMERS_VERBOSITY="error")
-    cmd = [exe, "serve", str(model_dir), "--device", "cpu", "--dtype", "float32", "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "warning"]
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(hub_cache), TRANSFORMERS_VERBOSITY="error"
+    )
+    cmd = [
+        exe,
+        "serve",
+        str(model_dir),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     return _running(cmd, workdir / "transformers_serve.log", port, env, startup_timeout)
 
 
 def fault_proxy(upstream: str, workdir: Path, startup_timeout: float = 60.0):
     port = free_port()
-    cmd = [sys.executable, str(Path(__file__).resolve()), "proxy", "--upstream", upstream, "--port", str(port)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "proxy",
+        "--upstream",
+        upstream,
+        "--port",
+        str(port),
+    ]
     return _running(cmd, workdir / "fault_proxy.log", port, dict(os.environ), startup_timeout)
 
 
 def post_json(url: str, payload: dict, timeout: float = 10.0) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 
@@ -118,6 +153,7 @@ def get_json(url: str, timeout: float = 10.0) -> dict:
 
 # ---------------------------------------------------------------- the proxy process
 
+
 def proxy_app(upstream: str):
     import asyncio
 
@@ -125,8 +161,14 @@ def proxy_app(upstream: str):
     from fastapi.responses import JSONResponse, Response
 
     app = FastAPI()
-    state: dict = {"faults": {}, "count": 0, "outcomes": [], "auth_sha256": [], "reject_logprobs": False,
-                   "hang_s": 60.0}
+    state: dict = {
+        "faults": {},
+        "count": 0,
+        "outcomes": [],
+        "auth_sha256": [],
+        "reject_logprobs": False,
+        "hang_s": 60.0,
+    }
 
     @app.get("/health")
     async def health():
@@ -136,21 +178,38 @@ def proxy_app(upstream: str):
     async def plan(body: dict):
         unknown = set(body.get("faults", {}).values()) - set(FAULTS)
         if unknown:
-            return JSONResponse({"error": f"unknown faults {sorted(unknown)}; known: {FAULTS}"}, 400)
-        state.update(faults={int(k): v for k, v in body.get("faults", {}).items()}, count=0, outcomes=[],
-                     auth_sha256=[], reject_logprobs=bool(body.get("reject_logprobs", False)),
-                     hang_s=float(body.get("hang_s", 60.0)))
+            return JSONResponse(
+                {"error": f"unknown faults {sorted(unknown)}; known: {FAULTS}"}, 400
+            )
+        state.update(
+            faults={int(k): v for k, v in body.get("faults", {}).items()},
+            count=0,
+            outcomes=[],
+            auth_sha256=[],
+            reject_logprobs=bool(body.get("reject_logprobs", False)),
+            hang_s=float(body.get("hang_s", 60.0)),
+        )
         return {"ok": True}
 
     @app.get("/_proxy/stats")
     async def stats():
-        return {"count": state["count"], "outcomes": state["outcomes"], "auth_sha256": state["auth_sha256"]}
+        return {
+            "count": state["count"],
+            "outcomes": state["outcomes"],
+            "auth_sha256": state["auth_sha256"],
+        }
 
     def forward(body: bytes, headers: dict) -> tuple[int, bytes, str]:
-        request = urllib.request.Request(upstream + "/v1/chat/completions", data=body, headers=headers)
+        request = urllib.request.Request(
+            upstream + "/v1/chat/completions", data=body, headers=headers
+        )
         try:
             with urllib.request.urlopen(request, timeout=600) as response:
-                return response.status, response.read(), response.headers.get("content-type", "application/json")
+                return (
+                    response.status,
+                    response.read(),
+                    response.headers.get("content-type", "application/json"),
+                )
         except urllib.error.HTTPError as err:
             return err.code, err.read(), err.headers.get("content-type", "application/json")
 
@@ -159,7 +218,9 @@ def proxy_app(upstream: str):
         body = await request.body()
         number = state["count"]
         state["count"] += 1
-        state["auth_sha256"].append(hashlib.sha256(request.headers.get("authorization", "").encode()).hexdigest())
+        state["auth_sha256"].append(
+            hashlib.sha256(request.headers.get("authorization", "").encode()).hexdigest()
+        )
         fault = state["faults"].get(number, "forward")
         if fault == "forward" and state["reject_logprobs"] and json.loads(body).get("logprobs"):
             fault = "reject_logprobs"
@@ -167,11 +228,15 @@ def proxy_app(upstream: str):
         if fault == "500":
             return JSONResponse({"error": {"message": "injected server error"}}, 500)
         if fault == "429":
-            return JSONResponse({"error": {"message": "injected rate limit"}}, 429, headers={"retry-after": "0"})
+            return JSONResponse(
+                {"error": {"message": "injected rate limit"}}, 429, headers={"retry-after": "0"}
+            )
         if fault == "401":
             return JSONResponse({"error": {"message": "Incorrect API key provided"}}, 401)
         if fault == "empty_choices":
-            return JSONResponse({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []})
+            return JSONResponse(
+                {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []}
+            )
         if fault == "non_json":
             return Response("<html><body>upstream hiccup</body></html>", media_type="text/html")
         if fault == "bad_json":
@@ -182,8 +247,15 @@ def proxy_app(upstream: str):
                 await asyncio.sleep(0.2)
             return JSONResponse({"error": {"message": "hung on purpose"}}, 504)
         if fault == "reject_logprobs":
-            return JSONResponse({"error": {"message": "logprobs is not supported by this endpoint",
-                                           "type": "invalid_request_error"}}, 400)
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "logprobs is not supported by this endpoint",
+                        "type": "invalid_request_error",
+                    }
+                },
+                400,
+            )
         headers = {"Content-Type": "application/json"}
         status, content, content_type = await asyncio.to_thread(forward, body, headers)
         return Response(content, status_code=status, media_type=content_type.split(";")[0])
@@ -200,8 +272,13 @@ def main() -> None:
     args = parser.parse_args()
     import uvicorn
 
-    uvicorn.run(proxy_app(args.upstream.rstrip("/")), host="127.0.0.1", port=args.port, log_level="warning",
-                timeout_graceful_shutdown=2)
+    uvicorn.run(
+        proxy_app(args.upstream.rstrip("/")),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=2,
+    )
 
 
 if __name__ == "__main__":

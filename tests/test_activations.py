@@ -1,4 +1,5 @@
-"""The activation pass: a planted " cat" latent, subset encodes, the cache, resumes, the memory bound."""
+"""The activation pass: a planted " cat" latent, subset encodes, the cache, resumes, the memory
+bound."""
 
 from __future__ import annotations
 
@@ -7,13 +8,28 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conftest import CAT_LATENT, DOG_LATENT, PASS_BATCH, PASS_CFG as CFG, PASS_SEED as SEED
-from sae_interp_tasks.stages import activations
-from sae_interp_tasks.stages import corpus
+from conftest import CAT_LATENT, DOG_LATENT, PASS_BATCH
+from conftest import PASS_CFG as CFG
+from conftest import PASS_SEED as SEED
+from sae_interp_tasks.stages import activations, corpus
 from sae_interp_tasks.stages.activations import run_activation_pass
 
-TENSORS = ("firing", "max_act", "top_key", "top_id", "top_tokens", "top_acts", "sample_key", "sample_id",
-           "sample_tokens", "sample_acts", "random_key", "random_id", "random_tokens", "random_max")
+TENSORS = (
+    "firing",
+    "max_act",
+    "top_key",
+    "top_id",
+    "top_tokens",
+    "top_acts",
+    "sample_key",
+    "sample_id",
+    "sample_tokens",
+    "sample_acts",
+    "random_key",
+    "random_id",
+    "random_tokens",
+    "random_max",
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,19 +45,31 @@ def full_pass(planted_pass):
 @pytest.fixture(scope="module")
 def pass_tokens(tiny_model, spec) -> torch.Tensor:
     """The contexts the pass saw, [n_contexts, context_size]."""
-    return torch.stack(list(corpus.token_contexts(spec, tiny_model.tokenizer, CFG.n_tokens, CFG.context_size,
-                                                  prepend_bos=True, seed=SEED)))
+    return torch.stack(
+        list(
+            corpus.token_contexts(
+                spec,
+                tiny_model.tokenizer,
+                CFG.n_tokens,
+                CFG.context_size,
+                prepend_bos=True,
+                seed=SEED,
+            )
+        )
+    )
 
 
 def run(model, sae, info, spec, cfg=CFG, batch_size=PASS_BATCH, **kwargs):
-    return run_activation_pass(model, sae, info, spec, cfg, SEED, batch_size, progress=False, **kwargs)
+    return run_activation_pass(
+        model, sae, info, spec, cfg, SEED, batch_size, progress=False, **kwargs
+    )
 
 
 def assert_same_state(a, b, latents=None):
-    """Two pass states hold the same thing (optionally: b restricted to a's latents). Each latent's kept
-    windows are a set; canonical() puts both in record order."""
+    """Two pass states hold the same thing (optionally: b restricted to a's latents). Each latent's
+    kept windows are a set; canonical() puts both in record order."""
     a, b = a.canonical(), b.canonical()
-    rows = slice(None) if latents is None else [b.index_of(int(l)) for l in latents]
+    rows = slice(None) if latents is None else [b.index_of(int(lat)) for lat in latents]
     assert a.n_tokens == b.n_tokens and a.n_contexts == b.n_contexts
     for name in TENSORS:
         x, y = getattr(a, name), getattr(b, name)
@@ -62,7 +90,9 @@ def test_planted_latent_fires_exactly_on_cat(full_pass, pass_tokens, planted_sae
     assert len(record.top) == CFG.n_top
     for ex in record.top + record.activating:
         assert cat in ex.tokens
-        assert set(ex.tokens[ex.acts > 0].tolist()) == {cat}  # fires on every cat of the window, nowhere else
+        assert set(ex.tokens[ex.acts > 0].tolist()) == {
+            cat
+        }  # fires on every cat of the window, nowhere else
         assert (ex.acts[ex.tokens == cat] > 0).all()
     assert record.non_activating, "the shared random sample should hold windows without ' cat'"
     for ex in record.non_activating:
@@ -84,7 +114,8 @@ def test_second_planted_latent_and_window_ids(full_pass, pass_tokens, planted_sa
 
 
 def test_bos_never_counts(full_pass, pass_tokens):
-    # the activations at BOS are zeroed before any statistic: no window's first token of a context is active
+    # the activations at BOS are zeroed before any statistic: no window's first token of a context
+    # is active
     first_windows = set(range(0, pass_tokens.numel() // CFG.window, CFG.context_size // CFG.window))
     for latent in full_pass.latents.tolist():
         for ex in full_pass.record(latent).top:
@@ -110,7 +141,9 @@ def test_subset_encoder_is_exact(loaded_planted):
     sae, _ = loaded_planted
     x = torch.randn(3, 5, sae.cfg.d_in) * 0.05
     latents = torch.tensor([3, 0, 11])
-    assert torch.allclose(activations.subset_encoder(sae, latents)(x), sae.encode(x)[..., latents], atol=1e-6)
+    assert torch.allclose(
+        activations.subset_encoder(sae, latents)(x), sae.encode(x)[..., latents], atol=1e-6
+    )
     assert activations.subset_encoder(sae, torch.arange(sae.cfg.d_sae)) == sae.encode
 
 
@@ -131,13 +164,17 @@ def test_second_call_is_served_from_cache(tiny_model, loaded_planted, spec, tmp_
     assert_same_state(third, first)
 
 
-def test_batch_layout_does_not_change_the_pass(tiny_model, loaded_planted, spec, full_pass, tmp_path):
+def test_batch_layout_does_not_change_the_pass(
+    tiny_model, loaded_planted, spec, full_pass, tmp_path
+):
     sae, info = loaded_planted
     other = run(tiny_model, sae, info, spec, batch_size=5, cache_dir=tmp_path)
     assert_same_state(other, full_pass)
 
 
-def test_interrupted_pass_resumes(tiny_model, loaded_planted, spec, full_pass, tmp_path, monkeypatch):
+def test_interrupted_pass_resumes(
+    tiny_model, loaded_planted, spec, full_pass, tmp_path, monkeypatch
+):
     sae, info = loaded_planted
     cfg = CFG
     real_contexts = corpus.token_contexts
@@ -151,30 +188,46 @@ def test_interrupted_pass_resumes(tiny_model, loaded_planted, spec, full_pass, t
 
     monkeypatch.setattr(corpus, "token_contexts", dying_contexts)
     with pytest.raises(KeyboardInterrupt):
-        run(tiny_model, sae, info, spec, checkpoint_seconds=0, cache_dir=tmp_path)  # checkpoint after every batch
+        run(
+            tiny_model, sae, info, spec, checkpoint_seconds=0, cache_dir=tmp_path
+        )  # checkpoint after every batch
     (folder,) = tmp_path.iterdir()
     assert (folder / "partial.pt").exists() and not (folder / "pass.pt").exists()
     monkeypatch.setattr(corpus, "token_contexts", real_contexts)
 
     forwards = []
     real_hook = activations.hook_activations
-    monkeypatch.setattr(activations, "hook_activations",
-                        lambda model, hook, tokens: forwards.append(len(tokens)) or real_hook(model, hook, tokens))
+    monkeypatch.setattr(
+        activations,
+        "hook_activations",
+        lambda model, hook, tokens: forwards.append(len(tokens)) or real_hook(model, hook, tokens),
+    )
     resumed = run(tiny_model, sae, info, spec, checkpoint_seconds=0, cache_dir=tmp_path)
     n_contexts = cfg.n_tokens // cfg.context_size
-    assert sum(forwards) == n_contexts - 3 * PASS_BATCH, "the resumed pass must skip the checkpointed batches"
+    assert sum(forwards) == n_contexts - 3 * PASS_BATCH, (
+        "the resumed pass must skip the checkpointed batches"
+    )
     assert_same_state(resumed, full_pass)
     assert (folder / "pass.pt").exists() and not (folder / "partial.pt").exists()
 
 
-def test_memory_is_bounded_by_sampling_sizes_not_tokens(tiny_model, loaded_planted, spec, full_pass, tmp_path):
+def test_memory_is_bounded_by_sampling_sizes_not_tokens(
+    tiny_model, loaded_planted, spec, full_pass, tmp_path
+):
     sae, info = loaded_planted
-    half = run(tiny_model, sae, info, spec, replace(CFG, n_tokens=CFG.n_tokens // 2), cache_dir=tmp_path)
+    half = run(
+        tiny_model, sae, info, spec, replace(CFG, n_tokens=CFG.n_tokens // 2), cache_dir=tmp_path
+    )
     assert half.n_tokens == CFG.n_tokens // 2
     n_lat, w = info.d_sae, CFG.window
-    expected = {"top_tokens": (n_lat, CFG.n_top, w), "top_acts": (n_lat, CFG.n_top, w),
-                "sample_tokens": (n_lat, CFG.n_sample, w), "sample_acts": (n_lat, CFG.n_sample, w),
-                "random_tokens": (CFG.n_random, w), "random_max": (CFG.n_random, n_lat)}
+    expected = {
+        "top_tokens": (n_lat, CFG.n_top, w),
+        "top_acts": (n_lat, CFG.n_top, w),
+        "sample_tokens": (n_lat, CFG.n_sample, w),
+        "sample_acts": (n_lat, CFG.n_sample, w),
+        "random_tokens": (CFG.n_random, w),
+        "random_max": (CFG.n_random, n_lat),
+    }
     for name in TENSORS:
         assert getattr(half, name).shape == getattr(full_pass, name).shape, name
     for name, shape in expected.items():
@@ -200,8 +253,8 @@ def test_latent_ids_out_of_range(tiny_model, loaded_planted, spec, tmp_path):
 
 
 class ShardOnly:
-    """A process group stub: rank `rank` of `world`, whose gather returns only its own state, so the pass
-    returns that rank's shard unmerged."""
+    """A process group stub: rank `rank` of `world`, whose gather returns only its own state, so
+    the pass returns that rank's shard unmerged."""
 
     def __init__(self, rank: int, world: int):
         self.rank, self.world_size = rank, world
@@ -210,13 +263,19 @@ class ShardOnly:
         return [obj]
 
 
-def test_shards_merge_into_the_single_process_pass(tiny_model, loaded_planted, spec, full_pass, tmp_path):
-    """Under a launcher each rank reads every world_size-th context; merging the ranks' states (k best by
-    key, ties to the earlier window; counts summed) gives exactly the pass one process makes."""
+def test_shards_merge_into_the_single_process_pass(
+    tiny_model, loaded_planted, spec, full_pass, tmp_path
+):
+    """Under a launcher each rank reads every world_size-th context; merging the ranks' states (k
+    best by key, ties to the earlier window; counts summed) gives exactly the pass one process
+    makes."""
     from sae_interp_tasks.stages.activations import PassState
 
     sae, info = loaded_planted
-    shards = [run(tiny_model, sae, info, spec, cache_dir=tmp_path / f"rank{r}", group=ShardOnly(r, 3)) for r in range(3)]
+    shards = [
+        run(tiny_model, sae, info, spec, cache_dir=tmp_path / f"rank{r}", group=ShardOnly(r, 3))
+        for r in range(3)
+    ]
     assert sum(s.n_contexts for s in shards) == full_pass.n_contexts
     assert all(s.n_contexts < full_pass.n_contexts for s in shards)
     merged = PassState.empty(full_pass.latents, CFG, SEED)
@@ -226,8 +285,9 @@ def test_shards_merge_into_the_single_process_pass(tiny_model, loaded_planted, s
 
 
 class PeerCache:
-    """Rank 0 of 2 whose peer reports `peer_cached` when the ranks ask each other whether the finished pass
-    is cached; every other gather returns this rank's object alone (its shard, unmerged)."""
+    """Rank 0 of 2 whose peer reports `peer_cached` when the ranks ask each other whether the
+    finished pass is cached; every other gather returns this rank's object alone (its shard,
+    unmerged)."""
 
     rank, world_size = 0, 2
 
@@ -240,14 +300,20 @@ class PeerCache:
 
 
 def test_ranks_agree_on_a_cached_pass(tiny_model, loaded_planted, spec, tmp_path):
-    """A rank that finds the finished pass cached loads it only when every rank does; otherwise it runs its
-    shard with the others (with per-machine caches, a rank alone on the cached path would leave the others
-    waiting in the merge)."""
+    """A rank that finds the finished pass cached loads it only when every rank does; otherwise it
+    runs its shard with the others (with per-machine caches, a rank alone on the cached path would
+    leave the others waiting in the merge)."""
     sae, info = loaded_planted
-    shard = run(tiny_model, sae, info, spec, cache_dir=tmp_path, group=ShardOnly(0, 2))  # writes pass.pt
+    shard = run(
+        tiny_model, sae, info, spec, cache_dir=tmp_path, group=ShardOnly(0, 2)
+    )  # writes pass.pt
     both = PeerCache(peer_cached=True)
     assert_same_state(run(tiny_model, sae, info, spec, cache_dir=tmp_path, group=both), shard)
     assert both.gathered == [True]  # asked, then loaded: no shard run, no merge
     alone = PeerCache(peer_cached=False)
     assert_same_state(run(tiny_model, sae, info, spec, cache_dir=tmp_path, group=alone), shard)
-    assert alone.gathered[0] is True and len(alone.gathered) == 2 and isinstance(alone.gathered[1], dict)
+    assert (
+        alone.gathered[0] is True
+        and len(alone.gathered) == 2
+        and isinstance(alone.gathered[1], dict)
+    )

@@ -29,7 +29,10 @@ TASK_DIR = REPO / "task_configs"
 
 def shipped_tasks() -> dict[str, str]:
     """task name -> kind, for every task YAML in task_configs/ (a group names no class)."""
-    kind_of = {f"{k.task_class.__module__}.{k.task_class.__name__}": name for name, k in registry.kinds().items()}
+    kind_of = {
+        f"{k.task_class.__module__}.{k.task_class.__name__}": name
+        for name, k in registry.kinds().items()
+    }
     found = {}
     for path in sorted(TASK_DIR.glob("*.yaml")):
         named = re.search(r"^class: !function (\S+)", path.read_text(), re.M)
@@ -60,7 +63,10 @@ def imported_modules(path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1]
+                    + ([base] if base else [])
+                )
             names = [f"{base}.{alias.name}" for alias in node.names] + [base]
         else:
             continue
@@ -87,7 +93,7 @@ def test_the_import_graph_has_no_cycles():
         state[node] = "open"
         for dep in sorted(graph[node]):
             if state.get(dep) == "open":
-                cycles.append(stack[stack.index(dep):] + [dep])
+                cycles.append(stack[stack.index(dep) :] + [dep])
             elif dep not in state:
                 visit(dep, stack + [dep])
         state[node] = "done"
@@ -96,7 +102,9 @@ def test_the_import_graph_has_no_cycles():
         if node not in state:
             visit(node, [node])
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
-    assert "sae_interp_tasks.clients.records" in graph["sae_interp_tasks.clients.cache"]  # the parser sees imports
+    assert (
+        "sae_interp_tasks.clients.records" in graph["sae_interp_tasks.clients.cache"]
+    )  # the parser sees imports
 
 
 def test_no_test_module_imports_another():
@@ -104,15 +112,25 @@ def test_no_test_module_imports_another():
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("test_"):
-                pytest.fail(f"{path.name} imports {node.module}; shared helpers belong in tests/helpers.py")
+                pytest.fail(
+                    f"{path.name} imports {node.module}; shared helpers belong in tests/helpers.py"
+                )
 
 
-# ------------------------------------------------------------------------------------ registry and settings
+# ------------------------------------------------------------------------------------ registry and
+# settings
 def test_every_builtin_task_yaml_names_a_registered_kind():
     # every kind the package declares ships a YAML, and the YAMLs found are the six task families
-    declared = {name for name, k in registry.kinds().items() if k.task_class.__module__.startswith("sae_interp_tasks.")}
-    assert set(BUILTIN.values()) == declared >= {"core", "detection", "fuzzing", "embedding", "selfexplain",
-                                                 "intervention"}
+    declared = {
+        name
+        for name, k in registry.kinds().items()
+        if k.task_class.__module__.startswith("sae_interp_tasks.")
+    }
+    assert (
+        set(BUILTIN.values())
+        == declared
+        >= {"core", "detection", "fuzzing", "embedding", "selfexplain", "intervention"}
+    )
     for task, kind in BUILTIN.items():
         spec = registry.lookup(kind)
         yaml_text = (TASK_DIR / f"{task}.yaml").read_text()
@@ -133,20 +151,36 @@ def test_every_yaml_default_equals_its_settings_default():
         assert listed, task
         for key, value in listed.items():
             assert key in defaults, f"{task}.yaml sets {key!r}, which {kind}'s settings do not have"
-            assert defaults[key] == value, f"{task}.yaml: {key}={value!r} but the settings default is {defaults[key]!r}"
+            assert defaults[key] == value, (
+                f"{task}.yaml: {key}={value!r} but the settings default is {defaults[key]!r}"
+            )
         # the YAML is the place users read: every key the kind reads appears there, except the
         # client and batching knobs documented in docs/methods.md
-        quiet = {"corpus_name", "corpus_split", "text_field", "pass_batch_size", "latents", "seed", "n_deciles",
-                 "explainer_base_url", "explainer_max_tokens", "max_concurrency", "scorer_base_url",
-                 "scorer_max_tokens", "embedding_batch_size", "selfexplain_batch_size", "intervention_batch_size",
-                 "surprisal_base_url"}
+        quiet = {
+            "corpus_name",
+            "corpus_split",
+            "text_field",
+            "pass_batch_size",
+            "latents",
+            "seed",
+            "n_deciles",
+            "explainer_base_url",
+            "explainer_max_tokens",
+            "max_concurrency",
+            "scorer_base_url",
+            "scorer_max_tokens",
+            "embedding_batch_size",
+            "selfexplain_batch_size",
+            "intervention_batch_size",
+            "surprisal_base_url",
+        }
         missing = set(defaults) - set(listed) - quiet
         assert not missing, f"{task}.yaml does not list {sorted(missing)}"
 
 
 def test_results_files_carry_each_kinds_report_and_the_readers_take_it_from_there():
-    """A Task writes its kind's Report into the results metadata; the report readers rebuild it from the
-    file alone, and the one fallback (files without it) gives the same report."""
+    """A Task writes its kind's Report into the results metadata; the report readers rebuild it
+    from the file alone, and the one fallback (files without it) gives the same report."""
     from sae_interp_tasks.registry import Report
     from sae_interp_tasks.reports.results_io import task_report
 
@@ -156,26 +190,40 @@ def test_results_files_carry_each_kinds_report_and_the_readers_take_it_from_ther
         recorded = json.loads(json.dumps(built.config.metadata["report"]))  # as lm-eval writes it
         data = {"configs": {task: {"metadata": {"report": recorded}}}, "config": {"model": "sae"}}
         assert Report.from_json(recorded) == spec.report == task_report(data, task), task
-        old = {"configs": {task: {"metadata": {}}}, "config": {"model": "sae"}}  # before reports were recorded
+        old = {
+            "configs": {task: {"metadata": {}}},
+            "config": {"model": "sae"},
+        }  # before reports were recorded
         assert task_report(old, task) == spec.report, task
         assert spec.report.headline in spec.metrics
-        assert all(m in spec.metrics and c in spec.metrics for m, c in spec.report.chance.items()), task
+        assert all(
+            m in spec.metrics and c in spec.metrics for m, c in spec.report.chance.items()
+        ), task
 
 
 def _non_doc_strings(path: Path):
     """(line, text) of every string constant in a module that is not a docstring."""
     tree = ast.parse(path.read_text())
-    docs = {id(node.body[0].value) for node in ast.walk(tree)
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body
-            and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
-    return [(node.lineno, node.value) for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs]
+    docs = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs
+    ]
 
 
 def test_no_module_outside_tasks_and_the_registry_names_a_task_kind():
-    """No task name (sae_core, ...) in any module outside tasks/ and registry.py, and no kind name in the harness
-    and report modules, where dispatch on a kind would sit. (A scorer or stage may use its own method's word,
-    "surprisal", "simulation", for its progress bars and random streams: that names the method, not a task.)"""
+    """No task name (sae_core, ...) in any module outside tasks/ and registry.py, and no kind name
+    in the harness and report modules, where dispatch on a kind would sit. (A scorer or stage may
+    use its own method's word, "surprisal", "simulation", for its progress bars and random streams:
+    that names the method, not a task.)"""
     kinds = set(registry.kinds())
     tasks = set(BUILTIN) | {"sae_interp"}
     task_words = re.compile(r"\b(" + "|".join(sorted(tasks)) + r")\b")
@@ -185,8 +233,11 @@ def test_no_module_outside_tasks_and_the_registry_names_a_task_kind():
         if inside[0] == "tasks" or path.name == "registry.py":
             continue
         dispatching = inside[0] in ("harness", "reports") or path.name == "cli.py"
-        found += [f"{path.relative_to(REPO)}:{line} {text!r}" for line, text in _non_doc_strings(path)
-                  if (dispatching and text in kinds) or task_words.search(text)]
+        found += [
+            f"{path.relative_to(REPO)}:{line} {text!r}"
+            for line, text in _non_doc_strings(path)
+            if (dispatching and text in kinds) or task_words.search(text)
+        ]
     assert not found, "task kinds named outside tasks/ and registry.py: " + "; ".join(found)
 
 
@@ -198,9 +249,14 @@ def test_files_and_functions_stay_readable():
         if len(text.splitlines()) > 400:
             too_long.append(f"{path.relative_to(REPO)}: {len(text.splitlines())} lines")
         for node in ast.walk(ast.parse(text)):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
-                too_long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}: "
-                                f"{node.end_lineno - node.lineno + 1} lines")
+            if (
+                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and node.end_lineno - node.lineno + 1 > 60
+            ):
+                too_long.append(
+                    f"{path.relative_to(REPO)}:{node.lineno} {node.name}: "
+                    f"{node.end_lineno - node.lineno + 1} lines"
+                )
     assert not too_long, too_long
 
 
@@ -221,23 +277,36 @@ def test_a_kind_declares_its_handler_and_a_headline_among_its_metrics():
     from sae_interp_tasks.registry import Report
 
     with pytest.raises(SaeInterpError, match="task kind 'orphan' .*needs serve="):
+
         @registry.task_kind("orphan", settings=Settings, serve=None, report=Report(headline="x"))
         class Orphan(SAETask):
             METRICS = {"x": (nanmean, True)}
 
-    with pytest.raises(SaeInterpError, match="task kind 'typo': headline 'acuracy' is not one of its METRICS"):
-        @registry.task_kind("typo", settings=Settings, serve=serve_latents, report=Report(headline="acuracy"))
+    with pytest.raises(
+        SaeInterpError, match="task kind 'typo': headline 'acuracy' is not one of its METRICS"
+    ):
+
+        @registry.task_kind(
+            "typo", settings=Settings, serve=serve_latents, report=Report(headline="acuracy")
+        )
         class Typo(SAETask):
             METRICS = {"accuracy": (nanmean, True)}
+
     assert "orphan" not in registry.kinds() and "typo" not in registry.kinds()
 
 
 def test_a_key_is_checked_by_the_kind_that_declares_it_whichever_task_reads_it():
     from sae_interp_tasks.errors import SaeInterpError
 
-    with pytest.raises(SaeInterpError, match="setting shuffled_control='maybe' should be a boolean"):
-        registry.settings_for("embedding", {"shuffled_control": "maybe"})  # a key of the LLM scorer's stage
-    with pytest.raises(SaeInterpError, match="target_kl must be a positive number or a list of them, got -1"):
+    with pytest.raises(
+        SaeInterpError, match="setting shuffled_control='maybe' should be a boolean"
+    ):
+        registry.settings_for(
+            "embedding", {"shuffled_control": "maybe"}
+        )  # a key of the LLM scorer's stage
+    with pytest.raises(
+        SaeInterpError, match="target_kl must be a positive number or a list of them, got -1"
+    ):
         registry.settings_for("core", {"target_kl": -1})
     assert registry.settings_for("embedding", {"shuffled_control": "no"})  # a good value passes
 
@@ -276,11 +345,31 @@ def test_the_wheel_carries_the_task_yamls_and_the_hook(wheel):
 
 def test_an_installed_wheel_finds_its_task_yamls(wheel, tmp_path):
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(target),
-                    str(wheel)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
     code = "import sae_interp_tasks._lm_eval_hook as h; print(h.TASK_DIR)"
-    proc = subprocess.run([sys.executable, "-S", "-c", code], env={"PYTHONPATH": str(target)}, cwd=tmp_path, capture_output=True,
-                          text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        env={"PYTHONPATH": str(target)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert Path(proc.stdout.strip()) == target / "sae_interp_tasks" / "task_configs"
     # and the source checkout (editable install) finds the top-level folder
     import sae_interp_tasks._lm_eval_hook as hook
@@ -293,7 +382,9 @@ def test_the_pinned_lm_eval_has_what_the_hook_patches():
 
     from packaging.specifiers import SpecifierSet
 
-    requirement = next(r for r in importlib.metadata.requires("sae-interp-tasks") if r.startswith("lm-eval"))
+    requirement = next(
+        r for r in importlib.metadata.requires("sae-interp-tasks") if r.startswith("lm-eval")
+    )
     pinned = SpecifierSet(requirement.removeprefix("lm-eval"))
     assert importlib.metadata.version("lm_eval") in pinned and "0.5.0" not in pinned
     import inspect
@@ -303,7 +394,8 @@ def test_the_pinned_lm_eval_has_what_the_hook_patches():
 
     assert "include_path" in inspect.signature(TaskManager.__init__).parameters
     assert model_registry.get("sae") is not None
-    # what the hook patches in, and the lm-eval internals the Task glue writes, exist in this version
+    # what the hook patches in, and the lm-eval internals the Task glue writes, exist in this
+    # version
     import dataclasses
 
     import lm_eval.evaluator_utils as evaluator_utils
@@ -313,17 +405,22 @@ def test_the_pinned_lm_eval_has_what_the_hook_patches():
     from sae_interp_tasks.aggregations import nanmean
 
     assert getattr(evaluator_utils.stderr_for_metric, "_sae_interp", False)
-    assert evaluator_utils.stderr_for_metric(nanmean, 100000) is nanmean.stderr  # closed form, not a bootstrap
+    assert (
+        evaluator_utils.stderr_for_metric(nanmean, 100000) is nanmean.stderr
+    )  # closed form, not a bootstrap
     assert callable(getattr(LM, "interpret", None))  # the one-line error for other backends
     assert {"task", "metadata", "output_type"} <= {f.name for f in dataclasses.fields(TaskConfig)}
     assert "config" in inspect.signature(Task.__init__).parameters
     task = registry.lookup("detection").task_class(config={"task": "sae_detection", "metadata": {}})
-    assert task.config.output_type == "interpret" and task.config.metadata["task_kind"] == "detection"
+    assert (
+        task.config.output_type == "interpret" and task.config.metadata["task_kind"] == "detection"
+    )
 
 
 # ------------------------------------------------------------------------------------ adding a task
 TOY_MODULE = '''
-"""A toy task kind, written the way README's "Adding a task" says: a scorer, a Task class, a YAML."""
+"""A toy task kind, written the way README's "Adding a task" says: a scorer, a Task class,
+a YAML."""
 from dataclasses import dataclass, field
 
 from sae_interp_tasks.aggregations import Pooled, nanmean
@@ -346,17 +443,22 @@ class ToySettings(LatentSettings):
 
 
 def score_toy(run: LatentRun):
-    """Hit rate: the share of test windows holding a token the explanation quotes, activating vs not;
-    pooled over latents, the hits over all activating windows."""
+    """Hit rate: the share of test windows holding a token the explanation quotes, activating vs
+    not; pooled over latents, the hits over all activating windows."""
     out = {}
     for lat in run.owned:
         split, quoted = run.splits[lat], run.explanations[lat].text.split('"')[1::2]
         quoted = quoted[:run.settings.toy.toy_top_tokens]
         hit = lambda ex: any(q in run.decode(ex.tokens.tolist()) for q in quoted)
         on, off = sum(map(hit, split.test_activating)), sum(map(hit, split.test_non_activating))
-        metrics = {"hit_rate": on / len(split.test_activating), "false_hit_rate": off / len(split.test_non_activating)}
-        out[lat] = ScoredLatent(lat, run.explanations[lat].text, [], metrics, {"quoted": quoted},
-                                stats={"hits": on, "windows": len(split.test_activating)})
+        metrics = {
+            "hit_rate": on / len(split.test_activating),
+            "false_hit_rate": off / len(split.test_non_activating),
+        }
+        stats = {"hits": on, "windows": len(split.test_activating)}
+        out[lat] = ScoredLatent(
+            lat, run.explanations[lat].text, [], metrics, {"quoted": quoted}, stats=stats
+        )
     return out
 
 
@@ -367,7 +469,7 @@ class ToyTask(LatentTask):
                "pooled_hit_rate": (Pooled("sum(hits) / sum(windows)"), True)}
 '''
 
-TOY_YAML = '''
+TOY_YAML = """
 include: {template}
 task: sae_toy
 class: !function toy_task.ToyTask
@@ -375,16 +477,16 @@ metadata:
   version: 1.0
   explainer: tokens
   toy_top_tokens: 1
-'''
+"""
 
-BAD_KIND_MODULE = '''
+BAD_KIND_MODULE = """
 from sae_interp_tasks.harness.task import LatentTask
 
 
 class Undeclared(LatentTask):
     KIND = "undeclared"
     METRICS = {}
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -393,88 +495,180 @@ def toy_dir(tmp_path_factory) -> Path:
     (folder / "toy_task.py").write_text(textwrap.dedent(TOY_MODULE))
     (folder / "sae_toy.yaml").write_text(TOY_YAML.format(template=TASK_DIR / "_sae_latents_yaml"))
     (folder / "undeclared_task.py").write_text(BAD_KIND_MODULE)
-    (folder / "sae_undeclared.yaml").write_text("task: sae_undeclared\nclass: !function undeclared_task.Undeclared\n")
+    (folder / "sae_undeclared.yaml").write_text(
+        "task: sae_undeclared\nclass: !function undeclared_task.Undeclared\n"
+    )
     return folder
 
 
-TINY_LATENTS = {"n_tokens": 4096, "context_size": 64, "window": 16, "n_top": 10, "n_sample": 40, "n_random": 64,
-                "latents": [0, 1], "min_examples": 5, "n_train": 10, "n_test_per_decile": 1, "n_test_non_activating": 10}
+TINY_LATENTS = {
+    "n_tokens": 4096,
+    "context_size": 64,
+    "window": 16,
+    "n_top": 10,
+    "n_sample": 40,
+    "n_random": 64,
+    "latents": [0, 1],
+    "min_examples": 5,
+    "n_train": 10,
+    "n_test_per_decile": 1,
+    "n_test_non_activating": 10,
+}
 
 
-def test_a_new_task_kind_runs_through_lm_eval(planted_sae, corpus_file, toy_dir, sae_cache, tmp_path):
-    """A new latent kind with an extra column and a pooled metric reaches lm_eval, the leaderboard in every
-    format and compare, from its own folder (its scorer, its Task class and its YAML): nothing else changes."""
+def test_a_new_task_kind_runs_through_lm_eval(
+    planted_sae, corpus_file, toy_dir, sae_cache, tmp_path
+):
+    """A new latent kind with an extra column and a pooled metric reaches lm_eval, the leaderboard
+    in every format and compare, from its own folder (its scorer, its Task class and its YAML):
+    nothing else changes."""
     meta = {"corpus": str(corpus_file), **TINY_LATENTS}
-    proc = run_lm_eval(["--model", "sae", "--model_args", f"path={planted_sae.path},device=cpu,batch_size=8",
-                        "--tasks", "sae_toy", "--include_path", str(toy_dir), "--metadata", json.dumps(meta),
-                        "--log_samples", "--output_path", str(tmp_path / "run")], sae_cache)
+    proc = run_lm_eval(
+        [
+            "--model",
+            "sae",
+            "--model_args",
+            f"path={planted_sae.path},device=cpu,batch_size=8",
+            "--tasks",
+            "sae_toy",
+            "--include_path",
+            str(toy_dir),
+            "--metadata",
+            json.dumps(meta),
+            "--log_samples",
+            "--output_path",
+            str(tmp_path / "run"),
+        ],
+        sae_cache,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (path,) = result_files(tmp_path / "run")
     results = json.loads(path.read_text())
     got = results["results"]["sae_toy"]
     # the planted latents fire exactly on " cat" / " dog", and the token explainer quotes that token
-    assert got["hit_rate,none"] == 1.0 and got["false_hit_rate,none"] == 0.0 and got["pooled_hit_rate,none"] == 1.0
+    assert (
+        got["hit_rate,none"] == 1.0
+        and got["false_hit_rate,none"] == 0.0
+        and got["pooled_hit_rate,none"] == 1.0
+    )
     assert got["skipped_dead,none"] == 0
     meta_used = results["configs"]["sae_toy"]["metadata"]
     assert meta_used["toy_top_tokens"] == 1 and meta_used["n_train"] == 10
-    assert meta_used["embedding_model"] == "sentence-transformers/all-MiniLM-L6-v2"  # from the included template
+    assert (
+        meta_used["embedding_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    )  # from the included template
     assert meta_used["task_kind"] == "toy" and meta_used["headline_metric"] == "hit_rate"
     assert meta_used["report"]["pooled"] == {"pooled_hit_rate": "sum(hits) / sum(windows)"}
-    assert "scorer" not in meta_used and "chunk_contexts" not in meta_used  # only what the toy kind reads
+    assert (
+        "scorer" not in meta_used and "chunk_contexts" not in meta_used
+    )  # only what the toy kind reads
     rows = samples(tmp_path / "run", "sae_toy")
     assert [r["response"]["latent"] for r in rows] == [0, 1]
     assert rows[0]["response"]["scorer"]["quoted"] == [" cat"]
     stats = rows[0]["response"]["stats"]
     assert set(stats) == {"hits", "windows"} and stats["hits"] == stats["windows"] > 0
     # the leaderboard shows the new kind's columns in every format, with no change to the CLI
-    boards = {fmt: subprocess.run([sys.executable, "-m", "sae_interp_tasks.cli", "leaderboard", str(tmp_path / "run"),
-                                   "--format", fmt], capture_output=True, text=True) for fmt in ("markdown", "csv",
-                                                                                                 "json", "html")}
+    boards = {
+        fmt: subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sae_interp_tasks.cli",
+                "leaderboard",
+                str(tmp_path / "run"),
+                "--format",
+                fmt,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        for fmt in ("markdown", "csv", "json", "html")
+    }
     for fmt, board in boards.items():
         assert board.returncode == 0, (fmt, board.stderr)
     for metric in ("hit_rate", "false_hit_rate", "pooled_hit_rate"):
-        assert f"sae_toy {metric}" in boards["markdown"].stdout and f"sae_toy {metric}" in boards["html"].stdout
+        assert (
+            f"sae_toy {metric}" in boards["markdown"].stdout
+            and f"sae_toy {metric}" in boards["html"].stdout
+        )
         assert f"sae_toy/{metric}" in boards["csv"].stdout.splitlines()[0]
     cells = json.loads(boards["json"].stdout)["groups"][0]["rows"][0]["tasks"]["sae_toy"]["metrics"]
     assert set(cells) == {"hit_rate", "false_hit_rate", "pooled_hit_rate"}
-    assert cells["pooled_hit_rate"]["value"] == 1.0 and cells["pooled_hit_rate"]["interval"] == "bootstrap"
+    assert (
+        cells["pooled_hit_rate"]["value"] == 1.0
+        and cells["pooled_hit_rate"]["interval"] == "bootstrap"
+    )
     # compare gates on the headline and on the pooled metric, recomputed from the samples' stats
-    gate = subprocess.run([sys.executable, "-m", "sae_interp_tasks.cli", "compare", str(tmp_path / "run"),
-                           str(tmp_path / "run"), "--metrics", "sae_toy/hit_rate,sae_toy/pooled_hit_rate"],
-                          capture_output=True, text=True)
+    gate = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sae_interp_tasks.cli",
+            "compare",
+            str(tmp_path / "run"),
+            str(tmp_path / "run"),
+            "--metrics",
+            "sae_toy/hit_rate,sae_toy/pooled_hit_rate",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert gate.returncode == 0, gate.stderr
     assert "sae_toy/pooled_hit_rate" in gate.stdout and "paired by latent" in gate.stdout
 
 
-# ------------------------------------------------------------------------------------ instrument defaults an SAE brings
+# ------------------------------------------------------------------------------------ instrument
+# defaults an SAE brings
 def test_an_sae_brings_its_own_instrument_defaults(planted_sae, corpus_file, sae_cache, tmp_path):
-    """A folder SAE whose sae_lens metadata holds sae_interp_defaults: they replace the YAML's values for keys
-    the user did not set, a warning line says so and how to restore them, and the results record it; a key the
-    user sets wins, and a default equal to the YAML's is not mentioned."""
+    """A folder SAE whose sae_lens metadata holds sae_interp_defaults: they replace the YAML's
+    values for keys the user did not set, a warning line says so and how to restore them, and the
+    results record it; a key the user sets wins, and a default equal to the YAML's is not
+    mentioned."""
     import shutil
 
     sae_dir = shutil.copytree(planted_sae.path, tmp_path / "sae_with_defaults")
     cfg_path = sae_dir / "cfg.json"
     cfg = json.loads(cfg_path.read_text())
-    # n_latents differs from the YAML's 64; non_activating and n_deciles equal the YAML's and the settings' own
-    cfg.setdefault("metadata", {})["sae_interp_defaults"] = {"n_latents": 2, "non_activating": "random", "n_deciles": 10}
+    # n_latents differs from the YAML's 64; non_activating and n_deciles equal the YAML's and the
+    # settings' own
+    cfg.setdefault("metadata", {})["sae_interp_defaults"] = {
+        "n_latents": 2,
+        "non_activating": "random",
+        "n_deciles": 10,
+    }
     cfg_path.write_text(json.dumps(cfg))
     meta = {k: v for k, v in TINY_LATENTS.items() if k != "latents"}
     meta.update(corpus=str(corpus_file), explainer="tokens")
 
     def lm_eval(extra: dict, out: Path):
-        proc = run_lm_eval(["--model", "sae", "--model_args", f"path={sae_dir},device=cpu,batch_size=8", "--tasks",
-                            "sae_embedding", "--metadata", json.dumps({**meta, **extra}), "--output_path", str(out)],
-                           sae_cache)
+        proc = run_lm_eval(
+            [
+                "--model",
+                "sae",
+                "--model_args",
+                f"path={sae_dir},device=cpu,batch_size=8",
+                "--tasks",
+                "sae_embedding",
+                "--metadata",
+                json.dumps({**meta, **extra}),
+                "--output_path",
+                str(out),
+            ],
+            sae_cache,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         (path,) = result_files(out)
         return proc, json.loads(path.read_text())
 
     proc, results = lm_eval({}, tmp_path / "sae_defaults")
-    (line,) = {ln for ln in proc.stderr.replace("\r", "\n").splitlines() if "instrument defaults" in ln}
-    assert line.endswith(f"sae_embedding: the SAE {sae_dir} sets its own instrument defaults {{\"n_latents\": 2}} "
-                         "(the task's are {\"n_latents\": 64}); for a full evaluation pass --metadata "
-                         "'{\"n_latents\": 64}'"), line
+    (line,) = {
+        ln for ln in proc.stderr.replace("\r", "\n").splitlines() if "instrument defaults" in ln
+    }
+    assert line.endswith(
+        f'sae_embedding: the SAE {sae_dir} sets its own instrument defaults {{"n_latents": 2}} '
+        '(the task\'s are {"n_latents": 64}); for a full evaluation pass --metadata '
+        "'{\"n_latents\": 64}'"
+    ), line
     used = results["configs"]["sae_embedding"]["metadata"]
     assert used["n_latents"] == 2 and used["instrument_defaults_from"] == str(sae_dir)
     assert results["n-samples"]["sae_embedding"]["effective"] == 2
@@ -486,20 +680,41 @@ def test_an_sae_brings_its_own_instrument_defaults(planted_sae, corpus_file, sae
     assert results["n-samples"]["sae_embedding"]["effective"] == 3
 
 
-# ------------------------------------------------------------------------------------ bad task input, end to end
-@pytest.mark.parametrize("extra,expected", [
-    (["--include_path", "{toy_dir}", "--tasks", "sae_undeclared"],
-     "error: unknown task kind 'undeclared'"),
-    (["--tasks", "sae_detection", "--metadata", json.dumps({"constrained": "maybe"})],
-     "error: setting constrained='maybe' should be a boolean: true or false"),
-    (["--tasks", "sae_detection", "--metadata", json.dumps({"n_latents": -4})],
-     "error: setting n_latents=-4 must be at least 1"),
-    (["--tasks", "sae_fuzzing", "--metadata", json.dumps({"train_sampling": "best"})],
-     "error: setting train_sampling='best' is not valid; choose from: deciles, top, random"),
-])
-def test_bad_task_input_fails_before_any_model_loads(extra, expected, planted_sae, toy_dir, sae_cache, tmp_path):
-    args = ["--model", "sae", "--model_args", f"path={planted_sae.path},device=cpu",
-            *[a.replace("{toy_dir}", str(toy_dir)) for a in extra], "--output_path", str(tmp_path)]
+# ------------------------------------------------------------------------------------ bad task
+# input, end to end
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        (
+            ["--include_path", "{toy_dir}", "--tasks", "sae_undeclared"],
+            "error: unknown task kind 'undeclared'",
+        ),
+        (
+            ["--tasks", "sae_detection", "--metadata", json.dumps({"constrained": "maybe"})],
+            "error: setting constrained='maybe' should be a boolean: true or false",
+        ),
+        (
+            ["--tasks", "sae_detection", "--metadata", json.dumps({"n_latents": -4})],
+            "error: setting n_latents=-4 must be at least 1",
+        ),
+        (
+            ["--tasks", "sae_fuzzing", "--metadata", json.dumps({"train_sampling": "best"})],
+            "error: setting train_sampling='best' is not valid; choose from: deciles, top, random",
+        ),
+    ],
+)
+def test_bad_task_input_fails_before_any_model_loads(
+    extra, expected, planted_sae, toy_dir, sae_cache, tmp_path
+):
+    args = [
+        "--model",
+        "sae",
+        "--model_args",
+        f"path={planted_sae.path},device=cpu",
+        *[a.replace("{toy_dir}", str(toy_dir)) for a in extra],
+        "--output_path",
+        str(tmp_path),
+    ]
     proc = run_lm_eval(args, sae_cache)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
@@ -509,11 +724,28 @@ def test_bad_task_input_fails_before_any_model_loads(extra, expected, planted_sa
     assert not result_files(tmp_path)
 
 
-def test_these_tasks_with_another_backend_say_they_need_model_sae(tiny_model_dir, sae_cache, tmp_path):
-    proc = run_lm_eval(["--model", "hf", "--model_args", f"pretrained={tiny_model_dir}", "--tasks", "sae_detection",
-                        "--limit", "1", "--output_path", str(tmp_path)], sae_cache)
+def test_these_tasks_with_another_backend_say_they_need_model_sae(
+    tiny_model_dir, sae_cache, tmp_path
+):
+    proc = run_lm_eval(
+        [
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={tiny_model_dir}",
+            "--tasks",
+            "sae_detection",
+            "--limit",
+            "1",
+            "--output_path",
+            str(tmp_path),
+        ],
+        sae_cache,
+    )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     (line,) = error_lines(proc.stderr)
-    assert line.startswith("error: sae_detection needs --model sae (the SAE under evaluation), not --model"), line
+    assert line.startswith(
+        "error: sae_detection needs --model sae (the SAE under evaluation), not --model"
+    ), line
     assert not result_files(tmp_path)

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from lm_eval.api.instance import Instance
 
 from conftest import D_MODEL, D_SAE, HOOK
-from sae_interp_tasks.harness.backend import SAEBackend
 from sae_interp_tasks.config import MODEL_ARG_KEYS
+from sae_interp_tasks.errors import SaeInterpError
+from sae_interp_tasks.harness.backend import SAEBackend
 
 MODEL_ARGS = [key for key in MODEL_ARG_KEYS if key != "trust_remote_code"]
-from sae_interp_tasks.errors import SaeInterpError
 
 REQUESTS = [  # different lengths, so one batch pads
     ("The cat sat on the", " mat."),
@@ -71,18 +71,22 @@ def test_loglikelihood_with_sae_spliced_matches_transformer_lens(backend, tiny_m
         return sae.decode(sae.encode(x))
 
     got = backend.loglikelihood(loglikelihood_requests(), disable_tqdm=True)
-    for (context, continuation), (logprob, greedy) in zip(REQUESTS, got):
+    for (context, continuation), (logprob, greedy) in zip(REQUESTS, got, strict=True):
         ctx, cont = encode_pair(backend.tokenizer, context, continuation)
         want, want_greedy = direct_loglikelihood(tiny_model, ctx, cont, hook=splice)
         assert logprob == pytest.approx(want, abs=1e-4)
         assert greedy == want_greedy
         clean, _ = direct_loglikelihood(tiny_model, ctx, cont)
-        assert abs(logprob - clean) > 1e-3, "the SAE (a poor reconstruction) must change the likelihood"
+        assert abs(logprob - clean) > 1e-3, (
+            "the SAE (a poor reconstruction) must change the likelihood"
+        )
 
 
 def test_exact_sae_gives_the_clean_model(exact_backend, tiny_model):
-    got = exact_backend.loglikelihood(loglikelihood_requests(), disable_tqdm=True)  # batch_size 3: two batches
-    for (context, continuation), (logprob, _) in zip(REQUESTS, got):
+    got = exact_backend.loglikelihood(
+        loglikelihood_requests(), disable_tqdm=True
+    )  # batch_size 3: two batches
+    for (context, continuation), (logprob, _) in zip(REQUESTS, got, strict=True):
         ctx, cont = encode_pair(exact_backend.tokenizer, context, continuation)
         assert logprob == pytest.approx(direct_loglikelihood(tiny_model, ctx, cont)[0], abs=1e-4)
 
@@ -90,9 +94,13 @@ def test_exact_sae_gives_the_clean_model(exact_backend, tiny_model):
 def test_loglikelihood_rolling_with_exact_sae(exact_backend, tiny_model, tokenizer):
     text = "The cat sat on the mat. A small dog slept under the table."
     (total,) = exact_backend.loglikelihood_rolling(
-        [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0)], disable_tqdm=True)
+        [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0)],
+        disable_tqdm=True,
+    )
     ids = tokenizer.encode(text, add_special_tokens=False)
-    assert total == pytest.approx(direct_loglikelihood(tiny_model, [tokenizer.bos_token_id], ids)[0], abs=1e-3)
+    assert total == pytest.approx(
+        direct_loglikelihood(tiny_model, [tokenizer.bos_token_id], ids)[0], abs=1e-3
+    )
 
 
 def greedy_continuation(model, tokenizer, context: str, n: int) -> str:
@@ -115,26 +123,38 @@ def generate_request(context: str, **gen_kwargs) -> Instance:
 def test_generate_until_with_exact_sae_is_clean_greedy(exact_backend, tiny_model, tokenizer):
     context = "The cat sat on the"
     (text,) = exact_backend.generate_until(
-        [generate_request(context, until=["\n\n"], max_gen_toks=6, do_sample=False)], disable_tqdm=True)
+        [generate_request(context, until=["\n\n"], max_gen_toks=6, do_sample=False)],
+        disable_tqdm=True,
+    )
     assert text == greedy_continuation(tiny_model, tokenizer, context, 6).split("\n\n")[0]
 
 
 def test_generate_until_batches_requests_of_any_length(exact_backend, tiny_model, tokenizer):
     """Requests of different lengths share left-padded batches (batch_size 3 here), grouped by their
     generation settings; each gets its own greedy continuation, in the order asked."""
-    contexts = ["The cat", "A small dog slept under the old table all day because it", "We saw a bird near",
-                "Nobody knew why", "In the evening the cow and the fox walked past the"]
+    contexts = [
+        "The cat",
+        "A small dog slept under the old table all day because it",
+        "We saw a bird near",
+        "Nobody knew why",
+        "In the evening the cow and the fox walked past the",
+    ]
     lengths = [4, 7, 4, 7, 4]
-    requests = [generate_request(c, until=["\n\n"], max_gen_toks=n, do_sample=False)
-                for c, n in zip(contexts, lengths)]
+    requests = [
+        generate_request(c, until=["\n\n"], max_gen_toks=n, do_sample=False)
+        for c, n in zip(contexts, lengths, strict=True)
+    ]
     got = exact_backend.generate_until(requests, disable_tqdm=True)
-    expected = [greedy_continuation(tiny_model, tokenizer, c, n).split("\n\n")[0] for c, n in zip(contexts, lengths)]
+    expected = [
+        greedy_continuation(tiny_model, tokenizer, c, n).split("\n\n")[0]
+        for c, n in zip(contexts, lengths, strict=True)
+    ]
     assert got == expected
 
 
 def test_spliced_equals_a_hand_computed_forward(backend, planted_sae, tokenizer):
-    """At blocks.0.hook_resid_pre the residual is the embedding, so splicing the SAE there is the same as
-    running the blocks on SAE(W_E[tokens])."""
+    """At blocks.0.hook_resid_pre the residual is the embedding, so splicing the SAE there is the
+    same as running the blocks on SAE(W_E[tokens])."""
     sae = sae_from_disk(planted_sae.path)
     model = backend.model
     text = tokenizer.encode("The cat sat on the dog", add_special_tokens=False)
@@ -162,7 +182,8 @@ def test_backend_properties(backend, planted_sae, tiny_model_dir):
 
 
 def test_tok_encode_adds_special_tokens_only_when_asked(backend):
-    """lm-eval asks for the prefix token itself (add_special_tokens=True) where a request needs one."""
+    """lm-eval asks for the prefix token itself (add_special_tokens=True) where a request needs
+    one."""
     plain = backend.tok_encode("The cat sat")
     assert plain == backend.tokenizer.encode("The cat sat", add_special_tokens=False)
     assert backend.tok_encode("The cat sat", add_special_tokens=False) == plain
@@ -203,25 +224,30 @@ def test_unknown_control(planted_sae):
 
 def test_unknown_model_arg_lists_valid_keys(planted_sae):
     with pytest.raises(SaeInterpError) as err:
-        SAEBackend.create_from_arg_string(f"path={planted_sae.path},hook=blocks.0.hook_resid_pre,layerz=3")
+        SAEBackend.create_from_arg_string(
+            f"path={planted_sae.path},hook=blocks.0.hook_resid_pre,layerz=3"
+        )
     message = str(err.value)
     assert "hook" in message and "layerz" in message
     assert all(key in message for key in MODEL_ARGS)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(release="gpt2-small-res-jb", path="/x"), "either release"),
-    (dict(sae_id="blocks.8.hook_resid_pre"), "sae_id needs release"),
-    (dict(batch_size=0), "batch_size must be positive"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(release="gpt2-small-res-jb", path="/x"), "either release"),
+        (dict(sae_id="blocks.8.hook_resid_pre"), "sae_id needs release"),
+        (dict(batch_size=0), "batch_size must be positive"),
+    ],
+)
 def test_contradictory_model_args(kwargs, match):
     with pytest.raises(SaeInterpError, match=match):
         SAEBackend(**kwargs)
 
 
 def test_building_the_backend_loads_nothing(planted_sae, monkeypatch):
-    """lm-eval builds the model before the tasks: the SAE and subject load on first use, so a bad task
-    setting fails before any weights are read."""
+    """lm-eval builds the model before the tasks: the SAE and subject load on first use, so a bad
+    task setting fails before any weights are read."""
     from sae_interp_tasks.harness import backend as backend_mod
 
     loads = []
@@ -232,18 +258,23 @@ def test_building_the_backend_loads_nothing(planted_sae, monkeypatch):
 
 
 def test_model_args_win_over_harness_flags(planted_sae):
-    b = SAEBackend.create_from_arg_obj({"path": str(planted_sae.path), "batch_size": "2"},
-                                       {"batch_size": 16, "device": "cpu"})
+    b = SAEBackend.create_from_arg_obj(
+        {"path": str(planted_sae.path), "batch_size": "2"}, {"batch_size": 16, "device": "cpu"}
+    )
     assert b.batch_size_per_gpu == 2 and b.device == "cpu"
 
 
 def test_hook_the_subject_lacks(tmp_path, tiny_model, tiny_model_dir):
     from conftest import build_exact_sae
 
-    path = build_exact_sae(D_MODEL, tiny_model_dir, tmp_path / "sae", hook="blocks.99.hook_resid_post")
-    backend = SAEBackend(path=str(path), device="cpu")  # arguments are fine; the mismatch shows on loading
+    path = build_exact_sae(
+        D_MODEL, tiny_model_dir, tmp_path / "sae", hook="blocks.99.hook_resid_post"
+    )
+    backend = SAEBackend(
+        path=str(path), device="cpu"
+    )  # arguments are fine; the mismatch shows on loading
     with pytest.raises(SaeInterpError, match="blocks.99.hook_resid_post") as err:
-        backend.model
+        _ = backend.model
     message = str(err.value)
     assert "blocks.1.hook_resid_post" in message  # the closest hooks the model has
     assert "2 layers" in message
@@ -255,11 +286,15 @@ def test_hook_error_names_a_fix_that_exists(tmp_path, tiny_model_dir):
 
     from conftest import build_exact_sae
 
-    path = build_exact_sae(D_MODEL, tiny_model_dir, tmp_path / "sae", hook="blocks.99.hook_resid_post")
+    path = build_exact_sae(
+        D_MODEL, tiny_model_dir, tmp_path / "sae", hook="blocks.99.hook_resid_post"
+    )
     with pytest.raises(SaeInterpError) as err:
-        SAEBackend(path=str(path), device="cpu").model
+        _ = SAEBackend(path=str(path), device="cpu").model
     for arg in re.findall(r"model_args (\w+)=", str(err.value)):
-        assert arg in MODEL_ARGS, f"the message advises model_args {arg}=..., which --model sae rejects"
+        assert arg in MODEL_ARGS, (
+            f"the message advises model_args {arg}=..., which --model sae rejects"
+        )
 
 
 def test_sae_narrower_than_the_hook(tmp_path, tiny_model_dir):
@@ -267,12 +302,13 @@ def test_sae_narrower_than_the_hook(tmp_path, tiny_model_dir):
 
     path = build_exact_sae(D_MODEL // 2, tiny_model_dir, tmp_path / "narrow")
     with pytest.raises(SaeInterpError, match=f"{D_MODEL // 2}-wide.*{D_MODEL}-wide"):
-        SAEBackend(path=str(path), device="cpu").model
+        _ = SAEBackend(path=str(path), device="cpu").model
 
 
 def test_subject_folder_named_llama(tmp_path, tiny_model_dir):
-    """A local subject folder whose path contains "llama" (or "gemma") loads like any other: users name
-    their folders like that ("my-llama-finetune"), and TransformerLens must not guess from the name."""
+    """A local subject folder whose path contains "llama" (or "gemma") loads like any other: users
+    name their folders like that ("my-llama-finetune"), and TransformerLens must not guess from the
+    name."""
     from sae_interp_tasks.stages.subject import load_subject
 
     folder = tmp_path / "my-llama-finetune"

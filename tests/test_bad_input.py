@@ -1,4 +1,5 @@
-"""Bad input ends in one SaeInterpError whose message names the fix (saes.py, config.py, registry.py, subject.py)."""
+"""Bad input ends in one SaeInterpError whose message names the fix (saes.py, config.py,
+registry.py, subject.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import pytest
 
 import sae_interp_tasks.tasks  # noqa: F401  (declares the built-in task kinds)
 from sae_interp_tasks import registry
-from sae_interp_tasks.stages.corpus import CorpusConfig
 from sae_interp_tasks.errors import SaeInterpError, closest, unknown
+from sae_interp_tasks.stages.corpus import CorpusConfig
 from sae_interp_tasks.stages.saes import SAESource, load_sae
 
 
-# --- SAEs by release -------------------------------------------------------------------------------
+# --- SAEs by release
+# -------------------------------------------------------------------------------
 def test_unknown_release_lists_close_names():
     with pytest.raises(SaeInterpError, match="unknown release 'gpt2-small-res-jbb'") as err:
         load_sae(SAESource(release="gpt2-small-res-jbb", sae_id="blocks.8.hook_resid_pre"))
@@ -35,15 +37,17 @@ def test_release_without_sae_id():
 
 
 def test_release_that_cannot_be_fetched_is_a_user_error():
-    """A known release/sae_id that cannot be downloaded (offline, no hub access, gated) and a hub repo id
-    that does not exist are each one line naming the SAE, not a huggingface_hub traceback."""
+    """A known release/sae_id that cannot be downloaded (offline, no hub access, gated) and a hub
+    repo id that does not exist are each one line naming the SAE, not a huggingface_hub
+    traceback."""
     with pytest.raises(SaeInterpError, match="gpt2-small-res-jb"):
         load_sae(SAESource(release="gpt2-small-res-jb", sae_id="blocks.8.hook_resid_pre"))
     with pytest.raises(SaeInterpError, match="no-such-org/no-such-repo"):
         load_sae(SAESource(release="no-such-org/no-such-repo", sae_id="sae"))
 
 
-# --- SAEs on disk ----------------------------------------------------------------------------------
+# --- SAEs on disk
+# ----------------------------------------------------------------------------------
 def copy_sae(planted_sae, tmp_path, name="sae"):
     out = tmp_path / name
     shutil.copytree(planted_sae.path, out)
@@ -87,7 +91,8 @@ def test_weights_file_that_is_not_safetensors(planted_sae, tmp_path):
     "malformed SAE" error, not safetensors' own exception."""
     folder = copy_sae(planted_sae, tmp_path)
     (folder / "sae_weights.safetensors").write_text(
-        "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 4096\n")
+        "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 4096\n"
+    )
     with pytest.raises(SaeInterpError, match="malformed SAE"):
         load_sae(SAESource(path=str(folder)))
 
@@ -101,7 +106,8 @@ def test_sae_without_hook_in_its_metadata(planted_sae, tmp_path):
         load_sae(SAESource(path=str(folder)))
 
 
-# --- the subject model -----------------------------------------------------------------------------
+# --- the subject model
+# -----------------------------------------------------------------------------
 def test_unknown_dtype(tiny_model_dir):
     from sae_interp_tasks.stages.subject import load_subject
 
@@ -112,11 +118,14 @@ def test_unknown_dtype(tiny_model_dir):
 def test_subject_that_cannot_be_loaded():
     from sae_interp_tasks.stages.subject import load_subject
 
-    with pytest.raises(SaeInterpError, match="cannot load subject model 'gpt2'.*model=<local HF folder>"):
+    with pytest.raises(
+        SaeInterpError, match="cannot load subject model 'gpt2'.*model=<local HF folder>"
+    ):
         load_subject("gpt2")  # offline: the hub is unreachable
 
 
-# --- task settings (--metadata) --------------------------------------------------------------------
+# --- task settings (--metadata)
+# --------------------------------------------------------------------
 def test_unknown_metadata_key_lists_valid_keys():
     with pytest.raises(SaeInterpError) as err:
         registry.settings_for("core", {"corpus": "stdlib", "n_tokenz": 2048})
@@ -128,41 +137,95 @@ def test_unknown_metadata_key_lists_valid_keys():
 
 
 def test_settings_are_typed_and_coerced():
-    got = registry.settings_for("core", {"n_tokens": "4096", "context_size": 64.0, "corpus": "/data/x.txt",
-                                         "version": 1.0, "seed": 0})
-    assert got.core.n_tokens == 4096 and isinstance(got.core.n_tokens, int) and got.core.context_size == 64
+    got = registry.settings_for(
+        "core",
+        {
+            "n_tokens": "4096",
+            "context_size": 64.0,
+            "corpus": "/data/x.txt",
+            "version": 1.0,
+            "seed": 0,
+        },
+    )
+    assert (
+        got.core.n_tokens == 4096
+        and isinstance(got.core.n_tokens, int)
+        and got.core.context_size == 64
+    )
     assert got.core.seed == 0  # a zero seed is allowed
     assert got.corpus.spec(None).source == "/data/x.txt"
 
 
-@pytest.mark.parametrize("value,expected", [(True, True), ("true", True), ("Yes", True), ("on", True), (1, True),
-                                            ("1", True), (False, False), ("false", False), ("no", False),
-                                            ("OFF", False), (0, False), ("0", False)])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (True, True),
+        ("true", True),
+        ("Yes", True),
+        ("on", True),
+        (1, True),
+        ("1", True),
+        (False, False),
+        ("false", False),
+        ("no", False),
+        ("OFF", False),
+        (0, False),
+        ("0", False),
+    ],
+)
 def test_booleans_accept_true_and_false_words(value, expected):
     assert registry.settings_for("detection", {"constrained": value}).scorer.constrained is expected
 
 
-@pytest.mark.parametrize("kind,key,value,match", [
-    ("core", "n_tokens", 0, "n_tokens=0 must be at least 1"),
-    ("core", "chunk_contexts", -2, "chunk_contexts=-2 must be at least 1"),
-    ("core", "context_size", 0, "context_size=0 must be at least 2"),
-    ("core", "n_tokens", "many", "n_tokens='many' should be a int"),
-    ("core", "n_tokens", True, "n_tokens=True should be a int"),
-    ("detection", "constrained", "maybe", "constrained='maybe' should be a boolean: true or false"),
-    ("detection", "use_logprobs", 2, "use_logprobs=2 should be a boolean"),
-    ("detection", "explainer", "gpt", "explainer='gpt' is not valid; choose from: hf, openai, tokens"),
-    ("detection", "scorer", "vllm", "scorer='vllm' is not valid; choose from: hf, openai"),
-    ("detection", "non_activating", "near", "non_activating='near' is not valid; choose from: random, hard"),
-    ("detection", "n_latents", -3, "n_latents=-3 must be at least 1"),
-    ("detection", "highlight_threshold", 0, "highlight_threshold=0.0 must be above 0.0"),
-    ("detection", "latents", "[1, \"a\"]", "latents must be a non-empty list of latent ids"),
-    ("detection", "min_examples", 500, "min_examples \\(500\\) cannot exceed n_sample \\(200\\)"),
-    ("selfexplain", "patch_layer", -1, "patch_layer=-1 must be at least 0"),
-    ("selfexplain", "alpha", 1.5, "alpha=1.5 must be at most 1.0"),
-    ("selfexplain", "direction", "both", "direction='both' is not valid; choose from: decoder, encoder"),
-    ("selfexplain", "explain_template", "poem", "unknown self-explanation template 'poem'"),
-    ("selfexplain", "null_quantile", 1, "null_quantile=1.0 must be below 1.0"),
-])
+@pytest.mark.parametrize(
+    "kind,key,value,match",
+    [
+        ("core", "n_tokens", 0, "n_tokens=0 must be at least 1"),
+        ("core", "chunk_contexts", -2, "chunk_contexts=-2 must be at least 1"),
+        ("core", "context_size", 0, "context_size=0 must be at least 2"),
+        ("core", "n_tokens", "many", "n_tokens='many' should be a int"),
+        ("core", "n_tokens", True, "n_tokens=True should be a int"),
+        (
+            "detection",
+            "constrained",
+            "maybe",
+            "constrained='maybe' should be a boolean: true or false",
+        ),
+        ("detection", "use_logprobs", 2, "use_logprobs=2 should be a boolean"),
+        (
+            "detection",
+            "explainer",
+            "gpt",
+            "explainer='gpt' is not valid; choose from: hf, openai, tokens",
+        ),
+        ("detection", "scorer", "vllm", "scorer='vllm' is not valid; choose from: hf, openai"),
+        (
+            "detection",
+            "non_activating",
+            "near",
+            "non_activating='near' is not valid; choose from: random, hard",
+        ),
+        ("detection", "n_latents", -3, "n_latents=-3 must be at least 1"),
+        ("detection", "highlight_threshold", 0, "highlight_threshold=0.0 must be above 0.0"),
+        ("detection", "latents", '[1, "a"]', "latents must be a non-empty list of latent ids"),
+        (
+            "detection",
+            "min_examples",
+            500,
+            "min_examples \\(500\\) cannot exceed n_sample \\(200\\)",
+        ),
+        ("selfexplain", "patch_layer", -1, "patch_layer=-1 must be at least 0"),
+        ("selfexplain", "alpha", 1.5, "alpha=1.5 must be at most 1.0"),
+        (
+            "selfexplain",
+            "direction",
+            "both",
+            "direction='both' is not valid; choose from: decoder, encoder",
+        ),
+        ("selfexplain", "explain_template", "poem", "unknown self-explanation template 'poem'"),
+        ("selfexplain", "null_quantile", 1, "null_quantile=1.0 must be below 1.0"),
+    ],
+)
 def test_bad_setting_values(kind, key, value, match):
     with pytest.raises(SaeInterpError, match=match):
         registry.settings_for(kind, {key: value})
@@ -181,6 +244,11 @@ def test_corpus_sae_uses_the_sae_training_set():
 
 
 def test_closest_and_unknown():
-    assert closest("gpt2-small-res-jbb", ["gpt2-small-res-jb", "pythia-70m", "gemma-scope"])[0] == "gpt2-small-res-jb"
+    assert (
+        closest("gpt2-small-res-jbb", ["gpt2-small-res-jb", "pythia-70m", "gemma-scope"])[0]
+        == "gpt2-small-res-jb"
+    )
     assert "valid: a, b" in str(unknown("thing", "zzz", ["b", "a"]))
-    assert "100 valid names, none close" in str(unknown("thing", "zzz", [f"n{i:03d}" for i in range(100)]))
+    assert "100 valid names, none close" in str(
+        unknown("thing", "zzz", [f"n{i:03d}" for i in range(100)])
+    )

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,10 +27,27 @@ def run(planted_sae, corpus_file, sae_cache, tmp_path_factory):
     """One lm_eval run: sae_core + the stock tasks of tests/data, with --log_samples."""
     out = tmp_path_factory.mktemp("lm_eval_out")
     meta = json.dumps({"corpus": str(corpus_file), **CORE_META})
-    proc = run_lm_eval(["--model", "sae", "--model_args", f"path={planted_sae.path},device=cpu",
-                        "--tasks", "sae_core,sae_test_tiny_mc,sae_test_tiny_ppl", "--include_path", "tests/data",
-                        "--limit", str(LIMIT), "--metadata", meta, "--output_path", str(out), "--log_samples"],
-                       sae_cache, console=True)  # the installed console script, plugin hook and all
+    proc = run_lm_eval(
+        [
+            "--model",
+            "sae",
+            "--model_args",
+            f"path={planted_sae.path},device=cpu",
+            "--tasks",
+            "sae_core,sae_test_tiny_mc,sae_test_tiny_ppl",
+            "--include_path",
+            "tests/data",
+            "--limit",
+            str(LIMIT),
+            "--metadata",
+            meta,
+            "--output_path",
+            str(out),
+            "--log_samples",
+        ],
+        sae_cache,
+        console=True,
+    )  # the installed console script, plugin hook and all
     files = result_files(out)
     results = json.loads(files[0].read_text()) if files else None
     return proc, out, results
@@ -46,8 +59,17 @@ def test_sae_core_run_writes_results(run, planted_sae):
     assert "generation_kwargs" not in proc.stderr  # our tasks generate nothing: no warning about it
     assert results is not None, f"no results file under {out}"
     got = results["results"]["sae_core"]
-    for metric in ("l0", "mse", "explained_variance", "dead_fraction", "dense_fraction", "ce_loss_recovered",
-                   "ce_loss_clean", "ce_loss_spliced", "ce_loss_zero_ablation"):
+    for metric in (
+        "l0",
+        "mse",
+        "explained_variance",
+        "dead_fraction",
+        "dense_fraction",
+        "ce_loss_recovered",
+        "ce_loss_clean",
+        "ce_loss_spliced",
+        "ce_loss_zero_ablation",
+    ):
         assert isinstance(got[f"{metric},none"], float), metric
         assert f"{metric}_stderr,none" in got
     assert got["sample_len"] == LIMIT
@@ -59,25 +81,46 @@ def test_sae_core_run_writes_results(run, planted_sae):
     assert results["higher_is_better"]["sae_core"]["l0"] is False
 
 
-def test_sae_core_numbers_match_an_in_process_computation(run, tiny_model, loaded_planted, corpus_file, tokenizer):
-    """The harness path (docs = chunks, the cached SAE-independent reference, the spliced forward from the
-    hook on, corpus-level aggregation) gives the numbers of the plain method: three full hooked forwards
-    per chunk, computed here in process."""
+def test_sae_core_numbers_match_an_in_process_computation(
+    run, tiny_model, loaded_planted, corpus_file, tokenizer
+):
+    """The harness path (docs = chunks, the cached SAE-independent reference, the spliced forward
+    from the hook on, corpus-level aggregation) gives the numbers of the plain method: three full
+    hooked forwards per chunk, computed here in process."""
     from sae_interp_tasks.stages.corpus import CorpusSpec, token_contexts
 
     _, _, results = run
     seed = results["config"]["fewshot_seed"]  # the tasks' seed is the harness's --seed
     sae, _ = loaded_planted
     per_chunk = CORE_META["chunk_contexts"]
-    contexts = torch.stack(list(token_contexts(CorpusSpec(source=str(corpus_file)), tokenizer,
-                                               LIMIT * per_chunk * CORE_META["context_size"],
-                                               CORE_META["context_size"], True, seed)))
-    stats = [core.three_forward_chunk_stats(tiny_model, sae, HOOK, contexts[i * per_chunk:(i + 1) * per_chunk])
-             for i in range(LIMIT)]
+    contexts = torch.stack(
+        list(
+            token_contexts(
+                CorpusSpec(source=str(corpus_file)),
+                tokenizer,
+                LIMIT * per_chunk * CORE_META["context_size"],
+                CORE_META["context_size"],
+                True,
+                seed,
+            )
+        )
+    )
+    stats = [
+        core.three_forward_chunk_stats(
+            tiny_model, sae, HOOK, contexts[i * per_chunk : (i + 1) * per_chunk]
+        )
+        for i in range(LIMIT)
+    ]
     got = results["results"]["sae_core"]
-    assert got["l0,none"] == pytest.approx(np.mean([s.l0_sum / s.n_tokens for s in stats]), rel=1e-6)
-    assert got["mse,none"] == pytest.approx(np.mean([s.sq_err_sum / s.n_tokens for s in stats]), rel=1e-5)
-    assert got["explained_variance,none"] == pytest.approx(core.explained_variance(stats), rel=1e-5, abs=1e-6)
+    assert got["l0,none"] == pytest.approx(
+        np.mean([s.l0_sum / s.n_tokens for s in stats]), rel=1e-6
+    )
+    assert got["mse,none"] == pytest.approx(
+        np.mean([s.sq_err_sum / s.n_tokens for s in stats]), rel=1e-5
+    )
+    assert got["explained_variance,none"] == pytest.approx(
+        core.explained_variance(stats), rel=1e-5, abs=1e-6
+    )
     assert got["dead_fraction,none"] == pytest.approx(core.dead_fraction(stats))
     assert got["ce_loss_recovered,none"] == pytest.approx(core.ce_loss_recovered(stats), abs=1e-3)
 
@@ -112,9 +155,23 @@ def test_log_samples_are_written(run):
 
 def test_unknown_metadata_key_is_one_error_line(planted_sae, corpus_file, sae_cache, tmp_path):
     meta = json.dumps({"corpus": str(corpus_file), "n_tokenz": 2048})
-    proc = run_lm_eval(["--model", "sae", "--model_args", f"path={planted_sae.path},device=cpu",
-                        "--tasks", "sae_core", "--limit", "2", "--metadata", meta, "--output_path", str(tmp_path)],
-                       sae_cache)
+    proc = run_lm_eval(
+        [
+            "--model",
+            "sae",
+            "--model_args",
+            f"path={planted_sae.path},device=cpu",
+            "--tasks",
+            "sae_core",
+            "--limit",
+            "2",
+            "--metadata",
+            meta,
+            "--output_path",
+            str(tmp_path),
+        ],
+        sae_cache,
+    )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     (line,) = error_lines(proc.stderr)
@@ -125,31 +182,53 @@ def test_unknown_metadata_key_is_one_error_line(planted_sae, corpus_file, sae_ca
 
 
 def test_unknown_release_names_the_closest(sae_cache, tmp_path):
-    proc = run_lm_eval(["--model", "sae", "--model_args", "release=gpt2-small-res-jbb,sae_id=blocks.8.hook_resid_pre",
-                        "--tasks", "sae_core", "--limit", "1", "--output_path", str(tmp_path)], sae_cache)
+    proc = run_lm_eval(
+        [
+            "--model",
+            "sae",
+            "--model_args",
+            "release=gpt2-small-res-jbb,sae_id=blocks.8.hook_resid_pre",
+            "--tasks",
+            "sae_core",
+            "--limit",
+            "1",
+            "--output_path",
+            str(tmp_path),
+        ],
+        sae_cache,
+    )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     (line,) = error_lines(proc.stderr)
-    assert line.startswith("error: unknown release 'gpt2-small-res-jbb' (closest: gpt2-small-res-jb,")
+    assert line.startswith(
+        "error: unknown release 'gpt2-small-res-jbb' (closest: gpt2-small-res-jb,"
+    )
     assert not result_files(tmp_path)
 
 
 def test_registry_keeps_the_builtin_models(sae_cache):
-    proc = run_python("from lm_eval.api.registry import get_model\n"
-                      "hf, sae = get_model('hf'), get_model('sae')\n"
-                      "assert hf.__name__ == 'HFLM', hf\n"
-                      "assert sae.__module__ == 'sae_interp_tasks.harness.backend', sae\n"
-                      "from lm_eval.tasks import TaskManager\n"
-                      "assert 'sae_core' in TaskManager().all_tasks\n", sae_cache)
+    proc = run_python(
+        "from lm_eval.api.registry import get_model\n"
+        "hf, sae = get_model('hf'), get_model('sae')\n"
+        "assert hf.__name__ == 'HFLM', hf\n"
+        "assert sae.__module__ == 'sae_interp_tasks.harness.backend', sae\n"
+        "from lm_eval.tasks import TaskManager\n"
+        "assert 'sae_core' in TaskManager().all_tasks\n",
+        sae_cache,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_plugin_costs_nothing_without_lm_eval(sae_cache):
-    proc = run_python("import sys\n"
-                      "assert 'sae_interp_tasks._lm_eval_hook' in sys.modules  # the .pth hook ran at startup\n"
-                      "import sae_interp_tasks\n"
-                      "heavy = [m for m in ('lm_eval', 'torch', 'transformers', 'sae_lens') if m in sys.modules]\n"
-                      "assert not heavy, heavy\n", sae_cache)
+    proc = run_python(
+        "import sys\n"
+        "assert 'sae_interp_tasks._lm_eval_hook' in sys.modules  # the .pth hook ran at startup\n"
+        "import sae_interp_tasks\n"
+        "heavy = [m for m in ('lm_eval', 'torch', 'transformers', 'sae_lens') if m in "
+        "sys.modules]\n"
+        "assert not heavy, heavy\n",
+        sae_cache,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -159,10 +238,26 @@ def test_embedded_default_smoke(sae_cache, tmp_path):
     from sae_interp_tasks.stages.saes import DEMO_SAE_DIR
 
     if not (DEMO_SAE_DIR / "cfg.json").exists():
-        pytest.skip(f"{DEMO_SAE_DIR} has no cfg.json yet (the demo SAE is trained by scripts/train_demo_sae.py)")
-    proc = run_lm_eval(["--model", "sae", "--tasks", "sae_core", "--limit", "1", "--metadata",
-                        json.dumps({"n_tokens": 2048, "chunk_contexts": 2}), "--output_path", str(tmp_path)],
-                       sae_cache, timeout=600)
+        pytest.skip(
+            f"{DEMO_SAE_DIR} has no cfg.json yet (the demo SAE is trained by "
+            "scripts/train_demo_sae.py)"
+        )
+    proc = run_lm_eval(
+        [
+            "--model",
+            "sae",
+            "--tasks",
+            "sae_core",
+            "--limit",
+            "1",
+            "--metadata",
+            json.dumps({"n_tokens": 2048, "chunk_contexts": 2}),
+            "--output_path",
+            str(tmp_path),
+        ],
+        sae_cache,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (path,) = result_files(tmp_path)
     got = json.loads(path.read_text())["results"]["sae_core"]

@@ -1,4 +1,5 @@
-"""Corpora to token contexts: seeded, BOS-first, documents separated by EOS, errors that name the fix."""
+"""Corpora to token contexts: seeded, BOS-first, documents separated by EOS, errors that name the
+fix."""
 
 from __future__ import annotations
 
@@ -8,13 +9,23 @@ import os
 import pytest
 import torch
 
-from sae_interp_tasks.stages.corpus import CorpusSpec, fingerprint, token_contexts
 from sae_interp_tasks.errors import SaeInterpError
+from sae_interp_tasks.stages.corpus import CorpusSpec, fingerprint, token_contexts
 
 
 def contexts(source, tokenizer, n_tokens=1024, context_size=64, prepend_bos=True, seed=0, **spec):
-    return torch.stack(list(token_contexts(CorpusSpec(source=str(source), **spec), tokenizer, n_tokens, context_size,
-                                           prepend_bos, seed)))
+    return torch.stack(
+        list(
+            token_contexts(
+                CorpusSpec(source=str(source), **spec),
+                tokenizer,
+                n_tokens,
+                context_size,
+                prepend_bos,
+                seed,
+            )
+        )
+    )
 
 
 def test_same_seed_same_contexts_other_seed_other_contexts(corpus_file, tokenizer):
@@ -38,12 +49,18 @@ def test_contexts_shape_and_bos(corpus_file, tokenizer):
 
 def test_documents_are_whole_lines_separated_by_eos(corpus_file, tokenizer):
     lines = set(corpus_file.read_text().splitlines())
-    stream = contexts(corpus_file, tokenizer, n_tokens=2048, context_size=64, prepend_bos=False).flatten().tolist()
+    stream = (
+        contexts(corpus_file, tokenizer, n_tokens=2048, context_size=64, prepend_bos=False)
+        .flatten()
+        .tolist()
+    )
     eos = tokenizer.eos_token_id
     cuts = [i for i, t in enumerate(stream) if t == eos]
     assert len(cuts) > 20
-    for start, end in zip(cuts, cuts[1:]):  # every complete document between two separators is a corpus line
-        assert tokenizer.decode(stream[start + 1:end]) in lines
+    for start, end in zip(
+        cuts, cuts[1:], strict=False
+    ):  # every complete document between two separators is a corpus line
+        assert tokenizer.decode(stream[start + 1 : end]) in lines
 
 
 def test_small_corpus_runs_dry_with_a_fix(small_corpus_file, tokenizer):

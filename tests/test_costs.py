@@ -1,7 +1,8 @@
-"""What an LLM run costs (harness/costs.py), through lm_eval: every request the scorer endpoint answered is
-counted once, with the tokens its `usage` reported; the estimate line comes before the first call and
-foresees the requests; a rerun on the same cache pays nothing and says so; `max_llm_tokens` stops a run
-before its first call with one line and no results; the leaderboard's JSON and CSV carry the counts."""
+"""What an LLM run costs (harness/costs.py), through lm_eval: every request the scorer endpoint
+answered is counted once, with the tokens its `usage` reported; the estimate line comes before the
+first call and foresees the requests; a rerun on the same cache pays nothing and says so;
+`max_llm_tokens` stops a run before its first call with one line and no results; the leaderboard's
+JSON and CSV carry the counts."""
 
 from __future__ import annotations
 
@@ -14,34 +15,65 @@ import sys
 
 import pytest
 
-from sae_interp_tasks.harness.costs import USAGE_METRICS
-
 from conftest import REPO
 from helpers import OracleEndpoint, error_lines, result_files, run_lm_eval, words
+from sae_interp_tasks.harness.costs import USAGE_METRICS
 
-META = {"n_tokens": 4096, "context_size": 64, "window": 16, "n_top": 10, "n_sample": 40, "n_random": 64,
-        "n_latents": 2, "min_examples": 5, "n_train": 10, "n_test_per_decile": 1, "n_test_non_activating": 10,
-        "explainer": "tokens", "scorer": "openai", "scorer_model": "oracle"}
-ESTIMATE = re.compile(r"LLM calls this run will make on an empty cache \(estimate\): (\d+) requests, ([\d,]+) prompt")
+META = {
+    "n_tokens": 4096,
+    "context_size": 64,
+    "window": 16,
+    "n_top": 10,
+    "n_sample": 40,
+    "n_random": 64,
+    "n_latents": 2,
+    "min_examples": 5,
+    "n_train": 10,
+    "n_test_per_decile": 1,
+    "n_test_non_activating": 10,
+    "explainer": "tokens",
+    "scorer": "openai",
+    "scorer_model": "oracle",
+}
+ESTIMATE = re.compile(
+    r"LLM calls this run will make on an empty cache \(estimate\): (\d+) requests, ([\d,]+) prompt"
+)
 
 
 def args(sae, corpus, url, out, **extra) -> list[str]:
     meta = {**META, "corpus": str(corpus), "scorer_base_url": url, **extra}
-    return ["--model", "sae", "--model_args", f"path={sae},device=cpu,batch_size=8", "--tasks", "sae_detection",
-            "--limit", "2", "--seed", "41", "--metadata", json.dumps(meta), "--output_path", str(out), "--log_samples"]
+    return [
+        "--model",
+        "sae",
+        "--model_args",
+        f"path={sae},device=cpu,batch_size=8",
+        "--tasks",
+        "sae_detection",
+        "--limit",
+        "2",
+        "--seed",
+        "41",
+        "--metadata",
+        json.dumps(meta),
+        "--output_path",
+        str(out),
+        "--log_samples",
+    ]
 
 
 @pytest.fixture(scope="module")
 def runs(planted_sae, corpus_file, tmp_path_factory):
-    """A first run on an empty cache, then the same run again, then one over budget; the endpoint's requests
-    (and the tokens it reported) counted per run."""
+    """A first run on an empty cache, then the same run again, then one over budget; the endpoint's
+    requests (and the tokens it reported) counted per run."""
     cache = tmp_path_factory.mktemp("costs_cache")
     outs = [tmp_path_factory.mktemp(f"costs_{i}") for i in range(3)]
     got = []
     with OracleEndpoint() as endpoint:
-        for out, extra in zip(outs, ({}, {}, {"max_llm_tokens": 10})):
+        for out, extra in zip(outs, ({}, {}, {"max_llm_tokens": 10}), strict=True):
             before = len(endpoint.asked)
-            proc = run_lm_eval(args(planted_sae.path, corpus_file, endpoint.url, out, **extra), cache)
+            proc = run_lm_eval(
+                args(planted_sae.path, corpus_file, endpoint.url, out, **extra), cache
+            )
             got.append((proc, out, endpoint.asked[before:]))
     return got
 
@@ -57,7 +89,9 @@ def test_every_request_is_counted_once_with_the_tokens_the_api_reported(runs):
     assert proc.returncode == 0, proc.stderr[-3000:]
     used = usage(out)
     assert used["llm_calls"] == len(asked) > 0 and used["llm_cached_calls"] == 0
-    assert used["llm_prompt_tokens"] == sum(words(m["content"]) for body in asked for m in body["messages"])
+    assert used["llm_prompt_tokens"] == sum(
+        words(m["content"]) for body in asked for m in body["messages"]
+    )
     assert used["llm_completion_tokens"] > 0
 
 
@@ -92,8 +126,20 @@ def test_the_leaderboard_carries_the_counts(runs):
     _, out, asked = runs[0]
 
     def board(fmt: str) -> str:
-        proc = subprocess.run([sys.executable, "-m", "sae_interp_tasks.cli", "leaderboard", str(out), "--format", fmt],
-                              cwd=REPO, capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sae_interp_tasks.cli",
+                "leaderboard",
+                str(out),
+                "--format",
+                fmt,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 

@@ -1,4 +1,5 @@
-"""`sae-interp leaderboard` and `sae-interp compare` on results of the real `lm_eval`, in subprocesses.
+"""`sae-interp leaderboard` and `sae-interp compare` on results of the real `lm_eval`, in
+subprocesses.
 
 The subject is a tiny Llama made a bigram model of the test corpus (both layers write nothing to
 the residual stream; the unembedding is solved so that the embedding of a token predicts the
@@ -36,14 +37,27 @@ from conftest import D_MODEL, REPO, build_planted_sae, corpus_lines, subprocess_
 from helpers import WITHOUT_BUILTIN_TASKS, error_lines, result_files
 
 TASKS = "sae_core,sae_embedding"
-META = {"n_tokens": 2048, "context_size": 64, "chunk_contexts": 4, "window": 16, "n_top": 10, "n_sample": 40,
-        "n_random": 64, "n_latents": 4, "min_examples": 5, "n_train": 10, "n_test_per_decile": 1,
-        "n_test_non_activating": 10, "explainer": "tokens"}
+META = {
+    "n_tokens": 2048,
+    "context_size": 64,
+    "chunk_contexts": 4,
+    "window": 16,
+    "n_top": 10,
+    "n_sample": 40,
+    "n_random": 64,
+    "n_latents": 4,
+    "min_examples": 5,
+    "n_train": 10,
+    "n_test_per_decile": 1,
+    "n_test_non_activating": 10,
+    "explainer": "tokens",
+}
 N_CHUNKS = META["n_tokens"] // (META["context_size"] * META["chunk_contexts"])
 N_RANDOM_LATENTS = 4
 
 
-# ------------------------------------------------------------------------------------ the subject and SAEs
+# ------------------------------------------------------------------------------------ the subject
+# and SAEs
 def build_bigram_model(tokenizer, lines: list[str], out: Path) -> list[int]:
     """A 2-layer Llama whose output is a bigram model of `lines`; returns the corpus's token ids."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -54,13 +68,22 @@ def build_bigram_model(tokenizer, lines: list[str], out: Path) -> list[int]:
     index = {t: i for i, t in enumerate(vocab)}
     counts = np.full((len(vocab), len(vocab)), 0.01)
     for s in seqs:
-        for a, b in zip(s, s[1:]):
+        for a, b in zip(s, s[1:], strict=False):
             counts[index[a], index[b]] += 1
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=D_MODEL, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=D_MODEL,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
     config.architectures = ["LlamaForCausalLM"]
     model = LlamaForCausalLM(config)
     with torch.no_grad():
@@ -68,10 +91,14 @@ def build_bigram_model(tokenizer, lines: list[str], out: Path) -> list[int]:
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
         emb = model.model.embed_tokens.weight[vocab].double()
-        normed = emb / emb.pow(2).mean(1, keepdim=True).add(config.rms_norm_eps).sqrt()  # the final RMSNorm
+        normed = (
+            emb / emb.pow(2).mean(1, keepdim=True).add(config.rms_norm_eps).sqrt()
+        )  # the final RMSNorm
         target = torch.full((len(vocab), len(tokenizer)), -12.0, dtype=torch.float64)
         target[:, vocab] = torch.tensor(np.log(counts / counts.sum(1, keepdims=True)))
-        model.lm_head.weight.copy_((torch.linalg.pinv(normed) @ target).T.float())  # exact: |vocab| < d_model
+        model.lm_head.weight.copy_(
+            (torch.linalg.pinv(normed) @ target).T.float()
+        )  # exact: |vocab| < d_model
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return vocab
@@ -79,7 +106,8 @@ def build_bigram_model(tokenizer, lines: list[str], out: Path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def bigram(tmp_path_factory, tokenizer):
-    """(model dir, embedding matrix, corpus token ids); the corpus is conftest's corpus_lines(3000)."""
+    """(model dir, embedding matrix, corpus token ids); the corpus is conftest's
+    corpus_lines(3000)."""
     out = tmp_path_factory.mktemp("bigram-subject")
     vocab = build_bigram_model(tokenizer, corpus_lines(3000), out)
     from transformers import AutoModelForCausalLM
@@ -90,12 +118,18 @@ def bigram(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def vocab_sae(bigram, tokenizer, tmp_path_factory) -> Path:
-    """Latent i fires exactly on the i-th corpus token (BOS/EOS aside); 4 random sparse latents after them."""
+    """Latent i fires exactly on the i-th corpus token (BOS/EOS aside); 4 random sparse latents
+    after them."""
     model_dir, emb, vocab = bigram
     tokens = [t for t in vocab if t not in (tokenizer.bos_token_id, tokenizer.eos_token_id)]
     planted = dict(enumerate(tokens))
-    return build_planted_sae(emb, planted, len(planted) + N_RANDOM_LATENTS, model_dir,
-                             tmp_path_factory.mktemp("vocab_sae"))
+    return build_planted_sae(
+        emb,
+        planted,
+        len(planted) + N_RANDOM_LATENTS,
+        model_dir,
+        tmp_path_factory.mktemp("vocab_sae"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -116,34 +150,64 @@ def damaged_sae(vocab_sae, tmp_path_factory) -> Path:
 # ------------------------------------------------------------------------------------ lm_eval runs
 # The lm_eval console script's entry point, once per argv, in one process: its ~15 s of imports
 # are paid once for the five runs instead of five times.
-DRIVER = WITHOUT_BUILTIN_TASKS + """
+DRIVER = (
+    WITHOUT_BUILTIN_TASKS
+    + """
 for argv in json.loads(sys.argv[1]):
     sys.argv = ["lm_eval", *argv]
     cli_evaluate()
 """
+)
 
 
 def lm_eval_argv(model_args: str, meta: dict, out: Path, tasks: str = TASKS) -> list[str]:
-    return ["--model", "sae", "--model_args", f"{model_args},device=cpu,batch_size=8", "--tasks", tasks,
-            "--metadata", json.dumps(meta), "--output_path", str(out), "--log_samples"]
+    return [
+        "--model",
+        "sae",
+        "--model_args",
+        f"{model_args},device=cpu,batch_size=8",
+        "--tasks",
+        tasks,
+        "--metadata",
+        json.dumps(meta),
+        "--output_path",
+        str(out),
+        "--log_samples",
+    ]
 
 
 @pytest.fixture(scope="module")
 def runs(vocab_sae, damaged_sae, corpus_file, sae_cache, tmp_path_factory) -> dict[str, Path]:
-    """name -> the --output_path folder of: planted, damaged, control (control=random, k=1), rerun (planted
-    again: same SAE, settings, seed and cache), fewer_tokens (sae_core alone with half the tokens)."""
+    """name -> the --output_path folder of: planted, damaged, control (control=random, k=1), rerun
+    (planted
+    again: same SAE, settings, seed and cache), fewer_tokens (sae_core alone with half the
+    tokens)."""
     meta = {"corpus": str(corpus_file), **META}
     plan = {
         "planted": (f"path={vocab_sae}", meta, TASKS),
         "damaged": (f"path={damaged_sae}", meta, TASKS),
-        "control": (f"path={vocab_sae},control=random,control_k=1", meta, TASKS),  # as sparse as the SAE
+        "control": (
+            f"path={vocab_sae},control=random,control_k=1",
+            meta,
+            TASKS,
+        ),  # as sparse as the SAE
         "rerun": (f"path={vocab_sae}", meta, TASKS),
-        "fewer_tokens": (f"path={vocab_sae}", {**meta, "n_tokens": META["n_tokens"] // 2}, "sae_core"),
+        "fewer_tokens": (
+            f"path={vocab_sae}",
+            {**meta, "n_tokens": META["n_tokens"] // 2},
+            "sae_core",
+        ),
     }
     outs = {name: tmp_path_factory.mktemp(f"{name}_run") for name in plan}
     argvs = [lm_eval_argv(args, m, outs[name], tasks) for name, (args, m, tasks) in plan.items()]
-    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(argvs)], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, env={**subprocess_env(sae_cache), "DISABLE_MULTIPROC": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps(argvs)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**subprocess_env(sae_cache), "DISABLE_MULTIPROC": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name, out in outs.items():
         assert len(result_files(out)) == 1, f"{name}: no results file under {out}"
@@ -181,8 +245,14 @@ def results_of(folder: Path) -> dict:
 
 
 def sae_interp(*args: str, cache: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sae_interp_tasks.cli", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120, env=subprocess_env(cache))
+    return subprocess.run(
+        [sys.executable, "-m", "sae_interp_tasks.cli", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env(cache),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -190,13 +260,17 @@ def board_runs(planted_run, damaged_run, control_run):
     return [planted_run, damaged_run, control_run]
 
 
-# ------------------------------------------------------------------------------------ the runs themselves
+# ------------------------------------------------------------------------------------ the runs
+# themselves
 def test_results_record_the_sae(planted_run, control_run, vocab_sae, bigram):
     config = results_of(planted_run)["config"]
     assert config["sae"] == str(vocab_sae)
     assert re.fullmatch(r"[0-9a-f]{16}", config["sae_fingerprint"])
     assert config["sae_d_in"] == D_MODEL and config["sae_d_sae"] > N_RANDOM_LATENTS
-    assert config["sae_architecture"] == "standard" and config["sae_hook_name"] == "blocks.0.hook_resid_pre"
+    assert (
+        config["sae_architecture"] == "standard"
+        and config["sae_hook_name"] == "blocks.0.hook_resid_pre"
+    )
     assert config["subject_model"] == str(bigram[0])
     assert config["sae_control"] is None
     control = results_of(control_run)["config"]
@@ -205,8 +279,14 @@ def test_results_record_the_sae(planted_run, control_run, vocab_sae, bigram):
 
 
 def test_the_instrument_sees_the_damage(planted_run, damaged_run, control_run):
-    got = {name: results_of(run)["results"]["sae_core"] for name, run in
-           (("planted", planted_run), ("damaged", damaged_run), ("control", control_run))}
+    got = {
+        name: results_of(run)["results"]["sae_core"]
+        for name, run in (
+            ("planted", planted_run),
+            ("damaged", damaged_run),
+            ("control", control_run),
+        )
+    }
     assert got["planted"]["ce_loss_recovered,none"] == pytest.approx(1.0, abs=1e-3)
     assert got["planted"]["explained_variance,none"] == pytest.approx(1.0, abs=1e-3)
     assert got["planted"]["l0,none"] == pytest.approx(1.0)
@@ -215,7 +295,8 @@ def test_the_instrument_sees_the_damage(planted_run, damaged_run, control_run):
 
 
 def test_core_samples_carry_the_chunk_statistics(planted_run):
-    """The per-chunk JSON holds the sums the pooled metrics are made of; recomputing gives the task's numbers."""
+    """The per-chunk JSON holds the sums the pooled metrics are made of; recomputing gives the
+    task's numbers."""
     from sae_interp_tasks.aggregations import Pooled
     from sae_interp_tasks.reports import results_io
 
@@ -225,7 +306,10 @@ def test_core_samples_carry_the_chunk_statistics(planted_run):
     assert stats is not None and stats.n_docs == N_CHUNKS
     assert stats.arrays["x_sum"].shape == (N_CHUNKS, D_MODEL)
     ones = np.ones((1, N_CHUNKS))
-    for metric in ("explained_variance", "ce_loss_recovered"):  # the expressions the results file recorded
+    for metric in (
+        "explained_variance",
+        "ce_loss_recovered",
+    ):  # the expressions the results file recorded
         recomputed = Pooled(core.report.pooled[metric]).resampled(stats.arrays, ones)[0]
         assert recomputed == pytest.approx(core.metrics[metric].value, rel=1e-9)
     assert np.nanmean(core.samples.values["l0"]) == pytest.approx(core.metrics["l0"].value)
@@ -235,7 +319,10 @@ def test_core_samples_carry_the_chunk_statistics(planted_run):
 def markdown_rows(text: str) -> list[dict]:
     lines = [line for line in text.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
+    return [
+        dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
+        for line in lines[2:]
+    ]
 
 
 def first_number(text: str) -> float:
@@ -247,7 +334,11 @@ def test_leaderboard_markdown(board_runs, vocab_sae, damaged_sae, sae_cache):
     assert proc.returncode == 0, proc.stderr
     assert "groups" not in proc.stdout  # one group: every row under the same settings
     rows = markdown_rows(proc.stdout)
-    assert [r["SAE"] for r in rows] == [str(vocab_sae), str(damaged_sae), f"{vocab_sae}+control=random"]
+    assert [r["SAE"] for r in rows] == [
+        str(vocab_sae),
+        str(damaged_sae),
+        f"{vocab_sae}+control=random",
+    ]
     planted, damaged, control = rows
     assert first_number(planted["CE loss recovered"]) == pytest.approx(1.0, abs=1e-3)
     assert first_number(damaged["CE loss recovered"]) < 0.9
@@ -265,7 +356,9 @@ def test_leaderboard_markdown(board_runs, vocab_sae, damaged_sae, sae_cache):
 def test_leaderboard_csv_and_json_agree_with_the_results(board_runs, sae_cache, tmp_path):
     out_csv, out_json = tmp_path / "board.csv", tmp_path / "board.json"
     for fmt, out in (("csv", out_csv), ("json", out_json)):
-        proc = sae_interp("leaderboard", *board_runs, "--format", fmt, "--output", out, cache=sae_cache)
+        proc = sae_interp(
+            "leaderboard", *board_runs, "--format", fmt, "--output", out, cache=sae_cache
+        )
         assert proc.returncode == 0 and proc.stdout == "", proc.stderr
     rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
     data = json.loads(out_json.read_text())
@@ -274,8 +367,12 @@ def test_leaderboard_csv_and_json_agree_with_the_results(board_runs, sae_cache, 
         results = results_of(run)
         assert row["sae"] == entry["sae"] == results["config"]["sae"]
         assert int(row["d_sae"]) == entry["d_sae"] == results["config"]["sae_d_sae"]
-        for task, metric in (("sae_core", "l0"), ("sae_core", "ce_loss_recovered"), ("sae_embedding", "auroc"),
-                             ("sae_embedding", "auroc_shuffled")):
+        for task, metric in (
+            ("sae_core", "l0"),
+            ("sae_core", "ce_loss_recovered"),
+            ("sae_embedding", "auroc"),
+            ("sae_embedding", "auroc_shuffled"),
+        ):
             value = results["results"][task][f"{metric},none"]
             assert float(row[f"{task}/{metric}"]) == pytest.approx(value)
             got = entry["tasks"][task]["metrics"][metric]
@@ -283,10 +380,15 @@ def test_leaderboard_csv_and_json_agree_with_the_results(board_runs, sae_cache, 
             assert got["lo"] <= value <= got["hi"]
         stderr = results["results"]["sae_core"]["l0_stderr,none"]
         l0 = entry["tasks"]["sae_core"]["metrics"]["l0"]
-        assert l0["interval"] == "z" and l0["hi"] - l0["lo"] == pytest.approx(2 * 1.959964 * stderr, rel=1e-5)
+        assert l0["interval"] == "z" and l0["hi"] - l0["lo"] == pytest.approx(
+            2 * 1.959964 * stderr, rel=1e-5
+        )
         assert entry["tasks"]["sae_core"]["metrics"]["ce_loss_recovered"]["interval"] == "bootstrap"
         assert row["sae_embedding/latents_scored"] == "4"
-        assert float(row["sae_embedding/skipped"]) == results["results"]["sae_embedding"]["skipped_dead,none"]
+        assert (
+            float(row["sae_embedding/skipped"])
+            == results["results"]["sae_embedding"]["skipped_dead,none"]
+        )
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -316,25 +418,35 @@ def test_rows_under_other_settings_are_grouped_apart(board_runs, fewer_tokens_ru
     assert len(markdown_rows(groups[0])) == 3 and len(markdown_rows(groups[1])) == 1
 
 
-# ------------------------------------------------------------------------------------ leaderboard: HTML
+# ------------------------------------------------------------------------------------ leaderboard:
+# HTML
 def _chromium() -> tuple[str, str] | None:
-    browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    browser = next(
+        filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None
+    )
     driver = shutil.which("chromedriver")
     return (browser, driver) if browser and driver else None
 
 
 @pytest.fixture(scope="module")
 def browser():
-    """Headless Chromium through selenium; installs Debian's chromium where missing and we are root."""
+    """Headless Chromium through selenium; installs Debian's chromium where missing and we are
+    root."""
     pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[test]')")
     found = _chromium()
     if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"], capture_output=True,
-                       timeout=900, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"],
+            capture_output=True,
+            timeout=900,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
         found = _chromium()
     if found is None:
-        pytest.skip("no chromium + chromedriver, and they cannot be installed here "
-                    "(apt-get install -y chromium chromium-driver needs root and apt)")
+        pytest.skip(
+            "no chromium + chromedriver, and they cannot be installed here "
+            "(apt-get install -y chromium chromium-driver needs root and apt)"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -344,7 +456,7 @@ def browser():
         options.add_argument(arg)
     try:
         driver = webdriver.Chrome(service=Service(found[1]), options=options)
-    except Exception as err:  # noqa: BLE001  (a browser that will not start is a reason to skip, not a failure)
+    except Exception as err:  # a browser that will not start is a reason to skip, not a failure
         pytest.skip(f"chromium did not start: {str(err).splitlines()[0]}")
     yield driver
     driver.quit()
@@ -354,25 +466,38 @@ def test_html_page_renders_and_sorts(board_runs, sae_cache, tmp_path, browser):
     from selenium.webdriver.common.by import By
 
     page = tmp_path / "board.html"
-    proc = sae_interp("leaderboard", *board_runs, "--format", "html", "--output", page, cache=sae_cache)
+    proc = sae_interp(
+        "leaderboard", *board_runs, "--format", "html", "--output", page, cache=sae_cache
+    )
     assert proc.returncode == 0, proc.stderr
     text = page.read_text()
-    assert not re.search(r"(src|href)=['\"]https?:", text)  # self-contained: nothing fetched at view time
+    assert not re.search(
+        r"(src|href)=['\"]https?:", text
+    )  # self-contained: nothing fetched at view time
     embedded = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text)
-    assert len(embedded) == 2 and all(png_size(base64.b64decode(data))[0] > 600 for data in embedded)
+    assert len(embedded) == 2 and all(
+        png_size(base64.b64decode(data))[0] > 600 for data in embedded
+    )
     browser.get(page.as_uri())
     assert browser.title == "SAE leaderboard"
     images = browser.find_elements(By.CSS_SELECTOR, "img.plot")
     assert len(images) == 2
     for img in images:
-        assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 0
+        assert (
+            browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
+            > 0
+        )
     table = browser.find_element(By.ID, "board1")
 
     def column(key: str) -> list[str]:
-        headers = [th.get_attribute("data-key") for th in table.find_elements(By.CSS_SELECTOR, "thead th")]
+        headers = [
+            th.get_attribute("data-key") for th in table.find_elements(By.CSS_SELECTOR, "thead th")
+        ]
         i = headers.index(key)
-        return [tr.find_elements(By.TAG_NAME, "td")[i].get_attribute("data-value")
-                for tr in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
+        return [
+            tr.find_elements(By.TAG_NAME, "td")[i].get_attribute("data-value")
+            for tr in table.find_elements(By.CSS_SELECTOR, "tbody tr")
+        ]
 
     assert len(column("sae")) == 3
     header = table.find_element(By.CSS_SELECTOR, "th[data-key='sae_core/ce_loss_recovered']")
@@ -382,7 +507,9 @@ def test_html_page_renders_and_sorts(board_runs, sae_cache, tmp_path, browser):
     header.click()
     descending = [float(v) for v in column("sae_core/ce_loss_recovered")]
     assert descending == sorted(ascending, reverse=True)
-    assert column("sae")[0] == results_of(board_runs[0])["config"]["sae"]  # the intact SAE recovers most
+    assert (
+        column("sae")[0] == results_of(board_runs[0])["config"]["sae"]
+    )  # the intact SAE recovers most
 
 
 # ------------------------------------------------------------------------------------ compare
@@ -399,7 +526,8 @@ def test_compare_fails_the_damaged_candidate(planted_run, damaged_run, sae_cache
     assert set(rows) == {"sae_core/ce_loss_recovered", "sae_embedding/auroc"}
     core = rows["sae_core/ce_loss_recovered"]
     assert core["test"].startswith("paired by chunk") and core["verdict"] == "**worse**"
-    # the encoder is untouched, so the latents and their scores are the same, but they are two SAEs' latents
+    # the encoder is untouched, so the latents and their scores are the same, but they are two
+    # SAEs' latents
     emb = rows["sae_embedding/auroc"]
     assert emb["test"].startswith("unpaired: different SAEs") and emb["verdict"] == "ok"
 
@@ -409,13 +537,16 @@ def test_compare_passes_an_identical_rerun(planted_run, rerun, sae_cache):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip().startswith("PASS:")
     rows = {r["metric"]: r for r in markdown_rows(proc.stdout)}
-    assert rows["sae_embedding/auroc"]["test"].startswith("paired by latent (same SAE weights), 4 matched docs")
+    assert rows["sae_embedding/auroc"]["test"].startswith(
+        "paired by latent (same SAE weights), 4 matched docs"
+    )
     for row in rows.values():
         assert row["difference [95% CI]"] == "+0 [+0, +0]", row
 
 
 def test_core_chunks_pair_only_where_their_tokens_agree(planted_run, rerun, sae_cache, tmp_path):
-    # the same settings can read other text (corpus: sae is each SAE's own dataset): a chunk whose tokens differ
+    # the same settings can read other text (corpus: sae is each SAE's own dataset): a chunk whose
+    # tokens differ
     other_text = shutil.copytree(rerun, tmp_path / "other_text")
     (path,) = other_text.rglob("samples_sae_core_*.jsonl")
     rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -424,10 +555,19 @@ def test_core_chunks_pair_only_where_their_tokens_agree(planted_run, rerun, sae_
     response["tokens_sha256"] = "0" * 16
     rows[0]["resps"] = [[json.dumps(response)]]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    proc = sae_interp("compare", planted_run, other_text, "--metrics", "sae_core/ce_loss_recovered,l0", cache=sae_cache)
+    proc = sae_interp(
+        "compare",
+        planted_run,
+        other_text,
+        "--metrics",
+        "sae_core/ce_loss_recovered,l0",
+        cache=sae_cache,
+    )
     assert proc.returncode == 0, proc.stderr
     tests = {r["metric"]: r["test"] for r in markdown_rows(proc.stdout)}
-    assert all(t.startswith("unpaired: the chunks differ in tokens_sha256") for t in tests.values()), tests
+    assert all(
+        t.startswith("unpaired: the chunks differ in tokens_sha256") for t in tests.values()
+    ), tests
 
 
 def test_gzipped_samples_read_as_the_plain_ones(planted_run, rerun, sae_cache, tmp_path):
@@ -443,17 +583,31 @@ def test_gzipped_samples_read_as_the_plain_ones(planted_run, rerun, sae_cache, t
 
 def test_compare_refuses_other_settings(planted_run, fewer_tokens_run, sae_cache, tmp_path):
     summary = tmp_path / "summary.md"
-    proc = sae_interp("compare", planted_run, fewer_tokens_run, "--metrics", "sae_core/ce_loss_recovered",
-                      "--markdown", summary, cache=sae_cache)
+    proc = sae_interp(
+        "compare",
+        planted_run,
+        fewer_tokens_run,
+        "--metrics",
+        "sae_core/ce_loss_recovered",
+        "--markdown",
+        summary,
+        cache=sae_cache,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("error: sae_core was scored under different instrument settings: n_tokens (2048 vs 1024)")
+    assert line.startswith(
+        "error: sae_core was scored under different instrument settings: n_tokens (2048 vs 1024)"
+    )
     assert not summary.exists()
-    proc = sae_interp("compare", planted_run, fewer_tokens_run, cache=sae_cache)  # no --metrics: every task
+    proc = sae_interp(
+        "compare", planted_run, fewer_tokens_run, cache=sae_cache
+    )  # no --metrics: every task
     assert proc.returncode == 2
     assert error_lines(proc.stderr) == [
-        "error: the two sides scored different tasks (sae_embedding only in the baseline); run the same --tasks "
-        "on both, or gate on some with --metrics"]
+        "error: the two sides scored different tasks (sae_embedding only in the baseline); run the "
+        "same --tasks "
+        "on both, or gate on some with --metrics"
+    ]
 
 
 # ------------------------------------------------------------------------------------ bad input
@@ -489,8 +643,18 @@ def test_bad_input_is_one_line_and_writes_nothing(planted_run, damaged_run, sae_
     ]
     for bad, said in cases:
         out, plots = tmp_path / f"{bad.name}.html", tmp_path / f"{bad.name}_plots"
-        proc = sae_interp("leaderboard", damaged_run, bad, "--format", "html", "--output", out, "--plots", plots,
-                          cache=sae_cache)
+        proc = sae_interp(
+            "leaderboard",
+            damaged_run,
+            bad,
+            "--format",
+            "html",
+            "--output",
+            out,
+            "--plots",
+            plots,
+            cache=sae_cache,
+        )
         assert proc.returncode == 2, (bad, proc.stderr)
         assert proc.stdout == "" and "Traceback" not in proc.stderr
         (line,) = proc.stderr.strip().splitlines()
@@ -500,12 +664,15 @@ def test_bad_input_is_one_line_and_writes_nothing(planted_run, damaged_run, sae_
     assert proc.returncode == 2
     (line,) = error_lines(proc.stderr)
     assert "samples_sae_embedding_*.jsonl is missing beside it" in line
-    # an output that cannot be written: one line, exit 2 (not 1, which CI reads as "worse"), no plot left behind
+    # an output that cannot be written: one line, exit 2 (not 1, which CI reads as "worse"), no
+    # plot left behind
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     plots = tmp_path / "unwritten_plots"
-    for args in (("leaderboard", planted_run, "--plots", plots, "--output", blocker / "board.md"),
-                 ("compare", planted_run, planted_run, "--markdown", blocker / "summary.md")):
+    for args in (
+        ("leaderboard", planted_run, "--plots", plots, "--output", blocker / "board.md"),
+        ("compare", planted_run, planted_run, "--markdown", blocker / "summary.md"),
+    ):
         proc = sae_interp(*args, cache=sae_cache)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         (line,) = proc.stderr.strip().splitlines()
@@ -513,10 +680,12 @@ def test_bad_input_is_one_line_and_writes_nothing(planted_run, damaged_run, sae_
     assert not plots.exists()
 
 
-# ------------------------------------------------------------------------------------ the README's CI job
+# ------------------------------------------------------------------------------------ the README's
+# CI job
 def test_the_readme_ci_job_runs_commands_that_exist():
-    """Every lm_eval and sae-interp command of README's GitHub Actions job parses with the real argument
-    parsers, with its environment filled in, and its --metadata names only keys the tasks read."""
+    """Every lm_eval and sae-interp command of README's GitHub Actions job parses with the real
+    argument parsers, with its environment filled in, and its --metadata names only keys the tasks
+    read."""
     import shlex
 
     import yaml
@@ -532,8 +701,14 @@ def test_the_readme_ci_job_runs_commands_that_exist():
     commands = []
     for step in job["steps"]:
         script = step.get("run", "").replace("\\\n", " ")
-        commands += [line.strip() for line in script.splitlines() if line.strip().startswith(("lm_eval ", "sae-interp "))]
-    assert sum(c.startswith("lm_eval") for c in commands) == 2 and any(" compare " in c for c in commands)
+        commands += [
+            line.strip()
+            for line in script.splitlines()
+            if line.strip().startswith(("lm_eval ", "sae-interp "))
+        ]
+    assert sum(c.startswith("lm_eval") for c in commands) == 2 and any(
+        " compare " in c for c in commands
+    )
     for command in commands:
         with pytest.MonkeyPatch.context() as mp:
             for key, value in env.items():
@@ -544,24 +719,32 @@ def test_the_readme_ci_job_runs_commands_that_exist():
         else:
             args = HarnessCLI()._parser.parse_args(["run", *argv[1:]])
             assert args.model == "sae" and args.log_samples and args.seed
-            registry.check_keys(json.loads(args.metadata) if isinstance(args.metadata, str) else args.metadata)
+            registry.check_keys(
+                json.loads(args.metadata) if isinstance(args.metadata, str) else args.metadata
+            )
 
 
-# ------------------------------------------------------------------------------------ SAEBench files
-SAEBENCH_SCHEMAS = Path(sys.prefix) / "peers" / "sae-bench" / "sae_bench" / "evals"  # scripts/setup.sh puts them there
+# ------------------------------------------------------------------------------------ SAEBench
+# files
+SAEBENCH_SCHEMAS = (
+    Path(sys.prefix) / "peers" / "sae-bench" / "sae_bench" / "evals"
+)  # scripts/setup.sh puts them there
 
 
 @pytest.fixture(scope="module")
 def exported(planted_run, sae_cache, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("saebench")
-    proc = sae_interp("export", str(planted_run), "--format", "saebench", "--output", str(out), cache=sae_cache)
+    proc = sae_interp(
+        "export", str(planted_run), "--format", "saebench", "--output", str(out), cache=sae_cache
+    )
     assert proc.returncode == 0, proc.stderr
     return out
 
 
 def test_sae_core_exports_onto_saebench_core_and_validates_against_its_schema(exported, sae_cache):
-    """The core file validates against the schema the sae-bench package ships, with exactly the fields we do not
-    compute (recorded in the file as left out) relaxed; every number is ours, none is invented."""
+    """The core file validates against the schema the sae-bench package ships, with exactly the
+    fields we do not compute (recorded in the file as left out) relaxed; every number is ours, none
+    is invented."""
     import jsonschema
 
     from sae_interp_tasks.registry import lookup
@@ -570,62 +753,112 @@ def test_sae_core_exports_onto_saebench_core_and_validates_against_its_schema(ex
     data = json.loads(path.read_text())
     schema = json.loads((SAEBENCH_SCHEMAS / "core" / "eval_output_schema_core.json").read_text())
     left_out = data["eval_result_unstructured"]["left_out"]
-    assert left_out == lookup("core").report.saebench["left_out"] and "model_behavior_preservation" in left_out
+    assert (
+        left_out == lookup("core").report.saebench["left_out"]
+        and "model_behavior_preservation" in left_out
+    )
     defs = schema["$defs"]
-    category_of = {name: defs[ref["$ref"].split("/")[-1]] for name, ref in defs["CoreMetricCategories"]["properties"].items()}
+    category_of = {
+        name: defs[ref["$ref"].split("/")[-1]]
+        for name, ref in defs["CoreMetricCategories"]["properties"].items()
+    }
     for category, fields in left_out.items():
-        category_of[category]["required"] = [f for f in category_of[category]["required"] if f not in fields]
+        category_of[category]["required"] = [
+            f for f in category_of[category]["required"] if f not in fields
+        ]
         if not category_of[category]["required"]:
             defs["CoreMetricCategories"]["required"].remove(category)
             data["eval_result_metrics"].pop(category, None)
     jsonschema.validate(data, schema)
-    ours = {k: v["value"] for k, v in json.loads(sae_interp("leaderboard", str(exported.parent / exported.name),
-                                                            "--format", "json", cache=sae_cache).stdout)["groups"][0]["rows"][0]
-            ["tasks"]["sae_core"]["metrics"].items()}
+    ours = {
+        k: v["value"]
+        for k, v in json.loads(
+            sae_interp(
+                "leaderboard",
+                str(exported.parent / exported.name),
+                "--format",
+                "json",
+                cache=sae_cache,
+            ).stdout
+        )["groups"][0]["rows"][0]["tasks"]["sae_core"]["metrics"].items()
+    }
     metrics = data["eval_result_metrics"]
-    assert metrics["reconstruction_quality"]["explained_variance"] == pytest.approx(ours["explained_variance"])
+    assert metrics["reconstruction_quality"]["explained_variance"] == pytest.approx(
+        ours["explained_variance"]
+    )
     assert metrics["sparsity"]["l0"] == pytest.approx(ours["l0"])
-    assert metrics["model_performance_preservation"]["ce_loss_score"] == pytest.approx(ours["ce_loss_recovered"])
-    assert 0 < metrics["reconstruction_quality"]["cossim"] <= 1 and metrics["token_stats"]["total_tokens_eval_reconstruction"] > 0
+    assert metrics["model_performance_preservation"]["ce_loss_score"] == pytest.approx(
+        ours["ce_loss_recovered"]
+    )
+    assert (
+        0 < metrics["reconstruction_quality"]["cossim"] <= 1
+        and metrics["token_stats"]["total_tokens_eval_reconstruction"] > 0
+    )
     assert data["sae_bench_commit_hash"].startswith("not SAEBench") and data["sae_lens_id"] is None
 
 
 def test_our_other_tasks_export_under_their_own_eval_types(exported):
     (path,) = (exported / "sae_embedding").glob("*_eval_results.json")
     data = json.loads(path.read_text())
-    assert data["eval_type_id"] == "sae_embedding" and set(data["eval_result_metrics"]) == {"sae_embedding"}
+    assert data["eval_type_id"] == "sae_embedding" and set(data["eval_result_metrics"]) == {
+        "sae_embedding"
+    }
     assert "auroc" in data["eval_result_metrics"]["sae_embedding"] and data["eval_result_details"]
     assert data["eval_result_unstructured"]["chance"] == {"auroc": "auroc_shuffled"}
-    assert all(isinstance(v, (int, float)) or v is None for v in data["eval_result_metrics"]["sae_embedding"].values())
+    assert all(
+        isinstance(v, (int, float)) or v is None
+        for v in data["eval_result_metrics"]["sae_embedding"].values()
+    )
 
 
-def test_saebench_files_join_the_leaderboard_as_their_own_rows(exported, planted_run, sae_cache, tmp_path):
-    """A published-style SAEBench core file beside our results: its own row, marked, in its own group; a file of an
-    eval type nothing maps is skipped with a note; a truncated file is one line and exit 2."""
+def test_saebench_files_join_the_leaderboard_as_their_own_rows(
+    exported, planted_run, sae_cache, tmp_path
+):
+    """A published-style SAEBench core file beside our results: its own row, marked, in its own
+    group; a file of an eval type nothing maps is skipped with a note; a truncated file is one line
+    and exit 2."""
     core = next((exported / "core").glob("*_eval_results.json"))
     published = json.loads(core.read_text())
-    published.update(sae_lens_release_id="gpt2-small-res-jb", sae_lens_id="blocks.8.hook_resid_pre",
-                     eval_config={"model_name": "gpt2", "dataset": "Skylion007/openwebtext"})
+    published.update(
+        sae_lens_release_id="gpt2-small-res-jb",
+        sae_lens_id="blocks.8.hook_resid_pre",
+        eval_config={"model_name": "gpt2", "dataset": "Skylion007/openwebtext"},
+    )
     (tmp_path / "published_eval_results.json").write_text(json.dumps(published))
-    (tmp_path / "absorption_eval_results.json").write_text(json.dumps({"eval_type_id": "absorption_first_letter",
-                                                                        "eval_result_metrics": {"mean": {"x": 1.0}}}))
-    board = sae_interp("leaderboard", str(planted_run), str(tmp_path), "--format", "json", cache=sae_cache)
+    (tmp_path / "absorption_eval_results.json").write_text(
+        json.dumps(
+            {"eval_type_id": "absorption_first_letter", "eval_result_metrics": {"mean": {"x": 1.0}}}
+        )
+    )
+    board = sae_interp(
+        "leaderboard", str(planted_run), str(tmp_path), "--format", "json", cache=sae_cache
+    )
     assert board.returncode == 0, board.stderr
     assert "absorption_first_letter' has no counterpart here; skipped" in board.stderr
     groups = json.loads(board.stdout)["groups"]
     saebench_rows = [r for g in groups for r in g["rows"] if r["sae"].endswith("(SAEBench)")]
-    assert [r["sae"] for r in saebench_rows] == ["gpt2-small-res-jb/blocks.8.hook_resid_pre (SAEBench)"]
+    assert [r["sae"] for r in saebench_rows] == [
+        "gpt2-small-res-jb/blocks.8.hook_resid_pre (SAEBench)"
+    ]
     assert len(groups) == 2  # SAEBench's settings are its own group
-    assert saebench_rows[0]["tasks"]["sae_core"]["metrics"]["explained_variance"]["value"] == pytest.approx(
-        published["eval_result_metrics"]["reconstruction_quality"]["explained_variance"])
+    assert saebench_rows[0]["tasks"]["sae_core"]["metrics"]["explained_variance"][
+        "value"
+    ] == pytest.approx(
+        published["eval_result_metrics"]["reconstruction_quality"]["explained_variance"]
+    )
     (tmp_path / "cut_eval_results.json").write_text(core.read_text()[:200])
     bad = sae_interp("leaderboard", str(tmp_path), cache=sae_cache)
     (line,) = error_lines(bad.stderr)
     assert bad.returncode == 2 and "cut_eval_results.json is not valid JSON" in line
 
 
-def test_compare_reads_saebench_files_but_gates_nothing_without_per_doc_scores(exported, sae_cache, tmp_path):
+def test_compare_reads_saebench_files_but_gates_nothing_without_per_doc_scores(
+    exported, sae_cache, tmp_path
+):
     core = next((exported / "core").glob("*_eval_results.json"))
     gate = sae_interp("compare", str(core), str(core), cache=sae_cache)
     assert gate.returncode == 2, gate.stdout + gate.stderr
-    assert "a SAEBench result file carries no per-doc scores" in gate.stdout and gate.stderr.startswith("NOTHING GATED")
+    assert (
+        "a SAEBench result file carries no per-doc scores" in gate.stdout
+        and gate.stderr.startswith("NOTHING GATED")
+    )

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from sae_interp_tasks.scorers import metrics
 from sae_interp_tasks.records import WindowJudgement
+from sae_interp_tasks.scorers import metrics
 
 # 12 windows: 6 activating (deciles 1..6), 6 not; a scorer that is right 9 times in 12
 LABELS = [True, True, True, True, True, True, False, False, False, False, False, False]
@@ -24,18 +24,25 @@ DECILES = [1, 2, 3, 4, 5, 6, 0, 0, 0, 0, 0, 0]
 
 
 def judgements(labels=LABELS, preds=PREDS, probs=PROBS, deciles=DECILES) -> list[WindowJudgement]:
-    return [WindowJudgement(label=lab, prediction=p, probability=q, decile=d)
-            for lab, p, q, d in zip(labels, preds, probs, deciles)]
+    return [
+        WindowJudgement(label=lab, prediction=p, probability=q, decile=d)
+        for lab, p, q, d in zip(labels, preds, probs, deciles, strict=True)
+    ]
 
 
 def failed(js: list[WindowJudgement], indices) -> list[WindowJudgement]:
     """The same windows with the given ones' batch unparseable (no prediction, no probability)."""
-    return [WindowJudgement(j.label, None, None, j.decile) if i in indices else j for i, j in enumerate(js)]
+    return [
+        WindowJudgement(j.label, None, None, j.decile) if i in indices else j
+        for i, j in enumerate(js)
+    ]
 
 
 def test_each_metric_agrees_with_scikit_learn():
     js = judgements()
-    assert metrics.balanced_accuracy(js) == pytest.approx(skm.balanced_accuracy_score(LABELS, PREDS))
+    assert metrics.balanced_accuracy(js) == pytest.approx(
+        skm.balanced_accuracy_score(LABELS, PREDS)
+    )
     assert metrics.precision(js) == pytest.approx(skm.precision_score(LABELS, PREDS))
     assert metrics.recall(js) == pytest.approx(skm.recall_score(LABELS, PREDS))
     assert metrics.f1(js) == pytest.approx(skm.f1_score(LABELS, PREDS))
@@ -62,7 +69,13 @@ def test_unanswered_windows_are_left_out_not_scored_as_no():
     broken = failed(js, {3, 5})  # the two activating windows the scorer got wrong
     answered = [j for i, j in enumerate(js) if i not in {3, 5}]
     assert metrics.recall(broken) == 1.0  # not 4/6: the failed windows are not misses
-    for fn in (metrics.balanced_accuracy, metrics.precision, metrics.recall, metrics.f1, metrics.judgement_auroc):
+    for fn in (
+        metrics.balanced_accuracy,
+        metrics.precision,
+        metrics.recall,
+        metrics.f1,
+        metrics.judgement_auroc,
+    ):
         assert fn(broken) == pytest.approx(fn(answered)), fn.__name__
     assert metrics.classification_metrics(broken)["answered_frac"] == pytest.approx(10 / 12)
 
@@ -76,28 +89,42 @@ def test_a_latent_whose_batches_all_failed_is_nan_not_zero():
 
 
 def test_one_class_only_gives_nan_where_the_metric_is_undefined():
-    only_activating = judgements(labels=[True] * 4, preds=[True, False, True, True], probs=[0.9, 0.2, 0.8, 0.7],
-                                 deciles=[1, 2, 3, 4])
+    only_activating = judgements(
+        labels=[True] * 4,
+        preds=[True, False, True, True],
+        probs=[0.9, 0.2, 0.8, 0.7],
+        deciles=[1, 2, 3, 4],
+    )
     assert math.isnan(metrics.balanced_accuracy(only_activating))
     assert math.isnan(metrics.judgement_auroc(only_activating))
     assert metrics.recall(only_activating) == 0.75  # recall needs only the activating windows
-    only_quiet = judgements(labels=[False] * 3, preds=[False, True, False], probs=[0.1, 0.6, 0.2], deciles=[0] * 3)
+    only_quiet = judgements(
+        labels=[False] * 3, preds=[False, True, False], probs=[0.1, 0.6, 0.2], deciles=[0] * 3
+    )
     assert math.isnan(metrics.recall(only_quiet))
 
 
 def test_auroc_skips_missing_and_nan_scores():
     labels = [True, False, True, False, True]
     scores = [0.9, 0.1, None, float("nan"), 0.2]
-    assert metrics.auroc(labels, scores) == pytest.approx(skm.roc_auc_score([True, False, True], [0.9, 0.1, 0.2]))
+    assert metrics.auroc(labels, scores) == pytest.approx(
+        skm.roc_auc_score([True, False, True], [0.9, 0.1, 0.2])
+    )
     assert math.isnan(metrics.auroc(labels, [None] * 5))
 
 
 def test_recall_by_decile():
-    # decile 1: 2 of 2 found; decile 2: 1 of 2; decile 3: 0 of 1; decile 4: one window, unanswered; others empty
-    js = [WindowJudgement(True, True, decile=1), WindowJudgement(True, True, decile=1),
-          WindowJudgement(True, True, decile=2), WindowJudgement(True, False, decile=2),
-          WindowJudgement(True, False, decile=3), WindowJudgement(True, None, decile=4),
-          WindowJudgement(False, True, decile=0)]
+    # decile 1: 2 of 2 found; decile 2: 1 of 2; decile 3: 0 of 1; decile 4: one window, unanswered;
+    # others empty
+    js = [
+        WindowJudgement(True, True, decile=1),
+        WindowJudgement(True, True, decile=1),
+        WindowJudgement(True, True, decile=2),
+        WindowJudgement(True, False, decile=2),
+        WindowJudgement(True, False, decile=3),
+        WindowJudgement(True, None, decile=4),
+        WindowJudgement(False, True, decile=0),
+    ]
     got = metrics.recall_by_decile(js, n_deciles=5)
     assert list(got) == [1, 2, 3, 4, 5]
     assert got[1] == 1.0 and got[2] == 0.5 and got[3] == 0.0
@@ -107,8 +134,10 @@ def test_recall_by_decile():
 def test_classification_metrics_keys_and_values():
     js = judgements()
     values = metrics.classification_metrics(js)
-    assert set(values) == ({"balanced_acc", "precision", "recall", "f1", "auroc", "answered_frac"}
-                           | {f"recall_decile{d}" for d in range(1, 11)})
+    assert set(values) == (
+        {"balanced_acc", "precision", "recall", "f1", "auroc", "answered_frac"}
+        | {f"recall_decile{d}" for d in range(1, 11)}
+    )
     assert values["balanced_acc"] == metrics.balanced_accuracy(js)
     assert values["auroc"] == metrics.judgement_auroc(js)
     assert values["answered_frac"] == 1.0

@@ -12,7 +12,6 @@ shared between tasks, and a rerun on the same on-disk cache asks no model anythi
 from __future__ import annotations
 
 import json
-
 import math
 import re
 from collections import Counter
@@ -25,13 +24,18 @@ from helpers import read_scorer_prompt, verdicts
 from sae_interp_tasks import clients as clients_mod
 from sae_interp_tasks.clients import ClientConfig, Completion, LLMClient, Prompt
 from sae_interp_tasks.clients.cache import CompletionCache
-from sae_interp_tasks.stages.examples import ExampleConfig, split_examples
-from sae_interp_tasks.stages.explainers import ExplainerConfig, explain, explainer_prompt, token_explanation
 from sae_interp_tasks.records import Explanation
 from sae_interp_tasks.scorers import classifier
 from sae_interp_tasks.scorers.classifier import ScorerConfig, parse_answer
 from sae_interp_tasks.scorers.detection import Detection
 from sae_interp_tasks.scorers.fuzzing import Fuzzing
+from sae_interp_tasks.stages.examples import ExampleConfig, split_examples
+from sae_interp_tasks.stages.explainers import (
+    ExplainerConfig,
+    explain,
+    explainer_prompt,
+    token_explanation,
+)
 
 EX_CFG = ExampleConfig(n_train=10, n_test_per_decile=2, n_test_non_activating=20, min_examples=5)
 SEED = 0
@@ -39,7 +43,8 @@ TRUE = {CAT_LATENT: "the word cat", DOG_LATENT: "the word dog"}
 LOG_YES, LOG_NO = math.log(0.9), math.log(0.1)
 
 
-# ------------------------------------------------------------------------------------ oracle clients
+# ------------------------------------------------------------------------------------ oracle
+# clients
 def oracle_verdicts(prompt: Prompt) -> list[bool]:
     return verdicts(prompt.messages[0][1], prompt.messages[-1][1])
 
@@ -53,7 +58,8 @@ def n_examples(prompt: Prompt) -> int:
 
 
 class FakeClient(LLMClient):
-    """A client whose answers come from a function of the prompt; counts and records what it is asked."""
+    """A client whose answers come from a function of the prompt; counts and records what it is
+    asked."""
 
     supports_logprobs = True
 
@@ -71,11 +77,14 @@ class FakeClient(LLMClient):
 
 
 def oracle_list(prompt: Prompt) -> Completion:
-    return Completion(text="[" + ", ".join("1" if v else "0" for v in oracle_verdicts(prompt)) + "]")
+    return Completion(
+        text="[" + ", ".join("1" if v else "0" for v in oracle_verdicts(prompt)) + "]"
+    )
 
 
 def oracle_with_logprobs(prompt: Prompt) -> Completion:
-    """The same list, with per-token top logprobs as an endpoint returns them ("[" is the prefill)."""
+    """The same list, with per-token top logprobs as an endpoint returns them ("[" is the
+    prefill)."""
     said = oracle_verdicts(prompt)
     top: list[dict[str, float]] = []
     for i, v in enumerate(said):
@@ -87,14 +96,20 @@ def oracle_with_logprobs(prompt: Prompt) -> Completion:
 def oracle_explainer(prompt: Prompt) -> Completion:
     """Names the most frequent marked token of the explainer prompt's excerpts."""
     user = prompt.messages[-1][1]
-    marked = Counter(m.strip() for m in re.findall(r"<<(.*?)>>", user.split("\n\nFiring tokens")[0]))
+    marked = Counter(
+        m.strip() for m in re.findall(r"<<(.*?)>>", user.split("\n\nFiring tokens")[0])
+    )
     return Completion(text=f"Explanation: the word {marked.most_common(1)[0][0]}")
 
 
-# ------------------------------------------------------------------------------------ the tiny world
+# ------------------------------------------------------------------------------------ the tiny
+# world
 @pytest.fixture(scope="module")
 def splits(planted_pass):
-    return {lat: split_examples(planted_pass.record(lat), EX_CFG, SEED) for lat in (CAT_LATENT, DOG_LATENT)}
+    return {
+        lat: split_examples(planted_pass.record(lat), EX_CFG, SEED)
+        for lat in (CAT_LATENT, DOG_LATENT)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +122,15 @@ SCORERS = {"detection": Detection(), "fuzzing": Fuzzing()}
 
 def run_scorer(method, splits, explanations, reply, tmp_path, decode, **cfg):
     client = FakeClient(tmp_path, reply)
-    scored = SCORERS[method].score([splits[lat] for lat in explanations], explanations, ScorerConfig(**cfg), client,
-                                   decode, SEED, method)
+    scored = SCORERS[method].score(
+        [splits[lat] for lat in explanations],
+        explanations,
+        ScorerConfig(**cfg),
+        client,
+        decode,
+        SEED,
+        method,
+    )
     return scored, client
 
 
@@ -146,13 +168,24 @@ def test_true_explanation_scores_one_and_shuffled_scores_chance(method, splits, 
         assert all("<<" in w["text"] for w in cat_windows)
         assert all("<< cat>>" in w["text"] for w in cat_windows if w["label"])
     # real and shuffled batches of both latents, each asked once
-    assert client.n_calls == len(client.asked) == 2 * sum(math.ceil(len(splits[lat].test) / 5) for lat in TRUE)
+    assert (
+        client.n_calls
+        == len(client.asked)
+        == 2 * sum(math.ceil(len(splits[lat].test) / 5) for lat in TRUE)
+    )
 
 
 @pytest.mark.parametrize("method", ["detection", "fuzzing"])
 def test_wrong_explanation_scores_chance(method, splits, decode, tmp_path):
-    scored, _ = run_scorer(method, splits, expls({CAT_LATENT: "the word dog"}), oracle_list, tmp_path, decode,
-                           shuffled_control=False)
+    scored, _ = run_scorer(
+        method,
+        splits,
+        expls({CAT_LATENT: "the word dog"}),
+        oracle_list,
+        tmp_path,
+        decode,
+        shuffled_control=False,
+    )
     m = scored[CAT_LATENT].metrics
     assert 0.35 <= m["balanced_acc"] <= 0.65, m
     assert math.isnan(m["balanced_acc_shuffled"])  # no control asked for
@@ -173,7 +206,11 @@ def test_logprobs_give_probabilities_and_auroc(splits, decode, tmp_path):
 def garbage(prompt: Prompt) -> Completion:
     """Prose for some batches, a list of the wrong length for the others."""
     n = n_examples(prompt)
-    return Completion(text="I think so" if len(prompt.messages[-1][1]) % 2 else "[" + ", ".join(["1"] * (n + 1)) + "]")
+    return Completion(
+        text="I think so"
+        if len(prompt.messages[-1][1]) % 2
+        else "[" + ", ".join(["1"] * (n + 1)) + "]"
+    )
 
 
 @pytest.mark.parametrize("method", ["detection", "fuzzing"])
@@ -183,18 +220,32 @@ def test_unparseable_answers_are_failures_never_scores(method, splits, decode, t
         m, detail = scored[lat].metrics, scored[lat].detail
         assert m["parse_failures"] == detail["batches"] == math.ceil(len(splits[lat].test) / 5)
         assert m["answered_frac"] == 0.0
-        for name in ("balanced_acc", "precision", "recall", "f1", "auroc", "balanced_acc_shuffled",
-                     "recall_decile1", "recall_decile10"):
+        for name in (
+            "balanced_acc",
+            "precision",
+            "recall",
+            "f1",
+            "auroc",
+            "balanced_acc_shuffled",
+            "recall_decile1",
+            "recall_decile10",
+        ):
             assert math.isnan(m[name]), (name, m[name])
         assert all(j.prediction is None for j in scored[lat].judgements)
     answers = {a for lat in TRUE for a in scored[lat].detail["answers"]}
-    assert answers == {"I think so", "[1, 1, 1, 1, 1, 1]"}  # both kinds of garbage were given, and shown
+    assert answers == {
+        "I think so",
+        "[1, 1, 1, 1, 1, 1]",
+    }  # both kinds of garbage were given, and shown
 
 
 def test_parse_failures_are_counted_per_latent(splits, decode, tmp_path):
     """The scorer garbles every batch about dogs: the dog latent fails, the cat latent is scored."""
+
     def dog_averse(prompt):
-        return Completion(text="no idea") if "dog" in explanation_of(prompt) else oracle_list(prompt)
+        return (
+            Completion(text="no idea") if "dog" in explanation_of(prompt) else oracle_list(prompt)
+        )
 
     scored, _ = run_scorer("detection", splits, expls(TRUE), dog_averse, tmp_path, decode)
     cat, dog = scored[CAT_LATENT].metrics, scored[DOG_LATENT].metrics
@@ -206,49 +257,73 @@ def test_parse_failures_are_counted_per_latent(splits, decode, tmp_path):
 
 
 def test_failed_calls_are_failures_and_shown_as_such(splits, decode, tmp_path):
-    scored, client = run_scorer("detection", splits, expls({CAT_LATENT: "the word cat"}),
-                                lambda p: Completion(text=None, error="HTTP 503"), tmp_path, decode)
+    scored, client = run_scorer(
+        "detection",
+        splits,
+        expls({CAT_LATENT: "the word cat"}),
+        lambda p: Completion(text=None, error="HTTP 503"),
+        tmp_path,
+        decode,
+    )
     m = scored[CAT_LATENT].metrics
-    assert math.isnan(m["balanced_acc"]) and m["parse_failures"] == scored[CAT_LATENT].detail["batches"]
+    assert (
+        math.isnan(m["balanced_acc"])
+        and m["parse_failures"] == scored[CAT_LATENT].detail["batches"]
+    )
     assert set(scored[CAT_LATENT].detail["answers"]) == {"<failed: HTTP 503>"}
     assert len(client.cache) == 0  # failures are not cached: a rerun asks again
 
 
 # ------------------------------------------------------------------------------------ parse_answer
-@pytest.mark.parametrize("text, n, expected", [
-    ("[1, 0, 1]", 3, [True, False, True]),
-    ("[1,0,1]", 3, [True, False, True]),
-    ("[ 1 ,0 , 1 ]", 3, [True, False, True]),
-    ("[0]", 1, [False]),
-    ("[1, 0]\nThe first example mentions a cat.", 2, [True, False]),  # trailing prose is ignored
-    ("Sure: [0, 1]", 2, [False, True]),
-    ("[[1, 0]]", 2, [True, False]),
-])
+@pytest.mark.parametrize(
+    "text, n, expected",
+    [
+        ("[1, 0, 1]", 3, [True, False, True]),
+        ("[1,0,1]", 3, [True, False, True]),
+        ("[ 1 ,0 , 1 ]", 3, [True, False, True]),
+        ("[0]", 1, [False]),
+        (
+            "[1, 0]\nThe first example mentions a cat.",
+            2,
+            [True, False],
+        ),  # trailing prose is ignored
+        ("Sure: [0, 1]", 2, [False, True]),
+        ("[[1, 0]]", 2, [True, False]),
+    ],
+)
 def test_parse_answer_reads_lists(text, n, expected):
     preds, probs = parse_answer(Completion(text=text), n)
     assert preds == expected
     assert probs is None
 
 
-@pytest.mark.parametrize("text, n", [
-    ("[1, 0]", 3),  # too short
-    ("[1, 0, 1, 1]", 3),  # too long
-    ("[1, 2, 0]", 3),  # not binary
-    ("[yes, no]", 2),
-    ("[True, False]", 2),
-    ("[1.0, 0.0]", 2),
-    ("[1, 0,", 2),  # cut off by max_tokens
-    ("[", 2),  # only the prefill
-    ("1, 0", 2),  # no brackets
-    ("", 2),
-    (None, 2),  # the call failed
-])
+@pytest.mark.parametrize(
+    "text, n",
+    [
+        ("[1, 0]", 3),  # too short
+        ("[1, 0, 1, 1]", 3),  # too long
+        ("[1, 2, 0]", 3),  # not binary
+        ("[yes, no]", 2),
+        ("[True, False]", 2),
+        ("[1.0, 0.0]", 2),
+        ("[1, 0,", 2),  # cut off by max_tokens
+        ("[", 2),  # only the prefill
+        ("1, 0", 2),  # no brackets
+        ("", 2),
+        (None, 2),  # the call failed
+    ],
+)
 def test_parse_answer_rejects_everything_else(text, n):
     assert parse_answer(Completion(text=text), n) == (None, None)
 
 
 def test_parse_answer_probabilities_from_top_logprobs():
-    top = [{"1": math.log(0.8), "0": math.log(0.2)}, {",": 0.0}, {" 0": math.log(0.7), " 1": math.log(0.3)}, {"]": 0.0}]
+    top = [
+        {"1": math.log(0.8), "0": math.log(0.2)},
+        {",": 0.0},
+        {" 0": math.log(0.7), " 1": math.log(0.3)},
+        {"]": 0.0},
+    ]
     preds, probs = parse_answer(Completion(text="[1, 0]", top_logprobs=top), 2)
     assert preds == [True, False]
     assert probs == pytest.approx([0.8, 0.3])
@@ -260,8 +335,16 @@ def test_parse_answer_probabilities_from_top_logprobs():
 def test_parse_answer_probabilities_ignore_digits_after_the_list():
     """Probabilities are read at the list's digits only: a "1" in prose after the list (a scorer
     explaining itself, "Example 1 ...") neither shifts nor drops them."""
-    top = [{"1": math.log(0.8), "0": math.log(0.2)}, {",": 0.0}, {" 0": math.log(0.7), " 1": math.log(0.3)},
-           {"]": 0.0}, {"\n": 0.0}, {"Example": 0.0}, {" 1": -0.1, " 2": -3.0}, {" fits": 0.0}]
+    top = [
+        {"1": math.log(0.8), "0": math.log(0.2)},
+        {",": 0.0},
+        {" 0": math.log(0.7), " 1": math.log(0.3)},
+        {"]": 0.0},
+        {"\n": 0.0},
+        {"Example": 0.0},
+        {" 1": -0.1, " 2": -3.0},
+        {" fits": 0.0},
+    ]
     preds, probs = parse_answer(Completion(text="[1, 0]\nExample 1 fits", top_logprobs=top), 2)
     assert preds == [True, False]
     assert probs == pytest.approx([0.8, 0.3])
@@ -285,26 +368,38 @@ def test_explainer_prompt_marks_the_firing_tokens(splits, decode):
 
 def test_explain_with_an_llm_returns_its_parsed_answer(splits, decode, tmp_path):
     client = FakeClient(tmp_path, oracle_explainer, name="explainer")
-    out = explain([splits[CAT_LATENT], splits[DOG_LATENT]], ExplainerConfig(explainer="hf"), client, decode)
+    out = explain(
+        [splits[CAT_LATENT], splits[DOG_LATENT]], ExplainerConfig(explainer="hf"), client, decode
+    )
     assert out[CAT_LATENT] == Explanation(CAT_LATENT, "the word cat", "fake:explainer")
     assert out[DOG_LATENT] == Explanation(DOG_LATENT, "the word dog", "fake:explainer")
     assert client.n_calls == 2
 
 
-@pytest.mark.parametrize("answer, expected", [
-    ('Explanation: "the word cat"', "the word cat"),
-    ("Explanation: the word cat\nExplanation of my reasoning follows.", "the word cat"),
-    ("Some thinking first.\nExplanation: the word cat", "the word cat"),
-    ("the word cat", "the word cat"),
-])
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ('Explanation: "the word cat"', "the word cat"),
+        ("Explanation: the word cat\nExplanation of my reasoning follows.", "the word cat"),
+        ("Some thinking first.\nExplanation: the word cat", "the word cat"),
+        ("the word cat", "the word cat"),
+    ],
+)
 def test_explain_parses_the_explanation_line(answer, expected, splits, decode, tmp_path):
     client = FakeClient(tmp_path, lambda p: Completion(text=answer))
     out = explain([splits[CAT_LATENT]], ExplainerConfig(explainer="hf"), client, decode)
     assert out[CAT_LATENT].text == expected
 
 
-@pytest.mark.parametrize("answer", [Completion(text=""), Completion(text="Explanation:"),
-                                    Completion(text="Explanation:  \n"), Completion(text=None, error="timeout")])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Completion(text=""),
+        Completion(text="Explanation:"),
+        Completion(text="Explanation:  \n"),
+        Completion(text=None, error="timeout"),
+    ],
+)
 def test_unparseable_explanation_falls_back_to_tokens(answer, splits, decode, tmp_path):
     client = FakeClient(tmp_path, lambda p: answer)
     out = explain([splits[CAT_LATENT]], ExplainerConfig(explainer="hf"), client, decode)
@@ -319,14 +414,26 @@ def test_tokens_explainer_asks_no_llm(splits, decode, tmp_path):
 
 
 def test_token_explanations_of_token_latents_score_like_the_truth(splits, decode, tmp_path):
-    """The non-LLM floor names the planted token, which is all there is to say about these latents."""
-    floor = {lat: Explanation(lat, token_explanation(splits[lat].train, decode, 0.3), "tokens") for lat in TRUE}
-    scored = Detection().score(list(splits.values()), floor, ScorerConfig(), FakeClient(tmp_path, oracle_list), decode,
-                               SEED, "detection")
+    """The non-LLM floor names the planted token, which is all there is to say about these
+    latents."""
+    floor = {
+        lat: Explanation(lat, token_explanation(splits[lat].train, decode, 0.3), "tokens")
+        for lat in TRUE
+    }
+    scored = Detection().score(
+        list(splits.values()),
+        floor,
+        ScorerConfig(),
+        FakeClient(tmp_path, oracle_list),
+        decode,
+        SEED,
+        "detection",
+    )
     assert all(scored[lat].metrics["balanced_acc"] >= 0.95 for lat in TRUE)
 
 
-# ------------------------------------------------------------------------------------ embedding scorer
+# ------------------------------------------------------------------------------------ embedding
+# scorer
 @pytest.fixture(scope="module")
 def embedder():
     from sae_interp_tasks.stages.shared import load_embedder
@@ -338,7 +445,9 @@ def test_embedding_scores_the_true_explanation_above_an_unrelated_one(splits, em
     from sae_interp_tasks.scorers.embedding import score_embedding
 
     def auroc(text):
-        scored = score_embedding([splits[CAT_LATENT]], expls({CAT_LATENT: text}), embedder, decode, SEED)
+        scored = score_embedding(
+            [splits[CAT_LATENT]], expls({CAT_LATENT: text}), embedder, decode, SEED
+        )
         return scored[CAT_LATENT]
 
     true, unrelated = auroc("the word cat"), auroc("financial markets and stock prices")
@@ -379,17 +488,42 @@ def test_hard_negatives_are_quiet_windows_nearest_the_top_windows(planted_pass, 
     assert hard_negatives([], pool, embedder, decode, n=3) == pool[:3]
 
 
-# ------------------------------------------------------------------------------------ the pipeline: sharing and caching
+# ------------------------------------------------------------------------------------ the
+# pipeline: sharing and caching
 def interp_settings(corpus_file, explainer_model, scorer_model, **extra) -> dict:
-    return {"corpus": str(corpus_file), "n_tokens": 4096, "context_size": 64, "window": 16, "n_top": 10,
-            "n_sample": 40, "n_random": 64, "latents": [CAT_LATENT, DOG_LATENT], "min_examples": 5, "n_train": 10,
-            "n_test_per_decile": 2, "n_test_non_activating": 10, "explainer": "hf",
-            "explainer_model": explainer_model, "scorer": "hf", "scorer_model": scorer_model, **extra}
+    return {
+        "corpus": str(corpus_file),
+        "n_tokens": 4096,
+        "context_size": 64,
+        "window": 16,
+        "n_top": 10,
+        "n_sample": 40,
+        "n_random": 64,
+        "latents": [CAT_LATENT, DOG_LATENT],
+        "min_examples": 5,
+        "n_train": 10,
+        "n_test_per_decile": 2,
+        "n_test_non_activating": 10,
+        "explainer": "hf",
+        "explainer_model": explainer_model,
+        "scorer": "hf",
+        "scorer_model": scorer_model,
+        **extra,
+    }
 
 
 def payloads(settings: dict, kinds=("detection", "fuzzing"), seed: int = 1234) -> list[dict]:
-    return [{"kind": kind, "task": f"sae_{kind}", "doc": {"slot": slot}, "seed": seed, "settings": settings}
-            for kind in kinds for slot in range(len(settings["latents"]))]
+    return [
+        {
+            "kind": kind,
+            "task": f"sae_{kind}",
+            "doc": {"slot": slot},
+            "seed": seed,
+            "settings": settings,
+        }
+        for kind in kinds
+        for slot in range(len(settings["latents"]))
+    ]
 
 
 @pytest.fixture
@@ -423,7 +557,9 @@ def made_clients(monkeypatch):
     return made
 
 
-def test_detection_and_fuzzing_share_one_explanation_per_latent(planted_sae, corpus_file, fresh_cache, monkeypatch):
+def test_detection_and_fuzzing_share_one_explanation_per_latent(
+    planted_sae, corpus_file, fresh_cache, monkeypatch
+):
     from sae_interp_tasks.harness.backend import SAEBackend
     from sae_interp_tasks.harness.serve import serve_latents
 
@@ -442,9 +578,14 @@ def test_detection_and_fuzzing_share_one_explanation_per_latent(planted_sae, cor
     explainer = fakes["oracle-explainer"]
     assert explainer.n_calls == 2  # one explanation per latent, for both tasks
     assert Counter(oracle_explainer(p).text for p in explainer.asked) == {
-        "Explanation: the word cat": 1, "Explanation: the word dog": 1}
+        "Explanation: the word cat": 1,
+        "Explanation: the word dog": 1,
+    }
     assert set(fakes) == {"oracle-explainer", "oracle-scorer"}  # one client per config
-    by = {(p["kind"], p["doc"]["slot"]): r.to_json() for p, r in zip(payloads(settings), out)}
+    by = {
+        (p["kind"], p["doc"]["slot"]): r.to_json()
+        for p, r in zip(payloads(settings), out, strict=True)
+    }
     for slot, lat in enumerate(settings["latents"]):
         det, fuz = by[("detection", slot)], by[("fuzzing", slot)]
         assert det["latent"] == fuz["latent"] == lat
@@ -452,7 +593,9 @@ def test_detection_and_fuzzing_share_one_explanation_per_latent(planted_sae, cor
         assert det["explainer"] == "fake:oracle-explainer"
         assert det["train_windows"] == fuz["train_windows"]
         assert det["metrics"]["balanced_acc"] >= 0.95 and fuz["metrics"]["balanced_acc"] >= 0.95
-        assert det["scorer"]["windows"] != fuz["scorer"]["windows"]  # fuzzing shows marks, detection does not
+        assert (
+            det["scorer"]["windows"] != fuz["scorer"]["windows"]
+        )  # fuzzing shows marks, detection does not
 
     # answering the same docs again on this backend asks nobody anything
     calls = {name: c.n_calls for name, c in fakes.items()}
@@ -461,15 +604,24 @@ def test_detection_and_fuzzing_share_one_explanation_per_latent(planted_sae, cor
     assert [str(r) for r in again] == [str(r) for r in out]
 
 
-def test_a_rerun_on_the_same_cache_calls_no_model(planted_sae, tiny_model_dir, corpus_file, fresh_cache, made_clients):
+def test_a_rerun_on_the_same_cache_calls_no_model(
+    planted_sae, tiny_model_dir, corpus_file, fresh_cache, made_clients
+):
     """The real in-process hf client on the tiny model: the second backend answers from disk."""
-    from sae_interp_tasks.harness.backend import SAEBackend
     from sae_interp_tasks.clients.hf_client import HFClient
+    from sae_interp_tasks.harness.backend import SAEBackend
     from sae_interp_tasks.harness.serve import serve_latents
 
-    settings = interp_settings(corpus_file, str(tiny_model_dir), str(tiny_model_dir), scorer_max_tokens=8,
-                               explainer_max_tokens=8, n_test_per_decile=1, n_test_non_activating=5,
-                               shuffled_control=False)  # few prompts: the tiny model's answers are noise anyway
+    settings = interp_settings(
+        corpus_file,
+        str(tiny_model_dir),
+        str(tiny_model_dir),
+        scorer_max_tokens=8,
+        explainer_max_tokens=8,
+        n_test_per_decile=1,
+        n_test_non_activating=5,
+        shuffled_control=False,
+    )  # few prompts: the tiny model's answers are noise anyway
     first = serve_latents(SAEBackend(path=str(planted_sae.path), device="cpu"), payloads(settings))
     # explainer and scorer have the same client settings here, so the run makes one client for both
     (client,) = made_clients
@@ -488,13 +640,17 @@ def test_a_rerun_on_the_same_cache_calls_no_model(planted_sae, tiny_model_dir, c
     assert len(client.cache) == n_answers
     assert [without_usage(r) for r in second] == [without_usage(r) for r in first]
     # what each run paid: the first asked the model, the second the cache, for the same requests
-    paid = [sum(json.loads(str(r))["metrics"][m] for r in run) for run in (first, second) for m in
-            ("llm_calls", "llm_cached_calls")]
+    paid = [
+        sum(json.loads(str(r))["metrics"][m] for r in run)
+        for run in (first, second)
+        for m in ("llm_calls", "llm_cached_calls")
+    ]
     assert paid[1] == 0 and paid[2] == 0 and paid[0] == paid[3] > 0
 
 
 def without_usage(response) -> dict:
-    """A response's JSON without the LLM usage it reports (which differs between a paid run and a cached one)."""
+    """A response's JSON without the LLM usage it reports (which differs between a paid run and a
+    cached one)."""
     from sae_interp_tasks.harness.costs import USAGE_METRICS
 
     data = json.loads(str(response))
@@ -502,17 +658,32 @@ def without_usage(response) -> dict:
     return data
 
 
-
 def test_explanation_on_the_line_after_its_lead_is_kept():
     """Regression: SmolLM2 answers 'Explanation:\\nThe feature ...' (lead alone on its line)."""
     from sae_interp_tasks.stages.explainers import parse_explanation
 
-    assert parse_explanation("Explanation:\nThe feature detects method names.\n\nThe feature also") == \
-        "The feature detects method names."
+    assert (
+        parse_explanation("Explanation:\nThe feature detects method names.\n\nThe feature also")
+        == "The feature detects method names."
+    )
     assert parse_explanation("Explanation: the word cat") == "the word cat"
     assert parse_explanation("Explanation:") is None
     # a lead-in line continues with its list; markdown and the prompt's <<marks>> are dropped
-    assert parse_explanation("Explanation:\nThe feature detects the following:\n\n1. **LATIN CAP<<IT>>AL I**\n"
-                             "2. **LATIN CAPITAL E**") == "The feature detects the following: LATIN CAPITAL I LATIN CAPITAL E"
-    assert parse_explanation("Explanation: the `__x<<or>>__` decorator") == "the `__xor__` decorator"
-    assert len(parse_explanation("Explanation: items:\n" + "\n".join(f"- item {i}" for i in range(40))).split()) == 30
+    assert (
+        parse_explanation(
+            "Explanation:\nThe feature detects the following:\n\n1. **LATIN CAP<<IT>>AL I**\n"
+            "2. **LATIN CAPITAL E**"
+        )
+        == "The feature detects the following: LATIN CAPITAL I LATIN CAPITAL E"
+    )
+    assert (
+        parse_explanation("Explanation: the `__x<<or>>__` decorator") == "the `__xor__` decorator"
+    )
+    assert (
+        len(
+            parse_explanation(
+                "Explanation: items:\n" + "\n".join(f"- item {i}" for i in range(40))
+            ).split()
+        )
+        == 30
+    )

@@ -19,17 +19,38 @@ import torch.nn.functional as F
 
 from conftest import CAT, CAT_LATENT, DOG, DOG_LATENT, token_id
 from sae_interp_tasks.errors import SaeInterpError
-from sae_interp_tasks.stages.selfexplain import (DEFAULT_TEMPLATES, SelfExplainConfig, best_scales, composite, minmax,
-                                          naive_generate, render_prompt, sweep, typical_norm, unit_directions)
+from sae_interp_tasks.stages.selfexplain import (
+    DEFAULT_TEMPLATES,
+    SelfExplainConfig,
+    best_scales,
+    composite,
+    minmax,
+    naive_generate,
+    render_prompt,
+    sweep,
+    typical_norm,
+    unit_directions,
+)
 
-ECHO = {"user": 'Say "X".', "assistant": '"X', "placeholder": "X"}  # the prompt ends on a placeholder
+ECHO = {
+    "user": 'Say "X".',
+    "assistant": '"X',
+    "placeholder": "X",
+}  # the prompt ends on a placeholder
 LATENTS = [CAT_LATENT, DOG_LATENT]
 RELATIVE_SCALES = np.array([0.0, 0.5, 1.0, 4.0])  # x the typical residual norm at the patch layer
 
 
 def greedy(**kw) -> SelfExplainConfig:
-    return SelfExplainConfig(**{"patch_layer": 0, "temperature": 0.0, "max_new_tokens": 3,
-                                "selfexplain_batch_size": 3, **kw})
+    return SelfExplainConfig(
+        **{
+            "patch_layer": 0,
+            "temperature": 0.0,
+            "max_new_tokens": 3,
+            "selfexplain_batch_size": 3,
+            **kw,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +81,15 @@ def test_planted_decoder_directions_are_the_token_embeddings(tiny_model, tokeniz
 def test_patched_token_is_said_back(echo_sweep):
     texts = echo_sweep.texts
     assert [len(per_scale) for per_scale in texts] == [len(RELATIVE_SCALES)] * 2
-    assert all(len(samples) == 1 for per_scale in texts for samples in per_scale)  # greedy: one sample
+    assert all(
+        len(samples) == 1 for per_scale in texts for samples in per_scale
+    )  # greedy: one sample
     for row, word in enumerate(("cat", "dog")):
         said = [samples[0] for samples in texts[row]]
         assert said[0] != f"{word} {word} {word}"  # unpatched (scale 0): something else
-        assert said[2:] == [f"{word} {word} {word}"] * 2  # at a real token's norm and above: the word
+        assert (
+            said[2:] == [f"{word} {word} {word}"] * 2
+        )  # at a real token's norm and above: the word
 
 
 def test_self_similarity_rises_with_scale(echo_sweep):
@@ -80,7 +105,9 @@ def test_kv_cached_sweep_says_what_naive_generation_says(tiny_model, echo, direc
     """Batches of 3 rows split the 8 (latent, scale) rows unevenly: rows must stay aligned."""
     prompt, scales = echo
     for row in range(2):
-        naive = [naive_generate(tiny_model, prompt, directions[row], float(s), greedy()) for s in scales]
+        naive = [
+            naive_generate(tiny_model, prompt, directions[row], float(s), greedy()) for s in scales
+        ]
         assert [samples[0] for samples in echo_sweep.texts[row]] == naive, row
 
 
@@ -88,13 +115,16 @@ def test_kv_cached_sweep_says_what_naive_generation_says(tiny_model, echo, direc
 def test_sweep_measures_the_whole_patched_prompt(template, tiny_model, directions):
     """selfsim and entropy from the shared-prefix cache path equal one cache-free forward of the
     whole prompt with every placeholder patched."""
-    prompt = render_prompt(tiny_model.tokenizer, ECHO if template == "echo" else DEFAULT_TEMPLATES["repeat"])
+    prompt = render_prompt(
+        tiny_model.tokenizer, ECHO if template == "echo" else DEFAULT_TEMPLATES["repeat"]
+    )
     scales = RELATIVE_SCALES * typical_norm(tiny_model, prompt, 0)
     cfg = greedy(max_new_tokens=1)
     res = sweep(tiny_model, prompt, directions, LATENTS, scales, cfg, seed=0, progress=False)
     probe = f"blocks.{(2 * tiny_model.cfg.n_layers) // 3}.hook_resid_post"
     for row in range(2):
         for s, scale in enumerate(scales):
+
             def patch(resid, hook, vector=directions[row] * float(scale)):
                 resid[:, prompt.positions] = vector
                 return resid
@@ -108,13 +138,16 @@ def test_sweep_measures_the_whole_patched_prompt(template, tiny_model, direction
 
 @torch.no_grad()
 def patched_forward(model, prompt, patch, probe):
-    """One forward of the whole prompt (no cache), patched at layer 0: (logits, residual at `probe`)."""
+    """One forward of the whole prompt (no cache), patched at layer 0: (logits, residual at
+    `probe`)."""
     captured = {}
 
     def keep(resid, hook):
         captured["resid"] = resid.detach()
 
-    logits = model.run_with_hooks(prompt.tokens[None], fwd_hooks=[("blocks.0.hook_resid_pre", patch), (probe, keep)])
+    logits = model.run_with_hooks(
+        prompt.tokens[None], fwd_hooks=[("blocks.0.hook_resid_pre", patch), (probe, keep)]
+    )
     return logits, captured["resid"]
 
 
@@ -124,11 +157,13 @@ def test_prompt_is_patched_on_the_first_forward_only(tiny_model, echo, direction
     prompt, scales = echo
     cfg = greedy(max_new_tokens=3, selfexplain_batch_size=3)
     rows = [(r, s) for r in range(2) for s in range(len(scales))]
-    batches = [rows[i:i + 3] for i in range(0, len(rows), 3)]
+    batches = [rows[i : i + 3] for i in range(0, len(rows), 3)]
     split = min(prompt.positions)
     rest = [p - split for p in prompt.positions]
     seen: list[tuple[int, int]] = []
-    patched: dict[int, torch.Tensor] = {}  # forward number -> layer 0's normalized input at the placeholders
+    patched: dict[
+        int, torch.Tensor
+    ] = {}  # forward number -> layer 0's normalized input at the placeholders
 
     def count(resid, hook):
         seen.append(tuple(resid.shape[:2]))
@@ -137,18 +172,22 @@ def test_prompt_is_patched_on_the_first_forward_only(tiny_model, echo, direction
         if x.shape[1] > 1:
             patched[len(seen) - 1] = x[:, rest].detach().clone()
 
-    with tiny_model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", count), ("blocks.0.ln1.hook_normalized", normalized)]):
+    with tiny_model.hooks(
+        fwd_hooks=[("blocks.0.hook_resid_pre", count), ("blocks.0.ln1.hook_normalized", normalized)]
+    ):
         sweep(tiny_model, prompt, directions, LATENTS, scales, cfg, seed=0, progress=False)
 
     assert seen[0] == (1, split)  # the shared prefix: no placeholder in it
     firsts = [i for i, shape in enumerate(seen) if shape[1] > 1]
-    assert [seen[i] for i in firsts] == [(1, split)] + [(len(b), len(prompt.tokens) - split) for b in batches]
+    assert [seen[i] for i in firsts] == [(1, split)] + [
+        (len(b), len(prompt.tokens) - split) for b in batches
+    ]
     assert all(shape[1] == 1 for i, shape in enumerate(seen) if i not in firsts)  # generation steps
     # (the loop also runs one forward after the last token, whose logits go unused)
     assert len(seen) - len(firsts) <= len(batches) * cfg.max_new_tokens
     # what the first forward of each batch carried at the placeholders: the row's scaled direction
     assert sorted(patched) == firsts
-    for batch, i in zip(batches, firsts[1:]):
+    for batch, i in zip(batches, firsts[1:], strict=False):
         got = patched[i]
         for k, (r, s) in enumerate(batch):
             if scales[s] > 0:
@@ -165,7 +204,8 @@ def test_sampling_is_seeded(tiny_model, echo, directions):
     assert all(len(samples) == 2 for per_scale in first.texts for samples in per_scale)
 
 
-# ------------------------------------------------------------------------------------ choosing scales
+# ------------------------------------------------------------------------------------ choosing
+# scales
 def test_composite_ranks_scales_by_selfsim_and_low_entropy():
     selfsim = np.array([0.1, 0.5, 0.9, 0.7])
     entropy = np.array([5.0, 1.0, 3.0, 2.0])
@@ -182,7 +222,11 @@ def test_minmax_of_a_constant_is_zero():
     assert minmax(np.array([2.0, 4.0, 3.0])).tolist() == [0.0, 1.0, 0.5]
     flat = composite(np.full(4, 0.3), np.full(4, 2.0), 0.4)
     assert flat.tolist() == [0.0] * 4
-    assert best_scales(np.full(4, 0.3), np.full(4, 2.0), 0.4, 3) == [0, 1, 2]  # ties keep sweep order
+    assert best_scales(np.full(4, 0.3), np.full(4, 2.0), 0.4, 3) == [
+        0,
+        1,
+        2,
+    ]  # ties keep sweep order
 
 
 # ------------------------------------------------------------------------------------ prompts
@@ -219,18 +263,28 @@ def test_render_prompt_refuses_a_placeholder_merged_into_a_word(tokenizer):
         render_prompt(tokenizer, template)
 
 
-# ------------------------------------------------------------------------------------ the real model
+# ------------------------------------------------------------------------------------ the real
+# model
 @pytest.mark.slow
 def test_bundled_model_repeats_the_patched_token():
-    """SmolLM2-135M-Instruct, W_E[" cat"] patched at layer 0 into the repeat template's placeholders."""
+    """SmolLM2-135M-Instruct, W_E[" cat"] patched at layer 0 into the repeat template's
+    placeholders."""
     from sae_interp_tasks.stages.subject import load_subject
 
     model = load_subject("bundled")
     prompt = render_prompt(model.tokenizer, DEFAULT_TEMPLATES["repeat"])
     cat = F.normalize(model.W_E[token_id(model.tokenizer, CAT)].detach().float(), dim=0)[None]
     scales = np.array([0.0, 1.0, 4.0]) * typical_norm(model, prompt, 0)
-    res = sweep(model, prompt, cat, [0], scales, greedy(max_new_tokens=3, selfexplain_batch_size=8), seed=0,
-                progress=False)
+    res = sweep(
+        model,
+        prompt,
+        cat,
+        [0],
+        scales,
+        greedy(max_new_tokens=3, selfexplain_batch_size=8),
+        seed=0,
+        progress=False,
+    )
     said = [samples[0] for samples in res.texts[0]]
     assert "cat" not in said[0].lower()  # scale 0 (placeholders zeroed): something else
     assert any("cat" in text.lower() for text in said[1:]), said
@@ -239,8 +293,8 @@ def test_bundled_model_repeats_the_patched_token():
 
 # ------------------------------------------------------------------------------------ settings
 def test_patch_layer_zero_is_a_valid_setting():
-    """The patch goes in "at an early layer (default 2; 0 works too)" (docs/methods.md): layer 0 is a
-    valid patch_layer and probe_layer, while counts such as n_scales stay positive."""
+    """The patch goes in "at an early layer (default 2; 0 works too)" (docs/methods.md): layer 0 is
+    a valid patch_layer and probe_layer, while counts such as n_scales stay positive."""
     import sae_interp_tasks.tasks  # noqa: F401  (declares the built-in task kinds)
     from sae_interp_tasks.registry import settings_for
 
@@ -250,12 +304,25 @@ def test_patch_layer_zero_is_a_valid_setting():
         settings_for("selfexplain", {"n_scales": 0})
 
 
-def test_null_threshold_is_the_quantile_of_random_directions_peaks(tiny_model, echo, directions, echo_sweep):
-    """The calibrated failure threshold: random unit directions swept like latents (selfsim only)."""
+def test_null_threshold_is_the_quantile_of_random_directions_peaks(
+    tiny_model, echo, directions, echo_sweep
+):
+    """The calibrated failure threshold: random unit directions swept like latents (selfsim
+    only)."""
     from sae_interp_tasks.stages.selfexplain import null_selfsim_threshold
 
     prompt, scales = echo
-    measured = sweep(tiny_model, prompt, directions, LATENTS, scales, greedy(), seed=0, progress=False, generate=False)
+    measured = sweep(
+        tiny_model,
+        prompt,
+        directions,
+        LATENTS,
+        scales,
+        greedy(),
+        seed=0,
+        progress=False,
+        generate=False,
+    )
     assert np.allclose(measured.selfsim, echo_sweep.selfsim, atol=1e-5)
     assert np.allclose(measured.entropy, echo_sweep.entropy, atol=1e-4)
     assert all(t == [] for per_scale in measured.texts for t in per_scale)  # nothing generated
@@ -263,10 +330,19 @@ def test_null_threshold_is_the_quantile_of_random_directions_peaks(tiny_model, e
     cfg = greedy(n_null_directions=8, null_quantile=0.5)
     threshold = null_selfsim_threshold(tiny_model, prompt, scales, cfg, seed=3)
     assert threshold == null_selfsim_threshold(tiny_model, prompt, scales, cfg, seed=3)
-    randoms = F.normalize(torch.randn(8, tiny_model.cfg.d_model, generator=torch.Generator().manual_seed(3)), dim=-1)
-    peaks = sweep(tiny_model, prompt, randoms, list(range(8)), scales, cfg, seed=3, progress=False).selfsim.max(1)
+    randoms = F.normalize(
+        torch.randn(8, tiny_model.cfg.d_model, generator=torch.Generator().manual_seed(3)), dim=-1
+    )
+    peaks = sweep(
+        tiny_model, prompt, randoms, list(range(8)), scales, cfg, seed=3, progress=False
+    ).selfsim.max(1)
     assert threshold == pytest.approx(float(np.median(peaks)), abs=1e-5)
-    assert null_selfsim_threshold(tiny_model, prompt, scales, greedy(n_null_directions=8, null_quantile=0.9), 3) >= threshold
+    assert (
+        null_selfsim_threshold(
+            tiny_model, prompt, scales, greedy(n_null_directions=8, null_quantile=0.9), 3
+        )
+        >= threshold
+    )
     # in this world whatever is patched at the last position is what the probe sees: random
     # directions peak as high as the planted ones, so the threshold is high too
     assert threshold > 0.8
@@ -291,11 +367,19 @@ def test_judge_reads_yes_no_and_leaves_other_answers_out(tmp_path):
             for i, prompt in enumerate(prompts):
                 user = prompt.messages[-1][1]
                 self.asked.append(user)
-                text = "Yes." if "cat" in user and "feline" in user else "maybe" if "unsure" in user else "No"
+                text = (
+                    "Yes."
+                    if "cat" in user and "feline" in user
+                    else "maybe"
+                    if "unsure" in user
+                    else "No"
+                )
                 on_answer(i, Completion(text=text))
 
     client = Scripted()
-    votes = judge_agreement(client, [("the word cat", "feline words"), ("the word cat", "numbers"),
-                                     ("unsure", "unsure")])
+    votes = judge_agreement(
+        client,
+        [("the word cat", "feline words"), ("the word cat", "numbers"), ("unsure", "unsure")],
+    )
     assert votes[:2] == [1.0, 0.0] and math.isnan(votes[2])
     assert "Description A: the word cat\nDescription B: feline words" in client.asked[0]

@@ -1,7 +1,7 @@
-"""EleutherAI's sparsify SAEs: a checkpoint built and saved by the library itself is scored through lm_eval
-(path= a folder of hookpoints, hookpoint=, model=), encodes exactly as the library does, and bad input
-(several hookpoints and none chosen, no subject model, a width that does not fit, variants we do not
-score) is one line."""
+"""EleutherAI's sparsify SAEs: a checkpoint built and saved by the library itself is scored through
+lm_eval (path= a folder of hookpoints, hookpoint=, model=), encodes exactly as the library does,
+and bad input (several hookpoints and none chosen, no subject model, a width that does not fit,
+variants we do not score) is one line."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from sae_interp_tasks.records import SAESource
 from sae_interp_tasks.stages.saes import load_sae
 from sae_interp_tasks.stages.subject import BUNDLED_MODEL
 
-sparsify = pytest.importorskip("sparsify")  # a runtime dependency: importable wherever the package is installed
+sparsify = pytest.importorskip(
+    "sparsify"
+)  # a runtime dependency: importable wherever the package is installed
 
 
 def save_coder(folder, hookpoint: str, d_in: int, seed: int = 0, **cfg):
@@ -34,7 +36,12 @@ def save_coder(folder, hookpoint: str, d_in: int, seed: int = 0, **cfg):
 def test_a_sparsify_sae_encodes_as_the_library_does(tmp_path):
     coder = save_coder(tmp_path, "layers.3", d_in=96)
     sae, info = load_sae(SAESource(path=str(tmp_path), hookpoint="layers.3", model="some/model"))
-    assert (info.hook_name, info.model_name, info.d_in, info.d_sae) == ("blocks.3.hook_resid_post", "some/model", 96, 64)
+    assert (info.hook_name, info.model_name, info.d_in, info.d_sae) == (
+        "blocks.3.hook_resid_post",
+        "some/model",
+        96,
+        64,
+    )
     assert info.label == f"{tmp_path}/layers.3" and info.architecture == "topk"
     x = torch.randn(35, 96)  # the library decodes [tokens, latents] only
     theirs = coder.encode(x)
@@ -55,14 +62,22 @@ def test_hookpoints_map_onto_transformer_lens_hooks():
     assert hook_name("layers.6") == "blocks.6.hook_resid_post"
     assert hook_name("model.layers.6.mlp") == "blocks.6.hook_mlp_out"
     assert hook_name("h.2.attn") == "blocks.2.hook_attn_out"
-    with pytest.raises(SaeInterpError, match="maps onto no TransformerLens hook; supported: layers.N"):
+    with pytest.raises(
+        SaeInterpError, match="maps onto no TransformerLens hook; supported: layers.N"
+    ):
         hook_name("embed_tokens")
 
 
-@pytest.mark.parametrize("args,expected", [
-    ({}, "holds sparsify SAEs for 2 hookpoints (layers.1, layers.2); choose one with hookpoint="),
-    ({"hookpoint": "layers.9"}, "has no hookpoint 'layers.9'; it has layers.1, layers.2"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (
+            {},
+            "holds sparsify SAEs for 2 hookpoints (layers.1, layers.2); choose one with hookpoint=",
+        ),
+        ({"hookpoint": "layers.9"}, "has no hookpoint 'layers.9'; it has layers.1, layers.2"),
+    ],
+)
 def test_a_folder_of_several_hookpoints_names_them(tmp_path, args, expected):
     save_coder(tmp_path, "layers.1", d_in=16)
     save_coder(tmp_path, "layers.2", d_in=16)
@@ -74,25 +89,50 @@ def test_no_subject_model_and_unsupported_variants_are_one_line(tmp_path):
     save_coder(tmp_path / "a", "layers.1", d_in=16)
     with pytest.raises(SaeInterpError, match="names the subject model .* give it with model="):
         load_sae(SAESource(path=str(tmp_path / "a"), hookpoint="layers.1"))
-    (tmp_path / "a" / "config.json").write_text(json.dumps({"model": "EleutherAI/pythia-70m"}))  # sparsify's run config
-    assert load_sae(SAESource(path=str(tmp_path / "a"), hookpoint="layers.1"))[1].model_name == "EleutherAI/pythia-70m"
+    (tmp_path / "a" / "config.json").write_text(
+        json.dumps({"model": "EleutherAI/pythia-70m"})
+    )  # sparsify's run config
+    assert (
+        load_sae(SAESource(path=str(tmp_path / "a"), hookpoint="layers.1"))[1].model_name
+        == "EleutherAI/pythia-70m"
+    )
     save_coder(tmp_path / "b", "layers.1", d_in=16, transcode=True)
-    with pytest.raises(SaeInterpError, match="has a transcoder .* which this package does not score"):
+    with pytest.raises(
+        SaeInterpError, match="has a transcoder .* which this package does not score"
+    ):
         load_sae(SAESource(path=str(tmp_path / "b"), hookpoint="layers.1", model="m"))
     save_coder(tmp_path / "c", "layers.1", d_in=16, skip_connection=True)
     with pytest.raises(SaeInterpError, match="has a skip connection"):
         load_sae(SAESource(path=str(tmp_path / "c"), hookpoint="layers.1", model="m"))
 
 
-def test_a_width_that_does_not_fit_the_subject_model_is_one_line(tmp_path, tiny_model_dir, sae_cache):
+def test_a_width_that_does_not_fit_the_subject_model_is_one_line(
+    tmp_path, tiny_model_dir, sae_cache
+):
     save_coder(tmp_path / "sae", "layers.0", d_in=77)
-    proc = run_lm_eval(["--model", "sae", "--model_args", f"path={tmp_path / 'sae'},hookpoint=layers.0,"
-                        f"model={tiny_model_dir},device=cpu", "--tasks", "sae_core", "--metadata",
-                        json.dumps({"corpus": "stdlib", "n_tokens": 512, "context_size": 64, "chunk_contexts": 4}),
-                        "--output_path", str(tmp_path / "out")], sae_cache)
+    proc = run_lm_eval(
+        [
+            "--model",
+            "sae",
+            "--model_args",
+            f"path={tmp_path / 'sae'},hookpoint=layers.0,model={tiny_model_dir},device=cpu",
+            "--tasks",
+            "sae_core",
+            "--metadata",
+            json.dumps(
+                {"corpus": "stdlib", "n_tokens": 512, "context_size": 64, "chunk_contexts": 4}
+            ),
+            "--output_path",
+            str(tmp_path / "out"),
+        ],
+        sae_cache,
+    )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     (line,) = error_lines(proc.stderr)
-    assert "the SAE reads 77-wide activations but blocks.0.hook_resid_post" in line and "128-wide" in line, line
+    assert (
+        "the SAE reads 77-wide activations but blocks.0.hook_resid_post" in line
+        and "128-wide" in line
+    ), line
     assert not result_files(tmp_path / "out")
 
 
@@ -100,16 +140,43 @@ def test_a_width_that_does_not_fit_the_subject_model_is_one_line(tmp_path, tiny_
 def test_a_sparsify_sae_for_the_bundled_model_runs_through_lm_eval(tmp_path, sae_cache):
     save_coder(tmp_path / "sae", "layers.3", d_in=576, num_latents=256, k=16)
     save_coder(tmp_path / "sae", "layers.5", d_in=576, seed=1)
-    meta = {"corpus": "stdlib", "n_tokens": 4096, "chunk_contexts": 4, "n_latents": 4, "min_examples": 4,
-            "n_train": 8, "n_test_per_decile": 1, "n_test_non_activating": 8, "explainer": "tokens", "scorer_check": False}
-    proc = run_lm_eval(["--model", "sae", "--model_args", f"path={tmp_path / 'sae'},hookpoint=layers.3,"
-                        f"model={BUNDLED_MODEL},device=cpu,batch_size=8", "--tasks", "sae_core,sae_embedding",
-                        "--metadata", json.dumps(meta), "--output_path", str(tmp_path / "out")], sae_cache, timeout=600)
+    meta = {
+        "corpus": "stdlib",
+        "n_tokens": 4096,
+        "chunk_contexts": 4,
+        "n_latents": 4,
+        "min_examples": 4,
+        "n_train": 8,
+        "n_test_per_decile": 1,
+        "n_test_non_activating": 8,
+        "explainer": "tokens",
+        "scorer_check": False,
+    }
+    proc = run_lm_eval(
+        [
+            "--model",
+            "sae",
+            "--model_args",
+            f"path={tmp_path / 'sae'},hookpoint=layers.3,"
+            f"model={BUNDLED_MODEL},device=cpu,batch_size=8",
+            "--tasks",
+            "sae_core,sae_embedding",
+            "--metadata",
+            json.dumps(meta),
+            "--output_path",
+            str(tmp_path / "out"),
+        ],
+        sae_cache,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (path,) = result_files(tmp_path / "out")
     results = json.loads(path.read_text())
     assert results["config"]["sae"] == f"{tmp_path / 'sae'}/layers.3"
-    assert results["config"]["sae_hook_name"] == "blocks.3.hook_resid_post" and results["config"]["sae_d_sae"] == 256
+    assert (
+        results["config"]["sae_hook_name"] == "blocks.3.hook_resid_post"
+        and results["config"]["sae_d_sae"] == 256
+    )
     core = results["results"]["sae_core"]
     assert core["l0,none"] == pytest.approx(16.0)  # TopK: exactly k latents a token
     assert results["results"]["sae_embedding"]["skipped_dead,none"] >= 0

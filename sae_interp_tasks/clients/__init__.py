@@ -5,21 +5,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sae_interp_tasks.caching import cache_root
 from sae_interp_tasks.clients.base import LLMClient
 from sae_interp_tasks.clients.cache import CompletionCache
 from sae_interp_tasks.clients.records import ClientConfig, Completion, Prompt
-from sae_interp_tasks.caching import cache_root
 from sae_interp_tasks.errors import SaeInterpError
 
 KINDS = ("hf", "openai", "oracle")
 
-__all__ = ["KINDS", "ClientConfig", "Completion", "CompletionCache", "LLMClient", "Prompt", "make_client"]
+__all__ = [
+    "KINDS",
+    "ClientConfig",
+    "Completion",
+    "CompletionCache",
+    "LLMClient",
+    "Prompt",
+    "make_client",
+]
 
 
 def make_client(cfg: ClientConfig, cache_dir: Path | None = None) -> LLMClient:
-    """The client `cfg.kind` names, caching its answers under `cache_dir` (default: <cache root>/llm)."""
+    """The client `cfg.kind` names, caching its answers under `cache_dir` (default: <cache
+    root>/llm)."""
     if cfg.kind not in KINDS:
-        raise SaeInterpError(f"unknown LLM client kind {cfg.kind!r}: valid kinds are {', '.join(KINDS)}")
+        raise SaeInterpError(
+            f"unknown LLM client kind {cfg.kind!r}: valid kinds are {', '.join(KINDS)}"
+        )
     cfg.check()
     if cache_dir is None:
         cache_dir = cache_root() / "llm"

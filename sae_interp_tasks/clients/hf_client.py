@@ -45,7 +45,8 @@ class HFClient(LLMClient):
         log.info("loading %s on %s for LLM calls", self.name, self.cfg.device)
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                self._where(), dtype=torch.float32 if self.cfg.device == "cpu" else "auto")
+                self._where(), dtype=torch.float32 if self.cfg.device == "cpu" else "auto"
+            )
         except OSError as err:
             raise self._cannot_load(err) from err
         self._tokenizer, self._model = tokenizer, model.to(self.cfg.device).eval()
@@ -54,8 +55,10 @@ class HFClient(LLMClient):
         return str(self._source or bundled_hf_dir())
 
     def _cannot_load(self, err: OSError) -> SaeInterpError:
-        return SaeInterpError(f"cannot load LLM {self.cfg.model!r}: {str(err).splitlines()[0][:300]} "
-                              "(check the name and your hub access, or pass a local Hugging Face folder)")
+        return SaeInterpError(
+            f"cannot load LLM {self.cfg.model!r}: {str(err).splitlines()[0][:300]} "
+            "(check the name and your hub access, or pass a local Hugging Face folder)"
+        )
 
     def _load_tokenizer(self):
         """The tokenizer alone (the model loads only when a prompt must be answered)."""
@@ -73,7 +76,9 @@ class HFClient(LLMClient):
 
     def single_token_choices(self, choices: tuple[str, ...]) -> tuple[str, ...]:
         tokenizer = self._load_tokenizer()
-        return tuple(c for c in choices if len(tokenizer(c, add_special_tokens=False).input_ids) == 1)
+        return tuple(
+            c for c in choices if len(tokenizer(c, add_special_tokens=False).input_ids) == 1
+        )
 
     def _answer(self, prompts: list[Prompt], on_answer: OnAnswer) -> None:
         if self._model is None:
@@ -84,12 +89,16 @@ class HFClient(LLMClient):
             return (p.temperature, p.logprobs, p.top_logprobs if p.logprobs else 0, p.choice_list)
 
         # one generate call needs one sampling setup; within it, similar lengths pad least
-        order = sorted(range(len(prompts)), key=lambda i: (sampling(i), len(self._chat_text(prompts[i]))))
+        order = sorted(
+            range(len(prompts)), key=lambda i: (sampling(i), len(self._chat_text(prompts[i])))
+        )
         for _, group in groupby(order, key=sampling):
             group = list(group)
             for start in range(0, len(group), self.cfg.batch_size):
-                batch = group[start:start + self.cfg.batch_size]
-                for i, completion in zip(batch, self._generate_batch([prompts[i] for i in batch])):
+                batch = group[start : start + self.cfg.batch_size]
+                for i, completion in zip(
+                    batch, self._generate_batch([prompts[i] for i in batch]), strict=True
+                ):
                     on_answer(i, completion)
 
     @torch.no_grad()
@@ -97,7 +106,9 @@ class HFClient(LLMClient):
         """The prefix run once: its KV cache and the distribution of the token after it."""
         if self._model is None:
             self._load()
-        prefix_ids = self._tokenizer(prefix, add_special_tokens=True, return_tensors="pt").input_ids.to(self.cfg.device)
+        prefix_ids = self._tokenizer(
+            prefix, add_special_tokens=True, return_tensors="pt"
+        ).input_ids.to(self.cfg.device)
         out = self._model(prefix_ids, use_cache=True)
         self._count_call()
         self._count_tokens(prefix_ids.shape[1])
@@ -105,8 +116,8 @@ class HFClient(LLMClient):
 
     @torch.no_grad()
     def _read_on(self, prefix_cache, seqs: list[list[int]]) -> torch.Tensor:
-        """Log-probabilities [batch, width, vocab] of token rows read on from a copy of the prefix's KV cache
-        (rows padded on the right; the prefix is visible to every row)."""
+        """Log-probabilities [batch, width, vocab] of token rows read on from a copy of the
+        prefix's KV cache (rows padded on the right; the prefix is visible to every row)."""
         import copy
 
         device, pad = self.cfg.device, self._tokenizer.pad_token_id
@@ -115,95 +126,146 @@ class HFClient(LLMClient):
         mask = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in seqs], device=device)
         cache = copy.deepcopy(prefix_cache)
         cache.batch_repeat_interleave(len(seqs))
-        seen = torch.cat([torch.ones(len(seqs), prefix_cache.get_seq_length(), dtype=mask.dtype, device=device), mask], 1)
-        logp = torch.log_softmax(self._model(ids, attention_mask=seen, past_key_values=cache).logits.float(), -1)
+        seen = torch.cat(
+            [
+                torch.ones(
+                    len(seqs), prefix_cache.get_seq_length(), dtype=mask.dtype, device=device
+                ),
+                mask,
+            ],
+            1,
+        )
+        logp = torch.log_softmax(
+            self._model(ids, attention_mask=seen, past_key_values=cache).logits.float(), -1
+        )
         self._count_call(len(seqs))
         self._count_tokens(int(mask.sum()))
         return logp
 
     def _logprobs(self, prefix: str, pairs: list[tuple[str, str]], on_answer) -> None:
-        """The prefix runs once; its KV cache is copied for each batch of (context + target) rows."""
+        """The prefix runs once; its KV cache is copied for each batch of (context + target)
+        rows."""
         prefix_cache, prefix_last = self._prefix(prefix)
         rows = [self._split(context, target) for context, target in pairs]
         order = sorted(range(len(rows)), key=lambda i: -sum(map(len, rows[i])))
         for start in range(0, len(order), self.cfg.batch_size):
-            batch = order[start:start + self.cfg.batch_size]
+            batch = order[start : start + self.cfg.batch_size]
             logp = self._read_on(prefix_cache, [rows[i][0] + rows[i][1] for i in batch])
             for row, i in enumerate(batch):
                 context, target = rows[i]
                 total = 0.0
                 for j, token in enumerate(target):
-                    at = len(context) + j - 1  # the position whose next-token distribution predicts it
+                    at = (
+                        len(context) + j - 1
+                    )  # the position whose next-token distribution predicts it
                     total += float(prefix_last[token] if at < 0 else logp[row, at, token])
                 on_answer(i, total)
 
-    def _read(self, prefix: str, items: list[tuple[str, tuple[int, ...]]], choices: tuple[str, ...], on_answer) -> None:
+    def _read(
+        self,
+        prefix: str,
+        items: list[tuple[str, tuple[int, ...]]],
+        choices: tuple[str, ...],
+        on_answer,
+    ) -> None:
         """The prefix runs once; each batch of texts reads on from a copy of its KV cache."""
         prefix_cache, prefix_last = self._prefix(prefix)
         choice_ids = [self._single_token(c) for c in choices]
-        encoded = [self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True) for text, _ in items]
+        encoded = [
+            self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            for text, _ in items
+        ]
         order = sorted(range(len(items)), key=lambda i: -len(encoded[i].input_ids))
         for start in range(0, len(order), self.cfg.batch_size):
-            batch = [i for i in order[start:start + self.cfg.batch_size] if encoded[i].input_ids]
-            for i in order[start:start + self.cfg.batch_size]:
+            batch = [i for i in order[start : start + self.cfg.batch_size] if encoded[i].input_ids]
+            for i in order[start : start + self.cfg.batch_size]:
                 if not encoded[i].input_ids:
-                    on_answer(i, Reading(offsets=[], logprobs=[], choices=[{} for _ in items[i][1]]))
+                    on_answer(
+                        i, Reading(offsets=[], logprobs=[], choices=[{} for _ in items[i][1]])
+                    )
             if not batch:
                 continue
             logp = self._read_on(prefix_cache, [list(encoded[i].input_ids) for i in batch])
             for row, i in enumerate(batch):
-                # the distribution that predicts token j sits at position j - 1 (the prefix's last for j = 0)
-                dists = torch.cat([prefix_last[None], logp[row, :len(encoded[i].input_ids) - 1]])
+                # the distribution that predicts token j sits at position j - 1 (the prefix's last
+                # for j = 0)
+                dists = torch.cat([prefix_last[None], logp[row, : len(encoded[i].input_ids) - 1]])
                 on_answer(i, _reading(encoded[i], dists, items[i][1], choices, choice_ids))
 
     def _single_token(self, text: str) -> int:
         ids = self._tokenizer(text, add_special_tokens=False).input_ids
         if len(ids) != 1:
-            raise SaeInterpError(f"{self.name}: the choice {text!r} is {len(ids)} tokens in this tokenizer; "
-                                 "choices must be single tokens")
+            raise SaeInterpError(
+                f"{self.name}: the choice {text!r} is {len(ids)} tokens in this tokenizer; "
+                "choices must be single tokens"
+            )
         return ids[0]
 
     def _split(self, context: str, target: str) -> tuple[list[int], list[int]]:
         """Token ids of context and target as the model reads them joined (lm-eval's convention)."""
         whole = self._tokenizer(context + target, add_special_tokens=False).input_ids
         head = self._tokenizer(context, add_special_tokens=False).input_ids
-        if whole[:len(head)] == head and len(whole) > len(head):
-            return head, whole[len(head):]
+        if whole[: len(head)] == head and len(whole) > len(head):
+            return head, whole[len(head) :]
         return head, self._tokenizer(target, add_special_tokens=False).input_ids
 
     def _chat_text(self, prompt: Prompt) -> str:
         messages = [{"role": role, "content": content} for role, content in prompt.messages]
         if self._tokenizer.chat_template is None:  # a base model: plain turns, then the answer
             return "\n\n".join(m["content"] for m in messages) + "\n\n" + prompt.prefill
-        return self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prompt.prefill
+        return (
+            self._tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
+            + prompt.prefill
+        )
 
     @torch.no_grad()
     def _generate_batch(self, batch: list[Prompt]) -> list[Completion]:
         tokenizer, first = self._tokenizer, batch[0]
-        encoded = tokenizer([self._chat_text(p) for p in batch], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(self.cfg.device)
+        encoded = tokenizer(
+            [self._chat_text(p) for p in batch],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+        ).to(self.cfg.device)
         prompt_len = encoded["input_ids"].shape[1]
         template = self._choice_template(first.choice_list) if first.choice_list else None
         sample = first.temperature > 0
-        kwargs = dict(max_new_tokens=max(p.max_tokens for p in batch), do_sample=sample,
-                      pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True,
-                      output_logits=first.logprobs or template is not None)
+        kwargs = dict(
+            max_new_tokens=max(p.max_tokens for p in batch),
+            do_sample=sample,
+            pad_token_id=tokenizer.pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=first.logprobs or template is not None,
+        )
         if sample:
             kwargs.update(temperature=first.temperature, top_k=0, top_p=1.0)
         if template is not None:
-            kwargs.update(max_new_tokens=len(template), prefix_allowed_tokens_fn=self._allowed(template, prompt_len))
+            kwargs.update(
+                max_new_tokens=len(template),
+                prefix_allowed_tokens_fn=self._allowed(template, prompt_len),
+            )
         self._count_call(len(batch))
         out = self._model.generate(**encoded, **kwargs)
         new_tokens = out.sequences[:, prompt_len:]
-        generated = (new_tokens != tokenizer.pad_token_id).sum() if tokenizer.pad_token_id is not None else new_tokens.numel()
+        generated = (
+            (new_tokens != tokenizer.pad_token_id).sum()
+            if tokenizer.pad_token_id is not None
+            else new_tokens.numel()
+        )
         self._count_tokens(int(encoded["attention_mask"].sum()), int(generated))
         stop_ids = _stop_ids(self._model.generation_config.eos_token_id, tokenizer.eos_token_id)
         completions = []
         for row, prompt in enumerate(batch):
             if template is not None:
-                completions.append(self._choice_completion(prompt, new_tokens[row].tolist(), out.logits, row, template))
+                completions.append(
+                    self._choice_completion(
+                        prompt, new_tokens[row].tolist(), out.logits, row, template
+                    )
+                )
                 continue
-            ids = new_tokens[row, :prompt.max_tokens].tolist()
+            ids = new_tokens[row, : prompt.max_tokens].tolist()
             length = next((t for t, tok in enumerate(ids) if tok in stop_ids), len(ids))
             text = prompt.prefill + tokenizer.decode(ids[:length], skip_special_tokens=True)
             top = None
@@ -213,20 +275,30 @@ class HFClient(LLMClient):
         return completions
 
     def _choice_template(self, n: int) -> list[int | None] | None:
-        """The token ids of "d, d, ..., d]" with None at each digit, or None if this tokenizer does not
-        spell 0 and 1 as single tokens apart from the separators (then the answer is generated freely)."""
+        """The token ids of "d, d, ..., d]" with None at each digit, or None if this tokenizer does
+        not spell 0 and 1 as single tokens apart from the separators (then the answer is generated
+        freely)."""
         if n not in self._templates:
-            zeros, ones = (self._tokenizer(", ".join([d] * n) + "]", add_special_tokens=False)["input_ids"]
-                           for d in "01")
+            zeros, ones = (
+                self._tokenizer(", ".join([d] * n) + "]", add_special_tokens=False)["input_ids"]
+                for d in "01"
+            )
             template = None
             if len(zeros) == len(ones):
-                diff = [i for i, (a, b) in enumerate(zip(zeros, ones)) if a != b]
-                if (len(diff) == n and {zeros[i] for i in diff} == {self._digit_ids[0]}
-                        and {ones[i] for i in diff} == {self._digit_ids[1]}):
+                diff = [i for i, (a, b) in enumerate(zip(zeros, ones, strict=True)) if a != b]
+                if (
+                    len(diff) == n
+                    and {zeros[i] for i in diff} == {self._digit_ids[0]}
+                    and {ones[i] for i in diff} == {self._digit_ids[1]}
+                ):
                     template = [None if i in diff else tok for i, tok in enumerate(zeros)]
             if template is None:
-                log.warning("%s: the tokenizer does not spell a 0/1 list digit by digit; scorer answers are "
-                            "generated unconstrained and parsed", self.name)
+                log.warning(
+                    "%s: the tokenizer does not spell a 0/1 list digit by digit; scorer answers "
+                    "are "
+                    "generated unconstrained and parsed",
+                    self.name,
+                )
             self._templates[n] = template
         return self._templates[n]
 
@@ -242,15 +314,18 @@ class HFClient(LLMClient):
 
         return allowed
 
-    def _choice_completion(self, prompt: Prompt, ids: list[int], logits, row: int,
-                           template: list[int | None]) -> Completion:
+    def _choice_completion(
+        self, prompt: Prompt, ids: list[int], logits, row: int, template: list[int | None]
+    ) -> Completion:
         zero, one = self._digit_ids
         probs = []
         for step, slot in enumerate(template):
             if slot is None:
                 pair = logits[step][row, [zero, one]].float()
                 probs.append(float(torch.softmax(pair, dim=-1)[1]))
-        text = prompt.prefill + self._tokenizer.decode(ids[:len(template)], skip_special_tokens=True)
+        text = prompt.prefill + self._tokenizer.decode(
+            ids[: len(template)], skip_special_tokens=True
+        )
         return Completion(text=text, choice_probs=probs)
 
     @property
@@ -264,8 +339,10 @@ class HFClient(LLMClient):
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         values, ids = logprobs.topk(k)
         alternatives: dict[str, float] = {}
-        for value, token_id in zip(values.tolist(), ids.tolist()):
-            alternatives.setdefault(self._tokenizer.decode([token_id]), value)  # best first: keep the max
+        for value, token_id in zip(values.tolist(), ids.tolist(), strict=True):
+            alternatives.setdefault(
+                self._tokenizer.decode([token_id]), value
+            )  # best first: keep the max
         return alternatives
 
 
@@ -279,14 +356,28 @@ def _stop_ids(*sources) -> set[int]:
     return ids
 
 
-def _reading(encoded, dists: torch.Tensor, spots: tuple[int, ...], choices: tuple[str, ...],
-             choice_ids: list[int]) -> Reading:
-    """A Reading from one text's tokens and the distributions that predict each of them [tokens, vocab]."""
+def _reading(
+    encoded,
+    dists: torch.Tensor,
+    spots: tuple[int, ...],
+    choices: tuple[str, ...],
+    choice_ids: list[int],
+) -> Reading:
+    """A Reading from one text's tokens and the distributions that predict each of them [tokens,
+    vocab]."""
     ids = encoded.input_ids
     starts = [start for start, _ in encoded.offset_mapping]
     token_lp = dists[torch.arange(len(ids)), torch.tensor(ids)].tolist()
     at_spot = []
     for spot in spots:
-        j = next((k for k, s in enumerate(starts) if s == spot), None)  # the token that begins there
-        at_spot.append({} if j is None else {c: float(dists[j, cid]) for c, cid in zip(choices, choice_ids)})
-    return Reading(offsets=starts, logprobs=[float(v) for v in token_lp], choices=at_spot if spots else None)
+        j = next(
+            (k for k, s in enumerate(starts) if s == spot), None
+        )  # the token that begins there
+        at_spot.append(
+            {}
+            if j is None
+            else {c: float(dists[j, cid]) for c, cid in zip(choices, choice_ids, strict=True)}
+        )
+    return Reading(
+        offsets=starts, logprobs=[float(v) for v in token_lp], choices=at_spot if spots else None
+    )

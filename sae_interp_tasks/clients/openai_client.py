@@ -1,4 +1,5 @@
-"""Any OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp's server, OpenRouter, `transformers serve`).
+"""Any OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp's server, OpenRouter, `transformers
+serve`).
 
 Async with at most `max_concurrency` requests in flight; our own retries (the openai library's
 are off) with exponential backoff and jitter on 429, 5xx, timeouts, connection errors and
@@ -30,11 +31,13 @@ _LOOPBACK = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
 
 class MalformedResponse(Exception):
-    """A 200 answer we cannot read: no choices, no message content, or not a chat completion at all."""
+    """A 200 answer we cannot read: no choices, no message content, or not a chat completion at
+    all."""
 
 
 class _ConfigProblem(Exception):
-    """The endpoint refuses every request alike (bad key, wrong model or URL): stop and tell the user."""
+    """The endpoint refuses every request alike (bad key, wrong model or URL): stop and tell the
+    user."""
 
 
 class OpenAIClient(LLMClient):
@@ -53,11 +56,17 @@ class OpenAIClient(LLMClient):
         if not os.environ.get(cfg.api_key_env):
             # the OpenAI API itself (the library's default URL): no chance without a key
             if cfg.base_url is None and not os.environ.get("OPENAI_BASE_URL"):
-                raise SaeInterpError(f"no API key for the OpenAI API: set the environment variable {cfg.api_key_env} "
-                                     "(or name another one with api_key_env=..., or point base_url at your endpoint)")
+                raise SaeInterpError(
+                    "no API key for the OpenAI API: set the environment variable "
+                    f"{cfg.api_key_env} "
+                    "(or name another one with api_key_env=..., or point base_url at your endpoint)"
+                )
             if not _is_local(cfg.base_url):
-                log.warning("%s: the environment variable %s is not set; asking without a key", self.name,
-                            cfg.api_key_env)
+                log.warning(
+                    "%s: the environment variable %s is not set; asking without a key",
+                    self.name,
+                    cfg.api_key_env,
+                )
 
     # ---- the secret stays in the environment; every text we keep goes through _scrub
     def _api_key(self) -> str:
@@ -69,15 +78,27 @@ class OpenAIClient(LLMClient):
 
     # ---- sync entry points
     def _answer(self, prompts: list[Prompt], on_answer: OnAnswer) -> None:
-        self._run(lambda client, semaphore, retry_lock, p: self._ask(client, semaphore, p, retry_lock), prompts,
-                  on_answer, lambda error: Completion(text=None, error=error))
+        self._run(
+            lambda client, semaphore, retry_lock, p: self._ask(client, semaphore, p, retry_lock),
+            prompts,
+            on_answer,
+            lambda error: Completion(text=None, error=error),
+        )
 
     def _logprobs(self, prefix: str, pairs: list[tuple[str, str]], on_answer) -> None:
-        self._run(lambda client, semaphore, retry_lock, pair: self._ask_logprob(client, semaphore, prefix, pair, retry_lock),
-                  pairs, on_answer, lambda error: None)
+        self._run(
+            lambda client, semaphore, retry_lock, pair: self._ask_logprob(
+                client, semaphore, prefix, pair, retry_lock
+            ),
+            pairs,
+            on_answer,
+            lambda error: None,
+        )
 
     def _run(self, ask, items: list, on_answer, failed) -> None:
-        coro_fn = lambda: self._ask_all(ask, items, on_answer, failed)  # noqa: E731
+        def coro_fn():
+            return self._ask_all(ask, items, on_answer, failed)
+
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -91,8 +112,12 @@ class OpenAIClient(LLMClient):
         semaphore = asyncio.Semaphore(self.cfg.max_concurrency)
         retry_lock = threading.Lock()
         problems: list[str] = []
-        client = openai.AsyncOpenAI(base_url=self.cfg.base_url, api_key=self._api_key(), max_retries=0,
-                                    timeout=self.cfg.timeout)
+        client = openai.AsyncOpenAI(
+            base_url=self.cfg.base_url,
+            api_key=self._api_key(),
+            max_retries=0,
+            timeout=self.cfg.timeout,
+        )
 
         async def one(i: int, item) -> None:
             try:
@@ -109,16 +134,24 @@ class OpenAIClient(LLMClient):
         if problems:
             raise SaeInterpError(f"{self.name} refused the requests: {problems[0]}")
 
-    async def _ask(self, client: openai.AsyncOpenAI, semaphore: asyncio.Semaphore, prompt: Prompt,
-                   retry_lock: threading.Lock) -> Completion:
+    async def _ask(
+        self,
+        client: openai.AsyncOpenAI,
+        semaphore: asyncio.Semaphore,
+        prompt: Prompt,
+        retry_lock: threading.Lock,
+    ) -> Completion:
         state = {}
 
         async def attempt() -> Completion:
             async with semaphore:
-                # decided after the wait: an answer that arrived meanwhile may have shown logprobs unsupported
+                # decided after the wait: an answer that arrived meanwhile may have shown logprobs
+                # unsupported
                 state["logprobs"] = prompt.logprobs and self.supports_logprobs
                 self._count_call()
-                response = await client.chat.completions.create(**self._request(prompt, state["logprobs"]))
+                response = await client.chat.completions.create(
+                    **self._request(prompt, state["logprobs"])
+                )
             completion = self._parse(response, state["logprobs"])
             self._count_usage(response)
             return completion
@@ -130,33 +163,67 @@ class OpenAIClient(LLMClient):
                 return True  # not the prompt's fault: ask again at once, without logprobs
             return False
 
-        return await self._retrying(attempt, retry_now, retry_lock, lambda error: Completion(text=None, error=error))
+        return await self._retrying(
+            attempt, retry_now, retry_lock, lambda error: Completion(text=None, error=error)
+        )
 
-    async def _ask_logprob(self, client: openai.AsyncOpenAI, semaphore: asyncio.Semaphore, prefix: str,
-                           pair: tuple[str, str], retry_lock: threading.Lock) -> float | None:
-        """log P(target | prefix + context) from /v1/completions with echo: the prompt's own logprobs."""
+    async def _ask_logprob(
+        self,
+        client: openai.AsyncOpenAI,
+        semaphore: asyncio.Semaphore,
+        prefix: str,
+        pair: tuple[str, str],
+        retry_lock: threading.Lock,
+    ) -> float | None:
+        """log P(target | prefix + context) from /v1/completions with echo: the prompt's own
+        logprobs."""
         context, target = pair
         text, begin = prefix + context + target, len(prefix + context)
 
         async def attempt() -> float:
             async with semaphore:
                 self._count_call()
-                response = await client.completions.create(model=self.cfg.model, prompt=text, max_tokens=1,
-                                                           temperature=0.0, echo=True, logprobs=1)
+                response = await client.completions.create(
+                    model=self.cfg.model,
+                    prompt=text,
+                    max_tokens=1,
+                    temperature=0.0,
+                    echo=True,
+                    logprobs=1,
+                )
             value = self._target_logprob(response, begin, len(text))
             self._count_usage(response)
             return value
 
-        return await self._retrying(attempt, lambda err: False, retry_lock, lambda error: None, logprob_request=True)
+        return await self._retrying(
+            attempt, lambda err: False, retry_lock, lambda error: None, logprob_request=True
+        )
 
-    def _read(self, prefix: str, items: list[tuple[str, tuple[int, ...]]], choices: tuple[str, ...], on_answer) -> None:
-        self._run(lambda client, semaphore, retry_lock, item: self._ask_reading(client, semaphore, prefix, item, choices,
-                                                                               retry_lock),
-                  items, on_answer, lambda error: None)
+    def _read(
+        self,
+        prefix: str,
+        items: list[tuple[str, tuple[int, ...]]],
+        choices: tuple[str, ...],
+        on_answer,
+    ) -> None:
+        self._run(
+            lambda client, semaphore, retry_lock, item: self._ask_reading(
+                client, semaphore, prefix, item, choices, retry_lock
+            ),
+            items,
+            on_answer,
+            lambda error: None,
+        )
 
-    async def _ask_reading(self, client: openai.AsyncOpenAI, semaphore: asyncio.Semaphore, prefix: str,
-                           item: tuple[str, tuple[int, ...]], choices: tuple[str, ...],
-                           retry_lock: threading.Lock) -> Reading | None:
+    async def _ask_reading(
+        self,
+        client: openai.AsyncOpenAI,
+        semaphore: asyncio.Semaphore,
+        prefix: str,
+        item: tuple[str, tuple[int, ...]],
+        choices: tuple[str, ...],
+        retry_lock: threading.Lock,
+    ) -> Reading | None:
         """The prompt's own token logprobs (and top alternatives) from /v1/completions with echo."""
         text, spots = item
         top = min(20, max(5, len(choices))) if choices else 1
@@ -164,41 +231,67 @@ class OpenAIClient(LLMClient):
         async def attempt() -> Reading:
             async with semaphore:
                 self._count_call()
-                response = await client.completions.create(model=self.cfg.model, prompt=prefix + text, max_tokens=1,
-                                                           temperature=0.0, echo=True, logprobs=top)
+                response = await client.completions.create(
+                    model=self.cfg.model,
+                    prompt=prefix + text,
+                    max_tokens=1,
+                    temperature=0.0,
+                    echo=True,
+                    logprobs=top,
+                )
             reading = self._reading(response, len(prefix), len(prefix + text), spots, choices)
             self._count_usage(response)
             return reading
 
-        return await self._retrying(attempt, lambda err: False, retry_lock, lambda error: None, logprob_request=True)
+        return await self._retrying(
+            attempt, lambda err: False, retry_lock, lambda error: None, logprob_request=True
+        )
 
-    def _reading(self, response, begin: int, end: int, spots: tuple[int, ...], choices: tuple[str, ...]) -> Reading:
+    def _reading(
+        self, response, begin: int, end: int, spots: tuple[int, ...], choices: tuple[str, ...]
+    ) -> Reading:
         lp = self._prompt_logprobs(response)
-        rows = [(off - begin, v, alts) for off, v, alts in zip(lp.text_offset, lp.token_logprobs,
-                                                                 lp.top_logprobs or [None] * len(lp.text_offset))
-                if begin <= off < end]
+        rows = [
+            (off - begin, v, alts)
+            for off, v, alts in zip(
+                lp.text_offset,
+                lp.token_logprobs,
+                lp.top_logprobs or [None] * len(lp.text_offset),
+                strict=False,
+            )
+            if begin <= off < end
+        ]
         if not rows or any(v is None for _, v, _ in rows):
             raise _ConfigProblem(self._no_prompt_logprobs())
         found = []
         for spot in spots:
             alts = next((a for off, _, a in rows if off == spot), None) or {}
             found.append({c: float(alts[c]) for c in choices if c in alts})
-        return Reading(offsets=[off for off, _, _ in rows], logprobs=[float(v) for _, v, _ in rows],
-                       choices=found if spots else None)
+        return Reading(
+            offsets=[off for off, _, _ in rows],
+            logprobs=[float(v) for _, v, _ in rows],
+            choices=found if spots else None,
+        )
 
     def _prompt_logprobs(self, response):
         choices = getattr(response, "choices", None)
         if not choices:
             raise MalformedResponse(f"no choices in the answer ({type(response).__name__})")
         lp = getattr(choices[0], "logprobs", None)
-        if lp is None or not getattr(lp, "token_logprobs", None) or not getattr(lp, "text_offset", None):
+        if (
+            lp is None
+            or not getattr(lp, "token_logprobs", None)
+            or not getattr(lp, "text_offset", None)
+        ):
             raise _ConfigProblem(self._no_prompt_logprobs())
         return lp
 
     def _count_usage(self, response) -> None:
         usage = getattr(response, "usage", None)
         if usage is not None:
-            self._count_tokens(getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
+            self._count_tokens(
+                getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0
+            )
 
     def _target_logprob(self, response, begin: int, end: int) -> float:
         choices = getattr(response, "choices", None)
@@ -209,33 +302,48 @@ class OpenAIClient(LLMClient):
         offsets = getattr(lp, "text_offset", None) if lp is not None else None
         if not tokens or not offsets or all(v is None for v in tokens[1:]):
             raise _ConfigProblem(self._no_prompt_logprobs())
-        picked = [v for v, off in zip(tokens, offsets) if begin <= off < end]
+        picked = [v for v, off in zip(tokens, offsets, strict=False) if begin <= off < end]
         if not picked or any(v is None for v in picked):
             raise _ConfigProblem(self._no_prompt_logprobs())
         return float(sum(picked))
 
     def _no_prompt_logprobs(self) -> str:
-        return (f"the endpoint {self.cfg.base_url or 'default'} returns no prompt logprobs on /v1/completions "
-                "(echo=true, logprobs=k), which the surprisal and simulation scorers need; serve the model with vLLM "
-                "(or another server that echoes prompt logprobs), or use a scorer that needs none (intervention_scorers: "
-                "[judge]; simulation_mode: json)")
+        return (
+            f"the endpoint {self.cfg.base_url or 'default'} returns no prompt logprobs on "
+            "/v1/completions "
+            "(echo=true, logprobs=k), which the surprisal and simulation scorers need; serve the "
+            "model with vLLM "
+            "(or another server that echoes prompt logprobs), or use a scorer that needs none "
+            "(intervention_scorers: "
+            "[judge]; simulation_mode: json)"
+        )
 
-    async def _retrying(self, attempt, retry_now, retry_lock: threading.Lock, failed, logprob_request: bool = False):
-        """`attempt()` until it returns, with backoff on retryable failures; `failed(reason)` after the last."""
+    async def _retrying(
+        self, attempt, retry_now, retry_lock: threading.Lock, failed, logprob_request: bool = False
+    ):
+        """`attempt()` until it returns, with backoff on retryable failures; `failed(reason)` after
+        the last."""
         tries, waited = 0, 0.0
         while True:
             retry_after = None
             try:
                 return await attempt()
             except (openai.AuthenticationError, openai.NotFoundError) as err:
-                hint = (f"; {self._no_prompt_logprobs()}" if logprob_request and isinstance(err, openai.NotFoundError)
-                        else self._config_hint(err))
+                hint = (
+                    f"; {self._no_prompt_logprobs()}"
+                    if logprob_request and isinstance(err, openai.NotFoundError)
+                    else self._config_hint(err)
+                )
                 raise _ConfigProblem(self._describe(err) + hint) from None
             except (openai.BadRequestError, openai.UnprocessableEntityError) as err:
                 if retry_now(err):
                     continue
-                if logprob_request and any(w in self._describe(err).lower() for w in ("echo", "logprob")):
-                    raise _ConfigProblem(self._describe(err) + "; " + self._no_prompt_logprobs()) from None
+                if logprob_request and any(
+                    w in self._describe(err).lower() for w in ("echo", "logprob")
+                ):
+                    raise _ConfigProblem(
+                        self._describe(err) + "; " + self._no_prompt_logprobs()
+                    ) from None
                 return failed(self._describe(err))
             except openai.RateLimitError as err:
                 reason, retry_after = self._describe(err), _retry_after(err)
@@ -243,11 +351,15 @@ class OpenAIClient(LLMClient):
                 if err.status_code < 500:
                     return failed(self._describe(err))
                 reason = self._describe(err)
-            except (openai.APIConnectionError, openai.APIResponseValidationError, MalformedResponse) as err:
+            except (
+                openai.APIConnectionError,
+                openai.APIResponseValidationError,
+                MalformedResponse,
+            ) as err:
                 reason = self._describe(err)
             except ValueError as err:  # a body that claims to be JSON but does not parse
                 reason = f"MalformedResponse: unreadable body ({self._describe(err)})"
-            delay = min(self.backoff_cap, self.backoff_base * 2 ** tries) * random.uniform(0.5, 1.0)
+            delay = min(self.backoff_cap, self.backoff_base * 2**tries) * random.uniform(0.5, 1.0)
             if retry_after is not None:
                 delay = min(self.backoff_cap, max(delay, retry_after))
             if tries >= self.cfg.max_retries or waited + delay > self.max_total_wait:
@@ -260,8 +372,12 @@ class OpenAIClient(LLMClient):
             tries, waited = tries + 1, waited + delay
 
     def _request(self, prompt: Prompt, want_logprobs: bool) -> dict:
-        request = dict(model=self.cfg.model, messages=[{"role": r, "content": c} for r, c in prompt.messages],
-                       max_tokens=prompt.max_tokens, temperature=prompt.temperature)
+        request = dict(
+            model=self.cfg.model,
+            messages=[{"role": r, "content": c} for r, c in prompt.messages],
+            max_tokens=prompt.max_tokens,
+            temperature=prompt.temperature,
+        )
         if want_logprobs:
             request.update(logprobs=True, top_logprobs=prompt.top_logprobs)
         return request
@@ -284,7 +400,9 @@ class OpenAIClient(LLMClient):
 
     def _describe(self, err: Exception) -> str:
         status = getattr(err, "status_code", None)
-        body = getattr(err, "body", None)  # the endpoint's own words; openai's message is just "Error code: N"
+        body = getattr(
+            err, "body", None
+        )  # the endpoint's own words; openai's message is just "Error code: N"
         if isinstance(body, dict):
             body = body.get("message") or body.get("detail") or body
         message = " ".join(str(body if body else err).split())[:300]

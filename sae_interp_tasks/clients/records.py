@@ -12,8 +12,12 @@ class ClientConfig:
     kind: str = "hf"  # "hf" | "openai"
     # hf: hub name, local HF folder, or the bundled model's name; openai: the endpoint's model name
     model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1 (None = the openai library default)
-    api_key_env: str = "OPENAI_API_KEY"  # NAME of the env var holding the key; the key itself is never stored
+    base_url: str | None = (
+        None  # openai: e.g. http://127.0.0.1:8000/v1 (None = the openai library default)
+    )
+    api_key_env: str = (
+        "OPENAI_API_KEY"  # NAME of the env var holding the key; the key itself is never stored
+    )
     max_concurrency: int = 8
     max_retries: int = 5
     timeout: float = 60.0
@@ -61,10 +65,11 @@ class Completion:
 
 @dataclass(frozen=True)
 class Reading:
-    """What a model's forward over a prefix and a text says about the text: for each token of the text,
-    its character offset in the text and its log-probability given everything before it; at the
-    character offsets asked for (`at`), the log-probabilities of the `choices` strings as the next token
-    there (a choice the endpoint did not list is absent). Asked with `LLMClient.read_texts`."""
+    """What a model's forward over a prefix and a text says about the text: for each token of the
+    text, its character offset in the text and its log-probability given everything before it; at
+    the character offsets asked for (`at`), the log-probabilities of the `choices` strings as the
+    next token there (a choice the endpoint did not list is absent). Asked with
+    `LLMClient.read_texts`."""
 
     offsets: list[int]
     logprobs: list[float]

@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 
 
 def _resolve_device(device: str | None) -> str:
-    if device in (None, "", "auto") or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+    if device in (None, "", "auto") or (
+        str(device).startswith("cuda") and not torch.cuda.is_available()
+    ):
         chosen = "cuda" if torch.cuda.is_available() else "cpu"
         if device and device != chosen:
             log.warning("device %s is not available; using %s", device, chosen)
@@ -48,7 +50,8 @@ def _resolve_device(device: str | None) -> str:
 @dataclass(frozen=True)
 class Loaded:
     """What the backend loads on first use: the SAE, what the pipeline needs to know of it, and the
-    subject model twice over the same weights (TransformerLens for edits, Hugging Face for reading)."""
+    subject model twice over the same weights (TransformerLens for edits, Hugging Face for
+    reading)."""
 
     sae: object
     info: SAEInfo
@@ -65,21 +68,36 @@ class SAEBackend(TemplateLM):
 
     """`--model sae --model_args release=R,sae_id=I` | `path=DIR` | (nothing: the offline demo)."""
 
-    def __init__(self, release: str | None = None, sae_id: str | None = None, path: str | None = None,
-                 model: str | None = None, device: str | None = None, dtype: str = "float32",
-                 batch_size: int | str = 8, max_batch_size: int | None = None, control: str | None = None,
-                 control_k: int | None = None, max_length: int | None = None, hookpoint: str | None = None,
-                 **unknown_args):
+    def __init__(
+        self,
+        release: str | None = None,
+        sae_id: str | None = None,
+        path: str | None = None,
+        model: str | None = None,
+        device: str | None = None,
+        dtype: str = "float32",
+        batch_size: int | str = 8,
+        max_batch_size: int | None = None,
+        control: str | None = None,
+        control_k: int | None = None,
+        max_length: int | None = None,
+        hookpoint: str | None = None,
+        **unknown_args,
+    ):
         super().__init__()
         if unknown_args:
-            raise SaeInterpError(f"unknown --model_args {', '.join(sorted(unknown_args))} for --model sae; "
-                                 f"valid: {', '.join(k for k in MODEL_ARG_KEYS if k != 'trust_remote_code')}")
+            raise SaeInterpError(
+                f"unknown --model_args {', '.join(sorted(unknown_args))} for --model sae; "
+                f"valid: {', '.join(k for k in MODEL_ARG_KEYS if k != 'trust_remote_code')}"
+            )
         if path and release:
             raise SaeInterpError("give either release=...,sae_id=... or path=..., not both")
         if sae_id and not release:
             raise SaeInterpError("sae_id needs release=... (or use path=DIR for an SAE on disk)")
         if sae_id and hookpoint:
-            raise SaeInterpError("give sae_id=... (a sae_lens release) or hookpoint=... (a sparsify SAE), not both")
+            raise SaeInterpError(
+                "give sae_id=... (a sae_lens release) or hookpoint=... (a sparsify SAE), not both"
+            )
         if control is not None and control not in CONTROLS:
             raise unknown("control", control, CONTROLS)
         if str(dtype) not in DTYPES:
@@ -89,15 +107,23 @@ class SAEBackend(TemplateLM):
         self.batch_size_per_gpu = 8 if str(batch_size).startswith("auto") else int(batch_size)
         if self.batch_size_per_gpu <= 0:
             raise SaeInterpError(f"batch_size must be positive, got {batch_size}")
-        self.source = SAESource(release=release, sae_id=sae_id, path=path, control=control,
-                                control_k=int(control_k) if control_k else None, hookpoint=hookpoint, model=model)
+        self.source = SAESource(
+            release=release,
+            sae_id=sae_id,
+            path=path,
+            control=control,
+            control_k=int(control_k) if control_k else None,
+            hookpoint=hookpoint,
+            model=model,
+        )
         check_source(self.source)
         self._model_override = model
         self._requested_max_length = int(max_length) if max_length else None
         self.memo = RunMemo()  # per-run shared work: activation passes, explanations, scores, ...
         self._join_process_group()
 
-    # --- more than one process (accelerate launch / torchrun), as lm-eval's HFLM ------------------------
+    # --- more than one process (accelerate launch / torchrun), as lm-eval's HFLM
+    # ------------------------
     def _join_process_group(self) -> None:
         """Under a launcher (WORLD_SIZE > 1), join its process group: gloo on the CPU, nccl on GPUs,
         one GPU per local rank. Each rank then gets its share of every task's docs from lm-eval."""
@@ -157,7 +183,11 @@ class SAEBackend(TemplateLM):
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
         # --model_args win over the harness's generic flags (--batch_size, --device)
-        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        extra = {
+            k: v
+            for k, v in (additional_config or {}).items()
+            if v is not None and k not in arg_dict
+        }
         return cls(**arg_dict, **extra)
 
     # --- loaded on first use ---------------------------------------------------------------------
@@ -165,11 +195,20 @@ class SAEBackend(TemplateLM):
     def _loaded(self) -> Loaded:
         sae, info = load_sae(self.source, device=self._device, dtype=self._dtype)
         override = self._model_override is not None
-        log.info("sae backend: loading %s on %s, hook %s (d_sae=%d)", info.label, info.model_name, info.hook_name,
-                 info.d_sae)
-        model, hf_model = load_subject(self._model_override or info.model_name, device=self._device,
-                                       dtype=self._dtype, keep_hf=True,
-                                       from_pretrained_kwargs=None if override else info.model_from_pretrained_kwargs)
+        log.info(
+            "sae backend: loading %s on %s, hook %s (d_sae=%d)",
+            info.label,
+            info.model_name,
+            info.hook_name,
+            info.d_sae,
+        )
+        model, hf_model = load_subject(
+            self._model_override or info.model_name,
+            device=self._device,
+            dtype=self._dtype,
+            keep_hf=True,
+            from_pretrained_kwargs=None if override else info.model_from_pretrained_kwargs,
+        )
         check_hook(model, info.hook_name)
         _check_width(model, info)
         return Loaded(sae=sae, info=info, model=model, hf_model=hf_model)
@@ -181,18 +220,25 @@ class SAEBackend(TemplateLM):
 
     @cached_property
     def reader(self):
-        """Reads the hooked activation through the Hugging Face forward where it gives TransformerLens's
-        numbers (faster on a CPU); None: read it through TransformerLens."""
+        """Reads the hooked activation through the Hugging Face forward where it gives
+        TransformerLens's numbers (faster on a CPU); None: read it through TransformerLens."""
         from sae_interp_tasks.stages.hf_forward import HFReader
 
-        probe = torch.tensor([self.tokenizer.encode("The reader checks one probe sentence, token by token.")])
+        probe = torch.tensor(
+            [self.tokenizer.encode("The reader checks one probe sentence, token by token.")]
+        )
         return HFReader.check(self._loaded.hf_model, self.model, self.info.hook_name, probe)
 
     def read_activations(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The hooked activation [B, T, d] of `tokens`, by the fastest forward that gives it exactly."""
+        """The hooked activation [B, T, d] of `tokens`, by the fastest forward that gives it
+        exactly."""
         from sae_interp_tasks.stages.activations import hook_activations
 
-        return self.reader.activations(tokens) if self.reader else hook_activations(self.model, self.info.hook_name, tokens)
+        return (
+            self.reader.activations(tokens)
+            if self.reader
+            else hook_activations(self.model, self.info.hook_name, tokens)
+        )
 
     @property
     def forward_name(self) -> str:
@@ -214,20 +260,32 @@ class SAEBackend(TemplateLM):
     def get_model_info(self) -> dict:
         """Facts about the SAE under evaluation; lm-eval merges them into results["config"], where
         `sae-interp leaderboard` / `compare` read the SAE's identity and width."""
-        return {"sae": self.info.label, "sae_fingerprint": self.info.fingerprint, "sae_d_sae": int(self.info.d_sae),
-                "sae_d_in": int(self.info.d_in), "sae_architecture": self.info.architecture,
-                "sae_hook_name": self.info.hook_name, "subject_model": self.subject_name,
-                "sae_control": self.source.control}
+        return {
+            "sae": self.info.label,
+            "sae_fingerprint": self.info.fingerprint,
+            "sae_d_sae": int(self.info.d_sae),
+            "sae_d_in": int(self.info.d_in),
+            "sae_architecture": self.info.architecture,
+            "sae_hook_name": self.info.hook_name,
+            "subject_model": self.subject_name,
+            "sae_control": self.source.control,
+        }
 
     # --- the package's own request type ----------------------------------------------------------
     def interpret(self, requests) -> list:
         payloads = [json.loads(req.args[0]) for req in requests]
-        mine = SAESource(release=self.source.release, sae_id=self.source.sae_id, path=self.source.path).label
+        mine = SAESource(
+            release=self.source.release, sae_id=self.source.sae_id, path=self.source.path
+        ).label
         for p in payloads:
             if p.get("defaults_from") not in (None, mine):
-                raise SaeInterpError(f"{p['task']} took the instrument defaults of the SAE {p['defaults_from']}, but the "
-                                     f"model is {mine}: build the tasks with this SAE's model_args (or set the keys in "
-                                     "--metadata)")
+                raise SaeInterpError(
+                    f"{p['task']} took the instrument defaults of the SAE {p['defaults_from']}, "
+                    "but the "
+                    f"model is {mine}: build the tasks with this SAE's model_args (or set the keys "
+                    "in "
+                    "--metadata)"
+                )
         # one call per handler, all its kinds together: tasks that share a latent selection or
         # explanations must be seen at once (e.g. detection and fuzzing on the same slots)
         by_handler: dict = defaultdict(list)
@@ -239,12 +297,14 @@ class SAEBackend(TemplateLM):
                 results[i] = out
         return results
 
-    # --- the SAE spliced into the subject model ------------------------------------------------------
+    # --- the SAE spliced into the subject model
+    # ------------------------------------------------------
     def _splice(self, x, hook):
         return self.sae.decode(self.sae.encode(x.to(self.sae.W_dec.dtype))).to(x.dtype)
 
     def spliced(self):
-        """Context manager: the subject model with the SAE's reconstruction in place of the hooked activation."""
+        """Context manager: the subject model with the SAE's reconstruction in place of the hooked
+        activation."""
         return self.model.hooks(fwd_hooks=[(self.info.hook_name, self._splice)])
 
     @property
@@ -272,7 +332,9 @@ class SAEBackend(TemplateLM):
     def device(self):
         return self._device
 
-    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+    def tok_encode(
+        self, string: str, add_special_tokens: bool | None = None, **kwargs
+    ) -> list[int]:
         # lm-eval adds the prefix token itself where a request needs one; None means "no"
         return self.tokenizer.encode(string, add_special_tokens=bool(add_special_tokens))
 
@@ -282,25 +344,39 @@ class SAEBackend(TemplateLM):
     @torch.no_grad()
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
         # longest first: a batch pads little and memory peaks early
-        collator = Collator(requests, sort_fn=lambda req: (-len(req[1] + req[2]), tuple(req[1] + req[2])))
+        collator = Collator(
+            requests, sort_fn=lambda req: (-len(req[1] + req[2]), tuple(req[1] + req[2]))
+        )
         results = []
-        bar = tqdm(total=len(requests), unit="requests", desc="loglikelihood (SAE spliced)", disable=disable_tqdm)
+        bar = tqdm(
+            total=len(requests),
+            unit="requests",
+            desc="loglikelihood (SAE spliced)",
+            disable=disable_tqdm,
+        )
         for batch in collator.get_batched(n=self.batch_size_per_gpu):
             seqs, spans = [], []
             for _, context, continuation in batch:
-                full = (context + continuation)[-(self.max_length + 1):]
+                full = (context + continuation)[-(self.max_length + 1) :]
                 inp = full[:-1]
                 seqs.append(inp)
                 spans.append((len(inp) - len(continuation), continuation))
             width = max(len(s) for s in seqs)
-            tokens = torch.tensor([s + [self.eot_token_id] * (width - len(s)) for s in seqs], device=self._device)
+            tokens = torch.tensor(
+                [s + [self.eot_token_id] * (width - len(s)) for s in seqs], device=self._device
+            )
             with self.spliced():
                 logits = self.model(tokens)  # right padding: causal attention never sees it
             logprobs = F.log_softmax(logits.float(), dim=-1)
-            for row, ((cache_key, _, _), (begin, continuation)) in enumerate(zip(batch, spans)):
-                lp = logprobs[row, begin:begin + len(continuation)]
+            for row, ((cache_key, _, _), (begin, continuation)) in enumerate(
+                zip(batch, spans, strict=True)
+            ):
+                lp = logprobs[row, begin : begin + len(continuation)]
                 target = torch.tensor(continuation, device=lp.device)
-                answer = (float(lp.gather(1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
+                answer = (
+                    float(lp.gather(1, target[:, None]).sum()),
+                    bool((lp.argmax(-1) == target).all()),
+                )
                 if cache_key is not None:
                     self.cache_hook.add_partial("loglikelihood", cache_key, answer)
                 results.append(answer)
@@ -312,12 +388,25 @@ class SAEBackend(TemplateLM):
         from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
         results = []
-        for req in tqdm(requests, unit="requests", desc="loglikelihood_rolling (SAE spliced)", disable=disable_tqdm):
+        for req in tqdm(
+            requests,
+            unit="requests",
+            desc="loglikelihood_rolling (SAE spliced)",
+            disable=disable_tqdm,
+        ):
             (string,) = req.args
-            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
-                token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
-                max_seq_len=self.max_length, context_len=1)]
-            scores = self._loglikelihood_tokens([(None, ctx, cont) for ctx, cont in windows], disable_tqdm=True)
+            windows = [
+                make_disjoint_window(w)
+                for w in get_rolling_token_windows(
+                    token_list=self.tok_encode(string),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length,
+                    context_len=1,
+                )
+            ]
+            scores = self._loglikelihood_tokens(
+                [(None, ctx, cont) for ctx, cont in windows], disable_tqdm=True
+            )
             total = sum(score for score, _ in scores)
             self.cache_hook.add_partial("loglikelihood_rolling", (string,), total)
             results.append(total)
@@ -325,13 +414,23 @@ class SAEBackend(TemplateLM):
 
     @torch.no_grad()
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Batched by equal generation settings, left-padded, with the SAE spliced in at every step."""
+        """Batched by equal generation settings, left-padded, with the SAE spliced in at every
+        step."""
         encoded = [(req.args[0], self.tok_encode(req.args[0]), req.args[1]) for req in requests]
-        collator = Collator(encoded, sort_fn=lambda item: (-len(item[1]), item[0]), group_fn=lambda item: item[2],
-                            group_by="gen_kwargs")
+        collator = Collator(
+            encoded,
+            sort_fn=lambda item: (-len(item[1]), item[0]),
+            group_fn=lambda item: item[2],
+            group_by="gen_kwargs",
+        )
         eos = self.tok_decode([self.eot_token_id])
         results = []
-        bar = tqdm(total=len(requests), unit="requests", desc="generate_until (SAE spliced)", disable=disable_tqdm)
+        bar = tqdm(
+            total=len(requests),
+            unit="requests",
+            desc="generate_until (SAE spliced)",
+            disable=disable_tqdm,
+        )
         for batch in collator.get_batched(n=self.batch_size_per_gpu):
             kwargs = dict(batch[0][2] or {})
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
@@ -341,14 +440,26 @@ class SAEBackend(TemplateLM):
             keep = max(1, self.max_length - max_new)
             ids = [tokens[-keep:] for _, tokens, _ in batch]
             width = max(len(t) for t in ids)
-            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
+            pad = (
+                self.tokenizer.pad_token_id
+                if self.tokenizer.pad_token_id is not None
+                else self.eot_token_id
+            )
             tokens = torch.tensor([[pad] * (width - len(t)) + t for t in ids], device=self._device)
             with self.spliced():
                 out = self.model.generate(
-                    tokens, max_new_tokens=max_new, do_sample=do_sample and temperature > 0,
-                    temperature=temperature if temperature > 0 else 1.0, stop_at_eos=True,
-                    eos_token_id=self.eot_token_id, use_past_kv_cache=True, verbose=False, padding_side="left",
-                    prepend_bos=False, return_type="tokens")
+                    tokens,
+                    max_new_tokens=max_new,
+                    do_sample=do_sample and temperature > 0,
+                    temperature=temperature if temperature > 0 else 1.0,
+                    stop_at_eos=True,
+                    eos_token_id=self.eot_token_id,
+                    use_past_kv_cache=True,
+                    verbose=False,
+                    padding_side="left",
+                    prepend_bos=False,
+                    return_type="tokens",
+                )
             for row, (context, _, gen_kwargs) in enumerate(batch):
                 text = self.tok_decode(out[row, width:].tolist())
                 for stop in until:
@@ -367,5 +478,7 @@ def _check_width(model, info) -> None:
     probe = torch.tensor([[model.tokenizer.bos_token_id or 0, 1]], device=model.cfg.device)
     width = hook_activations(model, info.hook_name, probe).shape[-1]
     if width != info.d_in:
-        raise SaeInterpError(f"the SAE reads {info.d_in}-wide activations but {info.hook_name} of "
-                             f"{model.cfg.model_name} is {width}-wide; pick the subject model the SAE was trained on")
+        raise SaeInterpError(
+            f"the SAE reads {info.d_in}-wide activations but {info.hook_name} of "
+            f"{model.cfg.model_name} is {width}-wide; pick the subject model the SAE was trained on"
+        )

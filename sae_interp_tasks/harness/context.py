@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 
 class RunMemo:
-    """A per-run store: each value computed once under its key (see harness.memo for what it holds)."""
+    """A per-run store: each value computed once under its key (see harness.memo for what it
+    holds)."""
 
     def __init__(self):
         self._values: dict[str, object] = {}
@@ -69,7 +70,8 @@ class RunContext(Protocol):
 
     @property
     def reader(self) -> Any:
-        """Reads the hooked activation through the Hugging Face forward (None: through TransformerLens)."""
+        """Reads the hooked activation through the Hugging Face forward (None: through
+        TransformerLens)."""
 
     def read_activations(self, tokens: torch.Tensor) -> torch.Tensor: ...
 

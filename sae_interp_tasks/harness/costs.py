@@ -1,15 +1,17 @@
 """What a run's LLM calls cost, counted and foreseen.
 
-Counted: every client keeps its `Usage` (requests the model answered and those the cache did, and the
+Counted: every client keeps its `Usage` (requests the model answered and those the cache did, and
+the
 prompt and completion tokens of the former: the API's `usage`, or the tokenizer's count in process).
 Each task kind is charged what its own scoring cost (its scorer, its known-answer check); the shared
 explanations are charged to the first kind that asked for them, so the tasks of a run add up to the
 run. The Task reports them as `llm_calls`, `llm_cached_calls`, `llm_prompt_tokens` and
 `llm_completion_tokens` (sums over its docs).
 
-Foreseen: before the first LLM call of a run, one line estimates the requests and tokens the run will
-make on an empty cache (from the settings and the sizes of the prompts it will send, built for real
-with a stand-in explanation), and `max_llm_tokens` stops the run there when the estimate is larger.
+Foreseen: before the first LLM call of a run, one line estimates the requests and tokens the run
+will make on an empty cache (from the settings and the sizes of the prompts it will send, built for
+real with a stand-in explanation), and `max_llm_tokens` stops the run there when the estimate is
+larger.
 """
 
 from __future__ import annotations
@@ -26,12 +28,16 @@ from sae_interp_tasks.harness.context import RunContext
 
 log = logging.getLogger(__name__)
 USAGE_METRICS = ("llm_calls", "llm_cached_calls", "llm_prompt_tokens", "llm_completion_tokens")
-STAND_IN = "a stand-in explanation of about the length explanations have, naming one word and its context"
+STAND_IN = (
+    "a stand-in explanation of about the length explanations have, naming one word and its context"
+)
 
 
 @dataclass(frozen=True)
 class BudgetConfig(StageConfig):
-    max_llm_tokens: int | None = option(None, min=0)  # stop before the first LLM call when the estimate exceeds it
+    max_llm_tokens: int | None = option(
+        None, min=0
+    )  # stop before the first LLM call when the estimate exceeds it
 
 
 @dataclass
@@ -41,8 +47,11 @@ class Estimate:
     completion_tokens: int = 0
 
     def add(self, other: Estimate) -> Estimate:
-        return Estimate(self.calls + other.calls, self.prompt_tokens + other.prompt_tokens,
-                        self.completion_tokens + other.completion_tokens)
+        return Estimate(
+            self.calls + other.calls,
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
 
     def times(self, k: int) -> Estimate:
         return Estimate(self.calls * k, self.prompt_tokens * k, self.completion_tokens * k)
@@ -52,7 +61,8 @@ class Estimate:
         return self.prompt_tokens + self.completion_tokens
 
 
-# --- counting --------------------------------------------------------------------------------------
+# --- counting
+# --------------------------------------------------------------------------------------
 def _ledger(ctx: RunContext) -> dict[str, Usage]:
     return ctx.memo.compute_once(("llm-ledger",), dict)
 
@@ -76,11 +86,16 @@ def charged(ctx: RunContext, kind: str, compute: Callable):
 
 
 def usage_of(ctx: RunContext, kind: str, n_docs: int) -> dict[str, float]:
-    """A kind's usage as per-doc metrics: its totals spread over its `n_docs` docs (they sum back)."""
+    """A kind's usage as per-doc metrics: its totals spread over its `n_docs` docs (they sum
+    back)."""
     used = _ledger(ctx).get(kind, Usage())
     n = max(n_docs, 1)
-    return {"llm_calls": used.calls / n, "llm_cached_calls": used.cached_calls / n,
-            "llm_prompt_tokens": used.prompt_tokens / n, "llm_completion_tokens": used.completion_tokens / n}
+    return {
+        "llm_calls": used.calls / n,
+        "llm_cached_calls": used.cached_calls / n,
+        "llm_prompt_tokens": used.prompt_tokens / n,
+        "llm_completion_tokens": used.completion_tokens / n,
+    }
 
 
 def _sum(usages) -> Usage:
@@ -90,10 +105,12 @@ def _sum(usages) -> Usage:
     return total
 
 
-# --- foreseeing ------------------------------------------------------------------------------------
+# --- foreseeing
+# ------------------------------------------------------------------------------------
 class PromptCounter:
-    """Counts the tokens of prompts as the subject model's tokenizer sees them (its chat template where it
-    has one): exact for the in-process scorer, an estimate for an endpoint's own tokenizer."""
+    """Counts the tokens of prompts as the subject model's tokenizer sees them (its chat template
+    where it has one): exact for the in-process scorer, an estimate for an endpoint's own
+    tokenizer."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -104,7 +121,11 @@ class PromptCounter:
     def prompt(self, prompt: Prompt, answer_tokens: int | None = None) -> Estimate:
         messages = [{"role": r, "content": c} for r, c in prompt.messages]
         if getattr(self.tokenizer, "chat_template", None):
-            n = self.text(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+            n = self.text(
+                self.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=False
+                )
+            )
         else:
             n = sum(self.text(m["content"]) + 4 for m in messages)
         n += self.text(prompt.prefill) if prompt.prefill else 0
@@ -122,18 +143,32 @@ def announce(estimates: dict[str, Estimate], budget: int | None) -> None:
         total = total.add(e)
     if not total.calls:
         return
-    parts = ", ".join(f"{kind} {e.calls} requests / {e.tokens:,} tokens" for kind, e in estimates.items() if e.calls)
-    log.warning("LLM calls this run will make on an empty cache (estimate): %d requests, %s prompt + %s completion "
-                "tokens (%s); cached answers cost nothing", total.calls, f"{total.prompt_tokens:,}",
-                f"{total.completion_tokens:,}", parts)
+    parts = ", ".join(
+        f"{kind} {e.calls} requests / {e.tokens:,} tokens"
+        for kind, e in estimates.items()
+        if e.calls
+    )
+    log.warning(
+        "LLM calls this run will make on an empty cache (estimate): %d requests, %s prompt + %s "
+        "completion "
+        "tokens (%s); cached answers cost nothing",
+        total.calls,
+        f"{total.prompt_tokens:,}",
+        f"{total.completion_tokens:,}",
+        parts,
+    )
     if budget is not None and total.tokens > budget:
-        raise SaeInterpError(f"this run would send about {total.tokens:,} LLM tokens ({total.calls} requests), more than "
-                             f"max_llm_tokens={budget}; lower n_latents, n_test_per_decile or windows, or raise "
-                             "max_llm_tokens")
+        raise SaeInterpError(
+            f"this run would send about {total.tokens:,} LLM tokens ({total.calls} requests), more "
+            "than "
+            f"max_llm_tokens={budget}; lower n_latents, n_test_per_decile or windows, or raise "
+            "max_llm_tokens"
+        )
 
 
 def explainer_estimate(run, counter: PromptCounter) -> Estimate:
-    """The explainer's prompts for the latents this process explains (none for the token-list explainer)."""
+    """The explainer's prompts for the latents this process explains (none for the token-list
+    explainer)."""
     from sae_interp_tasks.stages.explainers import explainer_prompt
 
     cfg = run.settings.explainer
@@ -141,9 +176,14 @@ def explainer_estimate(run, counter: PromptCounter) -> Estimate:
     if cfg.explainer == "tokens":
         return total
     for lat in run.owned:
-        prompt = explainer_prompt(run.splits[lat].train, run.decode, cfg.highlight_threshold, cfg.explainer_max_tokens)
-        total = total.add(counter.prompt(prompt, answer_tokens=min(cfg.explainer_max_tokens, ANSWER_TOKENS)))
+        prompt = explainer_prompt(
+            run.splits[lat].train, run.decode, cfg.highlight_threshold, cfg.explainer_max_tokens
+        )
+        total = total.add(
+            counter.prompt(prompt, answer_tokens=min(cfg.explainer_max_tokens, ANSWER_TOKENS))
+        )
     return total
 
 
-ANSWER_TOKENS = 24  # a one-line explanation ("Explanation: ..." of at most ~20 words) as the explainers write it
+# a one-line explanation ("Explanation: ..." of at most ~20 words) as the explainers write it
+ANSWER_TOKENS = 24

@@ -26,9 +26,19 @@ from sae_interp_tasks.stages.activations import PassConfig
 from sae_interp_tasks.stages.corpus import CorpusConfig
 from sae_interp_tasks.stages.examples import ExampleConfig
 from sae_interp_tasks.stages.explainers import ExplainerConfig, explain
-from sae_interp_tasks.stages.selection import Selection, SelectionConfig, make_splits, select_latents
+from sae_interp_tasks.stages.selection import (
+    Selection,
+    SelectionConfig,
+    make_splits,
+    select_latents,
+)
 from sae_interp_tasks.stages.shared import EmbeddingConfig, load_embedder
-from sae_interp_tasks.validity.scorer_check import CheckConfig, CheckResult, known_answers, pool_windows
+from sae_interp_tasks.validity.scorer_check import (
+    CheckConfig,
+    CheckResult,
+    known_answers,
+    pool_windows,
+)
 
 
 @dataclass(frozen=True)
@@ -46,14 +56,16 @@ class LatentSettings(Settings):
 
     def __post_init__(self) -> None:
         if self.examples.min_examples > self.activations.n_sample:
-            raise SaeInterpError(f"min_examples ({self.examples.min_examples}) cannot exceed n_sample "
-                                 f"({self.activations.n_sample}), the activating windows kept per latent")
+            raise SaeInterpError(
+                f"min_examples ({self.examples.min_examples}) cannot exceed n_sample "
+                f"({self.activations.n_sample}), the activating windows kept per latent"
+            )
 
 
 @dataclass(frozen=True)
 class ScorerSettings(LatentSettings):
-    """The shared stages plus an LLM scorer (detection, fuzzing, simulation, self-explanation, intervention's
-    judge) and the known-answer check every LLM scorer takes first."""
+    """The shared stages plus an LLM scorer (detection, fuzzing, simulation, self-explanation,
+    intervention's judge) and the known-answer check every LLM scorer takes first."""
 
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
@@ -65,7 +77,8 @@ class LatentRun:
 
     `owned` are the latents whose docs this process answers (all of them in one process; under a
     launcher, those of its share of the slots). A scorer may score only those, with everything else
-    of the run at hand (other latents' explanations as shuffled controls); `scores` gathers the rest.
+    of the run at hand (other latents' explanations as shuffled controls); `scores` gathers the
+    rest.
     """
 
     context: RunContext
@@ -92,7 +105,14 @@ class LatentRun:
 def selection_key(s: LatentSettings, seed: int) -> tuple:
     # n_latents is left out: tasks asking for different numbers of latents share one pass over
     # the largest pool, and slot i is the same latent in all of them
-    return ("selection", s.corpus, s.activations, s.selection.latents, s.examples.min_examples, seed)
+    return (
+        "selection",
+        s.corpus,
+        s.activations,
+        s.selection.latents,
+        s.examples.min_examples,
+        seed,
+    )
 
 
 def splits_key(s: LatentSettings, seed: int) -> tuple:
@@ -107,16 +127,34 @@ def explanations_key(s: LatentSettings, seed: int) -> tuple:
 # --- the shared stages --------------------------------------------------------------------------
 def selection(ctx: RunContext, s: LatentSettings, seed: int, n_slots: int) -> Selection:
     """The latent selection; the first caller's n_slots (the run's largest) fills the pool."""
-    return ctx.memo.compute_once(selection_key(s, seed), lambda: select_latents(
-        ctx.model, ctx.sae, ctx.info, s.corpus.spec(ctx.info.dataset_path), s.activations,
-        s.selection, s.examples.min_examples, n_slots, seed, ctx.batch_size_per_gpu,
-        read=ctx.read_activations, forward=ctx.forward_name, group=ctx if ctx.world_size > 1 else None))
+    return ctx.memo.compute_once(
+        selection_key(s, seed),
+        lambda: select_latents(
+            ctx.model,
+            ctx.sae,
+            ctx.info,
+            s.corpus.spec(ctx.info.dataset_path),
+            s.activations,
+            s.selection,
+            s.examples.min_examples,
+            n_slots,
+            seed,
+            ctx.batch_size_per_gpu,
+            read=ctx.read_activations,
+            forward=ctx.forward_name,
+            group=ctx if ctx.world_size > 1 else None,
+        ),
+    )
 
 
 def owned_latents(ctx: RunContext, chosen: Selection) -> tuple[int, ...]:
-    """The live latents of the slots this process answers: lm-eval gives rank r every world_size-th doc."""
-    return tuple(lat for slot, lat in enumerate(chosen.latents)
-                 if lat is not None and slot % ctx.world_size == ctx.rank)
+    """The live latents of the slots this process answers: lm-eval gives rank r every world_size-th
+    doc."""
+    return tuple(
+        lat
+        for slot, lat in enumerate(chosen.latents)
+        if lat is not None and slot % ctx.world_size == ctx.rank
+    )
 
 
 def gathered(ctx: RunContext, mine: dict) -> dict:
@@ -129,21 +167,47 @@ def gathered(ctx: RunContext, mine: dict) -> dict:
     return out
 
 
-def example_splits(ctx: RunContext, s: LatentSettings, seed: int, n_slots: int) -> tuple[Selection, dict]:
+def example_splits(
+    ctx: RunContext, s: LatentSettings, seed: int, n_slots: int
+) -> tuple[Selection, dict]:
     """The latent selection and every live latent's train/test split."""
     chosen = selection(ctx, s, seed, n_slots)
-    return chosen, ctx.memo.compute_once(splits_key(s, seed), lambda: make_splits(
-        chosen, s.examples, seed, ctx.tok_decode,
-        embedder(ctx, s.embedding) if s.examples.non_activating == "hard" else None,
-        s.embedding.embedding_batch_size))
+    return chosen, ctx.memo.compute_once(
+        splits_key(s, seed),
+        lambda: make_splits(
+            chosen,
+            s.examples,
+            seed,
+            ctx.tok_decode,
+            embedder(ctx, s.embedding) if s.examples.non_activating == "hard" else None,
+            s.embedding.embedding_batch_size,
+        ),
+    )
 
 
-def latent_run(ctx: RunContext, s: LatentSettings, seed: int, n_slots: int, kind: str = "") -> LatentRun:
-    """The shared stages for these settings; the explanations' LLM cost is charged to `kind`, the first to ask."""
+def latent_run(
+    ctx: RunContext, s: LatentSettings, seed: int, n_slots: int, kind: str = ""
+) -> LatentRun:
+    """The shared stages for these settings; the explanations' LLM cost is charged to `kind`, the
+    first to ask."""
     chosen, splits = example_splits(ctx, s, seed, n_slots)
     owned = owned_latents(ctx, chosen)
-    explanations = ctx.memo.compute_once(explanations_key(s, seed), lambda: costs.charged(ctx, kind, lambda: gathered(
-        ctx, explain([splits[lat] for lat in owned], s.explainer, explainer_client(ctx, s.explainer), ctx.tok_decode))))
+    explanations = ctx.memo.compute_once(
+        explanations_key(s, seed),
+        lambda: costs.charged(
+            ctx,
+            kind,
+            lambda: gathered(
+                ctx,
+                explain(
+                    [splits[lat] for lat in owned],
+                    s.explainer,
+                    explainer_client(ctx, s.explainer),
+                    ctx.tok_decode,
+                ),
+            ),
+        ),
+    )
     return LatentRun(ctx, s, seed, chosen, splits, explanations, owned)
 
 
@@ -152,42 +216,72 @@ def scores(run: LatentRun, kind: str, settings: Settings | None = None) -> dict[
     defaults to the run's; another kind's task passes its own settings seen as `kind`'s bundle."""
     spec = registry.lookup(kind)
     chosen = settings if settings is not None else run.settings
-    if type(chosen) is not spec.settings:  # exactly the kind's bundle, so the key matches its own task's
+    if (
+        type(chosen) is not spec.settings
+    ):  # exactly the kind's bundle, so the key matches its own task's
         chosen = chosen.project(spec.settings)
     key = explanations_key(run.settings, run.seed) + ("score", kind, chosen)
-    return run.context.memo.compute_once(key, lambda: costs.charged(run.context, kind, lambda: gathered(
-        run.context, spec.scorer(LatentRun(run.context, chosen, run.seed, run.selection, run.splits, run.explanations,
-                                           run.owned)))))
+    return run.context.memo.compute_once(
+        key,
+        lambda: costs.charged(
+            run.context,
+            kind,
+            lambda: gathered(
+                run.context,
+                spec.scorer(
+                    LatentRun(
+                        run.context,
+                        chosen,
+                        run.seed,
+                        run.selection,
+                        run.splits,
+                        run.explanations,
+                        run.owned,
+                    )
+                ),
+            ),
+        ),
+    )
 
 
 # --- the scorer check ----------------------------------------------------------------------------
 def check_set(run: LatentRun):
-    """The run's known answers for scorer checks (validity.scorer_check), built once from the pass's windows."""
+    """The run's known answers for scorer checks (validity.scorer_check), built once from the
+    pass's windows."""
     s: ScorerSettings = run.settings
-    return run.context.memo.compute_once(("check-set", *selection_key(s, run.seed), s.check), lambda: known_answers(
-        pool_windows(run.selection.state), run.decode, s.check, run.seed))
+    return run.context.memo.compute_once(
+        ("check-set", *selection_key(s, run.seed), s.check),
+        lambda: known_answers(pool_windows(run.selection.state), run.decode, s.check, run.seed),
+    )
 
 
-def scorer_check(run: LatentRun, key: tuple, compute: Callable[[], CheckResult]) -> CheckResult | None:
-    """A scorer's known-answer check, once per run for equal `key` (its scorer and settings); None when
+def scorer_check(
+    run: LatentRun, key: tuple, compute: Callable[[], CheckResult]
+) -> CheckResult | None:
+    """A scorer's known-answer check, once per run for equal `key` (its scorer and settings); None
+    when
     `scorer_check` is off."""
     s: ScorerSettings = run.settings
     if not s.check.scorer_check:
         return None
-    return run.context.memo.compute_once(("scorer-check", *selection_key(s, run.seed), s.check, *key),
-                                         lambda: _on_rank_zero(run.context, compute))
+    return run.context.memo.compute_once(
+        ("scorer-check", *selection_key(s, run.seed), s.check, *key),
+        lambda: _on_rank_zero(run.context, compute),
+    )
 
 
 def _on_rank_zero(ctx: RunContext, compute: Callable):
-    """compute() on rank 0 alone, its result handed to every rank: work done (and LLM calls paid) once per
-    run however many processes share it. Every rank must call this at the same point."""
+    """compute() on rank 0 alone, its result handed to every rank: work done (and LLM calls paid)
+    once per run however many processes share it. Every rank must call this at the same point."""
     if ctx.world_size == 1:
         return compute()
     result, failure = None, None
     if ctx.rank == 0:
         try:
             result = compute()
-        except Exception as err:  # the other ranks wait in the gather below: tell them, then fail here too
+        except (
+            Exception
+        ) as err:  # the other ranks wait in the gather below: tell them, then fail here too
             ctx.all_gather_object((None, f"{type(err).__name__}: {err}"))
             raise
     result, failure = ctx.all_gather_object((result, failure))[0]
@@ -196,15 +290,21 @@ def _on_rank_zero(ctx: RunContext, compute: Callable):
     return result
 
 
-def with_checks(scored: dict[int, ScoredLatent], *results: CheckResult | None) -> dict[int, ScoredLatent]:
-    """Every latent's scores with the checks' metrics beside them (the same for every latent of the run)."""
+def with_checks(
+    scored: dict[int, ScoredLatent], *results: CheckResult | None
+) -> dict[int, ScoredLatent]:
+    """Every latent's scores with the checks' metrics beside them (the same for every latent of the
+    run)."""
     extra = {k: v for r in results if r is not None for k, v in r.metrics().items()}
-    return {lat: dataclasses.replace(sc, metrics={**sc.metrics, **extra}) for lat, sc in scored.items()}
+    return {
+        lat: dataclasses.replace(sc, metrics={**sc.metrics, **extra}) for lat, sc in scored.items()
+    }
 
 
 # --- resources ----------------------------------------------------------------------------------
 def contexts(ctx: RunContext, s: LatentSettings, seed: int):
-    """The activation pass's token contexts [n_contexts, context_size] (int32), rebuilt from the corpus
+    """The activation pass's token contexts [n_contexts, context_size] (int32), rebuilt from the
+    corpus
     once per run: stages that need more than the pass's windows (intervention prompts) read them."""
     import torch
 
@@ -212,10 +312,22 @@ def contexts(ctx: RunContext, s: LatentSettings, seed: int):
 
     def build():
         spec = s.corpus.spec(ctx.info.dataset_path)
-        return torch.stack(list(token_contexts(spec, ctx.tokenizer, s.activations.n_tokens,
-                                               s.activations.context_size, ctx.info.prepend_bos, seed))).to(torch.int32)
+        return torch.stack(
+            list(
+                token_contexts(
+                    spec,
+                    ctx.tokenizer,
+                    s.activations.n_tokens,
+                    s.activations.context_size,
+                    ctx.info.prepend_bos,
+                    seed,
+                )
+            )
+        ).to(torch.int32)
 
-    return ctx.memo.compute_once(("contexts", s.corpus, s.activations.n_tokens, s.activations.context_size, seed), build)
+    return ctx.memo.compute_once(
+        ("contexts", s.corpus, s.activations.n_tokens, s.activations.context_size, seed), build
+    )
 
 
 def client(ctx: RunContext, cfg):
@@ -235,11 +347,16 @@ def scorer_client(ctx: RunContext, cfg: ScorerConfig):
 
 
 def embedder(ctx: RunContext, cfg: EmbeddingConfig):
-    return ctx.memo.compute_once(("embedder", cfg.embedding_model), lambda: load_embedder(cfg.embedding_model, ctx.device))
+    return ctx.memo.compute_once(
+        ("embedder", cfg.embedding_model), lambda: load_embedder(cfg.embedding_model, ctx.device)
+    )
 
 
 def subject_model(ctx: RunContext, name: str):
-    """Another subject model than the backend's (e.g. an instruction-tuned variant), loaded once per run."""
+    """Another subject model than the backend's (e.g. an instruction-tuned variant), loaded once
+    per run."""
     from sae_interp_tasks.stages.subject import load_subject
 
-    return ctx.memo.compute_once(("subject-model", name), lambda: load_subject(name, device=ctx.device))
+    return ctx.memo.compute_once(
+        ("subject-model", name), lambda: load_subject(name, device=ctx.device)
+    )

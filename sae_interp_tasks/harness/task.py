@@ -42,7 +42,8 @@ _YamlLoader.add_constructor("!function", lambda loader, node: loader.construct_s
 
 
 def included_metadata(yaml_path: str | Path | None, _seen: frozenset = frozenset()) -> dict:
-    """The `metadata` of the files a task YAML includes, deepest first (the task's own file excluded)."""
+    """The `metadata` of the files a task YAML includes, deepest first (the task's own file
+    excluded)."""
     if not yaml_path or not Path(yaml_path).is_file():
         return {}
     path = Path(yaml_path).resolve()
@@ -60,8 +61,8 @@ def included_metadata(yaml_path: str | Path | None, _seen: frozenset = frozenset
 
 
 class SAETask(Task):
-    """Base of every task here. Subclasses are declared with `@registry.task_kind(...)` and set METRICS
-    (metric -> (aggregation, higher_is_better)) and make_docs."""
+    """Base of every task here. Subclasses are declared with `@registry.task_kind(...)` and set
+    METRICS (metric -> (aggregation, higher_is_better)) and make_docs."""
 
     VERSION = 1
     KIND = ""
@@ -71,17 +72,24 @@ class SAETask(Task):
         config = dict(config or {})
         own = dict(config.get("metadata") or {})
         metadata = {**included_metadata(own.get("config_source")), **own}
-        # the keys the user set (the import hook adds their list to the run's metadata); None when the
+        # the keys the user set (the import hook adds their list to the run's metadata); None when
+        # the
         # task is built outside a TaskManager, where nothing tells them from the YAML's
         user_keys = metadata.pop(USER_KEYS, None)
         # an unknown kind, an unknown key or a bad value fails here, before any model loads
         kind = registry.lookup(self.KIND)
-        self._defaults_from = self._apply_sae_defaults(metadata, kind, config.get("task", self.KIND), user_keys)
+        self._defaults_from = self._apply_sae_defaults(
+            metadata, kind, config.get("task", self.KIND), user_keys
+        )
         self.settings = registry.settings_for(self.KIND, metadata)
         # lm-eval hands every task all of --metadata and --model_args; the results file records only
         # what this task reads, with its kind and its report (so result readers need no registry)
-        self._metadata = {k: v for k, v in metadata.items() if k in kind.settings.keys() or k in RECORDED}
-        self._metadata.update(task_kind=kind.name, headline_metric=kind.headline, report=kind.report.to_json())
+        self._metadata = {
+            k: v for k, v in metadata.items() if k in kind.settings.keys() or k in RECORDED
+        }
+        self._metadata.update(
+            task_kind=kind.name, headline_metric=kind.headline, report=kind.report.to_json()
+        )
         if self._defaults_from:
             self._metadata["instrument_defaults_from"] = self._defaults_from
         self._seed = DEFAULT_SEED
@@ -94,7 +102,8 @@ class SAETask(Task):
             super().__init__()
         finally:
             config_log.setLevel(level)
-        # Task.__init__ would wrap a dict as TaskConfig({...}) (all of it in `task`, the metadata lost
+        # Task.__init__ would wrap a dict as TaskConfig({...}) (all of it in `task`, the metadata
+        # lost
         # from the results file); build the config field by field, with our own output type
         known = {f.name for f in dataclasses.fields(TaskConfig)}
         fields = {k: v for k, v in config.items() if k in known}
@@ -105,29 +114,45 @@ class SAETask(Task):
 
     @staticmethod
     def _apply_sae_defaults(metadata: dict, kind, task: str, user_keys: list | None) -> str | None:
-        """Put the SAE's own instrument defaults (see saes.INSTRUMENT_DEFAULTS_KEY) over the YAML's, for
-        keys the user did not set; the SAE's label when any applied. Only when the user's keys are
-        known (lm-eval built a TaskManager): otherwise nothing tells the YAML's values from the user's."""
+        """Put the SAE's own instrument defaults (see saes.INSTRUMENT_DEFAULTS_KEY) over the
+        YAML's, for keys the user did not set; the SAE's label when any applied. Only when the
+        user's keys are known (lm-eval built a TaskManager): otherwise nothing tells the YAML's
+        values from the user's."""
         from sae_interp_tasks.stages.saes import instrument_defaults
 
         if user_keys is None:
             return None
-        label, defaults = instrument_defaults(metadata.get("release"), metadata.get("sae_id"), metadata.get("path"))
-        current = {**kind.settings.defaults(), **metadata}  # the YAML's value, else the settings default
-        applied = {k: v for k, v in defaults.items()
-                   if k in kind.settings.keys() and k not in user_keys and current[k] != v}
+        label, defaults = instrument_defaults(
+            metadata.get("release"), metadata.get("sae_id"), metadata.get("path")
+        )
+        current = {
+            **kind.settings.defaults(),
+            **metadata,
+        }  # the YAML's value, else the settings default
+        applied = {
+            k: v
+            for k, v in defaults.items()
+            if k in kind.settings.keys() and k not in user_keys and current[k] != v
+        }
         if not applied:
             return None
         yaml_values = {k: current[k] for k in applied}
         metadata.update(applied)
-        log.warning("%s: the SAE %s sets its own instrument defaults %s (the task's are %s); for a full evaluation "
-                    "pass --metadata '%s'", task, label, json.dumps(applied), json.dumps(yaml_values),
-                    json.dumps(yaml_values))
+        log.warning(
+            "%s: the SAE %s sets its own instrument defaults %s (the task's are %s); for a full "
+            "evaluation "
+            "pass --metadata '%s'",
+            task,
+            label,
+            json.dumps(applied),
+            json.dumps(yaml_values),
+            json.dumps(yaml_values),
+        )
         return label
 
     def metric_specs(self) -> dict:
-        """This task's metrics, name -> (aggregation, higher_is_better): the kind's METRICS (a task may add
-        ones its settings call for)."""
+        """This task's metrics, name -> (aggregation, higher_is_better): the kind's METRICS (a task
+        may add ones its settings call for)."""
         return dict(self.METRICS)
 
     def download(self, *args, **kwargs) -> None:
@@ -167,16 +192,30 @@ class SAETask(Task):
         return {k: v for k, v in self._metadata.items() if k not in NOT_SETTINGS}
 
     def construct_requests(self, doc, ctx, **kwargs):
-        payload = {"kind": self.KIND, "task": self.config.task, "doc": doc, "seed": self.seed,
-                   "settings": self.task_settings(), "defaults_from": self._defaults_from}
-        return Instance(request_type="interpret", doc=doc, arguments=(json.dumps(payload, sort_keys=True),),
-                        idx=0, metadata=kwargs.get("metadata", (self.config.task, None, 1)))
+        payload = {
+            "kind": self.KIND,
+            "task": self.config.task,
+            "doc": doc,
+            "seed": self.seed,
+            "settings": self.task_settings(),
+            "defaults_from": self._defaults_from,
+        }
+        return Instance(
+            request_type="interpret",
+            doc=doc,
+            arguments=(json.dumps(payload, sort_keys=True),),
+            idx=0,
+            metadata=kwargs.get("metadata", (self.config.task, None, 1)),
+        )
 
     def process_results(self, doc, results) -> dict:
-        """Each metric's per-doc value; a pooled metric's is the doc's statistics (see aggregations.Pooled)."""
+        """Each metric's per-doc value; a pooled metric's is the doc's statistics (see
+        aggregations.Pooled)."""
         response: Response = results[0]
-        return {name: response.stats if isinstance(agg, Pooled) else response.metrics.get(name, NAN)
-                for name, (agg, _) in self.metric_specs().items()}
+        return {
+            name: response.stats if isinstance(agg, Pooled) else response.metrics.get(name, NAN)
+            for name, (agg, _) in self.metric_specs().items()
+        }
 
     def aggregation(self) -> dict:
         return {name: agg for name, (agg, _) in self.metric_specs().items()}
@@ -190,8 +229,13 @@ class LatentTask(SAETask):
     requests are served by `harness.serve.serve_latents`."""
 
     def metric_specs(self) -> dict:
-        # what the task's LLM calls cost (harness.costs): per-doc shares that sum to the task's totals
-        return {**super().metric_specs(), "skipped_dead": (total, False), **{m: (total, False) for m in USAGE_METRICS}}
+        # what the task's LLM calls cost (harness.costs): per-doc shares that sum to the task's
+        # totals
+        return {
+            **super().metric_specs(),
+            "skipped_dead": (total, False),
+            **{m: (total, False) for m in USAGE_METRICS},
+        }
 
     def make_docs(self) -> list[dict]:
         return [{"slot": i} for i in range(self.settings.selection.n_slots)]
@@ -203,14 +247,21 @@ class LatentTask(SAETask):
 
     @classmethod
     def response_detail(cls, scored, run) -> dict:
-        """What --log_samples shows for a scored latent (run: harness.memo.LatentRun) besides its metrics."""
+        """What --log_samples shows for a scored latent (run: harness.memo.LatentRun) besides its
+        metrics."""
         split = run.splits[scored.latent]
         explanation = run.explanations[scored.latent]
         decode = run.decode
         return {
             "explanation": explanation.text,
             "explainer": explanation.explainer,
-            "train_windows": [{"text": decode(ex.tokens.tolist()), "max_act": round(ex.max_act, 4),
-                               "decile": ex.decile} for ex in split.train],
+            "train_windows": [
+                {
+                    "text": decode(ex.tokens.tolist()),
+                    "max_act": round(ex.max_act, 4),
+                    "decile": ex.decile,
+                }
+                for ex in split.train
+            ],
             "scorer": scored.detail,
         }

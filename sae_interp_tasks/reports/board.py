@@ -1,4 +1,5 @@
-"""`sae-interp leaderboard`'s model: one row per SAE, grouped by instrument settings, and its columns.
+"""`sae-interp leaderboard`'s model: one row per SAE, grouped by instrument settings, and its
+columns.
 
 Rows come from runs (results_io): an SAE's tasks from all the files given are merged into one
 row; a task scored twice under different settings gives the SAE a second row. Rows are grouped
@@ -37,7 +38,8 @@ BOOTSTRAP_RESAMPLES = 2_000
 
 @dataclass(frozen=True)
 class Cell:
-    """A number with its interval; `how` says where the interval came from ("" when there is none)."""
+    """A number with its interval; `how` says where the interval came from ("" when there is
+    none)."""
 
     value: float
     lo: float = math.nan
@@ -86,7 +88,8 @@ class Group:
 
     @property
     def axis(self) -> tuple[str, str] | None:
-        """(task, metric) of the metric that describes the SAE (e.g. L0), where a task of the group has one."""
+        """(task, metric) of the metric that describes the SAE (e.g. L0), where a task of the group
+        has one."""
         return next(((t, self.report(t).axis) for t in self.tasks if self.report(t).axis), None)
 
     def axis_value(self, row: Row) -> float:
@@ -107,22 +110,30 @@ class Board:
 
 # --- building the board ------------------------------------------------------------------------
 def check_samples(runs: list[Run]) -> None:
-    """A run with samples for some tasks but not others lost a file: say which instead of guessing."""
+    """A run with samples for some tasks but not others lost a file: say which instead of
+    guessing."""
     for run in runs:
         have = [t for t, r in run.tasks.items() if r.samples is not None]
         missing = [t for t in run.tasks if t not in have]
         if have and missing:
-            raise SaeInterpError(f"{run.path}: samples_{missing[0]}_*.jsonl is missing beside it (other tasks have "
-                                 "theirs); restore it, or re-run lm_eval with --log_samples")
+            raise SaeInterpError(
+                f"{run.path}: samples_{missing[0]}_*.jsonl is missing beside it (other tasks have "
+                "theirs); restore it, or re-run lm_eval with --log_samples"
+            )
 
 
 def _drafts(runs: list[Run]) -> list[dict]:
-    """Per SAE, its tasks merged across files: [{"run": first run, "tasks": {task: (run, result)}}]."""
+    """Per SAE, its tasks merged across files: [{"run": first run, "tasks": {task: (run,
+    result)}}]."""
     drafts: list[dict] = []
     for run in runs:
         for task, result in run.tasks.items():
             mine = [d for d in drafts if d["run"].identity == run.identity]
-            same = [d for d in mine if task in d["tasks"] and d["tasks"][task][1].settings == result.settings]
+            same = [
+                d
+                for d in mine
+                if task in d["tasks"] and d["tasks"][task][1].settings == result.settings
+            ]
             if same:  # a rerun under the same settings: the newer file wins
                 old_run = same[0]["tasks"][task][0]
                 if run.date >= old_run.date:
@@ -139,7 +150,9 @@ def _drafts(runs: list[Run]) -> list[dict]:
 
 def _label(run: Run, runs: list[Run]) -> str:
     fingerprints = {r.fingerprint for r in runs if r.sae == run.sae}
-    return f"{run.sae} [{run.fingerprint}]" if len(fingerprints) > 1 and run.fingerprint else run.sae
+    return (
+        f"{run.sae} [{run.fingerprint}]" if len(fingerprints) > 1 and run.fingerprint else run.sae
+    )
 
 
 def build_board(runs: list[Run], confidence: float = 0.95, seed: int = 0) -> Board:
@@ -152,18 +165,33 @@ def build_board(runs: list[Run], confidence: float = 0.95, seed: int = 0) -> Boa
     for draft in _drafts(runs):
         run = draft["run"]
         tasks = {t: res for t, (_, res) in draft["tasks"].items()}
-        cells = {(task, metric): _cell(result, metric, z, confidence, rng)
-                 for task, result in tasks.items() for metric in shown_metrics(result)}
-        rows.append(Row(sae=_label(run, runs), fingerprint=run.fingerprint, d_sae=run.d_sae, control=run.control,
-                        subject_model=run.subject_model, tasks=tasks,
-                        sources={t: str(r.path) for t, (r, _) in draft["tasks"].items()}, cells=cells))
+        cells = {
+            (task, metric): _cell(result, metric, z, confidence, rng)
+            for task, result in tasks.items()
+            for metric in shown_metrics(result)
+        }
+        rows.append(
+            Row(
+                sae=_label(run, runs),
+                fingerprint=run.fingerprint,
+                d_sae=run.d_sae,
+                control=run.control,
+                subject_model=run.subject_model,
+                tasks=tasks,
+                sources={t: str(r.path) for t, (r, _) in draft["tasks"].items()},
+                cells=cells,
+            )
+        )
     rows.sort(key=lambda r: r.is_control)  # stable: SAEs in the order given, then the controls
     return Board(groups=_group(rows), confidence=confidence, files=tuple(str(r.path) for r in runs))
 
 
 def shown_metrics(result: TaskResult) -> list[str]:
-    """The task's columns and plotted metrics, each followed by its chance level, that the results hold."""
-    names = list(dict.fromkeys([result.report.headline, *result.report.columns, *result.report.plotted]))
+    """The task's columns and plotted metrics, each followed by its chance level, that the results
+    hold."""
+    names = list(
+        dict.fromkeys([result.report.headline, *result.report.columns, *result.report.plotted])
+    )
     names += [result.chance_of(m) for m in names if result.chance_of(m)]
     return [m for m in dict.fromkeys(names) if m in result.metrics]
 
@@ -176,7 +204,9 @@ def _cell(result: TaskResult, metric: str, z: float, confidence: float, rng) -> 
     stats = result.samples.stats if result.samples else None
     if expression and stats is not None and stats.carries(expression) and stats.n_docs > 1:
         weights = resample_weights(rng, stats.n_docs, BOOTSTRAP_RESAMPLES)
-        lo, hi = percentile_interval(Pooled(expression).resampled(stats.arrays, weights), confidence)
+        lo, hi = percentile_interval(
+            Pooled(expression).resampled(stats.arrays, weights), confidence
+        )
         return Cell(m.value, lo, hi, "bootstrap")
     return Cell(m.value)
 
@@ -225,18 +255,40 @@ def columns(group: Group) -> list[Column]:
         for metric in report.columns:
             if metric not in present:
                 continue
-            cols.append(Column(f"{task}/{metric}", report.labels.get(metric, f"{task} {metric}"), "cell", task, metric,
-                               metric in report.checks))
+            cols.append(
+                Column(
+                    f"{task}/{metric}",
+                    report.labels.get(metric, f"{task} {metric}"),
+                    "cell",
+                    task,
+                    metric,
+                    metric in report.checks,
+                )
+            )
             chance = report.chance.get(metric)
             if chance in present:
-                cols.append(Column(f"{task}/{chance}", f"chance ({chance})", "cell", task, chance, chance in report.checks))
+                cols.append(
+                    Column(
+                        f"{task}/{chance}",
+                        f"chance ({chance})",
+                        "cell",
+                        task,
+                        chance,
+                        chance in report.checks,
+                    )
+                )
         if report.doc_id == "latent":
-            cols.append(Column(f"{task}/latents", f"{task} latents scored (skipped)", "count", task, "latents"))
+            cols.append(
+                Column(
+                    f"{task}/latents", f"{task} latents scored (skipped)", "count", task, "latents"
+                )
+            )
     return cols
 
 
 def value(row: Row, col: Column):
-    """The row's entry in the column: str, int, Cell, (scored, skipped), or None where the row lacks the task."""
+    """The row's entry in the column: str, int, Cell, (scored, skipped), or None where the row
+    lacks the task."""
     if col.key == "sae":
         return row.sae
     if col.key == "d_sae":
@@ -267,18 +319,26 @@ def fmt_entry(row: Row, col: Column, entry) -> str:
     if entry is None:
         return ""
     if isinstance(entry, Cell):
-        text = f"{fmt(entry.value)} [{fmt(entry.lo)}, {fmt(entry.hi)}]" if entry.has_interval else fmt(entry.value)
+        text = (
+            f"{fmt(entry.value)} [{fmt(entry.lo)}, {fmt(entry.hi)}]"
+            if entry.has_interval
+            else fmt(entry.value)
+        )
         return text + (f" {FAILED_MARK}" if check_failed(row, col) else "")
     if col.kind == "count":
         scored, skipped = entry
-        return (f"{scored}" if exact_count(row, col) else f"≤{scored}") + ("" if skipped is None else f" ({skipped})")
+        return (f"{scored}" if exact_count(row, col) else f"≤{scored}") + (
+            "" if skipped is None else f" ({skipped})"
+        )
     return str(entry)
 
 
 def check_failed(row: Row, col: Column) -> bool:
     """The cell's number comes from a scorer that failed its known-answer check."""
     result = row.tasks.get(col.task) if col.task else None
-    return result is not None and col.metric is not None and result.check_passed(col.metric) is False
+    return (
+        result is not None and col.metric is not None and result.check_passed(col.metric) is False
+    )
 
 
 def check_notes(group: Group) -> list[str]:
@@ -288,20 +348,27 @@ def check_notes(group: Group) -> list[str]:
         for col in columns(group):
             if col.kind == "cell" and check_failed(row, col) and (row.sae, col.task) not in notes:
                 notes[(row.sae, col.task)] = (
-                    f"{FAILED_MARK} {row.sae}, {col.task}: the scorer failed its known-answer check "
-                    f"({row.tasks[col.task].check_summary(col.metric)}); the marked numbers cannot tell a right "
-                    "explanation from a wrong one, whatever the SAE. Score with a capable scorer.")
+                    f"{FAILED_MARK} {row.sae}, {col.task}: the scorer failed its known-answer "
+                    "check "
+                    f"({row.tasks[col.task].check_summary(col.metric)}); the marked numbers cannot "
+                    "tell a right "
+                    "explanation from a wrong one, whatever the SAE. Score with a capable scorer."
+                )
     return list(notes.values())
 
 
 def interval_note(board: Board) -> str:
     pct = percent(board.confidence)
     pooled = _pooled_note(board)
-    return (f"Cells: mean [{pct} interval]. Means over docs: mean ± {board.z:.2f}·stderr as lm-eval reports it; "
-            f"{pooled}"
-            "Chance: the same scorer with shuffled explanations (top1_chance: one over the latents compared). "
-            "Rows named +control=... are calibration SAEs (random directions, neuron basis). "
-            "≤n: latents scored without samples to tell unfilled slots apart.")
+    return (
+        f"Cells: mean [{pct} interval]. Means over docs: mean ± {board.z:.2f}·stderr as lm-eval "
+        "reports it; "
+        f"{pooled}"
+        "Chance: the same scorer with shuffled explanations (top1_chance: one over the latents "
+        "compared). "
+        "Rows named +control=... are calibration SAEs (random directions, neuron basis). "
+        "≤n: latents scored without samples to tell unfilled slots apart."
+    )
 
 
 def _pooled_note(board: Board) -> str:
@@ -310,21 +377,31 @@ def _pooled_note(board: Board) -> str:
     for group in board.groups:
         for task in group.tasks:
             report = group.report(task)
-            shown = [m for m in dict.fromkeys([*report.columns, *report.plotted]) if report.pooled.get(m)]
+            shown = [
+                m for m in dict.fromkeys([*report.columns, *report.plotted]) if report.pooled.get(m)
+            ]
             if shown:
                 names = " and ".join(report.labels.get(m, m) for m in shown)
                 parts.append((f"{task}'s {names}", report.doc_id))
     parts = list(dict.fromkeys(parts))
-    return "".join(f"{what}: percentile bootstrap over {doc}s ({BOOTSTRAP_RESAMPLES} resamples) when the samples carry "
-                   f"{doc} statistics, else no interval. " for what, doc in parts)
+    return "".join(
+        f"{what}: percentile bootstrap over {doc}s ({BOOTSTRAP_RESAMPLES} resamples) when the "
+        "samples carry "
+        f"{doc} statistics, else no interval. "
+        for what, doc in parts
+    )
 
 
 def settings_lines(group: Group) -> list[str]:
     if not group.differs:
         return []
-    return ["Settings of this group that differ from other groups: "
-            + "; ".join(f"{task}: " + ", ".join(f"{k}={_show(v)}" for k, v in keys.items())
-                        for task, keys in group.differs.items())]
+    return [
+        "Settings of this group that differ from other groups: "
+        + "; ".join(
+            f"{task}: " + ", ".join(f"{k}={_show(v)}" for k, v in keys.items())
+            for task, keys in group.differs.items()
+        )
+    ]
 
 
 def _show(value) -> str:

@@ -1,4 +1,5 @@
-"""`sae-interp compare`: candidate - baseline per metric with a bootstrap interval, and a CI verdict.
+"""`sae-interp compare`: candidate - baseline per metric with a bootstrap interval, and a CI
+verdict.
 
 Per gated metric the difference candidate - baseline gets a percentile bootstrap interval from
 the per-doc scores in the samples files:
@@ -22,10 +23,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.aggregations import Pooled
-from sae_interp_tasks.reports.results_io import (DocStats, Run, TaskResult, describe_differences, percent,
-                                                 require_samples, settings_differences)
+from sae_interp_tasks.errors import SaeInterpError
+from sae_interp_tasks.reports.results_io import (
+    DocStats,
+    Run,
+    TaskResult,
+    describe_differences,
+    percent,
+    require_samples,
+    settings_differences,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +42,8 @@ N_RESAMPLES = 10_000
 
 # --- resampling -----------------------------------------------------------------------------------
 def resample_weights(rng: np.random.Generator, n: int, resamples: int) -> np.ndarray:
-    """[resamples, n] draw counts: each row is a bootstrap sample of n docs drawn with replacement."""
+    """[resamples, n] draw counts: each row is a bootstrap sample of n docs drawn with
+    replacement."""
     return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(float)
 
 
@@ -47,8 +56,14 @@ def percentile_interval(draws: np.ndarray, confidence: float) -> tuple[float, fl
     return float(lo), float(hi)
 
 
-def mean_difference(base: np.ndarray, cand: np.ndarray, paired: bool, confidence: float, resamples: int,
-                    rng: np.random.Generator) -> tuple[float, float, float]:
+def mean_difference(
+    base: np.ndarray,
+    cand: np.ndarray,
+    paired: bool,
+    confidence: float,
+    resamples: int,
+    rng: np.random.Generator,
+) -> tuple[float, float, float]:
     """(difference of means, lo, hi). Paired: `base[i]` and `cand[i]` are the same doc, NaN-free."""
     if paired:
         diff = cand - base
@@ -59,10 +74,20 @@ def mean_difference(base: np.ndarray, cand: np.ndarray, paired: bool, confidence
     return (float(cand.mean() - base.mean()), *percentile_interval(draws_c - draws_b, confidence))
 
 
-def pooled_difference(pooled: Pooled, base: DocStats, cand: DocStats, paired: bool, confidence: float,
-                      resamples: int, rng: np.random.Generator) -> tuple[float, float, float]:
+def pooled_difference(
+    pooled: Pooled,
+    base: DocStats,
+    cand: DocStats,
+    paired: bool,
+    confidence: float,
+    resamples: int,
+    rng: np.random.Generator,
+) -> tuple[float, float, float]:
     n_b, n_c = base.n_docs, cand.n_docs
-    point = float(pooled.resampled(cand.arrays, np.ones((1, n_c)))[0] - pooled.resampled(base.arrays, np.ones((1, n_b)))[0])
+    point = float(
+        pooled.resampled(cand.arrays, np.ones((1, n_c)))[0]
+        - pooled.resampled(base.arrays, np.ones((1, n_b)))[0]
+    )
     w_b = resample_weights(rng, n_b, resamples)
     w_c = w_b if paired else resample_weights(rng, n_c, resamples)
     draws = pooled.resampled(cand.arrays, w_c) - pooled.resampled(base.arrays, w_b)
@@ -96,7 +121,9 @@ class Comparison:
     n_baseline: int
     n_candidate: int
     worse: bool  # worse than max_drop at the confidence (never for a metric that is not gated)
-    not_gated: str = ""  # why the metric is not gated on (its scorer failed its known-answer check); "" if gated
+    not_gated: str = (
+        ""  # why the metric is not gated on (its scorer failed its known-answer check); "" if gated
+    )
 
     @property
     def name(self) -> str:
@@ -131,28 +158,40 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        """1: a gated metric is worse; 2: nothing could be gated (every scorer failed its check); 0: pass."""
+        """1: a gated metric is worse; 2: nothing could be gated (every scorer failed its check);
+        0: pass."""
         return 1 if self.failed else 0 if self.gated else 2
 
 
 def side_from_runs(runs: list[Run], what: str) -> Side:
-    """The runs of one SAE merged (e.g. its reconstruction and auto-interp runs); a task given twice is an error."""
-    names = sorted({r.sae + (f" [{r.fingerprint}]" if r.fingerprint else " [no fingerprint]") for r in runs})
+    """The runs of one SAE merged (e.g. its reconstruction and auto-interp runs); a task given
+    twice is an error."""
+    names = sorted(
+        {r.sae + (f" [{r.fingerprint}]" if r.fingerprint else " [no fingerprint]") for r in runs}
+    )
     if len(names) > 1:
-        raise SaeInterpError(f"{what} holds results of {len(names)} SAEs ({', '.join(names)}); "
-                             "point at one SAE's results file or folder")
+        raise SaeInterpError(
+            f"{what} holds results of {len(names)} SAEs ({', '.join(names)}); "
+            "point at one SAE's results file or folder"
+        )
     tasks: dict = {}
     for run in runs:
         for task, result in run.tasks.items():
             if task in tasks:
-                raise SaeInterpError(f"{what} holds {task} twice ({tasks[task][0].path} and {run.path}); "
-                                     "point at one results file per task")
+                raise SaeInterpError(
+                    f"{what} holds {task} twice ({tasks[task][0].path} and {run.path}); "
+                    "point at one results file per task"
+                )
             tasks[task] = (run, result)
     first = runs[0]
     subjects = {r.subject_model for r in runs}
-    return Side(label=first.sae, fingerprint=first.fingerprint,
-                subject_model=subjects.pop() if len(subjects) == 1 else None,
-                paths=tuple(str(r.path) for r in runs), tasks={t: res for t, (_, res) in tasks.items()})
+    return Side(
+        label=first.sae,
+        fingerprint=first.fingerprint,
+        subject_model=subjects.pop() if len(subjects) == 1 else None,
+        paths=tuple(str(r.path) for r in runs),
+        tasks={t: res for t, (_, res) in tasks.items()},
+    )
 
 
 def gated_metrics(base: Side, cand: Side, metrics: list[str] | None) -> list[tuple[str, str]]:
@@ -162,32 +201,51 @@ def gated_metrics(base: Side, cand: Side, metrics: list[str] | None) -> list[tup
         if missing:
             where = {t: "baseline" if t in base.tasks else "candidate" for t in missing}
             said = ", ".join(f"{t} only in the {w}" for t, w in where.items())
-            raise SaeInterpError(f"the two sides scored different tasks ({said}); run the same --tasks on both, "
-                                 "or gate on some with --metrics")
+            raise SaeInterpError(
+                f"the two sides scored different tasks ({said}); run the same --tasks on both, "
+                "or gate on some with --metrics"
+            )
         chosen = [(t, result.headline) for t, result in base.tasks.items()]
         for task, metric in chosen:
             for side, what in ((base, "baseline"), (cand, "candidate")):
                 if metric not in side.tasks[task].metrics:
-                    raise SaeInterpError(f"{task} in the {what} reports no {metric} (its headline); "
-                                         "re-run it, or gate on other metrics with --metrics")
+                    raise SaeInterpError(
+                        f"{task} in the {what} reports no {metric} (its headline); "
+                        "re-run it, or gate on other metrics with --metrics"
+                    )
         return chosen
     chosen: list[tuple[str, str]] = []
     for spec in metrics:
         task, _, metric = spec.rpartition("/")
-        tasks = [task] if task else [t for t in set(base.tasks) | set(cand.tasks)
-                                     if metric in _metric_names(base, cand, t)]
+        tasks = (
+            [task]
+            if task
+            else [
+                t
+                for t in set(base.tasks) | set(cand.tasks)
+                if metric in _metric_names(base, cand, t)
+            ]
+        )
         if not tasks:
-            headlines = {f"{t}/{r.headline}" for side in (base, cand) for t, r in side.tasks.items()}
-            raise SaeInterpError(f"no task on either side reports metric {metric!r}; "
-                                 f"headline metrics: {', '.join(sorted(headlines))}")
+            headlines = {
+                f"{t}/{r.headline}" for side in (base, cand) for t, r in side.tasks.items()
+            }
+            raise SaeInterpError(
+                f"no task on either side reports metric {metric!r}; "
+                f"headline metrics: {', '.join(sorted(headlines))}"
+            )
         for t in sorted(tasks):
             for side, what in ((base, "baseline"), (cand, "candidate")):
                 if t not in side.tasks:
-                    raise SaeInterpError(f"{t} is absent from the {what} ({', '.join(side.paths)}); "
-                                         f"score it on both sides or leave {spec} out of --metrics")
+                    raise SaeInterpError(
+                        f"{t} is absent from the {what} ({', '.join(side.paths)}); "
+                        f"score it on both sides or leave {spec} out of --metrics"
+                    )
                 if metric not in side.tasks[t].metrics:
-                    raise SaeInterpError(f"{t} in the {what} reports no metric {metric!r}; "
-                                         f"it has {', '.join(sorted(side.tasks[t].metrics))}")
+                    raise SaeInterpError(
+                        f"{t} in the {what} reports no metric {metric!r}; "
+                        f"it has {', '.join(sorted(side.tasks[t].metrics))}"
+                    )
             chosen.append((t, metric))
     return list(dict.fromkeys(chosen))
 
@@ -200,14 +258,18 @@ def check_settings(base: Side, cand: Side, tasks) -> None:
     for task in tasks:
         diffs = settings_differences(base.tasks[task].settings, cand.tasks[task].settings)
         if diffs:
-            raise SaeInterpError(f"{task} was scored under different instrument settings: {describe_differences(diffs)}; "
-                                 "re-run the candidate with the baseline's --metadata and --seed")
+            raise SaeInterpError(
+                f"{task} was scored under different instrument settings: "
+                f"{describe_differences(diffs)}; "
+                "re-run the candidate with the baseline's --metadata and --seed"
+            )
 
 
 def pairing(task: str, base: Side, cand: Side) -> tuple[bool, str]:
-    """Whether the docs of `task` are the same on both sides, and why (settings already agree). A task's
-    report says when docs pair: `pair_on: sae` (the same latents of the same SAE weights), or a field
-    each doc logs whose values must agree (e.g. the hash of a chunk's tokens)."""
+    """Whether the docs of `task` are the same on both sides, and why (settings already agree). A
+    task's
+    report says when docs pair: `pair_on: sae` (the same latents of the same SAE weights), or a
+    field each doc logs whose values must agree (e.g. the hash of a chunk's tokens)."""
     if not base.subject_model or not cand.subject_model:
         return False, "unpaired: subject model not recorded (results written before get_model_info)"
     if base.subject_model != cand.subject_model:
@@ -216,7 +278,11 @@ def pairing(task: str, base: Side, cand: Side) -> tuple[bool, str]:
     doc = report.doc_id
     if report.pair_on != "sae":
         if not _same_field(base.tasks[task], cand.tasks[task]):
-            return False, f"unpaired: the {doc}s differ in {report.pair_on} (e.g. corpus: sae read each SAE's own dataset)"
+            return (
+                False,
+                f"unpaired: the {doc}s differ in {report.pair_on} (e.g. corpus: sae read each "
+                "SAE's own dataset)",
+            )
         return True, f"paired by {doc} (same settings, subject model and {report.pair_on})"
     if base.fingerprint and base.fingerprint == cand.fingerprint:
         return True, f"paired by {doc} (same SAE weights)"
@@ -224,39 +290,88 @@ def pairing(task: str, base: Side, cand: Side) -> tuple[bool, str]:
 
 
 def _same_field(b: TaskResult, c: TaskResult) -> bool:
-    """False when both sides' samples log the pairing field and a doc of the same id differs in it."""
+    """False when both sides' samples log the pairing field and a doc of the same id differs in
+    it."""
     sb, sc = b.samples, c.samples
     if sb is None or sc is None or sb.pair_values is None or sc.pair_values is None:
-        return True  # written before the field was logged: the settings agree, which is what they can say
-    theirs = dict(zip(sc.keys, sc.pair_values))
-    return all(theirs.get(k, h) == h for k, h in zip(sb.keys, sb.pair_values))
+        # written before the field was logged: the settings agree, which is what they can say
+        return True
+    theirs = dict(zip(sc.keys, sc.pair_values, strict=True))
+    return all(theirs.get(k, h) == h for k, h in zip(sb.keys, sb.pair_values, strict=True))
 
 
-def compare_metric(task: str, metric: str, base: Side, cand: Side, confidence: float, max_drop: float,
-                   resamples: int, rng: np.random.Generator) -> Comparison:
+def compare_metric(
+    task: str,
+    metric: str,
+    base: Side,
+    cand: Side,
+    confidence: float,
+    max_drop: float,
+    resamples: int,
+    rng: np.random.Generator,
+) -> Comparison:
     b, c = base.tasks[task], cand.tasks[task]
     better = b.metrics[metric].higher_is_better
     if better is None:
-        raise SaeInterpError(f"{task}/{metric} has no higher_is_better in the results; gate on another metric")
-    if b.from_saebench or c.from_saebench:  # values only: a difference, but nothing to bootstrap a gate from
+        raise SaeInterpError(
+            f"{task}/{metric} has no higher_is_better in the results; gate on another metric"
+        )
+    if (
+        b.from_saebench or c.from_saebench
+    ):  # values only: a difference, but nothing to bootstrap a gate from
         vb, vc = b.metrics[metric].value, c.metrics[metric].value
-        return Comparison(task=task, metric=metric, baseline=vb, candidate=vc, difference=vc - vb, lo=math.nan,
-                          hi=math.nan, higher_is_better=bool(better), paired=False, how="values from SAEBench files",
-                          n_baseline=0, n_candidate=0, worse=False,
-                          not_gated="a SAEBench result file carries no per-doc scores to put an interval on")
+        return Comparison(
+            task=task,
+            metric=metric,
+            baseline=vb,
+            candidate=vc,
+            difference=vc - vb,
+            lo=math.nan,
+            hi=math.nan,
+            higher_is_better=bool(better),
+            paired=False,
+            how="values from SAEBench files",
+            n_baseline=0,
+            n_candidate=0,
+            worse=False,
+            not_gated="a SAEBench result file carries no per-doc scores to put an interval on",
+        )
     paired, how = pairing(task, base, cand)
     if b.pooled(metric):
-        point, lo, hi, n_b, n_c, paired, how = _pooled(task, metric, b, c, paired, how, confidence, resamples, rng)
+        point, lo, hi, n_b, n_c, paired, how = _pooled(
+            task, metric, b, c, paired, how, confidence, resamples, rng
+        )
     else:
-        point, lo, hi, n_b, n_c, paired, how = _means(task, metric, b, c, paired, how, confidence, resamples, rng)
-    failed = [(what, r) for what, r in (("baseline", b), ("candidate", c)) if r.check_passed(metric) is False]
-    not_gated = "; ".join(f"the {what}'s scorer failed its known-answer check ({r.check_summary(metric)})"
-                          for what, r in failed)
+        point, lo, hi, n_b, n_c, paired, how = _means(
+            task, metric, b, c, paired, how, confidence, resamples, rng
+        )
+    failed = [
+        (what, r)
+        for what, r in (("baseline", b), ("candidate", c))
+        if r.check_passed(metric) is False
+    ]
+    not_gated = "; ".join(
+        f"the {what}'s scorer failed its known-answer check ({r.check_summary(metric)})"
+        for what, r in failed
+    )
     # worse by more than max_drop: the whole interval lies beyond -max_drop in the bad direction
     worse = not not_gated and ((hi < -max_drop) if better else (lo > max_drop))
-    return Comparison(task=task, metric=metric, baseline=b.metrics[metric].value, candidate=c.metrics[metric].value,
-                      difference=point, lo=lo, hi=hi, higher_is_better=bool(better), paired=paired, how=how,
-                      n_baseline=n_b, n_candidate=n_c, worse=bool(worse), not_gated=not_gated)
+    return Comparison(
+        task=task,
+        metric=metric,
+        baseline=b.metrics[metric].value,
+        candidate=c.metrics[metric].value,
+        difference=point,
+        lo=lo,
+        hi=hi,
+        higher_is_better=bool(better),
+        paired=paired,
+        how=how,
+        n_baseline=n_b,
+        n_candidate=n_c,
+        worse=bool(worse),
+        not_gated=not_gated,
+    )
 
 
 def _means(task, metric, b: TaskResult, c: TaskResult, paired, how, confidence, resamples, rng):
@@ -272,8 +387,10 @@ def _means(task, metric, b: TaskResult, c: TaskResult, paired, how, confidence, 
         how = "unpaired: no doc scored on both sides"
     fb, fc = vb[np.isfinite(vb)], vc[np.isfinite(vc)]
     if fb.size == 0 or fc.size == 0:
-        raise SaeInterpError(f"{task}/{metric} has no scored doc in the "
-                             f"{'baseline' if fb.size == 0 else 'candidate'} samples; check that run's scorer")
+        raise SaeInterpError(
+            f"{task}/{metric} has no scored doc in the "
+            f"{'baseline' if fb.size == 0 else 'candidate'} samples; check that run's scorer"
+        )
     point, lo, hi = mean_difference(fb, fc, False, confidence, resamples, rng)
     return point, lo, hi, fb.size, fc.size, False, f"{how}, {fb.size} vs {fc.size} docs"
 
@@ -282,20 +399,26 @@ def _pooled(task, metric, b: TaskResult, c: TaskResult, paired, how, confidence,
     expression = b.report.pooled.get(metric)
     if not expression:
         redo = [f"{task}/{m}" for m, e in b.report.pooled.items() if e]
-        raise SaeInterpError(f"{task}/{metric} is pooled over docs and the samples lack the statistics to resample "
-                             f"it; gate on {', '.join(redo) or 'a metric'} or a mean metric")
+        raise SaeInterpError(
+            f"{task}/{metric} is pooled over docs and the samples lack the statistics to resample "
+            f"it; gate on {', '.join(redo) or 'a metric'} or a mean metric"
+        )
     sb, sc = b.samples.stats, c.samples.stats
     for stats, s in ((sb, b), (sc, c)):
         if stats is None or not stats.carries(expression):
-            raise SaeInterpError(f"{s.samples.path} lacks the statistics {task}/{metric} is pooled from (written "
-                                 f"before they were logged); re-run {task} with --log_samples")
+            raise SaeInterpError(
+                f"{s.samples.path} lacks the statistics {task}/{metric} is pooled from (written "
+                f"before they were logged); re-run {task} with --log_samples"
+            )
     pooled, doc = Pooled(expression), b.report.doc_id
     if paired:
         index_c = {k: i for i, k in enumerate(c.samples.keys)}
         common = [(i, index_c[k]) for i, k in enumerate(b.samples.keys) if k in index_c]
         if len(common) == len(b.samples.keys) == len(c.samples.keys):
             ib, ic = (np.array(x) for x in zip(*common, strict=True))
-            point, lo, hi = pooled_difference(pooled, sb.take(ib), sc.take(ic), True, confidence, resamples, rng)
+            point, lo, hi = pooled_difference(
+                pooled, sb.take(ib), sc.take(ic), True, confidence, resamples, rng
+            )
             return point, lo, hi, len(common), len(common), True, f"{how}, {len(common)} {doc}s"
         how = f"unpaired: the two runs scored different {doc}s"
     point, lo, hi = pooled_difference(pooled, sb, sc, False, confidence, resamples, rng)
@@ -303,23 +426,43 @@ def _pooled(task, metric, b: TaskResult, c: TaskResult, paired, how, confidence,
     return point, lo, hi, n_b, n_c, False, f"{how}, {n_b} vs {n_c} {doc}s"
 
 
-def compare(base_runs: list[Run], cand_runs: list[Run], metrics: list[str] | None = None, confidence: float = 0.95,
-            max_drop: float = 0.0, resamples: int = N_RESAMPLES, seed: int = 0) -> Report:
+def compare(
+    base_runs: list[Run],
+    cand_runs: list[Run],
+    metrics: list[str] | None = None,
+    confidence: float = 0.95,
+    max_drop: float = 0.0,
+    resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> Report:
     if not 0 < confidence < 1:
         raise SaeInterpError(f"--confidence must be between 0 and 1, got {confidence}")
     if max_drop < 0:
         raise SaeInterpError(f"--max-drop must be 0 or more, got {max_drop}")
-    base, cand = side_from_runs(base_runs, "the baseline"), side_from_runs(cand_runs, "the candidate")
+    base, cand = (
+        side_from_runs(base_runs, "the baseline"),
+        side_from_runs(cand_runs, "the candidate"),
+    )
     gated = gated_metrics(base, cand, metrics)
     tasks = list(dict.fromkeys(t for t, _ in gated))
     check_settings(base, cand, tasks)
     for runs in (base_runs, cand_runs):
         for run in runs:
-            require_samples(run, [t for t in tasks if t in run.tasks and not run.tasks[t].from_saebench])
+            require_samples(
+                run, [t for t in tasks if t in run.tasks and not run.tasks[t].from_saebench]
+            )
     rng = np.random.default_rng(seed)
-    rows = tuple(compare_metric(t, m, base, cand, confidence, max_drop, resamples, rng) for t, m in gated)
-    return Report(baseline=base, candidate=cand, confidence=confidence, max_drop=max_drop, resamples=resamples,
-                  rows=rows)
+    rows = tuple(
+        compare_metric(t, m, base, cand, confidence, max_drop, resamples, rng) for t, m in gated
+    )
+    return Report(
+        baseline=base,
+        candidate=cand,
+        confidence=confidence,
+        max_drop=max_drop,
+        resamples=resamples,
+        rows=rows,
+    )
 
 
 # --- what it says ------------------------------------------------------------------------------
@@ -330,17 +473,26 @@ def _num(x: float) -> str:
 def verdict_line(report: Report) -> str:
     pct = percent(report.confidence)
     skipped = [r for r in report.rows if not r.gated]
-    aside = f"; not gated: {'; '.join(f'{r.name} ({r.not_gated})' for r in skipped)}" if skipped else ""
+    aside = (
+        f"; not gated: {'; '.join(f'{r.name} ({r.not_gated})' for r in skipped)}" if skipped else ""
+    )
     if report.failed:
-        worst = "; ".join(f"{r.name} {_signed(r.difference)} [{_signed(r.lo)}, {_signed(r.hi)}] "
-                          f"({'paired' if r.paired else 'unpaired'}, n={r.n_baseline}/{r.n_candidate})"
-                          for r in report.failed)
-        return f"FAIL: candidate worse than baseline by more than {report.max_drop:g} at {pct} confidence: {worst}{aside}"
+        worst = "; ".join(
+            f"{r.name} {_signed(r.difference)} [{_signed(r.lo)}, {_signed(r.hi)}] "
+            f"({'paired' if r.paired else 'unpaired'}, n={r.n_baseline}/{r.n_candidate})"
+            for r in report.failed
+        )
+        return (
+            f"FAIL: candidate worse than baseline by more than {report.max_drop:g} at {pct} "
+            f"confidence: {worst}{aside}"
+        )
     if not report.gated:
         return f"NOTHING GATED: no metric here can tell the two SAEs apart{aside}"
     smallest = ", ".join(f"{r.name} {r.detectable_drop:.3g}" for r in report.gated)
-    return (f"PASS: no gated metric ({len(report.gated)}) worse by more than {report.max_drop:g} "
-            f"at {pct} confidence (smallest detectable drop: {smallest}){aside}")
+    return (
+        f"PASS: no gated metric ({len(report.gated)}) worse by more than {report.max_drop:g} "
+        f"at {pct} confidence (smallest detectable drop: {smallest}){aside}"
+    )
 
 
 def _signed(x: float) -> str:
@@ -353,18 +505,24 @@ def markdown(report: Report) -> str:
     lines = [
         f"### sae-interp compare: {status}",
         "",
-        f"- baseline: `{report.baseline.label}` ({report.baseline.fingerprint or 'no fingerprint'})",
-        f"- candidate: `{report.candidate.label}` ({report.candidate.fingerprint or 'no fingerprint'})",
-        f"- gate: fail when the {pct} bootstrap interval of candidate - baseline lies entirely beyond a drop of "
+        f"- baseline: `{report.baseline.label}` "
+        f"({report.baseline.fingerprint or 'no fingerprint'})",
+        f"- candidate: `{report.candidate.label}` "
+        f"({report.candidate.fingerprint or 'no fingerprint'})",
+        f"- gate: fail when the {pct} bootstrap interval of candidate - baseline lies entirely "
+        "beyond a drop of "
         f"{report.max_drop:g} ({report.resamples} resamples, percentile interval)",
         "",
-        f"| metric | better | baseline | candidate | difference [{pct} CI] | smallest detectable drop | test | verdict |",
+        f"| metric | better | baseline | candidate | difference [{pct} CI] | smallest detectable "
+        "drop | test | verdict |",
         "|---|:-:|---:|---:|---:|---:|---|---|",
     ]
     for r in report.rows:
         verdict = f"not gated: {r.not_gated}" if not r.gated else "**worse**" if r.worse else "ok"
-        lines.append(f"| {r.name} | {'higher' if r.higher_is_better else 'lower'} | {_num(r.baseline)} | "
-                     f"{_num(r.candidate)} | {_signed(r.difference)} [{_signed(r.lo)}, {_signed(r.hi)}] | "
-                     f"{_num(r.detectable_drop)} | {r.how} | {verdict} |")
+        lines.append(
+            f"| {r.name} | {'higher' if r.higher_is_better else 'lower'} | {_num(r.baseline)} | "
+            f"{_num(r.candidate)} | {_signed(r.difference)} [{_signed(r.lo)}, {_signed(r.hi)}] | "
+            f"{_num(r.detectable_drop)} | {r.how} | {verdict} |"
+        )
     lines += ["", verdict_line(report)]
     return "\n".join(lines) + "\n"

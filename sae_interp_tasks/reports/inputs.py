@@ -1,5 +1,5 @@
-"""What `sae-interp` reads: lm-eval results files of this package's tasks (results_io) and SAEBench result
-files (saebench), given as files or found in folders."""
+"""What `sae-interp` reads: lm-eval results files of this package's tasks (results_io) and SAEBench
+result files (saebench), given as files or found in folders."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from sae_interp_tasks.reports.results_io import Run, find_results, load_json, re
 
 
 def read_inputs(paths: list[str | Path], load_samples: bool = True) -> list[Run]:
-    """Every run the paths hold; SAEBench files of eval types nothing here maps are skipped with a note."""
+    """Every run the paths hold; SAEBench files of eval types nothing here maps are skipped with a
+    note."""
     runs, skipped = [], []
     for path in find_results(paths):
         data = load_json(path)
@@ -24,7 +25,9 @@ def read_inputs(paths: list[str | Path], load_samples: bool = True) -> list[Run]
         else:
             runs.append(read_run(path, load_samples, data=data))
     if not runs:
-        raise SaeInterpError(f"{', '.join(map(str, paths))} hold no results this package can read (skipped SAEBench "
-                             f"files of eval types with no counterpart here: {', '.join(skipped)}); give lm_eval "
-                             "results of this package's tasks or SAEBench core results")
+        raise SaeInterpError(
+            f"{', '.join(map(str, paths))} hold no results this package can read (skipped SAEBench "
+            f"files of eval types with no counterpart here: {', '.join(skipped)}); give lm_eval "
+            "results of this package's tasks or SAEBench core results"
+        )
     return runs

@@ -1,6 +1,6 @@
-"""`sae-interp leaderboard`'s plots (PNG bytes, matplotlib's Agg canvas, no pyplot state): per group,
-each plotted metric against the metric that describes the SAE (e.g. L0), and bars with intervals;
-controls as reference lines, chance levels as crosses."""
+"""`sae-interp leaderboard`'s plots (PNG bytes, matplotlib's Agg canvas, no pyplot state): per
+group, each plotted metric against the metric that describes the SAE (e.g. L0), and bars with
+intervals; controls as reference lines, chance levels as crosses."""
 
 from __future__ import annotations
 
@@ -27,11 +27,15 @@ def _plot_metrics(group: Group) -> list[tuple[str, str]]:
 
 
 def _reference_line(ax, y: float, label: str, color, vertical: bool = False) -> None:
-    (ax.axvline if vertical else ax.axhline)(y, color=color, linestyle="--", linewidth=1.2, label=label)
+    (ax.axvline if vertical else ax.axhline)(
+        y, color=color, linestyle="--", linewidth=1.2, label=label
+    )
 
 
 def _figure(n: int, width: float = 4.2, height: float = 3.4):
-    from matplotlib.figure import Figure  # Agg through the figure's own canvas: no pyplot state, no display
+    from matplotlib.figure import (
+        Figure,
+    )  # Agg through the figure's own canvas: no pyplot state, no display
 
     cols = min(n, 3)
     rows = math.ceil(n / cols)
@@ -44,15 +48,22 @@ def _legend(fig, axes) -> None:
     """One legend for the figure, below the panels (inside a panel it hid the bars it labels)."""
     found: dict = {}
     for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             found.setdefault(label, handle)
     if found:
-        fig.legend(list(found.values()), list(found), loc="outside lower center", ncol=min(len(found), 3), fontsize=8,
-                   frameon=False)
+        fig.legend(
+            list(found.values()),
+            list(found),
+            loc="outside lower center",
+            ncol=min(len(found), 3),
+            fontsize=8,
+            frameon=False,
+        )
 
 
 def _readable_limits(ax, axis: str, min_span: float = 0.02) -> None:
-    """No offset notation, and at least `min_span` shown: equal numbers read as equal, not as 1e-8 apart."""
+    """No offset notation, and at least `min_span` shown: equal numbers read as equal, not as 1e-8
+    apart."""
     ax.ticklabel_format(axis=axis, useOffset=False, style="plain")
     lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
     if hi - lo < min_span:
@@ -74,8 +85,9 @@ def _colors(n: int):
 
 
 def plot_vs_axis(group: Group, confidence: float) -> bytes | None:
-    """Each plotted metric against the metric that describes the SAE (e.g. L0: SAEBench's view); controls as
-    horizontal reference lines. None where no task of the group declares such an axis."""
+    """Each plotted metric against the metric that describes the SAE (e.g. L0: SAEBench's view);
+    controls as horizontal reference lines. None where no task of the group declares such an
+    axis."""
     metrics = _plot_metrics(group)
     if group.axis is None:
         return None
@@ -94,8 +106,15 @@ def plot_vs_axis(group: Group, confidence: float) -> bytes | None:
             if c is None or not math.isfinite(c.value):
                 continue
             err = [[c.value - c.lo], [c.hi - c.value]] if c.has_interval else None
-            ax.errorbar([group.axis_value(row)], [c.value], yerr=err, fmt="o", capsize=3, color=color_of[id(row)],
-                        label=short_name(row.sae))
+            ax.errorbar(
+                [group.axis_value(row)],
+                [c.value],
+                yerr=err,
+                fmt="o",
+                capsize=3,
+                color=color_of[id(row)],
+                label=short_name(row.sae),
+            )
         for row in controls:
             c = row.cell(task, metric)
             if c is not None and math.isfinite(c.value):
@@ -107,7 +126,10 @@ def plot_vs_axis(group: Group, confidence: float) -> bytes | None:
         ax.set_title(f"{task}: {metric}", fontsize=10)
         ax.grid(alpha=0.3)
     _legend(fig, axes)
-    fig.suptitle(f"score against {axis_label} (group {group.number})\n{_interval_words(confidence)}", fontsize=10)
+    fig.suptitle(
+        f"score against {axis_label} (group {group.number})\n{_interval_words(confidence)}",
+        fontsize=10,
+    )
     return _png(fig)
 
 
@@ -116,7 +138,8 @@ def _interval_words(confidence: float) -> str:
 
 
 def plot_bars(group: Group, confidence: float) -> bytes | None:
-    """Per task, each SAE's headline with its interval; controls as vertical reference lines, chance as x."""
+    """Per task, each SAE's headline with its interval; controls as vertical reference lines,
+    chance as x."""
     metrics = _plot_metrics(group)
     saes = [r for r in group.rows if not r.is_control]
     if not metrics:
@@ -153,13 +176,15 @@ def plot_bars(group: Group, confidence: float) -> bytes | None:
         ax.set_title(f"{task}: {metric}", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     _legend(fig, axes)
-    fig.suptitle(f"headline metrics (group {group.number})\n{_interval_words(confidence)}", fontsize=10)
+    fig.suptitle(
+        f"headline metrics (group {group.number})\n{_interval_words(confidence)}", fontsize=10
+    )
     return _png(fig)
 
 
 def plots(board: Board) -> dict[str, bytes]:
-    """File name -> PNG bytes: per group, the score-vs-axis view (where a task declares an axis, e.g. L0)
-    and the bars."""
+    """File name -> PNG bytes: per group, the score-vs-axis view (where a task declares an axis,
+    e.g. L0) and the bars."""
     out = {}
     for group in board.groups:
         axis = f"vs_{group.axis[1]}" if group.axis else None

@@ -65,21 +65,24 @@ class DocStats:
         """Whether every statistic the pooled expression reads was logged."""
         return all(name in self.arrays for name in Pooled(expression).stats)
 
-    def take(self, rows: np.ndarray) -> "DocStats":
+    def take(self, rows: np.ndarray) -> DocStats:
         return DocStats({name: values[rows] for name, values in self.arrays.items()})
 
 
 @dataclass(frozen=True, eq=False)
 class DocScores:
-    """Per-doc scores from a samples file: `keys[i]` is doc i's id (the report's `doc_id`: a latent, a
-    chunk); `values[metric][i]` is NaN where the doc has no score (latent skipped, batch unanswered)."""
+    """Per-doc scores from a samples file: `keys[i]` is doc i's id (the report's `doc_id`: a
+    latent, a chunk); `values[metric][i]` is NaN where the doc has no score (latent skipped, batch
+    unanswered)."""
 
     path: Path
     keys: tuple
     values: dict[str, np.ndarray]
     unfilled: int  # docs whose slot found no live latent (`latent: null`), left out of keys
     stats: DocStats | None = None  # when the samples carry every statistic the pooled metrics read
-    pair_values: tuple | None = None  # each doc's value of the report's `pair_on` field, when logged
+    pair_values: tuple | None = (
+        None  # each doc's value of the report's `pair_on` field, when logged
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,21 +113,30 @@ class TaskResult:
         return str(self.settings.get("source", "")).startswith("SAEBench")
 
     def check_passed(self, metric: str) -> bool | None:
-        """Whether the scorer behind `metric` passed its known-answer check; None where it was not checked
-        (no check declared for the metric, or none ran: results written before checks, check turned off)."""
+        """Whether the scorer behind `metric` passed its known-answer check; None where it was not
+        checked (no check declared for the metric, or none ran: results written before checks,
+        check turned off)."""
         passed = self.metrics.get(self.report.checks.get(metric, ""))
         if passed is None or not math.isfinite(passed.value):
             return None
         return passed.value >= 0.5
 
     def check_summary(self, metric: str) -> str:
-        """The check behind `metric` in words: its statistic with a 95% interval, e.g. for a failed one."""
+        """The check behind `metric` in words: its statistic with a 95% interval, e.g. for a failed
+        one."""
         passed = self.report.checks.get(metric, "")
         prefix = passed.removesuffix("passed")
-        stat = next((m for name, m in self.metrics.items() if name.startswith(prefix) and name != passed), None)
+        stat = next(
+            (m for name, m in self.metrics.items() if name.startswith(prefix) and name != passed),
+            None,
+        )
         if stat is None:
             return passed
-        interval = f" [{stat.value - 1.96 * stat.stderr:.3f}, {stat.value + 1.96 * stat.stderr:.3f}]" if stat.stderr else ""
+        interval = (
+            f" [{stat.value - 1.96 * stat.stderr:.3f}, {stat.value + 1.96 * stat.stderr:.3f}]"
+            if stat.stderr
+            else ""
+        )
         return f"{stat.name} {stat.value:.3f}{interval}"
 
     @property
@@ -134,8 +146,8 @@ class TaskResult:
 
     @property
     def latents_scored(self) -> int:
-        """Docs whose latent got a headline score (known only with samples: they show the slots that found
-        no live latent and the latents left unscored); without samples, every doc."""
+        """Docs whose latent got a headline score (known only with samples: they show the slots
+        that found no live latent and the latents left unscored); without samples, every doc."""
         if self.samples is None or self.headline not in self.samples.values:
             return self.n_docs - (self.samples.unfilled if self.samples else 0)
         return int(np.isfinite(self.samples.values[self.headline]).sum())
@@ -172,27 +184,38 @@ class Run:
 
 # --- finding files -------------------------------------------------------------------------------
 def find_results(paths: list[str | Path]) -> list[Path]:
-    """Results files named directly or found under folders, in the order given (each folder sorted)."""
+    """Results files named directly or found under folders, in the order given (each folder
+    sorted)."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            inside = sorted(p for pattern in ("results_*.json", "*_eval_results.json") for p in path.rglob(pattern)
-                            if p.is_file())
+            inside = sorted(
+                p
+                for pattern in ("results_*.json", "*_eval_results.json")
+                for p in path.rglob(pattern)
+                if p.is_file()
+            )
             if not inside:
-                raise SaeInterpError(f"{path} holds no results_*.json (nor SAEBench's *_eval_results.json); point at "
-                                     "the folder lm_eval --output_path wrote, or at a results file")
+                raise SaeInterpError(
+                    f"{path} holds no results_*.json (nor SAEBench's *_eval_results.json); point "
+                    "at "
+                    "the folder lm_eval --output_path wrote, or at a results file"
+                )
             found += inside
         elif path.is_file():
             found.append(path)
         else:
-            raise SaeInterpError(f"{path} does not exist; give results files or lm_eval --output_path folders")
+            raise SaeInterpError(
+                f"{path} does not exist; give results files or lm_eval --output_path folders"
+            )
     unique = list(dict.fromkeys(p.resolve() for p in found))
     return unique
 
 
 def samples_path(results_path: Path, task: str) -> Path | None:
-    """lm-eval writes samples_<task>_<date>.jsonl beside results_<date>.json (kept gzipped: .jsonl.gz)."""
+    """lm-eval writes samples_<task>_<date>.jsonl beside results_<date>.json (kept gzipped:
+    .jsonl.gz)."""
     m = _RESULTS_NAME.match(results_path.name)
     if not m:
         return None
@@ -209,17 +232,23 @@ def load_json(path: Path) -> object:
     try:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as err:
-        raise SaeInterpError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}); "
-                             "re-run lm_eval (or re-download the file) or remove it") from err
+        raise SaeInterpError(
+            f"{path} is not valid JSON ({err.msg}, line {err.lineno}); "
+            "re-run lm_eval (or re-download the file) or remove it"
+        ) from err
     except (OSError, UnicodeDecodeError) as err:
-        raise SaeInterpError(f"cannot read {path} ({type(err).__name__}); check the path and its permissions") from err
+        raise SaeInterpError(
+            f"cannot read {path} ({type(err).__name__}); check the path and its permissions"
+        ) from err
 
 
 def read_json(path: Path) -> dict:
     data = load_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
-        raise SaeInterpError(f"{path} is not an lm-eval results file (no \"results\" table); "
-                             "give the results_*.json that lm_eval --output_path writes")
+        raise SaeInterpError(
+            f'{path} is not an lm-eval results file (no "results" table); '
+            "give the results_*.json that lm_eval --output_path writes"
+        )
     return data
 
 
@@ -237,7 +266,8 @@ def _stderr(value) -> float | None:
 
 
 def task_settings(data: dict, task: str) -> dict:
-    """What the task measured with: its metadata less the SAE's and harness's keys, its version, the seed."""
+    """What the task measured with: its metadata less the SAE's and harness's keys, its version,
+    the seed."""
     meta = dict((data.get("configs", {}).get(task) or {}).get("metadata") or {})
     settings = {k: v for k, v in meta.items() if k not in NOT_SETTINGS}
     settings["version"] = str(data.get("versions", {}).get(task, meta.get("version")))
@@ -246,14 +276,19 @@ def task_settings(data: dict, task: str) -> dict:
 
 
 def _sae_label(config: dict) -> str:
-    """The backend's label; results written before get_model_info existed rebuild it from model_args."""
+    """The backend's label; results written before get_model_info existed rebuild it from
+    model_args."""
     if config.get("sae"):
         return str(config["sae"])
     args = config.get("model_args") or {}
     if isinstance(args, str):
         args = dict(kv.split("=", 1) for kv in args.split(",") if "=" in kv)
-    return SAESource(release=args.get("release"), sae_id=args.get("sae_id"), path=args.get("path"),
-                     control=args.get("control")).label
+    return SAESource(
+        release=args.get("release"),
+        sae_id=args.get("sae_id"),
+        path=args.get("path"),
+        control=args.get("control"),
+    ).label
 
 
 def _int_or_none(value) -> int | None:
@@ -261,8 +296,9 @@ def _int_or_none(value) -> int | None:
 
 
 def task_report(data: dict, task: str) -> Report | None:
-    """The Report a task of this package recorded about itself; None for tasks that are not ours. Files
-    written before tasks recorded it fall back to what the kind declares now (registry.builtin_report)."""
+    """The Report a task of this package recorded about itself; None for tasks that are not ours.
+    Files written before tasks recorded it fall back to what the kind declares now
+    (registry.builtin_report)."""
     meta = ((data.get("configs") or {}).get(task) or {}).get("metadata") or {}
     if isinstance(meta.get("report"), dict):
         return Report.from_json(meta["report"])
@@ -280,11 +316,15 @@ def read_run(path: Path, load_samples: bool = True, data: dict | None = None) ->
     ours = {t: report for t, report in reports.items() if report is not None}
     if not ours:
         listed = ", ".join(sorted(data["results"])[:5]) or "none"
-        raise SaeInterpError(f"{path} holds no sae_interp_tasks results (tasks: {listed}); give the results of "
-                             "lm_eval --model sae with this package's tasks")
+        raise SaeInterpError(
+            f"{path} holds no sae_interp_tasks results (tasks: {listed}); give the results of "
+            "lm_eval --model sae with this package's tasks"
+        )
     if config.get("model") not in (None, "sae"):
-        raise SaeInterpError(f"{path} was written by --model {config.get('model')}, not --model sae; "
-                             "give results of lm_eval --model sae")
+        raise SaeInterpError(
+            f"{path} was written by --model {config.get('model')}, not --model sae; "
+            "give results of lm_eval --model sae"
+        )
     others = sorted(t for t in reports if t not in ours)
     if others:
         log.info("%s: not this package's tasks, left out: %s", path, ", ".join(others))
@@ -292,12 +332,23 @@ def read_run(path: Path, load_samples: bool = True, data: dict | None = None) ->
     tasks = {t: _read_task(data, t, report, path, load_samples) for t, report in ours.items()}
     seed = config.get("fewshot_seed")
     args = config.get("model_args") if isinstance(config.get("model_args"), dict) else {}
-    return Run(path=path, date=m["date"] if m else "", sae=_sae_label(config), fingerprint=config.get("sae_fingerprint"),
-               d_sae=_int_or_none(config.get("sae_d_sae")), d_in=_int_or_none(config.get("sae_d_in")),
-               architecture=config.get("sae_architecture"), hook_name=config.get("sae_hook_name"),
-               subject_model=config.get("subject_model"), control=config.get("sae_control") or args.get("control"),
-               seed=_int_or_none(seed), tasks=tasks, release=args.get("release"), sae_id=args.get("sae_id"),
-               epoch_seconds=float(data.get("date") or 0.0))
+    return Run(
+        path=path,
+        date=m["date"] if m else "",
+        sae=_sae_label(config),
+        fingerprint=config.get("sae_fingerprint"),
+        d_sae=_int_or_none(config.get("sae_d_sae")),
+        d_in=_int_or_none(config.get("sae_d_in")),
+        architecture=config.get("sae_architecture"),
+        hook_name=config.get("sae_hook_name"),
+        subject_model=config.get("subject_model"),
+        control=config.get("sae_control") or args.get("control"),
+        seed=_int_or_none(seed),
+        tasks=tasks,
+        release=args.get("release"),
+        sae_id=args.get("sae_id"),
+        epoch_seconds=float(data.get("date") or 0.0),
+    )
 
 
 def _read_task(data: dict, task: str, report: Report, path: Path, load_samples: bool) -> TaskResult:
@@ -308,17 +359,32 @@ def _read_task(data: dict, task: str, report: Report, path: Path, load_samples: 
         name, _, filt = key.partition(",")
         if not filt or name.endswith("_stderr"):
             continue
-        metrics[name] = Metric(name=name, value=_float(value), stderr=_stderr(raw.get(f"{name}_stderr,{filt}")),
-                               higher_is_better=better.get(name))
-    n_docs = int(((data.get("n-samples") or {}).get(task) or {}).get("effective", raw.get("sample_len", 0)))
+        metrics[name] = Metric(
+            name=name,
+            value=_float(value),
+            stderr=_stderr(raw.get(f"{name}_stderr,{filt}")),
+            higher_is_better=better.get(name),
+        )
+    n_docs = int(
+        ((data.get("n-samples") or {}).get(task) or {}).get("effective", raw.get("sample_len", 0))
+    )
     found = samples_path(path, task) if load_samples else None
     if load_samples and found is None and (data.get("task_hashes") or {}).get(task):
-        # lm-eval fills task_hashes only when it wrote samples: this run had them, and the file is gone
-        raise SaeInterpError(f"{path}: samples_{task}_*.jsonl is missing beside it (the run logged samples); "
-                             "restore it, or re-run lm_eval with --log_samples")
-    return TaskResult(task=task, version=str((data.get("versions") or {}).get(task, "")), metrics=metrics,
-                      settings=task_settings(data, task), n_docs=n_docs,
-                      samples=read_samples(found, report, list(metrics)) if found else None, report=report)
+        # lm-eval fills task_hashes only when it wrote samples: this run had them, and the file is
+        # gone
+        raise SaeInterpError(
+            f"{path}: samples_{task}_*.jsonl is missing beside it (the run logged samples); "
+            "restore it, or re-run lm_eval with --log_samples"
+        )
+    return TaskResult(
+        task=task,
+        version=str((data.get("versions") or {}).get(task, "")),
+        metrics=metrics,
+        settings=task_settings(data, task),
+        n_docs=n_docs,
+        samples=read_samples(found, report, list(metrics)) if found else None,
+        report=report,
+    )
 
 
 def samples_text(path: Path) -> str:
@@ -328,13 +394,15 @@ def samples_text(path: Path) -> str:
 
 
 def read_samples(path: Path, report: Report, metric_names: list[str]) -> DocScores:
-    """Per-doc scores of one samples file, keyed by the report's doc id; the statistics of its pooled
-    metrics and its pairing field where the responses carry them."""
+    """Per-doc scores of one samples file, keyed by the report's doc id; the statistics of its
+    pooled metrics and its pairing field where the responses carry them."""
     keys, rows, stats, pairs, unfilled = [], [], [], [], 0
     try:
         lines = samples_text(path).splitlines()
     except (OSError, EOFError, UnicodeDecodeError) as err:
-        raise SaeInterpError(f"cannot read {path} ({type(err).__name__}); re-run lm_eval with --log_samples") from err
+        raise SaeInterpError(
+            f"cannot read {path} ({type(err).__name__}); re-run lm_eval with --log_samples"
+        ) from err
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -342,8 +410,10 @@ def read_samples(path: Path, report: Report, metric_names: list[str]) -> DocScor
             row = json.loads(line)
             response = json.loads(row["resps"][0][0])  # our Response's str() is JSON
         except (json.JSONDecodeError, KeyError, IndexError, TypeError) as err:
-            raise SaeInterpError(f"{path} line {number} is not a samples row of this package "
-                                 f"({type(err).__name__}); re-run lm_eval with --log_samples") from err
+            raise SaeInterpError(
+                f"{path} line {number} is not a samples row of this package "
+                f"({type(err).__name__}); re-run lm_eval with --log_samples"
+            ) from err
         if report.doc_id in response:
             key = response[report.doc_id]
             if key is None:  # a slot that found no live latent
@@ -355,22 +425,37 @@ def read_samples(path: Path, report: Report, metric_names: list[str]) -> DocScor
         rows.append(row)
         stats.append(response.get("stats"))
         pairs.append(response.get(report.pair_on))
-    values = {name: np.array([_float(r.get(name)) for r in rows], dtype=float) for name in metric_names}
+    values = {
+        name: np.array([_float(r.get(name)) for r in rows], dtype=float) for name in metric_names
+    }
     if len(set(keys)) < len(keys):
-        log.warning("%s: some docs share a %s id; pairing uses the first of each", path, report.doc_id)
-    return DocScores(path=path, keys=tuple(keys), values=values, unfilled=unfilled, stats=_doc_stats(stats, report),
-                     pair_values=tuple(pairs) if pairs and all(p is not None for p in pairs) else None)
+        log.warning(
+            "%s: some docs share a %s id; pairing uses the first of each", path, report.doc_id
+        )
+    return DocScores(
+        path=path,
+        keys=tuple(keys),
+        values=values,
+        unfilled=unfilled,
+        stats=_doc_stats(stats, report),
+        pair_values=tuple(pairs) if pairs and all(p is not None for p in pairs) else None,
+    )
 
 
 def _doc_stats(stats: list, report: Report) -> DocStats | None:
-    """The statistics the pooled expressions read that every doc logged; None when no doc logged any (e.g.
-    written before they were logged, when `stats` was a repr string). Samples written before a statistic
-    was added still resample the metrics that do not read it (`DocStats.carries`)."""
+    """The statistics the pooled expressions read that every doc logged; None when no doc logged
+    any (e.g. written before they were logged, when `stats` was a repr string). Samples written
+    before a statistic was added still resample the metrics that do not read it
+    (`DocStats.carries`)."""
     names = sorted({name for expr in report.pooled.values() if expr for name in Pooled(expr).stats})
     if not names or not stats or not all(isinstance(s, dict) for s in stats):
         return None
     kept = [n for n in names if all(n in s for s in stats)]
-    return DocStats({name: np.array([s[name] for s in stats], dtype=float) for name in kept}) if kept else None
+    return (
+        DocStats({name: np.array([s[name] for s in stats], dtype=float) for name in kept})
+        if kept
+        else None
+    )
 
 
 def read_runs(paths: list[str | Path], load_samples: bool = True) -> list[Run]:
@@ -380,8 +465,10 @@ def read_runs(paths: list[str | Path], load_samples: bool = True) -> list[Run]:
 def require_samples(run: Run, tasks) -> None:
     for task in tasks:
         if run.tasks[task].samples is None:
-            raise SaeInterpError(f"{run.path} has no samples_{task}_*.jsonl beside it; re-run lm_eval with "
-                                 "--log_samples and keep the samples files next to the results file")
+            raise SaeInterpError(
+                f"{run.path} has no samples_{task}_*.jsonl beside it; re-run lm_eval with "
+                "--log_samples and keep the samples files next to the results file"
+            )
 
 
 def settings_differences(a: dict, b: dict) -> dict[str, tuple]:

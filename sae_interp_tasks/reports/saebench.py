@@ -3,16 +3,18 @@
 Out (`sae-interp export RESULTS --format saebench --output DIR`): per SAE and task, one file
 `DIR/<eval_type_id>/<sae>_eval_results.json` in SAEBench's layout (`eval_type_id`, `eval_config`,
 `eval_id`, `datetime_epoch_millis`, `eval_result_metrics` by category, `eval_result_details`,
-`sae_lens_id` / `sae_lens_release_id` / `sae_lens_version`, `sae_cfg_dict`, `eval_result_unstructured`).
-A kind that SAEBench also evaluates declares in its report where its numbers go (sae_core onto
-SAEBench's `core`; what SAEBench reports and we do not compute is left out, listed in
+`sae_lens_id` / `sae_lens_release_id` / `sae_lens_version`, `sae_cfg_dict`,
+`eval_result_unstructured`). A kind that SAEBench also evaluates declares in its report where its
+numbers go (sae_core onto SAEBench's `core`; what SAEBench reports and we do not compute is left
+out, listed in
 `eval_result_unstructured.left_out`, never invented). Every other task is written under its own
 eval type (its task name, one category of its metrics), so our scores are never passed off as
 SAEBench's. Standard errors and chance levels go into `eval_result_unstructured`.
 
 In (`sae-interp leaderboard` / `compare` given SAEBench files): each file becomes a run of one task,
-marked as SAEBench's (`source` in its settings, so it forms its own settings group), with the metrics
-that mean the same thing as ours; a file of an eval type nothing here maps is skipped with a note.
+marked as SAEBench's (`source` in its settings, so it forms its own settings group), with the
+metrics that mean the same thing as ours; a file of an eval type nothing here maps is skipped with
+a note.
 """
 
 from __future__ import annotations
@@ -49,26 +51,40 @@ def export(runs: list[Run]) -> dict[Path, str]:
             data = {
                 "eval_type_id": eval_type,
                 "eval_config": {"model_name": run.subject_model or "", **result.settings},
-                "eval_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sae-interp-tasks:{run.path}:{task}")),
+                "eval_id": str(
+                    uuid.uuid5(uuid.NAMESPACE_URL, f"sae-interp-tasks:{run.path}:{task}")
+                ),
                 "datetime_epoch_millis": int(run.epoch_seconds * 1000),
                 "eval_result_metrics": _metrics(task, result, mapping),
                 "sae_bench_commit_hash": f"not SAEBench: written by sae-interp-tasks {_version()}",
-                "sae_lens_id": run.sae_id, "sae_lens_release_id": run.release, "sae_lens_version": _sae_lens_version(),
-                "sae_cfg_dict": {"d_in": run.d_in, "d_sae": run.d_sae, "architecture": run.architecture,
-                                 "hook_name": run.hook_name, "model_name": run.subject_model,
-                                 "sae_interp_label": run.sae, "sae_interp_fingerprint": run.fingerprint},
+                "sae_lens_id": run.sae_id,
+                "sae_lens_release_id": run.release,
+                "sae_lens_version": _sae_lens_version(),
+                "sae_cfg_dict": {
+                    "d_in": run.d_in,
+                    "d_sae": run.d_sae,
+                    "architecture": run.architecture,
+                    "hook_name": run.hook_name,
+                    "model_name": run.subject_model,
+                    "sae_interp_label": run.sae,
+                    "sae_interp_fingerprint": run.fingerprint,
+                },
                 "eval_result_unstructured": _unstructured(run, result, mapping),
             }
             if not mapping:
                 data["eval_result_details"] = _details(result)
-            files[Path(eval_type) / f"{_file_name(run)}_eval_results.json"] = json.dumps(data, indent=1) + "\n"
+            files[Path(eval_type) / f"{_file_name(run)}_eval_results.json"] = (
+                json.dumps(data, indent=1) + "\n"
+            )
     return files
 
 
 def _metrics(task: str, result: TaskResult, mapping: dict) -> dict:
     if mapping:
-        return {category: {theirs: _value(result, ours) for theirs, ours in names.items()}
-                for category, names in mapping["metrics"].items()}
+        return {
+            category: {theirs: _value(result, ours) for theirs, ours in names.items()}
+            for category, names in mapping["metrics"].items()
+        }
     return {task: {m: _value(result, m) for m in result.metrics}}
 
 
@@ -78,10 +94,15 @@ def _value(result: TaskResult, metric: str):
 
 
 def _unstructured(run: Run, result: TaskResult, mapping: dict) -> dict:
-    return {"written_by": f"sae-interp-tasks {_version()}", "results_file": str(run.path), "task": result.task,
-            "stderr": {m: v.stderr for m, v in result.metrics.items() if v.stderr is not None},
-            "chance": {m: c for m, c in result.report.chance.items() if c in result.metrics},
-            "left_out": mapping.get("left_out", {}), "n_docs": result.n_docs}
+    return {
+        "written_by": f"sae-interp-tasks {_version()}",
+        "results_file": str(run.path),
+        "task": result.task,
+        "stderr": {m: v.stderr for m, v in result.metrics.items() if v.stderr is not None},
+        "chance": {m: c for m, c in result.report.chance.items() if c in result.metrics},
+        "left_out": mapping.get("left_out", {}),
+        "n_docs": result.n_docs,
+    }
 
 
 def _details(result: TaskResult) -> list[dict]:
@@ -92,7 +113,9 @@ def _details(result: TaskResult) -> list[dict]:
     rows = []
     for i, key in enumerate(samples.keys):
         row = {"index": key}
-        row.update({m: float(v[i]) for m, v in samples.values.items() if math.isfinite(float(v[i]))})
+        row.update(
+            {m: float(v[i]) for m, v in samples.values.items() if math.isfinite(float(v[i]))}
+        )
         rows.append(row)
     return rows
 
@@ -113,11 +136,16 @@ def _sae_lens_version() -> str | None:
 
 # --- in ------------------------------------------------------------------------------------------
 def is_saebench(data: dict) -> bool:
-    return isinstance(data, dict) and {"eval_type_id", "eval_result_metrics"} <= data.keys() and "results" not in data
+    return (
+        isinstance(data, dict)
+        and {"eval_type_id", "eval_result_metrics"} <= data.keys()
+        and "results" not in data
+    )
 
 
 def read_saebench(path: Path, data: dict) -> Run | None:
-    """A SAEBench result file as a run of one task; None (with a note) when its eval type maps onto nothing."""
+    """A SAEBench result file as a run of one task; None (with a note) when its eval type maps onto
+    nothing."""
     eval_type = str(data.get("eval_type_id"))
     task, report, metrics = _mapped(eval_type, data.get("eval_result_metrics") or {})
     if task is None:
@@ -125,15 +153,37 @@ def read_saebench(path: Path, data: dict) -> Run | None:
         return None
     cfg = data.get("sae_cfg_dict") or {}
     release, sae_id = data.get("sae_lens_release_id"), data.get("sae_lens_id")
-    label = f"{release}/{sae_id}" if release and sae_id else cfg.get("sae_interp_label") or path.stem
+    label = (
+        f"{release}/{sae_id}" if release and sae_id else cfg.get("sae_interp_label") or path.stem
+    )
     settings = {"source": f"{SOURCE} {eval_type}", **(data.get("eval_config") or {})}
-    result = TaskResult(task=task, version=SOURCE, metrics=metrics, settings=settings, n_docs=0, samples=None,
-                        report=report)
+    result = TaskResult(
+        task=task,
+        version=SOURCE,
+        metrics=metrics,
+        settings=settings,
+        n_docs=0,
+        samples=None,
+        report=report,
+    )
     millis = data.get("datetime_epoch_millis") or 0
-    return Run(path=path, date=str(millis), sae=f"{label} ({SOURCE})", fingerprint=None,
-               d_sae=_int(cfg.get("d_sae")), d_in=_int(cfg.get("d_in")), architecture=cfg.get("architecture"),
-               hook_name=cfg.get("hook_name"), subject_model=cfg.get("model_name"), control=None, seed=None,
-               tasks={task: result}, release=release, sae_id=sae_id, epoch_seconds=millis / 1000)
+    return Run(
+        path=path,
+        date=str(millis),
+        sae=f"{label} ({SOURCE})",
+        fingerprint=None,
+        d_sae=_int(cfg.get("d_sae")),
+        d_in=_int(cfg.get("d_in")),
+        architecture=cfg.get("architecture"),
+        hook_name=cfg.get("hook_name"),
+        subject_model=cfg.get("model_name"),
+        control=None,
+        seed=None,
+        tasks={task: result},
+        release=release,
+        sae_id=sae_id,
+        epoch_seconds=millis / 1000,
+    )
 
 
 def _mapped(eval_type: str, categories: dict) -> tuple[str | None, Report | None, dict]:
@@ -142,15 +192,27 @@ def _mapped(eval_type: str, categories: dict) -> tuple[str | None, Report | None
         mapping = kind.report.saebench
         if mapping.get("eval_type_id") == eval_type:
             better = {m: hb for m, (_, hb) in kind.metrics.items()}
-            found = {ours: Metric(ours, float(categories[cat][theirs]), None, better.get(ours))
-                     for cat, names in mapping["metrics"].items() for theirs, ours in names.items()
-                     if isinstance((categories.get(cat) or {}).get(theirs), (int, float))}
+            found = {
+                ours: Metric(ours, float(categories[cat][theirs]), None, better.get(ours))
+                for cat, names in mapping["metrics"].items()
+                for theirs, ours in names.items()
+                if isinstance((categories.get(cat) or {}).get(theirs), (int, float))
+            }
             return mapping["task"], kind.report, found
-    report = builtin_report(eval_type, None)  # a file we exported under our own eval type (the task's name)
+    report = builtin_report(
+        eval_type, None
+    )  # a file we exported under our own eval type (the task's name)
     if report is not None and isinstance(categories.get(eval_type), dict):
         values = categories[eval_type]
-        return eval_type, report, {m: Metric(m, float(v), None, None) for m, v in values.items()
-                                   if isinstance(v, (int, float))}
+        return (
+            eval_type,
+            report,
+            {
+                m: Metric(m, float(v), None, None)
+                for m, v in values.items()
+                if isinstance(v, (int, float))
+            },
+        )
     return None, None, {}
 
 
@@ -158,4 +220,6 @@ def _int(value) -> int | None:
     try:
         return None if value is None else int(value)
     except (TypeError, ValueError):
-        raise SaeInterpError(f"sae_cfg_dict holds a non-integer width {value!r}; is this a SAEBench result file?")
+        raise SaeInterpError(  # noqa: B904 (a user's file, not our bug: the cause adds nothing)
+            f"sae_cfg_dict holds a non-integer width {value!r}; is this a SAEBench result file?"
+        )

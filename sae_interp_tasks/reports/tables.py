@@ -12,16 +12,28 @@ import math
 
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.harness.costs import USAGE_METRICS
-from sae_interp_tasks.reports.board import (Board, Column, check_notes, columns, fmt_entry, interval_note, settings_lines,
-                                            value)
+from sae_interp_tasks.reports.board import (
+    Board,
+    Column,
+    check_notes,
+    columns,
+    fmt_entry,
+    interval_note,
+    settings_lines,
+    value,
+)
 
 
 def markdown(board: Board) -> str:
     lines = ["# SAE leaderboard", "", interval_note(board), ""]
     several = len(board.groups) > 1
     if several:
-        lines += [f"The rows fall in {len(board.groups)} groups scored under different instrument settings; "
-                  "compare numbers within a group only.", ""]
+        lines += [
+            f"The rows fall in {len(board.groups)} groups scored under different instrument "
+            "settings; "
+            "compare numbers within a group only.",
+            "",
+        ]
     for group in board.groups:
         if several:
             lines += [f"## Group {group.number}", ""]
@@ -48,9 +60,13 @@ def csv_text(board: Board) -> str:
     header = ["group", "control", "fingerprint"]
     priced = _tasks_with_usage(board)
     for c in all_cols:
-        header += ([c.key, f"{c.key}_lo", f"{c.key}_hi", *([f"{c.key}_scorer_check"] if c.checked else [])]
-                   if c.kind == "cell" else
-                   [f"{c.task}/latents_scored", f"{c.task}/skipped"] if c.kind == "count" else [c.key])
+        header += (
+            [c.key, f"{c.key}_lo", f"{c.key}_hi", *([f"{c.key}_scorer_check"] if c.checked else [])]
+            if c.kind == "cell"
+            else [f"{c.task}/latents_scored", f"{c.task}/skipped"]
+            if c.kind == "count"
+            else [c.key]
+        )
     header += [f"{task}/{m}" for task in priced for m in USAGE_METRICS]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -61,9 +77,15 @@ def csv_text(board: Board) -> str:
             for c in all_cols:
                 entry = value(row, c) if (c.task is None or c.task in row.tasks) else None
                 if c.kind == "cell":
-                    line += [_csv_num(entry.value), _csv_num(entry.lo), _csv_num(entry.hi)] if entry else ["", "", ""]
+                    line += (
+                        [_csv_num(entry.value), _csv_num(entry.lo), _csv_num(entry.hi)]
+                        if entry
+                        else ["", "", ""]
+                    )
                     if c.checked:
-                        line.append(_check_word(row.tasks[c.task].check_passed(c.metric)) if entry else "")
+                        line.append(
+                            _check_word(row.tasks[c.task].check_passed(c.metric)) if entry else ""
+                        )
                 elif c.kind == "count":
                     line += ["" if x is None else x for x in entry] if entry else ["", ""]
                 else:
@@ -76,7 +98,8 @@ def csv_text(board: Board) -> str:
 
 
 def llm_usage(result) -> dict[str, float] | None:
-    """What the task's LLM calls cost (harness.costs): totals over its docs, or None for a task without them."""
+    """What the task's LLM calls cost (harness.costs): totals over its docs, or None for a task
+    without them."""
     if result is None or not all(m in result.metrics for m in USAGE_METRICS):
         return None
     return {m: result.metrics[m].value for m in USAGE_METRICS}
@@ -86,7 +109,11 @@ def _tasks_with_usage(board: Board) -> list[str]:
     found = []
     for group in board.groups:
         for row in group.rows:
-            found += [t for t, result in row.tasks.items() if t not in found and llm_usage(result) is not None]
+            found += [
+                t
+                for t, result in row.tasks.items()
+                if t not in found and llm_usage(result) is not None
+            ]
     return found
 
 
@@ -112,25 +139,55 @@ def json_data(board: Board) -> dict:
                 tasks[task] = {
                     "results_file": row.sources[task],
                     "samples": result.samples is not None,
-                    "latents_scored": result.latents_scored if result.report.doc_id == "latent" else None,
+                    "latents_scored": result.latents_scored
+                    if result.report.doc_id == "latent"
+                    else None,
                     "latents_scored_exact": result.samples is not None,
                     "skipped": result.skipped,
                     "llm_usage": llm_usage(result),
-                    "metrics": {m: {"value": _json_num(c.value), "lo": _json_num(c.lo), "hi": _json_num(c.hi),
-                                    "interval": c.how or None, "stderr": _json_num(result.metrics[m].stderr),
-                                    "higher_is_better": result.metrics[m].higher_is_better,
-                                    **_check_json(result, m)}
-                                for (t, m), c in row.cells.items() if t == task},
+                    "metrics": {
+                        m: {
+                            "value": _json_num(c.value),
+                            "lo": _json_num(c.lo),
+                            "hi": _json_num(c.hi),
+                            "interval": c.how or None,
+                            "stderr": _json_num(result.metrics[m].stderr),
+                            "higher_is_better": result.metrics[m].higher_is_better,
+                            **_check_json(result, m),
+                        }
+                        for (t, m), c in row.cells.items()
+                        if t == task
+                    },
                 }
-            rows.append({"sae": row.sae, "fingerprint": row.fingerprint, "d_sae": row.d_sae, "control": row.control,
-                         "subject_model": row.subject_model, "tasks": tasks})
-        groups.append({"group": group.number, "settings": group.settings, "differs": group.differs, "rows": rows})
-    return {"confidence": board.confidence, "interval": interval_note(board), "files": list(board.files),
-            "groups": groups}
+            rows.append(
+                {
+                    "sae": row.sae,
+                    "fingerprint": row.fingerprint,
+                    "d_sae": row.d_sae,
+                    "control": row.control,
+                    "subject_model": row.subject_model,
+                    "tasks": tasks,
+                }
+            )
+        groups.append(
+            {
+                "group": group.number,
+                "settings": group.settings,
+                "differs": group.differs,
+                "rows": rows,
+            }
+        )
+    return {
+        "confidence": board.confidence,
+        "interval": interval_note(board),
+        "files": list(board.files),
+        "groups": groups,
+    }
 
 
 def _check_json(result, metric: str) -> dict:
-    """A checked metric's verdict (and, when it failed, the check in words); nothing for unchecked metrics."""
+    """A checked metric's verdict (and, when it failed, the check in words); nothing for unchecked
+    metrics."""
     if metric not in result.report.checks:
         return {}
     passed = result.check_passed(metric)

@@ -22,7 +22,13 @@ import numpy as np
 from sae_interp_tasks.aggregations import nanmean, total
 from sae_interp_tasks.clients import ClientConfig, Completion, LLMClient, Prompt
 from sae_interp_tasks.config import StageConfig, option, positive
-from sae_interp_tasks.records import Example, ExampleSplit, Explanation, ScoredLatent, WindowJudgement
+from sae_interp_tasks.records import (
+    Example,
+    ExampleSplit,
+    Explanation,
+    ScoredLatent,
+    WindowJudgement,
+)
 from sae_interp_tasks.scorers import metrics
 from sae_interp_tasks.stages.examples import highlight
 from sae_interp_tasks.stages.shared import shuffled_donors
@@ -46,7 +52,9 @@ METRICS = {
 
 @dataclass(frozen=True)
 class ScorerConfig(StageConfig):
-    scorer: str = option("hf", choices=("hf", "openai", "oracle"))  # oracle: validity.oracle, known-answer SAEs only
+    scorer: str = option(
+        "hf", choices=("hf", "openai", "oracle")
+    )  # oracle: validity.oracle, known-answer SAEs only
     scorer_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     scorer_base_url: str | None = None
     scorer_api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable holding the key
@@ -60,9 +68,14 @@ class ScorerConfig(StageConfig):
     max_concurrency: int = positive(8)  # requests in flight to an endpoint
 
     def client_config(self, device: str = "cpu") -> ClientConfig:
-        return ClientConfig(kind=self.scorer, model=self.scorer_model, base_url=self.scorer_base_url,
-                            api_key_env=self.scorer_api_key_env, max_concurrency=self.max_concurrency,
-                            device=device)
+        return ClientConfig(
+            kind=self.scorer,
+            model=self.scorer_model,
+            base_url=self.scorer_base_url,
+            api_key_env=self.scorer_api_key_env,
+            max_concurrency=self.max_concurrency,
+            device=device,
+        )
 
 
 @dataclass(frozen=True)
@@ -77,8 +90,11 @@ class Shown:
 _LIST = re.compile(r"\[([^\[\]]*)\]")
 
 
-def parse_answer(completion: Completion, n: int, use_probs: bool = True) -> tuple[list[bool] | None, list[float] | None]:
-    """Predictions (and probabilities when logprobs came back) for n windows; (None, None) if unparseable."""
+def parse_answer(
+    completion: Completion, n: int, use_probs: bool = True
+) -> tuple[list[bool] | None, list[float] | None]:
+    """Predictions (and probabilities when logprobs came back) for n windows; (None, None) if
+    unparseable."""
     if completion.text is None:
         return None, None
     match = _LIST.search(completion.text)
@@ -117,35 +133,60 @@ def _digit_probabilities(completion: Completion, n: int) -> list[float] | None:
 
 
 class WindowClassifier:
-    """A scorer that labels windows yes/no from an explanation. Subclasses set `rules` (what the scorer
-    decides for each window) and may override `shown` (how the windows are presented)."""
+    """A scorer that labels windows yes/no from an explanation. Subclasses set `rules` (what the
+    scorer decides for each window) and may override `shown` (how the windows are presented)."""
 
     rules: str = ""
 
     def shown(self, split: ExampleSplit, rng: random.Random, threshold: float) -> list[Shown]:
-        """The latent's test windows as the scorer sees them, in a seeded order (plain text here)."""
+        """The latent's test windows as the scorer sees them, in a seeded order (plain text
+        here)."""
         items = [Shown(ex, True, None) for ex in split.test_activating]
         items += [Shown(ex, False, None) for ex in split.test_non_activating]
         rng.shuffle(items)
         return items
 
-    def prompt(self, explanation: str, batch: list[Shown], decode: Decode, cfg: ScorerConfig) -> Prompt:
+    def prompt(
+        self, explanation: str, batch: list[Shown], decode: Decode, cfg: ScorerConfig
+    ) -> Prompt:
         n = len(batch)
-        system = (f"You check an explanation of a feature of a language model against text examples. For each "
-                  f"example, {self.rules} Answer with a Python list of {n} numbers, one per example in order, "
-                  f"written [{', '.join(['x'] * n)}] with each x replaced by 1 (yes) or 0 (no), and nothing else.")
+        system = (
+            "You check an explanation of a feature of a language model against text examples. For "
+            "each "
+            f"example, {self.rules} Answer with a Python list of {n} numbers, one per example in "
+            "order, "
+            f"written [{', '.join(['x'] * n)}] with each x replaced by 1 (yes) or 0 (no), and "
+            "nothing else."
+        )
         lines = [f"Example {i}: {_text(item, decode)}" for i, item in enumerate(batch, 1)]
-        user = f"Explanation: {explanation}\n\n" + "\n".join(lines) + f"\n\nYour list of {n} numbers:"
-        return Prompt(messages=(("system", system), ("user", user)), max_tokens=cfg.scorer_max_tokens,
-                      temperature=0.0, logprobs=cfg.use_logprobs, prefill="[",
-                      choice_list=n if cfg.constrained else 0)
+        user = (
+            f"Explanation: {explanation}\n\n" + "\n".join(lines) + f"\n\nYour list of {n} numbers:"
+        )
+        return Prompt(
+            messages=(("system", system), ("user", user)),
+            max_tokens=cfg.scorer_max_tokens,
+            temperature=0.0,
+            logprobs=cfg.use_logprobs,
+            prefill="[",
+            choice_list=n if cfg.constrained else 0,
+        )
 
-    def score(self, splits: list[ExampleSplit], explanations: dict[int, Explanation], cfg: ScorerConfig,
-              client: LLMClient, decode: Decode, seed: int, stream: str, threshold: float = 0.3,
-              owned: set[int] | None = None) -> dict[int, ScoredLatent]:
-        """Score every latent's explanation (and, as chance level, a shuffled one) with one batched client
-        call. `stream` names the random stream (the asking task's kind: tasks asking with the same name see
-        the same windows); with `owned`, only those latents (shuffled donors are still drawn among all)."""
+    def score(
+        self,
+        splits: list[ExampleSplit],
+        explanations: dict[int, Explanation],
+        cfg: ScorerConfig,
+        client: LLMClient,
+        decode: Decode,
+        seed: int,
+        stream: str,
+        threshold: float = 0.3,
+        owned: set[int] | None = None,
+    ) -> dict[int, ScoredLatent]:
+        """Score every latent's explanation (and, as chance level, a shuffled one) with one batched
+        client call. `stream` names the random stream (the asking task's kind: tasks asking with
+        the same name see the same windows); with `owned`, only those latents (shuffled donors are
+        still drawn among all)."""
         donor = shuffled_donors([s.latent for s in splits], seed, cfg.shuffled_control)
         splits = [s for s in splits if owned is None or s.latent in owned]
         jobs = []  # (latent, variant, batch of Shown)
@@ -156,27 +197,50 @@ class WindowClassifier:
                 variants.append(("shuffled", explanations[donor[split.latent]].text))
             for variant, text in variants:
                 for start in range(0, len(shown), cfg.windows_per_prompt):
-                    jobs.append((split.latent, variant, text, shown[start:start + cfg.windows_per_prompt]))
-        answers = client.generate([self.prompt(text, batch, decode, cfg) for _, _, text, batch in jobs], desc=stream)
+                    jobs.append(
+                        (split.latent, variant, text, shown[start : start + cfg.windows_per_prompt])
+                    )
+        answers = client.generate(
+            [self.prompt(text, batch, decode, cfg) for _, _, text, batch in jobs], desc=stream
+        )
         judged, detail = _read_answers([s.latent for s in splits], jobs, answers, cfg, decode)
-        return {split.latent: _scored(split.latent, explanations[split.latent].text, judged, detail[split.latent])
-                for split in splits}
+        return {
+            split.latent: _scored(
+                split.latent, explanations[split.latent].text, judged, detail[split.latent]
+            )
+            for split in splits
+        }
 
 
 def _text(item: Shown, decode: Decode) -> str:
-    return highlight(item.example.tokens, item.marks, decode) if item.marks is not None else decode(item.example.tokens.tolist())
+    return (
+        highlight(item.example.tokens, item.marks, decode)
+        if item.marks is not None
+        else decode(item.example.tokens.tolist())
+    )
 
 
-def _read_answers(latents: list[int], jobs: list, answers: list[Completion], cfg: ScorerConfig, decode: Decode):
-    """Per (latent, variant) the window judgements; per latent what --log_samples shows of its real variant."""
+def _read_answers(
+    latents: list[int], jobs: list, answers: list[Completion], cfg: ScorerConfig, decode: Decode
+):
+    """Per (latent, variant) the window judgements; per latent what --log_samples shows of its real
+    variant."""
     judged: dict[tuple[int, str], list[WindowJudgement]] = {}
-    detail = {lat: {"windows": [], "answers": [], "parse_failures": 0, "batches": 0} for lat in latents}
+    detail = {
+        lat: {"windows": [], "answers": [], "parse_failures": 0, "batches": 0} for lat in latents
+    }
     for (latent, variant, _, batch), answer in zip(jobs, answers, strict=True):
         preds, probs = parse_answer(answer, len(batch), cfg.use_logprobs)
         out = judged.setdefault((latent, variant), [])
         for i, item in enumerate(batch):
-            out.append(WindowJudgement(label=item.label, prediction=None if preds is None else preds[i],
-                                       probability=None if probs is None else probs[i], decile=item.example.decile))
+            out.append(
+                WindowJudgement(
+                    label=item.label,
+                    prediction=None if preds is None else preds[i],
+                    probability=None if probs is None else probs[i],
+                    decile=item.example.decile,
+                )
+            )
         if variant != "real":
             continue
         d = detail[latent]
@@ -184,10 +248,16 @@ def _read_answers(latents: list[int], jobs: list, answers: list[Completion], cfg
         d["parse_failures"] += preds is None
         d["answers"].append(answer.text if answer.text is not None else f"<failed: {answer.error}>")
         for i, item in enumerate(batch):
-            d["windows"].append({
-                "text": _text(item, decode), "max_act": round(item.example.max_act, 4), "decile": item.example.decile,
-                "label": item.label, "prediction": None if preds is None else preds[i],
-                "probability": None if probs is None else round(probs[i], 4)})
+            d["windows"].append(
+                {
+                    "text": _text(item, decode),
+                    "max_act": round(item.example.max_act, 4),
+                    "decile": item.example.decile,
+                    "label": item.label,
+                    "prediction": None if preds is None else preds[i],
+                    "probability": None if probs is None else round(probs[i], 4),
+                }
+            )
     return judged, detail
 
 
@@ -196,6 +266,8 @@ def _scored(latent: int, explanation: str, judged: dict, detail: dict) -> Scored
     values = metrics.classification_metrics(real)
     values["parse_failures"] = detail["parse_failures"]
     shuffled = judged.get((latent, "shuffled"))
-    values["balanced_acc_shuffled"] = metrics.balanced_accuracy(shuffled) if shuffled else metrics.NAN
+    values["balanced_acc_shuffled"] = (
+        metrics.balanced_accuracy(shuffled) if shuffled else metrics.NAN
+    )
     values["auroc_shuffled"] = metrics.judgement_auroc(shuffled) if shuffled else metrics.NAN
     return ScoredLatent(latent, explanation, real, values, detail)

@@ -7,4 +7,7 @@ from sae_interp_tasks.scorers.classifier import WindowClassifier
 
 
 class Detection(WindowClassifier):
-    rules = "decide for each example whether the feature fires on any of its tokens, judging only by the explanation."
+    rules = (
+        "decide for each example whether the feature fires on any of its tokens, judging only "
+        "by the explanation."
+    )

@@ -32,32 +32,52 @@ CLAIM = 'The above passage contains an amplified amount of "'
 
 # our own few-shot passages: text in which one concept is unmistakably over-represented
 FEW_SHOT = (
-    ("The harbour smelled of salt and tar. Boats, boats everywhere: fishing boats, sailing boats, a rusty ferry "
-     "and three rowing boats tied to the pier.", "boats and ships"),
-    ("def load(path):\n    with open(path) as f:\n        return f.read()\n# open the file, read the file, close "
-     "the file, file after file", "reading files in code"),
-    ("She was so happy, so glad, delighted really; the joy of the morning made everyone cheerful and smiling.",
-     "happiness and joy"),
-    ("In 1914, 1918, 1939 and 1945 the dates kept piling up: 12 March, 3 April, the year 1066 and the decade "
-     "of the 1960s.", "years and dates"),
+    (
+        "The harbour smelled of salt and tar. Boats, boats everywhere: fishing boats, sailing "
+        "boats, a rusty ferry "
+        "and three rowing boats tied to the pier.",
+        "boats and ships",
+    ),
+    (
+        "def load(path):\n    with open(path) as f:\n        return f.read()\n# open the file, "
+        "read the file, close "
+        "the file, file after file",
+        "reading files in code",
+    ),
+    (
+        "She was so happy, so glad, delighted really; the joy of the morning made everyone "
+        "cheerful and smiling.",
+        "happiness and joy",
+    ),
+    (
+        "In 1914, 1918, 1939 and 1945 the dates kept piling up: 12 March, 3 April, the year 1066 "
+        "and the decade "
+        "of the 1960s.",
+        "years and dates",
+    ),
 )
 
 
 @dataclass(frozen=True)
 class InterventionScoringConfig(StageConfig):
-    """Which scorers read the steered text (the surprisal reader's model: scorers.surprisal.ReaderConfig)."""
+    """Which scorers read the steered text (the surprisal reader's model:
+    scorers.surprisal.ReaderConfig)."""
 
     intervention_scorers: list = option(["surprisal"], choices=INTERVENTION_SCORERS)
     judge_continuations: int = positive(5)  # continuations shown per set to the judge
 
 
-# --- surprisal ----------------------------------------------------------------------------------------
+# --- surprisal
+# ----------------------------------------------------------------------------------------
 def surprisal_prefix() -> str:
-    return "".join(f"<PASSAGE>\n{text}\n\n{CLAIM}{about}\"\n\n" for text, about in FEW_SHOT)
+    return "".join(f'<PASSAGE>\n{text}\n\n{CLAIM}{about}"\n\n' for text, about in FEW_SHOT)
 
 
-def surprisal_request(prompt_text: str, continuation_text: str, explanation: str) -> tuple[str, str]:
-    """(context, target): the passage and the claim's lead, then the explanation and its closing quote."""
+def surprisal_request(
+    prompt_text: str, continuation_text: str, explanation: str
+) -> tuple[str, str]:
+    """(context, target): the passage and the claim's lead, then the explanation and its closing
+    quote."""
     return f"<PASSAGE>\n{prompt_text}{continuation_text}\n\n{CLAIM}", f'{explanation}"'
 
 
@@ -68,11 +88,14 @@ class SurprisalScore:
     per_prompt: list[tuple[float | None, float | None]]  # (log P clean, log P steered)
 
 
-def surprisal_scores(client: LLMClient, jobs: list[tuple[str, list[str], list[str], list[str]]]) -> list[SurprisalScore]:
-    """One score per job (explanation, prompt texts, clean texts, steered texts), all asked at once."""
+def surprisal_scores(
+    client: LLMClient, jobs: list[tuple[str, list[str], list[str], list[str]]]
+) -> list[SurprisalScore]:
+    """One score per job (explanation, prompt texts, clean texts, steered texts), all asked at
+    once."""
     pairs = []
     for explanation, prompts, clean, steered in jobs:
-        for p, c, s in zip(prompts, clean, steered):
+        for p, c, s in zip(prompts, clean, steered, strict=True):
             pairs += [surprisal_request(p, c, explanation), surprisal_request(p, s, explanation)]
     values = client.continuation_logprobs(surprisal_prefix(), pairs, desc="surprisal")
     out, i = [], 0
@@ -88,21 +111,35 @@ def surprisal_scores(client: LLMClient, jobs: list[tuple[str, list[str], list[st
     return out
 
 
-# --- the judge -------------------------------------------------------------------------------------------
-JUDGE_SYSTEM = ("A feature inside a language model was amplified while it wrote short continuations. You get a "
-                "description of a feature and three numbered sets of continuations; only one set was written with "
-                "the described feature amplified. Answer with the number of that set only.")
+# --- the judge
+# -------------------------------------------------------------------------------------------
+JUDGE_SYSTEM = (
+    "A feature inside a language model was amplified while it wrote short continuations. You get a "
+    "description of a feature and three numbered sets of continuations; only one set was written "
+    "with "
+    "the described feature amplified. Answer with the number of that set only."
+)
 _SET = re.compile(r"\b([123])\b")
 
 
 def judge_prompt(explanation: str, sets: list[list[str]]) -> Prompt:
-    body = "\n\n".join(f"Set {i}:\n" + "\n".join(f"- {' '.join(text.split())}" for text in texts)
-                       for i, texts in enumerate(sets, 1))
-    return Prompt(messages=(("system", JUDGE_SYSTEM), ("user", f"Description: {explanation}\n\n{body}\n\nWhich set?")),
-                  max_tokens=4, temperature=0.0)
+    body = "\n\n".join(
+        f"Set {i}:\n" + "\n".join(f"- {' '.join(text.split())}" for text in texts)
+        for i, texts in enumerate(sets, 1)
+    )
+    return Prompt(
+        messages=(
+            ("system", JUDGE_SYSTEM),
+            ("user", f"Description: {explanation}\n\n{body}\n\nWhich set?"),
+        ),
+        max_tokens=4,
+        temperature=0.0,
+    )
 
 
-def judge_sets(own: list[str], others: list[list[str]], rng: random.Random) -> tuple[list[list[str]], int]:
+def judge_sets(
+    own: list[str], others: list[list[str]], rng: random.Random
+) -> tuple[list[list[str]], int]:
     """Three sets in a seeded order, and the index of this latent's set."""
     sets = [own] + others
     order = list(range(len(sets)))
@@ -111,15 +148,25 @@ def judge_sets(own: list[str], others: list[list[str]], rng: random.Random) -> t
 
 
 def read_judgement(text: str | None, truth: int) -> float:
-    """1.0 when the judge named this latent's set, 0.0 when another, NaN when no set number was given."""
+    """1.0 when the judge named this latent's set, 0.0 when another, NaN when no set number was
+    given."""
     match = _SET.search(text or "")
     return float("nan") if match is None else float(int(match.group(1)) - 1 == truth)
 
 
-# --- scoring every latent's steering ----------------------------------------------------------------------
+# --- scoring every latent's steering
+# ----------------------------------------------------------------------
 NAN = float("nan")
-VARIANT_METRICS = ("score", "score_shuffled", "output_score", "output_score_shuffled",
-                   "judge_acc", "judge_acc_shuffled", "output_judge_acc", "output_judge_acc_shuffled")
+VARIANT_METRICS = (
+    "score",
+    "score_shuffled",
+    "output_score",
+    "output_score_shuffled",
+    "judge_acc",
+    "judge_acc_shuffled",
+    "output_judge_acc",
+    "output_judge_acc_shuffled",
+)
 
 
 def metric_suffix(target: float, primary: float) -> str:
@@ -129,15 +176,26 @@ def metric_suffix(target: float, primary: float) -> str:
 
 def intervention_metrics(targets: list[float]) -> dict:
     """The per-latent metrics for these target KLs: name -> (aggregation, higher_is_better)."""
-    per_target = {**{name: (nanmean, not name.endswith("_shuffled")) for name in VARIANT_METRICS},
-                  "strength": (nanmean, False), "kl": (nanmean, False), "unreached": (total, False)}
-    return {**{f"{name}{metric_suffix(t, targets[0])}": spec for t in targets for name, spec in per_target.items()},
-            "skipped_few_prompts": (total, False)}
+    per_target = {
+        **{name: (nanmean, not name.endswith("_shuffled")) for name in VARIANT_METRICS},
+        "strength": (nanmean, False),
+        "kl": (nanmean, False),
+        "unreached": (total, False),
+    }
+    return {
+        **{
+            f"{name}{metric_suffix(t, targets[0])}": spec
+            for t in targets
+            for name, spec in per_target.items()
+        },
+        "skipped_few_prompts": (total, False),
+    }
 
 
 @dataclass(frozen=True)
 class SteeredTextScorers:
-    """The scorers of steered text, and their clients (made on first use, so an unused one never loads)."""
+    """The scorers of steered text, and their clients (made on first use, so an unused one never
+    loads)."""
 
     config: InterventionScoringConfig
     shuffled_control: bool
@@ -145,12 +203,26 @@ class SteeredTextScorers:
     judge_client: Callable[[], LLMClient]
 
 
-def score_steering(latents: list[int], owned: tuple[int, ...], explanations: dict[int, str], steered: dict,
-                   skipped: set[int], output: dict, targets: list[float], scorers: SteeredTextScorers,
-                   decode: Callable, token_text: Callable[[int], str], seed: int) -> dict[int, ScoredLatent]:
-    """The owned latents' scores from every latent's steering results {(latent, target): LatentSteering}
-    and output explanations {(latent, target): text} (the shuffled controls and the judge use them all)."""
-    reached = {t: [lat for lat in latents if (lat, t) in steered and steered[(lat, t)].reached] for t in targets}
+def score_steering(
+    latents: list[int],
+    owned: tuple[int, ...],
+    explanations: dict[int, str],
+    steered: dict,
+    skipped: set[int],
+    output: dict,
+    targets: list[float],
+    scorers: SteeredTextScorers,
+    decode: Callable,
+    token_text: Callable[[int], str],
+    seed: int,
+) -> dict[int, ScoredLatent]:
+    """The owned latents' scores from every latent's steering results {(latent, target):
+    LatentSteering} and output explanations {(latent, target): text} (the shuffled controls and the
+    judge use them all)."""
+    reached = {
+        t: [lat for lat in latents if (lat, t) in steered and steered[(lat, t)].reached]
+        for t in targets
+    }
     texts = {key: steered_texts(res, decode) for key, res in steered.items() if res.reached}
     scores = score_variants(owned, explanations, reached, output, texts, scorers, seed)
     out = {}
@@ -163,10 +235,20 @@ def score_steering(latents: list[int], owned: tuple[int, ...], explanations: dic
             metrics[f"strength{suffix}"] = res.strength if res is not None and res.reached else NAN
             metrics[f"kl{suffix}"] = res.kl if res is not None and res.reached else NAN
             metrics[f"unreached{suffix}"] = float(res is not None and not res.reached)
-            metrics.update({f"{name}{suffix}": v for name, v in scores.get((lat, t), {}).get("metrics", {}).items()})
+            metrics.update(
+                {
+                    f"{name}{suffix}": v
+                    for name, v in scores.get((lat, t), {}).get("metrics", {}).items()
+                }
+            )
             if res is not None:
-                detail["targets"][f"{t:g}"] = _detail(res, texts.get((lat, t)), output.get((lat, t)),
-                                                      scores.get((lat, t), {}), token_text)
+                detail["targets"][f"{t:g}"] = _detail(
+                    res,
+                    texts.get((lat, t)),
+                    output.get((lat, t)),
+                    scores.get((lat, t), {}),
+                    token_text,
+                )
         metrics["skipped_few_prompts"] = float(lat in skipped)
         detail["explanation"] = explanations[lat]
         out[lat] = ScoredLatent(lat, explanations[lat], [], metrics, detail)
@@ -174,24 +256,42 @@ def score_steering(latents: list[int], owned: tuple[int, ...], explanations: dic
 
 
 def steered_texts(res, decode: Callable) -> dict:
-    return {"prompts": [decode(p.tokens) for p in res.prompts], "clean": [decode(c) for c in res.clean],
-            "steered": [decode(c) for c in res.steered]}
+    return {
+        "prompts": [decode(p.tokens) for p in res.prompts],
+        "clean": [decode(c) for c in res.clean],
+        "steered": [decode(c) for c in res.steered],
+    }
 
 
-def score_variants(owned: tuple[int, ...], explanations: dict[int, str], reached: dict, output: dict, texts: dict,
-                   scorers: SteeredTextScorers, seed: int) -> dict:
-    """Per (latent, target) of the owned latents: the surprisal and judge scores of the auto-interp and
-    output explanations and of their shuffled controls (each latent scored with another latent's)."""
+def score_variants(
+    owned: tuple[int, ...],
+    explanations: dict[int, str],
+    reached: dict,
+    output: dict,
+    texts: dict,
+    scorers: SteeredTextScorers,
+    seed: int,
+) -> dict:
+    """Per (latent, target) of the owned latents: the surprisal and judge scores of the auto-interp
+    and output explanations and of their shuffled controls (each latent scored with another
+    latent's)."""
     results: dict = {}
     jobs: list = []  # (latent, target, variant name, explanation)
     for t, lats in reached.items():
-        donor = shuffled_donors(lats, seed, scorers.shuffled_control, stream=f"intervention-shuffle:{t}")
+        donor = shuffled_donors(
+            lats, seed, scorers.shuffled_control, stream=f"intervention-shuffle:{t}"
+        )
         for lat in (lat for lat in lats if lat in owned):
             variants = {"score": explanations[lat], "output_score": output[(lat, t)]}
             if lat in donor:
                 variants["score_shuffled"] = explanations[donor[lat]]
                 variants["output_score_shuffled"] = output[(donor[lat], t)]
-            results[(lat, t)] = {"metrics": {}, "explanations": variants, "surprisal": {}, "judge": {}}
+            results[(lat, t)] = {
+                "metrics": {},
+                "explanations": variants,
+                "surprisal": {},
+                "judge": {},
+            }
             jobs += [(lat, t, name, explanation) for name, explanation in variants.items()]
     which = scorers.config.intervention_scorers
     if "surprisal" in which and jobs:
@@ -203,59 +303,96 @@ def score_variants(owned: tuple[int, ...], explanations: dict[int, str], reached
 
 
 def _surprisal(jobs: list, texts: dict, client: LLMClient, results: dict) -> None:
-    asked = [(explanation, texts[(lat, t)]["prompts"], texts[(lat, t)]["clean"], texts[(lat, t)]["steered"])
-             for lat, t, _, explanation in jobs]
-    for (lat, t, name, _), sc in zip(jobs, surprisal_scores(client, asked)):
+    asked = [
+        (
+            explanation,
+            texts[(lat, t)]["prompts"],
+            texts[(lat, t)]["clean"],
+            texts[(lat, t)]["steered"],
+        )
+        for lat, t, _, explanation in jobs
+    ]
+    for (lat, t, name, _), sc in zip(jobs, surprisal_scores(client, asked), strict=True):
         results[(lat, t)]["metrics"][name] = sc.score
-        results[(lat, t)]["surprisal"][name] = {"score": sc.score, "stderr": sc.stderr,
-                                                "logprob_clean_steered": sc.per_prompt}
+        results[(lat, t)]["surprisal"][name] = {
+            "score": sc.score,
+            "stderr": sc.stderr,
+            "logprob_clean_steered": sc.per_prompt,
+        }
 
 
-def _judge(jobs: list, reached: dict, texts: dict, scorers: SteeredTextScorers, seed: int, results: dict) -> None:
+def _judge(
+    jobs: list, reached: dict, texts: dict, scorers: SteeredTextScorers, seed: int, results: dict
+) -> None:
     prompts, truths = [], []
     n = scorers.config.judge_continuations
     for lat, t, name, explanation in jobs:
         rng = random.Random(f"{seed}:judge:{lat}:{t}:{name}")
         others = rng.sample([o for o in reached[t] if o != lat], 2)
-        sets, truth = judge_sets(texts[(lat, t)]["steered"][:n], [texts[(o, t)]["steered"][:n] for o in others], rng)
+        sets, truth = judge_sets(
+            texts[(lat, t)]["steered"][:n], [texts[(o, t)]["steered"][:n] for o in others], rng
+        )
         prompts.append(judge_prompt(explanation, sets))
         truths.append(truth)
     answers = scorers.judge_client().generate(prompts, desc="judge")
-    for (lat, t, name, _), answer, truth in zip(jobs, answers, truths):
+    for (lat, t, name, _), answer, truth in zip(jobs, answers, truths, strict=True):
         metric = name.replace("score", "judge_acc")
         results[(lat, t)]["metrics"][metric] = read_judgement(answer.text, truth)
         results[(lat, t)]["judge"][metric] = {"answer": answer.text, "truth": truth + 1}
 
 
 def _detail(res, texts, output, scores, token_text: Callable[[int], str]) -> dict:
-    detail = {"target_kl": res.target, "strength": res.strength, "kl": round(res.kl, 5), "reached": res.reached,
-              "search": [[round(s, 6), round(kl, 5)] for s, kl in res.history],
-              "promoted": [[token_text(tok), round(gain, 5)] for tok, gain in res.promoted],
-              "output_explanation": output}
+    detail = {
+        "target_kl": res.target,
+        "strength": res.strength,
+        "kl": round(res.kl, 5),
+        "reached": res.reached,
+        "search": [[round(s, 6), round(kl, 5)] for s, kl in res.history],
+        "promoted": [[token_text(tok), round(gain, 5)] for tok, gain in res.promoted],
+        "output_explanation": output,
+    }
     if texts:
-        detail["continuations"] = [{"prompt": p, "clean": c, "steered": st} for p, c, st in
-                                   zip(texts["prompts"], texts["clean"], texts["steered"])]
+        detail["continuations"] = [
+            {"prompt": p, "clean": c, "steered": st}
+            for p, c, st in zip(texts["prompts"], texts["clean"], texts["steered"], strict=True)
+        ]
     if scores:
-        detail.update(explanations=scores["explanations"], surprisal=scores["surprisal"], judge=scores["judge"])
+        detail.update(
+            explanations=scores["explanations"],
+            surprisal=scores["surprisal"],
+            judge=scores["judge"],
+        )
     return detail
 
 
-# --- the scorers' known-answer checks (validity.scorer_check) ------------------------------------------------
+# --- the scorers' known-answer checks (validity.scorer_check)
+# ------------------------------------------------
 def reader_check(client: LLMClient, splits: list, explanations: dict, decode: Callable, name: str):
-    """The surprisal reader on known answers: log P(explanation | a window with the word) minus log P(explanation |
-    a window without it), pair by pair; the mean gain must lie above zero."""
+    """The surprisal reader on known answers: log P(explanation | a window with the word) minus log
+    P(explanation | a window without it), pair by pair; the mean gain must lie above zero."""
     from sae_interp_tasks.validity.scorer_check import mean_gain
 
     jobs = []
     for split in splits:
         text = explanations[split.latent].text
-        jobs += [(text, [""], [decode(off.tokens.tolist())], [decode(on.tokens.tolist())])
-                 for on, off in zip(split.test_activating, split.test_non_activating)]
+        jobs += [
+            (text, [""], [decode(off.tokens.tolist())], [decode(on.tokens.tolist())])
+            for on, off in zip(split.test_activating, split.test_non_activating, strict=True)
+        ]
     return mean_gain([sc.score for sc in surprisal_scores(client, jobs)], name)
 
 
-def judge_check(client: LLMClient, splits: list, explanations: dict, decode: Callable, seed: int, n: int, name: str):
-    """The judge on known answers: which of three sets of windows holds the explained word; against 1/3."""
+def judge_check(
+    client: LLMClient,
+    splits: list,
+    explanations: dict,
+    decode: Callable,
+    seed: int,
+    n: int,
+    name: str,
+):
+    """The judge on known answers: which of three sets of windows holds the explained word; against
+    1/3."""
     from sae_interp_tasks.validity.scorer_check import accuracy
 
     if len(splits) < 3:
@@ -269,4 +406,6 @@ def judge_check(client: LLMClient, splits: list, explanations: dict, decode: Cal
         prompts.append(judge_prompt(explanations[split.latent].text, shown))
         truths.append(truth)
     answers = client.generate(prompts, desc="judge check")
-    return accuracy([read_judgement(a.text, t) for a, t in zip(answers, truths)], 1 / 3, name)
+    return accuracy(
+        [read_judgement(a.text, t) for a, t in zip(answers, truths, strict=True)], 1 / 3, name
+    )

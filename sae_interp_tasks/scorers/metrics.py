@@ -29,7 +29,9 @@ def precision(judgements: Sequence[WindowJudgement]) -> float:
     done = _answered(judgements)
     if not done:
         return NAN
-    return float(skm.precision_score([j.label for j in done], [j.prediction for j in done], zero_division=0))
+    return float(
+        skm.precision_score([j.label for j in done], [j.prediction for j in done], zero_division=0)
+    )
 
 
 def recall(judgements: Sequence[WindowJudgement]) -> float:
@@ -43,11 +45,17 @@ def f1(judgements: Sequence[WindowJudgement]) -> float:
     done = _answered(judgements)
     if not done:
         return NAN
-    return float(skm.f1_score([j.label for j in done], [j.prediction for j in done], zero_division=0))
+    return float(
+        skm.f1_score([j.label for j in done], [j.prediction for j in done], zero_division=0)
+    )
 
 
 def auroc(labels: Sequence[bool], scores: Sequence[float | None]) -> float:
-    pairs = [(lab, s) for lab, s in zip(labels, scores) if s is not None and not math.isnan(s)]
+    pairs = [
+        (lab, s)
+        for lab, s in zip(labels, scores, strict=True)
+        if s is not None and not math.isnan(s)
+    ]
     if len({lab for lab, _ in pairs}) < 2:
         return NAN
     return float(skm.roc_auc_score([lab for lab, _ in pairs], [s for _, s in pairs]))
@@ -57,11 +65,15 @@ def judgement_auroc(judgements: Sequence[WindowJudgement]) -> float:
     return auroc([j.label for j in judgements], [j.probability for j in judgements])
 
 
-def recall_by_decile(judgements: Sequence[WindowJudgement], n_deciles: int = 10) -> dict[int, float]:
+def recall_by_decile(
+    judgements: Sequence[WindowJudgement], n_deciles: int = 10
+) -> dict[int, float]:
     return {d: recall([j for j in judgements if j.decile == d]) for d in range(1, n_deciles + 1)}
 
 
-def classification_metrics(judgements: Sequence[WindowJudgement], n_deciles: int = 10) -> dict[str, float]:
+def classification_metrics(
+    judgements: Sequence[WindowJudgement], n_deciles: int = 10
+) -> dict[str, float]:
     """All per-latent metrics of a yes/no scorer (detection, fuzzing)."""
     out = {
         "balanced_acc": balanced_accuracy(judgements),

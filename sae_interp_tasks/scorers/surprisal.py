@@ -1,5 +1,5 @@
-"""Surprisal (delphi's): does reading the explanation make a base language model less surprised by the
-windows where the latent fires than by those where it does not?
+"""Surprisal (delphi's): does reading the explanation make a base language model less surprised by
+the windows where the latent fires than by those where it does not?
 
 A few-shot prefix of descriptions each followed by sentences that fit it ends in "Description:
 <explanation>" (or, the baseline, a neutral description) and "Sentences:"; the reader gives the
@@ -41,18 +41,28 @@ METRICS = {
 
 # our own few-shot: descriptions, each with sentences in which it is plain to see
 FEW_SHOT = (
-    ("the word river and other flowing water", ("We walked along the river until the stream met the sea.",
-                                                "The creek flooded and the river rose over its banks.")),
-    ("numbers in arithmetic", ("Add 12 and 30 to get 42, then divide by 6.", "x = 3 * 7 + 1  # twenty-two")),
-    ("Python function definitions", ("def load(path):\n    return open(path).read()",
-                                     "    def __init__(self, name):")),
+    (
+        "the word river and other flowing water",
+        (
+            "We walked along the river until the stream met the sea.",
+            "The creek flooded and the river rose over its banks.",
+        ),
+    ),
+    (
+        "numbers in arithmetic",
+        ("Add 12 and 30 to get 42, then divide by 6.", "x = 3 * 7 + 1  # twenty-two"),
+    ),
+    (
+        "Python function definitions",
+        ("def load(path):\n    return open(path).read()", "    def __init__(self, name):"),
+    ),
 )
 
 
 @dataclass(frozen=True)
 class ReaderConfig(StageConfig):
-    """The base language model that reads text and gives its log-probabilities: in process (hf) or an
-    OpenAI-compatible completions endpoint that echoes prompt logprobs (vLLM). sae_surprisal and
+    """The base language model that reads text and gives its log-probabilities: in process (hf) or
+    an OpenAI-compatible completions endpoint that echoes prompt logprobs (vLLM). sae_surprisal and
     sae_intervention's surprisal scorer use it."""
 
     surprisal_scorer: str = option("hf", choices=("hf", "openai", "oracle"))
@@ -61,8 +71,14 @@ class ReaderConfig(StageConfig):
     surprisal_api_key_env: str = "OPENAI_API_KEY"
 
     def surprisal_client(self, device: str = "cpu", max_concurrency: int = 8) -> ClientConfig:
-        return ClientConfig(kind=self.surprisal_scorer, model=self.surprisal_model, base_url=self.surprisal_base_url,
-                            api_key_env=self.surprisal_api_key_env, max_concurrency=max_concurrency, device=device)
+        return ClientConfig(
+            kind=self.surprisal_scorer,
+            model=self.surprisal_model,
+            base_url=self.surprisal_base_url,
+            api_key_env=self.surprisal_api_key_env,
+            max_concurrency=max_concurrency,
+            device=device,
+        )
 
 
 @dataclass(frozen=True)
@@ -71,14 +87,19 @@ class SurprisalConfig(StageConfig):
 
 
 def surprisal_prefix(description: str) -> str:
-    shots = "".join(f"Description: {about}\nSentences:\n" + "".join(f"{s}\n" for s in sentences) + "\n"
-                    for about, sentences in FEW_SHOT)
-    return ("Each description of a feature of text is followed by sentences in which the feature appears.\n\n" + shots
-            + f"Description: {description}\nSentences:\n")
+    shots = "".join(
+        f"Description: {about}\nSentences:\n" + "".join(f"{s}\n" for s in sentences) + "\n"
+        for about, sentences in FEW_SHOT
+    )
+    return (
+        "Each description of a feature of text is followed by sentences in which the feature "
+        "appears.\n\n" + shots + f"Description: {description}\nSentences:\n"
+    )
 
 
 def window_statistic(explained: list[float], neutral: list[float], how: str) -> float:
-    """The loss reduction of one window's tokens, averaged or at its largest; NaN when unreadable."""
+    """The loss reduction of one window's tokens, averaged or at its largest; NaN when
+    unreadable."""
     if not explained or len(explained) != len(neutral):
         return math.nan
     gain = np.asarray(explained) - np.asarray(neutral)
@@ -94,14 +115,23 @@ class SurprisalReader:
     def statistics(self, explanation: str, texts: list[str], desc: str) -> list[float]:
         explained = self.client.read_texts(surprisal_prefix(explanation), texts, desc=desc)
         neutral = self.client.read_texts(surprisal_prefix(NEUTRAL), texts, desc=f"{desc} (neutral)")
-        return [math.nan if e is None or n is None else window_statistic(e.logprobs, n.logprobs,
-                                                                          self.cfg.surprisal_statistic)
-                for e, n in zip(explained, neutral)]
+        return [
+            math.nan
+            if e is None or n is None
+            else window_statistic(e.logprobs, n.logprobs, self.cfg.surprisal_statistic)
+            for e, n in zip(explained, neutral, strict=True)
+        ]
 
 
-def score_surprisal(splits: list[ExampleSplit], explanations: dict[int, Explanation], reader: SurprisalReader,
-                    seed: int, shuffled_control: bool = True, owned: set[int] | None = None,
-                    desc: str = "surprisal") -> dict[int, ScoredLatent]:
+def score_surprisal(
+    splits: list[ExampleSplit],
+    explanations: dict[int, Explanation],
+    reader: SurprisalReader,
+    seed: int,
+    shuffled_control: bool = True,
+    owned: set[int] | None = None,
+    desc: str = "surprisal",
+) -> dict[int, ScoredLatent]:
     donor = shuffled_donors([s.latent for s in splits], seed, shuffled_control)
     out = {}
     for split in (s for s in splits if owned is None or s.latent in owned):
@@ -111,24 +141,46 @@ def score_surprisal(splits: list[ExampleSplit], explanations: dict[int, Explanat
         stats = reader.statistics(explanations[split.latent].text, texts, desc)
         values = surprisal_metrics(labels, stats)
         if split.latent in donor:
-            other = reader.statistics(explanations[donor[split.latent]].text, texts, f"{desc} (shuffled)")
+            other = reader.statistics(
+                explanations[donor[split.latent]].text, texts, f"{desc} (shuffled)"
+            )
             values["auroc_shuffled"] = surprisal_metrics(labels, other)["auroc"]
         else:
             values["auroc_shuffled"] = math.nan
-        judgements = [WindowJudgement(label=lab, prediction=None, probability=None if math.isnan(s) else s,
-                                      decile=ex.decile) for lab, s, ex in zip(labels, stats, windows)]
-        detail = {"statistic": reader.cfg.surprisal_statistic,
-                  "windows": [{"text": t, "decile": ex.decile, "label": lab,
-                               "loss_reduction": None if math.isnan(s) else round(s, 4)}
-                              for t, ex, lab, s in zip(texts, windows, labels, stats)]}
-        out[split.latent] = ScoredLatent(split.latent, explanations[split.latent].text, judgements, values, detail)
+        judgements = [
+            WindowJudgement(
+                label=lab,
+                prediction=None,
+                probability=None if math.isnan(s) else s,
+                decile=ex.decile,
+            )
+            for lab, s, ex in zip(labels, stats, windows, strict=True)
+        ]
+        detail = {
+            "statistic": reader.cfg.surprisal_statistic,
+            "windows": [
+                {
+                    "text": t,
+                    "decile": ex.decile,
+                    "label": lab,
+                    "loss_reduction": None if math.isnan(s) else round(s, 4),
+                }
+                for t, ex, lab, s in zip(texts, windows, labels, stats, strict=True)
+            ],
+        }
+        out[split.latent] = ScoredLatent(
+            split.latent, explanations[split.latent].text, judgements, values, detail
+        )
     return out
 
 
 def surprisal_metrics(labels: list[bool], stats: list[float]) -> dict[str, float]:
-    read = [(lab, s) for lab, s in zip(labels, stats) if not math.isnan(s)]
+    read = [(lab, s) for lab, s in zip(labels, stats, strict=True) if not math.isnan(s)]
     on = [s for lab, s in read if lab]
     off = [s for lab, s in read if not lab]
-    return {"auroc": metrics.auroc([lab for lab, _ in read], [s for _, s in read]),
-            "loss_reduction": float(np.mean(on) - np.mean(off)) if on and off else math.nan,
-            "answered_frac": len(read) / max(len(stats), 1), "parse_failures": float(len(stats) - len(read))}
+    return {
+        "auroc": metrics.auroc([lab for lab, _ in read], [s for _, s in read]),
+        "loss_reduction": float(np.mean(on) - np.mean(off)) if on and off else math.nan,
+        "answered_frac": len(read) / max(len(stats), 1),
+        "parse_failures": float(len(stats) - len(read)),
+    }

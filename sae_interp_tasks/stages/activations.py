@@ -1,4 +1,5 @@
-"""The activation pass: one streaming pass over the corpus that keeps, per latent, what later stages need.
+"""The activation pass: one streaming pass over the corpus that keeps, per latent, what later
+stages need.
 
 The subject model runs only up to the SAE's hook layer (`stop_at_layer`), the SAE encodes
 only the requested latents where that is exact for its architecture (a sliced copy of the
@@ -32,7 +33,14 @@ from sae_interp_tasks.stages import corpus as corpus_mod
 from sae_interp_tasks.stages.pass_state import PassConfig, PassState
 from sae_interp_tasks.stages.subject import stop_layer
 
-__all__ = ["PassConfig", "PassState", "hook_activations", "pass_key", "run_activation_pass", "subset_encoder"]
+__all__ = [
+    "PassConfig",
+    "PassState",
+    "hook_activations",
+    "pass_key",
+    "run_activation_pass",
+    "subset_encoder",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +59,9 @@ def subset_encoder(sae, latents: torch.Tensor):
     and selects columns.
     """
     d_sae = sae.cfg.d_sae
-    full = len(latents) == d_sae and bool((latents == torch.arange(d_sae, device=latents.device)).all())
+    full = len(latents) == d_sae and bool(
+        (latents == torch.arange(d_sae, device=latents.device)).all()
+    )
     if full:
         return sae.encode
     if sae.cfg.architecture() not in SUBSET_EXACT:
@@ -65,7 +75,9 @@ def subset_encoder(sae, latents: torch.Tensor):
         for name, param in list(sliced.named_parameters(recurse=False)):
             if name == "b_dec":
                 continue
-            if name.startswith("W_enc") or (param.ndim == 2 and param.shape[1] == d_sae and param.shape[0] != d_sae):
+            if name.startswith("W_enc") or (
+                param.ndim == 2 and param.shape[1] == d_sae and param.shape[0] != d_sae
+            ):
                 new = param.data[:, idx]
             elif param.shape and param.shape[0] == d_sae:
                 new = param.data[idx]
@@ -78,34 +90,70 @@ def subset_encoder(sae, latents: torch.Tensor):
 
 
 # --- the pass itself --------------------------------------------------------------------------
-def pass_key(info, spec: corpus_mod.CorpusSpec, cfg: PassConfig, seed: int, latents: torch.Tensor,
-             forward: str = "tl") -> str:
-    """Everything that determines a pass's content (not the batch size: results do not depend on it)."""
-    return cache_key({"forward": forward,
-        "v": CACHE_VERSION, "sae": info.fingerprint, "model": info.model_name, "hook": info.hook_name,
-        "bos": info.prepend_bos, "corpus": asdict(spec), "corpus_fp": corpus_mod.fingerprint(spec),
-        "cfg": {k: v for k, v in asdict(cfg).items() if k != "pass_batch_size"}, "seed": seed,
-        "latents": hashlib.sha256(latents.numpy().astype(np.int64).tobytes()).hexdigest(),
-    })
+def pass_key(
+    info,
+    spec: corpus_mod.CorpusSpec,
+    cfg: PassConfig,
+    seed: int,
+    latents: torch.Tensor,
+    forward: str = "tl",
+) -> str:
+    """Everything that determines a pass's content (not the batch size: results do not depend on
+    it)."""
+    return cache_key(
+        {
+            "forward": forward,
+            "v": CACHE_VERSION,
+            "sae": info.fingerprint,
+            "model": info.model_name,
+            "hook": info.hook_name,
+            "bos": info.prepend_bos,
+            "corpus": asdict(spec),
+            "corpus_fp": corpus_mod.fingerprint(spec),
+            "cfg": {k: v for k, v in asdict(cfg).items() if k != "pass_batch_size"},
+            "seed": seed,
+            "latents": hashlib.sha256(latents.numpy().astype(np.int64).tobytes()).hexdigest(),
+        }
+    )
 
 
 def hook_activations(model, hook_name: str, tokens: torch.Tensor) -> torch.Tensor:
     """The hooked activation [B, T, d_in], running the model no further than needed."""
-    _, cache = model.run_with_cache(tokens, names_filter=hook_name, stop_at_layer=stop_layer(hook_name),
-                                    return_type=None)
+    _, cache = model.run_with_cache(
+        tokens, names_filter=hook_name, stop_at_layer=stop_layer(hook_name), return_type=None
+    )
     return cache[hook_name]
 
 
-def _stream(model, sae, info, spec: corpus_mod.CorpusSpec, cfg: PassConfig, seed: int, state: PassState,
-            latents: torch.Tensor, batch_size: int, read, where: tuple[int, int], partial: Path, progress: bool,
-            checkpoint_seconds: float) -> None:
-    """Fold this rank's share of the corpus contexts (every world-th) into `state`, past those it already
-    holds, checkpointing to `partial` every `checkpoint_seconds`."""
+def _stream(
+    model,
+    sae,
+    info,
+    spec: corpus_mod.CorpusSpec,
+    cfg: PassConfig,
+    seed: int,
+    state: PassState,
+    latents: torch.Tensor,
+    batch_size: int,
+    read,
+    where: tuple[int, int],
+    partial: Path,
+    progress: bool,
+    checkpoint_seconds: float,
+) -> None:
+    """Fold this rank's share of the corpus contexts (every world-th) into `state`, past those it
+    already holds, checkpointing to `partial` every `checkpoint_seconds`."""
     rank, world = where
     encode = subset_encoder(sae, latents)
     device = next(sae.parameters()).device
-    bar = tqdm(total=cfg.n_tokens // world, initial=state.n_tokens, unit="tokens", unit_scale=True,
-               desc="activation pass" if world == 1 else f"activation pass (rank {rank})", disable=not progress)
+    bar = tqdm(
+        total=cfg.n_tokens // world,
+        initial=state.n_tokens,
+        unit="tokens",
+        unit_scale=True,
+        desc="activation pass" if world == 1 else f"activation pass (rank {rank})",
+        disable=not progress,
+    )
     last_save = time.monotonic()
     batch: list[torch.Tensor] = []
     batch_ids: list[int] = []
@@ -121,7 +169,9 @@ def _stream(model, sae, info, spec: corpus_mod.CorpusSpec, cfg: PassConfig, seed
         batch.clear()
         batch_ids.clear()
 
-    contexts = corpus_mod.token_contexts(spec, model.tokenizer, cfg.n_tokens, cfg.context_size, info.prepend_bos, seed)
+    contexts = corpus_mod.token_contexts(
+        spec, model.tokenizer, cfg.n_tokens, cfg.context_size, info.prepend_bos, seed
+    )
     mine = (i for i in enumerate(contexts) if i[0] % world == rank)
     for _ in range(state.n_contexts):  # resume: skip what the checkpoint holds
         next(mine)
@@ -138,15 +188,28 @@ def _stream(model, sae, info, spec: corpus_mod.CorpusSpec, cfg: PassConfig, seed
     bar.close()
 
 
-def run_activation_pass(model, sae, info, spec: corpus_mod.CorpusSpec, cfg: PassConfig, seed: int,
-                        batch_size: int = 8, latents: torch.Tensor | None = None, cache_dir: Path | None = None,
-                        progress: bool = True, checkpoint_seconds: float = 60.0, read=None,
-                        forward: str = "tl", group=None) -> PassState:
+def run_activation_pass(
+    model,
+    sae,
+    info,
+    spec: corpus_mod.CorpusSpec,
+    cfg: PassConfig,
+    seed: int,
+    batch_size: int = 8,
+    latents: torch.Tensor | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    checkpoint_seconds: float = 60.0,
+    read=None,
+    forward: str = "tl",
+    group=None,
+) -> PassState:
     """The pass for `latents` (default: all), from the cache when it has it, resuming a partial one.
 
-    `batch_size` contexts go through the model at once (at least cfg.pass_batch_size). `read(tokens)`
-    gives the hooked activation (default: TransformerLens, stopping after the hook's layer); `forward`
-    names it in the cache key. With a `group` of several processes (rank, world_size,
+    `batch_size` contexts go through the model at once (at least cfg.pass_batch_size).
+    `read(tokens)` gives the hooked activation (default: TransformerLens, stopping after the hook's
+    layer); `forward` names it in the cache key. With a `group` of several processes (rank,
+    world_size,
     all_gather_object: the backend), each rank reads every world_size-th context and the states are
     merged, so every rank holds what one process over the whole corpus would.
     """
@@ -154,25 +217,48 @@ def run_activation_pass(model, sae, info, spec: corpus_mod.CorpusSpec, cfg: Pass
         latents = torch.arange(info.d_sae)
     latents = latents.to(torch.long).cpu()
     if len(latents) == 0 or int(latents.min()) < 0 or int(latents.max()) >= info.d_sae:
-        raise SaeInterpError(f"latent ids must lie in 0..{info.d_sae - 1} (the SAE has d_sae={info.d_sae})")
+        raise SaeInterpError(
+            f"latent ids must lie in 0..{info.d_sae - 1} (the SAE has d_sae={info.d_sae})"
+        )
     rank, world = (group.rank, group.world_size) if group is not None else (0, 1)
-    folder = Path(cache_dir or cache_root() / "activations") / pass_key(info, spec, cfg, seed, latents, forward)
+    folder = Path(cache_dir or cache_root() / "activations") / pass_key(
+        info, spec, cfg, seed, latents, forward
+    )
     done = folder / "pass.pt"
     partial = folder / ("partial.pt" if world == 1 else f"partial.rank{rank}of{world}.pt")
     cached = done.exists()
-    if world > 1:  # all ranks load, or all run their shard: a rank alone would wait in the merge for ever
+    if (
+        world > 1
+    ):  # all ranks load, or all run their shard: a rank alone would wait in the merge for ever
         cached = all(group.all_gather_object(cached))
     if cached:
         log.info("activation pass: cached at %s", folder)
         return PassState.from_dict(torch.load(done, weights_only=False))
     folder.mkdir(parents=True, exist_ok=True)
-    state = (PassState.from_dict(torch.load(partial, weights_only=False)) if partial.exists()
-             else PassState.empty(latents, cfg, seed))
+    state = (
+        PassState.from_dict(torch.load(partial, weights_only=False))
+        if partial.exists()
+        else PassState.empty(latents, cfg, seed)
+    )
     if state.n_contexts:
         log.info("activation pass: resuming after %d contexts", state.n_contexts)
     read = read or (lambda t: hook_activations(model, info.hook_name, t))
-    _stream(model, sae, info, spec, cfg, seed, state, latents, cfg.batch_size(batch_size), read, (rank, world),
-            partial, progress, checkpoint_seconds)
+    _stream(
+        model,
+        sae,
+        info,
+        spec,
+        cfg,
+        seed,
+        state,
+        latents,
+        cfg.batch_size(batch_size),
+        read,
+        (rank, world),
+        partial,
+        progress,
+        checkpoint_seconds,
+    )
     if world > 1:
         atomic_save(state.to_dict(), partial)  # a rank that dies in the merge resumes from here
         merged = PassState.empty(latents, cfg, seed)

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CoreConfig(StageConfig):
-    """sae_core's settings: docs are chunks of `chunk_contexts` contexts of `context_size` tokens."""
+    """sae_core's settings: docs are chunks of `chunk_contexts` contexts of `context_size`
+    tokens."""
 
     n_tokens: int = positive(32_768)
     context_size: int = option(256, min=2)
@@ -71,25 +72,38 @@ class CoreStats:
     dot_sum: float = 0.0  # x . x_hat
 
     def to_json(self) -> dict:
-        """The sufficient statistics of the pooled metrics, as --log_samples writes them (not `firing`:
-        d_sae counts a chunk), so `sae-interp compare` can bootstrap explained variance and CE loss recovered."""
+        """The sufficient statistics of the pooled metrics, as --log_samples writes them (not
+        `firing`: d_sae counts a chunk), so `sae-interp compare` can bootstrap explained variance
+        and CE loss recovered."""
         sums = {name: float(getattr(self, name)) for name in EXTRA_SUMS}
-        return {"n_tokens": int(self.n_tokens), "l0_sum": float(self.l0_sum), "sq_err_sum": float(self.sq_err_sum),
-                "x_sq_sum": float(self.x_sq_sum), "x_sum": np.asarray(self.x_sum, dtype=float).tolist(),
-                "ce_clean": float(self.ce_clean), "ce_spliced": float(self.ce_spliced), "ce_zero": float(self.ce_zero),
-                **sums}
+        return {
+            "n_tokens": int(self.n_tokens),
+            "l0_sum": float(self.l0_sum),
+            "sq_err_sum": float(self.sq_err_sum),
+            "x_sq_sum": float(self.x_sq_sum),
+            "x_sum": np.asarray(self.x_sum, dtype=float).tolist(),
+            "ce_clean": float(self.ce_clean),
+            "ce_spliced": float(self.ce_spliced),
+            "ce_zero": float(self.ce_zero),
+            **sums,
+        }
 
     def __repr__(self) -> str:  # logged samples stay readable
-        return (f"CoreStats(n_tokens={self.n_tokens}, l0={self.l0_sum / max(self.n_tokens, 1):.2f}, "
-                f"mse={self.sq_err_sum / max(self.n_tokens, 1):.4g}, ce_clean={self.ce_clean:.4f}, "
-                f"ce_spliced={self.ce_spliced:.4f}, ce_zero={self.ce_zero:.4f})")
+        return (
+            f"CoreStats(n_tokens={self.n_tokens}, l0={self.l0_sum / max(self.n_tokens, 1):.2f}, "
+            f"mse={self.sq_err_sum / max(self.n_tokens, 1):.4g}, ce_clean={self.ce_clean:.4f}, "
+            f"ce_spliced={self.ce_spliced:.4f}, ce_zero={self.ce_zero:.4f})"
+        )
 
 
 def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor) -> float:
-    """Mean next-token loss over the positions `keep` [B, T] marks (the prediction's source position).
-    logsumexp minus the target's logit: reads the logits once, writes no [B, T, vocab] log-softmax."""
+    """Mean next-token loss over the positions `keep` [B, T] marks (the prediction's source
+    position). logsumexp minus the target's logit: reads the logits once, writes no [B, T, vocab]
+    log-softmax."""
     body = logits[:, :-1].float()
-    losses = torch.logsumexp(body, -1) - body.gather(-1, tokens[:, 1:, None].to(body.device)).squeeze(-1)
+    losses = torch.logsumexp(body, -1) - body.gather(
+        -1, tokens[:, 1:, None].to(body.device)
+    ).squeeze(-1)
     return float(losses[keep[:, :-1]].mean())
 
 
@@ -129,7 +143,8 @@ def zero_ablation_logits(model, hook_name: str) -> torch.Tensor | None:
     With the same vector at every position nothing after the hook can tell positions apart:
     attention mixes identical values, so its output is the same whatever the pattern, and the
     normalisations and MLPs act per position. The zero-ablated logits are one row, computed from a
-    single position. None for other hooks (zeroing them leaves the residual stream position-dependent)."""
+    single position. None for other hooks (zeroing them leaves the residual stream
+    position-dependent)."""
     start = resid_start(hook_name)
     if start is None:
         return None
@@ -142,8 +157,14 @@ def _keep_mask(tokens: torch.Tensor, special: list[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def chunk_reference(model, hook_name: str, tokens: torch.Tensor, special: list[int], reader=None,
-                    zero_logits: torch.Tensor | None = None) -> ChunkReference:
+def chunk_reference(
+    model,
+    hook_name: str,
+    tokens: torch.Tensor,
+    special: list[int],
+    reader=None,
+    zero_logits: torch.Tensor | None = None,
+) -> ChunkReference:
     """The chunk's hooked activation and its clean and zero-ablated losses: one clean forward (the
     Hugging Face model's when `reader` is given), and no zero-ablated forward for residual hooks."""
     keep = _keep_mask(tokens, special)
@@ -157,14 +178,24 @@ def chunk_reference(model, hook_name: str, tokens: torch.Tensor, special: list[i
         losses = torch.logsumexp(row, -1) - row[tokens[:, 1:]]
         ce_zero = float(losses[keep[:, :-1]].mean())
     else:
-        zeroed = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, lambda a, hook: torch.zeros_like(a))])
+        zeroed = model.run_with_hooks(
+            tokens, fwd_hooks=[(hook_name, lambda a, hook: torch.zeros_like(a))]
+        )
         ce_zero = _next_token_ce(zeroed, tokens, keep)
-    return ChunkReference(x=x.detach().cpu(), ce_clean=_next_token_ce(logits, tokens, keep), ce_zero=ce_zero)
+    return ChunkReference(
+        x=x.detach().cpu(), ce_clean=_next_token_ce(logits, tokens, keep), ce_zero=ce_zero
+    )
 
 
 @torch.no_grad()
-def chunk_stats(model, sae, hook_name: str, tokens: torch.Tensor, reference: ChunkReference,
-                special: list[int] | None = None) -> CoreStats:
+def chunk_stats(
+    model,
+    sae,
+    hook_name: str,
+    tokens: torch.Tensor,
+    reference: ChunkReference,
+    special: list[int] | None = None,
+) -> CoreStats:
     """One chunk's statistics for one SAE: one encode, and the spliced forward from the hook on."""
     special = special_ids(model.tokenizer) if special is None else special
     keep = _keep_mask(tokens, special)
@@ -177,14 +208,29 @@ def chunk_stats(model, sae, hook_name: str, tokens: torch.Tensor, reference: Chu
     if start is not None:
         logits = model(spliced, start_at_layer=start)
     else:
-        logits = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, lambda a, hook: spliced.to(a.dtype))])
-    return _stats(x.to(sae.W_dec.dtype)[keep], acts[keep], recon[keep], reference.ce_clean,
-                  _next_token_ce(logits, tokens, keep), reference.ce_zero)
+        logits = model.run_with_hooks(
+            tokens, fwd_hooks=[(hook_name, lambda a, hook: spliced.to(a.dtype))]
+        )
+    return _stats(
+        x.to(sae.W_dec.dtype)[keep],
+        acts[keep],
+        recon[keep],
+        reference.ce_clean,
+        _next_token_ce(logits, tokens, keep),
+        reference.ce_zero,
+    )
 
 
-def _stats(x: torch.Tensor, acts: torch.Tensor, recon: torch.Tensor, ce_clean: float, ce_spliced: float,
-           ce_zero: float) -> CoreStats:
-    """A chunk's statistics from its kept positions' activations [N, d_in], codes and reconstructions."""
+def _stats(
+    x: torch.Tensor,
+    acts: torch.Tensor,
+    recon: torch.Tensor,
+    ce_clean: float,
+    ce_spliced: float,
+    ce_zero: float,
+) -> CoreStats:
+    """A chunk's statistics from its kept positions' activations [N, d_in], codes and
+    reconstructions."""
     xd, rd = x.double(), recon.double()
     norm_in, norm_out = xd.norm(dim=-1), rd.norm(dim=-1)
     return CoreStats(
@@ -192,20 +238,27 @@ def _stats(x: torch.Tensor, acts: torch.Tensor, recon: torch.Tensor, ce_clean: f
         l0_sum=float((acts > 0).sum()),
         sq_err_sum=float(((recon - x) ** 2).sum()),
         x_sum=x.sum(0).double().cpu().numpy(),
-        x_sq_sum=float((xd ** 2).sum()),
+        x_sq_sum=float((xd**2).sum()),
         firing=(acts > 0).sum(0).cpu().numpy().astype(np.int64),
-        ce_clean=ce_clean, ce_spliced=ce_spliced, ce_zero=ce_zero,
+        ce_clean=ce_clean,
+        ce_spliced=ce_spliced,
+        ce_zero=ce_zero,
         l1_sum=float(acts.abs().sum()),
         cos_sum=float(((xd * rd).sum(-1) / (norm_in * norm_out).clamp_min(1e-12)).sum()),
-        norm_in_sum=float(norm_in.sum()), norm_out_sum=float(norm_out.sum()),
-        ratio_sum=float((norm_out / torch.where(norm_in < 1e-4, torch.ones_like(norm_in), norm_in)).sum()),
-        xhat_sq_sum=float((rd ** 2).sum()), dot_sum=float((xd * rd).sum()),
+        norm_in_sum=float(norm_in.sum()),
+        norm_out_sum=float(norm_out.sum()),
+        ratio_sum=float(
+            (norm_out / torch.where(norm_in < 1e-4, torch.ones_like(norm_in), norm_in)).sum()
+        ),
+        xhat_sq_sum=float((rd**2).sum()),
+        dot_sum=float((xd * rd).sum()),
     )
 
 
 @torch.no_grad()
-def three_forward_chunk_stats(model, sae, hook_name: str, tokens: torch.Tensor,
-                              special: list[int] | None = None) -> CoreStats:
+def three_forward_chunk_stats(
+    model, sae, hook_name: str, tokens: torch.Tensor, special: list[int] | None = None
+) -> CoreStats:
     """One chunk's statistics from three full hooked forwards (clean, spliced, zero-ablated): the
     plain method, kept as the reference the tests compare `chunk_stats` with and the benchmark's
     baseline."""
@@ -230,20 +283,34 @@ def three_forward_chunk_stats(model, sae, hook_name: str, tokens: torch.Tensor,
 
     x = captured["x"].to(sae.W_dec.dtype)[keep]
     acts = sae.encode(x)
-    return _stats(x, acts, sae.decode(acts), _next_token_ce(clean, tokens, keep), _next_token_ce(spliced, tokens, keep),
-                  _next_token_ce(zeroed, tokens, keep))
+    return _stats(
+        x,
+        acts,
+        sae.decode(acts),
+        _next_token_ce(clean, tokens, keep),
+        _next_token_ce(spliced, tokens, keep),
+        _next_token_ce(zeroed, tokens, keep),
+    )
 
 
 def per_chunk_metrics(s: CoreStats) -> dict[str, float]:
     n = max(s.n_tokens, 1)
-    return {"l0": s.l0_sum / n, "mse": s.sq_err_sum / n, "ce_loss_clean": s.ce_clean,
-            "ce_loss_spliced": s.ce_spliced, "ce_loss_zero_ablation": s.ce_zero}
+    return {
+        "l0": s.l0_sum / n,
+        "mse": s.sq_err_sum / n,
+        "ce_loss_clean": s.ce_clean,
+        "ce_loss_spliced": s.ce_spliced,
+        "ce_loss_zero_ablation": s.ce_zero,
+    }
 
 
 # --- corpus-level aggregations (lm-eval calls each with the list of per-chunk stats) -------------
-# explained variance about the pooled mean (as sae_lens's fixed run_evals), and CE loss recovered as a ratio
+# explained variance about the pooled mean (as sae_lens's fixed run_evals), and CE loss recovered
+# as a ratio
 # of total losses; both recomputable from the chunk statistics the samples log (aggregations.Pooled)
-explained_variance = Pooled("1 - sum(sq_err_sum) / (sum(x_sq_sum) - sqnorm(sum(x_sum)) / sum(n_tokens))")
+explained_variance = Pooled(
+    "1 - sum(sq_err_sum) / (sum(x_sq_sum) - sqnorm(sum(x_sum)) / sum(n_tokens))"
+)
 ce_loss_recovered = Pooled("(sum(ce_zero) - sum(ce_spliced)) / (sum(ce_zero) - sum(ce_clean))")
 
 
@@ -266,7 +333,9 @@ def _over(threshold: float, normalized: bool):
     def fraction(stats: list[CoreStats]) -> float:
         freq = firing_frequency(stats)
         over = freq > threshold
-        return float(freq[over].sum() / max(freq.sum(), 1e-12)) if normalized else float(over.mean())
+        return (
+            float(freq[over].sum() / max(freq.sum(), 1e-12)) if normalized else float(over.mean())
+        )
 
     fraction.__name__ = f"{'normalized_' if normalized else ''}freq_over_{threshold:g}"
     return fraction
@@ -279,8 +348,17 @@ dense_fraction = Pooled(compute=_dense_fraction)  # firing on more than 10% of t
 freq_over_1_percent = Pooled(compute=_over(0.01, False))
 normalized_freq_over_1_percent = Pooled(compute=_over(0.01, True))  # their share of all firing
 normalized_freq_over_10_percent = Pooled(compute=_over(0.1, True))
-EXTRA_SUMS = ("l1_sum", "cos_sum", "norm_in_sum", "norm_out_sum", "ratio_sum", "xhat_sq_sum", "dot_sum")
-# per token means over all chunks, as SAEBench's core eval reports them (its relative reconstruction bias is
+EXTRA_SUMS = (
+    "l1_sum",
+    "cos_sum",
+    "norm_in_sum",
+    "norm_out_sum",
+    "ratio_sum",
+    "xhat_sq_sum",
+    "dot_sum",
+)
+# per token means over all chunks, as SAEBench's core eval reports them (its relative
+# reconstruction bias is
 # E|x_hat|^2 / E[x . x_hat], Wright & Sharkey's gamma)
 l1 = Pooled("sum(l1_sum) / sum(n_tokens)")
 cossim = Pooled("sum(cos_sum) / sum(n_tokens)")
@@ -292,24 +370,55 @@ tokens = Pooled("sum(n_tokens)")
 
 
 # --- the chunk loop and its caches ---------------------------------------------------------------
-CACHE_FORMAT = 3  # chunk entries are saved as plain dicts (no pickled classes); 3: SAEBench's extra sums
+CACHE_FORMAT = (
+    3  # chunk entries are saved as plain dicts (no pickled classes); 3: SAEBench's extra sums
+)
 
 
-def chunk_statistics(model, sae, info, reader, forward_name: str, spec: CorpusSpec, cfg: CoreConfig, seed: int,
-                     wanted: list[int], device: str, desc: str = "chunks") -> dict[int, tuple[CoreStats, str]]:
+def chunk_statistics(
+    model,
+    sae,
+    info,
+    reader,
+    forward_name: str,
+    spec: CorpusSpec,
+    cfg: CoreConfig,
+    seed: int,
+    wanted: list[int],
+    device: str,
+    desc: str = "chunks",
+) -> dict[int, tuple[CoreStats, str]]:
     """{chunk: (statistics, sha256 of its tokens)} for the chunks `wanted`.
 
-    Each chunk's SAE-independent part (the hooked activation, the clean and zero-ablated losses) is cached
-    per subject model, hook, corpus and seed (`core_reference/`); each SAE's statistics per SAE
-    (`core_stats/`). An interrupted run resumes; a second SAE at the same hook pays only for its encode
-    and the spliced forward from the hook on."""
+    Each chunk's SAE-independent part (the hooked activation, the clean and zero-ablated losses) is
+    cached per subject model, hook, corpus and seed (`core_reference/`); each SAE's statistics per
+    SAE (`core_stats/`). An interrupted run resumes; a second SAE at the same hook pays only for
+    its encode and the spliced forward from the hook on."""
     special = special_ids(model.tokenizer)
-    where = {"model": model.cfg.model_name, "weights": model_fingerprint(model), "hook": info.hook_name,
-             "bos": info.prepend_bos, "corpus": spec, "corpus_fp": fingerprint(spec), "config": cfg, "seed": seed,
-             "forward": forward_name, "format": CACHE_FORMAT}
-    ref_folder, sae_folder = _folder("core_reference", where), _folder("core_stats", {**where, "sae": info.fingerprint})
-    contexts = token_contexts(spec, model.tokenizer, (max(wanted) + 1) * cfg.chunk_tokens, cfg.context_size,
-                              info.prepend_bos, seed)
+    where = {
+        "model": model.cfg.model_name,
+        "weights": model_fingerprint(model),
+        "hook": info.hook_name,
+        "bos": info.prepend_bos,
+        "corpus": spec,
+        "corpus_fp": fingerprint(spec),
+        "config": cfg,
+        "seed": seed,
+        "forward": forward_name,
+        "format": CACHE_FORMAT,
+    }
+    ref_folder, sae_folder = (
+        _folder("core_reference", where),
+        _folder("core_stats", {**where, "sae": info.fingerprint}),
+    )
+    contexts = token_contexts(
+        spec,
+        model.tokenizer,
+        (max(wanted) + 1) * cfg.chunk_tokens,
+        cfg.context_size,
+        info.prepend_bos,
+        seed,
+    )
     zero: list = []  # the zero-ablated logits, computed once when a chunk needs them
     out = {}
     bar = tqdm(total=len(wanted), unit="chunks", desc=desc)
@@ -335,8 +444,9 @@ def chunk_statistics(model, sae, info, reader, forward_name: str, spec: CorpusSp
 
 
 def tokens_sha256(contexts: list[torch.Tensor]) -> str:
-    """A chunk's token ids, hashed: `sae-interp compare` pairs two runs' chunks only where these agree
-    (the same settings can read different text, e.g. `corpus: sae` is each SAE's own training set)."""
+    """A chunk's token ids, hashed: `sae-interp compare` pairs two runs' chunks only where these
+    agree (the same settings can read different text, e.g. `corpus: sae` is each SAE's own training
+    set)."""
     ids = torch.stack(contexts).to(torch.int64).cpu().numpy()
     return hashlib.sha256(ids.tobytes()).hexdigest()[:16]
 
@@ -348,11 +458,14 @@ def _folder(kind: str, key: dict) -> Path:
 
 
 def _load(path: Path, record: type):
-    """A cached chunk entry as `record`, or None when absent or unreadable (then it is computed again)."""
+    """A cached chunk entry as `record`, or None when absent or unreadable (then it is computed
+    again)."""
     if not path.exists():
         return None
     try:
         return record(**torch.load(path, weights_only=False))
     except Exception as err:  # a truncated or foreign file is a cache miss, never a crash
-        log.warning("cache entry %s is unreadable (%s); computing it again", path, type(err).__name__)
+        log.warning(
+            "cache entry %s is unreadable (%s); computing it again", path, type(err).__name__
+        )
         return None

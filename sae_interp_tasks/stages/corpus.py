@@ -31,8 +31,14 @@ from sae_interp_tasks.errors import SaeInterpError
 log = logging.getLogger(__name__)
 
 _STDLIB_SKIP = {"site-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__"}
-_LOCAL_FORMATS = {".txt": "text", ".md": "text", ".jsonl": "json", ".json": "json",
-                  ".parquet": "parquet", ".csv": "csv"}
+_LOCAL_FORMATS = {
+    ".txt": "text",
+    ".md": "text",
+    ".jsonl": "json",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+}
 
 
 @dataclass(frozen=True)
@@ -57,18 +63,26 @@ class CorpusConfig(StageConfig):
     text_field: str = "text"
 
     def spec(self, sae_dataset: str | None) -> CorpusSpec:
-        """The concrete corpus; `sae` resolves to the SAE's own `dataset_path` (stdlib when it names none)."""
+        """The concrete corpus; `sae` resolves to the SAE's own `dataset_path` (stdlib when it
+        names none)."""
         source = self.corpus
         if source == "sae":
             if not sae_dataset:
-                log.warning("the SAE's metadata names no dataset_path; using the offline stdlib corpus "
-                            "(set corpus=hf:<dataset> to choose one)")
+                log.warning(
+                    "the SAE's metadata names no dataset_path; using the offline stdlib corpus "
+                    "(set corpus=hf:<dataset> to choose one)"
+                )
                 source = "stdlib"
             elif sae_dataset == "stdlib" or sae_dataset.startswith(("hf:", "/", ".")):
                 source = sae_dataset
             else:
                 source = f"hf:{sae_dataset}"
-        return CorpusSpec(source=source, name=self.corpus_name, split=self.corpus_split, text_field=self.text_field)
+        return CorpusSpec(
+            source=source,
+            name=self.corpus_name,
+            split=self.corpus_split,
+            text_field=self.text_field,
+        )
 
 
 def stdlib_documents() -> list[str]:
@@ -94,28 +108,43 @@ def _hf_texts(spec: CorpusSpec, seed: int) -> Iterator[str]:
     local = Path(path)
     try:
         if local.exists():
-            files = sorted(str(p) for p in (local.rglob("*") if local.is_dir() else [local])
-                           if p.suffix in _LOCAL_FORMATS)
+            files = sorted(
+                str(p)
+                for p in (local.rglob("*") if local.is_dir() else [local])
+                if p.suffix in _LOCAL_FORMATS
+            )
             if not files:
-                raise SaeInterpError(f"corpus {path!r} has no {'/'.join(sorted(_LOCAL_FORMATS))} files")
+                raise SaeInterpError(
+                    f"corpus {path!r} has no {'/'.join(sorted(_LOCAL_FORMATS))} files"
+                )
             builders = {_LOCAL_FORMATS[Path(f).suffix] for f in files}
             if len(builders) > 1:
-                raise SaeInterpError(f"corpus folder {path!r} mixes formats {sorted(builders)}; keep one kind of file")
-            dataset = datasets.load_dataset(builders.pop(), data_files=files, split="train", streaming=True)
+                raise SaeInterpError(
+                    f"corpus folder {path!r} mixes formats {sorted(builders)}; keep one kind of "
+                    "file"
+                )
+            dataset = datasets.load_dataset(
+                builders.pop(), data_files=files, split="train", streaming=True
+            )
         else:
             dataset = datasets.load_dataset(path, spec.name, split=spec.split, streaming=True)
     except SaeInterpError:
         raise
     except Exception as err:  # datasets raises many types for "not found" / offline / bad config
-        raise SaeInterpError(f"cannot open corpus {spec.label!r}: {str(err).splitlines()[0][:300]} "
-                             "(check the dataset name, corpus_name/corpus_split, your hub access, or use a local path)") from err
+        raise SaeInterpError(
+            f"cannot open corpus {spec.label!r}: {str(err).splitlines()[0][:300]} "
+            "(check the dataset name, corpus_name/corpus_split, your hub access, or use a local "
+            "path)"
+        ) from err
     dataset = dataset.shuffle(seed=seed, buffer_size=1000)
     checked = False
     for row in dataset:
         if not checked:
             if spec.text_field not in row:
-                raise SaeInterpError(f"corpus {spec.label!r} has no field {spec.text_field!r}; "
-                                     f"set text_field to one of: {', '.join(row)}")
+                raise SaeInterpError(
+                    f"corpus {spec.label!r} has no field {spec.text_field!r}; "
+                    f"set text_field to one of: {', '.join(row)}"
+                )
             checked = True
         text = row[spec.text_field]
         if isinstance(text, str) and text.strip():
@@ -131,14 +160,27 @@ def iter_documents(spec: CorpusSpec, seed: int) -> Iterator[str]:
         yield from _hf_texts(spec, seed)
 
 
-def token_contexts(spec: CorpusSpec, tokenizer, n_tokens: int, context_size: int, prepend_bos: bool,
-                   seed: int, batch_docs: int = 64) -> Iterator[torch.Tensor]:
-    """Yield contexts (int64 [context_size]) until `n_tokens` tokens are produced; raise if the corpus runs dry."""
+def token_contexts(
+    spec: CorpusSpec,
+    tokenizer,
+    n_tokens: int,
+    context_size: int,
+    prepend_bos: bool,
+    seed: int,
+    batch_docs: int = 64,
+) -> Iterator[torch.Tensor]:
+    """Yield contexts (int64 [context_size]) until `n_tokens` tokens are produced; raise if the
+    corpus runs dry."""
     if n_tokens <= 0 or context_size <= 1:
-        raise SaeInterpError(f"n_tokens ({n_tokens}) and context_size ({context_size}) must be positive")
+        raise SaeInterpError(
+            f"n_tokens ({n_tokens}) and context_size ({context_size}) must be positive"
+        )
     bos = tokenizer.bos_token_id if prepend_bos else None
     if prepend_bos and bos is None:
-        raise SaeInterpError("the SAE expects a BOS token but the tokenizer has none; set prepend_bos false in its metadata")
+        raise SaeInterpError(
+            "the SAE expects a BOS token but the tokenizer has none; set prepend_bos false in its "
+            "metadata"
+        )
     sep = tokenizer.eos_token_id
     body = context_size - (1 if bos is not None else 0)
     buffer: list[int] = []
@@ -147,15 +189,18 @@ def token_contexts(spec: CorpusSpec, tokenizer, n_tokens: int, context_size: int
     exhausted = False
     while produced < n_tokens:
         while len(buffer) < body and not exhausted:
-            batch = [d for _, d in zip(range(batch_docs), docs)]
+            batch = [d for _, d in zip(range(batch_docs), docs, strict=False)]
             exhausted = len(batch) < batch_docs
             for ids in tokenizer(batch, add_special_tokens=False)["input_ids"] if batch else []:
                 buffer.extend(ids)
                 if sep is not None:
                     buffer.append(sep)
         if len(buffer) < body:
-            raise SaeInterpError(f"corpus {spec.label!r} ran out after {produced} tokens but {n_tokens} were asked for; "
-                                 "lower n_tokens or choose a larger corpus")
+            raise SaeInterpError(
+                f"corpus {spec.label!r} ran out after {produced} tokens but {n_tokens} were asked "
+                "for; "
+                "lower n_tokens or choose a larger corpus"
+            )
         chunk, buffer = buffer[:body], buffer[body:]
         ctx = ([bos] if bos is not None else []) + chunk
         yield torch.tensor(ctx, dtype=torch.long)
@@ -165,7 +210,9 @@ def token_contexts(spec: CorpusSpec, tokenizer, n_tokens: int, context_size: int
 def fingerprint(spec: CorpusSpec) -> str:
     """Identifies the corpus content for cache keys (the stdlib differs between Python versions)."""
     if spec.source == "stdlib":
-        return f"stdlib-py{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
+        return (
+            f"stdlib-py{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
+        )
     local = Path(spec.source)
     if local.exists():
         files = sorted(local.rglob("*")) if local.is_dir() else [local]

@@ -17,16 +17,18 @@ from dataclasses import dataclass
 
 from sae_interp_tasks.clients import ClientConfig, LLMClient, Prompt
 from sae_interp_tasks.config import StageConfig, option, positive
-from sae_interp_tasks.stages.examples import activating_marks, highlight
 from sae_interp_tasks.records import Example, ExampleSplit, Explanation
+from sae_interp_tasks.stages.examples import activating_marks, highlight
 
 EXPLAINERS = ("hf", "openai", "tokens")
 Decode = Callable[[list[int]], str]
 
 SYSTEM = (
     "You study one neuron-like feature of a language model. You are shown text excerpts where the "
-    "feature is active; the tokens where it fires are marked <<like this>>. After the excerpts comes a "
-    "list of the firing tokens with their activation strength from 0 to 10. Work out the single pattern "
+    "feature is active; the tokens where it fires are marked <<like this>>. After the excerpts "
+    "comes a "
+    "list of the firing tokens with their activation strength from 0 to 10. Work out the single "
+    "pattern "
     "that makes the feature fire: a word, a token type, a concept, a syntactic role or a context. "
     "Reply with one line of at most 20 words that starts with 'Explanation:'."
 )
@@ -39,27 +41,44 @@ class ExplainerConfig(StageConfig):
     explainer_base_url: str | None = None
     explainer_api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable holding the key
     explainer_max_tokens: int = positive(48)
-    highlight_threshold: float = option(0.3, above=0.0, max=1.0)  # marked: tokens >= this x the window max
+    highlight_threshold: float = option(
+        0.3, above=0.0, max=1.0
+    )  # marked: tokens >= this x the window max
     max_concurrency: int = positive(8)  # requests in flight to an endpoint
 
     def client_config(self, device: str = "cpu") -> ClientConfig:
-        return ClientConfig(kind=self.explainer, model=self.explainer_model, base_url=self.explainer_base_url,
-                            api_key_env=self.explainer_api_key_env, max_concurrency=self.max_concurrency,
-                            device=device)
+        return ClientConfig(
+            kind=self.explainer,
+            model=self.explainer_model,
+            base_url=self.explainer_base_url,
+            api_key_env=self.explainer_api_key_env,
+            max_concurrency=self.max_concurrency,
+            device=device,
+        )
 
 
-def explainer_prompt(train: list[Example], decode: Decode, threshold: float, max_tokens: int) -> Prompt:
+def explainer_prompt(
+    train: list[Example], decode: Decode, threshold: float, max_tokens: int
+) -> Prompt:
     excerpts, strengths = [], []
     for i, ex in enumerate(train, 1):
         marks = activating_marks(ex, threshold)
         excerpts.append(f"Excerpt {i}: {highlight(ex.tokens, marks, decode)}")
-        for tok, act in zip(ex.tokens.tolist(), ex.acts.tolist()):
+        for tok, act in zip(ex.tokens.tolist(), ex.acts.tolist(), strict=True):
             if act > 0 and act >= threshold * ex.max_act:
                 strengths.append(f"{decode([tok])!r} {round(10 * act / ex.max_act)}")
-    user = ("\n".join(excerpts) + "\n\nFiring tokens and strengths:\n" + ", ".join(strengths[:120])
-            + "\n\nWhat does the feature detect?")
-    return Prompt(messages=(("system", SYSTEM), ("user", user)), max_tokens=max_tokens, temperature=0.0,
-                  prefill="Explanation:")
+    user = (
+        "\n".join(excerpts)
+        + "\n\nFiring tokens and strengths:\n"
+        + ", ".join(strengths[:120])
+        + "\n\nWhat does the feature detect?"
+    )
+    return Prompt(
+        messages=(("system", SYSTEM), ("user", user)),
+        max_tokens=max_tokens,
+        temperature=0.0,
+        prefill="Explanation:",
+    )
 
 
 _LIST_MARK = re.compile(r"^(\d+\.|[-*\u2022])\s*")
@@ -73,7 +92,7 @@ def parse_explanation(text: str | None) -> str | None:
     if not text:
         return None
     match = re.search(r"explanation\s*:", text, re.IGNORECASE)
-    body = text[match.end():] if match else text
+    body = text[match.end() :] if match else text
     lines = [ln.strip() for ln in body.splitlines() if ln.strip()]
     if not lines:
         return None
@@ -85,12 +104,14 @@ def parse_explanation(text: str | None) -> str | None:
     return " ".join(words[:30]) or None
 
 
-def token_explanation(train: list[Example], decode: Decode, threshold: float, n_tokens: int = 3) -> str:
+def token_explanation(
+    train: list[Example], decode: Decode, threshold: float, n_tokens: int = 3
+) -> str:
     """The non-LLM floor: the most frequent activating tokens, e.g. `the tokens " cat", " cats"`."""
     counts: Counter[str] = Counter()
     for ex in train:
         marks = activating_marks(ex, threshold)
-        for tok, mark in zip(ex.tokens.tolist(), marks.tolist()):
+        for tok, mark in zip(ex.tokens.tolist(), marks.tolist(), strict=True):
             if mark:
                 counts[decode([tok])] += 1
     top = [tok for tok, _ in counts.most_common(n_tokens)]
@@ -100,35 +121,59 @@ def token_explanation(train: list[Example], decode: Decode, threshold: float, n_
     return f"the token {quoted}" if len(top) == 1 else f"the tokens {quoted}"
 
 
-def explain(splits: list[ExampleSplit], cfg: ExplainerConfig, client: LLMClient | None, decode: Decode) -> dict[int, Explanation]:
-    """One explanation per latent; an LLM answer that cannot be parsed gives the token-list explanation, marked as such."""
+def explain(
+    splits: list[ExampleSplit], cfg: ExplainerConfig, client: LLMClient | None, decode: Decode
+) -> dict[int, Explanation]:
+    """One explanation per latent; an LLM answer that cannot be parsed gives the token-list
+    explanation, marked as such."""
     if cfg.explainer == "tokens" or client is None:
-        return {s.latent: Explanation(s.latent, token_explanation(s.train, decode, cfg.highlight_threshold), "tokens")
-                for s in splits}
-    prompts = [explainer_prompt(s.train, decode, cfg.highlight_threshold, cfg.explainer_max_tokens) for s in splits]
+        return {
+            s.latent: Explanation(
+                s.latent, token_explanation(s.train, decode, cfg.highlight_threshold), "tokens"
+            )
+            for s in splits
+        }
+    prompts = [
+        explainer_prompt(s.train, decode, cfg.highlight_threshold, cfg.explainer_max_tokens)
+        for s in splits
+    ]
     answers = client.generate(prompts, desc="explain")
     out = {}
     for split, answer in zip(splits, answers, strict=True):
         text = parse_explanation(answer.text)
         if text is None:
-            out[split.latent] = Explanation(split.latent, token_explanation(split.train, decode, cfg.highlight_threshold),
-                                            "tokens(fallback)")
+            out[split.latent] = Explanation(
+                split.latent,
+                token_explanation(split.train, decode, cfg.highlight_threshold),
+                "tokens(fallback)",
+            )
         else:
             out[split.latent] = Explanation(split.latent, text, client.name)
     return out
 
 
-# --- the output explanation: what steering a latent makes the model write ------------------------------
-OUTPUT_SYSTEM = ("You study one feature of a language model. When the feature is amplified, the model's "
-                 "next-token predictions move toward the tokens listed, with the average increase in probability. "
-                 "Say what the feature makes the model write: one line of at most 20 words that starts with "
-                 "'Explanation:'.")
+# --- the output explanation: what steering a latent makes the model write
+# ------------------------------
+OUTPUT_SYSTEM = (
+    "You study one feature of a language model. When the feature is amplified, the model's "
+    "next-token predictions move toward the tokens listed, with the average increase in "
+    "probability. "
+    "Say what the feature makes the model write: one line of at most 20 words that starts with "
+    "'Explanation:'."
+)
 
 
 def output_explainer_prompt(promoted: list[tuple[str, float]], max_tokens: int) -> Prompt:
     listing = "\n".join(f"{token!r} +{gain:.3f}" for token, gain in promoted)
-    return Prompt(messages=(("system", OUTPUT_SYSTEM), ("user", f"Promoted tokens:\n{listing}\n\nWhat does it promote?")),
-                  max_tokens=max_tokens, temperature=0.0, prefill="Explanation:")
+    return Prompt(
+        messages=(
+            ("system", OUTPUT_SYSTEM),
+            ("user", f"Promoted tokens:\n{listing}\n\nWhat does it promote?"),
+        ),
+        max_tokens=max_tokens,
+        temperature=0.0,
+        prefill="Explanation:",
+    )
 
 
 def promoted_token_explanation(promoted: list[tuple[str, float]]) -> str:
@@ -138,9 +183,15 @@ def promoted_token_explanation(promoted: list[tuple[str, float]]) -> str:
 
 
 def output_explanations(promoted: dict, client: LLMClient | None, max_tokens: int) -> dict:
-    """{key: explanation} from each key's promoted (token text, gain) list; token lists without a client."""
+    """{key: explanation} from each key's promoted (token text, gain) list; token lists without a
+    client."""
     if client is None:
         return {key: promoted_token_explanation(tokens) for key, tokens in promoted.items()}
     keys = list(promoted)
-    answers = client.generate([output_explainer_prompt(promoted[k], max_tokens) for k in keys], desc="output explain")
-    return {k: parse_explanation(a.text) or promoted_token_explanation(promoted[k]) for k, a in zip(keys, answers)}
+    answers = client.generate(
+        [output_explainer_prompt(promoted[k], max_tokens) for k in keys], desc="output explain"
+    )
+    return {
+        k: parse_explanation(a.text) or promoted_token_explanation(promoted[k])
+        for k, a in zip(keys, answers, strict=True)
+    }

@@ -42,11 +42,14 @@ def _get(root, path: str):
 
 
 def hook_module(hf_model, hook_name: str) -> tuple[torch.nn.Module, str] | None:
-    """(module, "input" | "output") whose input or output is the TransformerLens hook's activation."""
+    """(module, "input" | "output") whose input or output is the TransformerLens hook's
+    activation."""
     match = _HOOK.match(hook_name)
     if match is None:
         return None
-    layers = next((found for path in _LAYER_LISTS if (found := _get(hf_model, path)) is not None), None)
+    layers = next(
+        (found for path in _LAYER_LISTS if (found := _get(hf_model, path)) is not None), None
+    )
     layer, kind = int(match.group(1)), match.group(2)
     if layers is None or layer >= len(layers):
         return None
@@ -81,12 +84,17 @@ class HFReader:
             if stop:
                 raise _Stop
 
-        handle = (module.register_forward_pre_hook(on_input, with_kwargs=True) if where == "input"
-                  else module.register_forward_hook(on_output, with_kwargs=True))
+        handle = (
+            module.register_forward_pre_hook(on_input, with_kwargs=True)
+            if where == "input"
+            else module.register_forward_hook(on_output, with_kwargs=True)
+        )
         logits = None
         try:
             with torch.no_grad():
-                logits = self.hf_model(input_ids=tokens.to(self.hf_model.device), use_cache=False).logits
+                logits = self.hf_model(
+                    input_ids=tokens.to(self.hf_model.device), use_cache=False
+                ).logits
         except _Stop:
             pass
         finally:
@@ -103,24 +111,39 @@ class HFReader:
 
     @classmethod
     def check(cls, hf_model, tl_model, hook_name: str, probe: torch.Tensor) -> HFReader | None:
-        """A reader when the Hugging Face model gives TransformerLens's activation and logits on `probe`."""
+        """A reader when the Hugging Face model gives TransformerLens's activation and logits on
+        `probe`."""
         if hf_model is None:
             return None
         reader = cls(hf_model, hook_name)
         if reader.point is None:
-            log.info("no Hugging Face module for %s; reading activations through TransformerLens", hook_name)
+            log.info(
+                "no Hugging Face module for %s; reading activations through TransformerLens",
+                hook_name,
+            )
             return None
         try:
             x, logits = reader.activations_and_logits(probe)
-        except Exception as err:  # an architecture whose layers take other arguments: TransformerLens works
+        except (
+            Exception
+        ) as err:  # an architecture whose layers take other arguments: TransformerLens works
             log.info("the Hugging Face forward failed on a probe (%s); using TransformerLens", err)
             return None
         with torch.no_grad():
-            tl_logits, cache = tl_model.run_with_cache(probe.to(tl_model.cfg.device), names_filter=hook_name)
-        same = (x.shape == cache[hook_name].shape and _close(x, cache[hook_name]) and _close(logits, tl_logits))
+            tl_logits, cache = tl_model.run_with_cache(
+                probe.to(tl_model.cfg.device), names_filter=hook_name
+            )
+        same = (
+            x.shape == cache[hook_name].shape
+            and _close(x, cache[hook_name])
+            and _close(logits, tl_logits)
+        )
         if not same:
-            log.warning("the Hugging Face model's %s or logits differ from TransformerLens's; using TransformerLens",
-                        hook_name)
+            log.warning(
+                "the Hugging Face model's %s or logits differ from TransformerLens's; using "
+                "TransformerLens",
+                hook_name,
+            )
             return None
         return reader
 

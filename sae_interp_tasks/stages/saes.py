@@ -1,4 +1,5 @@
-"""Loading the SAE under evaluation: a sae_lens pretrained release, a folder, the demo, or a control."""
+"""Loading the SAE under evaluation: a sae_lens pretrained release, a folder, the demo, or a
+control."""
 
 from __future__ import annotations
 
@@ -42,14 +43,18 @@ class SAEInfo:
     model_from_pretrained_kwargs: dict
 
 
-def instrument_defaults(release: str | None, sae_id: str | None, path: str | None) -> tuple[str, dict]:
+def instrument_defaults(
+    release: str | None, sae_id: str | None, path: str | None
+) -> tuple[str, dict]:
     """(the SAE's label, its own instrument defaults) for a folder SAE or the demo, read from its
     cfg.json without loading it; a release has none here (its metadata is on the hub)."""
     label = SAESource(release=release, sae_id=sae_id, path=path).label
     if release:
         return label, {}
     try:
-        meta = json.loads((Path(path or DEMO_SAE_DIR) / "cfg.json").read_text()).get("metadata") or {}
+        meta = (
+            json.loads((Path(path or DEMO_SAE_DIR) / "cfg.json").read_text()).get("metadata") or {}
+        )
     except (OSError, ValueError):
         return label, {}
     found = meta.get(INSTRUMENT_DEFAULTS_KEY)
@@ -63,17 +68,23 @@ def validate_release(release: str, sae_id: str | None) -> None:
     if release not in directory:
         if "/" in release:  # a hub repo id, as sae_lens also accepts
             return
-        raise unknown("release", release, directory,
-                      fix="see sae_lens's pretrained SAE table, or pass path=DIR for a local SAE")
+        raise unknown(
+            "release",
+            release,
+            directory,
+            fix="see sae_lens's pretrained SAE table, or pass path=DIR for a local SAE",
+        )
     if sae_id is None:
-        raise SaeInterpError(f"release {release!r} needs sae_id=...; e.g. {next(iter(directory[release].saes_map))}")
+        raise SaeInterpError(
+            f"release {release!r} needs sae_id=...; e.g. {next(iter(directory[release].saes_map))}"
+        )
     if sae_id not in directory[release].saes_map:
         raise unknown(f"sae_id for release {release!r}", sae_id, directory[release].saes_map)
 
 
 def _release_error(source: SAESource, err: Exception) -> SaeInterpError:
-    """Why a release did not load, and how to get it: a file missing from the local hub cache offline names
-    the repo and folder to download."""
+    """Why a release did not load, and how to get it: a file missing from the local hub cache
+    offline names the repo and folder to download."""
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     if isinstance(err, LocalEntryNotFoundError):
@@ -82,30 +93,40 @@ def _release_error(source: SAESource, err: Exception) -> SaeInterpError:
         entry = get_pretrained_saes_directory().get(source.release)
         repo = entry.repo_id if entry else source.release
         folder = entry.saes_map.get(source.sae_id, source.sae_id) if entry else source.sae_id
-        return SaeInterpError(f"the SAE {source.label} is not in the local Hugging Face cache and the hub is not "
-                              f"reachable (HF_HUB_OFFLINE is set or there is no network); fetch it where the hub is "
-                              f"reachable: huggingface-cli download {repo} --include '{folder}/*', then rerun with "
-                              "the same HF_HOME (or pass path=DIR)")
-    return SaeInterpError(f"cannot load SAE {source.label}: {str(err).splitlines()[0][:300]} "
-                          "(check release/sae_id, your hub access, or pass path=DIR)")
+        return SaeInterpError(
+            f"the SAE {source.label} is not in the local Hugging Face cache and the hub is not "
+            f"reachable (HF_HUB_OFFLINE is set or there is no network); fetch it where the hub is "
+            f"reachable: huggingface-cli download {repo} --include '{folder}/*', then rerun with "
+            "the same HF_HOME (or pass path=DIR)"
+        )
+    return SaeInterpError(
+        f"cannot load SAE {source.label}: {str(err).splitlines()[0][:300]} "
+        "(check release/sae_id, your hub access, or pass path=DIR)"
+    )
 
 
 def check_folder(path: str, hookpoint: str | None = None) -> None:
     folder = Path(path)
     if not folder.is_dir():
-        raise SaeInterpError(f"path={path!r} is not a folder; give a folder saved by sae_lens (cfg.json + "
-                             "sae_weights.safetensors) or by sparsify (cfg.json + sae.safetensors, or a folder of them)")
+        raise SaeInterpError(
+            f"path={path!r} is not a folder; give a folder saved by sae_lens (cfg.json + "
+            "sae_weights.safetensors) or by sparsify (cfg.json + sae.safetensors, or a folder of "
+            "them)"
+        )
     if sparsify_saes.is_sparsify(folder):
         sparsify_saes.checkpoint_folder(folder, hookpoint, f"path={path!r}")
         return
     for needed in ("cfg.json", "sae_weights.safetensors"):
         if not (folder / needed).exists():
-            raise SaeInterpError(f"path={path!r} has no {needed}; give a folder saved by sae_lens's SAE.save_model "
-                                 "(or by sparsify: cfg.json + sae.safetensors)")
+            raise SaeInterpError(
+                f"path={path!r} has no {needed}; give a folder saved by sae_lens's SAE.save_model "
+                "(or by sparsify: cfg.json + sae.safetensors)"
+            )
 
 
 def check_source(source: SAESource) -> None:
-    """The checks that need no download and no weights: a known release and sae_id, an SAE folder, a control."""
+    """The checks that need no download and no weights: a known release and sae_id, an SAE folder,
+    a control."""
     if source.control is not None and source.control not in CONTROLS:
         raise unknown("control", source.control, CONTROLS)
     if source.release and not _sparsify_release(source):
@@ -115,21 +136,33 @@ def check_source(source: SAESource) -> None:
 
 
 def _sparsify_release(source: SAESource) -> bool:
-    """A hub repo of sparsify SAEs: `release=org/name,hookpoint=...` (sae_lens's releases take sae_id)."""
+    """A hub repo of sparsify SAEs: `release=org/name,hookpoint=...` (sae_lens's releases take
+    sae_id)."""
     return bool(source.release and source.hookpoint and not source.sae_id and "/" in source.release)
 
 
 def _load_sparsify(source: SAESource, device: str, dtype: str):
-    """A sparsify checkpoint from `path=` (with `hookpoint=` in a folder of several) or a hub repo."""
+    """A sparsify checkpoint from `path=` (with `hookpoint=` in a folder of several) or a hub
+    repo."""
     label = source.label
     if source.release:
         from huggingface_hub import snapshot_download
 
         try:
-            root = Path(snapshot_download(source.release, allow_patterns=[f"{source.hookpoint}/*", "config.json"]))
-        except (OSError, ValueError) as err:  # offline, not found, gated: all OSError in huggingface_hub
-            raise SaeInterpError(f"cannot load the sparsify SAE {label}: {str(err).splitlines()[0][:300]} (check the "
-                                 "repo and hookpoint and your hub access, or download it and pass path=DIR)") from err
+            root = Path(
+                snapshot_download(
+                    source.release, allow_patterns=[f"{source.hookpoint}/*", "config.json"]
+                )
+            )
+        except (
+            OSError,
+            ValueError,
+        ) as err:  # offline, not found, gated: all OSError in huggingface_hub
+            raise SaeInterpError(
+                f"cannot load the sparsify SAE {label}: {str(err).splitlines()[0][:300]} (check "
+                "the "
+                "repo and hookpoint and your hub access, or download it and pass path=DIR)"
+            ) from err
     else:
         root = Path(source.path)
     folder, hookpoint = sparsify_saes.checkpoint_folder(root, source.hookpoint, label)
@@ -146,8 +179,10 @@ def _load_from_disk(path: str, device: str, dtype: str):
         json.loads((folder / "cfg.json").read_text())
         return SAE.load_from_disk(str(folder), device=device, dtype=dtype)
     except (ValueError, KeyError, TypeError, OSError, SafetensorError) as err:
-        raise SaeInterpError(f"path={path!r} holds a malformed SAE ({type(err).__name__}: {str(err)[:200]}); "
-                             "re-save it with sae_lens's SAE.save_model") from err
+        raise SaeInterpError(
+            f"path={path!r} holds a malformed SAE ({type(err).__name__}: {str(err)[:200]}); "
+            "re-save it with sae_lens's SAE.save_model"
+        ) from err
 
 
 def load_sae(source: SAESource, device: str = "cpu", dtype: str = "float32"):
@@ -160,7 +195,10 @@ def load_sae(source: SAESource, device: str = "cpu", dtype: str = "float32"):
     elif source.release:
         try:
             sae = SAE.from_pretrained(source.release, source.sae_id, device=device, dtype=dtype)
-        except (OSError, ValueError) as err:  # huggingface_hub: not found, offline, gated (all OSError)
+        except (
+            OSError,
+            ValueError,
+        ) as err:  # huggingface_hub: not found, offline, gated (all OSError)
             raise _release_error(source, err) from err
     else:
         sae = _load_from_disk(source.path or str(DEMO_SAE_DIR), device, dtype)
@@ -171,8 +209,10 @@ def load_sae(source: SAESource, device: str = "cpu", dtype: str = "float32"):
         p.requires_grad_(False)
     meta = sae.cfg.metadata
     if not meta.hook_name or not meta.model_name:
-        raise SaeInterpError(f"SAE {source.label} names no hook_name/model_name in its metadata; "
-                             "set cfg.metadata.hook_name and model_name before saving it")
+        raise SaeInterpError(
+            f"SAE {source.label} names no hook_name/model_name in its metadata; "
+            "set cfg.metadata.hook_name and model_name before saving it"
+        )
     info = SAEInfo(
         label=source.label,
         model_name=meta.model_name,
@@ -215,8 +255,14 @@ def control_sae(sae, kind: str, k: int | None = None, seed: int = 0):
         directions = directions / directions.norm(dim=-1, keepdim=True)
     else:
         directions = torch.eye(d_in)
-    cfg = TopKSAEConfig(d_in=d_in, d_sae=directions.shape[0], k=min(k, directions.shape[0]),
-                        dtype=sae.cfg.dtype, device=str(sae.W_dec.device), apply_b_dec_to_input=True)
+    cfg = TopKSAEConfig(
+        d_in=d_in,
+        d_sae=directions.shape[0],
+        k=min(k, directions.shape[0]),
+        dtype=sae.cfg.dtype,
+        device=str(sae.W_dec.device),
+        apply_b_dec_to_input=True,
+    )
     cfg.metadata = type(sae.cfg.metadata)(**sae.cfg.metadata.to_dict())
     control = TopKSAE(cfg)
     with torch.no_grad():

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from sae_interp_tasks.stages import activations
 from sae_interp_tasks.config import StageConfig, option, positive
-from sae_interp_tasks.stages.corpus import CorpusSpec
 from sae_interp_tasks.errors import SaeInterpError
+from sae_interp_tasks.records import ExampleSplit
+from sae_interp_tasks.stages import activations
+from sae_interp_tasks.stages.corpus import CorpusSpec
 from sae_interp_tasks.stages.examples import ExampleConfig, split_examples
 from sae_interp_tasks.stages.shared import hard_negatives
-from sae_interp_tasks.records import ExampleSplit
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,13 @@ class SelectionConfig(StageConfig):
     seed: int | None = option(None, min=0)  # None: the harness's --seed
 
     def check(self) -> None:
-        if self.latents is not None and (not self.latents or not all(
-                isinstance(lat, int) and not isinstance(lat, bool) for lat in self.latents)):
-            raise SaeInterpError(f"latents must be a non-empty list of latent ids, got {self.latents!r}")
+        if self.latents is not None and (
+            not self.latents
+            or not all(isinstance(lat, int) and not isinstance(lat, bool) for lat in self.latents)
+        ):
+            raise SaeInterpError(
+                f"latents must be a non-empty list of latent ids, got {self.latents!r}"
+            )
 
     @property
     def n_slots(self) -> int:
@@ -69,20 +73,47 @@ def candidate_order(d_sae: int, latents: list | None, seed: int) -> list[int]:
     return torch.randperm(d_sae, generator=gen).tolist()
 
 
-def select_latents(model, sae, info, spec: CorpusSpec, pass_cfg: activations.PassConfig, cfg: SelectionConfig,
-                   min_examples: int, n_slots: int, seed: int, batch_size: int, read=None, forward: str = "tl",
-                   group=None) -> Selection:
-    """The first n_slots live latents of a seeded order of all latents (or exactly the named ones)."""
+def select_latents(
+    model,
+    sae,
+    info,
+    spec: CorpusSpec,
+    pass_cfg: activations.PassConfig,
+    cfg: SelectionConfig,
+    min_examples: int,
+    n_slots: int,
+    seed: int,
+    batch_size: int,
+    read=None,
+    forward: str = "tl",
+    group=None,
+) -> Selection:
+    """The first n_slots live latents of a seeded order of all latents (or exactly the named
+    ones)."""
     order = candidate_order(info.d_sae, cfg.latents, seed)
     explicit = cfg.latents is not None
     size = len(order) if explicit else min(len(order), max(2 * n_slots, MIN_POOL))
     while True:
         pool = order[:size]
-        state = activations.run_activation_pass(model, sae, info, spec, pass_cfg, seed, batch_size,
-                                                latents=torch.tensor(sorted(pool)), read=read, forward=forward,
-                                                group=group)
+        state = activations.run_activation_pass(
+            model,
+            sae,
+            info,
+            spec,
+            pass_cfg,
+            seed,
+            batch_size,
+            latents=torch.tensor(sorted(pool)),
+            read=read,
+            forward=forward,
+            group=group,
+        )
         filled = torch.isfinite(state.sample_key).sum(1)
-        live = {int(lat) for lat, n in zip(state.latents.tolist(), filled.tolist()) if n >= min_examples}
+        live = {
+            int(lat)
+            for lat, n in zip(state.latents.tolist(), filled.tolist(), strict=True)
+            if n >= min_examples
+        }
         if explicit or sum(lat in live for lat in pool) >= n_slots or size == len(order):
             break
         size = min(len(order), size * 4)
@@ -102,24 +133,43 @@ def select_latents(model, sae, info, spec: CorpusSpec, pass_cfg: activations.Pas
         else:
             passed += 1
     if len(chosen) < n_slots:
-        log.warning("only %d live latents for %d slots (min_examples=%d over %d tokens)", len(chosen), n_slots,
-                    min_examples, pass_cfg.n_tokens)
+        log.warning(
+            "only %d live latents for %d slots (min_examples=%d over %d tokens)",
+            len(chosen),
+            n_slots,
+            min_examples,
+            pass_cfg.n_tokens,
+        )
         chosen += [None] * (n_slots - len(chosen))
         skipped += [0] * (n_slots - len(skipped))
     return Selection(chosen, skipped, state)
 
 
-def make_splits(selection: Selection, cfg: ExampleConfig, seed: int, decode, embedder=None,
-                embedding_batch_size: int = 64) -> dict[int, ExampleSplit]:
-    """Each live latent's split; with `non_activating: hard` the non-activating pool is first narrowed
-    to the windows nearest its top windows by `embedder`."""
+def make_splits(
+    selection: Selection,
+    cfg: ExampleConfig,
+    seed: int,
+    decode,
+    embedder=None,
+    embedding_batch_size: int = 64,
+) -> dict[int, ExampleSplit]:
+    """Each live latent's split; with `non_activating: hard` the non-activating pool is first
+    narrowed to the windows nearest its top windows by `embedder`."""
     splits = {}
-    hard = cfg.non_activating == "hard"  # embeds every latent's windows: seconds per latent, so a bar
+    hard = (
+        cfg.non_activating == "hard"
+    )  # embeds every latent's windows: seconds per latent, so a bar
     for lat in tqdm(selection.live, unit="latents", desc="hard negatives", disable=not hard):
         record = selection.state.record(lat)
         if cfg.non_activating == "hard":
-            chosen = hard_negatives(record.top, list(record.non_activating), embedder, decode,
-                                    cfg.n_test_non_activating, embedding_batch_size)
+            chosen = hard_negatives(
+                record.top,
+                list(record.non_activating),
+                embedder,
+                decode,
+                cfg.n_test_non_activating,
+                embedding_batch_size,
+            )
             record = dataclasses.replace(record, non_activating=chosen)
         splits[lat] = split_examples(record, cfg, seed)
     return splits

@@ -26,12 +26,18 @@ from sae_interp_tasks.config import StageConfig, option, positive
 from sae_interp_tasks.errors import SaeInterpError
 
 DEFAULT_TEMPLATES = {
-    "meaning": {"user": 'What is the meaning of the word "X"?',
-                "assistant": 'The meaning of the word "X" is "', "placeholder": "X"},
+    "meaning": {
+        "user": 'What is the meaning of the word "X"?',
+        "assistant": 'The meaning of the word "X" is "',
+        "placeholder": "X",
+    },
     "neutral": {"user": '"<unk>"?', "assistant": ' "<unk>" "', "placeholder": "<unk>"},
     "repeat": {"user": 'Repeat "X" three times.', "assistant": '"X", "X", "', "placeholder": "X"},
-    "in_context": {"user": 'What is "X" in the following examples?\n{examples}',
-                   "assistant": '"X" is "', "placeholder": "X"},
+    "in_context": {
+        "user": 'What is "X" in the following examples?\n{examples}',
+        "assistant": '"X" is "',
+        "placeholder": "X",
+    },
 }
 
 
@@ -49,7 +55,9 @@ class SelfExplainConfig(StageConfig):
     scale_max: float = 4.0  # in units of the typical residual norm at the patch layer
     n_samples: int = positive(2)
     max_new_tokens: int = positive(12)
-    temperature: float = option(0.7, min=0.0)  # sampling temperature; 0 = greedy (then n_samples is 1)
+    temperature: float = option(
+        0.7, min=0.0
+    )  # sampling temperature; 0 = greedy (then n_samples is 1)
     alpha: float = option(0.4, min=0.0, max=1.0)
     top_scales: int = positive(3)
     # peak self-similarity below this flags a self-explanation failure; None: calibrated per model,
@@ -64,7 +72,10 @@ class SelfExplainConfig(StageConfig):
         names = set(self.template_map())
         for name in list(self.use_templates) + [self.explain_template]:
             if name not in names:
-                raise SaeInterpError(f"unknown self-explanation template {name!r}; defined: {', '.join(sorted(names))}")
+                raise SaeInterpError(
+                    f"unknown self-explanation template {name!r}; defined: "
+                    f"{', '.join(sorted(names))}"
+                )
 
     def template_map(self) -> dict:
         return dict(self.templates) if self.templates else dict(DEFAULT_TEMPLATES)
@@ -76,34 +87,51 @@ class PromptIds:
     positions: list[int]  # placeholder positions
 
 
-def render_prompt(tokenizer, template: dict, examples_text: str = "", n_inserted: int = 0) -> PromptIds:
+def render_prompt(
+    tokenizer, template: dict, examples_text: str = "", n_inserted: int = 0
+) -> PromptIds:
     """The chat prompt of a template, tokenized, with the placeholder positions.
 
     The model must have a chat template: a self-explanation prompt in a format the model was
     not tuned on is an error, not a silent fallback.
     """
     if not getattr(tokenizer, "chat_template", None):
-        raise SaeInterpError(f"the self-explanation model's tokenizer ({getattr(tokenizer, 'name_or_path', '?')}) has no chat "
-                             "template; set selfexplain_model (or model=) to an instruction-tuned model")
+        raise SaeInterpError(
+            f"the self-explanation model's tokenizer ({getattr(tokenizer, 'name_or_path', '?')}) "
+            "has no chat "
+            "template; set selfexplain_model (or model=) to an instruction-tuned model"
+        )
     placeholder = template.get("placeholder", "X")
     if placeholder == "<unk>":
         placeholder = tokenizer.unk_token or tokenizer.eos_token
     user = template["user"].replace("<unk>", placeholder).replace("{examples}", examples_text)
     assistant = template["assistant"].replace("<unk>", placeholder)
-    text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                         add_generation_prompt=True) + assistant
+    text = (
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+        )
+        + assistant
+    )
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
     target = tokenizer(placeholder, add_special_tokens=False).input_ids
     if len(target) != 1:
-        raise SaeInterpError(f"placeholder {placeholder!r} is {len(target)} tokens; choose a single-token placeholder")
+        raise SaeInterpError(
+            f"placeholder {placeholder!r} is {len(target)} tokens; choose a single-token "
+            "placeholder"
+        )
     positions = (ids == target[0]).nonzero().flatten().tolist()
     # placeholders the template itself holds, plus those inserted into the examples text; other
     # occurrences of the string in corpus text (e.g. "X" inside "XML") are not ours to count
-    expected = (template["user"].replace("<unk>", placeholder).replace("{examples}", "").count(placeholder)
-                + assistant.count(placeholder) + n_inserted)
+    expected = (
+        template["user"].replace("<unk>", placeholder).replace("{examples}", "").count(placeholder)
+        + assistant.count(placeholder)
+        + n_inserted
+    )
     if len(positions) < expected or not positions:
-        raise SaeInterpError(f"placeholder {placeholder!r} merges with its neighbours in the template "
-                             f"{template['user']!r}; change the template or the placeholder")
+        raise SaeInterpError(
+            f"placeholder {placeholder!r} merges with its neighbours in the template "
+            f"{template['user']!r}; change the template or the placeholder"
+        )
     return PromptIds(ids, positions)
 
 
@@ -149,16 +177,30 @@ def _clone_cache(cache):
 
 
 def typical_norm(model, prompt: PromptIds, layer: int) -> float:
-    """Mean residual norm entering `layer` over the prompt's tokens (the first, an attention sink, left out)."""
-    _, cache = model.run_with_cache(prompt.tokens[None].to(model.cfg.device), names_filter=f"blocks.{layer}.hook_resid_pre",
-                                    stop_at_layer=layer + 1, return_type=None)
+    """Mean residual norm entering `layer` over the prompt's tokens (the first, an attention sink,
+    left out)."""
+    _, cache = model.run_with_cache(
+        prompt.tokens[None].to(model.cfg.device),
+        names_filter=f"blocks.{layer}.hook_resid_pre",
+        stop_at_layer=layer + 1,
+        return_type=None,
+    )
     return float(cache[f"blocks.{layer}.hook_resid_pre"][0, 1:].norm(dim=-1).mean())
 
 
 @torch.no_grad()
-def sweep(model, prompt: PromptIds, directions: torch.Tensor, latents: list[int], scales: np.ndarray,
-          cfg: SelfExplainConfig, seed: int, progress: bool = True, generate: bool = True,
-          desc: str = "self-explanation sweep") -> SweepResult:
+def sweep(
+    model,
+    prompt: PromptIds,
+    directions: torch.Tensor,
+    latents: list[int],
+    scales: np.ndarray,
+    cfg: SelfExplainConfig,
+    seed: int,
+    progress: bool = True,
+    generate: bool = True,
+    desc: str = "self-explanation sweep",
+) -> SweepResult:
     """Batched generation for every (latent, scale, sample); the shared prompt prefix runs once.
     With generate=False only self-similarity and entropy are measured (texts stay empty)."""
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
@@ -181,31 +223,44 @@ def sweep(model, prompt: PromptIds, directions: torch.Tensor, latents: list[int]
     eos = _stop_ids(model.tokenizer)
     bar = tqdm(total=len(rows), unit="rows", desc=desc, disable=not progress)
     for start in range(0, len(rows), cfg.selfexplain_batch_size):
-        chunk = rows[start:start + cfg.selfexplain_batch_size]
+        chunk = rows[start : start + cfg.selfexplain_batch_size]
         b = len(chunk)
-        vectors = torch.stack([directions[r] * float(scales[s]) for r, s in chunk]).to(device, model.cfg.dtype)
+        vectors = torch.stack([directions[r] * float(scales[s]) for r, s in chunk]).to(
+            device, model.cfg.dtype
+        )
         cache = _expand_cache(_clone_cache(base), b)
-        logits, last = _patched_forward(model, rest[None].expand(b, -1), cache, vectors, rel_positions, patch_hook,
-                                        probe_hook)
+        logits, last = _patched_forward(
+            model, rest[None].expand(b, -1), cache, vectors, rel_positions, patch_hook, probe_hook
+        )
         dirs = torch.stack([directions[r] for r, _ in chunk]).to(last)
         sims = F.cosine_similarity(last, dirs, dim=-1).cpu().numpy()
         logp = F.log_softmax(logits[:, -1].float(), dim=-1)
         ents = (-(logp.exp() * logp).sum(-1)).cpu().numpy()
-        for (r, s), sim, ent in zip(chunk, sims, ents):
+        for (r, s), sim, ent in zip(chunk, sims, ents, strict=True):
             selfsim[r, s], entropy[r, s] = sim, ent
         if not generate:
             bar.update(b)
             continue
 
         # generation: n_samples per row, sharing the patched prompt's cache
-        out = _generate(model, _repeat_cache(cache, n_samples), logits[:, -1].repeat_interleave(n_samples, dim=0),
-                        cfg, gen, eos)
+        out = _generate(
+            model,
+            _repeat_cache(cache, n_samples),
+            logits[:, -1].repeat_interleave(n_samples, dim=0),
+            cfg,
+            gen,
+            eos,
+        )
         for i, (r, s) in enumerate(chunk):
             for k in range(n_samples):
-                texts[r][s].append(clean_generation(model.tokenizer, out[i * n_samples + k].tolist(), eos))
+                texts[r][s].append(
+                    clean_generation(model.tokenizer, out[i * n_samples + k].tolist(), eos)
+                )
         bar.update(b)
     bar.close()
-    return SweepResult(latents=list(latents), scales=scales, selfsim=selfsim, entropy=entropy, texts=texts)
+    return SweepResult(
+        latents=list(latents), scales=scales, selfsim=selfsim, entropy=entropy, texts=texts
+    )
 
 
 def _hooks(model, cfg: SelfExplainConfig) -> tuple[str, str]:
@@ -215,15 +270,24 @@ def _hooks(model, cfg: SelfExplainConfig) -> tuple[str, str]:
     probe_hook = f"blocks.{probe_layer}.hook_resid_post"
     for hook in (patch_hook, probe_hook):
         if hook not in model.hook_dict:
-            raise SaeInterpError(f"{hook} does not exist in {model.cfg.model_name} ({model.cfg.n_layers} layers); "
-                                 "lower patch_layer / probe_layer")
+            raise SaeInterpError(
+                f"{hook} does not exist in {model.cfg.model_name} ({model.cfg.n_layers} layers); "
+                "lower patch_layer / probe_layer"
+            )
     return patch_hook, probe_hook
 
 
-def _patched_forward(model, tokens: torch.Tensor, cache, vectors: torch.Tensor, positions: list[int], patch_hook: str,
-                     probe_hook: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The prompt's rest after the cached prefix, with each row's vector at the placeholder positions:
-    (logits, the probe layer's residual at the last token)."""
+def _patched_forward(
+    model,
+    tokens: torch.Tensor,
+    cache,
+    vectors: torch.Tensor,
+    positions: list[int],
+    patch_hook: str,
+    probe_hook: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompt's rest after the cached prefix, with each row's vector at the placeholder
+    positions: (logits, the probe layer's residual at the last token)."""
     captured = {}
 
     def patch(resid, hook):
@@ -234,7 +298,9 @@ def _patched_forward(model, tokens: torch.Tensor, cache, vectors: torch.Tensor, 
         captured["last"] = resid[:, -1].float()
         return resid
 
-    logits = model.run_with_hooks(tokens, past_kv_cache=cache, fwd_hooks=[(patch_hook, patch), (probe_hook, probe)])
+    logits = model.run_with_hooks(
+        tokens, past_kv_cache=cache, fwd_hooks=[(patch_hook, patch), (probe_hook, probe)]
+    )
     return logits, captured["last"]
 
 
@@ -246,10 +312,17 @@ def _stop_ids(tokenizer) -> set[int]:
     return eos
 
 
-def _generate(model, cache, next_logits: torch.Tensor, cfg: SelfExplainConfig, gen: torch.Generator,
-              eos: set[int]) -> torch.Tensor:
-    """Up to max_new_tokens tokens for each row [rows, steps], continuing the patched prompt's cache;
-    sampled at `temperature` with `gen` (greedy at 0); stops early once every row has ended."""
+def _generate(
+    model,
+    cache,
+    next_logits: torch.Tensor,
+    cfg: SelfExplainConfig,
+    gen: torch.Generator,
+    eos: set[int],
+) -> torch.Tensor:
+    """Up to max_new_tokens tokens for each row [rows, steps], continuing the patched prompt's
+    cache; sampled at `temperature` with `gen` (greedy at 0); stops early once every row has
+    ended."""
     device = next_logits.device
     out = torch.zeros(next_logits.shape[0], 0, dtype=torch.long, device=device)
     done = torch.zeros(next_logits.shape[0], dtype=torch.bool, device=device)
@@ -267,16 +340,29 @@ def _generate(model, cache, next_logits: torch.Tensor, cfg: SelfExplainConfig, g
     return out
 
 
-def null_selfsim_threshold(model, prompt: PromptIds, scales: np.ndarray, cfg: SelfExplainConfig, seed: int) -> float:
+def null_selfsim_threshold(
+    model, prompt: PromptIds, scales: np.ndarray, cfg: SelfExplainConfig, seed: int
+) -> float:
     """The null_quantile of peak self-similarity over random unit directions, swept like a latent.
 
     Self-similarity levels differ between models and layers (the source post notes layer-specific
     thresholds); a latent whose peak stays below what random directions reach is a failure.
     """
     gen = torch.Generator().manual_seed(seed)
-    directions = F.normalize(torch.randn(cfg.n_null_directions, model.cfg.d_model, generator=gen), dim=-1)
-    res = sweep(model, prompt, directions, list(range(cfg.n_null_directions)), scales, cfg, seed,
-                generate=False, desc="self-explanation threshold (random directions)")
+    directions = F.normalize(
+        torch.randn(cfg.n_null_directions, model.cfg.d_model, generator=gen), dim=-1
+    )
+    res = sweep(
+        model,
+        prompt,
+        directions,
+        list(range(cfg.n_null_directions)),
+        scales,
+        cfg,
+        seed,
+        generate=False,
+        desc="self-explanation threshold (random directions)",
+    )
     return float(np.quantile(res.selfsim.max(axis=1), cfg.null_quantile))
 
 
@@ -303,7 +389,9 @@ def best_scales(selfsim: np.ndarray, entropy: np.ndarray, alpha: float, k: int) 
 
 
 @torch.no_grad()
-def naive_generate(model, prompt: PromptIds, direction: torch.Tensor, scale: float, cfg: SelfExplainConfig) -> str:
+def naive_generate(
+    model, prompt: PromptIds, direction: torch.Tensor, scale: float, cfg: SelfExplainConfig
+) -> str:
     """One latent at one scale with TransformerLens's generate (no shared prefix, no batching).
 
     The baseline of benchmarks/selfexplain.py and the cache-free reference in tests: without a
@@ -317,60 +405,86 @@ def naive_generate(model, prompt: PromptIds, direction: torch.Tensor, scale: flo
         return resid
 
     with model.hooks(fwd_hooks=[(patch_hook, patch)]):
-        out = model.generate(prompt.tokens[None].to(model.cfg.device), max_new_tokens=cfg.max_new_tokens,
-                             do_sample=False, use_past_kv_cache=False, stop_at_eos=False, verbose=False,
-                             return_type="tokens")
+        out = model.generate(
+            prompt.tokens[None].to(model.cfg.device),
+            max_new_tokens=cfg.max_new_tokens,
+            do_sample=False,
+            use_past_kv_cache=False,
+            stop_at_eos=False,
+            verbose=False,
+            return_type="tokens",
+        )
     eos = {model.tokenizer.eos_token_id}
-    return clean_generation(model.tokenizer, out[0, len(prompt.tokens):].tolist(), eos)
-
+    return clean_generation(model.tokenizer, out[0, len(prompt.tokens) :].tolist(), eos)
 
 
 # --- sweeping a run's latents over every template in use ------------------------------------------
 def context_examples(record, decode, n: int, placeholder: str = "X") -> str:
-    """The latent's top windows with the most active token replaced by the placeholder, one per line."""
+    """The latent's top windows with the most active token replaced by the placeholder, one per
+    line."""
     lines = []
     for ex in record.top[:n]:
         toks = ex.tokens.tolist()
         peak = int(np.argmax(ex.acts))
         lead = " " if decode([toks[peak]]).startswith(" ") else ""
-        text = decode(toks[:peak]) + f'{lead}"{placeholder}"' + decode(toks[peak + 1:])
+        text = decode(toks[:peak]) + f'{lead}"{placeholder}"' + decode(toks[peak + 1 :])
         lines.append("- " + " ".join(text.split()))
     return "\n".join(lines)
 
 
-def run_sweeps(model, sae, latents: list[int], record_of: Callable, decode, cfg: SelfExplainConfig,
-               seed: int) -> tuple[dict, float]:
+def run_sweeps(
+    model, sae, latents: list[int], record_of: Callable, decode, cfg: SelfExplainConfig, seed: int
+) -> tuple[dict, float]:
     """{template: {latent: per-latent sweep summary}} for every template in use, and the peak
     self-similarity below which a latent counts as a failure (calibrated on the explain template).
-    `record_of(latent)` gives a latent's pass record (the in-context template shows its top windows)."""
+    `record_of(latent)` gives a latent's pass record (the in-context template shows its top
+    windows)."""
     directions = unit_directions(sae, latents, cfg.direction)
     templates = cfg.template_map()
 
     def prompt_and_scales(template: dict, lat: int | None = None):
-        """The rendered prompt (an in-context template shows `lat`'s top windows) and its absolute scales."""
+        """The rendered prompt (an in-context template shows `lat`'s top windows) and its absolute
+        scales."""
         if "{examples}" in template["user"]:
             text = context_examples(record_of(lat), decode, cfg.n_context_examples)
             prompt = render_prompt(model.tokenizer, template, text, n_inserted=text.count("\n") + 1)
         else:
             prompt = render_prompt(model.tokenizer, template)
-        return prompt, np.linspace(cfg.scale_min, cfg.scale_max, cfg.n_scales) * typical_norm(model, prompt, cfg.patch_layer)
+        return prompt, np.linspace(cfg.scale_min, cfg.scale_max, cfg.n_scales) * typical_norm(
+            model, prompt, cfg.patch_layer
+        )
 
     out = {}
     for name in dict.fromkeys(list(cfg.use_templates) + [cfg.explain_template]):
         template = templates[name]
         if "{examples}" in template["user"]:  # one prompt per latent
             per_latent = {}
-            for i, lat in enumerate(tqdm(latents, unit="latents", desc=f"self-explanation sweep ({name})")):
+            for i, lat in enumerate(
+                tqdm(latents, unit="latents", desc=f"self-explanation sweep ({name})")
+            ):
                 prompt, scales = prompt_and_scales(template, lat)
-                res = sweep(model, prompt, directions[i:i + 1], [lat], scales, cfg, seed, progress=False)
+                res = sweep(
+                    model, prompt, directions[i : i + 1], [lat], scales, cfg, seed, progress=False
+                )
                 per_latent[lat] = summarize(res, 0, cfg)
             out[name] = per_latent
         else:
             prompt, scales = prompt_and_scales(template)
-            res = sweep(model, prompt, directions, latents, scales, cfg, seed, desc=f"self-explanation sweep ({name})")
+            res = sweep(
+                model,
+                prompt,
+                directions,
+                latents,
+                scales,
+                cfg,
+                seed,
+                desc=f"self-explanation sweep ({name})",
+            )
             out[name] = {lat: summarize(res, i, cfg) for i, lat in enumerate(latents)}
     threshold = cfg.min_selfsim
-    if threshold is None and latents:  # on the explain template's prompt (in context: the first latent's)
+    if (
+        threshold is None and latents
+    ):  # on the explain template's prompt (in context: the first latent's)
         prompt, scales = prompt_and_scales(templates[cfg.explain_template], latents[0])
         threshold = null_selfsim_threshold(model, prompt, scales, cfg, seed)
     return out, threshold

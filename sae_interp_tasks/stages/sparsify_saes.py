@@ -1,10 +1,13 @@
-"""SAEs trained with EleutherAI's sparsify (the checkpoints delphi reads): one folder per hookpoint with
+"""SAEs trained with EleutherAI's sparsify (the checkpoints delphi reads): one folder per hookpoint
+with
 `cfg.json` and `sae.safetensors`, or a parent folder holding several.
 
-The checkpoint is loaded with the library itself (`sparsify.SparseCoder.load_from_disk`) and handed to
-the rest of the pipeline as the sae_lens `TopKSAE` it equals: sparsify's encoder is ReLU then top-k of
-`W_enc (x - b_dec) + b_enc`, its decoder `acts @ W_dec + b_dec`, which is sae_lens's TopK SAE with the
-decoder bias subtracted from the input. What sae_lens has no equal of is refused with one line naming
+The checkpoint is loaded with the library itself (`sparsify.SparseCoder.load_from_disk`) and handed
+to the rest of the pipeline as the sae_lens `TopKSAE` it equals: sparsify's encoder is ReLU then
+top-k of
+`W_enc (x - b_dec) + b_enc`, its decoder `acts @ W_dec + b_dec`, which is sae_lens's TopK SAE with
+the decoder bias subtracted from the input. What sae_lens has no equal of is refused with one line
+naming
 it: transcoders (they read one activation and predict another), skip connections, GroupMax.
 
 A sparsify hookpoint names a module of the Hugging Face model (`layers.6`, `layers.6.mlp`,
@@ -24,22 +27,36 @@ from sae_interp_tasks.errors import SaeInterpError
 
 WEIGHTS = "sae.safetensors"
 _HOOKS = (  # sparsify hookpoint (a module of the HF model) -> TransformerLens hook name
-    (re.compile(r"^(?:model\.)?(?:layers|h|gpt_neox\.layers|transformer\.h)\.(\d+)$"), "blocks.{}.hook_resid_post"),
-    (re.compile(r"^(?:model\.)?(?:layers|h|gpt_neox\.layers|transformer\.h)\.(\d+)\.mlp$"), "blocks.{}.hook_mlp_out"),
-    (re.compile(r"^(?:model\.)?(?:layers|h|gpt_neox\.layers|transformer\.h)\.(\d+)\.(?:self_attn|attn|attention)$"),
-     "blocks.{}.hook_attn_out"),
+    (
+        re.compile(r"^(?:model\.)?(?:layers|h|gpt_neox\.layers|transformer\.h)\.(\d+)$"),
+        "blocks.{}.hook_resid_post",
+    ),
+    (
+        re.compile(r"^(?:model\.)?(?:layers|h|gpt_neox\.layers|transformer\.h)\.(\d+)\.mlp$"),
+        "blocks.{}.hook_mlp_out",
+    ),
+    (
+        re.compile(
+            r"^(?:model\.)?(?:layers|h|gpt_neox\.layers|transformer\.h)\.(\d+)\.(?:self_attn|attn|attention)$"
+        ),
+        "blocks.{}.hook_attn_out",
+    ),
 )
 
 
 def is_sparsify(folder: Path) -> bool:
-    """A sparsify checkpoint (cfg.json + sae.safetensors), or a folder of them (one per hookpoint)."""
+    """A sparsify checkpoint (cfg.json + sae.safetensors), or a folder of them (one per
+    hookpoint)."""
     folder = Path(folder)
     return (folder / WEIGHTS).exists() or bool(hookpoints(folder))
 
 
 def hookpoints(folder: Path) -> list[str]:
-    return sorted(p.name for p in Path(folder).iterdir() if p.is_dir() and (p / WEIGHTS).exists()) \
-        if Path(folder).is_dir() else []
+    return (
+        sorted(p.name for p in Path(folder).iterdir() if p.is_dir() and (p / WEIGHTS).exists())
+        if Path(folder).is_dir()
+        else []
+    )
 
 
 def hook_name(hookpoint: str) -> str:
@@ -47,28 +64,33 @@ def hook_name(hookpoint: str) -> str:
         match = pattern.match(hookpoint)
         if match:
             return hook.format(match.group(1))
-    raise SaeInterpError(f"the sparsify hookpoint {hookpoint!r} maps onto no TransformerLens hook; supported: "
-                         "layers.N (residual stream after layer N), layers.N.mlp, layers.N.self_attn (and h.N..., "
-                         "gpt_neox.layers.N...)")
+    raise SaeInterpError(
+        f"the sparsify hookpoint {hookpoint!r} maps onto no TransformerLens hook; supported: "
+        "layers.N (residual stream after layer N), layers.N.mlp, layers.N.self_attn (and h.N..., "
+        "gpt_neox.layers.N...)"
+    )
 
 
 def checkpoint_folder(folder: Path, hookpoint: str | None, label: str) -> tuple[Path, str]:
-    """(the checkpoint's folder, its hookpoint) for `path=` a checkpoint or a parent folder and `hookpoint=`."""
+    """(the checkpoint's folder, its hookpoint) for `path=` a checkpoint or a parent folder and
+    `hookpoint=`."""
     folder = Path(folder)
     if (folder / WEIGHTS).exists():
         return folder, hookpoint or folder.name
     found = hookpoints(folder)
     if hookpoint is None:
-        raise SaeInterpError(f"{label} holds sparsify SAEs for {len(found)} hookpoints ({', '.join(found)}); choose "
-                             f"one with hookpoint=, e.g. --model_args path={folder},hookpoint={found[0]}")
+        raise SaeInterpError(
+            f"{label} holds sparsify SAEs for {len(found)} hookpoints ({', '.join(found)}); choose "
+            f"one with hookpoint=, e.g. --model_args path={folder},hookpoint={found[0]}"
+        )
     if hookpoint not in found:
         raise SaeInterpError(f"{label} has no hookpoint {hookpoint!r}; it has {', '.join(found)}")
     return folder / hookpoint, hookpoint
 
 
 def subject_name(checkpoint: Path, model: str | None, label: str) -> str:
-    """`model=`, else the model sparsify's trainer recorded in the run's config (config.json beside the
-    hookpoint folders)."""
+    """`model=`, else the model sparsify's trainer recorded in the run's config (config.json beside
+    the hookpoint folders)."""
     if model:
         return model
     for config in (checkpoint.parent / "config.json", checkpoint / "config.json"):
@@ -78,36 +100,63 @@ def subject_name(checkpoint: Path, model: str | None, label: str) -> str:
             continue
         if isinstance(named, str) and named:
             return named
-    raise SaeInterpError(f"nothing in {label} names the subject model its SAE was trained on (sparsify checkpoints "
-                         "record none); give it with model=, e.g. --model_args path=...,model=EleutherAI/pythia-160m")
+    raise SaeInterpError(
+        f"nothing in {label} names the subject model its SAE was trained on (sparsify checkpoints "
+        "record none); give it with model=, e.g. --model_args path=...,model=EleutherAI/pythia-160m"
+    )
 
 
-def load(checkpoint: Path, hookpoint: str, model_name: str, device: str = "cpu", dtype: str = "float32"):
+def load(
+    checkpoint: Path, hookpoint: str, model_name: str, device: str = "cpu", dtype: str = "float32"
+):
     """The checkpoint as an equal sae_lens TopKSAE, with the metadata the pipeline reads."""
     try:
         from sparsify import SparseCoder
     except ImportError as err:
-        raise SaeInterpError("sparsify checkpoints need the package eai-sparsify: pip install eai-sparsify") from err
+        raise SaeInterpError(
+            "sparsify checkpoints need the package eai-sparsify: pip install eai-sparsify"
+        ) from err
     from sae_lens import TopKSAE, TopKSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
     coder = SparseCoder.load_from_disk(checkpoint, device="cpu")
     cfg = coder.cfg
-    refused = [what for what, present in (("a transcoder (transcode: true)", cfg.transcode),
-                                          ("a skip connection (skip_connection: true)", cfg.skip_connection),
-                                          (f"the {cfg.activation} activation", cfg.activation != "topk")) if present]
+    refused = [
+        what
+        for what, present in (
+            ("a transcoder (transcode: true)", cfg.transcode),
+            ("a skip connection (skip_connection: true)", cfg.skip_connection),
+            (f"the {cfg.activation} activation", cfg.activation != "topk"),
+        )
+        if present
+    ]
     if refused:
-        raise SaeInterpError(f"sparsify checkpoint {checkpoint} has {' and '.join(refused)}, which this package does not "
-                             "score (it reads SAEs that reconstruct the activation they encode, with TopK)")
-    sae_cfg = TopKSAEConfig(d_in=coder.d_in, d_sae=coder.num_latents, k=cfg.k, dtype=dtype, device=device,
-                            apply_b_dec_to_input=True)
+        raise SaeInterpError(
+            f"sparsify checkpoint {checkpoint} has {' and '.join(refused)}, which this package "
+            "does not "
+            "score (it reads SAEs that reconstruct the activation they encode, with TopK)"
+        )
+    sae_cfg = TopKSAEConfig(
+        d_in=coder.d_in,
+        d_sae=coder.num_latents,
+        k=cfg.k,
+        dtype=dtype,
+        device=device,
+        apply_b_dec_to_input=True,
+    )
     sae = TopKSAE(sae_cfg)
     with torch.no_grad():
         sae.W_enc.copy_(coder.encoder.weight.T.to(sae.W_enc))
         sae.b_enc.copy_(coder.encoder.bias.to(sae.b_enc))
         sae.W_dec.copy_(coder.W_dec.to(sae.W_dec))
         sae.b_dec.copy_(coder.b_dec.to(sae.b_dec))
-    sae.cfg.metadata = SAEMetadata(**{**sae.cfg.metadata.to_dict(), "model_name": model_name,
-                                      "hook_name": hook_name(hookpoint), "prepend_bos": True,
-                                      "sparsify_hookpoint": hookpoint})
+    sae.cfg.metadata = SAEMetadata(
+        **{
+            **sae.cfg.metadata.to_dict(),
+            "model_name": model_name,
+            "hook_name": hook_name(hookpoint),
+            "prepend_bos": True,
+            "sparsify_hookpoint": hookpoint,
+        }
+    )
     return sae.to(device)

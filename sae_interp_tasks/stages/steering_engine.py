@@ -30,11 +30,14 @@ class Steering:
         self.vectors, self.scales = vectors, scales
 
     def __call__(self, act, hook):
-        shift = (self.vectors * self.scales.view(-1, *([1] * (self.vectors.dim() - 1)))).to(act.dtype)
+        shift = (self.vectors * self.scales.view(-1, *([1] * (self.vectors.dim() - 1)))).to(
+            act.dtype
+        )
         return act + shift.unsqueeze(1)
 
 
-# --- the batched engine -----------------------------------------------------------------------------
+# --- the batched engine
+# -----------------------------------------------------------------------------
 @dataclass
 class PromptBatch:
     """Prompts left-padded into one batch, with the KV cache of every position but the last (frozen)
@@ -55,8 +58,8 @@ def prepare(model, prompts: list[np.ndarray]) -> PromptBatch:
     tokens = torch.full((len(prompts), width), pad, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
-        tokens[i, width - len(p):] = torch.as_tensor(p)
-        mask[i, width - len(p):] = 1
+        tokens[i, width - len(p) :] = torch.as_tensor(p)
+        mask[i, width - len(p) :] = 1
     tokens, mask = tokens.to(device), mask.to(device)
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(prompts))
     with torch.no_grad():
@@ -67,10 +70,14 @@ def prepare(model, prompts: list[np.ndarray]) -> PromptBatch:
     return PromptBatch(tokens, mask, cache, F.log_softmax(logits[:, -1].float(), dim=-1))
 
 
-def steered_logp(model, hook_name: str, batch: PromptBatch, vectors: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+def steered_logp(
+    model, hook_name: str, batch: PromptBatch, vectors: torch.Tensor, scales: torch.Tensor
+) -> torch.Tensor:
     """The last prompt token's next-token log-distribution with the edit, [B, vocab]."""
     with torch.no_grad(), model.hooks(fwd_hooks=[(hook_name, Steering(vectors, scales))]):
-        logits = model(batch.tokens[:, -1:], attention_mask=batch.mask[:, -1:], past_kv_cache=batch.cache)
+        logits = model(
+            batch.tokens[:, -1:], attention_mask=batch.mask[:, -1:], past_kv_cache=batch.cache
+        )
     return F.log_softmax(logits[:, -1].float(), dim=-1)
 
 
@@ -79,11 +86,13 @@ def kl_clean_steered(clean_logp: torch.Tensor, steered: torch.Tensor) -> torch.T
     return (clean_logp.exp() * (clean_logp - steered)).sum(-1)
 
 
-def promoted_tokens(clean_logp: torch.Tensor, steered: torch.Tensor, k: int) -> list[tuple[int, float]]:
+def promoted_tokens(
+    clean_logp: torch.Tensor, steered: torch.Tensor, k: int
+) -> list[tuple[int, float]]:
     """The k tokens whose probability the edit raises most on average over the rows."""
     gain = (steered.exp() - clean_logp.exp()).mean(0)
     values, ids = gain.topk(k)
-    return [(int(i), float(v)) for i, v in zip(ids.tolist(), values.tolist())]
+    return [(int(i), float(v)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
 
 
 def coupled_uniforms(seed: int, latent: int, n_prompts: int, n_tokens: int) -> torch.Tensor:
@@ -100,17 +109,26 @@ def hash_seed(*parts) -> int:
 
 
 def sample(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Inverse-CDF sampling: row b takes the token where its cumulative probability passes uniforms[b]."""
+    """Inverse-CDF sampling: row b takes the token where its cumulative probability passes
+    uniforms[b]."""
     probs = F.softmax(logits.double() / temperature, dim=-1)
     cdf = probs.cumsum(-1)
     picked = torch.searchsorted(cdf, uniforms[:, None].to(cdf.device).contiguous()).squeeze(-1)
     return picked.clamp(max=probs.shape[-1] - 1)
 
 
-def generate_pairs(model, hook_name: str, batch: PromptBatch, vectors: torch.Tensor, scales: torch.Tensor,
-                   uniforms: torch.Tensor, cfg: Sampling, stop_ids: set[int]) -> tuple[list[list[int]], list[list[int]]]:
-    """Clean and steered continuations of every prompt row (same draws for both), with the edit at the
-    last prompt token and at every generated token of the steered rows."""
+def generate_pairs(
+    model,
+    hook_name: str,
+    batch: PromptBatch,
+    vectors: torch.Tensor,
+    scales: torch.Tensor,
+    uniforms: torch.Tensor,
+    cfg: Sampling,
+    stop_ids: set[int],
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Clean and steered continuations of every prompt row (same draws for both), with the edit at
+    the last prompt token and at every generated token of the steered rows."""
     import copy
 
     cache = copy.copy(batch.cache)
@@ -135,21 +153,30 @@ def generate_pairs(model, hook_name: str, batch: PromptBatch, vectors: torch.Ten
             out.append(nxt[:, 0].cpu())
             mask = torch.ones_like(mask)
     tokens = torch.stack(out, dim=1).tolist()
-    cut = [row[:next((i for i, t in enumerate(row) if t in stop_ids), len(row))] for row in tokens]
+    cut = [row[: next((i for i, t in enumerate(row) if t in stop_ids), len(row))] for row in tokens]
     return cut[0::2], cut[1::2]
 
 
-def group_rows(batch: PromptBatch, rows: dict[int, slice], group: list[int], vec: dict[int, torch.Tensor],
-                strengths: dict[int, float]):
-    """The rows of `batch` that belong to the latents of `group`, each row with its latent's steering
-    vector and strength, and each latent's span of rows in that subset."""
+def group_rows(
+    batch: PromptBatch,
+    rows: dict[int, slice],
+    group: list[int],
+    vec: dict[int, torch.Tensor],
+    strengths: dict[int, float],
+):
+    """The rows of `batch` that belong to the latents of `group`, each row with its latent's
+    steering vector and strength, and each latent's span of rows in that subset."""
     spans, start = {}, 0
     for lat in group:
         n = rows[lat].stop - rows[lat].start
         spans[lat], start = slice(start, start + n), start + n
     sub = subset(batch, torch.cat([torch.arange(rows[lat].start, rows[lat].stop) for lat in group]))
-    row_vectors = torch.cat([vec[lat].expand(spans[lat].stop - spans[lat].start, *vec[lat].shape) for lat in group])
-    scales = torch.cat([torch.full((spans[lat].stop - spans[lat].start,), strengths[lat]) for lat in group])
+    row_vectors = torch.cat(
+        [vec[lat].expand(spans[lat].stop - spans[lat].start, *vec[lat].shape) for lat in group]
+    )
+    scales = torch.cat(
+        [torch.full((spans[lat].stop - spans[lat].start,), strengths[lat]) for lat in group]
+    )
     return sub, row_vectors, scales, spans
 
 
@@ -165,10 +192,18 @@ def subset(batch: PromptBatch, rows: torch.Tensor) -> PromptBatch:
     return PromptBatch(batch.tokens[rows], batch.mask[rows], cache, batch.clean_logp[rows])
 
 
-def naive_steered_generate(model, hook_name: str, prompt: np.ndarray, vector: torch.Tensor, scale: float,
-                           uniforms: torch.Tensor, cfg: Sampling) -> list[int]:
-    """One prompt, no KV cache: every step reruns the whole sequence with the edit at the last prompt
-    token and every generated position. The reference for tests and the naive benchmark row."""
+def naive_steered_generate(
+    model,
+    hook_name: str,
+    prompt: np.ndarray,
+    vector: torch.Tensor,
+    scale: float,
+    uniforms: torch.Tensor,
+    cfg: Sampling,
+) -> list[int]:
+    """One prompt, no KV cache: every step reruns the whole sequence with the edit at the last
+    prompt token and every generated position. The reference for tests and the naive benchmark
+    row."""
     tokens = torch.as_tensor(prompt)[None].to(model.cfg.device)
     start = tokens.shape[1] - 1
     vector = vector.to(model.cfg.device)
@@ -182,7 +217,7 @@ def naive_steered_generate(model, hook_name: str, prompt: np.ndarray, vector: to
     with torch.no_grad(), model.hooks(fwd_hooks=[(hook_name, edit)]):
         for step in range(cfg.continuation_tokens):
             logits = model(tokens)[:, -1]
-            nxt = sample(logits, uniforms[step:step + 1], cfg.continuation_temperature)
+            nxt = sample(logits, uniforms[step : step + 1], cfg.continuation_temperature)
             out.append(int(nxt[0]))
             tokens = torch.cat([tokens, nxt.view(1, 1).to(tokens.device)], dim=1)
     return out

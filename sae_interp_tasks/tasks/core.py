@@ -1,4 +1,5 @@
-"""sae_core: reconstruction and sparsity of the SAE over corpus chunks (no LLM); one doc = one chunk.
+"""sae_core: reconstruction and sparsity of the SAE over corpus chunks (no LLM); one doc = one
+chunk.
 
 The statistics and their caches are `stages/core.py`; explained variance and CE loss recovered are
 pooled over the chunks' statistics (aggregations.Pooled), so reports can resample them.
@@ -30,7 +31,8 @@ class CoreSettings(Settings):
 
 
 def serve_core(ctx: RunContext, payloads: list[dict]) -> list[Response]:
-    """Chunk statistics for sae_core docs, one pass over the chunks per group of equal settings and seed."""
+    """Chunk statistics for sae_core docs, one pass over the chunks per group of equal settings and
+    seed."""
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(payloads):
         groups.setdefault(json.dumps([p["settings"], p["seed"]], sort_keys=True), []).append(i)
@@ -39,48 +41,97 @@ def serve_core(ctx: RunContext, payloads: list[dict]) -> list[Response]:
         settings, seed = json.loads(key)
         s: CoreSettings = settings_for(KIND, settings)
         wanted = sorted({payloads[i]["doc"]["chunk"] for i in indices})
-        stats = core.chunk_statistics(ctx.model, ctx.sae, ctx.info, ctx.reader, ctx.forward_name,
-                                      s.corpus.spec(ctx.info.dataset_path), s.core, seed, wanted, ctx.device,
-                                      desc=payloads[indices[0]]["task"])
+        stats = core.chunk_statistics(
+            ctx.model,
+            ctx.sae,
+            ctx.info,
+            ctx.reader,
+            ctx.forward_name,
+            s.corpus.spec(ctx.info.dataset_path),
+            s.core,
+            seed,
+            wanted,
+            ctx.device,
+            desc=payloads[indices[0]]["task"],
+        )
         for i in indices:
             chunk = payloads[i]["doc"]["chunk"]
             chunk_stats, sha = stats[chunk]
-            results[i] = Response(metrics=core.per_chunk_metrics(chunk_stats), chunk=chunk, stats=chunk_stats,
-                                  detail={"tokens_sha256": sha})
+            results[i] = Response(
+                metrics=core.per_chunk_metrics(chunk_stats),
+                chunk=chunk,
+                stats=chunk_stats,
+                detail={"tokens_sha256": sha},
+            )
     return results
 
 
-# SAEBench's core eval: where our numbers go in its result files, and what it reports that we do not compute
-# (KL divergences need every token's clean logits, which sae_core does not keep; the legacy explained variance
-# is a formula SAEBench itself calls incorrect; the decoder/encoder cosine similarities are weights, not results)
+# SAEBench's core eval: where our numbers go in its result files, and what it reports that we do
+# not compute
+# (KL divergences need every token's clean logits, which sae_core does not keep; the legacy
+# explained variance
+# is a formula SAEBench itself calls incorrect; the decoder/encoder cosine similarities are
+# weights, not results)
 SAEBENCH = {
-    "eval_type_id": "core", "task": "sae_core",
+    "eval_type_id": "core",
+    "task": "sae_core",
     "metrics": {
-        "model_performance_preservation": {"ce_loss_score": "ce_loss_recovered", "ce_loss_with_ablation":
-                                           "ce_loss_zero_ablation", "ce_loss_with_sae": "ce_loss_spliced",
-                                           "ce_loss_without_sae": "ce_loss_clean"},
+        "model_performance_preservation": {
+            "ce_loss_score": "ce_loss_recovered",
+            "ce_loss_with_ablation": "ce_loss_zero_ablation",
+            "ce_loss_with_sae": "ce_loss_spliced",
+            "ce_loss_without_sae": "ce_loss_clean",
+        },
         "reconstruction_quality": {"explained_variance": "explained_variance", "cossim": "cossim"},
-        "shrinkage": {"l2_norm_in": "l2_norm_in", "l2_norm_out": "l2_norm_out", "l2_ratio": "l2_ratio",
-                      "relative_reconstruction_bias": "relative_reconstruction_bias"},
+        "shrinkage": {
+            "l2_norm_in": "l2_norm_in",
+            "l2_norm_out": "l2_norm_out",
+            "l2_ratio": "l2_ratio",
+            "relative_reconstruction_bias": "relative_reconstruction_bias",
+        },
         "sparsity": {"l0": "l0", "l1": "l1"},
-        "token_stats": {"total_tokens_eval_reconstruction": "tokens", "total_tokens_eval_sparsity_variance": "tokens"},
-        "misc_metrics": {"freq_over_1_percent": "freq_over_1_percent", "freq_over_10_percent": "dense_fraction",
-                         "normalized_freq_over_1_percent": "normalized_freq_over_1_percent",
-                         "normalized_freq_over_10_percent": "normalized_freq_over_10_percent",
-                         "frac_alive": "frac_alive"},
+        "token_stats": {
+            "total_tokens_eval_reconstruction": "tokens",
+            "total_tokens_eval_sparsity_variance": "tokens",
+        },
+        "misc_metrics": {
+            "freq_over_1_percent": "freq_over_1_percent",
+            "freq_over_10_percent": "dense_fraction",
+            "normalized_freq_over_1_percent": "normalized_freq_over_1_percent",
+            "normalized_freq_over_10_percent": "normalized_freq_over_10_percent",
+            "frac_alive": "frac_alive",
+        },
     },
-    "left_out": {"model_behavior_preservation": ["kl_div_score", "kl_div_with_ablation", "kl_div_with_sae"],
-                 # SAEBench's mse divides each token's squared error by its batch's token count (benchmarks/README)
-                 "reconstruction_quality": ["explained_variance_legacy", "mse"],
-                 "misc_metrics": ["average_max_encoder_cosine_sim", "average_max_decoder_cosine_sim"]},
+    "left_out": {
+        "model_behavior_preservation": ["kl_div_score", "kl_div_with_ablation", "kl_div_with_sae"],
+        # SAEBench's mse divides each token's squared error by its batch's token count
+        # (benchmarks/README)
+        "reconstruction_quality": ["explained_variance_legacy", "mse"],
+        "misc_metrics": ["average_max_encoder_cosine_sim", "average_max_decoder_cosine_sim"],
+    },
 }
 
 
-@task_kind(KIND, settings=CoreSettings, serve=serve_core, report=Report(
-    headline="ce_loss_recovered", columns=("l0", "explained_variance", "ce_loss_recovered"), doc_id="chunk",
-    pair_on="tokens_sha256", plotted=("ce_loss_recovered", "explained_variance"), axis="l0", position=0,
-    labels={"l0": "L0", "explained_variance": "explained variance", "ce_loss_recovered": "CE loss recovered"},
-    saebench=SAEBENCH))
+@task_kind(
+    KIND,
+    settings=CoreSettings,
+    serve=serve_core,
+    report=Report(
+        headline="ce_loss_recovered",
+        columns=("l0", "explained_variance", "ce_loss_recovered"),
+        doc_id="chunk",
+        pair_on="tokens_sha256",
+        plotted=("ce_loss_recovered", "explained_variance"),
+        axis="l0",
+        position=0,
+        labels={
+            "l0": "L0",
+            "explained_variance": "explained variance",
+            "ce_loss_recovered": "CE loss recovered",
+        },
+        saebench=SAEBENCH,
+    ),
+)
 class SAECoreTask(SAETask):
     """Reconstruction and sparsity of the SAE over corpus chunks; no LLM."""
 

@@ -1,4 +1,5 @@
-"""sae_detection: does the explanation let a scorer tell which held-out windows make the latent fire?
+"""sae_detection: does the explanation let a scorer tell which held-out windows make the latent
+fire?
 
 Same latents, splits and explanations as every latent task of the run (`harness.memo`); the scorer
 is `scorers/detection.py` on the window-classifier base (docs/methods.md, "Detection"). The scorer
@@ -22,50 +23,88 @@ from sae_interp_tasks.validity.scorer_check import CheckResult
 
 KIND = "detection"
 CHECK = "scorer_check_balanced_acc"
-INSTEAD = ("use a capable scorer (scorer: openai with scorer_model and scorer_base_url, e.g. an instruction-tuned "
-           "model of 7B parameters or more behind vLLM)")
+INSTEAD = (
+    "use a capable scorer (scorer: openai with scorer_model and scorer_base_url, e.g. an "
+    "instruction-tuned "
+    "model of 7B parameters or more behind vLLM)"
+)
 METRICS = {**classifier.METRICS, **scorer_check.check_metrics(CHECK)}
-CHECKED = {m: "scorer_check_passed" for m in classifier.METRICS if m not in ("answered_frac", "parse_failures")}
+CHECKED = {
+    m: "scorer_check_passed"
+    for m in classifier.METRICS
+    if m not in ("answered_frac", "parse_failures")
+}
 
 
 def score_detection(run: LatentRun):
-    return memo.with_checks(classify(run, Detection(), KIND), check_classifier(run, Detection(), KIND))
+    return memo.with_checks(
+        classify(run, Detection(), KIND), check_classifier(run, Detection(), KIND)
+    )
 
 
-def classify(run: LatentRun, scorer: classifier.WindowClassifier, stream: str, settings: ScorerSettings | None = None,
-             explanations: dict | None = None):
+def classify(
+    run: LatentRun,
+    scorer: classifier.WindowClassifier,
+    stream: str,
+    settings: ScorerSettings | None = None,
+    explanations: dict | None = None,
+):
     """A window classifier on the run's owned latents (its settings', or `settings`); `explanations`
     defaults to the run's auto-interp explanations."""
     s = settings or run.settings
-    return scorer.score([run.splits[lat] for lat in run.latents], explanations or run.explanations, s.scorer,
-                        memo.scorer_client(run.context, s.scorer), run.decode, run.seed, stream,
-                        s.explainer.highlight_threshold, set(run.owned))
+    return scorer.score(
+        [run.splits[lat] for lat in run.latents],
+        explanations or run.explanations,
+        s.scorer,
+        memo.scorer_client(run.context, s.scorer),
+        run.decode,
+        run.seed,
+        stream,
+        s.explainer.highlight_threshold,
+        set(run.owned),
+    )
 
 
-def check_classifier(run: LatentRun, scorer: classifier.WindowClassifier, stream: str) -> CheckResult | None:
+def check_classifier(
+    run: LatentRun, scorer: classifier.WindowClassifier, stream: str
+) -> CheckResult | None:
     """The window classifier's balanced accuracy on the run's known answers (once per run)."""
     s: ScorerSettings = run.settings
 
     def compute() -> CheckResult:
         splits, explanations = memo.check_set(run)
         client = memo.scorer_client(run.context, s.scorer)
-        scored = scorer.score(splits, explanations, dataclasses.replace(s.scorer, shuffled_control=False), client,
-                              run.decode, run.seed, f"{stream} check", s.explainer.highlight_threshold)
-        result = scorer_check.balanced_accuracy([j for sc in scored.values() for j in sc.judgements], CHECK)
+        scored = scorer.score(
+            splits,
+            explanations,
+            dataclasses.replace(s.scorer, shuffled_control=False),
+            client,
+            run.decode,
+            run.seed,
+            f"{stream} check",
+            s.explainer.highlight_threshold,
+        )
+        result = scorer_check.balanced_accuracy(
+            [j for sc in scored.values() for j in sc.judgements], CHECK
+        )
         scorer_check.announce(f"sae_{stream}", client.name, result, INSTEAD)
         return result
 
     return memo.scorer_check(run, (stream, s.scorer, s.explainer.highlight_threshold), compute)
 
 
-def classifier_estimate(scorer: classifier.WindowClassifier, shuffled: bool | None = None, check: bool = True):
-    """The estimate of a window classifier's requests: its prompts for the owned latents (with a stand-in
-    explanation), the shuffled control's as many again, and the known-answer check's."""
+def classifier_estimate(
+    scorer: classifier.WindowClassifier, shuffled: bool | None = None, check: bool = True
+):
+    """The estimate of a window classifier's requests: its prompts for the owned latents (with a
+    stand-in explanation), the shuffled control's as many again, and the known-answer check's."""
 
     def estimate(run: LatentRun, counter: costs.PromptCounter) -> costs.Estimate:
         s: ScorerSettings = run.settings
         variants = 2 if (s.scorer.shuffled_control if shuffled is None else shuffled) else 1
-        total = _prompts(scorer, [run.splits[lat] for lat in run.owned], s, run.decode, counter).times(variants)
+        total = _prompts(
+            scorer, [run.splits[lat] for lat in run.owned], s, run.decode, counter
+        ).times(variants)
         if check and s.check.scorer_check:
             total = total.add(_prompts(scorer, memo.check_set(run)[0], s, run.decode, counter))
         return total
@@ -73,20 +112,29 @@ def classifier_estimate(scorer: classifier.WindowClassifier, shuffled: bool | No
     return estimate
 
 
-def _prompts(scorer: classifier.WindowClassifier, splits: list, s: ScorerSettings, decode, counter) -> costs.Estimate:
+def _prompts(
+    scorer: classifier.WindowClassifier, splits: list, s: ScorerSettings, decode, counter
+) -> costs.Estimate:
     total, rng, size = costs.Estimate(), random.Random(0), s.scorer.windows_per_prompt
     for split in splits:
         shown = scorer.shown(split, rng, s.explainer.highlight_threshold)
         for start in range(0, len(shown), size):
-            batch = shown[start:start + size]
+            batch = shown[start : start + size]
             answer = counter.text(", ".join(["0"] * len(batch)) + "]")
-            total = total.add(counter.prompt(scorer.prompt(costs.STAND_IN, batch, decode, s.scorer), answer))
+            total = total.add(
+                counter.prompt(scorer.prompt(costs.STAND_IN, batch, decode, s.scorer), answer)
+            )
     return total
 
 
-@task_kind(KIND, settings=ScorerSettings, serve=serve_latents, scorer=score_detection,
-           estimate=classifier_estimate(Detection()),
-           report=Report(headline="balanced_acc", position=10, checks=CHECKED))
+@task_kind(
+    KIND,
+    settings=ScorerSettings,
+    serve=serve_latents,
+    scorer=score_detection,
+    estimate=classifier_estimate(Detection()),
+    report=Report(headline="balanced_acc", position=10, checks=CHECKED),
+)
 class SAEDetectionTask(LatentTask):
     """Does the explanation let a scorer tell which held-out windows make the latent fire?"""
 

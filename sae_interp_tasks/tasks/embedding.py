@@ -24,13 +24,25 @@ class EmbeddingSettings(LatentSettings):
 
 def score_by_embedding(run: LatentRun):
     s: EmbeddingSettings = run.settings
-    return score_embedding([run.splits[lat] for lat in run.latents], run.explanations,
-                           memo.embedder(run.context, s.embedding), run.decode, run.seed,
-                           s.embedding.embedding_batch_size, owned=set(run.owned), span=s.embedding_score.embedding_span)
+    return score_embedding(
+        [run.splits[lat] for lat in run.latents],
+        run.explanations,
+        memo.embedder(run.context, s.embedding),
+        run.decode,
+        run.seed,
+        s.embedding.embedding_batch_size,
+        owned=set(run.owned),
+        span=s.embedding_score.embedding_span,
+    )
 
 
-@task_kind("embedding", settings=EmbeddingSettings, serve=serve_latents, scorer=score_by_embedding,
-           report=Report(headline="auroc", position=30))
+@task_kind(
+    "embedding",
+    settings=EmbeddingSettings,
+    serve=serve_latents,
+    scorer=score_by_embedding,
+    report=Report(headline="auroc", position=30),
+)
 class SAEEmbeddingTask(LatentTask):
     """AUROC of cosine(explanation, window) for activating vs non-activating windows."""
 

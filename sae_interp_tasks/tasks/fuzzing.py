@@ -1,4 +1,5 @@
-"""sae_fuzzing: does the explanation let a scorer tell true activating-token markings from random ones?
+"""sae_fuzzing: does the explanation let a scorer tell true activating-token markings from random
+ones?
 
 The scorer is `scorers/fuzzing.py` on the window-classifier base (docs/methods.md, "Fuzzing"); it
 first scores known answers, marked the same way (validity.scorer_check).
@@ -12,7 +13,13 @@ from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
 from sae_interp_tasks.registry import Report, task_kind
 from sae_interp_tasks.scorers.fuzzing import Fuzzing
-from sae_interp_tasks.tasks.detection import CHECKED, METRICS, check_classifier, classifier_estimate, classify
+from sae_interp_tasks.tasks.detection import (
+    CHECKED,
+    METRICS,
+    check_classifier,
+    classifier_estimate,
+    classify,
+)
 
 KIND = "fuzzing"
 
@@ -21,8 +28,14 @@ def score_fuzzing(run: LatentRun):
     return memo.with_checks(classify(run, Fuzzing(), KIND), check_classifier(run, Fuzzing(), KIND))
 
 
-@task_kind(KIND, settings=ScorerSettings, serve=serve_latents, scorer=score_fuzzing,
-           estimate=classifier_estimate(Fuzzing()), report=Report(headline="balanced_acc", position=20, checks=CHECKED))
+@task_kind(
+    KIND,
+    settings=ScorerSettings,
+    serve=serve_latents,
+    scorer=score_fuzzing,
+    estimate=classifier_estimate(Fuzzing()),
+    report=Report(headline="balanced_acc", position=20, checks=CHECKED),
+)
 class SAEFuzzingTask(LatentTask):
     """Does the explanation let a scorer tell true activating-token markings from random ones?"""
 

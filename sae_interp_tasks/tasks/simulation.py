@@ -1,5 +1,6 @@
-"""sae_simulation: can a model that reads only the explanation predict how strongly the latent fires on
-each token of held-out windows? (OpenAI's simulator, "all at once"; docs/methods.md, "Simulation")
+"""sae_simulation: can a model that reads only the explanation predict how strongly the latent
+fires on each token of held-out windows? (OpenAI's simulator, "all at once"; docs/methods.md,
+"Simulation")
 
 Same latents, splits and explanations as every latent task of the run; the simulator model is the
 LLM scorer's (`scorer`, `scorer_model`, `scorer_base_url`). The scorer is `scorers/simulation.py`.
@@ -34,20 +35,36 @@ class SimulationSettings(ScorerSettings):
 def score_simulation(run: LatentRun):
     s: SimulationSettings = run.settings
     client = memo.scorer_client(run.context, s.scorer)
-    simulator = Simulator(client, s.simulation, run.decode, client.single_token_choices(simulation.VALUES))
-    scored = simulation.score_simulation([run.splits[lat] for lat in run.latents], run.explanations, simulator,
-                                         run.seed, s.scorer.shuffled_control, set(run.owned), desc=KIND)
+    simulator = Simulator(
+        client, s.simulation, run.decode, client.single_token_choices(simulation.VALUES)
+    )
+    scored = simulation.score_simulation(
+        [run.splits[lat] for lat in run.latents],
+        run.explanations,
+        simulator,
+        run.seed,
+        s.scorer.shuffled_control,
+        set(run.owned),
+        desc=KIND,
+    )
     return memo.with_checks(scored, check_simulator(run, simulator))
 
 
 def check_simulator(run: LatentRun, simulator: Simulator) -> CheckResult | None:
-    """The correlation of simulated and true activations over all tokens of the run's known answers."""
+    """The correlation of simulated and true activations over all tokens of the run's known
+    answers."""
     s: SimulationSettings = run.settings
 
     def compute() -> CheckResult:
         splits, explanations = memo.check_set(run)
-        done = [w for split in splits for w in simulator.simulate(explanations[split.latent].text, split.test, 1.0,
-                                                                  f"{KIND} check") if w.predicted is not None]
+        done = [
+            w
+            for split in splits
+            for w in simulator.simulate(
+                explanations[split.latent].text, split.test, 1.0, f"{KIND} check"
+            )
+            if w.predicted is not None
+        ]
         true = np.concatenate([w.true for w in done]) if done else np.zeros(0)
         predicted = np.concatenate([w.predicted for w in done]) if done else np.zeros(0)
         result = scorer_check.correlation(true, predicted, CHECK)
@@ -58,27 +75,50 @@ def check_simulator(run: LatentRun, simulator: Simulator) -> CheckResult | None:
 
 
 def estimate_simulation(run: LatentRun, counter: costs.PromptCounter) -> costs.Estimate:
-    """One read (logprobs) or one written answer (json) per test window, for the explanation and the shuffled
-    control, and per window of the known answers."""
+    """One read (logprobs) or one written answer (json) per test window, for the explanation and
+    the shuffled control, and per window of the known answers."""
     s: SimulationSettings = run.settings
     windows = [ex for lat in run.owned for ex in run.splits[lat].test]
-    checked = [ex for split in memo.check_set(run)[0] for ex in split.test] if s.check.scorer_check else []
+    checked = (
+        [ex for split in memo.check_set(run)[0] for ex in split.test]
+        if s.check.scorer_check
+        else []
+    )
     variants = 2 if s.scorer.shuffled_control else 1
     total = costs.Estimate()
     for group, times in ((windows, variants), (checked, 1)):
-        tables = [simulation.table(costs.STAND_IN, [run.decode([t]) for t in ex.tokens.tolist()]) for ex in group]
+        tables = [
+            simulation.table(costs.STAND_IN, [run.decode([t]) for t in ex.tokens.tolist()])
+            for ex in group
+        ]
         if s.simulation.simulation_mode == "json":
-            one = costs.Estimate(len(tables), sum(counter.text(simulation.prefix(10) + tb) for tb in tables),
-                                 sum(3 * len(ex.tokens) for ex in group))
+            one = costs.Estimate(
+                len(tables),
+                sum(counter.text(simulation.prefix(10) + tb) for tb in tables),
+                sum(3 * len(ex.tokens) for ex in group),
+            )
         else:
             one = counter.reads(simulation.prefix(10), tables)
         total = total.add(one.times(times))
     return total
 
 
-@task_kind(KIND, settings=SimulationSettings, serve=serve_latents, scorer=score_simulation, estimate=estimate_simulation,
-           report=Report(headline="correlation", position=25, checks={
-               m: "scorer_check_passed" for m in simulation.METRICS if m not in ("answered_frac", "parse_failures")}))
+@task_kind(
+    KIND,
+    settings=SimulationSettings,
+    serve=serve_latents,
+    scorer=score_simulation,
+    estimate=estimate_simulation,
+    report=Report(
+        headline="correlation",
+        position=25,
+        checks={
+            m: "scorer_check_passed"
+            for m in simulation.METRICS
+            if m not in ("answered_frac", "parse_failures")
+        },
+    ),
+)
 class SAESimulationTask(LatentTask):
     """Predicted vs true activations, token by token, from the explanation alone."""
 

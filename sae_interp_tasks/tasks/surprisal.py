@@ -1,5 +1,5 @@
-"""sae_surprisal: does the explanation make a base language model less surprised by the windows where the
-latent fires than by the others? (delphi's surprisal scorer; docs/methods.md, "Surprisal")
+"""sae_surprisal: does the explanation make a base language model less surprised by the windows
+where the latent fires than by the others? (delphi's surprisal scorer; docs/methods.md, "Surprisal")
 
 Same latents, splits and explanations as every latent task of the run; the reader is the base LM of
 `surprisal_scorer` / `surprisal_model` / `surprisal_base_url` (shared with sae_intervention). The
@@ -22,8 +22,11 @@ from sae_interp_tasks.validity.scorer_check import CheckResult
 
 KIND = "surprisal"
 CHECK = "scorer_check_auroc"
-INSTEAD = ("use a larger base model (surprisal_scorer: openai with surprisal_model and surprisal_base_url, a "
-           "completions endpoint that echoes prompt logprobs, e.g. vLLM)")
+INSTEAD = (
+    "use a larger base model (surprisal_scorer: openai with surprisal_model and "
+    "surprisal_base_url, a "
+    "completions endpoint that echoes prompt logprobs, e.g. vLLM)"
+)
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,19 @@ class SurprisalSettings(ScorerSettings):  # `scorer.shuffled_control` and `max_c
 
 def score_surprisal(run: LatentRun):
     s: SurprisalSettings = run.settings
-    client = memo.client(run.context, s.reader.surprisal_client(run.context.device, s.scorer.max_concurrency))
+    client = memo.client(
+        run.context, s.reader.surprisal_client(run.context.device, s.scorer.max_concurrency)
+    )
     reader = SurprisalReader(client, s.surprisal, run.decode)
-    scored = surprisal.score_surprisal([run.splits[lat] for lat in run.latents], run.explanations, reader, run.seed,
-                                       s.scorer.shuffled_control, set(run.owned), desc=KIND)
+    scored = surprisal.score_surprisal(
+        [run.splits[lat] for lat in run.latents],
+        run.explanations,
+        reader,
+        run.seed,
+        s.scorer.shuffled_control,
+        set(run.owned),
+        desc=KIND,
+    )
     return memo.with_checks(scored, check_reader(run, reader))
 
 
@@ -60,20 +72,32 @@ def check_reader(run: LatentRun, reader: SurprisalReader) -> CheckResult | None:
 
 
 def estimate_surprisal(run: LatentRun, counter: costs.PromptCounter) -> costs.Estimate:
-    """Each test window read after the explanation, the neutral description and (shuffled) another latent's,
-    and the known answers' windows after their explanations and the neutral one."""
+    """Each test window read after the explanation, the neutral description and (shuffled) another
+    latent's, and the known answers' windows after their explanations and the neutral one."""
     s: SurprisalSettings = run.settings
-    reads = (3 if s.scorer.shuffled_control else 2)
+    reads = 3 if s.scorer.shuffled_control else 2
     texts = [run.decode(ex.tokens.tolist()) for lat in run.owned for ex in run.splits[lat].test]
-    checked = ([run.decode(ex.tokens.tolist()) for split in memo.check_set(run)[0] for ex in split.test]
-               if s.check.scorer_check else [])
+    checked = (
+        [run.decode(ex.tokens.tolist()) for split in memo.check_set(run)[0] for ex in split.test]
+        if s.check.scorer_check
+        else []
+    )
     prefix = surprisal.surprisal_prefix(costs.STAND_IN)
     return counter.reads(prefix, texts).times(reads).add(counter.reads(prefix, checked).times(2))
 
 
-@task_kind(KIND, settings=SurprisalSettings, serve=serve_latents, scorer=score_surprisal, estimate=estimate_surprisal,
-           report=Report(headline="auroc", position=35, checks={
-               m: "scorer_check_passed" for m in ("auroc", "auroc_shuffled", "loss_reduction")}))
+@task_kind(
+    KIND,
+    settings=SurprisalSettings,
+    serve=serve_latents,
+    scorer=score_surprisal,
+    estimate=estimate_surprisal,
+    report=Report(
+        headline="auroc",
+        position=35,
+        checks={m: "scorer_check_passed" for m in ("auroc", "auroc_shuffled", "loss_reduction")},
+    ),
+)
 class SAESurprisalTask(LatentTask):
     """AUROC of the explanation's loss reduction, activating vs non-activating windows."""
 

@@ -9,7 +9,8 @@ direction between the meaning's mean activation and the rest), saved with `save_
 answer for each latent in `answers.json` beside it. Every task then runs on it as on any SAE:
 
     python -m sae_interp_tasks.validity.known_answers --out DIR [--small]
-    lm_eval --model sae --model_args path=DIR --tasks sae_embedding --metadata '{"explainer": "tokens"}'
+    lm_eval --model sae --model_args path=DIR --tasks sae_embedding --metadata '{"explainer":
+    "tokens"}'
 
 `names_meaning(explanation, meaning)` says whether an explanation names a latent's planted meaning.
 """
@@ -45,7 +46,9 @@ class Meaning:
     name: str  # e.g. 'the token " return"', "digits"
     kind: str  # "token" | "concept" | "word" (a word whatever its leading spaces)
     token: str | None = None  # token latents: the token's text
-    markers: tuple[str, ...] = ()  # an explanation naming the meaning contains one of these (case-insensitive)
+    markers: tuple[
+        str, ...
+    ] = ()  # an explanation naming the meaning contains one of these (case-insensitive)
 
 
 def token_meaning(token: str) -> Meaning:
@@ -53,24 +56,75 @@ def token_meaning(token: str) -> Meaning:
 
 
 DIGITS = Meaning("digits", "concept", markers=("digit", "number", "numeral", *"0123456789"))
-KEYWORD_WORDS = ("if", "else", "elif", "for", "while", "return", "def", "class", "import", "from", "try", "except",
-                 "raise", "not", "and", "or", "in", "is", "None", "True", "False", "with", "as", "pass", "yield",
-                 "lambda", "break", "continue", "assert", "global", "del", "finally")
+KEYWORD_WORDS = (
+    "if",
+    "else",
+    "elif",
+    "for",
+    "while",
+    "return",
+    "def",
+    "class",
+    "import",
+    "from",
+    "try",
+    "except",
+    "raise",
+    "not",
+    "and",
+    "or",
+    "in",
+    "is",
+    "None",
+    "True",
+    "False",
+    "with",
+    "as",
+    "pass",
+    "yield",
+    "lambda",
+    "break",
+    "continue",
+    "assert",
+    "global",
+    "del",
+    "finally",
+)
 KEYWORDS = Meaning("Python keywords", "concept", markers=("keyword", *KEYWORD_WORDS))
 BRACKETS = Meaning("brackets", "concept", markers=("bracket", "paren", "brace", *"()[]{}"))
-# Concepts a scorer can judge from a window alone: a concept that needs context from before the window (a
-# comment line, a string literal) fires where nothing in the window shows it (docs/methods.md, "Known answers")
-# frequent in the stdlib corpus (each at least ~100 times in 131k tokens), and none a word that explanations
+# Concepts a scorer can judge from a window alone: a concept that needs context from before the
+# window (a
+# comment line, a string literal) fires where nothing in the window shows it (docs/methods.md,
+# "Known answers")
+# frequent in the stdlib corpus (each at least ~100 times in 131k tokens), and none a word that
+# explanations
 # use anyway ("the", "token", "word")
-TOKENS = (" if", " return", " self", " for", " not", " def", " None", " os", " file", " raise", " else", " key",
-          " sys", " import", " try", " except")
+TOKENS = (
+    " if",
+    " return",
+    " self",
+    " for",
+    " not",
+    " def",
+    " None",
+    " os",
+    " file",
+    " raise",
+    " else",
+    " key",
+    " sys",
+    " import",
+    " try",
+    " except",
+)
 FULL = tuple(token_meaning(t) for t in TOKENS) + (DIGITS, KEYWORDS, BRACKETS)
 SMALL = tuple(token_meaning(t) for t in (" return", " self", " import")) + (DIGITS,)
 
 
 def names_meaning(explanation: str, meaning: Meaning) -> bool:
-    """Whether the explanation names the planted meaning: one of its markers, as a whole word where the
-    marker is a word ("is" is not named by "this"; "keyword" is by "keywords"), else as it is."""
+    """Whether the explanation names the planted meaning: one of its markers, as a whole word where
+    the marker is a word ("is" is not named by "this"; "keyword" is by "keywords"), else as it
+    is."""
     text = explanation.lower()
     for marker in meaning.markers:
         m = marker.lower()
@@ -84,8 +138,8 @@ def names_meaning(explanation: str, meaning: Meaning) -> bool:
 
 # --- labelling the corpus ------------------------------------------------------------------------
 def label_tokens(ids: list[int], tokenizer, meanings: tuple[Meaning, ...]) -> np.ndarray:
-    """[tokens, meanings] bool: which meaning each token of one document (or a piece that starts at a
-    document's start) carries."""
+    """[tokens, meanings] bool: which meaning each token of one document (or a piece that starts at
+    a document's start) carries."""
     return label_pieces([tokenizer.decode([i]) for i in ids], meanings)
 
 
@@ -123,19 +177,26 @@ class Probe:
 def collect(model, hook_name: str, contexts: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
     """The hooked activation of every token [contexts, T, d_in] (float32, on the CPU)."""
     out = []
-    for start in tqdm(range(0, len(contexts), batch_size), unit="batches", desc="known answers: activations"):
-        tokens = contexts[start:start + batch_size].to(model.cfg.device)
-        _, cache = model.run_with_cache(tokens, names_filter=hook_name, stop_at_layer=stop_layer(hook_name),
-                                        return_type=None)
+    for start in tqdm(
+        range(0, len(contexts), batch_size), unit="batches", desc="known answers: activations"
+    ):
+        tokens = contexts[start : start + batch_size].to(model.cfg.device)
+        _, cache = model.run_with_cache(
+            tokens, names_filter=hook_name, stop_at_layer=stop_layer(hook_name), return_type=None
+        )
         out.append(cache[hook_name].float().cpu())
     return torch.cat(out)
 
 
-def train_probe(x: np.ndarray, y: np.ndarray, held_x: np.ndarray, held_y: np.ndarray, seed: int) -> Probe:
+def train_probe(
+    x: np.ndarray, y: np.ndarray, held_x: np.ndarray, held_y: np.ndarray, seed: int
+) -> Probe:
     from sklearn.linear_model import LogisticRegression
 
     if y.sum() < 10 or held_y.sum() < 1:
-        raise SaeInterpError(f"a planted meaning has only {int(y.sum())} training tokens; raise --n-tokens")
+        raise SaeInterpError(
+            f"a planted meaning has only {int(y.sum())} training tokens; raise --n-tokens"
+        )
     mean, scale = x.mean(0), x.std(0) + 1e-6
     clf = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit((x - mean) / scale, y)
     weight = clf.coef_[0] / scale
@@ -144,14 +205,26 @@ def train_probe(x: np.ndarray, y: np.ndarray, held_x: np.ndarray, held_y: np.nda
     precision = float((fires & held_y).sum() / max(fires.sum(), 1))
     recall = float((fires & held_y).sum() / max(held_y.sum(), 1))
     direction = x[y].mean(0) - x[~y].mean(0)
-    return Probe(weight, bias, direction / np.linalg.norm(direction), precision, recall, int(y.sum()))
+    return Probe(
+        weight, bias, direction / np.linalg.norm(direction), precision, recall, int(y.sum())
+    )
 
 
-def build(out: Path, meanings: tuple[Meaning, ...] = FULL, n_tokens: int = 131_072, hook_name: str = HOOK_NAME,
-          model_name: str = BUNDLED_MODEL, seed: int = 0, device: str = "cpu") -> list[Probe]:
-    """Train one probe per meaning on `n_tokens` of the stdlib corpus and save the SAE and its answers."""
+def build(
+    out: Path,
+    meanings: tuple[Meaning, ...] = FULL,
+    n_tokens: int = 131_072,
+    hook_name: str = HOOK_NAME,
+    model_name: str = BUNDLED_MODEL,
+    seed: int = 0,
+    device: str = "cpu",
+) -> list[Probe]:
+    """Train one probe per meaning on `n_tokens` of the stdlib corpus and save the SAE and its
+    answers."""
     model = load_subject(model_name, device=device)
-    contexts = torch.stack(list(token_contexts(CorpusSpec(), model.tokenizer, n_tokens, CONTEXT_SIZE, True, seed)))
+    contexts = torch.stack(
+        list(token_contexts(CorpusSpec(), model.tokenizer, n_tokens, CONTEXT_SIZE, True, seed))
+    )
     acts = collect(model, hook_name, contexts)
     labels = np.stack([label_tokens(c.tolist(), model.tokenizer, meanings) for c in contexts])
     keep = np.ones(contexts.shape, dtype=bool)
@@ -163,54 +236,103 @@ def build(out: Path, meanings: tuple[Meaning, ...] = FULL, n_tokens: int = 131_0
     train_rows, held_rows = keep & ~held[:, None], keep & held[:, None]
     probes = []
     for m, meaning in enumerate(tqdm(meanings, unit="probes", desc="known answers: probes")):
-        probes.append(train_probe(x[train_rows], y[..., m][train_rows], x[held_rows], y[..., m][held_rows], seed))
-        log.info("%s: precision %.3f recall %.3f (%d tokens)", meaning.name, probes[-1].precision, probes[-1].recall,
-                 probes[-1].n_positive)
+        probes.append(
+            train_probe(
+                x[train_rows], y[..., m][train_rows], x[held_rows], y[..., m][held_rows], seed
+            )
+        )
+        log.info(
+            "%s: precision %.3f recall %.3f (%d tokens)",
+            meaning.name,
+            probes[-1].precision,
+            probes[-1].recall,
+            probes[-1].n_positive,
+        )
     save(out, meanings, probes, model_name, hook_name, n_tokens, seed)
     return probes
 
 
-def save(out: Path, meanings: tuple[Meaning, ...], probes: list[Probe], model_name: str, hook_name: str,
-         n_tokens: int, seed: int) -> None:
+def save(
+    out: Path,
+    meanings: tuple[Meaning, ...],
+    probes: list[Probe],
+    model_name: str,
+    hook_name: str,
+    n_tokens: int,
+    seed: int,
+) -> None:
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
     d_in = probes[0].weight.shape[0]
-    cfg = StandardSAEConfig(d_in=d_in, d_sae=len(probes), dtype="float32", device="cpu", apply_b_dec_to_input=False)
+    cfg = StandardSAEConfig(
+        d_in=d_in, d_sae=len(probes), dtype="float32", device="cpu", apply_b_dec_to_input=False
+    )
     sae = StandardSAE(cfg)
     with torch.no_grad():
-        sae.W_enc.copy_(torch.tensor(np.stack([p.weight for p in probes], axis=1), dtype=torch.float32))
+        sae.W_enc.copy_(
+            torch.tensor(np.stack([p.weight for p in probes], axis=1), dtype=torch.float32)
+        )
         sae.b_enc.copy_(torch.tensor([p.bias for p in probes], dtype=torch.float32))
         sae.W_dec.copy_(torch.tensor(np.stack([p.direction for p in probes]), dtype=torch.float32))
         sae.b_dec.zero_()
-    sae.cfg.metadata = SAEMetadata(**{**sae.cfg.metadata.to_dict(), "model_name": model_name, "hook_name": hook_name,
-                                      "hook_head_index": None, "prepend_bos": True, "context_size": CONTEXT_SIZE,
-                                      "dataset_path": "stdlib", "model_from_pretrained_kwargs": {},
-                                      "trained_by": "sae_interp_tasks.validity.known_answers",
-                                      # every latent is a doc (saes.INSTRUMENT_DEFAULTS_KEY); a user's --metadata wins
-                                      "sae_interp_defaults": {"n_latents": len(probes)}})
+    sae.cfg.metadata = SAEMetadata(
+        **{
+            **sae.cfg.metadata.to_dict(),
+            "model_name": model_name,
+            "hook_name": hook_name,
+            "hook_head_index": None,
+            "prepend_bos": True,
+            "context_size": CONTEXT_SIZE,
+            "dataset_path": "stdlib",
+            "model_from_pretrained_kwargs": {},
+            "trained_by": "sae_interp_tasks.validity.known_answers",
+            # every latent is a doc (saes.INSTRUMENT_DEFAULTS_KEY); a user's --metadata wins
+            "sae_interp_defaults": {"n_latents": len(probes)},
+        }
+    )
     out.mkdir(parents=True, exist_ok=True)
     sae.save_model(out)
-    answers = {"hook_name": hook_name, "n_tokens": n_tokens, "seed": seed,
-               "latents": [{"latent": i, **asdict(m), "probe": {"precision": round(p.precision, 4),
-                                                                "recall": round(p.recall, 4),
-                                                                "training_tokens": p.n_positive}}
-                           for i, (m, p) in enumerate(zip(meanings, probes))]}
+    answers = {
+        "hook_name": hook_name,
+        "n_tokens": n_tokens,
+        "seed": seed,
+        "latents": [
+            {
+                "latent": i,
+                **asdict(m),
+                "probe": {
+                    "precision": round(p.precision, 4),
+                    "recall": round(p.recall, 4),
+                    "training_tokens": p.n_positive,
+                },
+            }
+            for i, (m, p) in enumerate(zip(meanings, probes, strict=True))
+        ],
+    }
     (out / ANSWERS_FILE).write_text(json.dumps(answers, indent=1) + "\n")
 
 
 def load_answers(folder: Path) -> dict[int, Meaning]:
     """latent -> its planted meaning, from a known-answer SAE's answers.json."""
     data = json.loads((Path(folder) / ANSWERS_FILE).read_text())
-    return {row["latent"]: Meaning(row["name"], row["kind"], row["token"], tuple(row["markers"]))
-            for row in data["latents"]}
+    return {
+        row["latent"]: Meaning(row["name"], row["kind"], row["token"], tuple(row["markers"]))
+        for row in data["latents"]
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build a known-answer SAE for the bundled model.")
-    parser.add_argument("--out", type=Path, required=True, help="folder to save the SAE and answers.json in")
-    parser.add_argument("--small", action="store_true", help="4 latents (3 tokens and digits) instead of 19")
-    parser.add_argument("--n-tokens", type=int, default=131_072, help="corpus tokens the probes are trained on")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="folder to save the SAE and answers.json in"
+    )
+    parser.add_argument(
+        "--small", action="store_true", help="4 latents (3 tokens and digits) instead of 19"
+    )
+    parser.add_argument(
+        "--n-tokens", type=int, default=131_072, help="corpus tokens the probes are trained on"
+    )
     parser.add_argument("--hook", default=HOOK_NAME)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

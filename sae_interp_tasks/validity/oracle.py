@@ -20,28 +20,45 @@ from sae_interp_tasks.clients.base import LLMClient
 from sae_interp_tasks.clients.cache import CompletionCache
 from sae_interp_tasks.clients.records import ClientConfig, Completion, Prompt, Reading
 from sae_interp_tasks.errors import SaeInterpError
-from sae_interp_tasks.validity.known_answers import ANSWERS_FILE, Meaning, label_pieces, load_answers, names_meaning
+from sae_interp_tasks.validity.known_answers import (
+    ANSWERS_FILE,
+    Meaning,
+    label_pieces,
+    load_answers,
+    names_meaning,
+)
 
 SURE, UNSURE = math.log(0.99), math.log(0.01)
-HIT, MISS = -1.0, -6.0  # log-probabilities of a text's tokens when the description does / does not explain them
+HIT, MISS = (
+    -1.0,
+    -6.0,
+)  # log-probabilities of a text's tokens when the description does / does not explain them
 
 
 class OracleClient(LLMClient):
     supports_logprobs = True
 
     def __init__(self, cfg: ClientConfig, cache: CompletionCache | None = None):
-        super().__init__(cfg, _NoCache())  # answers cost nothing: none is kept, so they always follow the answers
+        super().__init__(
+            cfg, _NoCache()
+        )  # answers cost nothing: none is kept, so they always follow the answers
         folder = Path(cfg.model)
         if not (folder / ANSWERS_FILE).is_file():
-            raise SaeInterpError(f"the oracle scorer needs a known-answer SAE folder as its model (with {ANSWERS_FILE}), "
-                                 f"got {cfg.model!r}; build one with python -m sae_interp_tasks.validity.known_answers")
+            raise SaeInterpError(
+                "the oracle scorer needs a known-answer SAE folder as its model (with "
+                f"{ANSWERS_FILE}), "
+                f"got {cfg.model!r}; build one with python -m "
+                "sae_interp_tasks.validity.known_answers"
+            )
         self.meanings = list(load_answers(folder).values())
         self.name = f"oracle:{folder.resolve()}"
         self._tokenizer = None
 
-    # --- what the oracle knows ----------------------------------------------------------------------
+    # --- what the oracle knows
+    # ----------------------------------------------------------------------
     def meaning_of(self, explanation: str) -> Meaning | None:
-        """The planted meaning an explanation names; else the one word it quotes ('the word "X"'); else None."""
+        """The planted meaning an explanation names; else the one word it quotes ('the word "X"');
+        else None."""
         found = next((m for m in self.meanings if names_meaning(explanation, m)), None)
         quoted = re.findall(r'"([^"]+)"', explanation)
         if found is None and len(quoted) == 1:  # the scorer check's 'the word "X"'
@@ -65,11 +82,14 @@ class OracleClient(LLMClient):
         enc = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return [text[a:b] for a, b in enc.offset_mapping], [a for a, _ in enc.offset_mapping]
 
-    # --- chat answers ------------------------------------------------------------------------------
+    # --- chat answers
+    # ------------------------------------------------------------------------------
     def _answer(self, prompts: list[Prompt], on_answer) -> None:
         for i, prompt in enumerate(prompts):
             self._count_call()
-            on_answer(i, self._chat(dict(prompt.messages).get("system", ""), prompt.messages[-1][1]))
+            on_answer(
+                i, self._chat(dict(prompt.messages).get("system", ""), prompt.messages[-1][1])
+            )
 
     def _chat(self, system: str, user: str) -> Completion:
         if "Your list of" in user and user.startswith("Explanation: "):
@@ -77,24 +97,36 @@ class OracleClient(LLMClient):
         if "Answer with a JSON list" in system:
             explanation, cells = _read_table(user)
             top = int(re.search(r"from 0 to (\d+)", system).group(1))
-            return Completion(text=json.dumps([top if c else 0 for c in self.carried(cells, self.meaning_of(explanation))]))
+            return Completion(
+                text=json.dumps(
+                    [top if c else 0 for c in self.carried(cells, self.meaning_of(explanation))]
+                )
+            )
         if user.rstrip().endswith("Which set?"):
             return Completion(text=str(self._pick_set(user)))
         if user.rstrip().endswith("Same thing?"):
             a, b = re.search(r"Description A: (.*)\nDescription B: (.*)\n", user).groups()
             same = self.meaning_of(a) is not None and _same(self.meaning_of(a), self.meaning_of(b))
             return Completion(text="yes" if same else "no")
-        return Completion(text=None, error="the oracle scorer answers only this package's scorer prompts")
+        return Completion(
+            text=None, error="the oracle scorer answers only this package's scorer prompts"
+        )
 
     def _classify(self, system: str, user: str) -> Completion:
         explanation = re.match(r"Explanation: (.*)\n\n", user).group(1)
         meaning = self.meaning_of(explanation)
         body = user.split("\n\n", 1)[1].rsplit("\n\nYour list of", 1)[0]
         examples = re.split(r"(?:^|\n)Example \d+: ", body)[1:]
-        said = [self._marked_ok(text, meaning) if "marked <<like this>>" in system else
-                any(self.carried(self.pieces(text)[0], meaning)) for text in examples]
-        return Completion(text="[" + ", ".join("1" if v else "0" for v in said) + "]",
-                          choice_probs=[0.99 if v else 0.01 for v in said])
+        said = [
+            self._marked_ok(text, meaning)
+            if "marked <<like this>>" in system
+            else any(self.carried(self.pieces(text)[0], meaning))
+            for text in examples
+        ]
+        return Completion(
+            text="[" + ", ".join("1" if v else "0" for v in said) + "]",
+            choice_probs=[0.99 if v else 0.01 for v in said],
+        )
 
     def _marked_ok(self, text: str, meaning: Meaning | None) -> bool:
         """Fuzzing: every marked token carries the meaning."""
@@ -108,19 +140,33 @@ class OracleClient(LLMClient):
             plain += part
         pieces, starts = self.pieces(plain)
         carries = self.carried(pieces, meaning)
-        hits = [c for p, s, c in zip(pieces, starts, carries) if p.strip() and any(a <= s < b for a, b in marked)]
+        hits = [
+            c
+            for p, s, c in zip(pieces, starts, carries, strict=True)
+            if p.strip() and any(a <= s < b for a, b in marked)
+        ]
         return bool(hits) and all(hits)
 
     def _pick_set(self, user: str) -> int:
         explanation = re.match(r"Description: (.*)\n", user).group(1)
         meaning = self.meaning_of(explanation)
-        sets = re.split(r"\n\nSet \d+:\n|\nSet \d+:\n", "\n" + user.split("\n\n", 1)[1].rsplit("\n\nWhich set?", 1)[0])
+        sets = re.split(
+            r"\n\nSet \d+:\n|\nSet \d+:\n",
+            "\n" + user.split("\n\n", 1)[1].rsplit("\n\nWhich set?", 1)[0],
+        )
         sets = [s for s in sets if s.strip()]
         counts = [sum(self.carried(self.pieces(s)[0], meaning)) for s in sets]
         return 1 + max(range(len(counts)), key=lambda i: counts[i])
 
-    # --- reading texts -----------------------------------------------------------------------------
-    def _read(self, prefix: str, items: list[tuple[str, tuple[int, ...]]], choices: tuple[str, ...], on_answer) -> None:
+    # --- reading texts
+    # -----------------------------------------------------------------------------
+    def _read(
+        self,
+        prefix: str,
+        items: list[tuple[str, tuple[int, ...]]],
+        choices: tuple[str, ...],
+        on_answer,
+    ) -> None:
         for i, (text, spots) in enumerate(items):
             self._count_call()
             if text.startswith("Description: ") and "\nTokens:\n" in text:
@@ -132,8 +178,14 @@ class OracleClient(LLMClient):
         explanation, cells = _read_table(text)
         carries = self.carried(cells, self.meaning_of(explanation))
         top = max(choices, key=int)
-        return Reading(offsets=[], logprobs=[],
-                       choices=[{c: SURE if c == (top if on else "0") else UNSURE for c in choices} for on in carries])
+        return Reading(
+            offsets=[],
+            logprobs=[],
+            choices=[
+                {c: SURE if c == (top if on else "0") else UNSURE for c in choices}
+                for on in carries
+            ],
+        )
 
     def _surprise(self, prefix: str, text: str) -> Reading:
         described = prefix.rsplit("Description: ", 1)[-1].split("\n", 1)[0]
@@ -142,7 +194,8 @@ class OracleClient(LLMClient):
         return Reading(offsets=starts, logprobs=[HIT if c else MISS for c in carries])
 
     def _logprobs(self, prefix: str, pairs: list[tuple[str, str]], on_answer) -> None:
-        """The intervention's surprisal reader: the claim is likely after a passage that carries it."""
+        """The intervention's surprisal reader: the claim is likely after a passage that carries
+        it."""
         for i, (context, target) in enumerate(pairs):
             self._count_call()
             passage = context.split("<PASSAGE>\n", 1)[-1].rsplit("\n\n", 1)[0]
@@ -155,11 +208,17 @@ def _read_table(text: str) -> tuple[str, list[str]]:
     explanation = re.match(r"Description: (.*)\n", text).group(1)
     rows = text.split("\nTokens:\n", 1)[1].rstrip("\n").split("\n")
     cells = [row.rsplit("\t", 1)[0] for row in rows if "\t" in row]
-    return explanation, [c.replace("\\n", "\n").replace("\\t", "\t").replace("\\\\", "\\") for c in cells]
+    return explanation, [
+        c.replace("\\n", "\n").replace("\\t", "\t").replace("\\\\", "\\") for c in cells
+    ]
 
 
 def _same(a: Meaning | None, b: Meaning | None) -> bool:
-    return a is not None and b is not None and (a.name == b.name or (a.token or "").strip() == (b.token or "").strip())
+    return (
+        a is not None
+        and b is not None
+        and (a.name == b.name or (a.token or "").strip() == (b.token or "").strip())
+    )
 
 
 class _NoCache:

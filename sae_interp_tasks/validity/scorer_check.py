@@ -32,9 +32,15 @@ CANDIDATES = 30  # the most frequent words the check words are drawn from
 
 @dataclass(frozen=True)
 class CheckConfig(StageConfig):
-    scorer_check: bool = True  # score known answers first; false: no check (and no *_check_* metrics)
-    scorer_check_words: int = positive(4)  # frequent words, each an explanation with its own windows
-    scorer_check_windows: int = positive(5)  # per word: windows that contain it, and as many that do not
+    scorer_check: bool = (
+        True  # score known answers first; false: no check (and no *_check_* metrics)
+    )
+    scorer_check_words: int = positive(
+        4
+    )  # frequent words, each an explanation with its own windows
+    scorer_check_windows: int = positive(
+        5
+    )  # per word: windows that contain it, and as many that do not
 
 
 @dataclass(frozen=True)
@@ -64,11 +70,18 @@ class CheckResult:
         return self.name.rsplit("_check_", 1)[0] + "_check_passed"
 
     def metrics(self) -> dict:
-        """Per-doc values: the statistic with its own standard error (aggregations.Shared), and passed (1/0)."""
-        return {self.name: {"value": self.value, "stderr": self.stderr}, self.passed_metric: float(self.passed)}
+        """Per-doc values: the statistic with its own standard error (aggregations.Shared), and
+        passed (1/0)."""
+        return {
+            self.name: {"value": self.value, "stderr": self.stderr},
+            self.passed_metric: float(self.passed),
+        }
 
     def describe(self) -> str:
-        return f"{self.name} {self.value:.3f} [{self.lo:.3f}, {self.hi:.3f}] on {self.n}; chance {self.chance:g}"
+        return (
+            f"{self.name} {self.value:.3f} [{self.lo:.3f}, {self.hi:.3f}] on {self.n}; chance "
+            f"{self.chance:g}"
+        )
 
 
 def check_metrics(name: str) -> dict:
@@ -78,21 +91,34 @@ def check_metrics(name: str) -> dict:
 
 def announce(task: str, scorer: str, result: CheckResult, instead: str) -> None:
     if not result.passed:
-        log.warning("%s: the scorer %s failed its known-answer check (%s): its %s scores cannot tell a right "
-                    "explanation from a wrong one; %s", task, scorer, result.describe(), task, instead)
+        log.warning(
+            "%s: the scorer %s failed its known-answer check (%s): its %s scores cannot tell a "
+            "right "
+            "explanation from a wrong one; %s",
+            task,
+            scorer,
+            result.describe(),
+            task,
+            instead,
+        )
 
 
-# --- the known answers -----------------------------------------------------------------------------
+# --- the known answers
+# -----------------------------------------------------------------------------
 def pool_windows(state) -> list[np.ndarray]:
-    """The token ids of the activation pass's shared sample of windows (pass_state.PassState), in the state's
-    canonical order: the same windows in the same order however the pass was split across processes."""
+    """The token ids of the activation pass's shared sample of windows (pass_state.PassState), in
+    the state's
+    canonical order: the same windows in the same order however the pass was split across
+    processes."""
     return [tokens.numpy().astype(np.int64) for tokens in state.shared_windows()]
 
 
-def known_answers(windows: list[np.ndarray], decode: Callable[[list[int]], str], cfg: CheckConfig,
-                  seed: int) -> tuple[list[ExampleSplit], dict[int, Explanation]]:
-    """Pseudo-latents 0..n-1, each a frequent word with windows that contain it (every token that spells the
-    word marked, activation 1) and windows that do not; the explanation names the word."""
+def known_answers(
+    windows: list[np.ndarray], decode: Callable[[list[int]], str], cfg: CheckConfig, seed: int
+) -> tuple[list[ExampleSplit], dict[int, Explanation]]:
+    """Pseudo-latents 0..n-1, each a frequent word with windows that contain it (every token that
+    spells the word marked, activation 1) and windows that do not; the explanation names the
+    word."""
     rng = random.Random(f"{seed}:scorer-check")
     need = cfg.scorer_check_windows
     spelled = {tok: decode([tok]) for tok in {t for ids in windows for t in ids.tolist()}}
@@ -102,16 +128,33 @@ def known_answers(windows: list[np.ndarray], decode: Callable[[list[int]], str],
         for tok in set(ids.tolist()):
             if tok in words:
                 holding.setdefault(words[tok], set()).add(w)
-    counts = Counter({word: len(ws) for word, ws in holding.items() if need <= len(ws) <= len(windows) - need})
-    chosen = rng.sample([word for word, _ in counts.most_common(CANDIDATES)], min(cfg.scorer_check_words, len(counts)))
+    counts = Counter(
+        {word: len(ws) for word, ws in holding.items() if need <= len(ws) <= len(windows) - need}
+    )
+    chosen = rng.sample(
+        [word for word, _ in counts.most_common(CANDIDATES)],
+        min(cfg.scorer_check_words, len(counts)),
+    )
     splits, explanations = [], {}
     for i, word in enumerate(chosen):
         inside = rng.sample(sorted(holding[word]), need)
         outside = rng.sample([w for w in range(len(windows)) if w not in holding[word]], need)
-        marked = [Example(windows[w], np.array([spelled[t].strip() == word for t in windows[w].tolist()], np.float32),
-                          decile=10, window_id=w) for w in inside]
-        quiet = [Example(windows[w], np.zeros(len(windows[w]), dtype=np.float32), window_id=w) for w in outside]
-        splits.append(ExampleSplit(latent=i, train=[], test_activating=marked, test_non_activating=quiet))
+        marked = [
+            Example(
+                windows[w],
+                np.array([spelled[t].strip() == word for t in windows[w].tolist()], np.float32),
+                decile=10,
+                window_id=w,
+            )
+            for w in inside
+        ]
+        quiet = [
+            Example(windows[w], np.zeros(len(windows[w]), dtype=np.float32), window_id=w)
+            for w in outside
+        ]
+        splits.append(
+            ExampleSplit(latent=i, train=[], test_activating=marked, test_non_activating=quiet)
+        )
         explanations[i] = Explanation(i, f'the word "{word}"', "scorer-check")
     return splits, explanations
 
@@ -121,7 +164,8 @@ def _is_word(text: str) -> bool:
     return len(word) >= 4 and word.isalpha()
 
 
-# --- statistics with a standard error ---------------------------------------------------------------
+# --- statistics with a standard error
+# ---------------------------------------------------------------
 def balanced_accuracy(judgements: list[WindowJudgement], name: str) -> CheckResult:
     """Balanced accuracy over every window answered; stderr of the mean of the two class rates."""
     done = [j for j in judgements if j.prediction is not None]
@@ -132,18 +176,26 @@ def balanced_accuracy(judgements: list[WindowJudgement], name: str) -> CheckResu
     (tpr, n1), (tnr, n0) = rates
     if not n1 or not n0:
         return CheckResult(name, math.nan, math.nan, 0.5, len(done))
-    se = 0.5 * math.sqrt(max(tpr * (1 - tpr), 0.25 / n1) / n1 + max(tnr * (1 - tnr), 0.25 / n0) / n0)
+    se = 0.5 * math.sqrt(
+        max(tpr * (1 - tpr), 0.25 / n1) / n1 + max(tnr * (1 - tnr), 0.25 / n0) / n0
+    )
     return CheckResult(name, 0.5 * (tpr + tnr), se, 0.5, len(done))
 
 
 def auroc(labels: list[bool], scores: list[float], name: str) -> CheckResult:
     """AUROC with the Hanley-McNeil standard error."""
-    read = [(lab, s) for lab, s in zip(labels, scores) if s is not None and math.isfinite(s)]
+    read = [
+        (lab, s)
+        for lab, s in zip(labels, scores, strict=True)
+        if s is not None and math.isfinite(s)
+    ]
     value = metrics.auroc([lab for lab, _ in read], [s for _, s in read])
     n1, n0 = sum(lab for lab, _ in read), sum(not lab for lab, _ in read)
     if not math.isfinite(value) or not n1 or not n0:
         return CheckResult(name, math.nan, math.nan, 0.5, len(read))
-    a = min(max(value, 1e-6), 1 - 1e-6)  # a perfect AUROC still gets the interval its sample size allows
+    a = min(
+        max(value, 1e-6), 1 - 1e-6
+    )  # a perfect AUROC still gets the interval its sample size allows
     q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
     se = math.sqrt((a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a)) / (n1 * n0))
     return CheckResult(name, value, max(se, 0.5 / (n1 * n0)), 0.5, len(read))
@@ -163,13 +215,18 @@ def mean_gain(values: list[float], name: str) -> CheckResult:
     kept = np.array([v for v in values if v is not None and math.isfinite(v)])
     if len(kept) < 2:
         return CheckResult(name, math.nan, math.nan, 0.0, len(kept))
-    return CheckResult(name, float(kept.mean()), float(kept.std(ddof=1) / math.sqrt(len(kept))), 0.0, len(kept))
+    return CheckResult(
+        name, float(kept.mean()), float(kept.std(ddof=1) / math.sqrt(len(kept))), 0.0, len(kept)
+    )
 
 
 def accuracy(hits: list[float], chance: float, name: str) -> CheckResult:
-    """The share of right answers (NaN: unanswered, left out) against `chance`; binomial standard error."""
+    """The share of right answers (NaN: unanswered, left out) against `chance`; binomial standard
+    error."""
     kept = [h for h in hits if math.isfinite(h)]
     if not kept:
         return CheckResult(name, math.nan, math.nan, chance, 0)
     p = float(np.mean(kept))
-    return CheckResult(name, p, math.sqrt(max(p * (1 - p), 0.25 / len(kept)) / len(kept)), chance, len(kept))
+    return CheckResult(
+        name, p, math.sqrt(max(p * (1 - p), 0.25 / len(kept)) / len(kept)), chance, len(kept)
+    )
