@@ -52,9 +52,8 @@ def save(name: str, payload: dict) -> Path:
 
 def bar_seconds(log_text: str) -> dict[str, float]:
     """Seconds the progress bars of a run took, by description, from the run's stderr (tqdm's
-    states of a bar:
-    `desc:  40%|...| 4/10 [00:12<00:18, ...]`, the last at 100%). Bars of one description (one per
-    latent, say) add up; a finished bar drawn again counts once."""
+    states of a bar: `desc:  40%|...| 4/10 [00:12<00:18, ...]`, the last at 100%). Bars of one
+    description (one per latent, say) add up; a finished bar drawn again counts once."""
     import re
 
     state = re.compile(r"^(.+?):\s+(\d+)%\|.*\| (\d+)/(\d+) \[(?:(\d+):)?(\d+):(\d+)<")

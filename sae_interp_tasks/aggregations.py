@@ -3,8 +3,8 @@
 - `nanmean` and `total` take per-doc numbers. `nanmean` carries its own closed-form standard error
   (`stderr`), which the import hook makes lm-eval use instead of its bootstrap (100,000 resamples, a
   forked process per metric: about a minute per run at 512 docs for numbers a formula gives at
-  once).
-- `Pooled` metrics take each doc's statistics (sums over its tokens or windows) and pool them over
+once). - `Pooled` metrics take each doc's statistics (sums over its tokens or windows) and pool
+them over
   the docs, e.g. explained variance about the corpus mean. With an expression over summed statistics
   ("1 - sum(sq_err_sum) / sum(x_sq_sum)") the same object also recomputes the metric for bootstrap
   resamples of the docs, which is what `sae-interp leaderboard` and `compare` do with the statistics
@@ -77,8 +77,8 @@ class Pooled:
 
     `expression` uses numbers, + - * /, parentheses, `sum(stat)` (the statistic summed over the
     docs) and `sqnorm(sum(stat))` (the squared norm of a summed vector statistic). Without an
-    expression,
-    `compute(docs)` pools the docs' statistics itself; such a metric cannot be resampled by reports.
+    expression, `compute(docs)` pools the docs' statistics itself; such a metric cannot be
+    resampled by reports.
     """
 
     def __init__(self, expression: str | None = None, compute: Callable | None = None):

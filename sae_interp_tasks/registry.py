@@ -28,8 +28,8 @@ class Report:
     - `headline`: the metric a leaderboard shows first and `compare` gates on by default;
     - `columns`: the metrics a leaderboard shows, in order (default: the headline, then `extra`);
     - `chance`: metric -> the metric holding its chance level (default: `<metric>_shuffled` where
-      the kind has it);
-    - `pooled`: metric -> an expression over the docs' summed statistics (`aggregations.Pooled`), or
+    the kind has it); - `pooled`: metric -> an expression over the docs' summed statistics
+    (`aggregations.Pooled`), or
       None where the metric is pooled but cannot be recomputed from what the samples log;
     - `doc_id`: the response field naming a doc ("latent", "chunk");
     - `pair_on`: when two runs' docs are the same doc: "sae" (the same SAE's weights), or a response
@@ -40,8 +40,8 @@ class Report:
       task's columns go among other tasks' (lower first, then by task name);
     - `checks`: metric -> the metric saying whether the scorer behind it passed its known-answer
       check (1 passed, 0 failed: then the leaderboard marks the metric and `compare` does not gate
-      on it);
-    - `saebench`: for a kind SAEBench also evaluates, how its results map onto SAEBench's result
+    on it); - `saebench`: for a kind SAEBench also evaluates, how its results map onto SAEBench's
+    result
       files (`eval_type_id`, the `task` name, `metrics` {category: {their metric: ours}},
       `left_out` {category: [their metrics we do not compute]}); empty: exported under our own eval
       type (reports/saebench.py).

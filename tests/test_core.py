@@ -195,8 +195,8 @@ def test_agrees_with_sae_lens_run_evals(tiny_model, loaded_planted, eval_tokens)
       sae_lens's get_special_token_ids), sae_lens's default exclude_special_tokens=True.
     - explained_variance: both about the mean, pooled over all tokens (sae_lens's
       ExplainedVarianceCalculator; its `explained_variance_legacy` is the old per-batch formula and
-      is not comparable).
-    - mse: both are the per-token squared error summed over d_in, averaged over tokens.
+    is not comparable). - mse: both are the per-token squared error summed over d_in, averaged over
+    tokens.
     - CE losses: both keep the original activation at special-token positions and drop the losses
       predicted from them (sae_lens's default). It matters: on this model splicing at BOS too gives
       a ce_loss_score of -0.17 instead of 0.78.

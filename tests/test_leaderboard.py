@@ -179,8 +179,7 @@ def lm_eval_argv(model_args: str, meta: dict, out: Path, tasks: str = TASKS) -> 
 @pytest.fixture(scope="module")
 def runs(vocab_sae, damaged_sae, corpus_file, sae_cache, tmp_path_factory) -> dict[str, Path]:
     """name -> the --output_path folder of: planted, damaged, control (control=random, k=1), rerun
-    (planted
-    again: same SAE, settings, seed and cache), fewer_tokens (sae_core alone with half the
+    (planted again: same SAE, settings, seed and cache), fewer_tokens (sae_core alone with half the
     tokens)."""
     meta = {"corpus": str(corpus_file), **META}
     plan = {

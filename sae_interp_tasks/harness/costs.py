@@ -1,11 +1,10 @@
 """What a run's LLM calls cost, counted and foreseen.
 
 Counted: every client keeps its `Usage` (requests the model answered and those the cache did, and
-the
-prompt and completion tokens of the former: the API's `usage`, or the tokenizer's count in process).
-Each task kind is charged what its own scoring cost (its scorer, its known-answer check); the shared
-explanations are charged to the first kind that asked for them, so the tasks of a run add up to the
-run. The Task reports them as `llm_calls`, `llm_cached_calls`, `llm_prompt_tokens` and
+the prompt and completion tokens of the former: the API's `usage`, or the tokenizer's count in
+process). Each task kind is charged what its own scoring cost (its scorer, its known-answer check);
+the shared explanations are charged to the first kind that asked for them, so the tasks of a run
+add up to the run. The Task reports them as `llm_calls`, `llm_cached_calls`, `llm_prompt_tokens` and
 `llm_completion_tokens` (sums over its docs).
 
 Foreseen: before the first LLM call of a run, one line estimates the requests and tokens the run

@@ -304,8 +304,8 @@ def with_checks(
 # --- resources ----------------------------------------------------------------------------------
 def contexts(ctx: RunContext, s: LatentSettings, seed: int):
     """The activation pass's token contexts [n_contexts, context_size] (int32), rebuilt from the
-    corpus
-    once per run: stages that need more than the pass's windows (intervention prompts) read them."""
+    corpus once per run: stages that need more than the pass's windows (intervention prompts) read
+    them."""
     import torch
 
     from sae_interp_tasks.stages.corpus import token_contexts

@@ -267,9 +267,8 @@ def check_settings(base: Side, cand: Side, tasks) -> None:
 
 def pairing(task: str, base: Side, cand: Side) -> tuple[bool, str]:
     """Whether the docs of `task` are the same on both sides, and why (settings already agree). A
-    task's
-    report says when docs pair: `pair_on: sae` (the same latents of the same SAE weights), or a
-    field each doc logs whose values must agree (e.g. the hash of a chunk's tokens)."""
+    task's report says when docs pair: `pair_on: sae` (the same latents of the same SAE weights),
+    or a field each doc logs whose values must agree (e.g. the hash of a chunk's tokens)."""
     if not base.subject_model or not cand.subject_model:
         return False, "unpaired: subject model not recorded (results written before get_model_info)"
     if base.subject_model != cand.subject_model:

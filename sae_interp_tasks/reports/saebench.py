@@ -6,10 +6,9 @@ Out (`sae-interp export RESULTS --format saebench --output DIR`): per SAE and ta
 `sae_lens_id` / `sae_lens_release_id` / `sae_lens_version`, `sae_cfg_dict`,
 `eval_result_unstructured`). A kind that SAEBench also evaluates declares in its report where its
 numbers go (sae_core onto SAEBench's `core`; what SAEBench reports and we do not compute is left
-out, listed in
-`eval_result_unstructured.left_out`, never invented). Every other task is written under its own
-eval type (its task name, one category of its metrics), so our scores are never passed off as
-SAEBench's. Standard errors and chance levels go into `eval_result_unstructured`.
+out, listed in `eval_result_unstructured.left_out`, never invented). Every other task is written
+under its own eval type (its task name, one category of its metrics), so our scores are never
+passed off as SAEBench's. Standard errors and chance levels go into `eval_result_unstructured`.
 
 In (`sae-interp leaderboard` / `compare` given SAEBench files): each file becomes a run of one task,
 marked as SAEBench's (`source` in its settings, so it forms its own settings group), with the

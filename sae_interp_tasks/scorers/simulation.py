@@ -15,8 +15,7 @@ Score: the Pearson correlation between true activations (scaled to the scale's t
 largest) and predicted ones over all of the latent's test windows concatenated, activating and
 non-activating (OpenAI's `ev_correlation_score`); per decile, the same over that decile's windows
 and the non-activating ones; and the same with another latent's explanation (the shuffled control).
-A
-window whose slots cannot be read is a parse failure: counted, left out, never scored.
+A window whose slots cannot be read is a parse failure: counted, left out, never scored.
 """
 
 from __future__ import annotations

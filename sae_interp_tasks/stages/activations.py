@@ -209,9 +209,8 @@ def run_activation_pass(
     `batch_size` contexts go through the model at once (at least cfg.pass_batch_size).
     `read(tokens)` gives the hooked activation (default: TransformerLens, stopping after the hook's
     layer); `forward` names it in the cache key. With a `group` of several processes (rank,
-    world_size,
-    all_gather_object: the backend), each rank reads every world_size-th context and the states are
-    merged, so every rank holds what one process over the whole corpus would.
+    world_size, all_gather_object: the backend), each rank reads every world_size-th context and
+    the states are merged, so every rank holds what one process over the whole corpus would.
     """
     if latents is None:
         latents = torch.arange(info.d_sae)

@@ -4,11 +4,10 @@ with
 
 The checkpoint is loaded with the library itself (`sparsify.SparseCoder.load_from_disk`) and handed
 to the rest of the pipeline as the sae_lens `TopKSAE` it equals: sparsify's encoder is ReLU then
-top-k of
-`W_enc (x - b_dec) + b_enc`, its decoder `acts @ W_dec + b_dec`, which is sae_lens's TopK SAE with
-the decoder bias subtracted from the input. What sae_lens has no equal of is refused with one line
-naming
-it: transcoders (they read one activation and predict another), skip connections, GroupMax.
+top-k of `W_enc (x - b_dec) + b_enc`, its decoder `acts @ W_dec + b_dec`, which is sae_lens's TopK
+SAE with the decoder bias subtracted from the input. What sae_lens has no equal of is refused with
+one line naming it: transcoders (they read one activation and predict another), skip connections,
+GroupMax.
 
 A sparsify hookpoint names a module of the Hugging Face model (`layers.6`, `layers.6.mlp`,
 `h.3.attn`); it is mapped onto TransformerLens's hook names in `hook_name`. The subject model is

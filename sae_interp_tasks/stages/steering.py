@@ -287,8 +287,7 @@ def search_strengths(
     cfg: InterventionConfig,
 ) -> dict[tuple[int, float], Search]:
     """Every (latent, target) search, stepping all latents of the batch together; a latent's rows
-    are
-    `rows[latent]` of `scoring`. Evaluated (strength, KL) pairs are shared across one latent's
+    are `rows[latent]` of `scoring`. Evaluated (strength, KL) pairs are shared across one latent's
     targets."""
     searches = {(lat, t): Search(t, cfg) for lat in rows for t in targets}
     seen: dict[int, dict[float, float]] = {lat: {} for lat in rows}

@@ -107,9 +107,8 @@ def announce(task: str, scorer: str, result: CheckResult, instead: str) -> None:
 # -----------------------------------------------------------------------------
 def pool_windows(state) -> list[np.ndarray]:
     """The token ids of the activation pass's shared sample of windows (pass_state.PassState), in
-    the state's
-    canonical order: the same windows in the same order however the pass was split across
-    processes."""
+    the state's canonical order: the same windows in the same order however the pass was split
+    across processes."""
     return [tokens.numpy().astype(np.int64) for tokens in state.shared_windows()]
 
 
