@@ -47,8 +47,8 @@ def reader_of(model, info, device: str):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from sae_interp_tasks.bundled import bundled_hf_dir
     from sae_interp_tasks.stages.hf_forward import HFReader
-    from sae_interp_tasks.stages.subject import bundled_hf_dir
 
     hf = AutoModelForCausalLM.from_pretrained(str(bundled_hf_dir())).eval().to(device)
     reader = HFReader.check(
@@ -137,7 +137,7 @@ def run_delphi(n_tokens: int, batch_size: int, device: str) -> dict:
     from delphi.latents.cache import LatentCache
     from transformers import AutoModelForCausalLM
 
-    from sae_interp_tasks.stages.subject import bundled_hf_dir
+    from sae_interp_tasks.bundled import bundled_hf_dir
 
     model, sae, info = _common.demo(device)
     tokens = demo_tokens(model, info, n_tokens)

@@ -3,8 +3,8 @@
 Everything expensive is cached under `$SAE_INTERP_CACHE` (default
 `~/.cache/sae_interp_tasks`): converted models, activation passes, sae_core chunks, LLM answers.
 A cache entry is named by `cache_key(...)` of everything that determines its content (the LLM
-answers too: the rows of their sqlite file, `clients/cache.py`), and written with `atomic_save`,
-so an interrupted run leaves no half-written entry and a rerun resumes.
+answers too: the rows of their sqlite file, `clients/cache.py`), and written with
+`stages.saved.atomic_save`, so an interrupted run leaves no half-written entry and a rerun resumes.
 """
 
 from __future__ import annotations
@@ -45,17 +45,6 @@ def cache_key(*parts, length: int = 24) -> str:
     64 keeps all of it, as the LLM answer cache does: it holds far more entries than there are
     activation passes)."""
     return hashlib.sha256(canonical(*parts).encode()).hexdigest()[:length]
-
-
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file, then rename: readers see the old entry or the whole new
-    one."""
-    import torch
-
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    tmp.replace(path)
 
 
 def write_files(files: dict[Path, str | bytes]) -> None:

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+# what a task's LLM calls cost, as per-doc metrics that sum to the task's totals (harness.costs)
+USAGE_METRICS = ("llm_calls", "llm_cached_calls", "llm_prompt_tokens", "llm_completion_tokens")
+
 
 @dataclass(frozen=True, eq=False)
 class Example:

@@ -3,7 +3,7 @@
 A kind ties together the lm-eval Task class (docs, metrics), the `Settings` bundle its YAML
 metadata builds, the handler that serves its requests in the `sae` backend (`serve`), for kinds
 whose docs are latents the scorer that turns the run's shared stages into per-latent scores
-(`scorer`), and the `Report` a results file carries about it: its headline, further columns,
+(`scorer`), and the `ReportSpec` a results file carries about it: its headline, further columns,
 chance levels, pooled metrics and how its docs pair across runs. Handlers and scorers are the
 functions themselves, so a request is followed from `SAEBackend.interpret` by reading names.
 
@@ -12,76 +12,17 @@ This module and `tasks/` are the only places that name a task kind.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass
 
-from sae_interp_tasks.aggregations import Pooled
 from sae_interp_tasks.config import HARNESS_KEYS, MODEL_ARG_KEYS, Settings
 from sae_interp_tasks.errors import SaeInterpError, closest, unknown
+from sae_interp_tasks.reports.spec import ReportSpec
 
-
-@dataclass(frozen=True)
-class Report:
-    """What a results file says about a task, so that `sae-interp leaderboard` and `compare` need no
-    table of task kinds. The Task writes it into its results metadata (`report`).
-
-    - `headline`: the metric a leaderboard shows first and `compare` gates on by default;
-    - `columns`: the metrics a leaderboard shows, in order (default: the headline, then `extra`);
-    - `chance`: metric -> the metric holding its chance level (default: `<metric>_shuffled` where
-    the kind has it); - `pooled`: metric -> an expression over the docs' summed statistics
-    (`aggregations.Pooled`), or
-      None where the metric is pooled but cannot be recomputed from what the samples log;
-    - `doc_id`: the response field naming a doc ("latent", "chunk");
-    - `pair_on`: when two runs' docs are the same doc: "sae" (the same SAE's weights), or a response
-      field whose values must agree (e.g. the hash of a chunk's tokens);
-    - `plotted`: metrics plotted per group (default: the headline); `axis`: a metric of this task
-      that describes the SAE and that other tasks' headlines are plotted against (e.g. L0);
-    - `labels`: metric -> its column header (default "<task> <metric>"); `position`: where the
-      task's columns go among other tasks' (lower first, then by task name);
-    - `checks`: metric -> the metric saying whether the scorer behind it passed its known-answer
-      check (1 passed, 0 failed: then the leaderboard marks the metric and `compare` does not gate
-    on it); - `saebench`: for a kind SAEBench also evaluates, how its results map onto SAEBench's
-    result
-      files (`eval_type_id`, the `task` name, `metrics` {category: {their metric: ours}},
-      `left_out` {category: [their metrics we do not compute]}); empty: exported under our own eval
-      type (reports/saebench.py).
-    """
-
-    headline: str
-    extra: tuple = ()
-    columns: tuple = ()
-    chance: dict = field(default_factory=dict)
-    pooled: dict = field(default_factory=dict)
-    doc_id: str = "latent"
-    pair_on: str = "sae"
-    plotted: tuple = ()
-    axis: str | None = None
-    labels: dict = field(default_factory=dict)
-    position: int = 100
-    checks: dict = field(default_factory=dict)
-    saebench: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "columns", tuple(self.columns) or (self.headline, *self.extra))
-        object.__setattr__(self, "plotted", tuple(self.plotted) or (self.headline,))
-        object.__setattr__(self, "extra", tuple(self.extra))
-
-    def for_metrics(self, metrics: dict) -> Report:
-        """This report completed from a kind's metrics: default chance levels and the pooled
-        ones."""
-        chance = {m: f"{m}_shuffled" for m in metrics if f"{m}_shuffled" in metrics}
-        pooled = {m: agg.expression for m, (agg, _) in metrics.items() if isinstance(agg, Pooled)}
-        return replace(self, chance={**chance, **self.chance}, pooled={**pooled, **self.pooled})
-
-    def to_json(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_json(cls, data: dict) -> Report:
-        known = {f.name for f in fields(cls)}
-        return cls(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
-        )
+# the package whose modules declare the built-in kinds, loaded by name the way a plugin host loads
+# its plugins: the registry (below tasks/ and harness/) depends on none of them
+BUILTIN_KINDS_PACKAGE = "sae_interp_tasks.tasks"
 
 
 @dataclass(frozen=True)
@@ -91,7 +32,7 @@ class TaskKind:
     settings: type[Settings]
     metrics: dict  # metric -> (aggregation, higher_is_better)
     serve: Callable  # (context, [payload]) -> [Response]
-    report: Report
+    report: ReportSpec
     scorer: Callable | None = None  # latent kinds: (LatentRun) -> {latent: ScoredLatent}
     estimate: Callable | None = (
         None  # (LatentRun without explanations, PromptCounter) -> costs.Estimate of its LLM use
@@ -110,13 +51,13 @@ def task_kind(
     *,
     settings: type[Settings],
     serve: Callable,
-    report: Report,
+    report: ReportSpec,
     scorer: Callable | None = None,
     estimate: Callable | None = None,
 ):
     """Class decorator declaring a task kind:
     `@task_kind("detection", settings=..., serve=serve_latents, scorer=score_detection,
-    report=Report(headline=...))`.
+    report=ReportSpec(headline=...))`.
 
     The class's `METRICS` are the kind's metrics."""
 
@@ -178,17 +119,20 @@ def kinds() -> dict[str, TaskKind]:
 
 def _declare_builtins() -> None:
     """Import the package's task modules, which declare the built-in kinds (imports lm_eval and
-    torch)."""
-    import sae_interp_tasks.tasks  # noqa: F401
+    torch; reports never need it: they read reports.spec's snapshot)."""
+    importlib.import_module(BUILTIN_KINDS_PACKAGE)
 
 
-def builtin_report(task: str, kind_name: str | None) -> Report | None:
-    """The one fallback for results files written before tasks recorded their `report`: the report
-    the kind declares now (kind from the file's `task_kind`, else the task name without its `sae_`
-    prefix)."""
-    _declare_builtins()
-    name = kind_name or task.removeprefix("sae_")
-    return _KINDS[name].report if name in _KINDS else None
+def report_snapshot() -> dict:
+    """What `reports.spec.builtin_report` reads for files that predate recorded reports: every
+    built-in kind's report and metrics' directions (scripts/write_report_snapshot.py writes it)."""
+    return {
+        name: {
+            "report": kind.report.to_json(),
+            "higher_is_better": {m: better for m, (_, better) in kind.metrics.items()},
+        }
+        for name, kind in sorted(kinds().items())
+    }
 
 
 # --- metadata keys ------------------------------------------------------------------------------

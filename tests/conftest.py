@@ -81,7 +81,7 @@ def subprocess_env(cache: Path) -> dict:
 @pytest.fixture(scope="session")
 def bundled_dir(sae_cache) -> Path:
     """The bundled SmolLM2 in HF format; only its tokenizer is used by the tiny model."""
-    from sae_interp_tasks.stages.subject import bundled_hf_dir
+    from sae_interp_tasks.bundled import bundled_hf_dir
 
     return bundled_hf_dir()
 

@@ -181,15 +181,15 @@ def test_every_yaml_default_equals_its_settings_default():
 def test_results_files_carry_each_kinds_report_and_the_readers_take_it_from_there():
     """A Task writes its kind's Report into the results metadata; the report readers rebuild it
     from the file alone, and the one fallback (files without it) gives the same report."""
-    from sae_interp_tasks.registry import Report
     from sae_interp_tasks.reports.results_io import task_report
+    from sae_interp_tasks.reports.spec import ReportSpec
 
     for task, kind in BUILTIN.items():
         spec = registry.lookup(kind)
         built = spec.task_class(config={"task": task, "metadata": {}})
         recorded = json.loads(json.dumps(built.config.metadata["report"]))  # as lm-eval writes it
         data = {"configs": {task: {"metadata": {"report": recorded}}}, "config": {"model": "sae"}}
-        assert Report.from_json(recorded) == spec.report == task_report(data, task), task
+        assert ReportSpec.from_json(recorded) == spec.report == task_report(data, task), task
         old = {
             "configs": {task: {"metadata": {}}},
             "config": {"model": "sae"},
@@ -274,11 +274,13 @@ def test_a_kind_declares_its_handler_and_a_headline_among_its_metrics():
     from sae_interp_tasks.errors import SaeInterpError
     from sae_interp_tasks.harness.serve import serve_latents
     from sae_interp_tasks.harness.task import SAETask
-    from sae_interp_tasks.registry import Report
+    from sae_interp_tasks.reports.spec import ReportSpec
 
     with pytest.raises(SaeInterpError, match="task kind 'orphan' .*needs serve="):
 
-        @registry.task_kind("orphan", settings=Settings, serve=None, report=Report(headline="x"))
+        @registry.task_kind(
+            "orphan", settings=Settings, serve=None, report=ReportSpec(headline="x")
+        )
         class Orphan(SAETask):
             METRICS = {"x": (nanmean, True)}
 
@@ -287,7 +289,7 @@ def test_a_kind_declares_its_handler_and_a_headline_among_its_metrics():
     ):
 
         @registry.task_kind(
-            "typo", settings=Settings, serve=serve_latents, report=Report(headline="acuracy")
+            "typo", settings=Settings, serve=serve_latents, report=ReportSpec(headline="acuracy")
         )
         class Typo(SAETask):
             METRICS = {"accuracy": (nanmean, True)}
@@ -429,7 +431,7 @@ from sae_interp_tasks.harness.memo import LatentRun, LatentSettings
 from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
 from sae_interp_tasks.records import ScoredLatent
-from sae_interp_tasks.registry import Report, task_kind
+from sae_interp_tasks.registry import ReportSpec, task_kind
 
 
 @dataclass(frozen=True)
@@ -463,7 +465,7 @@ def score_toy(run: LatentRun):
 
 
 @task_kind("toy", settings=ToySettings, serve=serve_latents, scorer=score_toy,
-           report=Report(headline="hit_rate", extra=("false_hit_rate", "pooled_hit_rate")))
+           report=ReportSpec(headline="hit_rate", extra=("false_hit_rate", "pooled_hit_rate")))
 class ToyTask(LatentTask):
     METRICS = {"hit_rate": (nanmean, True), "false_hit_rate": (nanmean, False),
                "pooled_hit_rate": (Pooled("sum(hits) / sum(windows)"), True)}

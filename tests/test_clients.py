@@ -263,7 +263,7 @@ def test_hf_client_constrained_choice_list_always_parses_and_reads_p1_per_digit(
 
 @pytest.fixture(scope="module")
 def served_model(tmp_path_factory):
-    from sae_interp_tasks.stages.subject import bundled_hf_dir
+    from sae_interp_tasks.bundled import bundled_hf_dir
 
     model_dir = bundled_hf_dir()
     work = tmp_path_factory.mktemp("servers")

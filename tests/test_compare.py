@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sae_interp_tasks.registry import Report
 from sae_interp_tasks.reports import compare
 from sae_interp_tasks.reports.results_io import DocScores, Metric, Run, TaskResult, _doc_stats
+from sae_interp_tasks.reports.spec import ReportSpec
 
 RESAMPLES = 20_000
 
@@ -225,7 +225,7 @@ def task_result(
         settings={"n_tokens": 1, "fewshot_seed": 1234},
         n_docs=len(keys),
         samples=DocScores(path=Path("x"), keys=tuple(keys), values=arrays, unfilled=0),
-        report=Report(headline=next(iter(values))),
+        report=ReportSpec(headline=next(iter(values))),
     )
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import CAT_LATENT, DOG_LATENT, REPO, subprocess_env
 from helpers import FAST_DRIVER, OracleEndpoint, result_files, run_lm_eval
-from sae_interp_tasks.harness.costs import USAGE_METRICS
+from sae_interp_tasks.records import USAGE_METRICS
 from servers import free_port
 
 TASKS = "sae_core,sae_detection,sae_fuzzing,sae_embedding"

@@ -540,8 +540,8 @@ def made_clients(monkeypatch):
     made: list[LLMClient] = []
     real = clients_mod.make_client
 
-    def spy(cfg, cache_dir=None):
-        client = real(cfg, cache_dir)
+    def spy(cfg, cache_dir=None, kinds=None):
+        client = real(cfg, cache_dir, kinds)
         client.asked = []
         answer = client._answer
 
@@ -565,7 +565,7 @@ def test_detection_and_fuzzing_share_one_explanation_per_latent(
 
     fakes: dict[str, FakeClient] = {}
 
-    def fake_make_client(cfg, cache_dir=None):
+    def fake_make_client(cfg, cache_dir=None, kinds=None):
         reply = oracle_explainer if cfg.model == "oracle-explainer" else oracle_list
         fakes[cfg.model] = FakeClient(fresh_cache / "llm", reply, name=cfg.model)
         return fakes[cfg.model]

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from helpers import error_lines, result_files, run_lm_eval
+from sae_interp_tasks.bundled import BUNDLED_MODEL
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.records import SAESource
 from sae_interp_tasks.stages.saes import load_sae
-from sae_interp_tasks.stages.subject import BUNDLED_MODEL
 
 sparsify = pytest.importorskip(
     "sparsify"

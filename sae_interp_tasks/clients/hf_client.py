@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
+from sae_interp_tasks.bundled import BUNDLED_MODEL, bundled_hf_dir, is_bundled
 from sae_interp_tasks.clients.base import LLMClient, OnAnswer
 from sae_interp_tasks.clients.cache import CompletionCache
 from sae_interp_tasks.clients.records import ClientConfig, Completion, Prompt, Reading
 from sae_interp_tasks.errors import SaeInterpError
-from sae_interp_tasks.stages.subject import BUNDLED_MODEL, bundled_hf_dir, is_bundled
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.harness.context import RunContext
 
 log = logging.getLogger(__name__)
-USAGE_METRICS = ("llm_calls", "llm_cached_calls", "llm_prompt_tokens", "llm_completion_tokens")
 STAND_IN = (
     "a stand-in explanation of about the length explanations have, naming one word and its context"
 )

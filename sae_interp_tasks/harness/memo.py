@@ -332,9 +332,12 @@ def contexts(ctx: RunContext, s: LatentSettings, seed: int):
 
 def client(ctx: RunContext, cfg):
     """One LLM client per client config and run (clients.ClientConfig)."""
-    from sae_interp_tasks.clients import make_client
+    from sae_interp_tasks import clients
+    from sae_interp_tasks.validity.oracle import OracleClient
 
-    return ctx.memo.compute_once(("client", cfg), lambda: make_client(cfg))
+    # the oracle is a validity instrument: it knows a known-answer SAE's planted meanings
+    kinds = {**clients.BUILTIN_KINDS, "oracle": OracleClient}
+    return ctx.memo.compute_once(("client", cfg), lambda: clients.make_client(cfg, kinds=kinds))
 
 
 def explainer_client(ctx: RunContext, cfg: ExplainerConfig):

@@ -25,8 +25,7 @@ from lm_eval.api.task import Task, TaskConfig
 from sae_interp_tasks import registry
 from sae_interp_tasks.aggregations import Pooled, total
 from sae_interp_tasks.config import NOT_SETTINGS, USER_KEYS
-from sae_interp_tasks.harness.costs import USAGE_METRICS
-from sae_interp_tasks.records import Response
+from sae_interp_tasks.records import USAGE_METRICS, Response
 
 DEFAULT_SEED = 1234  # lm-eval's default --seed for the fewshot sampler
 RECORDED = frozenset({"version", "config_source"})  # lm-eval's own metadata keys a task keeps

@@ -140,7 +140,7 @@ class Comparison:
 
 
 @dataclass(frozen=True)
-class Report:
+class RunComparison:
     baseline: Side
     candidate: Side
     confidence: float
@@ -433,7 +433,7 @@ def compare(
     max_drop: float = 0.0,
     resamples: int = N_RESAMPLES,
     seed: int = 0,
-) -> Report:
+) -> RunComparison:
     if not 0 < confidence < 1:
         raise SaeInterpError(f"--confidence must be between 0 and 1, got {confidence}")
     if max_drop < 0:
@@ -454,7 +454,7 @@ def compare(
     rows = tuple(
         compare_metric(t, m, base, cand, confidence, max_drop, resamples, rng) for t, m in gated
     )
-    return Report(
+    return RunComparison(
         baseline=base,
         candidate=cand,
         confidence=confidence,
@@ -469,7 +469,7 @@ def _num(x: float) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.4g}"
 
 
-def verdict_line(report: Report) -> str:
+def verdict_line(report: RunComparison) -> str:
     pct = percent(report.confidence)
     skipped = [r for r in report.rows if not r.gated]
     aside = (
@@ -498,7 +498,7 @@ def _signed(x: float) -> str:
     return "n/a" if not math.isfinite(x) else f"{x:+.4g}"
 
 
-def markdown(report: Report) -> str:
+def markdown(report: RunComparison) -> str:
     pct = percent(report.confidence)
     status = {0: "PASS", 1: "FAIL", 2: "NOTHING GATED"}[report.exit_code]
     lines = [

@@ -3,9 +3,9 @@
 A *run* is one `results_<date>.json` written by `lm_eval --model sae ... --output_path`: the
 SAE it scored (from `results["config"]`, which `SAEBackend.get_model_info` fills), and per task
 of this package its aggregate metrics with stderr, the instrument settings it ran under, the
-`Report` the task recorded about itself (headline, columns, chance levels, pooled metrics, how its
-docs are named and paired), and, where the `samples_<task>_<date>.jsonl` beside it exists (or its
-gzipped `.jsonl.gz`), the per-doc scores keyed by the doc's id (with the statistics its pooled
+`ReportSpec` the task recorded about itself (headline, columns, chance levels, pooled metrics, how
+its docs are named and paired), and, where the `samples_<task>_<date>.jsonl` beside it exists (or
+its gzipped `.jsonl.gz`), the per-doc scores keyed by the doc's id (with the statistics its pooled
 metrics are computed from).
 
 Nothing here imports torch or lm_eval: the `sae-interp` commands start in a fraction of a second.
@@ -28,7 +28,7 @@ from sae_interp_tasks.aggregations import Pooled
 from sae_interp_tasks.config import NOT_SETTINGS
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.records import SAESource
-from sae_interp_tasks.registry import Report, builtin_report
+from sae_interp_tasks.reports.spec import ReportSpec, builtin_report
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class TaskResult:
     settings: dict  # the instrument settings (see task_settings)
     n_docs: int  # lm-eval's n-samples "effective"
     samples: DocScores | None
-    report: Report
+    report: ReportSpec
 
     @property
     def headline(self) -> str:
@@ -295,13 +295,13 @@ def _int_or_none(value) -> int | None:
     return None if value is None else int(value)
 
 
-def task_report(data: dict, task: str) -> Report | None:
-    """The Report a task of this package recorded about itself; None for tasks that are not ours.
-    Files written before tasks recorded it fall back to what the kind declares now
-    (registry.builtin_report)."""
+def task_report(data: dict, task: str) -> ReportSpec | None:
+    """The ReportSpec a task of this package recorded about itself; None for tasks that are not
+    ours. Files written before tasks recorded it fall back to what the kind declares now
+    (reports.spec.builtin_report)."""
     meta = ((data.get("configs") or {}).get(task) or {}).get("metadata") or {}
     if isinstance(meta.get("report"), dict):
-        return Report.from_json(meta["report"])
+        return ReportSpec.from_json(meta["report"])
     if meta.get("task_kind") or (data.get("config") or {}).get("model") == "sae":
         return builtin_report(task, meta.get("task_kind"))
     return None
@@ -351,7 +351,9 @@ def read_run(path: Path, load_samples: bool = True, data: dict | None = None) ->
     )
 
 
-def _read_task(data: dict, task: str, report: Report, path: Path, load_samples: bool) -> TaskResult:
+def _read_task(
+    data: dict, task: str, report: ReportSpec, path: Path, load_samples: bool
+) -> TaskResult:
     raw = data["results"][task]
     better = (data.get("higher_is_better") or {}).get(task) or {}
     metrics = {}
@@ -393,7 +395,7 @@ def samples_text(path: Path) -> str:
     return gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
 
 
-def read_samples(path: Path, report: Report, metric_names: list[str]) -> DocScores:
+def read_samples(path: Path, report: ReportSpec, metric_names: list[str]) -> DocScores:
     """Per-doc scores of one samples file, keyed by the report's doc id; the statistics of its
     pooled metrics and its pairing field where the responses carry them."""
     keys, rows, stats, pairs, unfilled = [], [], [], [], 0
@@ -442,7 +444,7 @@ def read_samples(path: Path, report: Report, metric_names: list[str]) -> DocScor
     )
 
 
-def _doc_stats(stats: list, report: Report) -> DocStats | None:
+def _doc_stats(stats: list, report: ReportSpec) -> DocStats | None:
     """The statistics the pooled expressions read that every doc logged; None when no doc logged
     any (e.g. written before they were logged, when `stats` was a repr string). Samples written
     before a statistic was added still resample the metrics that do not read it

@@ -26,17 +26,17 @@ import uuid
 from pathlib import Path
 
 from sae_interp_tasks.errors import SaeInterpError
-from sae_interp_tasks.registry import Report, builtin_report, kinds
 from sae_interp_tasks.reports.results_io import Metric, Run, TaskResult
+from sae_interp_tasks.reports.spec import ReportSpec, builtin_kinds, builtin_report
 
 log = logging.getLogger(__name__)
 SOURCE = "SAEBench"
 
 
 def _version() -> str:
-    from sae_interp_tasks import __version__
+    from importlib.metadata import version
 
-    return __version__
+    return version("sae-interp-tasks")
 
 
 # --- out -----------------------------------------------------------------------------------------
@@ -185,19 +185,19 @@ def read_saebench(path: Path, data: dict) -> Run | None:
     )
 
 
-def _mapped(eval_type: str, categories: dict) -> tuple[str | None, Report | None, dict]:
+def _mapped(eval_type: str, categories: dict) -> tuple[str | None, ReportSpec | None, dict]:
     """(our task, its report, {our metric: Metric}) for a SAEBench eval type."""
-    for kind in kinds().values():
-        mapping = kind.report.saebench
+    for kind in builtin_kinds().values():
+        mapping = kind["report"].saebench
         if mapping.get("eval_type_id") == eval_type:
-            better = {m: hb for m, (_, hb) in kind.metrics.items()}
+            better = kind["higher_is_better"]
             found = {
                 ours: Metric(ours, float(categories[cat][theirs]), None, better.get(ours))
                 for cat, names in mapping["metrics"].items()
                 for theirs, ours in names.items()
                 if isinstance((categories.get(cat) or {}).get(theirs), (int, float))
             }
-            return mapping["task"], kind.report, found
+            return mapping["task"], kind["report"], found
     report = builtin_report(
         eval_type, None
     )  # a file we exported under our own eval type (the task's name)

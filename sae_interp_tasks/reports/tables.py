@@ -11,7 +11,7 @@ import json
 import math
 
 from sae_interp_tasks.errors import SaeInterpError
-from sae_interp_tasks.harness.costs import USAGE_METRICS
+from sae_interp_tasks.records import USAGE_METRICS
 from sae_interp_tasks.reports.board import (
     Board,
     Column,

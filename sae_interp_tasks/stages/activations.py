@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sae_interp_tasks.caching import atomic_save, cache_key, cache_root
+from sae_interp_tasks.caching import cache_key, cache_root
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.stages import corpus as corpus_mod
 from sae_interp_tasks.stages.pass_state import PassConfig, PassState
+from sae_interp_tasks.stages.saved import atomic_save
 from sae_interp_tasks.stages.subject import stop_layer
 
 __all__ = [

@@ -24,9 +24,10 @@ import torch
 from tqdm.auto import tqdm
 
 from sae_interp_tasks.aggregations import Pooled
-from sae_interp_tasks.caching import atomic_save, cache_key, cache_root
+from sae_interp_tasks.caching import cache_key, cache_root
 from sae_interp_tasks.config import StageConfig, option, positive
 from sae_interp_tasks.stages.corpus import CorpusSpec, fingerprint, token_contexts
+from sae_interp_tasks.stages.saved import atomic_save
 from sae_interp_tasks.stages.subject import model_fingerprint
 
 log = logging.getLogger(__name__)

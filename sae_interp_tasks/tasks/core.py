@@ -16,7 +16,7 @@ from sae_interp_tasks.config import Settings
 from sae_interp_tasks.harness.context import RunContext
 from sae_interp_tasks.harness.task import SAETask
 from sae_interp_tasks.records import Response
-from sae_interp_tasks.registry import Report, settings_for, task_kind
+from sae_interp_tasks.registry import ReportSpec, settings_for, task_kind
 from sae_interp_tasks.stages import core
 from sae_interp_tasks.stages.core import CoreConfig
 from sae_interp_tasks.stages.corpus import CorpusConfig
@@ -116,7 +116,7 @@ SAEBENCH = {
     KIND,
     settings=CoreSettings,
     serve=serve_core,
-    report=Report(
+    report=ReportSpec(
         headline="ce_loss_recovered",
         columns=("l0", "explained_variance", "ce_loss_recovered"),
         doc_id="chunk",

@@ -13,7 +13,7 @@ from sae_interp_tasks.harness import memo
 from sae_interp_tasks.harness.memo import LatentRun, LatentSettings
 from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
-from sae_interp_tasks.registry import Report, task_kind
+from sae_interp_tasks.registry import ReportSpec, task_kind
 from sae_interp_tasks.scorers.embedding import EmbeddingScoreConfig, score_embedding
 
 
@@ -41,7 +41,7 @@ def score_by_embedding(run: LatentRun):
     settings=EmbeddingSettings,
     serve=serve_latents,
     scorer=score_by_embedding,
-    report=Report(headline="auroc", position=30),
+    report=ReportSpec(headline="auroc", position=30),
 )
 class SAEEmbeddingTask(LatentTask):
     """AUROC of cosine(explanation, window) for activating vs non-activating windows."""

@@ -8,18 +8,18 @@ first scores known answers, marked the same way (validity.scorer_check).
 from __future__ import annotations
 
 from sae_interp_tasks.harness import memo
-from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
-from sae_interp_tasks.harness.serve import serve_latents
-from sae_interp_tasks.harness.task import LatentTask
-from sae_interp_tasks.registry import Report, task_kind
-from sae_interp_tasks.scorers.fuzzing import Fuzzing
-from sae_interp_tasks.tasks.detection import (
+from sae_interp_tasks.harness.classifier_run import (
     CHECKED,
     METRICS,
     check_classifier,
     classifier_estimate,
     classify,
 )
+from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
+from sae_interp_tasks.harness.serve import serve_latents
+from sae_interp_tasks.harness.task import LatentTask
+from sae_interp_tasks.registry import ReportSpec, task_kind
+from sae_interp_tasks.scorers.fuzzing import Fuzzing
 
 KIND = "fuzzing"
 
@@ -34,7 +34,7 @@ def score_fuzzing(run: LatentRun):
     serve=serve_latents,
     scorer=score_fuzzing,
     estimate=classifier_estimate(Fuzzing()),
-    report=Report(headline="balanced_acc", position=20, checks=CHECKED),
+    report=ReportSpec(headline="balanced_acc", position=20, checks=CHECKED),
 )
 class SAEFuzzingTask(LatentTask):
     """Does the explanation let a scorer tell true activating-token markings from random ones?"""

@@ -17,24 +17,21 @@ from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
 from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
 from sae_interp_tasks.records import ScoredLatent
-from sae_interp_tasks.registry import Report, task_kind
+from sae_interp_tasks.registry import ReportSpec, task_kind
 from sae_interp_tasks.scorers.intervention import (
     CLAIM,
     InterventionScoringConfig,
     SteeredTextScorers,
     intervention_metrics,
-    judge_check,
-    reader_check,
     score_steering,
     surprisal_prefix,
 )
 from sae_interp_tasks.scorers.surprisal import ReaderConfig
 from sae_interp_tasks.stages.explainers import output_explanations
 from sae_interp_tasks.stages.steering import InterventionConfig, check_prompts, steer_all
-from sae_interp_tasks.tasks.detection import INSTEAD
-from sae_interp_tasks.tasks.surprisal import INSTEAD as SURPRISAL_INSTEAD
 from sae_interp_tasks.validity import scorer_check
-from sae_interp_tasks.validity.scorer_check import CheckResult
+from sae_interp_tasks.validity.scorer_check import ADVICE_READER, ADVICE_SCORER, CheckResult
+from sae_interp_tasks.validity.steering_checks import judge_check, reader_check
 
 READER_CHECK, JUDGE_CHECK = "surprisal_check_gain", "judge_check_acc"
 
@@ -125,7 +122,7 @@ def check_scorers(run: LatentRun, scorers: SteeredTextScorers) -> list[CheckResu
     def reader() -> CheckResult:
         client = scorers.surprisal_client()
         result = reader_check(client, *memo.check_set(run), run.decode, READER_CHECK)
-        scorer_check.announce("sae_intervention", client.name, result, SURPRISAL_INSTEAD)
+        scorer_check.announce("sae_intervention", client.name, result, ADVICE_READER)
         return result
 
     def judge() -> CheckResult:
@@ -138,7 +135,7 @@ def check_scorers(run: LatentRun, scorers: SteeredTextScorers) -> list[CheckResu
             s.intervention_scoring.judge_continuations,
             JUDGE_CHECK,
         )
-        scorer_check.announce("sae_intervention", client.name, result, INSTEAD)
+        scorer_check.announce("sae_intervention", client.name, result, ADVICE_SCORER)
         return result
 
     return [
@@ -204,7 +201,7 @@ CHECKS = {
     serve=serve_latents,
     scorer=score_intervention,
     estimate=estimate_intervention,
-    report=Report(headline="score", position=50, checks=CHECKS),
+    report=ReportSpec(headline="score", position=50, checks=CHECKS),
 )
 class SAEInterventionTask(LatentTask):
     """Steer each latent to a target KL; does its explanation predict what the model then writes?"""

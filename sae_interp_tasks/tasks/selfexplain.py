@@ -15,25 +15,24 @@ from dataclasses import dataclass, field
 from sae_interp_tasks.aggregations import nanmean, total
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.harness import costs, memo
-from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
-from sae_interp_tasks.harness.serve import serve_latents
-from sae_interp_tasks.harness.task import LatentTask
-from sae_interp_tasks.records import Explanation, ScoredLatent
-from sae_interp_tasks.registry import Report, task_kind
-from sae_interp_tasks.scorers.agreement import AgreementConfig, agreement_metrics, judge_agreement
-from sae_interp_tasks.scorers.detection import Detection
-from sae_interp_tasks.stages.selfexplain import SelfExplainConfig, run_sweeps
-from sae_interp_tasks.tasks.detection import CHECK as DETECTION_CHECK
-from sae_interp_tasks.tasks.detection import (
-    INSTEAD,
+from sae_interp_tasks.harness.classifier_run import CLASSIFIER_CHECK as DETECTION_CHECK
+from sae_interp_tasks.harness.classifier_run import (
     check_classifier,
     classifier_estimate,
     classify,
 )
-from sae_interp_tasks.tasks.detection import KIND as DETECTION
+from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
+from sae_interp_tasks.harness.serve import serve_latents
+from sae_interp_tasks.harness.task import LatentTask
+from sae_interp_tasks.records import Explanation, ScoredLatent
+from sae_interp_tasks.registry import ReportSpec, task_kind
+from sae_interp_tasks.scorers.agreement import AgreementConfig, agreement_metrics, judge_agreement
+from sae_interp_tasks.scorers.detection import Detection
+from sae_interp_tasks.stages.selfexplain import SelfExplainConfig, run_sweeps
 from sae_interp_tasks.validity import scorer_check
 from sae_interp_tasks.validity.scorer_check import CheckResult
 
+DETECTION = "detection"  # whose scores of the auto-interp explanations this task reads
 JUDGE_CHECK = "judge_check_acc"
 
 
@@ -153,7 +152,7 @@ def check_judge(run: LatentRun) -> CheckResult | None:
             0.5,
             JUDGE_CHECK,
         )
-        scorer_check.announce("sae_selfexplain", client.name, result, INSTEAD)
+        scorer_check.announce("sae_selfexplain", client.name, result, scorer_check.ADVICE_SCORER)
         return result
 
     return memo.scorer_check(run, ("agreement-judge", s.scorer), compute)
@@ -188,7 +187,7 @@ def estimate_selfexplain(run: LatentRun, counter: costs.PromptCounter) -> costs.
     serve=serve_latents,
     scorer=score_selfexplain,
     estimate=estimate_selfexplain,
-    report=Report(
+    report=ReportSpec(
         headline="retrieval_auroc",
         extra=("top1_match",),
         chance={"top1_match": "top1_chance"},

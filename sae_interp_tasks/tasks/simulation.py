@@ -16,10 +16,9 @@ from sae_interp_tasks.harness import costs, memo
 from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
 from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
-from sae_interp_tasks.registry import Report, task_kind
+from sae_interp_tasks.registry import ReportSpec, task_kind
 from sae_interp_tasks.scorers import simulation
 from sae_interp_tasks.scorers.simulation import SimulationConfig, Simulator
-from sae_interp_tasks.tasks.detection import INSTEAD
 from sae_interp_tasks.validity import scorer_check
 from sae_interp_tasks.validity.scorer_check import CheckResult
 
@@ -68,7 +67,9 @@ def check_simulator(run: LatentRun, simulator: Simulator) -> CheckResult | None:
         true = np.concatenate([w.true for w in done]) if done else np.zeros(0)
         predicted = np.concatenate([w.predicted for w in done]) if done else np.zeros(0)
         result = scorer_check.correlation(true, predicted, CHECK)
-        scorer_check.announce(f"sae_{KIND}", simulator.client.name, result, INSTEAD)
+        scorer_check.announce(
+            f"sae_{KIND}", simulator.client.name, result, scorer_check.ADVICE_SCORER
+        )
         return result
 
     return memo.scorer_check(run, (KIND, s.scorer, s.simulation), compute)
@@ -109,7 +110,7 @@ def estimate_simulation(run: LatentRun, counter: costs.PromptCounter) -> costs.E
     serve=serve_latents,
     scorer=score_simulation,
     estimate=estimate_simulation,
-    report=Report(
+    report=ReportSpec(
         headline="correlation",
         position=25,
         checks={

@@ -14,7 +14,7 @@ from sae_interp_tasks.harness import costs, memo
 from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
 from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
-from sae_interp_tasks.registry import Report, task_kind
+from sae_interp_tasks.registry import ReportSpec, task_kind
 from sae_interp_tasks.scorers import surprisal
 from sae_interp_tasks.scorers.surprisal import ReaderConfig, SurprisalConfig, SurprisalReader
 from sae_interp_tasks.validity import scorer_check
@@ -22,11 +22,6 @@ from sae_interp_tasks.validity.scorer_check import CheckResult
 
 KIND = "surprisal"
 CHECK = "scorer_check_auroc"
-INSTEAD = (
-    "use a larger base model (surprisal_scorer: openai with surprisal_model and "
-    "surprisal_base_url, a "
-    "completions endpoint that echoes prompt logprobs, e.g. vLLM)"
-)
 
 
 @dataclass(frozen=True)
@@ -65,7 +60,7 @@ def check_reader(run: LatentRun, reader: SurprisalReader) -> CheckResult | None:
             stats += reader.statistics(explanations[split.latent].text, texts, f"{KIND} check")
             labels += [ex.is_activating for ex in split.test]
         result = scorer_check.auroc(labels, stats, CHECK)
-        scorer_check.announce(f"sae_{KIND}", reader.client.name, result, INSTEAD)
+        scorer_check.announce(f"sae_{KIND}", reader.client.name, result, scorer_check.ADVICE_READER)
         return result
 
     return memo.scorer_check(run, (KIND, s.reader, s.surprisal), compute)
@@ -92,7 +87,7 @@ def estimate_surprisal(run: LatentRun, counter: costs.PromptCounter) -> costs.Es
     serve=serve_latents,
     scorer=score_surprisal,
     estimate=estimate_surprisal,
-    report=Report(
+    report=ReportSpec(
         headline="auroc",
         position=35,
         checks={m: "scorer_check_passed" for m in ("auroc", "auroc_shuffled", "loss_reduction")},

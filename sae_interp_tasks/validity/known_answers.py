@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from sae_interp_tasks.bundled import BUNDLED_MODEL
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.stages.corpus import CorpusSpec, token_contexts
-from sae_interp_tasks.stages.subject import BUNDLED_MODEL, load_subject, stop_layer
+from sae_interp_tasks.stages.subject import load_subject, stop_layer
 
 log = logging.getLogger(__name__)
 

@@ -76,7 +76,7 @@ class OracleClient(LLMClient):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            from sae_interp_tasks.stages.subject import bundled_hf_dir
+            from sae_interp_tasks.bundled import bundled_hf_dir
 
             self._tokenizer = AutoTokenizer.from_pretrained(str(bundled_hf_dir()))
         enc = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

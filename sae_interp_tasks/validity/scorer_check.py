@@ -27,6 +27,18 @@ from sae_interp_tasks.scorers import metrics
 
 log = logging.getLogger(__name__)
 Z = 1.959963984540054  # two-sided 95%
+# what a failed check advises: a chat scorer (detection, fuzzing, simulation, self-explanation,
+# the judge) and a base-LM reader of log-probabilities (surprisal, intervention's reader)
+ADVICE_SCORER = (
+    "use a capable scorer (scorer: openai with scorer_model and scorer_base_url, e.g. an "
+    "instruction-tuned "
+    "model of 7B parameters or more behind vLLM)"
+)
+ADVICE_READER = (
+    "use a larger base model (surprisal_scorer: openai with surprisal_model and "
+    "surprisal_base_url, a "
+    "completions endpoint that echoes prompt logprobs, e.g. vLLM)"
+)
 CANDIDATES = 30  # the most frequent words the check words are drawn from
 
 

@@ -1,0 +1,109 @@
+"""Running a window classifier (detection, fuzzing; self-explanation reuses detection's) on a
+run's latents: its scores, its known-answer check, and its cost estimate. Shared by the task kinds
+that score with a classifier, so none of them imports another's module."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+from sae_interp_tasks.harness import costs, memo
+from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
+from sae_interp_tasks.scorers import classifier
+from sae_interp_tasks.validity import scorer_check
+from sae_interp_tasks.validity.scorer_check import CheckResult
+
+CLASSIFIER_CHECK = "scorer_check_balanced_acc"
+# a window classifier's task metrics: the classifier's own and its known-answer check's
+METRICS = {**classifier.METRICS, **scorer_check.check_metrics(CLASSIFIER_CHECK)}
+# the metrics that mean nothing when the check fails (answered_frac and parse_failures still do)
+CHECKED = {
+    m: "scorer_check_passed"
+    for m in classifier.METRICS
+    if m not in ("answered_frac", "parse_failures")
+}
+
+
+def classify(
+    run: LatentRun,
+    scorer: classifier.WindowClassifier,
+    stream: str,
+    settings: ScorerSettings | None = None,
+    explanations: dict | None = None,
+):
+    """A window classifier on the run's owned latents (its settings', or `settings`); `explanations`
+    defaults to the run's auto-interp explanations."""
+    s = settings or run.settings
+    return scorer.score(
+        [run.splits[lat] for lat in run.latents],
+        explanations or run.explanations,
+        s.scorer,
+        memo.scorer_client(run.context, s.scorer),
+        run.decode,
+        run.seed,
+        stream,
+        s.explainer.highlight_threshold,
+        set(run.owned),
+    )
+
+
+def check_classifier(
+    run: LatentRun, scorer: classifier.WindowClassifier, stream: str
+) -> CheckResult | None:
+    """The window classifier's balanced accuracy on the run's known answers (once per run)."""
+    s: ScorerSettings = run.settings
+
+    def compute() -> CheckResult:
+        splits, explanations = memo.check_set(run)
+        client = memo.scorer_client(run.context, s.scorer)
+        scored = scorer.score(
+            splits,
+            explanations,
+            dataclasses.replace(s.scorer, shuffled_control=False),
+            client,
+            run.decode,
+            run.seed,
+            f"{stream} check",
+            s.explainer.highlight_threshold,
+        )
+        result = scorer_check.balanced_accuracy(
+            [j for sc in scored.values() for j in sc.judgements], CLASSIFIER_CHECK
+        )
+        scorer_check.announce(f"sae_{stream}", client.name, result, scorer_check.ADVICE_SCORER)
+        return result
+
+    return memo.scorer_check(run, (stream, s.scorer, s.explainer.highlight_threshold), compute)
+
+
+def classifier_estimate(
+    scorer: classifier.WindowClassifier, shuffled: bool | None = None, check: bool = True
+):
+    """The estimate of a window classifier's requests: its prompts for the owned latents (with a
+    stand-in explanation), the shuffled control's as many again, and the known-answer check's."""
+
+    def estimate(run: LatentRun, counter: costs.PromptCounter) -> costs.Estimate:
+        s: ScorerSettings = run.settings
+        variants = 2 if (s.scorer.shuffled_control if shuffled is None else shuffled) else 1
+        total = _prompts(
+            scorer, [run.splits[lat] for lat in run.owned], s, run.decode, counter
+        ).times(variants)
+        if check and s.check.scorer_check:
+            total = total.add(_prompts(scorer, memo.check_set(run)[0], s, run.decode, counter))
+        return total
+
+    return estimate
+
+
+def _prompts(
+    scorer: classifier.WindowClassifier, splits: list, s: ScorerSettings, decode, counter
+) -> costs.Estimate:
+    total, rng, size = costs.Estimate(), random.Random(0), s.scorer.windows_per_prompt
+    for split in splits:
+        shown = scorer.shown(split, rng, s.explainer.highlight_threshold)
+        for start in range(0, len(shown), size):
+            batch = shown[start : start + size]
+            answer = counter.text(", ".join(["0"] * len(batch)) + "]")
+            total = total.add(
+                counter.prompt(scorer.prompt(costs.STAND_IN, batch, decode, s.scorer), answer)
+            )
+    return total
