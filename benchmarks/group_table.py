@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _common
+from sae_interp_tasks import stats
 from sae_interp_tasks.reports.results_io import read_run
 
 RESULTS = Path(__file__).parent / "results"
@@ -30,6 +31,9 @@ ESTIMATE = re.compile(
     r"\(estimate\): (\d+) requests, ([\d,]+) prompt \+ ([\d,]+) completion tokens"
 )
 SKIP = ("Loading weights",)  # bars that are not a stage of the run
+
+
+Z95 = stats.z_for(0.95)  # the tables print 95% intervals
 
 
 def _ratio(a, b) -> str:
@@ -52,7 +56,7 @@ def cell(result, metric: str) -> str:
     if m is None:
         return ""
     lo, hi = (
-        (m.value - 1.96 * m.stderr, m.value + 1.96 * m.stderr)
+        (m.value - Z95 * m.stderr, m.value + Z95 * m.stderr)
         if m.stderr is not None
         else (None, None)
     )

@@ -15,12 +15,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
-
+from sae_interp_tasks import stats
 from sae_interp_tasks.reports.results_io import Run, TaskResult, read_run
 
 RUNS = Path(__file__).parent / "results" / "runs"
 SAES = (("demo SAE", "demo"), ("`control=random`", "random"))
+
+
+Z95 = stats.z_for(0.95)  # the tables print 95% intervals
 
 
 def newest_run(name: str) -> Run | None:
@@ -31,9 +33,8 @@ def newest_run(name: str) -> Run | None:
 def stderr(result: TaskResult, metric: str) -> float | None:
     """Closed form from the per-latent values when the samples are there, else lm-eval's."""
     if result.samples is not None and metric in result.samples.values:
-        values = result.samples.values[metric]
-        values = values[np.isfinite(values)]
-        return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+        err = stats.stderr_of_mean(result.samples.values[metric])
+        return None if math.isnan(err) else err
     return result.metrics[metric].stderr
 
 
@@ -45,7 +46,7 @@ def cell(result: TaskResult, metric: str, ci: bool = False) -> str:
     if err is None or not math.isfinite(err):
         return f"{value:.3f}"
     text = f"{value:.3f} ± {err:.3f}"
-    return text + (f" [{value - 1.96 * err:.3f}, {value + 1.96 * err:.3f}]" if ci else "")
+    return text + (f" [{value - Z95 * err:.3f}, {value + Z95 * err:.3f}]" if ci else "")
 
 
 def total(result: TaskResult, metric: str) -> str:

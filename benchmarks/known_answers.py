@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _common
+from sae_interp_tasks import stats
 
 HERE = Path(__file__).parent
 LM_EVAL = str(Path(sys.executable).parent / "lm_eval")
@@ -45,6 +46,9 @@ TARGETS = {
     "sae_surprisal": 0.95,
 }
 LLM_TASKS = "sae_detection,sae_fuzzing,sae_simulation,sae_surprisal"
+
+
+Z95 = stats.z_for(0.95)  # the tables print 95% intervals
 
 
 def runs(sae: Path) -> dict[str, tuple[str, dict, int | None]]:
@@ -174,8 +178,8 @@ def rows_for(name: str, results: dict, samples: dict, answers: dict) -> list[dic
                 "explainer": explainer,
                 "scorer": scorer or ("MiniLM" if "embedding" in task else ""),
                 "value": value,
-                "lo": None if se is None else value - 1.96 * se,
-                "hi": None if se is None else value + 1.96 * se,
+                "lo": None if se is None else value - Z95 * se,
+                "hi": None if se is None else value + Z95 * se,
                 "shuffled": got.get(f"{metric}_shuffled,none"),
                 "check": None if check is None or math.isnan(check) else bool(check),
                 "target": TARGETS.get(task),

@@ -16,24 +16,19 @@ Nothing here imports torch or lm_eval.
 from __future__ import annotations
 
 import ast
-import math
 from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from sae_interp_tasks import stats
+
 
 def nanmean(values) -> float:
     """The mean over docs that have a value (NaN: a latent left unscored, never counted as 0)."""
-    kept = _finite(values)
-    return float(kept.mean()) if len(kept) else float("nan")
+    return stats.mean(values)
 
 
-def _nanmean_stderr(values) -> float:
-    kept = _finite(values)
-    return float(kept.std(ddof=1) / math.sqrt(len(kept))) if len(kept) > 1 else float("nan")
-
-
-nanmean.stderr = _nanmean_stderr
+nanmean.stderr = stats.stderr_of_mean
 
 
 class Shared:
@@ -60,11 +55,6 @@ def total(values) -> float:
     """For counts (e.g. dead-or-rare latents passed over): their sum over docs; no standard
     error."""
     return float(sum(values))
-
-
-def _finite(values) -> np.ndarray:
-    arr = np.asarray([v for v in values if v is not None], dtype=float)
-    return arr[~np.isnan(arr)]
 
 
 # --- pooled metrics ------------------------------------------------------------------------------

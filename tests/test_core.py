@@ -3,6 +3,8 @@ agreement with sae_lens's own `run_evals` on the same tiny model, SAE and tokens
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -329,6 +331,7 @@ def test_a_second_sae_at_the_same_hook_reuses_the_reference(
     """sae_core's cache: the reference (activations, clean and zero-ablated losses) is paid once per
     model, hook, corpus and seed; the second SAE runs no clean forward and gets the same numbers."""
     from sae_interp_tasks.harness.backend import SAEBackend
+    from sae_interp_tasks.harness.request import read_request
     from sae_interp_tasks.tasks.core import serve_core
 
     monkeypatch.setenv("SAE_INTERP_CACHE", str(tmp_path / "cache"))
@@ -339,7 +342,17 @@ def test_a_second_sae_at_the_same_hook_reuses_the_reference(
         "chunk_contexts": 4,
     }
     payloads = [
-        {"kind": "core", "task": "sae_core", "doc": {"chunk": i}, "seed": 3, "settings": settings}
+        read_request(
+            json.dumps(
+                {
+                    "kind": "core",
+                    "task": "sae_core",
+                    "doc": {"chunk": i},
+                    "seed": 3,
+                    "settings": settings,
+                }
+            )
+        )
         for i in range(4)
     ]
     first = serve_core(SAEBackend(path=str(planted_sae.path), device="cpu"), payloads)

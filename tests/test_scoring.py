@@ -512,15 +512,23 @@ def interp_settings(corpus_file, explainer_model, scorer_model, **extra) -> dict
     }
 
 
-def payloads(settings: dict, kinds=("detection", "fuzzing"), seed: int = 1234) -> list[dict]:
+def payloads(settings: dict, kinds=("detection", "fuzzing"), seed: int = 1234) -> list:
+    """The requests two tasks send, as lm-eval would carry them if they had lost their typed
+    record: JSON, parsed by the backend's reader."""
+    from sae_interp_tasks.harness.request import read_request
+
     return [
-        {
-            "kind": kind,
-            "task": f"sae_{kind}",
-            "doc": {"slot": slot},
-            "seed": seed,
-            "settings": settings,
-        }
+        read_request(
+            json.dumps(
+                {
+                    "kind": kind,
+                    "task": f"sae_{kind}",
+                    "doc": {"slot": slot},
+                    "seed": seed,
+                    "settings": settings,
+                }
+            )
+        )
         for kind in kinds
         for slot in range(len(settings["latents"]))
     ]
@@ -582,10 +590,7 @@ def test_detection_and_fuzzing_share_one_explanation_per_latent(
         "Explanation: the word dog": 1,
     }
     assert set(fakes) == {"oracle-explainer", "oracle-scorer"}  # one client per config
-    by = {
-        (p["kind"], p["doc"]["slot"]): r.to_json()
-        for p, r in zip(payloads(settings), out, strict=True)
-    }
+    by = {(p.kind, p.slot): r.to_json() for p, r in zip(payloads(settings), out, strict=True)}
     for slot, lat in enumerate(settings["latents"]):
         det, fuz = by[("detection", slot)], by[("fuzzing", slot)]
         assert det["latent"] == fuz["latent"] == lat

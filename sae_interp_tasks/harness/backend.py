@@ -13,7 +13,6 @@ seconds instead of after the model has loaded.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import defaultdict
@@ -30,6 +29,7 @@ from sae_interp_tasks import registry
 from sae_interp_tasks.config import MODEL_ARG_KEYS
 from sae_interp_tasks.errors import SaeInterpError, unknown
 from sae_interp_tasks.harness.context import RunMemo
+from sae_interp_tasks.harness.request import read_request
 from sae_interp_tasks.stages.saes import CONTROLS, SAEInfo, SAESource, check_source, load_sae
 from sae_interp_tasks.stages.subject import DTYPES, check_hook, load_subject
 
@@ -273,27 +273,25 @@ class SAEBackend(TemplateLM):
 
     # --- the package's own request type ----------------------------------------------------------
     def interpret(self, requests) -> list:
-        payloads = [json.loads(req.args[0]) for req in requests]
+        typed = [read_request(req.args[0]) for req in requests]
         mine = SAESource(
             release=self.source.release, sae_id=self.source.sae_id, path=self.source.path
         ).label
-        for p in payloads:
-            if p.get("defaults_from") not in (None, mine):
+        for r in typed:
+            if r.defaults_from not in (None, mine):
                 raise SaeInterpError(
-                    f"{p['task']} took the instrument defaults of the SAE {p['defaults_from']}, "
-                    "but the "
+                    f"{r.task} took the instrument defaults of the SAE {r.defaults_from}, but the "
                     f"model is {mine}: build the tasks with this SAE's model_args (or set the keys "
-                    "in "
-                    "--metadata)"
+                    "in --metadata)"
                 )
         # one call per handler, all its kinds together: tasks that share a latent selection or
         # explanations must be seen at once (e.g. detection and fuzzing on the same slots)
         by_handler: dict = defaultdict(list)
-        for i, p in enumerate(payloads):
-            by_handler[registry.lookup(p["kind"]).serve].append(i)
+        for i, r in enumerate(typed):
+            by_handler[registry.lookup(r.kind).serve].append(i)
         results: list = [None] * len(requests)
         for handler, indices in by_handler.items():
-            for i, out in zip(indices, handler(self, [payloads[i] for i in indices]), strict=True):
+            for i, out in zip(indices, handler(self, [typed[i] for i in indices]), strict=True):
                 results[i] = out
         return results
 

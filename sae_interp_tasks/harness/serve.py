@@ -11,81 +11,84 @@ import dataclasses
 from collections import Counter
 
 from sae_interp_tasks import registry
-from sae_interp_tasks.caching import canonical
 from sae_interp_tasks.harness import costs, memo
 from sae_interp_tasks.harness.context import RunContext
+from sae_interp_tasks.harness.request import InterpretRequest, group_key, grouped
 from sae_interp_tasks.records import Response
 
 
-def serve_latents(ctx: RunContext, payloads: list[dict]) -> list[Response]:
+def serve_latents(ctx: RunContext, requests: list[InterpretRequest]) -> list[Response]:
     """Answer the docs of every latent task of a run: the shared stages once, then each kind's
     scores."""
-    typed = [registry.settings_for(p["kind"], p["settings"]) for p in payloads]
-    n_slots = _slots_per_selection(ctx, payloads, typed)
-    slots_of = lambda p, s: n_slots[canonical(*memo.selection_key(s, p["seed"]))]  # noqa: E731
-    _foresee(ctx, payloads, typed, slots_of)
-    responses = []
-    for p, s in zip(payloads, typed, strict=True):
-        run = memo.latent_run(ctx, s, p["seed"], slots_of(p, s), p["kind"])
-        slot = p["doc"]["slot"]
-        latent, skipped = run.selection.latents[slot], run.selection.skipped_before[slot]
-        if latent is None:
-            responses.append(Response(metrics={}, latent=None, skipped_before=skipped))
-            continue
-        scored = memo.scores(run, p["kind"])[latent]
-        detail = registry.lookup(p["kind"]).task_class.response_detail(scored, run)
-        responses.append(
-            Response(
-                metrics=scored.metrics,
-                latent=latent,
-                skipped_before=skipped,
-                detail=detail,
-                stats=scored.stats,
-            )
-        )
-    docs = Counter(
-        p["kind"] for p in payloads
-    )  # each kind's LLM cost, spread over its docs (they sum back)
+    n_slots = _slots_per_selection(ctx, requests)
+    estimate_llm_use(ctx, requests, n_slots)
+    responses = [_answer(ctx, r, n_slots[_selection(r)]) for r in requests]
+    # each kind's LLM cost, spread over its docs (they sum back to the kind's total)
+    docs = Counter(r.kind for r in requests)
     return [
         dataclasses.replace(
-            r, metrics={**r.metrics, **costs.usage_of(ctx, p["kind"], docs[p["kind"]])}
+            response,
+            metrics={**response.metrics, **costs.usage_of(ctx, r.kind, docs[r.kind])},
         )
-        for p, r in zip(payloads, responses, strict=True)
+        for r, response in zip(requests, responses, strict=True)
     ]
 
 
-def _foresee(ctx: RunContext, payloads: list[dict], typed: list, slots_of) -> None:
+def _answer(ctx: RunContext, r: InterpretRequest, n_slots: int) -> Response:
+    run = memo.latent_run(ctx, r.settings, r.seed, n_slots, r.kind)
+    latent, skipped = run.selection.latents[r.slot], run.selection.skipped_before[r.slot]
+    if latent is None:
+        return Response(metrics={}, latent=None, skipped_before=skipped)
+    scored = memo.scores(run, r.kind)[latent]
+    detail = registry.lookup(r.kind).task_class.response_detail(scored, run)
+    return Response(
+        metrics=scored.metrics,
+        latent=latent,
+        skipped_before=skipped,
+        detail=detail,
+        stats=scored.stats,
+    )
+
+
+def _selection(r: InterpretRequest) -> str:
+    """The key of the latent selection a request's doc slot is filled from."""
+    return group_key(memo.selection_key(r.settings, r.seed))
+
+
+def estimate_llm_use(
+    ctx: RunContext, requests: list[InterpretRequest], n_slots: dict[str, int]
+) -> None:
     """Before the first LLM call: the one estimate line of the run's LLM use (and the budget's
     stop)."""
     estimates: dict[str, costs.Estimate] = {}
     counter = costs.PromptCounter(ctx.tokenizer)
     explained: set[str] = set()
-    for p, s in zip(payloads, typed, strict=True):
-        if p["kind"] in estimates:
+    for r in requests:
+        if r.kind in estimates:
             continue
-        chosen, splits = memo.example_splits(ctx, s, p["seed"], slots_of(p, s))
-        run = memo.LatentRun(ctx, s, p["seed"], chosen, splits, {}, memo.owned_latents(ctx, chosen))
+        s = r.settings
+        chosen, splits = memo.example_splits(ctx, s, r.seed, n_slots[_selection(r)])
+        run = memo.LatentRun(ctx, s, r.seed, chosen, splits, {}, memo.owned_latents(ctx, chosen))
         estimate = costs.Estimate()
-        if (
-            canonical(*memo.explanations_key(s, p["seed"])) not in explained
-        ):  # the shared explanations, once
-            explained.add(canonical(*memo.explanations_key(s, p["seed"])))
+        explanations = group_key(memo.explanations_key(s, r.seed))
+        if explanations not in explained:  # the shared explanations, once
+            explained.add(explanations)
             estimate = estimate.add(costs.explainer_estimate(run, counter))
-        spec = registry.lookup(p["kind"])
-        estimates[p["kind"]] = (
-            estimate.add(spec.estimate(run, counter)) if spec.estimate else estimate
-        )
-    budgets = [s.budget.max_llm_tokens for s in typed if s.budget.max_llm_tokens is not None]
+        spec = registry.lookup(r.kind)
+        estimates[r.kind] = estimate.add(spec.estimate(run, counter)) if spec.estimate else estimate
+    budgets = [
+        r.settings.budget.max_llm_tokens
+        for r in requests
+        if r.settings.budget.max_llm_tokens is not None
+    ]
     costs.announce(estimates, min(budgets) if budgets else None)
 
 
-def _slots_per_selection(ctx: RunContext, payloads: list[dict], typed: list) -> dict[str, int]:
+def _slots_per_selection(ctx: RunContext, requests: list[InterpretRequest]) -> dict[str, int]:
     """Per latent selection, the most slots any task of the run asks for; under a launcher every
     rank holds a share of the slots, so the ranks agree on the pool to select from."""
-    n_slots: dict[str, int] = {}
-    for p, s in zip(payloads, typed, strict=True):
-        key = canonical(*memo.selection_key(s, p["seed"]))
-        n_slots[key] = max(n_slots.get(key, 0), p["doc"]["slot"] + 1)
+    by_selection = grouped(requests, lambda r: memo.selection_key(r.settings, r.seed))
+    n_slots = {key: max(requests[i].slot + 1 for i in idx) for key, idx in by_selection.items()}
     if ctx.world_size > 1:
         for part in ctx.all_gather_object(n_slots):
             for key, n in part.items():

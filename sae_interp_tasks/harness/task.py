@@ -25,6 +25,7 @@ from lm_eval.api.task import Task, TaskConfig
 from sae_interp_tasks import registry
 from sae_interp_tasks.aggregations import Pooled, total
 from sae_interp_tasks.config import NOT_SETTINGS, USER_KEYS
+from sae_interp_tasks.harness.request import InterpretRequest, WireRequest
 from sae_interp_tasks.records import USAGE_METRICS, Response
 
 DEFAULT_SEED = 1234  # lm-eval's default --seed for the fewshot sampler
@@ -191,18 +192,19 @@ class SAETask(Task):
         return {k: v for k, v in self._metadata.items() if k not in NOT_SETTINGS}
 
     def construct_requests(self, doc, ctx, **kwargs):
-        payload = {
-            "kind": self.KIND,
-            "task": self.config.task,
-            "doc": doc,
-            "seed": self.seed,
-            "settings": self.task_settings(),
-            "defaults_from": self._defaults_from,
-        }
+        request = InterpretRequest(
+            kind=self.KIND,
+            task=self.config.task,
+            doc=doc,
+            seed=self.seed,
+            settings=self.settings,  # parsed once, when the task was built
+            recorded=self.task_settings(),
+            defaults_from=self._defaults_from,
+        )
         return Instance(
             request_type="interpret",
             doc=doc,
-            arguments=(json.dumps(payload, sort_keys=True),),
+            arguments=(WireRequest(request),),
             idx=0,
             metadata=kwargs.get("metadata", (self.config.task, None, 1)),
         )
@@ -242,6 +244,9 @@ class LatentTask(SAETask):
     def process_results(self, doc, results) -> dict:
         values = super().process_results(doc, results)
         values["skipped_dead"] = results[0].skipped_before
+        # the doc records which latent filled its slot: lm-eval writes this doc into the samples
+        # file after this call, so a reader finds the latent without parsing the response
+        doc["latent"] = results[0].latent
         return values
 
     @classmethod

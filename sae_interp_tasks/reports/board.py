@@ -22,10 +22,10 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from statistics import NormalDist
 
 import numpy as np
 
+from sae_interp_tasks import stats
 from sae_interp_tasks.aggregations import Pooled
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.reports.compare import percentile_interval, resample_weights
@@ -105,7 +105,7 @@ class Board:
 
     @property
     def z(self) -> float:
-        return NormalDist().inv_cdf(0.5 + self.confidence / 2)
+        return stats.z_for(self.confidence)
 
 
 # --- building the board ------------------------------------------------------------------------
@@ -159,7 +159,7 @@ def build_board(runs: list[Run], confidence: float = 0.95, seed: int = 0) -> Boa
     if not 0 < confidence < 1:
         raise SaeInterpError(f"--confidence must be between 0 and 1, got {confidence}")
     check_samples(runs)
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    z = stats.z_for(confidence)
     rng = np.random.default_rng(seed)
     rows = []
     for draft in _drafts(runs):
@@ -341,18 +341,17 @@ def check_failed(row: Row, col: Column) -> bool:
     )
 
 
-def check_notes(group: Group) -> list[str]:
+def check_notes(group: Group, confidence: float) -> list[str]:
     """One footnote per row and task whose marked cells come from a scorer that failed its check."""
     notes = {}
     for row in group.rows:
         for col in columns(group):
             if col.kind == "cell" and check_failed(row, col) and (row.sae, col.task) not in notes:
+                summary = row.tasks[col.task].check_summary(col.metric, confidence)
                 notes[(row.sae, col.task)] = (
                     f"{FAILED_MARK} {row.sae}, {col.task}: the scorer failed its known-answer "
-                    "check "
-                    f"({row.tasks[col.task].check_summary(col.metric)}); the marked numbers cannot "
-                    "tell a right "
-                    "explanation from a wrong one, whatever the SAE. Score with a capable scorer."
+                    f"check ({summary}); the marked numbers cannot tell a right explanation from "
+                    "a wrong one, whatever the SAE. Score with a capable scorer."
                 )
     return list(notes.values())
 

@@ -350,7 +350,7 @@ def compare_metric(
         if r.check_passed(metric) is False
     ]
     not_gated = "; ".join(
-        f"the {what}'s scorer failed its known-answer check ({r.check_summary(metric)})"
+        f"the {what}'s scorer failed its known-answer check ({r.check_summary(metric, confidence)})"
         for what, r in failed
     )
     # worse by more than max_drop: the whole interval lies beyond -max_drop in the bad direction

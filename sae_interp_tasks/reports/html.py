@@ -80,7 +80,9 @@ def html_page(board: Board, images: dict[str, bytes] | None = None) -> str:
                 )
             parts.append("</tr>")
         parts.append("</tbody></table>")
-        parts += [f"<p class='note failed'>{e(note)}</p>" for note in check_notes(group)]
+        parts += [
+            f"<p class='note failed'>{e(note)}</p>" for note in check_notes(group, board.confidence)
+        ]
         parts.append(
             "<details><summary>settings of this group</summary><pre>"
             f"{e(json.dumps(group.settings, indent=1, sort_keys=True, default=str))}"

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sae_interp_tasks import stats
 from sae_interp_tasks.aggregations import Pooled
 from sae_interp_tasks.config import NOT_SETTINGS
 from sae_interp_tasks.errors import SaeInterpError
@@ -121,9 +122,9 @@ class TaskResult:
             return None
         return passed.value >= 0.5
 
-    def check_summary(self, metric: str) -> str:
-        """The check behind `metric` in words: its statistic with a 95% interval, e.g. for a failed
-        one."""
+    def check_summary(self, metric: str, confidence: float) -> str:
+        """The check behind `metric` in words: its statistic with its interval at `confidence`,
+        e.g. for a failed one."""
         passed = self.report.checks.get(metric, "")
         prefix = passed.removesuffix("passed")
         stat = next(
@@ -132,8 +133,9 @@ class TaskResult:
         )
         if stat is None:
             return passed
+        z = stats.z_for(confidence)
         interval = (
-            f" [{stat.value - 1.96 * stat.stderr:.3f}, {stat.value + 1.96 * stat.stderr:.3f}]"
+            f" [{stat.value - z * stat.stderr:.3f}, {stat.value + z * stat.stderr:.3f}]"
             if stat.stderr
             else ""
         )
@@ -416,13 +418,13 @@ def read_samples(path: Path, report: ReportSpec, metric_names: list[str]) -> Doc
                 f"{path} line {number} is not a samples row of this package "
                 f"({type(err).__name__}); re-run lm_eval with --log_samples"
             ) from err
-        if report.doc_id in response:
-            key = response[report.doc_id]
-            if key is None:  # a slot that found no live latent
-                unfilled += 1
-                continue
-        else:
-            key = (row.get("doc") or {}).get(report.doc_id, row.get("doc_id"))
+        doc = row.get("doc") or {}
+        # the doc names its latent (LatentTask.process_results); older files only the response
+        named = doc if report.doc_id in doc else response
+        key = named.get(report.doc_id, row.get("doc_id"))
+        if key is None and report.doc_id in named:  # a slot that found no live latent
+            unfilled += 1
+            continue
         keys.append(key)
         rows.append(row)
         stats.append(response.get("stats"))

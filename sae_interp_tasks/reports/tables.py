@@ -45,7 +45,7 @@ def markdown(board: Board) -> str:
             cells = [fmt_entry(row, c, value(row, c)).replace("|", "\\|") for c in cols]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-        notes = check_notes(group)
+        notes = check_notes(group, board.confidence)
         lines += [*notes, ""] if notes else []
     return "\n".join(lines)
 
@@ -153,7 +153,7 @@ def json_data(board: Board) -> dict:
                             "interval": c.how or None,
                             "stderr": _json_num(result.metrics[m].stderr),
                             "higher_is_better": result.metrics[m].higher_is_better,
-                            **_check_json(result, m),
+                            **_check_json(result, m, board.confidence),
                         }
                         for (t, m), c in row.cells.items()
                         if t == task
@@ -185,7 +185,7 @@ def json_data(board: Board) -> dict:
     }
 
 
-def _check_json(result, metric: str) -> dict:
+def _check_json(result, metric: str, confidence: float) -> dict:
     """A checked metric's verdict (and, when it failed, the check in words); nothing for unchecked
     metrics."""
     if metric not in result.report.checks:
@@ -193,7 +193,7 @@ def _check_json(result, metric: str) -> dict:
     passed = result.check_passed(metric)
     out = {"scorer_check": _check_word(passed) or None}
     if passed is False:
-        out["scorer_check_detail"] = result.check_summary(metric)
+        out["scorer_check_detail"] = result.check_summary(metric, confidence)
     return out
 
 

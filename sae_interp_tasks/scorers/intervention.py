@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sae_interp_tasks import stats
 from sae_interp_tasks.aggregations import nanmean, total
 from sae_interp_tasks.clients import LLMClient, Prompt
 from sae_interp_tasks.config import StageConfig, option, positive
@@ -106,8 +107,8 @@ def surprisal_scores(
         if len(diffs) == 0:
             out.append(SurprisalScore(float("nan"), float("nan"), per))
             continue
-        stderr = float(diffs.std(ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
-        out.append(SurprisalScore(float(diffs.mean()), stderr, per))
+        value, stderr, _ = stats.mean_and_stderr(diffs)
+        out.append(SurprisalScore(value, stderr, per))
     return out
 
 

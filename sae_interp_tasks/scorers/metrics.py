@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn import metrics as skm
 
+from sae_interp_tasks import stats
 from sae_interp_tasks.records import WindowJudgement
 
 NAN = float("nan")
@@ -20,9 +21,7 @@ def _answered(judgements: Sequence[WindowJudgement]) -> list[WindowJudgement]:
 def balanced_accuracy(judgements: Sequence[WindowJudgement]) -> float:
     done = _answered(judgements)
     labels = [j.label for j in done]
-    if len(set(labels)) < 2:
-        return NAN
-    return float(skm.balanced_accuracy_score(labels, [j.prediction for j in done]))
+    return stats.balanced_accuracy(labels, [j.prediction for j in done])
 
 
 def precision(judgements: Sequence[WindowJudgement]) -> float:

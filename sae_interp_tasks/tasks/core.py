@@ -7,16 +7,16 @@ pooled over the chunks' statistics (aggregations.Pooled), so reports can resampl
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from lm_eval.api.metrics import mean
 
 from sae_interp_tasks.config import Settings
 from sae_interp_tasks.harness.context import RunContext
+from sae_interp_tasks.harness.request import InterpretRequest, grouped
 from sae_interp_tasks.harness.task import SAETask
 from sae_interp_tasks.records import Response
-from sae_interp_tasks.registry import ReportSpec, settings_for, task_kind
+from sae_interp_tasks.registry import ReportSpec, task_kind
 from sae_interp_tasks.stages import core
 from sae_interp_tasks.stages.core import CoreConfig
 from sae_interp_tasks.stages.corpus import CorpusConfig
@@ -30,17 +30,15 @@ class CoreSettings(Settings):
     core: CoreConfig = field(default_factory=CoreConfig)
 
 
-def serve_core(ctx: RunContext, payloads: list[dict]) -> list[Response]:
+def serve_core(ctx: RunContext, requests: list[InterpretRequest]) -> list[Response]:
     """Chunk statistics for sae_core docs, one pass over the chunks per group of equal settings and
     seed."""
-    groups: dict[str, list[int]] = {}
-    for i, p in enumerate(payloads):
-        groups.setdefault(json.dumps([p["settings"], p["seed"]], sort_keys=True), []).append(i)
-    results: list = [None] * len(payloads)
-    for key, indices in groups.items():
-        settings, seed = json.loads(key)
-        s: CoreSettings = settings_for(KIND, settings)
-        wanted = sorted({payloads[i]["doc"]["chunk"] for i in indices})
+    results: list = [None] * len(requests)
+    for indices in grouped(requests, lambda r: (r.settings, r.seed)).values():
+        first = requests[indices[0]]
+        s: CoreSettings = first.settings
+        seed = first.seed
+        wanted = sorted({requests[i].chunk for i in indices})
         stats = core.chunk_statistics(
             ctx.model,
             ctx.sae,
@@ -52,10 +50,10 @@ def serve_core(ctx: RunContext, payloads: list[dict]) -> list[Response]:
             seed,
             wanted,
             ctx.device,
-            desc=payloads[indices[0]]["task"],
+            desc=first.task,
         )
         for i in indices:
-            chunk = payloads[i]["doc"]["chunk"]
+            chunk = requests[i].chunk
             chunk_stats, sha = stats[chunk]
             results[i] = Response(
                 metrics=core.per_chunk_metrics(chunk_stats),

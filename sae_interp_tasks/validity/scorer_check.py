@@ -20,13 +20,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sae_interp_tasks import stats
 from sae_interp_tasks.aggregations import Shared, nanmean
 from sae_interp_tasks.config import StageConfig, positive
 from sae_interp_tasks.records import Example, ExampleSplit, Explanation, WindowJudgement
 from sae_interp_tasks.scorers import metrics
 
 log = logging.getLogger(__name__)
-Z = 1.959963984540054  # two-sided 95%
+Z = stats.z_for(0.95)  # the check passes when its two-sided 95% interval clears chance
 # what a failed check advises: a chat scorer (detection, fuzzing, simulation, self-explanation,
 # the judge) and a base-LM reader of log-probabilities (surprisal, intervention's reader)
 ADVICE_SCORER = (
@@ -180,17 +181,10 @@ def _is_word(text: str) -> bool:
 def balanced_accuracy(judgements: list[WindowJudgement], name: str) -> CheckResult:
     """Balanced accuracy over every window answered; stderr of the mean of the two class rates."""
     done = [j for j in judgements if j.prediction is not None]
-    rates = []
-    for label in (True, False):
-        group = [j.prediction == label for j in done if j.label == label]
-        rates.append((float(np.mean(group)) if group else math.nan, len(group)))
-    (tpr, n1), (tnr, n0) = rates
-    if not n1 or not n0:
-        return CheckResult(name, math.nan, math.nan, 0.5, len(done))
-    se = 0.5 * math.sqrt(
-        max(tpr * (1 - tpr), 0.25 / n1) / n1 + max(tnr * (1 - tnr), 0.25 / n0) / n0
-    )
-    return CheckResult(name, 0.5 * (tpr + tnr), se, 0.5, len(done))
+    labels, predictions = [j.label for j in done], [j.prediction for j in done]
+    value = stats.balanced_accuracy(labels, predictions)
+    se = stats.balanced_accuracy_stderr(labels, predictions)
+    return CheckResult(name, value, se, 0.5, len(done))
 
 
 def auroc(labels: list[bool], scores: list[float], name: str) -> CheckResult:
@@ -223,12 +217,10 @@ def correlation(true: np.ndarray, predicted: np.ndarray, name: str) -> CheckResu
 
 def mean_gain(values: list[float], name: str) -> CheckResult:
     """A mean (e.g. log-probability gained) against zero, with its standard error."""
-    kept = np.array([v for v in values if v is not None and math.isfinite(v)])
-    if len(kept) < 2:
-        return CheckResult(name, math.nan, math.nan, 0.0, len(kept))
-    return CheckResult(
-        name, float(kept.mean()), float(kept.std(ddof=1) / math.sqrt(len(kept))), 0.0, len(kept)
-    )
+    value, se, n = stats.mean_and_stderr(values)
+    if n < 2:
+        return CheckResult(name, math.nan, math.nan, 0.0, n)
+    return CheckResult(name, value, se, 0.0, n)
 
 
 def accuracy(hits: list[float], chance: float, name: str) -> CheckResult:
