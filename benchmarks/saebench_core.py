@@ -94,7 +94,7 @@ class LegacyConfig:
 
 def ours(model, sae, info, contexts: torch.Tensor, chunk_contexts: int):
     from sae_interp_tasks.registry import lookup
-    from sae_interp_tasks.stages import core
+    from sae_interp_tasks.stages import core, core_metrics
 
     special = core.special_ids(model.tokenizer)
     zero = core.zero_ablation_logits(model, info.hook_name)
@@ -109,7 +109,7 @@ def ours(model, sae, info, contexts: torch.Tensor, chunk_contexts: int):
             agg(
                 stats
                 if hasattr(agg, "expression")
-                else [core.per_chunk_metrics(s)[name] for s in stats]
+                else [core_metrics.per_chunk_metrics(s)[name] for s in stats]
             )
         )
         for name, (agg, _) in metrics.items()
@@ -121,7 +121,7 @@ def ours(model, sae, info, contexts: torch.Tensor, chunk_contexts: int):
 def bootstrap(stats, name: str, rng, resamples: int = 2000) -> tuple[float, float]:
     from sae_interp_tasks.registry import lookup
     from sae_interp_tasks.reports.compare import percentile_interval, resample_weights
-    from sae_interp_tasks.stages import core
+    from sae_interp_tasks.stages import core_metrics
 
     agg = lookup("core").metrics[name][0]
     weights = resample_weights(rng, len(stats), resamples)
@@ -129,7 +129,7 @@ def bootstrap(stats, name: str, rng, resamples: int = 2000) -> tuple[float, floa
         arrays = {k: np.array([s.to_json()[k] for s in stats], dtype=float) for k in agg.stats}
         draws = agg.resampled(arrays, weights)
     else:
-        per = np.array([core.per_chunk_metrics(s)[name] for s in stats])
+        per = np.array([core_metrics.per_chunk_metrics(s)[name] for s in stats])
         draws = weights @ per / len(stats)
     return percentile_interval(draws, 0.95)
 

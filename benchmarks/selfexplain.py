@@ -22,13 +22,12 @@ import _common
 
 
 def main() -> None:
-    from sae_interp_tasks.stages.selfexplain import (
+    from sae_interp_tasks.stages.selfexplain import sweep, typical_norm
+    from sae_interp_tasks.stages.selfexplain_naive import naive_generate
+    from sae_interp_tasks.stages.selfexplain_prompts import (
         DEFAULT_TEMPLATES,
         SelfExplainConfig,
-        naive_generate,
         render_prompt,
-        sweep,
-        typical_norm,
         unit_directions,
     )
 

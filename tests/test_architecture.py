@@ -427,7 +427,7 @@ from dataclasses import dataclass, field
 
 from sae_interp_tasks.aggregations import Pooled, nanmean
 from sae_interp_tasks.config import StageConfig, positive
-from sae_interp_tasks.harness.memo import LatentRun, LatentSettings
+from sae_interp_tasks.harness.run_stages import LatentRun, LatentSettings
 from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
 from sae_interp_tasks.records import ScoredLatent

@@ -16,7 +16,7 @@ import torch
 
 from conftest import HOOK
 from helpers import error_lines, result_files, run_lm_eval, run_python
-from sae_interp_tasks.stages import core
+from sae_interp_tasks.stages import core, core_metrics
 
 LIMIT = 2
 CORE_META = {"n_tokens": 2048, "context_size": 64, "chunk_contexts": 4}
@@ -119,10 +119,12 @@ def test_sae_core_numbers_match_an_in_process_computation(
         np.mean([s.sq_err_sum / s.n_tokens for s in stats]), rel=1e-5
     )
     assert got["explained_variance,none"] == pytest.approx(
-        core.explained_variance(stats), rel=1e-5, abs=1e-6
+        core_metrics.explained_variance(stats), rel=1e-5, abs=1e-6
     )
-    assert got["dead_fraction,none"] == pytest.approx(core.dead_fraction(stats))
-    assert got["ce_loss_recovered,none"] == pytest.approx(core.ce_loss_recovered(stats), abs=1e-3)
+    assert got["dead_fraction,none"] == pytest.approx(core_metrics.dead_fraction(stats))
+    assert got["ce_loss_recovered,none"] == pytest.approx(
+        core_metrics.ce_loss_recovered(stats), abs=1e-3
+    )
 
 
 def test_results_record_the_settings_used(run, corpus_file):

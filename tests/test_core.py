@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import HOOK, corpus_lines
-from sae_interp_tasks.stages import core
+from sae_interp_tasks.stages import core, core_metrics
 from sae_interp_tasks.stages.core import CoreStats
 
 
@@ -34,7 +34,7 @@ def test_explained_variance_is_about_the_mean_not_zero():
     offset = np.full(16, 100.0)  # a large constant component, as residual streams have
     z = rng.standard_normal((2000, 16))
     x, recon = offset + z, offset + 0.5 * z  # reconstruction misses half of every deviation
-    ev = core.explained_variance([stats_from(x, recon)])
+    ev = core_metrics.explained_variance([stats_from(x, recon)])
     assert ev == pytest.approx(0.75, abs=0.01)  # 1 - E|0.5 z|^2 / E|z|^2
     about_zero = 1 - ((x - recon) ** 2).sum() / (x**2).sum()
     assert about_zero > 0.9999  # what the about-zero formula would have reported
@@ -56,11 +56,14 @@ def test_explained_variance_pools_chunks_about_the_corpus_mean():
         1
         - ((pooled - np.concatenate([ra, rb])) ** 2).sum() / ((pooled - pooled.mean(0)) ** 2).sum()
     )
-    assert core.explained_variance([stats_from(a, ra), stats_from(b, rb)]) == pytest.approx(
+    assert core_metrics.explained_variance([stats_from(a, ra), stats_from(b, rb)]) == pytest.approx(
         expected, rel=1e-9
     )
     per_chunk_mean = np.mean(
-        [core.explained_variance([stats_from(a, ra)]), core.explained_variance([stats_from(b, rb)])]
+        [
+            core_metrics.explained_variance([stats_from(a, ra)]),
+            core_metrics.explained_variance([stats_from(b, rb)]),
+        ]
     )
     assert per_chunk_mean < expected - 0.05  # averaging per-chunk EVs would understate it
 
@@ -70,20 +73,22 @@ def test_dead_and_dense_fractions():
     chunk_a = stats_from(x, x, firing=[0, 0, 5, 20, 10, 60])
     chunk_b = stats_from(x, x, firing=[0, 1, 5, 20, 10, 60])
     # frequencies over 200 tokens: 0, 0.005, 0.05, 0.2, 0.1 (exactly the threshold: not dense), 0.6
-    assert core.firing_frequency([chunk_a, chunk_b]).tolist() == pytest.approx(
+    assert core_metrics.firing_frequency([chunk_a, chunk_b]).tolist() == pytest.approx(
         [0, 0.005, 0.05, 0.2, 0.1, 0.6]
     )
-    assert core.dead_fraction([chunk_a, chunk_b]) == pytest.approx(1 / 6)
-    assert core.dense_fraction([chunk_a, chunk_b]) == pytest.approx(2 / 6)
-    assert core.dead_fraction([chunk_a]) == pytest.approx(2 / 6)  # latent 1 only fires in chunk b
+    assert core_metrics.dead_fraction([chunk_a, chunk_b]) == pytest.approx(1 / 6)
+    assert core_metrics.dense_fraction([chunk_a, chunk_b]) == pytest.approx(2 / 6)
+    assert core_metrics.dead_fraction([chunk_a]) == pytest.approx(
+        2 / 6
+    )  # latent 1 only fires in chunk b
 
 
 def test_ce_loss_recovered_and_per_chunk_metrics():
     x = np.zeros((10, 2))
     a = stats_from(x, x, ce=(2.0, 3.0, 6.0))
     b = stats_from(x, x, ce=(2.0, 5.0, 6.0))
-    assert core.ce_loss_recovered([a]) == pytest.approx(0.75)  # (6 - 3) / (6 - 2)
-    assert core.ce_loss_recovered([a, b]) == pytest.approx(
+    assert core_metrics.ce_loss_recovered([a]) == pytest.approx(0.75)  # (6 - 3) / (6 - 2)
+    assert core_metrics.ce_loss_recovered([a, b]) == pytest.approx(
         (6 - 4) / (6 - 2)
     )  # ratio of mean losses
     s = CoreStats(
@@ -97,7 +102,7 @@ def test_ce_loss_recovered_and_per_chunk_metrics():
         ce_spliced=1.5,
         ce_zero=3.0,
     )
-    assert core.per_chunk_metrics(s) == {
+    assert core_metrics.per_chunk_metrics(s) == {
         "l0": 2.5,
         "mse": 0.5,
         "ce_loss_clean": 1.0,
@@ -122,9 +127,9 @@ def test_exact_sae_recovers_everything(tiny_model, exact_sae_dir, eval_tokens):
     s = fast_stats(tiny_model, sae, eval_tokens)
     assert s.n_tokens == eval_tokens[:, 1:].numel()
     assert s.sq_err_sum == pytest.approx(0.0, abs=1e-8)
-    assert core.explained_variance([s]) == pytest.approx(1.0)
+    assert core_metrics.explained_variance([s]) == pytest.approx(1.0)
     assert s.ce_spliced == pytest.approx(s.ce_clean, abs=1e-6)
-    assert core.ce_loss_recovered([s]) == pytest.approx(1.0, abs=1e-3)
+    assert core_metrics.ce_loss_recovered([s]) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_planted_sae_counts(tiny_model, loaded_planted, planted_sae, eval_tokens):
@@ -222,11 +227,11 @@ def test_agrees_with_sae_lens_run_evals(tiny_model, loaded_planted, eval_tokens)
         sparse["sparsity"]["l0"], rel=1e-6
     )  # sae_lens averages in float32
     assert ours.sq_err_sum / n == pytest.approx(sparse["reconstruction_quality"]["mse"], rel=1e-5)
-    assert core.explained_variance([ours]) == pytest.approx(
+    assert core_metrics.explained_variance([ours]) == pytest.approx(
         sparse["reconstruction_quality"]["explained_variance"], rel=1e-5, abs=1e-6
     )
     np.testing.assert_allclose(
-        core.firing_frequency([ours]), features["feature_density"], rtol=1e-6
+        core_metrics.firing_frequency([ours]), features["feature_density"], rtol=1e-6
     )
 
     ce, _ = sae_lens_metrics(
@@ -236,7 +241,7 @@ def test_agrees_with_sae_lens_run_evals(tiny_model, loaded_planted, eval_tokens)
     assert ours.ce_clean == pytest.approx(ce["ce_loss_without_sae"], rel=1e-5)
     assert ours.ce_spliced == pytest.approx(ce["ce_loss_with_sae"], rel=1e-5)
     assert ours.ce_zero == pytest.approx(ce["ce_loss_with_ablation"], rel=1e-5)
-    assert core.ce_loss_recovered([ours]) == pytest.approx(ce["ce_loss_score"], abs=1e-3)
+    assert core_metrics.ce_loss_recovered([ours]) == pytest.approx(ce["ce_loss_score"], abs=1e-3)
 
 
 # --- the fast path: reference once, the SAE's part per SAE ----------------------------------------

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import REPO
 from helpers import OracleEndpoint, error_lines, result_files, run_lm_eval, words
-from sae_interp_tasks.harness.costs import USAGE_METRICS
+from sae_interp_tasks.records import USAGE_METRICS
 
 META = {
     "n_tokens": 4096,

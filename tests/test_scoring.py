@@ -436,7 +436,7 @@ def test_token_explanations_of_token_latents_score_like_the_truth(splits, decode
 # scorer
 @pytest.fixture(scope="module")
 def embedder():
-    from sae_interp_tasks.stages.shared import load_embedder
+    from sae_interp_tasks.stages.embedder import load_embedder
 
     return load_embedder("sentence-transformers/all-MiniLM-L6-v2")
 
@@ -469,7 +469,7 @@ def test_embedding_shuffled_control_is_near_chance(splits, embedder, decode):
 
 
 def test_hard_negatives_are_quiet_windows_nearest_the_top_windows(planted_pass, embedder, decode):
-    from sae_interp_tasks.stages.shared import embed, hard_negatives
+    from sae_interp_tasks.stages.embedder import embed, hard_negatives
 
     record = planted_pass.record(CAT_LATENT)
     pool = list(record.non_activating)

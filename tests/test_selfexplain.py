@@ -20,15 +20,17 @@ import torch.nn.functional as F
 from conftest import CAT, CAT_LATENT, DOG, DOG_LATENT, token_id
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.stages.selfexplain import (
-    DEFAULT_TEMPLATES,
-    SelfExplainConfig,
     best_scales,
     composite,
     minmax,
-    naive_generate,
-    render_prompt,
     sweep,
     typical_norm,
+)
+from sae_interp_tasks.stages.selfexplain_naive import naive_generate
+from sae_interp_tasks.stages.selfexplain_prompts import (
+    DEFAULT_TEMPLATES,
+    SelfExplainConfig,
+    render_prompt,
     unit_directions,
 )
 

@@ -22,22 +22,18 @@ import openai
 
 from sae_interp_tasks.clients.base import LLMClient, OnAnswer
 from sae_interp_tasks.clients.cache import CompletionCache
+from sae_interp_tasks.clients.openai_responses import (
+    ConfigProblem,
+    MalformedResponse,
+    reading_from,
+    target_logprob,
+)
 from sae_interp_tasks.clients.records import ClientConfig, Completion, Prompt, Reading
 from sae_interp_tasks.errors import SaeInterpError
 
 log = logging.getLogger(__name__)
 
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
-
-
-class MalformedResponse(Exception):
-    """A 200 answer we cannot read: no choices, no message content, or not a chat completion at
-    all."""
-
-
-class _ConfigProblem(Exception):
-    """The endpoint refuses every request alike (bad key, wrong model or URL): stop and tell the
-    user."""
 
 
 class OpenAIClient(LLMClient):
@@ -122,7 +118,7 @@ class OpenAIClient(LLMClient):
         async def one(i: int, item) -> None:
             try:
                 answer = await ask(client, semaphore, retry_lock, item)
-            except _ConfigProblem as problem:
+            except ConfigProblem as problem:
                 problems.append(str(problem))
                 answer = failed(str(problem))
             on_answer(i, answer)
@@ -191,7 +187,7 @@ class OpenAIClient(LLMClient):
                     echo=True,
                     logprobs=1,
                 )
-            value = self._target_logprob(response, begin, len(text))
+            value = target_logprob(response, begin, len(text), self._no_prompt_logprobs())
             self._count_usage(response)
             return value
 
@@ -239,7 +235,14 @@ class OpenAIClient(LLMClient):
                     echo=True,
                     logprobs=top,
                 )
-            reading = self._reading(response, len(prefix), len(prefix + text), spots, choices)
+            reading = reading_from(
+                response,
+                len(prefix),
+                len(prefix + text),
+                spots,
+                choices,
+                self._no_prompt_logprobs(),
+            )
             self._count_usage(response)
             return reading
 
@@ -247,65 +250,12 @@ class OpenAIClient(LLMClient):
             attempt, lambda err: False, retry_lock, lambda error: None, logprob_request=True
         )
 
-    def _reading(
-        self, response, begin: int, end: int, spots: tuple[int, ...], choices: tuple[str, ...]
-    ) -> Reading:
-        lp = self._prompt_logprobs(response)
-        rows = [
-            (off - begin, v, alts)
-            for off, v, alts in zip(
-                lp.text_offset,
-                lp.token_logprobs,
-                lp.top_logprobs or [None] * len(lp.text_offset),
-                strict=False,
-            )
-            if begin <= off < end
-        ]
-        if not rows or any(v is None for _, v, _ in rows):
-            raise _ConfigProblem(self._no_prompt_logprobs())
-        found = []
-        for spot in spots:
-            alts = next((a for off, _, a in rows if off == spot), None) or {}
-            found.append({c: float(alts[c]) for c in choices if c in alts})
-        return Reading(
-            offsets=[off for off, _, _ in rows],
-            logprobs=[float(v) for _, v, _ in rows],
-            choices=found if spots else None,
-        )
-
-    def _prompt_logprobs(self, response):
-        choices = getattr(response, "choices", None)
-        if not choices:
-            raise MalformedResponse(f"no choices in the answer ({type(response).__name__})")
-        lp = getattr(choices[0], "logprobs", None)
-        if (
-            lp is None
-            or not getattr(lp, "token_logprobs", None)
-            or not getattr(lp, "text_offset", None)
-        ):
-            raise _ConfigProblem(self._no_prompt_logprobs())
-        return lp
-
     def _count_usage(self, response) -> None:
         usage = getattr(response, "usage", None)
         if usage is not None:
             self._count_tokens(
                 getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0
             )
-
-    def _target_logprob(self, response, begin: int, end: int) -> float:
-        choices = getattr(response, "choices", None)
-        if not choices:
-            raise MalformedResponse(f"no choices in the answer ({type(response).__name__})")
-        lp = getattr(choices[0], "logprobs", None)
-        tokens = getattr(lp, "token_logprobs", None) if lp is not None else None
-        offsets = getattr(lp, "text_offset", None) if lp is not None else None
-        if not tokens or not offsets or all(v is None for v in tokens[1:]):
-            raise _ConfigProblem(self._no_prompt_logprobs())
-        picked = [v for v, off in zip(tokens, offsets, strict=False) if begin <= off < end]
-        if not picked or any(v is None for v in picked):
-            raise _ConfigProblem(self._no_prompt_logprobs())
-        return float(sum(picked))
 
     def _no_prompt_logprobs(self) -> str:
         return (
@@ -334,14 +284,14 @@ class OpenAIClient(LLMClient):
                     if logprob_request and isinstance(err, openai.NotFoundError)
                     else self._config_hint(err)
                 )
-                raise _ConfigProblem(self._describe(err) + hint) from None
+                raise ConfigProblem(self._describe(err) + hint) from None
             except (openai.BadRequestError, openai.UnprocessableEntityError) as err:
                 if retry_now(err):
                     continue
                 if logprob_request and any(
                     w in self._describe(err).lower() for w in ("echo", "logprob")
                 ):
-                    raise _ConfigProblem(
+                    raise ConfigProblem(
                         self._describe(err) + "; " + self._no_prompt_logprobs()
                     ) from None
                 return failed(self._describe(err))
@@ -392,7 +342,7 @@ class OpenAIClient(LLMClient):
             raise MalformedResponse("the answer's first choice has no message content")
         top_logprobs = None
         if want_logprobs:
-            top_logprobs = _top_logprobs(choices[0])
+            top_logprobs = top_logprobs(choices[0])
             if top_logprobs is None:
                 log.info("%s answered without logprobs; asking without them from now on", self.name)
                 self.supports_logprobs = False
@@ -413,22 +363,6 @@ class OpenAIClient(LLMClient):
         if isinstance(err, openai.AuthenticationError):
             return f"; check the API key in the environment variable {self.cfg.api_key_env}"
         return f"; check the model name {self.cfg.model!r} and base_url {self.cfg.base_url!r}"
-
-
-def _top_logprobs(choice) -> list[dict[str, float]] | None:
-    """Per generated token, {token: logprob} of its top alternatives (the chosen token included)."""
-    content = getattr(getattr(choice, "logprobs", None), "content", None)
-    if not content:
-        return None
-    per_token = []
-    for token in content:
-        alternatives: dict[str, float] = {}
-        for alt in getattr(token, "top_logprobs", None) or []:
-            alternatives[alt.token] = max(alt.logprob, alternatives.get(alt.token, float("-inf")))
-        if not alternatives and getattr(token, "token", None) is not None:
-            alternatives[token.token] = token.logprob
-        per_token.append(alternatives)
-    return per_token
 
 
 def _retry_after(err: openai.APIStatusError) -> float | None:

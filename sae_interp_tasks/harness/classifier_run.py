@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from sae_interp_tasks.harness import costs, memo
-from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
+from sae_interp_tasks.harness import costs, run_stages
+from sae_interp_tasks.harness.run_stages import LatentRun, ScorerSettings
 from sae_interp_tasks.scorers import classifier
 from sae_interp_tasks.validity import scorer_check
 from sae_interp_tasks.validity.scorer_check import CheckResult
@@ -38,7 +38,7 @@ def classify(
         [run.splits[lat] for lat in run.latents],
         explanations or run.explanations,
         s.scorer,
-        memo.scorer_client(run.context, s.scorer),
+        run_stages.scorer_client(run.context, s.scorer),
         run.decode,
         run.seed,
         stream,
@@ -54,8 +54,8 @@ def check_classifier(
     s: ScorerSettings = run.settings
 
     def compute() -> CheckResult:
-        splits, explanations = memo.check_set(run)
-        client = memo.scorer_client(run.context, s.scorer)
+        splits, explanations = run_stages.check_set(run)
+        client = run_stages.scorer_client(run.context, s.scorer)
         scored = scorer.score(
             splits,
             explanations,
@@ -72,7 +72,9 @@ def check_classifier(
         scorer_check.announce(f"sae_{stream}", client.name, result, scorer_check.ADVICE_SCORER)
         return result
 
-    return memo.scorer_check(run, (stream, s.scorer, s.explainer.highlight_threshold), compute)
+    return run_stages.scorer_check(
+        run, (stream, s.scorer, s.explainer.highlight_threshold), compute
+    )
 
 
 def classifier_estimate(
@@ -88,7 +90,9 @@ def classifier_estimate(
             scorer, [run.splits[lat] for lat in run.owned], s, run.decode, counter
         ).times(variants)
         if check and s.check.scorer_check:
-            total = total.add(_prompts(scorer, memo.check_set(run)[0], s, run.decode, counter))
+            total = total.add(
+                _prompts(scorer, run_stages.check_set(run)[0], s, run.decode, counter)
+            )
         return total
 
     return estimate

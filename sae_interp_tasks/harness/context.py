@@ -1,8 +1,12 @@
 """What a task's handler and scorer may use of the backend: the run context.
 
-`SAEBackend` is the one implementation; tests may pass any object with these members. Tasks and the
-memo read the backend only through this protocol, so what a task depends on is written down here
-rather than found by probing attributes.
+`SAEBackend` is the one implementation; tests may pass any object with these members. Tasks and
+`run_stages` read the backend only through this protocol, so what a task depends on is written down
+here rather than found by probing attributes.
+
+A run is one `interpret` call of the backend (lm-eval makes one per evaluation, with every doc of
+every task): the backend opens a fresh `RunStore` and `UsageLedger` at its start (`begin_run`), so
+nothing computed for one run is served to the next (the disk caches still are).
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ from sae_interp_tasks.caching import canonical
 if TYPE_CHECKING:
     import torch
 
+    from sae_interp_tasks.harness.costs import UsageLedger
     from sae_interp_tasks.stages.saes import SAEInfo
 
 
-class RunMemo:
-    """A per-run store: each value computed once under its key (see harness.memo for what it
-    holds)."""
+class RunStore:
+    """A run's shared work: each value computed once under its key (harness.run_stages says what
+    it holds: the latent selection, splits, explanations, scores, clients, the embedder)."""
 
     def __init__(self):
         self._values: dict[str, object] = {}
@@ -31,13 +36,10 @@ class RunMemo:
             self._values[text] = compute()
         return self._values[text]
 
-    def values(self) -> list:
-        """Everything computed so far (e.g. the run's LLM clients, whose usage is counted)."""
-        return list(self._values.values())
-
 
 class RunContext(Protocol):
-    memo: RunMemo  # the run's shared work (see harness.memo)
+    store: RunStore  # the run's shared work (see harness.run_stages)
+    ledger: UsageLedger  # the run's LLM usage, charged to task kinds (see harness.costs)
     batch_size_per_gpu: int  # contexts per forward in the activation pass
 
     @property

@@ -23,7 +23,6 @@ from sae_interp_tasks.clients.base import LLMClient, Usage
 from sae_interp_tasks.clients.records import Prompt
 from sae_interp_tasks.config import StageConfig, option
 from sae_interp_tasks.errors import SaeInterpError
-from sae_interp_tasks.harness.context import RunContext
 
 log = logging.getLogger(__name__)
 STAND_IN = (
@@ -61,39 +60,41 @@ class Estimate:
 
 # --- counting
 # --------------------------------------------------------------------------------------
-def _ledger(ctx: RunContext) -> dict[str, Usage]:
-    return ctx.memo.compute_once(("llm-ledger",), dict)
+class UsageLedger:
+    """A run's LLM usage: the clients it made (each counts its own `Usage`) and what each task kind
+    was charged. One per run, owned by the backend next to the run's store (harness.context)."""
 
+    def __init__(self) -> None:
+        self._clients: list[LLMClient] = []
+        self._charged: dict[str, Usage] = {}
 
-def usage_now(ctx: RunContext) -> Usage:
-    total = Usage()
-    for value in ctx.memo.values():
-        if isinstance(value, LLMClient):
-            total.add(value.usage)
-    return total
+    def watch(self, client: LLMClient) -> LLMClient:
+        """Count `client`'s usage from now on (run_stages.client calls this for every client)."""
+        self._clients.append(client)
+        return client
 
+    def usage_now(self) -> Usage:
+        return _sum(c.usage for c in self._clients)
 
-def charged(ctx: RunContext, kind: str, compute: Callable):
-    """compute(), charging the LLM usage it caused to `kind` (less what nested charges took)."""
-    ledger = _ledger(ctx)
-    before, charged_before = usage_now(ctx), _sum(ledger.values())
-    out = compute()
-    mine = usage_now(ctx).since(before).since(_sum(ledger.values()).since(charged_before))
-    ledger.setdefault(kind, Usage()).add(mine)
-    return out
+    def charged(self, kind: str, compute: Callable):
+        """compute(), charging the LLM usage it caused to `kind` (less what nested charges took)."""
+        before, charged_before = self.usage_now(), _sum(self._charged.values())
+        out = compute()
+        nested = _sum(self._charged.values()).since(charged_before)
+        self._charged.setdefault(kind, Usage()).add(self.usage_now().since(before).since(nested))
+        return out
 
-
-def usage_of(ctx: RunContext, kind: str, n_docs: int) -> dict[str, float]:
-    """A kind's usage as per-doc metrics: its totals spread over its `n_docs` docs (they sum
-    back)."""
-    used = _ledger(ctx).get(kind, Usage())
-    n = max(n_docs, 1)
-    return {
-        "llm_calls": used.calls / n,
-        "llm_cached_calls": used.cached_calls / n,
-        "llm_prompt_tokens": used.prompt_tokens / n,
-        "llm_completion_tokens": used.completion_tokens / n,
-    }
+    def usage_of(self, kind: str, n_docs: int) -> dict[str, float]:
+        """A kind's usage as per-doc metrics: its totals spread over its `n_docs` docs (they sum
+        back)."""
+        used = self._charged.get(kind, Usage())
+        n = max(n_docs, 1)
+        return {
+            "llm_calls": used.calls / n,
+            "llm_cached_calls": used.cached_calls / n,
+            "llm_prompt_tokens": used.prompt_tokens / n,
+            "llm_completion_tokens": used.completion_tokens / n,
+        }
 
 
 def _sum(usages) -> Usage:

@@ -1,8 +1,9 @@
 """The handler every latent task kind declares (`serve=serve_latents`): it answers the docs of all
 latent tasks of a run together, so the shared stages run once.
 
-    SAEBackend.interpret -> serve_latents -> memo.latent_run (pass, selection, splits, explanations)
-                                          -> memo.scores -> the kind's scorer (tasks/<kind>.py)
+    SAEBackend.interpret -> serve_latents
+        -> run_stages.latent_run   pass, selection, splits, explanations (once per run)
+        -> run_stages.scores       the kind's scorer (tasks/<kind>.py), once per kind and settings
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import dataclasses
 from collections import Counter
 
 from sae_interp_tasks import registry
-from sae_interp_tasks.harness import costs, memo
+from sae_interp_tasks.harness import costs, run_stages
 from sae_interp_tasks.harness.context import RunContext
 from sae_interp_tasks.harness.request import InterpretRequest, group_key, grouped
 from sae_interp_tasks.records import Response
@@ -28,18 +29,18 @@ def serve_latents(ctx: RunContext, requests: list[InterpretRequest]) -> list[Res
     return [
         dataclasses.replace(
             response,
-            metrics={**response.metrics, **costs.usage_of(ctx, r.kind, docs[r.kind])},
+            metrics={**response.metrics, **ctx.ledger.usage_of(r.kind, docs[r.kind])},
         )
         for r, response in zip(requests, responses, strict=True)
     ]
 
 
 def _answer(ctx: RunContext, r: InterpretRequest, n_slots: int) -> Response:
-    run = memo.latent_run(ctx, r.settings, r.seed, n_slots, r.kind)
+    run = run_stages.latent_run(ctx, r.settings, r.seed, n_slots, r.kind)
     latent, skipped = run.selection.latents[r.slot], run.selection.skipped_before[r.slot]
     if latent is None:
         return Response(metrics={}, latent=None, skipped_before=skipped)
-    scored = memo.scores(run, r.kind)[latent]
+    scored = run_stages.scores(run, r.kind)[latent]
     detail = registry.lookup(r.kind).task_class.response_detail(scored, run)
     return Response(
         metrics=scored.metrics,
@@ -52,7 +53,7 @@ def _answer(ctx: RunContext, r: InterpretRequest, n_slots: int) -> Response:
 
 def _selection(r: InterpretRequest) -> str:
     """The key of the latent selection a request's doc slot is filled from."""
-    return group_key(memo.selection_key(r.settings, r.seed))
+    return group_key(run_stages.selection_key(r.settings, r.seed))
 
 
 def estimate_llm_use(
@@ -67,10 +68,12 @@ def estimate_llm_use(
         if r.kind in estimates:
             continue
         s = r.settings
-        chosen, splits = memo.example_splits(ctx, s, r.seed, n_slots[_selection(r)])
-        run = memo.LatentRun(ctx, s, r.seed, chosen, splits, {}, memo.owned_latents(ctx, chosen))
+        chosen, splits = run_stages.example_splits(ctx, s, r.seed, n_slots[_selection(r)])
+        run = run_stages.LatentRun(
+            ctx, s, r.seed, chosen, splits, {}, run_stages.owned_latents(ctx, chosen)
+        )
         estimate = costs.Estimate()
-        explanations = group_key(memo.explanations_key(s, r.seed))
+        explanations = group_key(run_stages.explanations_key(s, r.seed))
         if explanations not in explained:  # the shared explanations, once
             explained.add(explanations)
             estimate = estimate.add(costs.explainer_estimate(run, counter))
@@ -87,7 +90,7 @@ def estimate_llm_use(
 def _slots_per_selection(ctx: RunContext, requests: list[InterpretRequest]) -> dict[str, int]:
     """Per latent selection, the most slots any task of the run asks for; under a launcher every
     rank holds a share of the slots, so the ranks agree on the pool to select from."""
-    by_selection = grouped(requests, lambda r: memo.selection_key(r.settings, r.seed))
+    by_selection = grouped(requests, lambda r: run_stages.selection_key(r.settings, r.seed))
     n_slots = {key: max(requests[i].slot + 1 for i in idx) for key, idx in by_selection.items()}
     if ctx.world_size > 1:
         for part in ctx.all_gather_object(n_slots):

@@ -251,8 +251,8 @@ class LatentTask(SAETask):
 
     @classmethod
     def response_detail(cls, scored, run) -> dict:
-        """What --log_samples shows for a scored latent (run: harness.memo.LatentRun) besides its
-        metrics."""
+        """What --log_samples shows for a scored latent (run: harness.run_stages.LatentRun) besides
+        its metrics."""
         split = run.splits[scored.latent]
         explanation = run.explanations[scored.latent]
         decode = run.decode

@@ -17,7 +17,7 @@ import numpy as np
 from sae_interp_tasks.clients import Prompt
 from sae_interp_tasks.config import StageConfig
 from sae_interp_tasks.scorers import metrics
-from sae_interp_tasks.stages.shared import embed
+from sae_interp_tasks.stages.embedder import embed
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ from sae_interp_tasks.records import (
     WindowJudgement,
 )
 from sae_interp_tasks.scorers import metrics
+from sae_interp_tasks.stages.controls import shuffled_donors
 from sae_interp_tasks.stages.examples import highlight
-from sae_interp_tasks.stages.shared import shuffled_donors
 
 Decode = Callable[[list[int]], str]
 

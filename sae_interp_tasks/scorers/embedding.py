@@ -2,8 +2,8 @@
 others?
 
 The explanation is embedded as a query with a sentence-transformers model (the embedder in
-`stages/shared.py`), and each test window by one rule for every window, activating or not: cut into
-overlapping spans of `embedding_span` tokens (stride half of that), each span embedded, and the
+`stages/embedder.py`), and each test window by one rule for every window, activating or not: cut
+into overlapping spans of `embedding_span` tokens (stride half of that), each span embedded, and the
 window's similarity is its best span's (`embedding_span: null` embeds the whole window instead). The
 latent's score is the AUROC of that similarity for activating vs non-activating windows, beside the
 same with another latent's explanation (the shuffled control). No LLM: cheap and deterministic.
@@ -31,7 +31,8 @@ from sae_interp_tasks.records import (
     WindowJudgement,
 )
 from sae_interp_tasks.scorers import metrics
-from sae_interp_tasks.stages.shared import embed, shuffled_donors
+from sae_interp_tasks.stages.controls import shuffled_donors
+from sae_interp_tasks.stages.embedder import embed
 
 Decode = Callable[[list[int]], str]
 

@@ -26,7 +26,7 @@ from sae_interp_tasks.aggregations import nanmean, total
 from sae_interp_tasks.clients import LLMClient, Prompt
 from sae_interp_tasks.config import StageConfig, option, positive
 from sae_interp_tasks.records import ScoredLatent
-from sae_interp_tasks.stages.shared import shuffled_donors
+from sae_interp_tasks.stages.controls import shuffled_donors
 
 INTERVENTION_SCORERS = ("surprisal", "judge")
 CLAIM = 'The above passage contains an amplified amount of "'

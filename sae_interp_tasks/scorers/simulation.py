@@ -34,7 +34,7 @@ from sae_interp_tasks.clients import LLMClient, Prompt
 from sae_interp_tasks.config import StageConfig, option, positive
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.records import Example, ExampleSplit, Explanation, ScoredLatent
-from sae_interp_tasks.stages.shared import shuffled_donors
+from sae_interp_tasks.stages.controls import shuffled_donors
 
 log = logging.getLogger(__name__)
 Decode = Callable[[list[int]], str]

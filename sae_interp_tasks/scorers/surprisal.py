@@ -26,7 +26,7 @@ from sae_interp_tasks.clients import ClientConfig, LLMClient
 from sae_interp_tasks.config import StageConfig, option
 from sae_interp_tasks.records import ExampleSplit, Explanation, ScoredLatent, WindowJudgement
 from sae_interp_tasks.scorers import metrics
-from sae_interp_tasks.stages.shared import shuffled_donors
+from sae_interp_tasks.stages.controls import shuffled_donors
 
 Decode = Callable[[list[int]], str]
 NEUTRAL = "various unrelated text"

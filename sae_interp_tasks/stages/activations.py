@@ -126,6 +126,17 @@ def hook_activations(model, hook_name: str, tokens: torch.Tensor) -> torch.Tenso
     return cache[hook_name]
 
 
+def _progress_bar(total: int, done: int, rank: int, world: int, progress: bool) -> tqdm:
+    return tqdm(
+        total=total,
+        initial=done,
+        unit="tokens",
+        unit_scale=True,
+        desc="activation pass" if world == 1 else f"activation pass (rank {rank})",
+        disable=not progress,
+    )
+
+
 def _stream(
     model,
     sae,
@@ -147,14 +158,7 @@ def _stream(
     rank, world = where
     encode = subset_encoder(sae, latents)
     device = next(sae.parameters()).device
-    bar = tqdm(
-        total=cfg.n_tokens // world,
-        initial=state.n_tokens,
-        unit="tokens",
-        unit_scale=True,
-        desc="activation pass" if world == 1 else f"activation pass (rank {rank})",
-        disable=not progress,
-    )
+    bar = _progress_bar(cfg.n_tokens // world, state.n_tokens, rank, world, progress)
     last_save = time.monotonic()
     batch: list[torch.Tensor] = []
     batch_ids: list[int] = []
@@ -213,35 +217,19 @@ def run_activation_pass(
     world_size, all_gather_object: the backend), each rank reads every world_size-th context and
     the states are merged, so every rank holds what one process over the whole corpus would.
     """
-    if latents is None:
-        latents = torch.arange(info.d_sae)
-    latents = latents.to(torch.long).cpu()
-    if len(latents) == 0 or int(latents.min()) < 0 or int(latents.max()) >= info.d_sae:
-        raise SaeInterpError(
-            f"latent ids must lie in 0..{info.d_sae - 1} (the SAE has d_sae={info.d_sae})"
-        )
+    latents = _checked_latents(latents, info)
     rank, world = (group.rank, group.world_size) if group is not None else (0, 1)
-    folder = Path(cache_dir or cache_root() / "activations") / pass_key(
-        info, spec, cfg, seed, latents, forward
-    )
-    done = folder / "pass.pt"
-    partial = folder / ("partial.pt" if world == 1 else f"partial.rank{rank}of{world}.pt")
+    folder = Path(cache_dir or cache_root() / "activations")
+    folder /= pass_key(info, spec, cfg, seed, latents, forward)
+    done, partial = folder / "pass.pt", folder / _partial_name(rank, world)
     cached = done.exists()
-    if (
-        world > 1
-    ):  # all ranks load, or all run their shard: a rank alone would wait in the merge for ever
+    if world > 1:  # all ranks load, or all run their shard: a rank alone would wait in the merge
         cached = all(group.all_gather_object(cached))
     if cached:
         log.info("activation pass: cached at %s", folder)
         return PassState.from_dict(torch.load(done, weights_only=False))
     folder.mkdir(parents=True, exist_ok=True)
-    state = (
-        PassState.from_dict(torch.load(partial, weights_only=False))
-        if partial.exists()
-        else PassState.empty(latents, cfg, seed)
-    )
-    if state.n_contexts:
-        log.info("activation pass: resuming after %d contexts", state.n_contexts)
+    state = _resumed(partial, latents, cfg, seed)
     read = read or (lambda t: hook_activations(model, info.hook_name, t))
     _stream(
         model,
@@ -261,10 +249,40 @@ def run_activation_pass(
     )
     if world > 1:
         atomic_save(state.to_dict(), partial)  # a rank that dies in the merge resumes from here
-        merged = PassState.empty(latents, cfg, seed)
-        for part in group.all_gather_object(state.to_dict()):
-            merged.merge(PassState.from_dict(part))
-        state = merged
+        state = _merged(group, state, latents, cfg, seed)
     atomic_save(state.to_dict(), done)
     partial.unlink(missing_ok=True)
     return state
+
+
+def _partial_name(rank: int, world: int) -> str:
+    """The checkpoint of a pass under way: one per rank of a launcher."""
+    return "partial.pt" if world == 1 else f"partial.rank{rank}of{world}.pt"
+
+
+def _checked_latents(latents: torch.Tensor | None, info) -> torch.Tensor:
+    latents = torch.arange(info.d_sae) if latents is None else latents
+    latents = latents.to(torch.long).cpu()
+    if len(latents) == 0 or int(latents.min()) < 0 or int(latents.max()) >= info.d_sae:
+        raise SaeInterpError(
+            f"latent ids must lie in 0..{info.d_sae - 1} (the SAE has d_sae={info.d_sae})"
+        )
+    return latents
+
+
+def _resumed(partial: Path, latents: torch.Tensor, cfg: PassConfig, seed: int) -> PassState:
+    """The checkpoint an interrupted pass left, or an empty state."""
+    if not partial.exists():
+        return PassState.empty(latents, cfg, seed)
+    state = PassState.from_dict(torch.load(partial, weights_only=False))
+    if state.n_contexts:
+        log.info("activation pass: resuming after %d contexts", state.n_contexts)
+    return state
+
+
+def _merged(group, state: PassState, latents, cfg: PassConfig, seed: int) -> PassState:
+    """Every rank's state merged, on every rank: what one process over the whole corpus holds."""
+    merged = PassState.empty(latents, cfg, seed)
+    for part in group.all_gather_object(state.to_dict()):
+        merged.merge(PassState.from_dict(part))
+    return merged

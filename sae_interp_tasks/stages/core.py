@@ -12,23 +12,14 @@ predicted from them are dropped. Zero ablation covers every position.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import logging
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from sae_interp_tasks.aggregations import Pooled
-from sae_interp_tasks.caching import cache_key, cache_root
 from sae_interp_tasks.config import StageConfig, option, positive
-from sae_interp_tasks.stages.corpus import CorpusSpec, fingerprint, token_contexts
-from sae_interp_tasks.stages.saved import atomic_save
-from sae_interp_tasks.stages.subject import model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -294,61 +285,7 @@ def three_forward_chunk_stats(
     )
 
 
-def per_chunk_metrics(s: CoreStats) -> dict[str, float]:
-    n = max(s.n_tokens, 1)
-    return {
-        "l0": s.l0_sum / n,
-        "mse": s.sq_err_sum / n,
-        "ce_loss_clean": s.ce_clean,
-        "ce_loss_spliced": s.ce_spliced,
-        "ce_loss_zero_ablation": s.ce_zero,
-    }
-
-
-# --- corpus-level aggregations (lm-eval calls each with the list of per-chunk stats) -------------
-# explained variance about the pooled mean (as sae_lens's fixed run_evals), and CE loss recovered
-# as a ratio
-# of total losses; both recomputable from the chunk statistics the samples log (aggregations.Pooled)
-explained_variance = Pooled(
-    "1 - sum(sq_err_sum) / (sum(x_sq_sum) - sqnorm(sum(x_sum)) / sum(n_tokens))"
-)
-ce_loss_recovered = Pooled("(sum(ce_zero) - sum(ce_spliced)) / (sum(ce_zero) - sum(ce_clean))")
-
-
-def firing_frequency(stats: list[CoreStats]) -> np.ndarray:
-    return sum(s.firing for s in stats) / sum(s.n_tokens for s in stats)
-
-
-def _dead_fraction(stats: list[CoreStats]) -> float:
-    return float((firing_frequency(stats) == 0).mean())
-
-
-DENSE_THRESHOLD = 0.1  # a latent firing on more than 10% of tokens is "dense"
-
-
-def _dense_fraction(stats: list[CoreStats]) -> float:
-    return float((firing_frequency(stats) > DENSE_THRESHOLD).mean())
-
-
-def _over(threshold: float, normalized: bool):
-    def fraction(stats: list[CoreStats]) -> float:
-        freq = firing_frequency(stats)
-        over = freq > threshold
-        return (
-            float(freq[over].sum() / max(freq.sum(), 1e-12)) if normalized else float(over.mean())
-        )
-
-    fraction.__name__ = f"{'normalized_' if normalized else ''}freq_over_{threshold:g}"
-    return fraction
-
-
-# pooled too, but from each chunk's per-latent firing counts, which the samples do not log
-dead_fraction = Pooled(compute=_dead_fraction)
-frac_alive = Pooled(compute=lambda stats: 1.0 - _dead_fraction(stats))
-dense_fraction = Pooled(compute=_dense_fraction)  # firing on more than 10% of tokens
-freq_over_1_percent = Pooled(compute=_over(0.01, False))
-normalized_freq_over_1_percent = Pooled(compute=_over(0.01, True))  # their share of all firing
-normalized_freq_over_10_percent = Pooled(compute=_over(0.1, True))
+# the per-token sums SAEBench's extra metrics pool (stages.core_metrics)
 EXTRA_SUMS = (
     "l1_sum",
     "cos_sum",
@@ -358,115 +295,3 @@ EXTRA_SUMS = (
     "xhat_sq_sum",
     "dot_sum",
 )
-# per token means over all chunks, as SAEBench's core eval reports them (its relative
-# reconstruction bias is
-# E|x_hat|^2 / E[x . x_hat], Wright & Sharkey's gamma)
-l1 = Pooled("sum(l1_sum) / sum(n_tokens)")
-cossim = Pooled("sum(cos_sum) / sum(n_tokens)")
-l2_norm_in = Pooled("sum(norm_in_sum) / sum(n_tokens)")
-l2_norm_out = Pooled("sum(norm_out_sum) / sum(n_tokens)")
-l2_ratio = Pooled("sum(ratio_sum) / sum(n_tokens)")
-relative_reconstruction_bias = Pooled("sum(xhat_sq_sum) / sum(dot_sum)")
-tokens = Pooled("sum(n_tokens)")
-
-
-# --- the chunk loop and its caches ---------------------------------------------------------------
-CACHE_FORMAT = (
-    3  # chunk entries are saved as plain dicts (no pickled classes); 3: SAEBench's extra sums
-)
-
-
-def chunk_statistics(
-    model,
-    sae,
-    info,
-    reader,
-    forward_name: str,
-    spec: CorpusSpec,
-    cfg: CoreConfig,
-    seed: int,
-    wanted: list[int],
-    device: str,
-    desc: str = "chunks",
-) -> dict[int, tuple[CoreStats, str]]:
-    """{chunk: (statistics, sha256 of its tokens)} for the chunks `wanted`.
-
-    Each chunk's SAE-independent part (the hooked activation, the clean and zero-ablated losses) is
-    cached per subject model, hook, corpus and seed (`core_reference/`); each SAE's statistics per
-    SAE (`core_stats/`). An interrupted run resumes; a second SAE at the same hook pays only for
-    its encode and the spliced forward from the hook on."""
-    special = special_ids(model.tokenizer)
-    where = {
-        "model": model.cfg.model_name,
-        "weights": model_fingerprint(model),
-        "hook": info.hook_name,
-        "bos": info.prepend_bos,
-        "corpus": spec,
-        "corpus_fp": fingerprint(spec),
-        "config": cfg,
-        "seed": seed,
-        "forward": forward_name,
-        "format": CACHE_FORMAT,
-    }
-    ref_folder, sae_folder = (
-        _folder("core_reference", where),
-        _folder("core_stats", {**where, "sae": info.fingerprint}),
-    )
-    contexts = token_contexts(
-        spec,
-        model.tokenizer,
-        (max(wanted) + 1) * cfg.chunk_tokens,
-        cfg.context_size,
-        info.prepend_bos,
-        seed,
-    )
-    zero: list = []  # the zero-ablated logits, computed once when a chunk needs them
-    out = {}
-    bar = tqdm(total=len(wanted), unit="chunks", desc=desc)
-    for chunk in range(max(wanted) + 1):
-        batch = [next(contexts) for _ in range(cfg.chunk_contexts)]
-        if chunk not in wanted:
-            continue
-        stats = _load(sae_folder / f"chunk{chunk}.pt", CoreStats)
-        if stats is None:
-            tokens = torch.stack(batch).to(device)
-            reference = _load(ref_folder / f"chunk{chunk}.pt", ChunkReference)
-            if reference is None:
-                if not zero:
-                    zero.append(zero_ablation_logits(model, info.hook_name))
-                reference = chunk_reference(model, info.hook_name, tokens, special, reader, zero[0])
-                atomic_save(dataclasses.asdict(reference), ref_folder / f"chunk{chunk}.pt")
-            stats = chunk_stats(model, sae, info.hook_name, tokens, reference, special)
-            atomic_save(dataclasses.asdict(stats), sae_folder / f"chunk{chunk}.pt")
-        out[chunk] = (stats, tokens_sha256(batch))
-        bar.update(1)
-    bar.close()
-    return out
-
-
-def tokens_sha256(contexts: list[torch.Tensor]) -> str:
-    """A chunk's token ids, hashed: `sae-interp compare` pairs two runs' chunks only where these
-    agree (the same settings can read different text, e.g. `corpus: sae` is each SAE's own training
-    set)."""
-    ids = torch.stack(contexts).to(torch.int64).cpu().numpy()
-    return hashlib.sha256(ids.tobytes()).hexdigest()[:16]
-
-
-def _folder(kind: str, key: dict) -> Path:
-    folder = cache_root() / kind / cache_key(key)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def _load(path: Path, record: type):
-    """A cached chunk entry as `record`, or None when absent or unreadable (then it is computed
-    again)."""
-    if not path.exists():
-        return None
-    try:
-        return record(**torch.load(path, weights_only=False))
-    except Exception as err:  # a truncated or foreign file is a cache miss, never a crash
-        log.warning(
-            "cache entry %s is unreadable (%s); computing it again", path, type(err).__name__
-        )
-        return None

@@ -21,8 +21,8 @@ from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.records import ExampleSplit
 from sae_interp_tasks.stages import activations
 from sae_interp_tasks.stages.corpus import CorpusSpec
+from sae_interp_tasks.stages.embedder import hard_negatives
 from sae_interp_tasks.stages.examples import ExampleConfig, split_examples
-from sae_interp_tasks.stages.shared import hard_negatives
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,25 @@ def select_latents(
         if explicit or sum(lat in live for lat in pool) >= n_slots or size == len(order):
             break
         size = min(len(order), size * 4)
+    chosen, skipped = fill_slots(pool, live, n_slots, explicit)
+    if len(chosen) < n_slots:
+        log.warning(
+            "only %d live latents for %d slots (min_examples=%d over %d tokens)",
+            len(chosen),
+            n_slots,
+            min_examples,
+            pass_cfg.n_tokens,
+        )
+        chosen += [None] * (n_slots - len(chosen))
+        skipped += [0] * (n_slots - len(skipped))
+    return Selection(chosen, skipped, state)
+
+
+def fill_slots(
+    pool: list[int], live: set[int], n_slots: int, explicit: bool
+) -> tuple[list[int | None], list[int]]:
+    """The pool's live latents in order, up to n_slots, each with the number of dead or rare ones
+    passed over before it; a named latent that is not live keeps its slot, unscored (None)."""
     chosen: list[int | None] = []
     skipped: list[int] = []
     passed = 0
@@ -132,17 +151,7 @@ def select_latents(
             skipped.append(1)
         else:
             passed += 1
-    if len(chosen) < n_slots:
-        log.warning(
-            "only %d live latents for %d slots (min_examples=%d over %d tokens)",
-            len(chosen),
-            n_slots,
-            min_examples,
-            pass_cfg.n_tokens,
-        )
-        chosen += [None] * (n_slots - len(chosen))
-        skipped += [0] * (n_slots - len(skipped))
-    return Selection(chosen, skipped, state)
+    return chosen, skipped
 
 
 def make_splits(

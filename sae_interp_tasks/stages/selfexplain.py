@@ -22,122 +22,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from sae_interp_tasks.config import StageConfig, option, positive
 from sae_interp_tasks.errors import SaeInterpError
-
-DEFAULT_TEMPLATES = {
-    "meaning": {
-        "user": 'What is the meaning of the word "X"?',
-        "assistant": 'The meaning of the word "X" is "',
-        "placeholder": "X",
-    },
-    "neutral": {"user": '"<unk>"?', "assistant": ' "<unk>" "', "placeholder": "<unk>"},
-    "repeat": {"user": 'Repeat "X" three times.', "assistant": '"X", "X", "', "placeholder": "X"},
-    "in_context": {
-        "user": 'What is "X" in the following examples?\n{examples}',
-        "assistant": '"X" is "',
-        "placeholder": "X",
-    },
-}
-
-
-@dataclass(frozen=True)
-class SelfExplainConfig(StageConfig):
-    selfexplain_model: str | None = None  # None: the backend's subject model (must be chat-tuned)
-    patch_layer: int = option(2, min=0)
-    probe_layer: int | None = option(None, min=0)  # None: two thirds of the depth
-    direction: str = option("decoder", choices=("decoder", "encoder"))
-    templates: dict | None = option(DEFAULT_TEMPLATES)  # name -> {user, assistant, placeholder}
-    use_templates: list = option(["meaning", "neutral", "repeat", "in_context"])
-    explain_template: str = "meaning"  # whose top-scale generation is "the" self-explanation
-    n_scales: int = positive(16)
-    scale_min: float = 0.0
-    scale_max: float = 4.0  # in units of the typical residual norm at the patch layer
-    n_samples: int = positive(2)
-    max_new_tokens: int = positive(12)
-    temperature: float = option(
-        0.7, min=0.0
-    )  # sampling temperature; 0 = greedy (then n_samples is 1)
-    alpha: float = option(0.4, min=0.0, max=1.0)
-    top_scales: int = positive(3)
-    # peak self-similarity below this flags a self-explanation failure; None: calibrated per model,
-    # layer and prompt as the null_quantile of the peaks of n_null_directions random unit directions
-    min_selfsim: float | None = None
-    n_null_directions: int = positive(32)
-    null_quantile: float = option(0.95, above=0.0, below=1.0)
-    n_context_examples: int = positive(5)  # in_context template: top windows shown
-    selfexplain_batch_size: int = positive(64)  # (latent, scale) rows per batch
-
-    def check(self) -> None:
-        names = set(self.template_map())
-        for name in list(self.use_templates) + [self.explain_template]:
-            if name not in names:
-                raise SaeInterpError(
-                    f"unknown self-explanation template {name!r}; defined: "
-                    f"{', '.join(sorted(names))}"
-                )
-
-    def template_map(self) -> dict:
-        return dict(self.templates) if self.templates else dict(DEFAULT_TEMPLATES)
-
-
-@dataclass(frozen=True)
-class PromptIds:
-    tokens: torch.Tensor  # [T]
-    positions: list[int]  # placeholder positions
-
-
-def render_prompt(
-    tokenizer, template: dict, examples_text: str = "", n_inserted: int = 0
-) -> PromptIds:
-    """The chat prompt of a template, tokenized, with the placeholder positions.
-
-    The model must have a chat template: a self-explanation prompt in a format the model was
-    not tuned on is an error, not a silent fallback.
-    """
-    if not getattr(tokenizer, "chat_template", None):
-        raise SaeInterpError(
-            f"the self-explanation model's tokenizer ({getattr(tokenizer, 'name_or_path', '?')}) "
-            "has no chat "
-            "template; set selfexplain_model (or model=) to an instruction-tuned model"
-        )
-    placeholder = template.get("placeholder", "X")
-    if placeholder == "<unk>":
-        placeholder = tokenizer.unk_token or tokenizer.eos_token
-    user = template["user"].replace("<unk>", placeholder).replace("{examples}", examples_text)
-    assistant = template["assistant"].replace("<unk>", placeholder)
-    text = (
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
-        )
-        + assistant
-    )
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
-    target = tokenizer(placeholder, add_special_tokens=False).input_ids
-    if len(target) != 1:
-        raise SaeInterpError(
-            f"placeholder {placeholder!r} is {len(target)} tokens; choose a single-token "
-            "placeholder"
-        )
-    positions = (ids == target[0]).nonzero().flatten().tolist()
-    # placeholders the template itself holds, plus those inserted into the examples text; other
-    # occurrences of the string in corpus text (e.g. "X" inside "XML") are not ours to count
-    expected = (
-        template["user"].replace("<unk>", placeholder).replace("{examples}", "").count(placeholder)
-        + assistant.count(placeholder)
-        + n_inserted
-    )
-    if len(positions) < expected or not positions:
-        raise SaeInterpError(
-            f"placeholder {placeholder!r} merges with its neighbours in the template "
-            f"{template['user']!r}; change the template or the placeholder"
-        )
-    return PromptIds(ids, positions)
-
-
-def unit_directions(sae, latents: list[int], which: str) -> torch.Tensor:
-    w = sae.W_dec[latents] if which == "decoder" else sae.W_enc[:, latents].T
-    return F.normalize(w.detach().float(), dim=-1)
+from sae_interp_tasks.stages.selfexplain_prompts import (
+    PromptIds,
+    SelfExplainConfig,
+    render_prompt,
+    unit_directions,
+)
 
 
 @dataclass
@@ -189,6 +80,28 @@ def typical_norm(model, prompt: PromptIds, layer: int) -> float:
 
 
 @torch.no_grad()
+def _prefix_cache(model, prompt: PromptIds) -> tuple:
+    """(KV cache of the prompt before its first placeholder, computed once; the rest of the prompt;
+    the placeholder positions within that rest)."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    device = model.cfg.device
+    split = min(prompt.positions)
+    prefix, rest = prompt.tokens[:split].to(device), prompt.tokens[split:].to(device)
+    base = TransformerLensKeyValueCache.init_cache(model.cfg, device, 1)
+    if len(prefix):
+        model(prefix[None], past_kv_cache=base)  # the shared prefix, computed once
+    return base, rest, [p - split for p in prompt.positions]
+
+
+def _selfsim_entropy(last: torch.Tensor, logits: torch.Tensor, directions: torch.Tensor) -> tuple:
+    """Per row: cosine of the probed residual to the patched direction, and the entropy of the
+    first generated token's distribution."""
+    sims = F.cosine_similarity(last, directions.to(last), dim=-1).cpu().numpy()
+    logp = F.log_softmax(logits[:, -1].float(), dim=-1)
+    return sims, (-(logp.exp() * logp).sum(-1)).cpu().numpy()
+
+
 def sweep(
     model,
     prompt: PromptIds,
@@ -203,18 +116,10 @@ def sweep(
 ) -> SweepResult:
     """Batched generation for every (latent, scale, sample); the shared prompt prefix runs once.
     With generate=False only self-similarity and entropy are measured (texts stay empty)."""
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
     device = model.cfg.device
     patch_hook, probe_hook = _hooks(model, cfg)
     n_samples = 1 if cfg.temperature <= 0 else cfg.n_samples
-    split = min(prompt.positions)
-    prefix, rest = prompt.tokens[:split].to(device), prompt.tokens[split:].to(device)
-    rel_positions = [p - split for p in prompt.positions]
-    base = TransformerLensKeyValueCache.init_cache(model.cfg, device, 1)
-    if len(prefix):
-        model(prefix[None], past_kv_cache=base)  # the shared prefix, computed once
-
+    base, rest, rel_positions = _prefix_cache(model, prompt)
     rows = [(r, s) for r in range(len(latents)) for s in range(len(scales))]
     selfsim = np.zeros((len(latents), len(scales)))
     entropy = np.zeros((len(latents), len(scales)))
@@ -232,10 +137,7 @@ def sweep(
         logits, last = _patched_forward(
             model, rest[None].expand(b, -1), cache, vectors, rel_positions, patch_hook, probe_hook
         )
-        dirs = torch.stack([directions[r] for r, _ in chunk]).to(last)
-        sims = F.cosine_similarity(last, dirs, dim=-1).cpu().numpy()
-        logp = F.log_softmax(logits[:, -1].float(), dim=-1)
-        ents = (-(logp.exp() * logp).sum(-1)).cpu().numpy()
+        sims, ents = _selfsim_entropy(last, logits, torch.stack([directions[r] for r, _ in chunk]))
         for (r, s), sim, ent in zip(chunk, sims, ents, strict=True):
             selfsim[r, s], entropy[r, s] = sim, ent
         if not generate:
@@ -252,10 +154,8 @@ def sweep(
             eos,
         )
         for i, (r, s) in enumerate(chunk):
-            for k in range(n_samples):
-                texts[r][s].append(
-                    clean_generation(model.tokenizer, out[i * n_samples + k].tolist(), eos)
-                )
+            rows_out = out[i * n_samples : (i + 1) * n_samples]
+            texts[r][s] += [clean_generation(model.tokenizer, o.tolist(), eos) for o in rows_out]
         bar.update(b)
     bar.close()
     return SweepResult(
@@ -386,36 +286,6 @@ def composite(selfsim: np.ndarray, entropy: np.ndarray, alpha: float) -> np.ndar
 def best_scales(selfsim: np.ndarray, entropy: np.ndarray, alpha: float, k: int) -> list[int]:
     scores = composite(selfsim, entropy, alpha)
     return [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
-
-
-@torch.no_grad()
-def naive_generate(
-    model, prompt: PromptIds, direction: torch.Tensor, scale: float, cfg: SelfExplainConfig
-) -> str:
-    """One latent at one scale with TransformerLens's generate (no shared prefix, no batching).
-
-    The baseline of benchmarks/selfexplain.py and the cache-free reference in tests: without a
-    KV cache every step re-runs the whole sequence, patched again at the same positions.
-    """
-    patch_hook = f"blocks.{cfg.patch_layer}.hook_resid_pre"
-    vector = (direction * scale).to(model.cfg.device, model.cfg.dtype)
-
-    def patch(resid, hook):
-        resid[:, prompt.positions] = vector
-        return resid
-
-    with model.hooks(fwd_hooks=[(patch_hook, patch)]):
-        out = model.generate(
-            prompt.tokens[None].to(model.cfg.device),
-            max_new_tokens=cfg.max_new_tokens,
-            do_sample=False,
-            use_past_kv_cache=False,
-            stop_at_eos=False,
-            verbose=False,
-            return_type="tokens",
-        )
-    eos = {model.tokenizer.eos_token_id}
-    return clean_generation(model.tokenizer, out[0, len(prompt.tokens) :].tolist(), eos)
 
 
 # --- sweeping a run's latents over every template in use ------------------------------------------

@@ -17,7 +17,7 @@ from sae_interp_tasks.harness.request import InterpretRequest, grouped
 from sae_interp_tasks.harness.task import SAETask
 from sae_interp_tasks.records import Response
 from sae_interp_tasks.registry import ReportSpec, task_kind
-from sae_interp_tasks.stages import core
+from sae_interp_tasks.stages import core_chunks, core_metrics
 from sae_interp_tasks.stages.core import CoreConfig
 from sae_interp_tasks.stages.corpus import CorpusConfig
 
@@ -39,7 +39,7 @@ def serve_core(ctx: RunContext, requests: list[InterpretRequest]) -> list[Respon
         s: CoreSettings = first.settings
         seed = first.seed
         wanted = sorted({requests[i].chunk for i in indices})
-        stats = core.chunk_statistics(
+        stats = core_chunks.chunk_statistics(
             ctx.model,
             ctx.sae,
             ctx.info,
@@ -56,7 +56,7 @@ def serve_core(ctx: RunContext, requests: list[InterpretRequest]) -> list[Respon
             chunk = requests[i].chunk
             chunk_stats, sha = stats[chunk]
             results[i] = Response(
-                metrics=core.per_chunk_metrics(chunk_stats),
+                metrics=core_metrics.per_chunk_metrics(chunk_stats),
                 chunk=chunk,
                 stats=chunk_stats,
                 detail={"tokens_sha256": sha},
@@ -136,25 +136,25 @@ class SAECoreTask(SAETask):
     METRICS = {
         "l0": (mean, False),
         "mse": (mean, False),
-        "explained_variance": (core.explained_variance, True),
-        "dead_fraction": (core.dead_fraction, False),
-        "dense_fraction": (core.dense_fraction, False),
-        "ce_loss_recovered": (core.ce_loss_recovered, True),
+        "explained_variance": (core_metrics.explained_variance, True),
+        "dead_fraction": (core_metrics.dead_fraction, False),
+        "dense_fraction": (core_metrics.dense_fraction, False),
+        "ce_loss_recovered": (core_metrics.ce_loss_recovered, True),
         "ce_loss_clean": (mean, False),
         "ce_loss_spliced": (mean, False),
         "ce_loss_zero_ablation": (mean, False),
         # SAEBench's core eval reports these too (see SAEBENCH)
-        "cossim": (core.cossim, True),
-        "l1": (core.l1, False),
-        "l2_norm_in": (core.l2_norm_in, True),
-        "l2_norm_out": (core.l2_norm_out, True),
-        "l2_ratio": (core.l2_ratio, True),
-        "relative_reconstruction_bias": (core.relative_reconstruction_bias, True),
-        "freq_over_1_percent": (core.freq_over_1_percent, False),
-        "normalized_freq_over_1_percent": (core.normalized_freq_over_1_percent, False),
-        "normalized_freq_over_10_percent": (core.normalized_freq_over_10_percent, False),
-        "frac_alive": (core.frac_alive, True),
-        "tokens": (core.tokens, True),
+        "cossim": (core_metrics.cossim, True),
+        "l1": (core_metrics.l1, False),
+        "l2_norm_in": (core_metrics.l2_norm_in, True),
+        "l2_norm_out": (core_metrics.l2_norm_out, True),
+        "l2_ratio": (core_metrics.l2_ratio, True),
+        "relative_reconstruction_bias": (core_metrics.relative_reconstruction_bias, True),
+        "freq_over_1_percent": (core_metrics.freq_over_1_percent, False),
+        "normalized_freq_over_1_percent": (core_metrics.normalized_freq_over_1_percent, False),
+        "normalized_freq_over_10_percent": (core_metrics.normalized_freq_over_10_percent, False),
+        "frac_alive": (core_metrics.frac_alive, True),
+        "tokens": (core_metrics.tokens, True),
     }
 
     def make_docs(self) -> list[dict]:

@@ -1,14 +1,14 @@
 """sae_detection: does the explanation let a scorer tell which held-out windows make the latent
 fire?
 
-Same latents, splits and explanations as every latent task of the run (`harness.memo`); the scorer
-is `scorers/detection.py` on the window-classifier base (docs/methods.md, "Detection"). The scorer
-first scores known answers (validity.scorer_check).
+Same latents, splits and explanations as every latent task of the run (`harness.run_stages`); the
+scorer is `scorers/detection.py` on the window-classifier base (docs/methods.md, "Detection"). The
+scorer first scores known answers (validity.scorer_check).
 """
 
 from __future__ import annotations
 
-from sae_interp_tasks.harness import memo
+from sae_interp_tasks.harness import run_stages
 from sae_interp_tasks.harness.classifier_run import (
     CHECKED,
     METRICS,
@@ -16,7 +16,7 @@ from sae_interp_tasks.harness.classifier_run import (
     classifier_estimate,
     classify,
 )
-from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
+from sae_interp_tasks.harness.run_stages import LatentRun, ScorerSettings
 from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
 from sae_interp_tasks.registry import ReportSpec, task_kind
@@ -26,7 +26,7 @@ KIND = "detection"
 
 
 def score_detection(run: LatentRun):
-    return memo.with_checks(
+    return run_stages.with_checks(
         classify(run, Detection(), KIND), check_classifier(run, Detection(), KIND)
     )
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sae_interp_tasks.aggregations import nanmean
-from sae_interp_tasks.harness import memo
-from sae_interp_tasks.harness.memo import LatentRun, LatentSettings
+from sae_interp_tasks.harness import run_stages
+from sae_interp_tasks.harness.run_stages import LatentRun, LatentSettings
 from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
 from sae_interp_tasks.registry import ReportSpec, task_kind
@@ -27,7 +27,7 @@ def score_by_embedding(run: LatentRun):
     return score_embedding(
         [run.splits[lat] for lat in run.latents],
         run.explanations,
-        memo.embedder(run.context, s.embedding),
+        run_stages.embedder(run.context, s.embedding),
         run.decode,
         run.seed,
         s.embedding.embedding_batch_size,

@@ -7,7 +7,7 @@ first scores known answers, marked the same way (validity.scorer_check).
 
 from __future__ import annotations
 
-from sae_interp_tasks.harness import memo
+from sae_interp_tasks.harness import run_stages
 from sae_interp_tasks.harness.classifier_run import (
     CHECKED,
     METRICS,
@@ -15,7 +15,7 @@ from sae_interp_tasks.harness.classifier_run import (
     classifier_estimate,
     classify,
 )
-from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
+from sae_interp_tasks.harness.run_stages import LatentRun, ScorerSettings
 from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
 from sae_interp_tasks.registry import ReportSpec, task_kind
@@ -25,7 +25,9 @@ KIND = "fuzzing"
 
 
 def score_fuzzing(run: LatentRun):
-    return memo.with_checks(classify(run, Fuzzing(), KIND), check_classifier(run, Fuzzing(), KIND))
+    return run_stages.with_checks(
+        classify(run, Fuzzing(), KIND), check_classifier(run, Fuzzing(), KIND)
+    )
 
 
 @task_kind(

@@ -1,10 +1,11 @@
 """sae_intervention: scoring what a latent causes when it is steered (docs/methods.md,
 "Intervention").
 
-Same latents and auto-interp explanations as the other latent tasks (shared through `harness.memo`).
-Per latent and target KL, the steering stage (`stages/steering.py`) finds a strength and writes
-continuations, the explainer stage describes the tokens the edit promotes (the output explanation),
-and `scorers/intervention.py` scores both explanations, each beside a shuffled control.
+Same latents and auto-interp explanations as the other latent tasks (shared through
+`harness.run_stages`). Per latent and target KL, the steering stage (`stages/steering.py`) finds a
+strength and writes continuations, the explainer stage describes the tokens the edit promotes (the
+output explanation), and `scorers/intervention.py` scores both explanations, each beside a shuffled
+control.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sae_interp_tasks.errors import SaeInterpError
-from sae_interp_tasks.harness import costs, memo
-from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
+from sae_interp_tasks.harness import costs, run_stages
+from sae_interp_tasks.harness.run_stages import LatentRun, ScorerSettings
 from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
 from sae_interp_tasks.records import ScoredLatent
@@ -62,7 +63,7 @@ def score_intervention(run: LatentRun) -> dict[int, ScoredLatent]:
     tokenizer = ctx.tokenizer
     # each process steers and explains the latents it owns; the shuffled controls and the judge need
     # every latent's explanations and continuations, so those are gathered
-    contexts = memo.contexts(ctx, s, run.seed)
+    contexts = run_stages.contexts(ctx, s, run.seed)
     mine, skipped_mine = steer_all(
         ctx.model,
         ctx.sae,
@@ -87,16 +88,18 @@ def score_intervention(run: LatentRun) -> dict[int, ScoredLatent]:
     }
     output = run.gather(
         output_explanations(
-            promoted, memo.explainer_client(ctx, s.explainer), s.explainer.explainer_max_tokens
+            promoted,
+            run_stages.explainer_client(ctx, s.explainer),
+            s.explainer.explainer_max_tokens,
         )
     )
     scorers = SteeredTextScorers(
         s.intervention_scoring,
         s.scorer.shuffled_control,
-        surprisal_client=lambda: memo.client(
+        surprisal_client=lambda: run_stages.client(
             ctx, s.reader.surprisal_client(ctx.device, s.scorer.max_concurrency)
         ),
-        judge_client=lambda: memo.scorer_client(ctx, s.scorer),
+        judge_client=lambda: run_stages.scorer_client(ctx, s.scorer),
     )
     scored = score_steering(
         run.latents,
@@ -111,7 +114,7 @@ def score_intervention(run: LatentRun) -> dict[int, ScoredLatent]:
         lambda tok: tokenizer.decode([tok]),
         run.seed,
     )
-    return memo.with_checks(scored, *check_scorers(run, scorers))
+    return run_stages.with_checks(scored, *check_scorers(run, scorers))
 
 
 def check_scorers(run: LatentRun, scorers: SteeredTextScorers) -> list[CheckResult | None]:
@@ -121,7 +124,7 @@ def check_scorers(run: LatentRun, scorers: SteeredTextScorers) -> list[CheckResu
 
     def reader() -> CheckResult:
         client = scorers.surprisal_client()
-        result = reader_check(client, *memo.check_set(run), run.decode, READER_CHECK)
+        result = reader_check(client, *run_stages.check_set(run), run.decode, READER_CHECK)
         scorer_check.announce("sae_intervention", client.name, result, ADVICE_READER)
         return result
 
@@ -129,7 +132,7 @@ def check_scorers(run: LatentRun, scorers: SteeredTextScorers) -> list[CheckResu
         client = scorers.judge_client()
         result = judge_check(
             client,
-            *memo.check_set(run),
+            *run_stages.check_set(run),
             run.decode,
             run.seed,
             s.intervention_scoring.judge_continuations,
@@ -139,10 +142,12 @@ def check_scorers(run: LatentRun, scorers: SteeredTextScorers) -> list[CheckResu
         return result
 
     return [
-        memo.scorer_check(run, ("intervention-reader", s.reader), reader)
+        run_stages.scorer_check(run, ("intervention-reader", s.reader), reader)
         if "surprisal" in which
         else None,
-        memo.scorer_check(run, ("intervention-judge", s.scorer, s.intervention_scoring), judge)
+        run_stages.scorer_check(
+            run, ("intervention-judge", s.scorer, s.intervention_scoring), judge
+        )
         if "judge" in which
         else None,
     ]

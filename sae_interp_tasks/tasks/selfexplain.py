@@ -1,9 +1,10 @@
 """sae_selfexplain: self-explanations of the selected latents, and their agreement with auto-interp.
 
 Uses the same latent selection, test windows and auto-interp explanations as sae_detection
-(shared through `harness.memo`), so agreement is measured latent by latent: retrieval agreement, an
-optional LLM judge, and the self-explanation's own detection score next to the auto-interp
-explanation's (sae_detection's scores, computed once when both tasks run). The sweeps are
+(shared through `harness.run_stages`), so agreement is measured latent by latent: retrieval
+agreement, an optional LLM judge, and the self-explanation's own detection score next to the
+auto-interp explanation's (sae_detection's scores, computed once when both tasks run). The sweeps
+are
 `stages/selfexplain.py`; agreement is `scorers/agreement.py`.
 """
 
@@ -14,21 +15,22 @@ from dataclasses import dataclass, field
 
 from sae_interp_tasks.aggregations import nanmean, total
 from sae_interp_tasks.errors import SaeInterpError
-from sae_interp_tasks.harness import costs, memo
+from sae_interp_tasks.harness import costs, run_stages
 from sae_interp_tasks.harness.classifier_run import CLASSIFIER_CHECK as DETECTION_CHECK
 from sae_interp_tasks.harness.classifier_run import (
     check_classifier,
     classifier_estimate,
     classify,
 )
-from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
+from sae_interp_tasks.harness.run_stages import LatentRun, ScorerSettings
 from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
 from sae_interp_tasks.records import Explanation, ScoredLatent
 from sae_interp_tasks.registry import ReportSpec, task_kind
 from sae_interp_tasks.scorers.agreement import AgreementConfig, agreement_metrics, judge_agreement
 from sae_interp_tasks.scorers.detection import Detection
-from sae_interp_tasks.stages.selfexplain import SelfExplainConfig, run_sweeps
+from sae_interp_tasks.stages.selfexplain import run_sweeps
+from sae_interp_tasks.stages.selfexplain_prompts import SelfExplainConfig
 from sae_interp_tasks.validity import scorer_check
 from sae_interp_tasks.validity.scorer_check import CheckResult
 
@@ -48,7 +50,7 @@ def explaining_model(run: LatentRun):
     name = run.settings.selfexplain.selfexplain_model
     if name is None:
         return run.context.model
-    model = memo.subject_model(run.context, name)
+    model = run_stages.subject_model(run.context, name)
     if model.cfg.d_model != run.context.info.d_in:
         raise SaeInterpError(
             f"selfexplain_model {name} has d_model={model.cfg.d_model} but the SAE reads "
@@ -56,6 +58,29 @@ def explaining_model(run: LatentRun):
             "SAE's model"
         )
     return model
+
+
+def _add_detection_scores(run: LatentRun, self_text: dict, per: dict) -> None:
+    """Each latent's self-explanation scored by detection on detection's windows (no shuffled
+    control to pay for), beside the auto-interp explanation's score (sae_detection's own scores
+    when both tasks run)."""
+    s: SelfExplainSettings = run.settings
+    latents = run.latents
+    own = classify(
+        dataclasses.replace(run, owned=tuple(latents)),
+        Detection(),
+        DETECTION,
+        settings=dataclasses.replace(
+            s, scorer=dataclasses.replace(s.scorer, shuffled_control=False)
+        ),
+        explanations={lat: Explanation(lat, self_text[lat], "selfexplain") for lat in latents},
+    )
+    auto = run_stages.scores(run, DETECTION)
+    for lat in latents:
+        per[lat].update(
+            selfexplain_balanced_acc=own[lat].metrics["balanced_acc"],
+            autointerp_balanced_acc=auto[lat].metrics["balanced_acc"],
+        )
 
 
 def score_selfexplain(run: LatentRun) -> dict[int, ScoredLatent]:
@@ -73,12 +98,12 @@ def score_selfexplain(run: LatentRun) -> dict[int, ScoredLatent]:
     primary = sweeps[s.selfexplain.explain_template]
     self_text = {lat: primary[lat]["explanation"] or "(nothing)" for lat in latents}
     auto_text = {lat: run.explanations[lat].text for lat in latents}
-    judge = memo.scorer_client(run.context, s.scorer) if s.agreement.judge else None
+    judge = run_stages.scorer_client(run.context, s.scorer) if s.agreement.judge else None
     per = agreement_metrics(
         latents,
         self_text,
         auto_text,
-        memo.embedder(run.context, s.embedding),
+        run_stages.embedder(run.context, s.embedding),
         s.embedding.embedding_batch_size,
         judge,
     )
@@ -89,23 +114,7 @@ def score_selfexplain(run: LatentRun) -> dict[int, ScoredLatent]:
             selfsim_threshold=threshold,
         )
     if s.agreement.selfexplain_detection:
-        # the self-explanations' own balanced accuracy, on detection's windows (no shuffled control
-        # to pay for)
-        own = classify(
-            dataclasses.replace(run, owned=tuple(latents)),
-            Detection(),
-            DETECTION,
-            settings=dataclasses.replace(
-                s, scorer=dataclasses.replace(s.scorer, shuffled_control=False)
-            ),
-            explanations={lat: Explanation(lat, self_text[lat], "selfexplain") for lat in latents},
-        )
-        auto = memo.scores(run, DETECTION)  # sae_detection's own scores when both tasks run
-        for lat in latents:
-            per[lat].update(
-                selfexplain_balanced_acc=own[lat].metrics["balanced_acc"],
-                autointerp_balanced_acc=auto[lat].metrics["balanced_acc"],
-            )
+        _add_detection_scores(run, self_text, per)
     scored = {
         lat: ScoredLatent(
             lat,
@@ -120,7 +129,7 @@ def score_selfexplain(run: LatentRun) -> dict[int, ScoredLatent]:
         )
         for lat in latents
     }
-    return memo.with_checks(
+    return run_stages.with_checks(
         scored,
         check_classifier(run, Detection(), DETECTION)
         if s.agreement.selfexplain_detection
@@ -135,7 +144,7 @@ def check_judge(run: LatentRun) -> CheckResult | None:
     s: SelfExplainSettings = run.settings
 
     def compute() -> CheckResult:
-        _, explanations = memo.check_set(run)
+        _, explanations = run_stages.check_set(run)
         texts = [e.text for e in explanations.values()]
         words = [t.split('"')[1] for t in texts]
         pairs = [(t, f'mentions of "{w}"') for t, w in zip(texts, words, strict=True)]
@@ -145,7 +154,7 @@ def check_judge(run: LatentRun) -> CheckResult | None:
             else []
         )
         truth = [1.0] * len(texts) + [0.0] * (len(pairs) - len(texts))
-        client = memo.scorer_client(run.context, s.scorer)
+        client = run_stages.scorer_client(run.context, s.scorer)
         votes = judge_agreement(client, pairs)
         result = scorer_check.accuracy(
             [float(v == t) if v == v else v for v, t in zip(votes, truth, strict=True)],
@@ -155,7 +164,7 @@ def check_judge(run: LatentRun) -> CheckResult | None:
         scorer_check.announce("sae_selfexplain", client.name, result, scorer_check.ADVICE_SCORER)
         return result
 
-    return memo.scorer_check(run, ("agreement-judge", s.scorer), compute)
+    return run_stages.scorer_check(run, ("agreement-judge", s.scorer), compute)
 
 
 def estimate_selfexplain(run: LatentRun, counter: costs.PromptCounter) -> costs.Estimate:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sae_interp_tasks.harness import costs, memo
-from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
+from sae_interp_tasks.harness import costs, run_stages
+from sae_interp_tasks.harness.run_stages import LatentRun, ScorerSettings
 from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
 from sae_interp_tasks.registry import ReportSpec, task_kind
@@ -33,7 +33,7 @@ class SimulationSettings(ScorerSettings):
 
 def score_simulation(run: LatentRun):
     s: SimulationSettings = run.settings
-    client = memo.scorer_client(run.context, s.scorer)
+    client = run_stages.scorer_client(run.context, s.scorer)
     simulator = Simulator(
         client, s.simulation, run.decode, client.single_token_choices(simulation.VALUES)
     )
@@ -46,7 +46,7 @@ def score_simulation(run: LatentRun):
         set(run.owned),
         desc=KIND,
     )
-    return memo.with_checks(scored, check_simulator(run, simulator))
+    return run_stages.with_checks(scored, check_simulator(run, simulator))
 
 
 def check_simulator(run: LatentRun, simulator: Simulator) -> CheckResult | None:
@@ -55,7 +55,7 @@ def check_simulator(run: LatentRun, simulator: Simulator) -> CheckResult | None:
     s: SimulationSettings = run.settings
 
     def compute() -> CheckResult:
-        splits, explanations = memo.check_set(run)
+        splits, explanations = run_stages.check_set(run)
         done = [
             w
             for split in splits
@@ -72,7 +72,7 @@ def check_simulator(run: LatentRun, simulator: Simulator) -> CheckResult | None:
         )
         return result
 
-    return memo.scorer_check(run, (KIND, s.scorer, s.simulation), compute)
+    return run_stages.scorer_check(run, (KIND, s.scorer, s.simulation), compute)
 
 
 def estimate_simulation(run: LatentRun, counter: costs.PromptCounter) -> costs.Estimate:
@@ -81,7 +81,7 @@ def estimate_simulation(run: LatentRun, counter: costs.PromptCounter) -> costs.E
     s: SimulationSettings = run.settings
     windows = [ex for lat in run.owned for ex in run.splits[lat].test]
     checked = (
-        [ex for split in memo.check_set(run)[0] for ex in split.test]
+        [ex for split in run_stages.check_set(run)[0] for ex in split.test]
         if s.check.scorer_check
         else []
     )

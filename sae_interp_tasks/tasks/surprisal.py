@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sae_interp_tasks.harness import costs, memo
-from sae_interp_tasks.harness.memo import LatentRun, ScorerSettings
+from sae_interp_tasks.harness import costs, run_stages
+from sae_interp_tasks.harness.run_stages import LatentRun, ScorerSettings
 from sae_interp_tasks.harness.serve import serve_latents
 from sae_interp_tasks.harness.task import LatentTask
 from sae_interp_tasks.registry import ReportSpec, task_kind
@@ -32,7 +32,7 @@ class SurprisalSettings(ScorerSettings):  # `scorer.shuffled_control` and `max_c
 
 def score_surprisal(run: LatentRun):
     s: SurprisalSettings = run.settings
-    client = memo.client(
+    client = run_stages.client(
         run.context, s.reader.surprisal_client(run.context.device, s.scorer.max_concurrency)
     )
     reader = SurprisalReader(client, s.surprisal, run.decode)
@@ -45,7 +45,7 @@ def score_surprisal(run: LatentRun):
         set(run.owned),
         desc=KIND,
     )
-    return memo.with_checks(scored, check_reader(run, reader))
+    return run_stages.with_checks(scored, check_reader(run, reader))
 
 
 def check_reader(run: LatentRun, reader: SurprisalReader) -> CheckResult | None:
@@ -53,7 +53,7 @@ def check_reader(run: LatentRun, reader: SurprisalReader) -> CheckResult | None:
     s: SurprisalSettings = run.settings
 
     def compute() -> CheckResult:
-        splits, explanations = memo.check_set(run)
+        splits, explanations = run_stages.check_set(run)
         labels, stats = [], []
         for split in splits:
             texts = [run.decode(ex.tokens.tolist()) for ex in split.test]
@@ -63,7 +63,7 @@ def check_reader(run: LatentRun, reader: SurprisalReader) -> CheckResult | None:
         scorer_check.announce(f"sae_{KIND}", reader.client.name, result, scorer_check.ADVICE_READER)
         return result
 
-    return memo.scorer_check(run, (KIND, s.reader, s.surprisal), compute)
+    return run_stages.scorer_check(run, (KIND, s.reader, s.surprisal), compute)
 
 
 def estimate_surprisal(run: LatentRun, counter: costs.PromptCounter) -> costs.Estimate:
@@ -73,7 +73,11 @@ def estimate_surprisal(run: LatentRun, counter: costs.PromptCounter) -> costs.Es
     reads = 3 if s.scorer.shuffled_control else 2
     texts = [run.decode(ex.tokens.tolist()) for lat in run.owned for ex in run.splits[lat].test]
     checked = (
-        [run.decode(ex.tokens.tolist()) for split in memo.check_set(run)[0] for ex in split.test]
+        [
+            run.decode(ex.tokens.tolist())
+            for split in run_stages.check_set(run)[0]
+            for ex in split.test
+        ]
         if s.check.scorer_check
         else []
     )

@@ -1,12 +1,9 @@
-"""Resources several stages and scorers share: the sentence embedder (hard negatives, the embedding
-scorer, self-explanation agreement) and the shuffled control (each latent scored with another
-latent's explanation, which gives every scorer its chance level). The per-run memo owns one
-embedder per run.
+"""The sentence embedder several stages and scorers share (hard negatives, the embedding scorer,
+self-explanation agreement); the run's store (harness.context.RunStore) holds one per run.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -80,21 +77,3 @@ def hard_negatives(
     nearest = (cand_vecs @ top_vecs.T).max(axis=1)
     order = np.argsort(-nearest, kind="stable")[:n]
     return [candidates[i] for i in order]
-
-
-def derangement(latents: list[int], rng: random.Random) -> dict[int, int]:
-    """Each latent -> another latent (whose explanation it borrows for the shuffled control)."""
-    if len(latents) < 2:
-        return {}
-    order = list(latents)
-    rng.shuffle(order)
-    return {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
-
-
-def shuffled_donors(
-    latents: list[int], seed: int, enabled: bool = True, stream: str = "shuffle"
-) -> dict[int, int]:
-    """The shuffled control's pairing: latent -> the latent whose explanation it is scored with,
-    drawn among all of the run's latents (so every process of a run draws the same); {} when
-    disabled."""
-    return derangement(list(latents), random.Random(f"{seed}:{stream}")) if enabled else {}

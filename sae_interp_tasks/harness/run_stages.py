@@ -2,7 +2,7 @@
 splits, the explanations, each kind's scores, and the resources they use (LLM clients, the
 embedder, other subject models).
 
-Each is computed once per run, on the context's `RunMemo`, under a key of exactly the settings
+Each is computed once per run, on the context's `RunStore`, under a key of exactly the settings
 that determine it: tasks that agree on the corpus and pass share one pass and one latent
 selection; those that also agree on examples and explainer share the explanations; and a kind's
 scores are shared by any task that asks for them with the same settings (sae_selfexplain reuses
@@ -24,6 +24,7 @@ from sae_interp_tasks.records import ExampleSplit, Explanation, ScoredLatent
 from sae_interp_tasks.scorers.classifier import ScorerConfig
 from sae_interp_tasks.stages.activations import PassConfig
 from sae_interp_tasks.stages.corpus import CorpusConfig
+from sae_interp_tasks.stages.embedder import EmbeddingConfig, load_embedder
 from sae_interp_tasks.stages.examples import ExampleConfig
 from sae_interp_tasks.stages.explainers import ExplainerConfig, explain
 from sae_interp_tasks.stages.selection import (
@@ -32,7 +33,6 @@ from sae_interp_tasks.stages.selection import (
     make_splits,
     select_latents,
 )
-from sae_interp_tasks.stages.shared import EmbeddingConfig, load_embedder
 from sae_interp_tasks.validity.scorer_check import (
     CheckConfig,
     CheckResult,
@@ -127,7 +127,7 @@ def explanations_key(s: LatentSettings, seed: int) -> tuple:
 # --- the shared stages --------------------------------------------------------------------------
 def selection(ctx: RunContext, s: LatentSettings, seed: int, n_slots: int) -> Selection:
     """The latent selection; the first caller's n_slots (the run's largest) fills the pool."""
-    return ctx.memo.compute_once(
+    return ctx.store.compute_once(
         selection_key(s, seed),
         lambda: select_latents(
             ctx.model,
@@ -172,7 +172,7 @@ def example_splits(
 ) -> tuple[Selection, dict]:
     """The latent selection and every live latent's train/test split."""
     chosen = selection(ctx, s, seed, n_slots)
-    return chosen, ctx.memo.compute_once(
+    return chosen, ctx.store.compute_once(
         splits_key(s, seed),
         lambda: make_splits(
             chosen,
@@ -192,10 +192,9 @@ def latent_run(
     first to ask."""
     chosen, splits = example_splits(ctx, s, seed, n_slots)
     owned = owned_latents(ctx, chosen)
-    explanations = ctx.memo.compute_once(
+    explanations = ctx.store.compute_once(
         explanations_key(s, seed),
-        lambda: costs.charged(
-            ctx,
+        lambda: ctx.ledger.charged(
             kind,
             lambda: gathered(
                 ctx,
@@ -221,10 +220,9 @@ def scores(run: LatentRun, kind: str, settings: Settings | None = None) -> dict[
     ):  # exactly the kind's bundle, so the key matches its own task's
         chosen = chosen.project(spec.settings)
     key = explanations_key(run.settings, run.seed) + ("score", kind, chosen)
-    return run.context.memo.compute_once(
+    return run.context.store.compute_once(
         key,
-        lambda: costs.charged(
-            run.context,
+        lambda: run.context.ledger.charged(
             kind,
             lambda: gathered(
                 run.context,
@@ -249,7 +247,7 @@ def check_set(run: LatentRun):
     """The run's known answers for scorer checks (validity.scorer_check), built once from the
     pass's windows."""
     s: ScorerSettings = run.settings
-    return run.context.memo.compute_once(
+    return run.context.store.compute_once(
         ("check-set", *selection_key(s, run.seed), s.check),
         lambda: known_answers(pool_windows(run.selection.state), run.decode, s.check, run.seed),
     )
@@ -264,7 +262,7 @@ def scorer_check(
     s: ScorerSettings = run.settings
     if not s.check.scorer_check:
         return None
-    return run.context.memo.compute_once(
+    return run.context.store.compute_once(
         ("scorer-check", *selection_key(s, run.seed), s.check, *key),
         lambda: _on_rank_zero(run.context, compute),
     )
@@ -325,7 +323,7 @@ def contexts(ctx: RunContext, s: LatentSettings, seed: int):
             )
         ).to(torch.int32)
 
-    return ctx.memo.compute_once(
+    return ctx.store.compute_once(
         ("contexts", s.corpus, s.activations.n_tokens, s.activations.context_size, seed), build
     )
 
@@ -337,7 +335,9 @@ def client(ctx: RunContext, cfg):
 
     # the oracle is a validity instrument: it knows a known-answer SAE's planted meanings
     kinds = {**clients.BUILTIN_KINDS, "oracle": OracleClient}
-    return ctx.memo.compute_once(("client", cfg), lambda: clients.make_client(cfg, kinds=kinds))
+    return ctx.store.compute_once(
+        ("client", cfg), lambda: ctx.ledger.watch(clients.make_client(cfg, kinds=kinds))
+    )
 
 
 def explainer_client(ctx: RunContext, cfg: ExplainerConfig):
@@ -350,7 +350,7 @@ def scorer_client(ctx: RunContext, cfg: ScorerConfig):
 
 
 def embedder(ctx: RunContext, cfg: EmbeddingConfig):
-    return ctx.memo.compute_once(
+    return ctx.store.compute_once(
         ("embedder", cfg.embedding_model), lambda: load_embedder(cfg.embedding_model, ctx.device)
     )
 
@@ -360,6 +360,6 @@ def subject_model(ctx: RunContext, name: str):
     per run."""
     from sae_interp_tasks.stages.subject import load_subject
 
-    return ctx.memo.compute_once(
+    return ctx.store.compute_once(
         ("subject-model", name), lambda: load_subject(name, device=ctx.device)
     )
