@@ -71,8 +71,7 @@ def bar_seconds(log_text: str) -> dict[str, float]:
             finished[desc] = None  # a bar of this description is running
             continue
         previous = finished.get(desc)
-        total[desc] = (
-            total.get(desc, 0) + secs - (previous or 0)
-        )  # a redraw replaces its bar's earlier state
+        # a redraw replaces its bar's earlier state
+        total[desc] = total.get(desc, 0) + secs - (previous or 0)
         finished[desc] = secs
     return total

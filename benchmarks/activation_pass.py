@@ -142,9 +142,8 @@ def run_delphi(n_tokens: int, batch_size: int, device: str) -> dict:
     model, sae, info = _common.demo(device)
     tokens = demo_tokens(model, info, n_tokens)
     hf = AutoModelForCausalLM.from_pretrained(str(bundled_hf_dir())).eval().to(device)
-    layer = int(
-        info.hook_name.split(".")[1]
-    )  # blocks.L.hook_resid_post is the output of model.layers.L
+    # blocks.L.hook_resid_post is the output of model.layers.L
+    layer = int(info.hook_name.split(".")[1])
     base_rss = _common.peak_rss_mb()
     cache = LatentCache(hf, {f"model.layers.{layer}": sae.encode}, batch_size=batch_size)
     start = time.perf_counter()

@@ -124,9 +124,8 @@ def read(out: Path, name: str) -> tuple[dict, dict]:
     data = json.load(open(path))
     samples = {}
     for task in data["results"]:
-        found = glob.glob(
-            str(Path(path).parent / f"samples_{task}_*.jsonl*")
-        )  # kept gzipped in the repository
+        # kept gzipped in the repository
+        found = glob.glob(str(Path(path).parent / f"samples_{task}_*.jsonl*"))
         if found:
             lines = samples_text(Path(found[0])).splitlines()
             samples[task] = [

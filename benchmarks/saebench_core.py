@@ -194,9 +194,8 @@ def main() -> None:
     for (category, name), our_name in SHARED.items():
         lo, hi = bootstrap(stats, our_name, rng)
         value = other.get(category, {}).get(name)
-        inside = value is not None and lo - 1e-6 * abs(lo) <= value <= hi + 1e-6 * abs(
-            hi
-        )  # a zero-width interval too
+        # a zero-width interval too
+        inside = value is not None and lo - 1e-6 * abs(lo) <= value <= hi + 1e-6 * abs(hi)
         rows.append(
             {
                 "metric": f"{category}.{name}",

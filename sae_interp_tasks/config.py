@@ -23,9 +23,8 @@ from dataclasses import dataclass, field, fields
 from sae_interp_tasks.errors import SaeInterpError
 
 # keys lm-eval itself puts into a task's metadata (and USER_KEYS, which the import hook adds: the
-# keys
-# the user set), and the `sae` backend's --model_args (lm-eval copies --model_args into every task's
-# metadata too)
+# keys the user set), and the `sae` backend's --model_args (lm-eval copies --model_args into every
+# task's metadata too)
 USER_KEYS = "sae_interp_user_keys"
 HARNESS_KEYS = frozenset({"version", "config_source", "_metadata", "pretrained", USER_KEYS})
 MODEL_ARG_KEYS = (
@@ -44,11 +43,12 @@ MODEL_ARG_KEYS = (
     "hookpoint",
 )
 # what a Task records in its results metadata besides its settings: which kind, how to report it,
-# and
-# whose instrument defaults it took (see harness.task)
-RECORD_KEYS = frozenset({"task_kind", "headline_metric", "report", "instrument_defaults_from"})
+# and whose instrument defaults it took (see harness.task)
+SELF_DESCRIPTION_KEYS = frozenset(
+    {"task_kind", "headline_metric", "report", "instrument_defaults_from"}
+)
 # the metadata keys that are not instrument settings
-NOT_SETTINGS = HARNESS_KEYS | frozenset(MODEL_ARG_KEYS) | RECORD_KEYS
+NOT_SETTINGS = HARNESS_KEYS | frozenset(MODEL_ARG_KEYS) | SELF_DESCRIPTION_KEYS
 
 TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")

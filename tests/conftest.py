@@ -99,9 +99,8 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     bundled tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    out = tmp_path_factory.mktemp(
-        "tiny-subject"
-    )  # not "llama": see test_subject_folder_named_llama
+    # not "llama": see test_subject_folder_named_llama
+    out = tmp_path_factory.mktemp("tiny-subject")
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -190,11 +189,12 @@ def build_planted_sae(
             others = torch.cat([proj[: planted[latent]], proj[planted[latent] + 1 :]])
             bias = -(1.0 + float(others.max())) / 2  # halfway between the best other token and 1
             act = 1.0 + bias
+            # decodes its token exactly
             W_enc[:, latent], b_enc[latent], W_dec[latent] = (
                 w,
                 bias,
                 e / act,
-            )  # decodes its token exactly
+            )
         else:
             w = torch.randn(d_in, generator=gen)
             w = w / w.norm()

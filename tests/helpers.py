@@ -25,9 +25,8 @@ def lm_eval_script() -> str:
 
 
 # Python that patches lm-eval's TaskManager to leave its ~14k built-in task YAMLs out of the task
-# index
-# (indexing them costs 10-25 s a run here); only this package's tasks run, so the results files are
-# what the console script writes
+# index (indexing them costs 10-25 s a run here); only this package's tasks run, so the results
+# files are what the console script writes
 WITHOUT_BUILTIN_TASKS = """
 import json, sys
 import lm_eval.tasks.manager as manager
@@ -248,10 +247,11 @@ class OracleEndpoint(JsonEndpoint):
     words."""
 
     def __init__(self):
+        # a chat-only API, as OpenAI's
         super().__init__(
             lambda path, body: (
                 (200, with_usage(body, oracle_answer(body["messages"])))
                 if path.endswith("/chat/completions")
                 else (404, {"error": {"message": f"{path} not found"}})
             )
-        )  # a chat-only API, as OpenAI's
+        )

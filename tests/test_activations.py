@@ -90,9 +90,8 @@ def test_planted_latent_fires_exactly_on_cat(full_pass, pass_tokens, planted_sae
     assert len(record.top) == CFG.n_top
     for ex in record.top + record.activating:
         assert cat in ex.tokens
-        assert set(ex.tokens[ex.acts > 0].tolist()) == {
-            cat
-        }  # fires on every cat of the window, nowhere else
+        # fires on every cat of the window, nowhere else
+        assert set(ex.tokens[ex.acts > 0].tolist()) == {cat}
         assert (ex.acts[ex.tokens == cat] > 0).all()
     assert record.non_activating, "the shared random sample should hold windows without ' cat'"
     for ex in record.non_activating:
@@ -188,9 +187,8 @@ def test_interrupted_pass_resumes(
 
     monkeypatch.setattr(corpus, "token_contexts", dying_contexts)
     with pytest.raises(KeyboardInterrupt):
-        run(
-            tiny_model, sae, info, spec, checkpoint_seconds=0, cache_dir=tmp_path
-        )  # checkpoint after every batch
+        # checkpoint after every batch
+        run(tiny_model, sae, info, spec, checkpoint_seconds=0, cache_dir=tmp_path)
     (folder,) = tmp_path.iterdir()
     assert (folder / "partial.pt").exists() and not (folder / "pass.pt").exists()
     monkeypatch.setattr(corpus, "token_contexts", real_contexts)
@@ -304,9 +302,8 @@ def test_ranks_agree_on_a_cached_pass(tiny_model, loaded_planted, spec, tmp_path
     runs its shard with the others (with per-machine caches, a rank alone on the cached path would
     leave the others waiting in the merge)."""
     sae, info = loaded_planted
-    shard = run(
-        tiny_model, sae, info, spec, cache_dir=tmp_path, group=ShardOnly(0, 2)
-    )  # writes pass.pt
+    # writes pass.pt
+    shard = run(tiny_model, sae, info, spec, cache_dir=tmp_path, group=ShardOnly(0, 2))
     both = PeerCache(peer_cached=True)
     assert_same_state(run(tiny_model, sae, info, spec, cache_dir=tmp_path, group=both), shard)
     assert both.gathered == [True]  # asked, then loaded: no shard run, no merge

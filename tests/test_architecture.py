@@ -102,9 +102,8 @@ def test_the_import_graph_has_no_cycles():
         if node not in state:
             visit(node, [node])
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
-    assert (
-        "sae_interp_tasks.clients.records" in graph["sae_interp_tasks.clients.cache"]
-    )  # the parser sees imports
+    # the parser sees imports
+    assert "sae_interp_tasks.clients.records" in graph["sae_interp_tasks.clients.cache"]
 
 
 def test_no_test_module_imports_another():
@@ -190,10 +189,11 @@ def test_results_files_carry_each_kinds_report_and_the_readers_take_it_from_ther
         recorded = json.loads(json.dumps(built.config.metadata["report"]))  # as lm-eval writes it
         data = {"configs": {task: {"metadata": {"report": recorded}}}, "config": {"model": "sae"}}
         assert ReportSpec.from_json(recorded) == spec.report == task_report(data, task), task
+        # before reports were recorded
         old = {
             "configs": {task: {"metadata": {}}},
             "config": {"model": "sae"},
-        }  # before reports were recorded
+        }
         assert task_report(old, task) == spec.report, task
         assert spec.report.headline in spec.metrics
         assert all(
@@ -303,9 +303,8 @@ def test_a_key_is_checked_by_the_kind_that_declares_it_whichever_task_reads_it()
     with pytest.raises(
         SaeInterpError, match="setting shuffled_control='maybe' should be a boolean"
     ):
-        registry.settings_for(
-            "embedding", {"shuffled_control": "maybe"}
-        )  # a key of the LLM scorer's stage
+        # a key of the LLM scorer's stage
+        registry.settings_for("embedding", {"shuffled_control": "maybe"})
     with pytest.raises(
         SaeInterpError, match="target_kl must be a positive number or a list of them, got -1"
     ):
@@ -407,9 +406,8 @@ def test_the_pinned_lm_eval_has_what_the_hook_patches():
     from sae_interp_tasks.aggregations import nanmean
 
     assert getattr(evaluator_utils.stderr_for_metric, "_sae_interp", False)
-    assert (
-        evaluator_utils.stderr_for_metric(nanmean, 100000) is nanmean.stderr
-    )  # closed form, not a bootstrap
+    # closed form, not a bootstrap
+    assert evaluator_utils.stderr_for_metric(nanmean, 100000) is nanmean.stderr
     assert callable(getattr(LM, "interpret", None))  # the one-line error for other backends
     assert {"task", "metadata", "output_type"} <= {f.name for f in dataclasses.fields(TaskConfig)}
     assert "config" in inspect.signature(Task.__init__).parameters
@@ -556,14 +554,12 @@ def test_a_new_task_kind_runs_through_lm_eval(
     assert got["skipped_dead,none"] == 0
     meta_used = results["configs"]["sae_toy"]["metadata"]
     assert meta_used["toy_top_tokens"] == 1 and meta_used["n_train"] == 10
-    assert (
-        meta_used["embedding_model"] == "sentence-transformers/all-MiniLM-L6-v2"
-    )  # from the included template
+    # from the included template
+    assert meta_used["embedding_model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert meta_used["task_kind"] == "toy" and meta_used["headline_metric"] == "hit_rate"
     assert meta_used["report"]["pooled"] == {"pooled_hit_rate": "sum(hits) / sum(windows)"}
-    assert (
-        "scorer" not in meta_used and "chunk_contexts" not in meta_used
-    )  # only what the toy kind reads
+    # only what the toy kind reads
+    assert "scorer" not in meta_used and "chunk_contexts" not in meta_used
     rows = samples(tmp_path / "run", "sae_toy")
     assert [r["response"]["latent"] for r in rows] == [0, 1]
     assert rows[0]["response"]["scorer"]["quoted"] == [" cat"]

@@ -83,9 +83,8 @@ def test_loglikelihood_with_sae_spliced_matches_transformer_lens(backend, tiny_m
 
 
 def test_exact_sae_gives_the_clean_model(exact_backend, tiny_model):
-    got = exact_backend.loglikelihood(
-        loglikelihood_requests(), disable_tqdm=True
-    )  # batch_size 3: two batches
+    # batch_size 3: two batches
+    got = exact_backend.loglikelihood(loglikelihood_requests(), disable_tqdm=True)
     for (context, continuation), (logprob, _) in zip(REQUESTS, got, strict=True):
         ctx, cont = encode_pair(exact_backend.tokenizer, context, continuation)
         assert logprob == pytest.approx(direct_loglikelihood(tiny_model, ctx, cont)[0], abs=1e-4)
@@ -270,9 +269,8 @@ def test_hook_the_subject_lacks(tmp_path, tiny_model, tiny_model_dir):
     path = build_exact_sae(
         D_MODEL, tiny_model_dir, tmp_path / "sae", hook="blocks.99.hook_resid_post"
     )
-    backend = SAEBackend(
-        path=str(path), device="cpu"
-    )  # arguments are fine; the mismatch shows on loading
+    # arguments are fine; the mismatch shows on loading
+    backend = SAEBackend(path=str(path), device="cpu")
     with pytest.raises(SaeInterpError, match="blocks.99.hook_resid_post") as err:
         _ = backend.model
     message = str(err.value)

@@ -232,9 +232,8 @@ def test_hf_client_constrained_choice_list_always_parses_and_reads_p1_per_digit(
         assert re.fullmatch(rf"\[[01](, [01]){{{n - 1}}}\]", answer.text), answer.text
         digits = [c == "1" for c in answer.text if c in "01"]
         assert len(answer.choice_probs) == n and all(0 < p < 1 for p in answer.choice_probs)
-        assert digits == [
-            p > 0.5 for p in answer.choice_probs
-        ]  # greedy: the likelier digit is written
+        # greedy: the likelier digit is written
+        assert digits == [p > 0.5 for p in answer.choice_probs]
         preds, probs = parse_answer(answer, n)
         assert preds == digits and probs == answer.choice_probs
         assert parse_answer(answer, n, use_probs=False) == (digits, None)
@@ -362,9 +361,8 @@ def test_openai_client_survives_faults_retries_and_caches(
     for path in cache_dir.rglob("*"):
         if path.is_file():
             assert PLANTED_KEY.encode() not in path.read_bytes(), path
-    assert any(
-        r.name.startswith(("openai", "httpx")) for r in caplog.records
-    )  # the libraries' DEBUG logs too
+    # the libraries' DEBUG logs too
+    assert any(r.name.startswith(("openai", "httpx")) for r in caplog.records)
     assert PLANTED_KEY not in caplog.text
     assert all(PLANTED_KEY not in str(r.args) for r in caplog.records)
 
@@ -446,6 +444,5 @@ def test_surprisal_scorer_on_a_real_server_without_prompt_logprobs_is_one_clear_
     message = str(err.value)
     assert "\n" not in message and "returns no prompt logprobs on /v1/completions" in message
     assert "serve the model with vLLM" in message and "intervention_scorers: [judge]" in message
-    assert (
-        client.n_calls == 1
-    )  # the server answered: the request went through, it lacks what the scorer needs
+    # the server answered: the request went through, it lacks what the scorer needs
+    assert client.n_calls == 1

@@ -62,9 +62,8 @@ def test_unpaired_mean_difference_matches_scipy():
 def test_paired_mean_difference_matches_scipy():
     rng = np.random.default_rng(1)
     base = rng.normal(0.7, 0.1, size=30)
-    cand = (
-        base - 0.02 + rng.normal(0, 0.01, size=30)
-    )  # small, consistent drop: only pairing sees it
+    # small, consistent drop: only pairing sees it
+    cand = base - 0.02 + rng.normal(0, 0.01, size=30)
     point, lo, hi = compare.mean_difference(
         base, cand, True, 0.95, RESAMPLES, np.random.default_rng(2)
     )
@@ -173,9 +172,8 @@ def test_samples_written_before_a_statistic_existed_still_resample_what_they_car
         report.pooled["ce_loss_recovered"]
     )
     assert not stats.carries(report.pooled["cossim"]) and "cos_sum" not in stats.arrays
-    assert (
-        _doc_stats(["CoreStats(n_tokens=1, ...)"] * 3, report) is None
-    )  # a repr string: nothing to resample
+    # a repr string: nothing to resample
+    assert _doc_stats(["CoreStats(n_tokens=1, ...)"] * 3, report) is None
 
 
 def test_paired_ratio_difference_matches_scipy():

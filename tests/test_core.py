@@ -78,9 +78,8 @@ def test_dead_and_dense_fractions():
     )
     assert core_metrics.dead_fraction([chunk_a, chunk_b]) == pytest.approx(1 / 6)
     assert core_metrics.dense_fraction([chunk_a, chunk_b]) == pytest.approx(2 / 6)
-    assert core_metrics.dead_fraction([chunk_a]) == pytest.approx(
-        2 / 6
-    )  # latent 1 only fires in chunk b
+    # latent 1 only fires in chunk b
+    assert core_metrics.dead_fraction([chunk_a]) == pytest.approx(2 / 6)
 
 
 def test_ce_loss_recovered_and_per_chunk_metrics():
@@ -88,9 +87,8 @@ def test_ce_loss_recovered_and_per_chunk_metrics():
     a = stats_from(x, x, ce=(2.0, 3.0, 6.0))
     b = stats_from(x, x, ce=(2.0, 5.0, 6.0))
     assert core_metrics.ce_loss_recovered([a]) == pytest.approx(0.75)  # (6 - 3) / (6 - 2)
-    assert core_metrics.ce_loss_recovered([a, b]) == pytest.approx(
-        (6 - 4) / (6 - 2)
-    )  # ratio of mean losses
+    # ratio of mean losses
+    assert core_metrics.ce_loss_recovered([a, b]) == pytest.approx((6 - 4) / (6 - 2))
     s = CoreStats(
         n_tokens=4,
         l0_sum=10.0,
@@ -186,9 +184,8 @@ def sae_lens_metrics(
     )
 
 
-@pytest.mark.filterwarnings(
-    "ignore::UserWarning"
-)  # sae_lens: "fewer samples than tokens", "not tokenized"
+# sae_lens: "fewer samples than tokens", "not tokenized"
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_agrees_with_sae_lens_run_evals(tiny_model, loaded_planted, eval_tokens):
     """Tolerances: L0 to 1e-6 relative (the same integer counts; sae_lens averages them in float32);
     MSE, feature density and each CE loss to 1e-5 relative (float32 sums taken in another order);
@@ -223,9 +220,8 @@ def test_agrees_with_sae_lens_run_evals(tiny_model, loaded_planted, eval_tokens)
         compute_variance_metrics=True,
         compute_featurewise_density_statistics=True,
     )
-    assert ours.l0_sum / n == pytest.approx(
-        sparse["sparsity"]["l0"], rel=1e-6
-    )  # sae_lens averages in float32
+    # sae_lens averages in float32
+    assert ours.l0_sum / n == pytest.approx(sparse["sparsity"]["l0"], rel=1e-6)
     assert ours.sq_err_sum / n == pytest.approx(sparse["reconstruction_quality"]["mse"], rel=1e-5)
     assert core_metrics.explained_variance([ours]) == pytest.approx(
         sparse["reconstruction_quality"]["explained_variance"], rel=1e-5, abs=1e-6
@@ -294,9 +290,8 @@ def tiny_gpt2():
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith(("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", ".b")):
-                param.normal_(
-                    0, 0.5
-                )  # biases well away from zero: the zeroed stream is not trivially zero after
+                # biases well away from zero: the zeroed stream is not trivially zero after
+                param.normal_(0, 0.5)
     return model.eval()
 
 
@@ -325,9 +320,8 @@ def test_zero_ablation_from_one_position_equals_a_zeroed_forward(hook, tiny_mode
             model.cfg.model_name,
             hook,
         )
-    assert (
-        core.zero_ablation_logits(tiny_model, "blocks.0.hook_mlp_out") is None
-    )  # not a residual-stream hook
+    # not a residual-stream hook
+    assert core.zero_ablation_logits(tiny_model, "blocks.0.hook_mlp_out") is None
 
 
 def test_a_second_sae_at_the_same_hook_reuses_the_reference(

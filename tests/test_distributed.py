@@ -160,12 +160,10 @@ def test_two_processes_give_one_process_results(runs):
         for doc in A:
             assert same(A[doc], B[doc]), (task, doc)
     latents = [response["latent"] for response, _ in rows(one_out, "sae_detection").values()]
-    assert (
-        CAT_LATENT in latents and DOG_LATENT in latents
-    )  # the planted latents are among those scored
-    assert (
-        first["results"]["sae_detection"]["balanced_acc,none"] > 0.9
-    )  # and the oracle scored them
+    # the planted latents are among those scored
+    assert CAT_LATENT in latents and DOG_LATENT in latents
+    # and the oracle scored them
+    assert first["results"]["sae_detection"]["balanced_acc,none"] > 0.9
     # the LLM calls a run paid for (scorer check included, made once on rank 0) add up the same
     assert first["results"]["sae_detection"]["llm_calls,none"] > 0
     assert second["results"]["sae_detection"]["llm_cached_calls,none"] == 0

@@ -28,9 +28,8 @@ def graded_record(n_activating: int = 100, n_quiet: int = 80, latent: int = 3) -
         acts[rng.integers(W)] = i + 1
         activating.append(Example(tokens=rng.integers(100, 200, W), acts=acts, window_id=1000 + i))
     rng.shuffle(activating)
-    top = sorted(
-        activating, key=lambda e: -e.max_act
-    )  # all of them: "top" train sampling skips test windows
+    # all of them: "top" train sampling skips test windows
+    top = sorted(activating, key=lambda e: -e.max_act)
     quiet = [
         Example(tokens=rng.integers(100, 200, W), acts=np.zeros(W, dtype=np.float32), window_id=i)
         for i in range(n_quiet)
@@ -173,13 +172,11 @@ def test_a_rare_latent_keeps_at_least_half_of_its_windows_for_its_explanation(n_
     split = split_examples(record, cfg, seed=0)
     assert len(split.test_activating) <= n_activating // 2
     assert len(split.train) >= n_activating - n_activating // 2
-    assert (
-        len(split.train) + len(split.test_activating) == n_activating
-    )  # every window is used once
+    # every window is used once
+    assert len(split.train) + len(split.test_activating) == n_activating
     assert not {ex.window_id for ex in split.train} & {ex.window_id for ex in split.test_activating}
-    assert len({ex.decile for ex in split.test_activating}) >= min(
-        10, n_activating // 4
-    )  # spread over deciles
+    # spread over deciles
+    assert len({ex.decile for ex in split.test_activating}) >= min(10, n_activating // 4)
 
 
 def test_a_frequent_latent_is_split_as_before():

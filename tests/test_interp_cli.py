@@ -185,9 +185,8 @@ def test_suite_run_writes_every_metric_and_the_group_row(run_a):
         if "auroc,none" in got[t]
     ]
     assert len(with_auroc) == 4  # simulation scores a correlation
-    assert group["auroc,none"] == pytest.approx(
-        sum(with_auroc) / 4
-    )  # unweighted mean over the tasks that have it
+    # unweighted mean over the tasks that have it
+    assert group["auroc,none"] == pytest.approx(sum(with_auroc) / 4)
 
 
 def test_the_oracle_scores_the_planted_latents_perfectly(run_a):
@@ -199,9 +198,8 @@ def test_the_oracle_scores_the_planted_latents_perfectly(run_a):
         assert r["auroc,none"] == pytest.approx(1.0), task  # the endpoint's logprobs came through
         assert r["f1,none"] == pytest.approx(1.0) and r["answered_frac,none"] == 1.0
         assert r["parse_failures,none"] == 0
-        assert 0.2 <= r["balanced_acc_shuffled,none"] <= 0.8, (
-            task
-        )  # cat scored as dog and vice versa
+        # cat scored as dog and vice versa
+        assert 0.2 <= r["balanced_acc_shuffled,none"] <= 0.8, task
         assert r["skipped_dead,none"] == 5  # the dead latents ahead of 0 and 1 in seed 41's order
     assert got["sae_embedding"]["auroc,none"] >= 0.9
     assert got["sae_embedding"]["auroc,none"] > got["sae_embedding"]["auroc_shuffled,none"]
@@ -267,15 +265,13 @@ def test_selfexplain_task_end_to_end(run_a):
     assert got["top1_chance,none"] == pytest.approx(0.5)  # two latents
     assert 0.0 <= got["retrieval_auroc,none"] <= 1.0
     assert got["top1_match,none"] in (0.0, 0.5, 1.0)
-    assert got["autointerp_balanced_acc,none"] == pytest.approx(
-        1.0
-    )  # the same scores sae_detection has
+    # the same scores sae_detection has
+    assert got["autointerp_balanced_acc,none"] == pytest.approx(1.0)
     rows = samples(out, "sae_selfexplain")
     assert [r["response"]["latent"] for r in rows] == [CAT_LATENT, DOG_LATENT]
     thresholds = {r["response"]["metrics"]["selfsim_threshold"] for r in rows}
-    assert len(thresholds) == 1 and math.isfinite(
-        thresholds.pop()
-    )  # one calibrated threshold per run
+    # one calibrated threshold per run
+    assert len(thresholds) == 1 and math.isfinite(thresholds.pop())
     for r in rows:
         m = r["response"]["metrics"]
         assert m["selfexplain_failure"] == float(m["peak_selfsim"] < m["selfsim_threshold"])

@@ -156,9 +156,8 @@ def test_prompts_end_at_the_first_activating_token_and_span_the_strata(world, to
         context, k = divmod(p.window_id, WINDOWS_PER_CONTEXT)
         row = contexts[context].numpy()
         window = row[k * PASS_CFG.window : (k + 1) * PASS_CFG.window]
-        first = k * PASS_CFG.window + int(
-            np.flatnonzero(window == cat)[0]
-        )  # the window's first " cat"
+        # the window's first " cat"
+        first = k * PASS_CFG.window + int(np.flatnonzero(window == cat)[0])
         assert first > 0
         assert np.array_equal(p.tokens, row[max(0, first + 1 - CFG.prompt_tokens) : first + 1])
     assert {p.stratum for p in scoring} == {1, 2}
@@ -213,9 +212,8 @@ def test_search_history_interpolates_in_log_log():
     search = iv.Search(1.0, CFG, history=[(100.0, 4.0)])
     assert search.next_strength() == pytest.approx(50.0)  # one side: KL ~ s^2
     search.history.append((10.0, 0.25))
-    guess = (
-        search.next_strength()
-    )  # a bracket: log-log interpolation between (10, .25) and (100, 4)
+    # a bracket: log-log interpolation between (10, .25) and (100, 4)
+    guess = search.next_strength()
     assert guess == pytest.approx(
         10 ** (1 + (math.log10(1.0) - math.log10(0.25)) / (math.log10(4) - math.log10(0.25)))
     )
@@ -273,9 +271,8 @@ def test_the_edit_is_present_at_every_generated_position(steered, world):
         clean = iv.naive_steered_generate(
             tiny_model, HOOK, prompt.tokens, vector, 0.0, draws[i], CFG
         )
-        assert res.clean[i] == clean[: len(res.clean[i])], (
-            i
-        )  # same draws: clean differs only by the edit
+        # same draws: clean differs only by the edit
+        assert res.clean[i] == clean[: len(res.clean[i])], i
         differs += reference != prompt_only_edit(
             tiny_model, prompt.tokens, vector, res.strength, draws[i]
         )
@@ -313,8 +310,8 @@ def test_clean_and_steered_share_their_random_draws():
     assert picked.tolist() == [0, 2]
 
 
-# ------------------------------------------------------------------------------------ surprisal,
-# in process
+# ------------------------------------------------------------------------------------ surprisal, in
+# process
 def test_hf_logprobs_equal_a_direct_forward(tiny_model_dir, tmp_path):
     """The shared prefix's KV cache, copied for padded batches, changes no number."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -528,9 +525,8 @@ def test_the_oracle_explanation_beats_its_shuffled_control(oracle_run):
     got = results["results"]["sae_intervention"]
     assert got["unreached,none"] == 0 and got["skipped_few_prompts,none"] == 0
     assert got["kl,none"] == pytest.approx(1.0, abs=0.1)
-    # steered text says " cat" (" dog") more often than clean text; a shuffled explanation names
-    # the other
-    # latent's token, which steering does not add
+    # steered text says " cat" (" dog") more often than clean text; a shuffled explanation names the
+    # other latent's token, which steering does not add
     assert got["score,none"] > 0.2 and got["output_score,none"] > 0.2, got
     assert got["score,none"] > got["score_shuffled,none"] + 0.2, got
     assert got["output_score,none"] > got["output_score_shuffled,none"] + 0.2, got
@@ -683,8 +679,7 @@ def test_the_judge_picks_the_steered_set_on_a_generation_only_endpoint(
     shuffled explanation points at another latent's set."""
     url, asked = judge_endpoint
     # a third planted word: the judge needs three latents steered to the target, and in this
-    # untrained
-    # model only the words the lm_head was given can be steered that far
+    # untrained model only the words the lm_head was given can be steered that far
     words = {CAT_LATENT: CAT, DOG_LATENT: DOG, 2: FOX}
     path = build_planted_sae(
         world[0].W_E.detach().float(),
@@ -732,7 +727,6 @@ def test_the_judge_picks_the_steered_set_on_a_generation_only_endpoint(
     # each shuffled explanation names one of the two other steered sets, so the judge always picks
     # wrong
     assert got["judge_acc,none"] == 1.0 and got["judge_acc_shuffled,none"] == 0.0
-    assert (
-        rows[CAT_LATENT]["metrics"]["score"] is None
-    )  # surprisal was not asked for (NaN is written as null)
+    # surprisal was not asked for (NaN is written as null)
+    assert rows[CAT_LATENT]["metrics"]["score"] is None
     assert asked and all("messages" in body and not body.get("logprobs") for body in asked)

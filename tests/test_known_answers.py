@@ -58,9 +58,8 @@ def test_pieces_are_labelled_by_their_meaning():
         " else",
         " None",
     ]
-    assert [p for p, b in zip(pieces, labels[:, 3], strict=True) if b] == [
-        "("
-    ]  # "):" holds a colon too
+    # "):" holds a colon too
+    assert [p for p, b in zip(pieces, labels[:, 3], strict=True) if b] == ["("]
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +112,8 @@ def test_the_known_answer_suite_recovers_every_planted_meaning(known_sae, sae_ca
     assert proc.returncode == 0, proc.stderr[-3000:]
     (path,) = result_files(tmp_path)
     got = json.loads(path.read_text())["results"]
-    # the token-list explainer names every planted meaning; the SAE brought its own n_latents (all
-    # 4 latents)
+    # the token-list explainer names every planted meaning; the SAE brought its own n_latents (all 4
+    # latents)
     rows = samples(tmp_path, "sae_embedding")
     assert sorted(r["response"]["latent"] for r in rows) == [0, 1, 2, 3]
     assert all(
@@ -148,7 +147,7 @@ def windows_with_words(tokenizer) -> list[np.ndarray]:
 
 def test_the_check_set_is_frequent_words_in_and_out_of_windows(tokenizer):
     windows = windows_with_words(tokenizer)
-    splits, explanations = scorer_check.known_answers(
+    splits, explanations = scorer_check.build_check_set(
         windows, tokenizer.decode, scorer_check.CheckConfig(), seed=3
     )
     assert len(splits) == 4 and len({e.text for e in explanations.values()}) == 4
@@ -162,7 +161,7 @@ def test_the_check_set_is_frequent_words_in_and_out_of_windows(tokenizer):
         assert all(
             word not in tokenizer.decode(ex.tokens.tolist()) for ex in split.test_non_activating
         )
-    again = scorer_check.known_answers(
+    again = scorer_check.build_check_set(
         windows, tokenizer.decode, scorer_check.CheckConfig(), seed=3
     )
     assert [e.text for e in again[1].values()] == [e.text for e in explanations.values()]  # seeded

@@ -91,14 +91,12 @@ def build_bigram_model(tokenizer, lines: list[str], out: Path) -> list[int]:
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
         emb = model.model.embed_tokens.weight[vocab].double()
-        normed = (
-            emb / emb.pow(2).mean(1, keepdim=True).add(config.rms_norm_eps).sqrt()
-        )  # the final RMSNorm
+        # the final RMSNorm
+        normed = emb / emb.pow(2).mean(1, keepdim=True).add(config.rms_norm_eps).sqrt()
         target = torch.full((len(vocab), len(tokenizer)), -12.0, dtype=torch.float64)
         target[:, vocab] = torch.tensor(np.log(counts / counts.sum(1, keepdims=True)))
-        model.lm_head.weight.copy_(
-            (torch.linalg.pinv(normed) @ target).T.float()
-        )  # exact: |vocab| < d_model
+        # exact: |vocab| < d_model
+        model.lm_head.weight.copy_((torch.linalg.pinv(normed) @ target).T.float())
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return vocab
@@ -185,11 +183,12 @@ def runs(vocab_sae, damaged_sae, corpus_file, sae_cache, tmp_path_factory) -> di
     plan = {
         "planted": (f"path={vocab_sae}", meta, TASKS),
         "damaged": (f"path={damaged_sae}", meta, TASKS),
+        # as sparse as the SAE
         "control": (
             f"path={vocab_sae},control=random,control_k=1",
             meta,
             TASKS,
-        ),  # as sparse as the SAE
+        ),
         "rerun": (f"path={vocab_sae}", meta, TASKS),
         "fewer_tokens": (
             f"path={vocab_sae}",
@@ -470,9 +469,8 @@ def test_html_page_renders_and_sorts(board_runs, sae_cache, tmp_path, browser):
     )
     assert proc.returncode == 0, proc.stderr
     text = page.read_text()
-    assert not re.search(
-        r"(src|href)=['\"]https?:", text
-    )  # self-contained: nothing fetched at view time
+    # self-contained: nothing fetched at view time
+    assert not re.search(r"(src|href)=['\"]https?:", text)
     embedded = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text)
     assert len(embedded) == 2 and all(
         png_size(base64.b64decode(data))[0] > 600 for data in embedded
@@ -506,9 +504,8 @@ def test_html_page_renders_and_sorts(board_runs, sae_cache, tmp_path, browser):
     header.click()
     descending = [float(v) for v in column("sae_core/ce_loss_recovered")]
     assert descending == sorted(ascending, reverse=True)
-    assert (
-        column("sae")[0] == results_of(board_runs[0])["config"]["sae"]
-    )  # the intact SAE recovers most
+    # the intact SAE recovers most
+    assert column("sae")[0] == results_of(board_runs[0])["config"]["sae"]
 
 
 # ------------------------------------------------------------------------------------ compare
@@ -525,8 +522,8 @@ def test_compare_fails_the_damaged_candidate(planted_run, damaged_run, sae_cache
     assert set(rows) == {"sae_core/ce_loss_recovered", "sae_embedding/auroc"}
     core = rows["sae_core/ce_loss_recovered"]
     assert core["test"].startswith("paired by chunk") and core["verdict"] == "**worse**"
-    # the encoder is untouched, so the latents and their scores are the same, but they are two
-    # SAEs' latents
+    # the encoder is untouched, so the latents and their scores are the same, but they are two SAEs'
+    # latents
     emb = rows["sae_embedding/auroc"]
     assert emb["test"].startswith("unpaired: different SAEs") and emb["verdict"] == "ok"
 
@@ -598,9 +595,8 @@ def test_compare_refuses_other_settings(planted_run, fewer_tokens_run, sae_cache
         "error: sae_core was scored under different instrument settings: n_tokens (2048 vs 1024)"
     )
     assert not summary.exists()
-    proc = sae_interp(
-        "compare", planted_run, fewer_tokens_run, cache=sae_cache
-    )  # no --metrics: every task
+    # no --metrics: every task
+    proc = sae_interp("compare", planted_run, fewer_tokens_run, cache=sae_cache)
     assert proc.returncode == 2
     assert error_lines(proc.stderr) == [
         "error: the two sides scored different tasks (sae_embedding only in the baseline); run the "
@@ -725,9 +721,8 @@ def test_the_readme_ci_job_runs_commands_that_exist():
 
 # ------------------------------------------------------------------------------------ SAEBench
 # files
-SAEBENCH_SCHEMAS = (
-    Path(sys.prefix) / "peers" / "sae-bench" / "sae_bench" / "evals"
-)  # scripts/setup.sh puts them there
+# scripts/setup.sh puts them there
+SAEBENCH_SCHEMAS = Path(sys.prefix) / "peers" / "sae-bench" / "sae_bench" / "evals"
 
 
 @pytest.fixture(scope="module")

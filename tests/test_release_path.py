@@ -14,10 +14,11 @@ import torch
 
 from helpers import error_lines, result_files, run_lm_eval
 
+# a 768-latent gpt2 SAE
 RELEASE, SAE_ID = (
     "gpt2-small-res-jb-feature-splitting",
     "blocks.8.hook_resid_pre_768",
-)  # a 768-latent gpt2 SAE
+)
 REPO = "jbloom/GPT2-Small-Feature-Splitting-Experiment-Layer-8"
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 

@@ -233,10 +233,11 @@ def test_unparseable_answers_are_failures_never_scores(method, splits, decode, t
             assert math.isnan(m[name]), (name, m[name])
         assert all(j.prediction is None for j in scored[lat].judgements)
     answers = {a for lat in TRUE for a in scored[lat].detail["answers"]}
+    # both kinds of garbage were given, and shown
     assert answers == {
         "I think so",
         "[1, 1, 1, 1, 1, 1]",
-    }  # both kinds of garbage were given, and shown
+    }
 
 
 def test_parse_failures_are_counted_per_latent(splits, decode, tmp_path):
@@ -282,11 +283,12 @@ def test_failed_calls_are_failures_and_shown_as_such(splits, decode, tmp_path):
         ("[1,0,1]", 3, [True, False, True]),
         ("[ 1 ,0 , 1 ]", 3, [True, False, True]),
         ("[0]", 1, [False]),
+        # trailing prose is ignored
         (
             "[1, 0]\nThe first example mentions a cat.",
             2,
             [True, False],
-        ),  # trailing prose is ignored
+        ),
         ("Sure: [0, 1]", 2, [False, True]),
         ("[[1, 0]]", 2, [True, False]),
     ],
@@ -598,9 +600,8 @@ def test_detection_and_fuzzing_share_one_explanation_per_latent(
         assert det["explainer"] == "fake:oracle-explainer"
         assert det["train_windows"] == fuz["train_windows"]
         assert det["metrics"]["balanced_acc"] >= 0.95 and fuz["metrics"]["balanced_acc"] >= 0.95
-        assert (
-            det["scorer"]["windows"] != fuz["scorer"]["windows"]
-        )  # fuzzing shows marks, detection does not
+        # fuzzing shows marks, detection does not
+        assert det["scorer"]["windows"] != fuz["scorer"]["windows"]
 
     # answering the same docs again on this backend asks nobody anything
     calls = {name: c.n_calls for name, c in fakes.items()}

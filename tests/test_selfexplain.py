@@ -34,11 +34,12 @@ from sae_interp_tasks.stages.selfexplain_prompts import (
     unit_directions,
 )
 
+# the prompt ends on a placeholder
 ECHO = {
     "user": 'Say "X".',
     "assistant": '"X',
     "placeholder": "X",
-}  # the prompt ends on a placeholder
+}
 LATENTS = [CAT_LATENT, DOG_LATENT]
 RELATIVE_SCALES = np.array([0.0, 0.5, 1.0, 4.0])  # x the typical residual norm at the patch layer
 
@@ -83,15 +84,13 @@ def test_planted_decoder_directions_are_the_token_embeddings(tiny_model, tokeniz
 def test_patched_token_is_said_back(echo_sweep):
     texts = echo_sweep.texts
     assert [len(per_scale) for per_scale in texts] == [len(RELATIVE_SCALES)] * 2
-    assert all(
-        len(samples) == 1 for per_scale in texts for samples in per_scale
-    )  # greedy: one sample
+    # greedy: one sample
+    assert all(len(samples) == 1 for per_scale in texts for samples in per_scale)
     for row, word in enumerate(("cat", "dog")):
         said = [samples[0] for samples in texts[row]]
         assert said[0] != f"{word} {word} {word}"  # unpatched (scale 0): something else
-        assert (
-            said[2:] == [f"{word} {word} {word}"] * 2
-        )  # at a real token's norm and above: the word
+        # at a real token's norm and above: the word
+        assert said[2:] == [f"{word} {word} {word}"] * 2
 
 
 def test_self_similarity_rises_with_scale(echo_sweep):
@@ -224,11 +223,12 @@ def test_minmax_of_a_constant_is_zero():
     assert minmax(np.array([2.0, 4.0, 3.0])).tolist() == [0.0, 1.0, 0.5]
     flat = composite(np.full(4, 0.3), np.full(4, 2.0), 0.4)
     assert flat.tolist() == [0.0] * 4
+    # ties keep sweep order
     assert best_scales(np.full(4, 0.3), np.full(4, 2.0), 0.4, 3) == [
         0,
         1,
         2,
-    ]  # ties keep sweep order
+    ]
 
 
 # ------------------------------------------------------------------------------------ prompts

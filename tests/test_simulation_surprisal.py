@@ -23,9 +23,8 @@ from sae_interp_tasks.records import Example, ExampleSplit, Explanation
 from sae_interp_tasks.scorers import simulation, surprisal
 from sae_interp_tasks.scorers.simulation import SimulationConfig, Simulator
 
-PEER = (
-    Path(sys.prefix) / "peers" / "automated-interpretability"
-)  # scripts/setup.sh puts it beside the venv
+# scripts/setup.sh puts it beside the venv
+PEER = Path(sys.prefix) / "peers" / "automated-interpretability"
 
 
 def openai_reference():
@@ -39,9 +38,8 @@ def openai_reference():
             __import__(name)
         except ImportError:
             stub = types.ModuleType(name)
-            stub.__getattr__ = lambda attr: (
-                lambda fn=None, *args, **kwargs: fn
-            )  # decorators leave functions be
+            # decorators leave functions be
+            stub.__getattr__ = lambda attr: lambda fn=None, *args, **kwargs: fn
             sys.modules[name] = stub
             stubbed.append(name)
     sys.path.insert(0, str(PEER))
@@ -206,9 +204,8 @@ def test_the_simulator_reads_the_same_values_in_process_and_over_an_echo_endpoin
         results = {}
         local = make_client(ClientConfig(kind="hf", model=str(tiny_model_dir)), tmp_path / "hf")
         choices = local.single_token_choices(simulation.VALUES)
-        assert choices == tuple(
-            "0123456789"
-        )  # this tokenizer spells 10 as two tokens: a 0..9 scale
+        # this tokenizer spells 10 as two tokens: a 0..9 scale
+        assert choices == tuple("0123456789")
         for kind, base_url in (("hf", None), ("openai", server.url)):
             client = (
                 local
@@ -223,13 +220,12 @@ def test_the_simulator_reads_the_same_values_in_process_and_over_an_echo_endpoin
                 assert client.usage.prompt_tokens > 0 and client.usage.calls == len(split.test)
         for mine, theirs in zip(results["hf"], results["openai"], strict=True):
             assert mine.predicted is not None and theirs.predicted is not None
-            # the endpoint tokenizes prefix and text at once, the local client apart: equal to a
-            # few thousandths
+            # the endpoint tokenizes prefix and text at once, the local client apart: equal to a few
+            # thousandths
             assert theirs.predicted == pytest.approx(mine.predicted, abs=5e-3)
             assert list(mine.true) == list(theirs.true)
-        assert (
-            max(max(s.true) for s in results["hf"]) == 9.0
-        )  # the latent's strongest token at the scale's top
+        # the latent's strongest token at the scale's top
+        assert max(max(s.true) for s in results["hf"]) == 9.0
         asked = [body for body in server.asked if body.get("echo")]
         assert asked and all(body["logprobs"] == 10 and body["max_tokens"] == 1 for body in asked)
     finally:
@@ -249,13 +245,11 @@ def test_an_endpoint_without_prompt_logprobs_is_one_clear_error_for_both_scorers
             SaeInterpError, match="returns no prompt logprobs.*simulation_mode: json"
         ):
             sim.simulate("anything", tiny_split(tokenizer).test, 1.0, "test")
-        auto = Simulator(
-            client, SimulationConfig(), tokenizer.decode
-        )  # auto: writes JSON instead, read or not
+        # auto: writes JSON instead, read or not
+        auto = Simulator(client, SimulationConfig(), tokenizer.decode)
         done = auto.simulate("anything", tiny_split(tokenizer).test, 1.0, "test")
-        assert auto.mode == "json" and all(
-            s.predicted is None for s in done
-        )  # this server answers no chat
+        # this server answers no chat
+        assert auto.mode == "json" and all(s.predicted is None for s in done)
         reader = surprisal.SurprisalReader(client, surprisal.SurprisalConfig(), tokenizer.decode)
         with pytest.raises(SaeInterpError, match="returns no prompt logprobs.*vLLM"):
             reader.statistics("anything", ["some text"], "test")
@@ -311,9 +305,8 @@ def test_json_mode_scores_written_values_and_counts_unreadable_answers(tmp_path,
 def test_window_statistics_read_alike_for_every_window():
     assert surprisal.window_statistic([-1.0, -2.0], [-3.0, -2.0], "mean") == pytest.approx(1.0)
     assert surprisal.window_statistic([-1.0, -2.0], [-3.0, -2.0], "max") == pytest.approx(2.0)
-    assert math.isnan(
-        surprisal.window_statistic([-1.0], [-1.0, -2.0], "mean")
-    )  # misaligned: unreadable
+    # misaligned: unreadable
+    assert math.isnan(surprisal.window_statistic([-1.0], [-1.0, -2.0], "mean"))
     assert math.isnan(surprisal.window_statistic([], [], "mean"))
 
 

@@ -16,9 +16,8 @@ from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.records import SAESource
 from sae_interp_tasks.stages.saes import load_sae
 
-sparsify = pytest.importorskip(
-    "sparsify"
-)  # a runtime dependency: importable wherever the package is installed
+# a runtime dependency: importable wherever the package is installed
+sparsify = pytest.importorskip("sparsify")
 
 
 def save_coder(folder, hookpoint: str, d_in: int, seed: int = 0, **cfg):
@@ -89,9 +88,8 @@ def test_no_subject_model_and_unsupported_variants_are_one_line(tmp_path):
     save_coder(tmp_path / "a", "layers.1", d_in=16)
     with pytest.raises(SaeInterpError, match="names the subject model .* give it with model="):
         load_sae(SAESource(path=str(tmp_path / "a"), hookpoint="layers.1"))
-    (tmp_path / "a" / "config.json").write_text(
-        json.dumps({"model": "EleutherAI/pythia-70m"})
-    )  # sparsify's run config
+    # sparsify's run config
+    (tmp_path / "a" / "config.json").write_text(json.dumps({"model": "EleutherAI/pythia-70m"}))
     assert (
         load_sae(SAESource(path=str(tmp_path / "a"), hookpoint="layers.1"))[1].model_name
         == "EleutherAI/pythia-70m"

@@ -61,9 +61,8 @@ class CompletionCache:
 
     @staticmethod
     def key(client_name: str, base_url: str | None, prompt: Prompt) -> str:
-        top_k = (
-            prompt.top_logprobs if prompt.logprobs else 0
-        )  # top_logprobs means nothing without logprobs
+        # top_logprobs means nothing without logprobs
+        top_k = prompt.top_logprobs if prompt.logprobs else 0
         fields = [
             client_name,
             base_url,

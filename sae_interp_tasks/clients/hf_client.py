@@ -155,9 +155,8 @@ class HFClient(LLMClient):
                 context, target = rows[i]
                 total = 0.0
                 for j, token in enumerate(target):
-                    at = (
-                        len(context) + j - 1
-                    )  # the position whose next-token distribution predicts it
+                    # the position whose next-token distribution predicts it
+                    at = len(context) + j - 1
                     total += float(prefix_last[token] if at < 0 else logp[row, at, token])
                 on_answer(i, total)
 
@@ -340,9 +339,8 @@ class HFClient(LLMClient):
         values, ids = logprobs.topk(k)
         alternatives: dict[str, float] = {}
         for value, token_id in zip(values.tolist(), ids.tolist(), strict=True):
-            alternatives.setdefault(
-                self._tokenizer.decode([token_id]), value
-            )  # best first: keep the max
+            # best first: keep the max
+            alternatives.setdefault(self._tokenizer.decode([token_id]), value)
         return alternatives
 
 
@@ -370,9 +368,8 @@ def _reading(
     token_lp = dists[torch.arange(len(ids)), torch.tensor(ids)].tolist()
     at_spot = []
     for spot in spots:
-        j = next(
-            (k for k, s in enumerate(starts) if s == spot), None
-        )  # the token that begins there
+        # the token that begins there
+        j = next((k for k, s in enumerate(starts) if s == spot), None)
         at_spot.append(
             {}
             if j is None

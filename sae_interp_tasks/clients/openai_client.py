@@ -350,9 +350,8 @@ class OpenAIClient(LLMClient):
 
     def _describe(self, err: Exception) -> str:
         status = getattr(err, "status_code", None)
-        body = getattr(
-            err, "body", None
-        )  # the endpoint's own words; openai's message is just "Error code: N"
+        # the endpoint's own words; openai's message is just "Error code: N"
+        body = getattr(err, "body", None)
         if isinstance(body, dict):
             body = body.get("message") or body.get("detail") or body
         message = " ".join(str(body if body else err).split())[:300]

@@ -32,9 +32,8 @@ STAND_IN = (
 
 @dataclass(frozen=True)
 class BudgetConfig(StageConfig):
-    max_llm_tokens: int | None = option(
-        None, min=0
-    )  # stop before the first LLM call when the estimate exceeds it
+    # stop before the first LLM call when the estimate exceeds it
+    max_llm_tokens: int | None = option(None, min=0)
 
 
 @dataclass

@@ -36,7 +36,7 @@ from sae_interp_tasks.stages.selection import (
 from sae_interp_tasks.validity.scorer_check import (
     CheckConfig,
     CheckResult,
-    known_answers,
+    build_check_set,
     pool_windows,
 )
 
@@ -249,7 +249,7 @@ def check_set(run: LatentRun):
     s: ScorerSettings = run.settings
     return run.context.store.compute_once(
         ("check-set", *selection_key(s, run.seed), s.check),
-        lambda: known_answers(pool_windows(run.selection.state), run.decode, s.check, run.seed),
+        lambda: build_check_set(pool_windows(run.selection.state), run.decode, s.check, run.seed),
     )
 
 

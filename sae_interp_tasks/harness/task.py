@@ -29,7 +29,8 @@ from sae_interp_tasks.harness.request import InterpretRequest, WireRequest
 from sae_interp_tasks.records import USAGE_METRICS, Response
 
 DEFAULT_SEED = 1234  # lm-eval's default --seed for the fewshot sampler
-RECORDED = frozenset({"version", "config_source"})  # lm-eval's own metadata keys a task keeps
+# lm-eval's own metadata keys a task keeps
+LM_EVAL_KEYS_KEPT = frozenset({"version", "config_source"})
 log = logging.getLogger(__name__)
 NAN = float("nan")
 
@@ -73,8 +74,7 @@ class SAETask(Task):
         own = dict(config.get("metadata") or {})
         metadata = {**included_metadata(own.get("config_source")), **own}
         # the keys the user set (the import hook adds their list to the run's metadata); None when
-        # the
-        # task is built outside a TaskManager, where nothing tells them from the YAML's
+        # the task is built outside a TaskManager, where nothing tells them from the YAML's
         user_keys = metadata.pop(USER_KEYS, None)
         # an unknown kind, an unknown key or a bad value fails here, before any model loads
         kind = registry.lookup(self.KIND)
@@ -85,7 +85,7 @@ class SAETask(Task):
         # lm-eval hands every task all of --metadata and --model_args; the results file records only
         # what this task reads, with its kind and its report (so result readers need no registry)
         self._metadata = {
-            k: v for k, v in metadata.items() if k in kind.settings.keys() or k in RECORDED
+            k: v for k, v in metadata.items() if k in kind.settings.keys() or k in LM_EVAL_KEYS_KEPT
         }
         self._metadata.update(
             task_kind=kind.name, headline_metric=kind.headline, report=kind.report.to_json()
@@ -103,8 +103,7 @@ class SAETask(Task):
         finally:
             config_log.setLevel(level)
         # Task.__init__ would wrap a dict as TaskConfig({...}) (all of it in `task`, the metadata
-        # lost
-        # from the results file); build the config field by field, with our own output type
+        # lost from the results file); build the config field by field, with our own output type
         known = {f.name for f in dataclasses.fields(TaskConfig)}
         fields = {k: v for k, v in config.items() if k in known}
         fields.update(metadata=self._metadata, output_type="interpret")
@@ -125,10 +124,11 @@ class SAETask(Task):
         label, defaults = instrument_defaults(
             metadata.get("release"), metadata.get("sae_id"), metadata.get("path")
         )
+        # the YAML's value, else the settings default
         current = {
             **kind.settings.defaults(),
             **metadata,
-        }  # the YAML's value, else the settings default
+        }
         applied = {
             k: v
             for k, v in defaults.items()

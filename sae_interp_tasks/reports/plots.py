@@ -33,9 +33,10 @@ def _reference_line(ax, y: float, label: str, color, vertical: bool = False) -> 
 
 
 def _figure(n: int, width: float = 4.2, height: float = 3.4):
+    # Agg through the figure's own canvas: no pyplot state, no display
     from matplotlib.figure import (
         Figure,
-    )  # Agg through the figure's own canvas: no pyplot state, no display
+    )
 
     cols = min(n, 3)
     rows = math.ceil(n / cols)

@@ -198,9 +198,8 @@ def _mapped(eval_type: str, categories: dict) -> tuple[str | None, ReportSpec | 
                 if isinstance((categories.get(cat) or {}).get(theirs), (int, float))
             }
             return mapping["task"], kind["report"], found
-    report = builtin_report(
-        eval_type, None
-    )  # a file we exported under our own eval type (the task's name)
+    # a file we exported under our own eval type (the task's name)
+    report = builtin_report(eval_type, None)
     if report is not None and isinstance(categories.get(eval_type), dict):
         values = categories[eval_type]
         return (

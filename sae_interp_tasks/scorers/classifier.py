@@ -52,9 +52,8 @@ METRICS = {
 
 @dataclass(frozen=True)
 class ScorerConfig(StageConfig):
-    scorer: str = option(
-        "hf", choices=("hf", "openai", "oracle")
-    )  # oracle: validity.oracle, known-answer SAEs only
+    # oracle: validity.oracle, known-answer SAEs only
+    scorer: str = option("hf", choices=("hf", "openai", "oracle"))
     scorer_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     scorer_base_url: str | None = None
     scorer_api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable holding the key

@@ -39,9 +39,8 @@ Decode = Callable[[list[int]], str]
 
 @dataclass(frozen=True)
 class EmbeddingScoreConfig(StageConfig):
-    embedding_span: int | None = option(
-        8, min=2
-    )  # tokens per embedded span; null: the whole window
+    # tokens per embedded span; null: the whole window
+    embedding_span: int | None = option(8, min=2)
 
 
 def spans(example: Example, decode: Decode, span: int | None) -> list[str]:

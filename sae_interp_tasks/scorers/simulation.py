@@ -53,10 +53,9 @@ METRICS = {
 @dataclass(frozen=True)
 class SimulationConfig(StageConfig):
     # logprobs: expected values from the value tokens' log-probabilities (in process, or a
-    # completions
-    # endpoint that echoes prompt logprobs, e.g. vLLM); json: the model writes the values (chat
-    # APIs);
-    # auto: logprobs, and json once an endpoint shows it returns no prompt logprobs
+    # completions endpoint that echoes prompt logprobs, e.g. vLLM); json: the model writes the
+    # values (chat APIs); auto: logprobs, and json once an endpoint shows it returns no prompt
+    # logprobs
     simulation_mode: str = option("auto", choices=("auto", "logprobs", "json"))
     simulation_max_tokens: int = positive(256)  # json mode: the answer's length
 

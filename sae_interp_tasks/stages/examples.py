@@ -18,15 +18,13 @@ class ExampleConfig(StageConfig):
     """How a latent's windows are split into explanation (train) and scoring (test) examples."""
 
     n_train: int = positive(40)
-    train_sampling: str = option(
-        "deciles", choices=TRAIN_SAMPLINGS
-    )  # spread across deciles | top | random
+    # spread across deciles | top | random
+    train_sampling: str = option("deciles", choices=TRAIN_SAMPLINGS)
     n_test_per_decile: int = positive(5)
     n_deciles: int = positive(10)
     n_test_non_activating: int = positive(50)
-    min_examples: int = positive(
-        20
-    )  # fewer activating windows than this: "dead or rare", not scored
+    # fewer activating windows than this: "dead or rare", not scored
+    min_examples: int = positive(20)
     # non-activating test windows: random | hard (nearest to the top windows by sentence embedding)
     non_activating: str = option("random", choices=("random", "hard"))
 
@@ -57,8 +55,7 @@ def split_examples(record: LatentRecord, cfg: ExampleConfig, seed: int) -> Examp
         rng.shuffle(group)
 
     # test first, so every decile keeps its test windows, but never more than half of a decile's
-    # windows:
-    # a rare latent keeps at least half of its activating windows for its explanation
+    # windows: a rare latent keeps at least half of its activating windows for its explanation
     n_test = {d: min(cfg.n_test_per_decile, len(group) // 2) for d, group in by_decile.items()}
     test_act = [ex for d in by_decile for ex in by_decile[d][: n_test[d]]]
     test_ids = {ex.window_id for ex in test_act}

@@ -41,9 +41,8 @@ class ExplainerConfig(StageConfig):
     explainer_base_url: str | None = None
     explainer_api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable holding the key
     explainer_max_tokens: int = positive(48)
-    highlight_threshold: float = option(
-        0.3, above=0.0, max=1.0
-    )  # marked: tokens >= this x the window max
+    # marked: tokens >= this x the window max
+    highlight_threshold: float = option(0.3, above=0.0, max=1.0)
     max_concurrency: int = positive(8)  # requests in flight to an endpoint
 
     def client_config(self, device: str = "cpu") -> ClientConfig:

@@ -29,9 +29,8 @@ class PassConfig(StageConfig):
     window: int = positive(32)
     n_top: int = positive(40)  # strongest windows kept per latent
     n_sample: int = positive(200)  # uniform sample of activating windows kept per latent
-    n_random: int = positive(
-        2_000
-    )  # shared uniform sample of all windows (non-activating examples)
+    # shared uniform sample of all windows (non-activating examples)
+    n_random: int = positive(2_000)
     pass_batch_size: int = positive(8)  # at least this many contexts per forward
 
     def check(self) -> None:
@@ -137,10 +136,11 @@ class PassState:
         )
         # shared uniform sample of all windows, for non-activating examples (one row of _keep)
         rkeys = hash_uniform(torch.tensor([-1]), ids, self.seed)
+        # one row, slots x (window | latents)
         pool_tokens, pool_max = (
             self.random_tokens[None],
             self.random_max[None],
-        )  # one row, slots x (window | latents)
+        )
         key, ident, _, _ = _keep(
             self.random_key[None],
             self.random_id[None],
@@ -313,8 +313,7 @@ def _keep(key, ids, toks, acts, new_key, new_ids, new_toks, new_acts, largest: b
         new_ids, new_toks = new_ids.expand(len(key), -1), new_toks.expand(len(key), -1, -1)
     worst = key.min(1).values if largest else key.max(1).values  # empty slots hold the worst key
     # a window ties the worst kept one and may still win on its earlier id (when merging shards):
-    # ties
-    # are candidates and the ranking decides; empty slots and non-firing windows never enter
+    # ties are candidates and the ranking decides; empty slots and non-firing windows never enter
     beats = new_key >= worst[:, None] if largest else new_key <= worst[:, None]
     can_enter = beats & torch.isfinite(new_key) & (new_ids >= 0)
     rows = can_enter.any(1).nonzero().flatten()

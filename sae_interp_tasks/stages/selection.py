@@ -165,9 +165,8 @@ def make_splits(
     """Each live latent's split; with `non_activating: hard` the non-activating pool is first
     narrowed to the windows nearest its top windows by `embedder`."""
     splits = {}
-    hard = (
-        cfg.non_activating == "hard"
-    )  # embeds every latent's windows: seconds per latent, so a bar
+    # embeds every latent's windows: seconds per latent, so a bar
+    hard = cfg.non_activating == "hard"
     for lat in tqdm(selection.live, unit="latents", desc="hard negatives", disable=not hard):
         record = selection.state.record(lat)
         if cfg.non_activating == "hard":

@@ -42,9 +42,8 @@ class SelfExplainConfig(StageConfig):
     scale_max: float = 4.0  # in units of the typical residual norm at the patch layer
     n_samples: int = positive(2)
     max_new_tokens: int = positive(12)
-    temperature: float = option(
-        0.7, min=0.0
-    )  # sampling temperature; 0 = greedy (then n_samples is 1)
+    # sampling temperature; 0 = greedy (then n_samples is 1)
+    temperature: float = option(0.7, min=0.0)
     alpha: float = option(0.4, min=0.0, max=1.0)
     top_scales: int = positive(3)
     # peak self-similarity below this flags a self-explanation failure; None: calibrated per model,

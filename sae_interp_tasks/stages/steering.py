@@ -82,9 +82,8 @@ class Search:
 
     target: float
     cfg: InterventionConfig
-    history: list[tuple[float, float]] = field(
-        default_factory=list
-    )  # (strength, mean KL), in order
+    # (strength, mean KL), in order
+    history: list[tuple[float, float]] = field(default_factory=list)
 
     def done(self) -> bool:
         return (
@@ -151,9 +150,8 @@ class LatentSteering:
     kl: float  # the mean KL reached (at the closest strength tried, when unreached)
     history: list[tuple[float, float]]
     prompts: list[SteeringPrompt] = field(default_factory=list)  # the scoring prompts
-    promoted: list[tuple[int, float]] = field(
-        default_factory=list
-    )  # (token id, mean probability increase)
+    # (token id, mean probability increase)
+    promoted: list[tuple[int, float]] = field(default_factory=list)
     clean: list[list[int]] = field(default_factory=list)  # per scoring prompt
     steered: list[list[int]] = field(default_factory=list)
 

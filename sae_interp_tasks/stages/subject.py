@@ -43,9 +43,8 @@ def hooked_from_hf_dir(
     tokenizer = AutoTokenizer.from_pretrained(path)
     hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     # TransformerLens takes the architecture from a name containing "llama" or "gemma" and then
-    # fails
-    # on a local folder (it never loads that folder's config): show it the config under a neutral
-    # name
+    # fails on a local folder (it never loads that folder's config): show it the config under a
+    # neutral name
     with tempfile.TemporaryDirectory(prefix="sae-interp-cfg-") as neutral:
         shutil.copy(Path(path) / "config.json", neutral)
         cfg = loading.get_pretrained_model_config(

@@ -64,12 +64,10 @@ def serve_core(ctx: RunContext, requests: list[InterpretRequest]) -> list[Respon
     return results
 
 
-# SAEBench's core eval: where our numbers go in its result files, and what it reports that we do
-# not compute
-# (KL divergences need every token's clean logits, which sae_core does not keep; the legacy
-# explained variance
-# is a formula SAEBench itself calls incorrect; the decoder/encoder cosine similarities are
-# weights, not results)
+# SAEBench's core eval: where our numbers go in its result files, and what it reports that we do not
+# compute (KL divergences need every token's clean logits, which sae_core does not keep; the legacy
+# explained variance is a formula SAEBench itself calls incorrect; the decoder/encoder cosine
+# similarities are weights, not results)
 SAEBENCH = {
     "eval_type_id": "core",
     "task": "sae_core",

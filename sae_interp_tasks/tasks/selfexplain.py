@@ -171,9 +171,8 @@ def estimate_selfexplain(run: LatentRun, counter: costs.PromptCounter) -> costs.
     """The self-explanations' own detection (no shuffled control; its check is detection's, counted
     there) and the judge (one short prompt per latent and per check pair)."""
     s: SelfExplainSettings = run.settings
-    every = dataclasses.replace(
-        run, owned=tuple(run.latents)
-    )  # self-explanations are scored on every rank
+    # self-explanations are scored on every rank
+    every = dataclasses.replace(run, owned=tuple(run.latents))
     total = (
         classifier_estimate(Detection(), shuffled=False, check=False)(every, counter)
         if s.agreement.selfexplain_detection
@@ -220,10 +219,11 @@ class SAESelfExplainTask(LatentTask):
         "selfexplain_balanced_acc": (nanmean, True),
         "autointerp_balanced_acc": (nanmean, True),
         "peak_selfsim": (nanmean, True),
+        # the failure threshold used (calibrated on random directions)
         "selfsim_threshold": (
             nanmean,
             False,
-        ),  # the failure threshold used (calibrated on random directions)
+        ),
         "selfexplain_failure": (total, False),
         **scorer_check.check_metrics(DETECTION_CHECK),
         **scorer_check.check_metrics(JUDGE_CHECK),

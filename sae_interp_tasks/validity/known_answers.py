@@ -94,12 +94,9 @@ KEYWORD_WORDS = (
 KEYWORDS = Meaning("Python keywords", "concept", markers=("keyword", *KEYWORD_WORDS))
 BRACKETS = Meaning("brackets", "concept", markers=("bracket", "paren", "brace", *"()[]{}"))
 # Concepts a scorer can judge from a window alone: a concept that needs context from before the
-# window (a
-# comment line, a string literal) fires where nothing in the window shows it (docs/methods.md,
-# "Known answers")
-# frequent in the stdlib corpus (each at least ~100 times in 131k tokens), and none a word that
-# explanations
-# use anyway ("the", "token", "word")
+# window (a comment line, a string literal) fires where nothing in the window shows it
+# (docs/methods.md, "Known answers") frequent in the stdlib corpus (each at least ~100 times in 131k
+# tokens), and none a word that explanations use anyway ("the", "token", "word")
 TOKENS = (
     " if",
     " return",

@@ -29,19 +29,19 @@ from sae_interp_tasks.validity.known_answers import (
 )
 
 SURE, UNSURE = math.log(0.99), math.log(0.01)
+# log-probabilities of a text's tokens when the description does / does not explain them
 HIT, MISS = (
     -1.0,
     -6.0,
-)  # log-probabilities of a text's tokens when the description does / does not explain them
+)
 
 
 class OracleClient(LLMClient):
     supports_logprobs = True
 
     def __init__(self, cfg: ClientConfig, cache: CompletionCache | None = None):
-        super().__init__(
-            cfg, _NoCache()
-        )  # answers cost nothing: none is kept, so they always follow the answers
+        # answers cost nothing: none is kept, so they always follow the answers
+        super().__init__(cfg, _NoCache())
         folder = Path(cfg.model)
         if not (folder / ANSWERS_FILE).is_file():
             raise SaeInterpError(

@@ -48,12 +48,10 @@ class CheckConfig(StageConfig):
     scorer_check: bool = (
         True  # score known answers first; false: no check (and no *_check_* metrics)
     )
-    scorer_check_words: int = positive(
-        4
-    )  # frequent words, each an explanation with its own windows
-    scorer_check_windows: int = positive(
-        5
-    )  # per word: windows that contain it, and as many that do not
+    # frequent words, each an explanation with its own windows
+    scorer_check_words: int = positive(4)
+    # per word: windows that contain it, and as many that do not
+    scorer_check_windows: int = positive(5)
 
 
 @dataclass(frozen=True)
@@ -125,7 +123,7 @@ def pool_windows(state) -> list[np.ndarray]:
     return [tokens.numpy().astype(np.int64) for tokens in state.shared_windows()]
 
 
-def known_answers(
+def build_check_set(
     windows: list[np.ndarray], decode: Callable[[list[int]], str], cfg: CheckConfig, seed: int
 ) -> tuple[list[ExampleSplit], dict[int, Explanation]]:
     """Pseudo-latents 0..n-1, each a frequent word with windows that contain it (every token that
@@ -198,9 +196,8 @@ def auroc(labels: list[bool], scores: list[float], name: str) -> CheckResult:
     n1, n0 = sum(lab for lab, _ in read), sum(not lab for lab, _ in read)
     if not math.isfinite(value) or not n1 or not n0:
         return CheckResult(name, math.nan, math.nan, 0.5, len(read))
-    a = min(
-        max(value, 1e-6), 1 - 1e-6
-    )  # a perfect AUROC still gets the interval its sample size allows
+    # a perfect AUROC still gets the interval its sample size allows
+    a = min(max(value, 1e-6), 1 - 1e-6)
     q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
     se = math.sqrt((a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a)) / (n1 * n0))
     return CheckResult(name, value, max(se, 0.5 / (n1 * n0)), 0.5, len(read))
