@@ -13,7 +13,7 @@ import json
 import math
 import sys
 
-from sae_interp_tasks.reports.results_io import samples_text
+from sae_interp_tasks.reports.samples_io import samples_text
 
 IGNORED_ROW_FIELDS = (
     "resps",

@@ -118,7 +118,7 @@ def run(name: str, tasks: str, meta: dict, limit: int | None, sae: Path, out: Pa
 
 
 def read(out: Path, name: str) -> tuple[dict, dict]:
-    from sae_interp_tasks.reports.results_io import samples_text
+    from sae_interp_tasks.reports.samples_io import samples_text
 
     (path,) = glob.glob(str(out / name / "*" / "results_*.json"))
     data = json.load(open(path))

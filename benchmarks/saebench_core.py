@@ -120,7 +120,7 @@ def ours(model, sae, info, contexts: torch.Tensor, chunk_contexts: int):
 
 def bootstrap(stats, name: str, rng, resamples: int = 2000) -> tuple[float, float]:
     from sae_interp_tasks.registry import lookup
-    from sae_interp_tasks.reports.compare import percentile_interval, resample_weights
+    from sae_interp_tasks.reports.resampling import percentile_interval, resample_weights
     from sae_interp_tasks.stages import core_metrics
 
     agg = lookup("core").metrics[name][0]

@@ -30,7 +30,13 @@ def parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="log what is read (-vv: debug)"
     )
     sub = top.add_subparsers(dest="command", required=True)
+    add_leaderboard_parser(sub)
+    add_export_parser(sub)
+    add_compare_parser(sub)
+    return top
 
+
+def add_leaderboard_parser(sub) -> None:
     board = sub.add_parser(
         "leaderboard", help="one row per SAE, one column per task's headline metric"
     )
@@ -44,6 +50,8 @@ def parser() -> argparse.ArgumentParser:
         "--confidence", type=float, default=0.95, help="interval level (default 0.95)"
     )
 
+
+def add_export_parser(sub) -> None:
     out = sub.add_parser(
         "export", help="write results in another tool's format (SAEBench's result files)"
     )
@@ -60,6 +68,8 @@ def parser() -> argparse.ArgumentParser:
         help="folder to write <eval_type_id>/<sae>_eval_results.json into",
     )
 
+
+def add_compare_parser(sub) -> None:
     cmp = sub.add_parser(
         "compare", help="candidate - baseline with bootstrap intervals; exit 1 when worse"
     )
@@ -90,7 +100,6 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument(
         "--markdown", metavar="FILE", help="write the pull-request summary here instead of stdout"
     )
-    return top
 
 
 def write_outputs(files: dict[Path, str | bytes]) -> None:
@@ -133,7 +142,7 @@ def run_leaderboard(args) -> int:
 
 
 def run_compare(args) -> int:
-    from sae_interp_tasks.reports import compare, inputs
+    from sae_interp_tasks.reports import compare, compare_text, inputs
 
     if args.resamples < 100:
         raise SaeInterpError(
@@ -151,12 +160,12 @@ def run_compare(args) -> int:
         resamples=args.resamples,
         seed=args.seed,
     )
-    summary = compare.markdown(report)
+    summary = compare_text.markdown(report)
     if args.markdown:
         write_outputs({Path(args.markdown): summary})
     else:
         sys.stdout.write(summary)
-    print(compare.verdict_line(report), file=sys.stderr)
+    print(compare_text.verdict_line(report), file=sys.stderr)
     return report.exit_code
 
 

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sae_interp_tasks.reports import compare
-from sae_interp_tasks.reports.results_io import DocScores, Metric, Run, TaskResult, _doc_stats
+from sae_interp_tasks.reports import compare, compare_text, resampling
+from sae_interp_tasks.reports.results_io import Metric, Run, TaskResult
+from sae_interp_tasks.reports.samples_io import DocScores, _doc_stats
 from sae_interp_tasks.reports.spec import ReportSpec
 
 RESAMPLES = 20_000
@@ -46,7 +47,7 @@ def close_intervals(mine: tuple, theirs: tuple) -> bool:
 def test_unpaired_mean_difference_matches_scipy():
     rng = np.random.default_rng(0)
     base, cand = rng.beta(5, 4, size=40), rng.beta(4, 4, size=55)
-    point, lo, hi = compare.mean_difference(
+    point, lo, hi = resampling.mean_difference(
         base, cand, False, 0.95, RESAMPLES, np.random.default_rng(2)
     )
     assert point == pytest.approx(cand.mean() - base.mean())
@@ -64,13 +65,13 @@ def test_paired_mean_difference_matches_scipy():
     base = rng.normal(0.7, 0.1, size=30)
     # small, consistent drop: only pairing sees it
     cand = base - 0.02 + rng.normal(0, 0.01, size=30)
-    point, lo, hi = compare.mean_difference(
+    point, lo, hi = resampling.mean_difference(
         base, cand, True, 0.95, RESAMPLES, np.random.default_rng(2)
     )
     theirs = scipy_interval((base, cand), lambda b, c, axis: (c - b).mean(axis=axis), paired=True)
     assert close_intervals((lo, hi), theirs), ((lo, hi), theirs)
     assert hi < 0
-    _, lo_u, hi_u = compare.mean_difference(
+    _, lo_u, hi_u = resampling.mean_difference(
         base, cand, False, 0.95, RESAMPLES, np.random.default_rng(2)
     )
     assert lo_u < 0 < hi_u  # unpaired, the same drop is lost in the spread between docs
@@ -112,7 +113,7 @@ def chunks_of(stats_list):
 
 
 def ratio(metric: str, stats: dict, weights) -> np.ndarray:
-    from sae_interp_tasks.stages import core
+    from sae_interp_tasks.stages import core_metrics as core
 
     return getattr(core, metric).resampled(stats, weights)
 
@@ -120,7 +121,7 @@ def ratio(metric: str, stats: dict, weights) -> np.ndarray:
 def test_pooled_metrics_resample_from_the_statistics_the_samples_log():
     """The task's aggregation (on its CoreStats) and the reports' recomputation (on the JSON the
     samples log) are one expression; a resample's weights count how often each chunk is drawn."""
-    from sae_interp_tasks.stages import core
+    from sae_interp_tasks.stages import core_metrics as core
 
     stats_list = random_core_stats(12, seed=3)
     chunks = chunks_of(stats_list)
@@ -177,14 +178,14 @@ def test_samples_written_before_a_statistic_existed_still_resample_what_they_car
 
 
 def test_paired_ratio_difference_matches_scipy():
-    from sae_interp_tasks.stages import core
+    from sae_interp_tasks.stages import core_metrics as core
 
     base_list = random_core_stats(16, seed=4)
     cand_list = [s.__class__(**{**s.__dict__, "ce_spliced": s.ce_spliced + 0.3}) for s in base_list]
     base, cand = chunks_of(base_list), chunks_of(cand_list)
-    from sae_interp_tasks.reports.results_io import DocStats
+    from sae_interp_tasks.reports.samples_io import DocStats
 
-    point, lo, hi = compare.pooled_difference(
+    point, lo, hi = resampling.pooled_difference(
         core.ce_loss_recovered,
         DocStats(base),
         DocStats(cand),
@@ -301,4 +302,4 @@ def test_verdict_follows_direction_and_max_drop(better, shift, max_drop, worse):
     )
     assert report.rows[0].worse is worse
     assert report.exit_code == (1 if worse else 0)
-    assert compare.verdict_line(report).startswith("FAIL" if worse else "PASS")
+    assert compare_text.verdict_line(report).startswith("FAIL" if worse else "PASS")

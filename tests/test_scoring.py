@@ -657,7 +657,7 @@ def test_a_rerun_on_the_same_cache_calls_no_model(
 def without_usage(response) -> dict:
     """A response's JSON without the LLM usage it reports (which differs between a paid run and a
     cached one)."""
-    from sae_interp_tasks.harness.costs import USAGE_METRICS
+    from sae_interp_tasks.records import USAGE_METRICS
 
     data = json.loads(str(response))
     data["metrics"] = {k: v for k, v in data["metrics"].items() if k not in USAGE_METRICS}

@@ -28,6 +28,9 @@ from sae_interp_tasks.clients.openai_responses import (
     reading_from,
     target_logprob,
 )
+from sae_interp_tasks.clients.openai_responses import (
+    top_logprobs as read_top_logprobs,
+)
 from sae_interp_tasks.clients.records import ClientConfig, Completion, Prompt, Reading
 from sae_interp_tasks.errors import SaeInterpError
 
@@ -342,7 +345,7 @@ class OpenAIClient(LLMClient):
             raise MalformedResponse("the answer's first choice has no message content")
         top_logprobs = None
         if want_logprobs:
-            top_logprobs = top_logprobs(choices[0])
+            top_logprobs = read_top_logprobs(choices[0])
             if top_logprobs is None:
                 log.info("%s answered without logprobs; asking without them from now on", self.name)
                 self.supports_logprobs = False

@@ -12,7 +12,8 @@ variance) resample docs and recompute the metric from the docs' statistics with 
 task recorded (aggregations.Pooled), exactly as the task aggregates it.
 
 The verdict is FAIL when, on any gated metric, the whole two-sided `confidence` interval lies
-beyond a drop of `max_drop` in the metric's bad direction.
+beyond a drop of `max_drop` in the metric's bad direction. The bootstrap itself is in
+`resampling.py`; the pull-request summary and the verdict line in `compare_text.py`.
 """
 
 from __future__ import annotations
@@ -23,14 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sae_interp_tasks.aggregations import Pooled
 from sae_interp_tasks.errors import SaeInterpError
+from sae_interp_tasks.reports.resampling import mean_metric_difference, pooled_metric_difference
 from sae_interp_tasks.reports.results_io import (
-    DocStats,
     Run,
     TaskResult,
     describe_differences,
-    percent,
     require_samples,
     settings_differences,
 )
@@ -38,60 +37,6 @@ from sae_interp_tasks.reports.results_io import (
 log = logging.getLogger(__name__)
 
 N_RESAMPLES = 10_000
-
-
-# --- resampling -----------------------------------------------------------------------------------
-def resample_weights(rng: np.random.Generator, n: int, resamples: int) -> np.ndarray:
-    """[resamples, n] draw counts: each row is a bootstrap sample of n docs drawn with
-    replacement."""
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(float)
-
-
-def percentile_interval(draws: np.ndarray, confidence: float) -> tuple[float, float]:
-    draws = draws[np.isfinite(draws)]
-    if draws.size == 0:
-        return math.nan, math.nan
-    tail = (1.0 - confidence) / 2 * 100
-    lo, hi = np.percentile(draws, [tail, 100 - tail])
-    return float(lo), float(hi)
-
-
-def mean_difference(
-    base: np.ndarray,
-    cand: np.ndarray,
-    paired: bool,
-    confidence: float,
-    resamples: int,
-    rng: np.random.Generator,
-) -> tuple[float, float, float]:
-    """(difference of means, lo, hi). Paired: `base[i]` and `cand[i]` are the same doc, NaN-free."""
-    if paired:
-        diff = cand - base
-        draws = resample_weights(rng, diff.size, resamples) @ diff / diff.size
-        return (float(diff.mean()), *percentile_interval(draws, confidence))
-    draws_b = resample_weights(rng, base.size, resamples) @ base / base.size
-    draws_c = resample_weights(rng, cand.size, resamples) @ cand / cand.size
-    return (float(cand.mean() - base.mean()), *percentile_interval(draws_c - draws_b, confidence))
-
-
-def pooled_difference(
-    pooled: Pooled,
-    base: DocStats,
-    cand: DocStats,
-    paired: bool,
-    confidence: float,
-    resamples: int,
-    rng: np.random.Generator,
-) -> tuple[float, float, float]:
-    n_b, n_c = base.n_docs, cand.n_docs
-    point = float(
-        pooled.resampled(cand.arrays, np.ones((1, n_c)))[0]
-        - pooled.resampled(base.arrays, np.ones((1, n_b)))[0]
-    )
-    w_b = resample_weights(rng, n_b, resamples)
-    w_c = w_b if paired else resample_weights(rng, n_c, resamples)
-    draws = pooled.resampled(cand.arrays, w_c) - pooled.resampled(base.arrays, w_b)
-    return (point, *percentile_interval(draws, confidence))
 
 
 # --- comparing two sides ----------------------------------------------------------------------
@@ -315,44 +260,14 @@ def compare_metric(
         raise SaeInterpError(
             f"{task}/{metric} has no higher_is_better in the results; gate on another metric"
         )
-    if (
-        b.from_saebench or c.from_saebench
-    ):  # values only: a difference, but nothing to bootstrap a gate from
-        vb, vc = b.metrics[metric].value, c.metrics[metric].value
-        return Comparison(
-            task=task,
-            metric=metric,
-            baseline=vb,
-            candidate=vc,
-            difference=vc - vb,
-            lo=math.nan,
-            hi=math.nan,
-            higher_is_better=bool(better),
-            paired=False,
-            how="values from SAEBench files",
-            n_baseline=0,
-            n_candidate=0,
-            worse=False,
-            not_gated="a SAEBench result file carries no per-doc scores to put an interval on",
-        )
+    if b.from_saebench or c.from_saebench:
+        return _values_only(task, metric, b, c, bool(better))
     paired, how = pairing(task, base, cand)
-    if b.pooled(metric):
-        point, lo, hi, n_b, n_c, paired, how = _pooled(
-            task, metric, b, c, paired, how, confidence, resamples, rng
-        )
-    else:
-        point, lo, hi, n_b, n_c, paired, how = _means(
-            task, metric, b, c, paired, how, confidence, resamples, rng
-        )
-    failed = [
-        (what, r)
-        for what, r in (("baseline", b), ("candidate", c))
-        if r.check_passed(metric) is False
-    ]
-    not_gated = "; ".join(
-        f"the {what}'s scorer failed its known-answer check ({r.check_summary(metric, confidence)})"
-        for what, r in failed
+    difference = pooled_metric_difference if b.pooled(metric) else mean_metric_difference
+    point, lo, hi, n_b, n_c, paired, how = difference(
+        task, metric, b, c, paired, how, confidence, resamples, rng
     )
+    not_gated = _failed_checks(metric, b, c, confidence)
     # worse by more than max_drop: the whole interval lies beyond -max_drop in the bad direction
     worse = not not_gated and ((hi < -max_drop) if better else (lo > max_drop))
     return Comparison(
@@ -373,56 +288,40 @@ def compare_metric(
     )
 
 
-def _means(task, metric, b: TaskResult, c: TaskResult, paired, how, confidence, resamples, rng):
-    vb, vc = b.samples.values[metric], c.samples.values[metric]
-    if paired:
-        index_c = {k: i for i, k in reversed(list(enumerate(c.samples.keys)))}
-        pairs = [(i, index_c[k]) for i, k in enumerate(b.samples.keys) if k in index_c]
-        pairs = [(i, j) for i, j in pairs if np.isfinite(vb[i]) and np.isfinite(vc[j])]
-        if pairs:
-            ib, ic = (np.array(x) for x in zip(*pairs, strict=True))
-            point, lo, hi = mean_difference(vb[ib], vc[ic], True, confidence, resamples, rng)
-            return point, lo, hi, len(pairs), len(pairs), True, f"{how}, {len(pairs)} matched docs"
-        how = "unpaired: no doc scored on both sides"
-    fb, fc = vb[np.isfinite(vb)], vc[np.isfinite(vc)]
-    if fb.size == 0 or fc.size == 0:
-        raise SaeInterpError(
-            f"{task}/{metric} has no scored doc in the "
-            f"{'baseline' if fb.size == 0 else 'candidate'} samples; check that run's scorer"
-        )
-    point, lo, hi = mean_difference(fb, fc, False, confidence, resamples, rng)
-    return point, lo, hi, fb.size, fc.size, False, f"{how}, {fb.size} vs {fc.size} docs"
+def _values_only(task: str, metric: str, b: TaskResult, c: TaskResult, better: bool) -> Comparison:
+    """A SAEBench file on either side: a difference of values, but nothing to bootstrap a gate
+    from."""
+    vb, vc = b.metrics[metric].value, c.metrics[metric].value
+    return Comparison(
+        task=task,
+        metric=metric,
+        baseline=vb,
+        candidate=vc,
+        difference=vc - vb,
+        lo=math.nan,
+        hi=math.nan,
+        higher_is_better=better,
+        paired=False,
+        how="values from SAEBench files",
+        n_baseline=0,
+        n_candidate=0,
+        worse=False,
+        not_gated="a SAEBench result file carries no per-doc scores to put an interval on",
+    )
 
 
-def _pooled(task, metric, b: TaskResult, c: TaskResult, paired, how, confidence, resamples, rng):
-    expression = b.report.pooled.get(metric)
-    if not expression:
-        redo = [f"{task}/{m}" for m, e in b.report.pooled.items() if e]
-        raise SaeInterpError(
-            f"{task}/{metric} is pooled over docs and the samples lack the statistics to resample "
-            f"it; gate on {', '.join(redo) or 'a metric'} or a mean metric"
-        )
-    sb, sc = b.samples.stats, c.samples.stats
-    for stats, s in ((sb, b), (sc, c)):
-        if stats is None or not stats.carries(expression):
-            raise SaeInterpError(
-                f"{s.samples.path} lacks the statistics {task}/{metric} is pooled from (written "
-                f"before they were logged); re-run {task} with --log_samples"
-            )
-    pooled, doc = Pooled(expression), b.report.doc_id
-    if paired:
-        index_c = {k: i for i, k in enumerate(c.samples.keys)}
-        common = [(i, index_c[k]) for i, k in enumerate(b.samples.keys) if k in index_c]
-        if len(common) == len(b.samples.keys) == len(c.samples.keys):
-            ib, ic = (np.array(x) for x in zip(*common, strict=True))
-            point, lo, hi = pooled_difference(
-                pooled, sb.take(ib), sc.take(ic), True, confidence, resamples, rng
-            )
-            return point, lo, hi, len(common), len(common), True, f"{how}, {len(common)} {doc}s"
-        how = f"unpaired: the two runs scored different {doc}s"
-    point, lo, hi = pooled_difference(pooled, sb, sc, False, confidence, resamples, rng)
-    n_b, n_c = sb.n_docs, sc.n_docs
-    return point, lo, hi, n_b, n_c, False, f"{how}, {n_b} vs {n_c} {doc}s"
+def _failed_checks(metric: str, b: TaskResult, c: TaskResult, confidence: float) -> str:
+    """Why `metric` is not gated on: the sides whose scorer failed its known-answer check, in
+    words; "" when neither did."""
+    failed = [
+        (what, r)
+        for what, r in (("baseline", b), ("candidate", c))
+        if r.check_passed(metric) is False
+    ]
+    return "; ".join(
+        f"the {what}'s scorer failed its known-answer check ({r.check_summary(metric, confidence)})"
+        for what, r in failed
+    )
 
 
 def compare(
@@ -462,66 +361,3 @@ def compare(
         resamples=resamples,
         rows=rows,
     )
-
-
-# --- what it says ------------------------------------------------------------------------------
-def _num(x: float) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.4g}"
-
-
-def verdict_line(report: RunComparison) -> str:
-    pct = percent(report.confidence)
-    skipped = [r for r in report.rows if not r.gated]
-    aside = (
-        f"; not gated: {'; '.join(f'{r.name} ({r.not_gated})' for r in skipped)}" if skipped else ""
-    )
-    if report.failed:
-        worst = "; ".join(
-            f"{r.name} {_signed(r.difference)} [{_signed(r.lo)}, {_signed(r.hi)}] "
-            f"({'paired' if r.paired else 'unpaired'}, n={r.n_baseline}/{r.n_candidate})"
-            for r in report.failed
-        )
-        return (
-            f"FAIL: candidate worse than baseline by more than {report.max_drop:g} at {pct} "
-            f"confidence: {worst}{aside}"
-        )
-    if not report.gated:
-        return f"NOTHING GATED: no metric here can tell the two SAEs apart{aside}"
-    smallest = ", ".join(f"{r.name} {r.detectable_drop:.3g}" for r in report.gated)
-    return (
-        f"PASS: no gated metric ({len(report.gated)}) worse by more than {report.max_drop:g} "
-        f"at {pct} confidence (smallest detectable drop: {smallest}){aside}"
-    )
-
-
-def _signed(x: float) -> str:
-    return "n/a" if not math.isfinite(x) else f"{x:+.4g}"
-
-
-def markdown(report: RunComparison) -> str:
-    pct = percent(report.confidence)
-    status = {0: "PASS", 1: "FAIL", 2: "NOTHING GATED"}[report.exit_code]
-    lines = [
-        f"### sae-interp compare: {status}",
-        "",
-        f"- baseline: `{report.baseline.label}` "
-        f"({report.baseline.fingerprint or 'no fingerprint'})",
-        f"- candidate: `{report.candidate.label}` "
-        f"({report.candidate.fingerprint or 'no fingerprint'})",
-        f"- gate: fail when the {pct} bootstrap interval of candidate - baseline lies entirely "
-        "beyond a drop of "
-        f"{report.max_drop:g} ({report.resamples} resamples, percentile interval)",
-        "",
-        f"| metric | better | baseline | candidate | difference [{pct} CI] | smallest detectable "
-        "drop | test | verdict |",
-        "|---|:-:|---:|---:|---:|---:|---|---|",
-    ]
-    for r in report.rows:
-        verdict = f"not gated: {r.not_gated}" if not r.gated else "**worse**" if r.worse else "ok"
-        lines.append(
-            f"| {r.name} | {'higher' if r.higher_is_better else 'lower'} | {_num(r.baseline)} | "
-            f"{_num(r.candidate)} | {_signed(r.difference)} [{_signed(r.lo)}, {_signed(r.hi)}] | "
-            f"{_num(r.detectable_drop)} | {r.how} | {verdict} |"
-        )
-    lines += ["", verdict_line(report)]
-    return "\n".join(lines) + "\n"

@@ -11,11 +11,9 @@ import math
 from importlib import resources
 from string import Template
 
-from sae_interp_tasks.reports.board import (
-    Board,
-    Cell,
+from sae_interp_tasks.reports.board import Board, Cell, columns
+from sae_interp_tasks.reports.cells import (
     check_notes,
-    columns,
     fmt_entry,
     interval_note,
     settings_lines,

@@ -6,7 +6,7 @@ of this package its aggregate metrics with stderr, the instrument settings it ra
 `ReportSpec` the task recorded about itself (headline, columns, chance levels, pooled metrics, how
 its docs are named and paired), and, where the `samples_<task>_<date>.jsonl` beside it exists (or
 its gzipped `.jsonl.gz`), the per-doc scores keyed by the doc's id (with the statistics its pooled
-metrics are computed from).
+metrics are computed from), which `samples_io` reads.
 
 Nothing here imports torch or lm_eval: the `sae-interp` commands start in a fraction of a second.
 Every bad input raises SaeInterpError with one line that names the file and the fix.
@@ -14,26 +14,28 @@ Every bad input raises SaeInterpError with one line that names the file and the 
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from sae_interp_tasks import stats
-from sae_interp_tasks.aggregations import Pooled
 from sae_interp_tasks.config import NOT_SETTINGS
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.records import SAESource
+from sae_interp_tasks.reports.samples_io import (
+    RESULTS_NAME,
+    DocScores,
+    as_float,
+    read_samples,
+    samples_path,
+)
 from sae_interp_tasks.reports.spec import ReportSpec, builtin_report
 
 log = logging.getLogger(__name__)
-
-_RESULTS_NAME = re.compile(r"^results_(?P<date>.+)\.json$")
 
 
 def percent(level: float) -> str:
@@ -49,41 +51,6 @@ class Metric:
     value: float
     stderr: float | None
     higher_is_better: bool | None
-
-
-@dataclass(frozen=True, eq=False)
-class DocStats:
-    """The statistics pooled metrics are computed from, one row per doc (`arrays[name]`: [docs] or
-    [docs, dim]), read from the samples' `stats` fields."""
-
-    arrays: dict
-
-    @property
-    def n_docs(self) -> int:
-        return len(next(iter(self.arrays.values()))) if self.arrays else 0
-
-    def carries(self, expression: str) -> bool:
-        """Whether every statistic the pooled expression reads was logged."""
-        return all(name in self.arrays for name in Pooled(expression).stats)
-
-    def take(self, rows: np.ndarray) -> DocStats:
-        return DocStats({name: values[rows] for name, values in self.arrays.items()})
-
-
-@dataclass(frozen=True, eq=False)
-class DocScores:
-    """Per-doc scores from a samples file: `keys[i]` is doc i's id (the report's `doc_id`: a
-    latent, a chunk); `values[metric][i]` is NaN where the doc has no score (latent skipped, batch
-    unanswered)."""
-
-    path: Path
-    keys: tuple
-    values: dict[str, np.ndarray]
-    unfilled: int  # docs whose slot found no live latent (`latent: null`), left out of keys
-    stats: DocStats | None = None  # when the samples carry every statistic the pooled metrics read
-    pair_values: tuple | None = (
-        None  # each doc's value of the report's `pair_on` field, when logged
-    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -215,19 +182,6 @@ def find_results(paths: list[str | Path]) -> list[Path]:
     return unique
 
 
-def samples_path(results_path: Path, task: str) -> Path | None:
-    """lm-eval writes samples_<task>_<date>.jsonl beside results_<date>.json (kept gzipped:
-    .jsonl.gz)."""
-    m = _RESULTS_NAME.match(results_path.name)
-    if not m:
-        return None
-    for suffix in (".jsonl", ".jsonl.gz"):
-        path = results_path.with_name(f"samples_{task}_{m['date']}{suffix}")
-        if path.exists():
-            return path
-    return None
-
-
 # --- reading -------------------------------------------------------------------------------------
 def load_json(path: Path) -> object:
     """A file's JSON; one line naming the file when it is not JSON (e.g. truncated)."""
@@ -254,16 +208,8 @@ def read_json(path: Path) -> dict:
     return data
 
 
-def _float(value) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return out
-
-
 def _stderr(value) -> float | None:
-    out = _float(value)
+    out = as_float(value)
     return None if math.isnan(out) else out
 
 
@@ -330,7 +276,7 @@ def read_run(path: Path, load_samples: bool = True, data: dict | None = None) ->
     others = sorted(t for t in reports if t not in ours)
     if others:
         log.info("%s: not this package's tasks, left out: %s", path, ", ".join(others))
-    m = _RESULTS_NAME.match(path.name)
+    m = RESULTS_NAME.match(path.name)
     tasks = {t: _read_task(data, t, report, path, load_samples) for t, report in ours.items()}
     seed = config.get("fewshot_seed")
     args = config.get("model_args") if isinstance(config.get("model_args"), dict) else {}
@@ -365,7 +311,7 @@ def _read_task(
             continue
         metrics[name] = Metric(
             name=name,
-            value=_float(value),
+            value=as_float(value),
             stderr=_stderr(raw.get(f"{name}_stderr,{filt}")),
             higher_is_better=better.get(name),
         )
@@ -388,77 +334,6 @@ def _read_task(
         n_docs=n_docs,
         samples=read_samples(found, report, list(metrics)) if found else None,
         report=report,
-    )
-
-
-def samples_text(path: Path) -> str:
-    """A samples file's text, gzipped (.jsonl.gz) or not."""
-    path = Path(path)
-    return gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
-
-
-def read_samples(path: Path, report: ReportSpec, metric_names: list[str]) -> DocScores:
-    """Per-doc scores of one samples file, keyed by the report's doc id; the statistics of its
-    pooled metrics and its pairing field where the responses carry them."""
-    keys, rows, stats, pairs, unfilled = [], [], [], [], 0
-    try:
-        lines = samples_text(path).splitlines()
-    except (OSError, EOFError, UnicodeDecodeError) as err:
-        raise SaeInterpError(
-            f"cannot read {path} ({type(err).__name__}); re-run lm_eval with --log_samples"
-        ) from err
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            response = json.loads(row["resps"][0][0])  # our Response's str() is JSON
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError) as err:
-            raise SaeInterpError(
-                f"{path} line {number} is not a samples row of this package "
-                f"({type(err).__name__}); re-run lm_eval with --log_samples"
-            ) from err
-        doc = row.get("doc") or {}
-        # the doc names its latent (LatentTask.process_results); older files only the response
-        named = doc if report.doc_id in doc else response
-        key = named.get(report.doc_id, row.get("doc_id"))
-        if key is None and report.doc_id in named:  # a slot that found no live latent
-            unfilled += 1
-            continue
-        keys.append(key)
-        rows.append(row)
-        stats.append(response.get("stats"))
-        pairs.append(response.get(report.pair_on))
-    values = {
-        name: np.array([_float(r.get(name)) for r in rows], dtype=float) for name in metric_names
-    }
-    if len(set(keys)) < len(keys):
-        log.warning(
-            "%s: some docs share a %s id; pairing uses the first of each", path, report.doc_id
-        )
-    return DocScores(
-        path=path,
-        keys=tuple(keys),
-        values=values,
-        unfilled=unfilled,
-        stats=_doc_stats(stats, report),
-        pair_values=tuple(pairs) if pairs and all(p is not None for p in pairs) else None,
-    )
-
-
-def _doc_stats(stats: list, report: ReportSpec) -> DocStats | None:
-    """The statistics the pooled expressions read that every doc logged; None when no doc logged
-    any (e.g. written before they were logged, when `stats` was a repr string). Samples written
-    before a statistic was added still resample the metrics that do not read it
-    (`DocStats.carries`)."""
-    names = sorted({name for expr in report.pooled.values() if expr for name in Pooled(expr).stats})
-    if not names or not stats or not all(isinstance(s, dict) for s in stats):
-        return None
-    kept = [n for n in names if all(n in s for s in stats)]
-    return (
-        DocStats({name: np.array([s[name] for s in stats], dtype=float) for name in kept})
-        if kept
-        else None
     )
 
 

@@ -12,11 +12,9 @@ import math
 
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.records import USAGE_METRICS
-from sae_interp_tasks.reports.board import (
-    Board,
-    Column,
+from sae_interp_tasks.reports.board import Board, Column, columns
+from sae_interp_tasks.reports.cells import (
     check_notes,
-    columns,
     fmt_entry,
     interval_note,
     settings_lines,

@@ -137,10 +137,7 @@ class PassState:
         # shared uniform sample of all windows, for non-activating examples (one row of _keep)
         rkeys = hash_uniform(torch.tensor([-1]), ids, self.seed)
         # one row, slots x (window | latents)
-        pool_tokens, pool_max = (
-            self.random_tokens[None],
-            self.random_max[None],
-        )
+        pool_tokens, pool_max = self.random_tokens[None], self.random_max[None]
         key, ident, _, _ = _keep(
             self.random_key[None],
             self.random_id[None],
