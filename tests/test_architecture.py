@@ -747,3 +747,64 @@ def test_these_tasks_with_another_backend_say_they_need_model_sae(
         "error: sae_detection needs --model sae (the SAE under evaluation), not --model"
     ), line
     assert not result_files(tmp_path)
+
+
+# ------------------------------------------------------------------------------- house rules
+def test_the_report_snapshot_equals_the_declarations():
+    """Older results files are reported through reports/report_snapshot.json (so the readers never
+    import the task modules); it must say what the kinds declare now."""
+    from sae_interp_tasks.reports import spec
+
+    snapshot = json.loads((Path(spec.__file__).parent / spec.SNAPSHOT).read_text())
+    assert snapshot == json.loads(json.dumps(registry.report_snapshot())), (
+        "the built-in kinds changed: run python scripts/write_report_snapshot.py"
+    )
+
+
+# a suppression comment names its rule codes, then says why in words
+# (the patterns are split at "#" so that this file's own lines do not match them)
+NOQA_WITH_REASON = re.compile("#" + r" noqa: [A-Z]+\d+(, ?[A-Z]+\d+)*\s+\(?\w")
+NOQA = re.compile("#" + r"\s*noqa\b")
+
+
+def test_every_noqa_names_its_rule_and_says_why():
+    files = [
+        p
+        for folder in ("sae_interp_tasks", "tests", "benchmarks", "scripts")
+        for p in (REPO / folder).rglob("*.py")
+    ]
+    bare = [
+        f"{p.relative_to(REPO)}:{n}"
+        for p in files
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if NOQA.search(line) and not NOQA_WITH_REASON.search(line)
+    ]
+    assert not bare, bare
+
+
+def test_a_task_parses_its_settings_once_and_its_requests_carry_them(monkeypatch):
+    """The Task parses its metadata into typed settings when it is built; each request carries
+    those settings (no re-parse per doc), travels through lm-eval as its JSON text, and survives
+    pickling (a launcher's gather) with its typed record."""
+    import pickle
+
+    from sae_interp_tasks.harness.request import InterpretRequest, WireRequest, read_request
+    from sae_interp_tasks.tasks.detection import SAEDetectionTask
+
+    task = SAEDetectionTask(config={"task": "sae_detection", "metadata": {"n_latents": 3}})
+    monkeypatch.setattr(
+        registry, "settings_for", lambda *a, **k: pytest.fail("settings parsed again")
+    )
+    wires = [task.construct_requests(doc, None).arguments[0] for doc in task.test_docs()]
+    assert all(isinstance(w, WireRequest) for w in wires) and len(wires) == 3
+    typed = [read_request(w) for w in wires]
+    assert all(r.settings is task.settings for r in typed)
+    assert [r.slot for r in typed] == [0, 1, 2]
+    text = json.loads(wires[1])  # what lm-eval hashes and --log_samples records
+    assert text["kind"] == "detection" and text["doc"] == {"slot": 1}
+    assert text["settings"]["n_latents"] == 3
+    again = pickle.loads(pickle.dumps(wires[1]))
+    assert again == wires[1] and again.request == typed[1]
+    monkeypatch.undo()
+    parsed = InterpretRequest.from_json(str(wires[1]))  # a plain JSON string is parsed once
+    assert parsed == typed[1] and parsed.settings == task.settings

@@ -113,36 +113,36 @@ def chunks_of(stats_list):
 
 
 def ratio(metric: str, stats: dict, weights) -> np.ndarray:
-    from sae_interp_tasks.stages import core_metrics as core
+    from sae_interp_tasks.stages import core_metrics
 
-    return getattr(core, metric).resampled(stats, weights)
+    return getattr(core_metrics, metric).resampled(stats, weights)
 
 
 def test_pooled_metrics_resample_from_the_statistics_the_samples_log():
     """The task's aggregation (on its CoreStats) and the reports' recomputation (on the JSON the
     samples log) are one expression; a resample's weights count how often each chunk is drawn."""
-    from sae_interp_tasks.stages import core_metrics as core
+    from sae_interp_tasks.stages import core_metrics
 
     stats_list = random_core_stats(12, seed=3)
     chunks = chunks_of(stats_list)
     ones = np.ones((1, 12))
     assert ratio("explained_variance", chunks, ones)[0] == pytest.approx(
-        core.explained_variance(stats_list), rel=1e-12
+        core_metrics.explained_variance(stats_list), rel=1e-12
     )
     assert ratio("ce_loss_recovered", chunks, ones)[0] == pytest.approx(
-        core.ce_loss_recovered(stats_list), rel=1e-12
+        core_metrics.ce_loss_recovered(stats_list), rel=1e-12
     )
     # by hand: explained variance about the pooled mean, and the ratio of summed losses
     n = sum(s.n_tokens for s in stats_list)
     x_sum = sum(s.x_sum for s in stats_list)
     total = sum(s.x_sq_sum for s in stats_list) - float(x_sum @ x_sum) / n
-    assert core.explained_variance(stats_list) == pytest.approx(
+    assert core_metrics.explained_variance(stats_list) == pytest.approx(
         1 - sum(s.sq_err_sum for s in stats_list) / total, rel=1e-12
     )
     clean, spliced, zero = (
         np.mean([getattr(s, k) for s in stats_list]) for k in ("ce_clean", "ce_spliced", "ce_zero")
     )
-    assert core.ce_loss_recovered(stats_list) == pytest.approx(
+    assert core_metrics.ce_loss_recovered(stats_list) == pytest.approx(
         (zero - spliced) / (zero - clean), rel=1e-12
     )
     # a resample that draws chunk 0 twice and leaves chunk 1 out is the aggregation of that list
@@ -150,7 +150,7 @@ def test_pooled_metrics_resample_from_the_statistics_the_samples_log():
     weights[0, 0], weights[0, 1] = 2, 0
     drawn = [stats_list[0], stats_list[0], *stats_list[2:]]
     assert ratio("explained_variance", chunks, weights)[0] == pytest.approx(
-        core.explained_variance(drawn), rel=1e-12
+        core_metrics.explained_variance(drawn), rel=1e-12
     )
 
 
@@ -178,7 +178,7 @@ def test_samples_written_before_a_statistic_existed_still_resample_what_they_car
 
 
 def test_paired_ratio_difference_matches_scipy():
-    from sae_interp_tasks.stages import core_metrics as core
+    from sae_interp_tasks.stages import core_metrics
 
     base_list = random_core_stats(16, seed=4)
     cand_list = [s.__class__(**{**s.__dict__, "ce_spliced": s.ce_spliced + 0.3}) for s in base_list]
@@ -186,7 +186,7 @@ def test_paired_ratio_difference_matches_scipy():
     from sae_interp_tasks.reports.samples_io import DocStats
 
     point, lo, hi = resampling.pooled_difference(
-        core.ce_loss_recovered,
+        core_metrics.ce_loss_recovered,
         DocStats(base),
         DocStats(cand),
         True,
@@ -195,7 +195,7 @@ def test_paired_ratio_difference_matches_scipy():
         np.random.default_rng(5),
     )
     assert point == pytest.approx(
-        core.ce_loss_recovered(cand_list) - core.ce_loss_recovered(base_list)
+        core_metrics.ce_loss_recovered(cand_list) - core_metrics.ce_loss_recovered(base_list)
     )
 
     def statistic(index, axis):

@@ -19,6 +19,9 @@ from conftest import REPO
 from helpers import OracleEndpoint, error_lines, result_files, run_lm_eval, words
 from sae_interp_tasks.records import USAGE_METRICS
 
+# every test here runs lm_eval end to end (a minute or more): outside the fast subset
+pytestmark = pytest.mark.slow
+
 META = {
     "n_tokens": 4096,
     "context_size": 64,

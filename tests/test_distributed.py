@@ -21,6 +21,9 @@ from helpers import FAST_DRIVER, OracleEndpoint, result_files, run_lm_eval
 from sae_interp_tasks.records import USAGE_METRICS
 from servers import free_port
 
+# every test here runs lm_eval end to end (a minute or more): outside the fast subset
+pytestmark = pytest.mark.slow
+
 TASKS = "sae_core,sae_detection,sae_fuzzing,sae_embedding"
 META = {
     "n_tokens": 4096,

@@ -27,6 +27,9 @@ from conftest import CAT_LATENT, D_SAE, DOG_LATENT
 from helpers import OracleEndpoint, error_lines, result_files, run_lm_eval, samples
 from servers import free_port
 
+# every test here runs lm_eval end to end (a minute or more): outside the fast subset
+pytestmark = pytest.mark.slow
+
 ORACLE_SEED = 41  # first live latents in its order: 0 (cat), then 1 (dog)
 OTHER_SEED = 1234  # lm-eval's default: other latents come first
 KEY_ENV = "SAE_TEST_KEY"

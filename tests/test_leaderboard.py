@@ -856,3 +856,81 @@ def test_compare_reads_saebench_files_but_gates_nothing_without_per_doc_scores(
         "a SAEBench result file carries no per-doc scores" in gate.stdout
         and gate.stderr.startswith("NOTHING GATED")
     )
+
+
+READER_MODULES = ("torch", "lm_eval", "transformers", "transformer_lens", "sae_lens", "sklearn")
+READ_AND_REPORT = """
+import json, sys
+from sae_interp_tasks.cli import main
+codes = []
+for argv in json.loads(sys.argv[1]):
+    try:
+        codes.append(main(argv))
+    except SystemExit as stop:
+        codes.append(stop.code)
+loaded = [m for m in json.loads(sys.argv[2]) if m in sys.modules]
+print(json.dumps({"codes": codes, "loaded": loaded}))
+"""
+
+
+def test_the_readers_load_neither_torch_nor_lm_eval(exported, planted_run, tmp_path):
+    """`leaderboard` (every format) and `compare`, over our results, an older file that recorded no
+    report (read through the snapshot of the built-in kinds) and SAEBench files, run to the end in a
+    process that never imports torch, lm_eval or the model libraries."""
+    older = tmp_path / "older"
+    shutil.copytree(planted_run, older)
+    for path in older.rglob("results_*.json"):
+        data = json.loads(path.read_text())
+        for config in data["configs"].values():
+            config.get("metadata", {}).pop("report", None)
+        path.write_text(json.dumps(data))
+    core = str(next((exported / "core").glob("*_eval_results.json")))
+    out = tmp_path / "board"
+    commands = [
+        ["leaderboard", str(planted_run), str(older), core, "-o", str(out / "b.md")],
+        ["leaderboard", str(older), core, "--format", "html", "-o", str(out / "b.html")],
+        ["leaderboard", str(older), "--format", "json", "-o", str(out / "b.json")],
+        ["compare", str(planted_run), str(older), "--markdown", str(out / "gate.md")],
+        ["compare", core, core],
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", READ_AND_REPORT, json.dumps(commands), json.dumps(READER_MODULES)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["loaded"] == [], f"the readers imported {got['loaded']}"
+    assert got["codes"][:4] == [0, 0, 0, 0], proc.stderr[-3000:]
+    assert got["codes"][4] == 2  # SAEBench files carry no per-doc scores: nothing to gate
+    board = json.loads((out / "b.json").read_text())
+    assert board["groups"][0]["rows"][0]["tasks"]  # the older file's tasks were read, not dropped
+    assert "sae_core" in (out / "b.md").read_text()
+
+
+def test_check_notes_print_their_interval_at_the_confidence_asked(tmp_path):
+    """A failed scorer check's footnote gives the check's interval at --confidence, not always
+    95%."""
+    from sae_interp_tasks.stats import z_for
+
+    runs = REPO / "benchmarks" / "results" / "runs" / "group_demo"
+    widths = {}
+    for level in (0.95, 0.8):
+        out = tmp_path / f"board{level}.md"
+        proc = subprocess.run(
+            [sys.executable, "-m", "sae_interp_tasks.cli", "leaderboard", str(runs)]
+            + ["--confidence", str(level), "-o", str(out)],
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+            cwd=REPO,
+        )
+        assert proc.returncode == 0, proc.stderr
+        check = r"scorer_check_balanced_acc ([\d.]+) \[([\d.]+), ([\d.]+)\]"
+        note = re.search(r"failed its known-answer check \(" + check, out.read_text())
+        assert note, out.read_text()[-2000:]
+        value, lo, hi = map(float, note.groups())
+        widths[level] = hi - lo
+    assert widths[0.8] / widths[0.95] == pytest.approx(z_for(0.8) / z_for(0.95), abs=0.02)

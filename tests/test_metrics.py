@@ -151,3 +151,29 @@ def test_without_probabilities_auroc_is_nan_but_the_rest_is_scored():
     values = metrics.classification_metrics(judgements(probs=[None] * len(LABELS)))
     assert math.isnan(values["auroc"])
     assert values["balanced_acc"] == pytest.approx(float(np.mean([4 / 6, 5 / 6])))
+
+
+def test_the_shared_statistics_equal_the_libraries():
+    """stats.py is the one home of z, mean with standard error, and balanced accuracy: the same
+    numbers scipy and scikit-learn give."""
+    from scipy import stats as sps
+    from sklearn.metrics import balanced_accuracy_score
+
+    from sae_interp_tasks import stats
+
+    assert stats.z_for(0.95) == pytest.approx(sps.norm.ppf(0.975), rel=1e-12)
+    assert stats.z_for(0.8) == pytest.approx(sps.norm.ppf(0.9), rel=1e-12)
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=50).tolist() + [float("nan"), None]
+    mean, err, n = stats.mean_and_stderr(values)
+    finite = np.array(values[:50])
+    assert n == 50 and mean == pytest.approx(finite.mean(), rel=1e-12)
+    assert err == pytest.approx(sps.sem(finite), rel=1e-12)
+    labels = rng.random(200) < 0.3
+    predictions = rng.random(200) < 0.5
+    assert stats.balanced_accuracy(labels, predictions) == balanced_accuracy_score(
+        labels, predictions
+    )
+    assert math.isnan(stats.balanced_accuracy([True, True], [True, False]))
+    with pytest.raises(ValueError):
+        stats.z_for(1.0)
