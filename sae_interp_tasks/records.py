@@ -161,6 +161,8 @@ class SAESource:
 
     @property
     def label(self) -> str:
+        """How results, leaderboards and messages name this SAE: release/sae_id, the folder, or
+        "demo"; with its hookpoint where a folder holds several, and +control=... for a control."""
         base = (
             f"{self.release}/{self.sae_id or self.hookpoint}"
             if self.release
@@ -171,3 +173,8 @@ class SAESource:
         if self.path and self.hookpoint and Path(self.path).name != self.hookpoint:
             base = f"{base}/{self.hookpoint}"
         return f"{base}+control={self.control}" if self.control else base
+
+    @property
+    def weights_label(self) -> str:
+        """The label of the SAE whose weights these are (a control of it is labelled alike)."""
+        return SAESource(release=self.release, sae_id=self.sae_id, path=self.path).label

@@ -217,6 +217,11 @@ def test_samples_show_explanation_windows_and_answers(run_a):
     _, out, _, _ = run_a
     det = samples(out, "sae_detection")
     assert [r["response"]["latent"] for r in det] == [CAT_LATENT, DOG_LATENT]
+    # the doc names the latent that filled its slot: readers need not parse the response
+    assert [r["doc"] for r in det] == [
+        {"slot": 0, "latent": CAT_LATENT},
+        {"slot": 1, "latent": DOG_LATENT},
+    ]
     cat = det[0]["response"]
     assert cat["explanation"] == 'the token " cat"' and cat["explainer"] == "tokens"
     assert cat["skipped_before"] == 4

@@ -873,7 +873,7 @@ print(json.dumps({"codes": codes, "loaded": loaded}))
 """
 
 
-def test_the_readers_load_neither_torch_nor_lm_eval(exported, planted_run, tmp_path):
+def test_the_readers_load_neither_torch_nor_lm_eval(exported, planted_run, sae_cache, tmp_path):
     """`leaderboard` (every format) and `compare`, over our results, an older file that recorded no
     report (read through the snapshot of the built-in kinds) and SAEBench files, run to the end in a
     process that never imports torch, lm_eval or the model libraries."""
@@ -897,7 +897,7 @@ def test_the_readers_load_neither_torch_nor_lm_eval(exported, planted_run, tmp_p
         [sys.executable, "-c", READ_AND_REPORT, json.dumps(commands), json.dumps(READER_MODULES)],
         capture_output=True,
         text=True,
-        env=subprocess_env(),
+        env=subprocess_env(sae_cache),
         cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -910,7 +910,7 @@ def test_the_readers_load_neither_torch_nor_lm_eval(exported, planted_run, tmp_p
     assert "sae_core" in (out / "b.md").read_text()
 
 
-def test_check_notes_print_their_interval_at_the_confidence_asked(tmp_path):
+def test_check_notes_print_their_interval_at_the_confidence_asked(sae_cache, tmp_path):
     """A failed scorer check's footnote gives the check's interval at --confidence, not always
     95%."""
     from sae_interp_tasks.stats import z_for
@@ -919,13 +919,8 @@ def test_check_notes_print_their_interval_at_the_confidence_asked(tmp_path):
     widths = {}
     for level in (0.95, 0.8):
         out = tmp_path / f"board{level}.md"
-        proc = subprocess.run(
-            [sys.executable, "-m", "sae_interp_tasks.cli", "leaderboard", str(runs)]
-            + ["--confidence", str(level), "-o", str(out)],
-            capture_output=True,
-            text=True,
-            env=subprocess_env(),
-            cwd=REPO,
+        proc = sae_interp(
+            "leaderboard", runs, "--confidence", str(level), "-o", out, cache=sae_cache
         )
         assert proc.returncode == 0, proc.stderr
         check = r"scorer_check_balanced_acc ([\d.]+) \[([\d.]+), ([\d.]+)\]"

@@ -278,9 +278,7 @@ class SAEBackend(SplicedRequests, TemplateLM):
     def interpret(self, requests) -> list:
         self.begin_run()  # lm-eval sends every doc of a run in this one call
         typed = [read_request(req.args[0]) for req in requests]
-        mine = SAESource(
-            release=self.source.release, sae_id=self.source.sae_id, path=self.source.path
-        ).label
+        mine = self.source.weights_label
         for r in typed:
             if r.defaults_from not in (None, mine):
                 raise SaeInterpError(

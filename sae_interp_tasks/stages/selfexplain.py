@@ -79,7 +79,6 @@ def typical_norm(model, prompt: PromptIds, layer: int) -> float:
     return float(cache[f"blocks.{layer}.hook_resid_pre"][0, 1:].norm(dim=-1).mean())
 
 
-@torch.no_grad()
 def _prefix_cache(model, prompt: PromptIds) -> tuple:
     """(KV cache of the prompt before its first placeholder, computed once; the rest of the prompt;
     the placeholder positions within that rest)."""
@@ -102,6 +101,7 @@ def _selfsim_entropy(last: torch.Tensor, logits: torch.Tensor, directions: torch
     return sims, (-(logp.exp() * logp).sum(-1)).cpu().numpy()
 
 
+@torch.no_grad()
 def sweep(
     model,
     prompt: PromptIds,
