@@ -16,6 +16,7 @@ import sys
 from sae_interp_tasks.reports.samples_io import samples_text
 
 IGNORED_ROW_FIELDS = (
+    "doc",  # compared as the key below, less the latent it names since the typed-request change
     "resps",
     "filtered_resps",
     "doc_hash",
@@ -26,12 +27,17 @@ IGNORED_ROW_FIELDS = (
 
 
 def samples(folder: str, task: str) -> dict[str, tuple[dict, dict]]:
-    """doc (as JSON) -> (samples row, its decoded response), from samples_<task>_*.jsonl[.gz]."""
+    """doc (as JSON, without the latent a newer doc names) -> (samples row, its decoded response),
+    from samples_<task>_*.jsonl[.gz]. A doc that names its latent must name the response's."""
     (path,) = glob.glob(f"{folder}/**/samples_{task}_*.jsonl*", recursive=True)
     out = {}
     for line in samples_text(path).splitlines():
         row = json.loads(line)
-        out[json.dumps(row["doc"], sort_keys=True)] = (row, json.loads(row["resps"][0][0]))
+        response = json.loads(row["resps"][0][0])
+        doc = dict(row["doc"])
+        if "latent" in doc and doc.pop("latent") != response.get("latent"):
+            raise SystemExit(f"{path}: doc {row['doc']} names another latent than its response")
+        out[json.dumps(doc, sort_keys=True)] = (row, response)
     return out
 
 
