@@ -516,6 +516,7 @@ TINY_LATENTS = {
 }
 
 
+@pytest.mark.slow  # runs lm_eval end to end
 def test_a_new_task_kind_runs_through_lm_eval(
     planted_sae, corpus_file, toy_dir, sae_cache, tmp_path
 ):
@@ -617,6 +618,7 @@ def test_a_new_task_kind_runs_through_lm_eval(
 
 # ------------------------------------------------------------------------------------ instrument
 # defaults an SAE brings
+@pytest.mark.slow  # runs lm_eval end to end
 def test_an_sae_brings_its_own_instrument_defaults(planted_sae, corpus_file, sae_cache, tmp_path):
     """A folder SAE whose sae_lens metadata holds sae_interp_defaults: they replace the YAML's
     values for keys the user did not set, a warning line says so and how to restore them, and the

@@ -53,6 +53,7 @@ def run(planted_sae, corpus_file, sae_cache, tmp_path_factory):
     return proc, out, results
 
 
+@pytest.mark.slow  # the module's lm_eval run, end to end
 def test_sae_core_run_writes_results(run, planted_sae):
     proc, out, results = run
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -127,6 +128,7 @@ def test_sae_core_numbers_match_an_in_process_computation(
     )
 
 
+@pytest.mark.slow  # the module's lm_eval run, end to end
 def test_results_record_the_settings_used(run, corpus_file):
     """The results file records what was used: sae_core's config holds its metadata (corpus, token
     count), with the template's keys merged in (lm-eval's Task.__init__ would have lost them)."""
@@ -137,6 +139,7 @@ def test_results_record_the_settings_used(run, corpus_file):
     assert config["metadata"]["n_tokens"] == CORE_META["n_tokens"]
 
 
+@pytest.mark.slow  # the module's lm_eval run, end to end
 def test_stock_tasks_through_the_sae_backend(run):
     proc, _, results = run
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -147,6 +150,7 @@ def test_stock_tasks_through_the_sae_backend(run):
     assert 0 < ppl["bits_per_byte,none"] < 64
 
 
+@pytest.mark.slow  # the module's lm_eval run, end to end
 def test_log_samples_are_written(run):
     _, out, _ = run
     for task in ("sae_core", "sae_test_tiny_mc"):
