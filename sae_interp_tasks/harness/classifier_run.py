@@ -24,6 +24,14 @@ CHECKED = {
 }
 
 
+def classifier_scores(run: LatentRun, scorer: classifier.WindowClassifier, stream: str):
+    """A window classifier's scores of the run's owned latents, with its known-answer check's
+    metrics beside them: the whole scorer of a kind that scores with one (detection, fuzzing)."""
+    return run_stages.with_checks(
+        classify(run, scorer, stream), check_classifier(run, scorer, stream)
+    )
+
+
 def classify(
     run: LatentRun,
     scorer: classifier.WindowClassifier,

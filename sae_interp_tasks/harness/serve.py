@@ -21,9 +21,9 @@ from sae_interp_tasks.records import Response
 def serve_latents(ctx: RunContext, requests: list[InterpretRequest]) -> list[Response]:
     """Answer the docs of every latent task of a run: the shared stages once, then each kind's
     scores."""
-    n_slots = _slots_per_selection(ctx, requests)
-    estimate_llm_use(ctx, requests, n_slots)
-    responses = [_answer(ctx, r, n_slots[_selection(r)]) for r in requests]
+    slots = _slots_per_request(ctx, requests)
+    estimate_llm_use(ctx, requests, slots)
+    responses = [_answer(ctx, r, n) for r, n in zip(requests, slots, strict=True)]
     # each kind's LLM cost, spread over its docs (they sum back to the kind's total)
     docs = Counter(r.kind for r in requests)
     return [
@@ -51,24 +51,17 @@ def _answer(ctx: RunContext, r: InterpretRequest, n_slots: int) -> Response:
     )
 
 
-def _selection(r: InterpretRequest) -> str:
-    """The key of the latent selection a request's doc slot is filled from."""
-    return group_key(run_stages.selection_key(r.settings, r.seed))
-
-
-def estimate_llm_use(
-    ctx: RunContext, requests: list[InterpretRequest], n_slots: dict[str, int]
-) -> None:
+def estimate_llm_use(ctx: RunContext, requests: list[InterpretRequest], slots: list[int]) -> None:
     """Before the first LLM call: the one estimate line of the run's LLM use (and the budget's
-    stop)."""
+    stop); `slots[i]`: how many slots request i's latent selection fills."""
     estimates: dict[str, costs.Estimate] = {}
     counter = costs.PromptCounter(ctx.tokenizer)
     explained: set[str] = set()
-    for r in requests:
+    for r, n_slots in zip(requests, slots, strict=True):
         if r.kind in estimates:
             continue
         s = r.settings
-        chosen, splits = run_stages.example_splits(ctx, s, r.seed, n_slots[_selection(r)])
+        chosen, splits = run_stages.example_splits(ctx, s, r.seed, n_slots)
         run = run_stages.LatentRun(
             ctx, s, r.seed, chosen, splits, {}, run_stages.owned_latents(ctx, chosen)
         )
@@ -87,13 +80,18 @@ def estimate_llm_use(
     costs.announce(estimates, min(budgets) if budgets else None)
 
 
-def _slots_per_selection(ctx: RunContext, requests: list[InterpretRequest]) -> dict[str, int]:
-    """Per latent selection, the most slots any task of the run asks for; under a launcher every
-    rank holds a share of the slots, so the ranks agree on the pool to select from."""
+def _slots_per_request(ctx: RunContext, requests: list[InterpretRequest]) -> list[int]:
+    """For each request, the most slots any task of the run asks of its latent selection (each
+    selection's key computed once); under a launcher every rank holds a share of the slots, so the
+    ranks agree on the pool to select from."""
     by_selection = grouped(requests, lambda r: run_stages.selection_key(r.settings, r.seed))
     n_slots = {key: max(requests[i].slot + 1 for i in idx) for key, idx in by_selection.items()}
     if ctx.world_size > 1:
         for part in ctx.all_gather_object(n_slots):
             for key, n in part.items():
                 n_slots[key] = max(n_slots.get(key, 0), n)
-    return n_slots
+    slots = [0] * len(requests)
+    for key, indices in by_selection.items():
+        for i in indices:
+            slots[i] = n_slots[key]
+    return slots

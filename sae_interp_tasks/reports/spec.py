@@ -92,7 +92,7 @@ def builtin_kinds() -> dict[str, dict]:
     return {
         name: {
             "report": ReportSpec.from_json(entry["report"]),
-            **{"higher_is_better": entry["higher_is_better"]},
+            "higher_is_better": entry["higher_is_better"],
         }
         for name, entry in _snapshot().items()
     }

@@ -8,13 +8,11 @@ scorer first scores known answers (validity.scorer_check).
 
 from __future__ import annotations
 
-from sae_interp_tasks.harness import run_stages
 from sae_interp_tasks.harness.classifier_run import (
     CHECKED,
     METRICS,
-    check_classifier,
     classifier_estimate,
-    classify,
+    classifier_scores,
 )
 from sae_interp_tasks.harness.run_stages import LatentRun, ScorerSettings
 from sae_interp_tasks.harness.serve import serve_latents
@@ -26,9 +24,7 @@ KIND = "detection"
 
 
 def score_detection(run: LatentRun):
-    return run_stages.with_checks(
-        classify(run, Detection(), KIND), check_classifier(run, Detection(), KIND)
-    )
+    return classifier_scores(run, Detection(), KIND)
 
 
 @task_kind(

@@ -7,13 +7,11 @@ first scores known answers, marked the same way (validity.scorer_check).
 
 from __future__ import annotations
 
-from sae_interp_tasks.harness import run_stages
 from sae_interp_tasks.harness.classifier_run import (
     CHECKED,
     METRICS,
-    check_classifier,
     classifier_estimate,
-    classify,
+    classifier_scores,
 )
 from sae_interp_tasks.harness.run_stages import LatentRun, ScorerSettings
 from sae_interp_tasks.harness.serve import serve_latents
@@ -25,9 +23,7 @@ KIND = "fuzzing"
 
 
 def score_fuzzing(run: LatentRun):
-    return run_stages.with_checks(
-        classify(run, Fuzzing(), KIND), check_classifier(run, Fuzzing(), KIND)
-    )
+    return classifier_scores(run, Fuzzing(), KIND)
 
 
 @task_kind(
