@@ -37,6 +37,7 @@ class TaskKind:
     estimate: Callable | None = (
         None  # (LatentRun without explanations, PromptCounter) -> costs.Estimate of its LLM use
     )
+    explained: bool = True  # latent kinds: whether its scorer reads the run's explanations
 
     @property
     def headline(self) -> str:
@@ -54,6 +55,7 @@ def task_kind(
     report: ReportSpec,
     scorer: Callable | None = None,
     estimate: Callable | None = None,
+    explained: bool = True,
 ):
     """Class decorator declaring a task kind:
     `@task_kind("detection", settings=..., serve=serve_latents, scorer=score_detection,
@@ -85,6 +87,7 @@ def task_kind(
                 report=report.for_metrics(metrics),
                 scorer=scorer,
                 estimate=estimate,
+                explained=explained,
             )
         )
         return cls

@@ -171,7 +171,7 @@ def explainer_estimate(run, counter: PromptCounter) -> Estimate:
 
     cfg = run.settings.explainer
     total = Estimate()
-    if cfg.explainer == "tokens":
+    if not cfg.uses_llm:
         return total
     for lat in run.owned:
         prompt = explainer_prompt(

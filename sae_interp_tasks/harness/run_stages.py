@@ -26,7 +26,7 @@ from sae_interp_tasks.stages.activations import PassConfig
 from sae_interp_tasks.stages.corpus import CorpusConfig
 from sae_interp_tasks.stages.embedder import EmbeddingConfig, load_embedder
 from sae_interp_tasks.stages.examples import ExampleConfig
-from sae_interp_tasks.stages.explainers import ExplainerConfig, explain
+from sae_interp_tasks.stages.explainers import WEIGHT_EXPLAINERS, ExplainerConfig, explain
 from sae_interp_tasks.stages.selection import (
     Selection,
     SelectionConfig,
@@ -186,12 +186,20 @@ def example_splits(
 
 
 def latent_run(
-    ctx: RunContext, s: LatentSettings, seed: int, n_slots: int, kind: str = ""
+    ctx: RunContext,
+    s: LatentSettings,
+    seed: int,
+    n_slots: int,
+    kind: str = "",
+    explained: bool = True,
 ) -> LatentRun:
     """The shared stages for these settings; the explanations' LLM cost is charged to `kind`, the
-    first to ask."""
+    first to ask. A kind that reads no explanations (`explained=False`: the weights tasks) gets
+    the pass, the selection and the splits only, and pays for no explainer."""
     chosen, splits = example_splits(ctx, s, seed, n_slots)
     owned = owned_latents(ctx, chosen)
+    if not explained:
+        return LatentRun(ctx, s, seed, chosen, splits, {}, owned)
     explanations = ctx.store.compute_once(
         explanations_key(s, seed),
         lambda: ctx.ledger.charged(
@@ -203,6 +211,7 @@ def latent_run(
                     s.explainer,
                     explainer_client(ctx, s.explainer),
                     ctx.tok_decode,
+                    weight_lens(ctx) if s.explainer.explainer in WEIGHT_EXPLAINERS else None,
                 ),
             ),
         ),
@@ -342,7 +351,17 @@ def client(ctx: RunContext, cfg):
 
 def explainer_client(ctx: RunContext, cfg: ExplainerConfig):
     """The explainer's LLM client; None for the token-list explainer."""
-    return None if cfg.explainer == "tokens" else client(ctx, cfg.client_config(ctx.device))
+    return client(ctx, cfg.client_config(ctx.device)) if cfg.uses_llm else None
+
+
+def weight_lens(ctx: RunContext):
+    """The subject model's embedding and unembedding reading the SAE's directions (stages.lens),
+    once per run."""
+    from sae_interp_tasks.stages.lens import WeightLens
+
+    return ctx.store.compute_once(
+        ("weight-lens",), lambda: WeightLens(ctx.model, ctx.sae, ctx.tok_decode)
+    )
 
 
 def scorer_client(ctx: RunContext, cfg: ScorerConfig):

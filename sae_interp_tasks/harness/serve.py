@@ -36,7 +36,8 @@ def serve_latents(ctx: RunContext, requests: list[InterpretRequest]) -> list[Res
 
 
 def _answer(ctx: RunContext, r: InterpretRequest, n_slots: int) -> Response:
-    run = run_stages.latent_run(ctx, r.settings, r.seed, n_slots, r.kind)
+    explained = registry.lookup(r.kind).explained
+    run = run_stages.latent_run(ctx, r.settings, r.seed, n_slots, r.kind, explained)
     latent, skipped = run.selection.latents[r.slot], run.selection.skipped_before[r.slot]
     if latent is None:
         return Response(metrics={}, latent=None, skipped_before=skipped)
@@ -66,11 +67,11 @@ def estimate_llm_use(ctx: RunContext, requests: list[InterpretRequest], slots: l
             ctx, s, r.seed, chosen, splits, {}, run_stages.owned_latents(ctx, chosen)
         )
         estimate = costs.Estimate()
+        spec = registry.lookup(r.kind)
         explanations = group_key(run_stages.explanations_key(s, r.seed))
-        if explanations not in explained:  # the shared explanations, once
+        if spec.explained and explanations not in explained:  # the shared explanations, once
             explained.add(explanations)
             estimate = estimate.add(costs.explainer_estimate(run, counter))
-        spec = registry.lookup(r.kind)
         estimates[r.kind] = estimate.add(spec.estimate(run, counter)) if spec.estimate else estimate
     budgets = [
         r.settings.budget.max_llm_tokens

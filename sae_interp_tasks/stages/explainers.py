@@ -4,6 +4,9 @@
   with its activating tokens marked <<like this>> (tokens at or above `highlight_threshold`
   x the window's max), then the activating tokens with activations scaled to 0..10.
 - `tokens`: the non-LLM floor, naming the most frequent activating tokens.
+- `logits` and `neighbours`: no LLM and no windows, only weights: the tokens the latent's decoder
+  direction promotes most through the unembedding (the logit lens, as Neuronpedia's logit
+  explainer), or the vocabulary tokens whose input embeddings lie nearest to it (stages/lens.py).
 - output explanations (sae_intervention): what steering a latent makes the model write, from the
   tokens the edit promotes most (an LLM's description, or the tokens themselves).
 """
@@ -15,12 +18,18 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from sae_interp_tasks.clients import ClientConfig, LLMClient, Prompt
 from sae_interp_tasks.config import StageConfig, option, positive
+from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.records import Example, ExampleSplit, Explanation
 from sae_interp_tasks.stages.examples import activating_marks, highlight
 
-EXPLAINERS = ("hf", "openai", "tokens")
+EXPLAINERS = ("hf", "openai", "tokens", "logits", "neighbours")
+# the explainers that call no LLM (the last two read the SAE's weights through stages.lens)
+LLM_FREE = ("tokens", "logits", "neighbours")
+WEIGHT_EXPLAINERS = ("logits", "neighbours")
 Decode = Callable[[list[int]], str]
 
 SYSTEM = (
@@ -44,6 +53,15 @@ class ExplainerConfig(StageConfig):
     # marked: tokens >= this x the window max
     highlight_threshold: float = option(0.3, above=0.0, max=1.0)
     max_concurrency: int = positive(8)  # requests in flight to an endpoint
+    # the weight explainers (logits, neighbours): tokens named; neighbours scales the direction to
+    # this multiple of the mean input-embedding norm before finding the nearest input embeddings
+    # (the token-list method of the "definition trees" work)
+    neighbour_tokens: int = positive(5)
+    neighbour_scale: float = option(1.0, above=0.0)
+
+    @property
+    def uses_llm(self) -> bool:
+        return self.explainer not in LLM_FREE
 
     def client_config(self, device: str = "cpu") -> ClientConfig:
         return ClientConfig(
@@ -113,19 +131,45 @@ def token_explanation(
         for tok, mark in zip(ex.tokens.tolist(), marks.tolist(), strict=True):
             if mark:
                 counts[decode([tok])] += 1
-    top = [tok for tok, _ in counts.most_common(n_tokens)]
-    if not top:
+    return quoted_tokens([tok for tok, _ in counts.most_common(n_tokens)])
+
+
+def quoted_tokens(texts: list[str]) -> str:
+    """`the tokens " cat", " cats"` (or `the token ...`) for a list of token texts."""
+    if not texts:
         return "nothing recognisable"
-    quoted = ", ".join(f'"{t}"' for t in top)
-    return f"the token {quoted}" if len(top) == 1 else f"the tokens {quoted}"
+    quoted = ", ".join(f'"{t}"' for t in texts)
+    return f"the token {quoted}" if len(texts) == 1 else f"the tokens {quoted}"
+
+
+def weight_explanations(latents: list[int], cfg: ExplainerConfig, lens) -> dict[int, Explanation]:
+    """The `logits` / `neighbours` explanations: token lists read from the weights alone (`lens`:
+    a stages.lens.WeightLens)."""
+    n = cfg.neighbour_tokens
+    if cfg.explainer == "logits":
+        tokens = torch.topk(lens.logits(latents), n, dim=-1).indices.tolist()
+    else:
+        tokens = lens.neighbours(latents, n, cfg.neighbour_scale)
+    return {
+        lat: Explanation(lat, quoted_tokens([lens.token_text(t) for t in toks]), cfg.explainer)
+        for lat, toks in zip(latents, tokens, strict=True)
+    }
 
 
 def explain(
-    splits: list[ExampleSplit], cfg: ExplainerConfig, client: LLMClient | None, decode: Decode
+    splits: list[ExampleSplit],
+    cfg: ExplainerConfig,
+    client: LLMClient | None,
+    decode: Decode,
+    lens=None,
 ) -> dict[int, Explanation]:
     """One explanation per latent; an LLM answer that cannot be parsed gives the token-list
-    explanation, marked as such."""
-    if cfg.explainer == "tokens" or client is None:
+    explanation, marked as such. `lens` (stages.lens.WeightLens) serves the weight explainers."""
+    if cfg.explainer in WEIGHT_EXPLAINERS:
+        if lens is None:
+            raise SaeInterpError(f"explainer {cfg.explainer!r} needs the subject model's weights")
+        return weight_explanations([s.latent for s in splits], cfg, lens)
+    if not cfg.uses_llm or client is None:
         return {
             s.latent: Explanation(
                 s.latent, token_explanation(s.train, decode, cfg.highlight_threshold), "tokens"

@@ -162,7 +162,7 @@ def estimate_intervention(run: LatentRun, counter: costs.PromptCounter) -> costs
     steered = len(run.owned) * len(cfg.targets)
     variants = 4 if s.scorer.shuffled_control else 2
     total = costs.Estimate()
-    if s.explainer.explainer != "tokens":
+    if s.explainer.uses_llm:
         total = total.add(costs.Estimate(steered, 120 * steered, costs.ANSWER_TOKENS * steered))
     passage = cfg.prompt_tokens + cfg.continuation_tokens + counter.text(CLAIM) + 16
     prefix = counter.text(surprisal_prefix())
