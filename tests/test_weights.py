@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+
 from tests.conftest import CAT, CAT_LATENT, DOG, DOG_LATENT
 from tests.helpers import result_files, run_lm_eval, samples
 

@@ -48,8 +48,8 @@ class WeightLens:
         if sae.cfg.d_in != d_model:
             raise SaeInterpError(
                 f"the SAE's directions are {sae.cfg.d_in}-wide but the residual stream of "
-                f"{model.cfg.model_name} is {d_model}-wide, so no unembedding reads them; the logit "
-                "lens needs an SAE at a residual-stream or attention/MLP-output hook"
+                f"{model.cfg.model_name} is {d_model}-wide, so no unembedding reads them; the "
+                "logit lens needs an SAE at a residual-stream or attention/MLP-output hook"
             )
         self.model, self.sae, self.decode = model, sae, decode
         norm = getattr(model, "ln_final", None)
