@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import CAT, CAT_LATENT, DOG, DOG_LATENT
 from tests.helpers import result_files, run_lm_eval, samples
@@ -107,3 +108,151 @@ def test_sae_logitlens_end_to_end(planted_sae, corpus_file, sae_cache, tmp_path)
     assert docs[CAT_LATENT]["promoted"][0][0] == CAT
     assert docs[DOG_LATENT]["promoted"][0][0] == DOG
     assert docs[CAT_LATENT]["lens_class"] in ("prediction", "suppression", "partition")
+
+
+# --- sae_similarity ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def demo():
+    from sae_interp_tasks.stages.saes import DEMO_SAE_DIR, SAESource, load_sae
+
+    sae, info = load_sae(SAESource(path=str(DEMO_SAE_DIR)))
+    return sae, info
+
+
+def permuted_copy(sae, noise: float, seed: int = 0):
+    """The SAE's dictionary with its latents permuted and every row slightly noised, and the
+    permutation (copy row i = original row perm[i])."""
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(sae.cfg.d_sae, generator=gen)
+    dec = sae.W_dec.detach()[perm]
+    enc = sae.W_enc.detach().T[perm]
+    dec = dec + noise * dec.norm(dim=-1, keepdim=True) / dec.shape[1] ** 0.5 * torch.randn(
+        dec.shape, generator=gen
+    )
+    return dec, enc, perm
+
+
+def test_a_permuted_noised_copy_of_the_demo_matches_itself(demo):
+    """Known answer: at least 99% of latents matched one-to-one to their own copy, MCS >= 0.95; a
+    random reference of the same shape sits at the chance level the task reports."""
+    from sae_interp_tasks.stages.similarity import SimilarityConfig, compare
+
+    sae, _ = demo
+    dec_b, enc_b, perm = permuted_copy(sae, noise=0.2)
+    cfg = SimilarityConfig(similarity_block=512)
+    got = compare(sae.W_dec.detach(), sae.W_enc.detach().T, dec_b, enc_b, cfg, seed=0)
+    own = torch.argsort(perm).numpy()  # original latent i sits at row own[i] of the copy
+    assert (got.partner == own).mean() >= 0.99
+    assert np.median(got.mcs) >= 0.95 and (got.mcs >= 0.95).mean() >= 0.99
+    summary = got.summary(cfg.match_threshold)
+    assert summary["dict_matched_frac"] >= 0.99
+    # a random dictionary as the reference: its MCS is the chance level, nothing matches
+    rand = torch.randn(dec_b.shape, generator=torch.Generator().manual_seed(5))
+    chance = compare(sae.W_dec.detach(), sae.W_enc.detach().T, rand, rand, cfg, seed=0)
+    assert abs(chance.mcs.mean() - chance.mcs_random.mean()) < 0.01
+    assert chance.summary(cfg.match_threshold)["dict_matched_frac"] == 0.0
+    assert chance.mcs.mean() < 0.3
+
+
+def test_max_cosine_to_itself_equals_saebench(demo):
+    """Without a reference, each latent's max cosine to the other latents is SAEBench's own
+    calculate_max_cosine_sim (the peer install of sae-bench, as benchmarks/saebench_core.py)."""
+    import sys
+    from pathlib import Path
+
+    from sae_interp_tasks.stages.similarity import SimilarityConfig, compare
+
+    peer = Path(sys.prefix) / "peers" / "sae-bench"
+    if not (peer / "sae_bench").is_dir():
+        pytest.fail(f"{peer} is missing: run scripts/setup.sh")
+    sys.path.insert(0, str(peer))
+    try:
+        from sae_bench.evals.core.main import calculate_max_cosine_sim
+    finally:
+        sys.path.remove(str(peer))
+    sae, _ = demo
+    got = compare(sae.W_dec.detach(), sae.W_enc.detach().T, None, None, SimilarityConfig())
+    theirs_dec = calculate_max_cosine_sim(sae.W_dec.detach().T).numpy()
+    theirs_enc = calculate_max_cosine_sim(sae.W_enc.detach()).numpy()
+    np.testing.assert_allclose(got.mcs, theirs_dec, atol=1e-5)
+    np.testing.assert_allclose(got.mcs_encoder, theirs_enc, atol=1e-5)
+    assert abs(got.summary(0.7)["dict_mean_mcs"] - float(theirs_dec.mean())) < 1e-5
+
+
+def test_the_matching_is_one_to_one_and_leaves_poor_rows_unmatched():
+    from sae_interp_tasks.stages.similarity import one_to_one
+
+    # rows 0 and 1 both want column 0; row 1 has a second choice; row 2 only has negative cosines
+    values = np.array([[0.9, 0.1], [0.8, 0.7], [-0.2, -0.5]], dtype=np.float32)
+    indices = np.array([[0, 1], [0, 2], [1, 2]])
+    partner = one_to_one(values, indices, n_b=3)
+    assert partner.tolist() == [0, 2, -1]
+
+
+def test_a_dictionary_too_large_for_memory_gb_is_refused():
+    from sae_interp_tasks.errors import SaeInterpError
+    from sae_interp_tasks.stages.similarity import SimilarityConfig, check_memory
+
+    with pytest.raises(SaeInterpError, match="more than memory_gb=0.5; raise memory_gb"):
+        check_memory(1_048_576, 1_048_576, 2304, SimilarityConfig(memory_gb=0.5))
+
+
+def test_sae_similarity_end_to_end(planted_sae, tiny_model, corpus_file, sae_cache, tmp_path):
+    """lm_eval: the planted SAE against a permuted copy of itself (every latent matched to its own
+    copy, activations correlated 1) and against itself (no reference); the results file records the
+    reference's identity; bad references are one-line errors and write no results."""
+    from sae_lens import SAE
+
+    sae = SAE.load_from_disk(str(planted_sae.path))
+    perm = torch.randperm(sae.cfg.d_sae, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        sae.W_dec.copy_(sae.W_dec[perm].clone())
+        sae.W_enc.copy_(sae.W_enc[:, perm].clone())
+        sae.b_enc.copy_(sae.b_enc[perm].clone())
+    copy = tmp_path / "copy"
+    sae.save_model(copy)
+
+    def run(out: str, **extra):
+        meta = {**META, "corpus": str(corpus_file), **extra}
+        return run_lm_eval(
+            [
+                "--model",
+                "sae",
+                "--model_args",
+                f"path={planted_sae.path},device=cpu",
+                "--tasks",
+                "sae_similarity",
+                "--metadata",
+                json.dumps(meta),
+                "--log_samples",
+                "--output_path",
+                str(tmp_path / out),
+            ],
+            sae_cache,
+        )
+
+    proc = run("ref", reference=f"path={copy}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(result_files(tmp_path / "ref")[0].read_text())
+    got = data["results"]["sae_similarity"]
+    assert got["mcs,none"] == pytest.approx(1.0, abs=1e-5)
+    assert got["dict_matched_frac,none"] == 1.0
+    assert got["activation_corr,none"] == pytest.approx(1.0, abs=1e-4)
+    assert got["mcs_random,none"] < 0.6
+    (ref,) = data["config"]["sae_references"].values()
+    assert ref["label"] == str(copy) and ref["d_sae"] == planted_sae.d_sae
+    own = torch.argsort(perm).tolist()
+    for row in samples(tmp_path / "ref", "sae_similarity"):
+        lat = row["doc"]["latent"]
+        assert row["response"]["partner"] == own[lat]
+
+    alone = run("alone")
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    got = json.loads(result_files(tmp_path / "alone")[0].read_text())["results"]["sae_similarity"]
+    assert got["mcs,none"] < 1.0 and got["dict_mean_mcs,none"] < 1.0
+
+    bad = run("bad", reference="path=/nowhere")
+    assert bad.returncode != 0 and not (tmp_path / "bad").exists()
+    assert "the reference SAE does not load" in bad.stderr and "/nowhere" in bad.stderr
+    typo = run("typo", reference="relase=x")
+    assert typo.returncode != 0 and "'relase=x' is not KEY=VALUE" in typo.stderr

@@ -268,6 +268,11 @@ class SAEBackend(SplicedRequests, TemplateLM):
             "sae_hook_name": self.info.hook_name,
             "subject_model": self.subject_name,
             "sae_control": self.source.control,
+            **(
+                {"sae_references": self.store.notes["references"]}
+                if self.store.notes.get("references")
+                else {}
+            ),
         }
 
     # --- the package's own request type ----------------------------------------------------------

@@ -29,6 +29,9 @@ class RunStore:
 
     def __init__(self):
         self._values: dict[str, object] = {}
+        # what the run records about itself beyond its docs (the references it compared with),
+        # read by the backend's get_model_info into the results file
+        self.notes: dict[str, dict] = {}
 
     def compute_once(self, key: tuple, compute: Callable):
         text = canonical(*key)

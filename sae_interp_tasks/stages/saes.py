@@ -271,3 +271,62 @@ def control_sae(sae, kind: str, k: int | None = None, seed: int = 0):
         control.b_enc.zero_()
         control.b_dec.copy_(sae.b_dec.detach().to(control.b_dec))
     return control
+
+
+def load_reference(
+    args: dict, sae, info: SAEInfo, other_hook: bool, device: str = "cpu", dtype: str = "float32"
+):
+    """A second SAE to compare the evaluated one with, named by --model_args-style `args`, loaded
+    and checked like the first: (sae, SAEInfo). `control=random` alone: a random dictionary of the
+    evaluated SAE's own shape."""
+    control = args.get("control")
+    if control is not None and control not in CONTROLS:
+        raise unknown("reference control", control, CONTROLS)
+    control_k = int(args["control_k"]) if args.get("control_k") else None
+    if not (args.get("release") or args.get("path")):
+        if control is None:
+            raise SaeInterpError(
+                "reference needs release=...,sae_id=..., path=DIR or control=random"
+            )
+        # seed 1: never the same directions as a `control=random` model (seed 0)
+        ref = control_sae(sae, control, k=control_k, seed=1).eval()
+        label = f"{info.label}+control={control}"
+        return ref, SAEInfo(
+            **{
+                **info.__dict__,
+                "label": label,
+                "d_sae": ref.cfg.d_sae,
+                "architecture": ref.cfg.architecture(),
+                "fingerprint": weights_fingerprint(ref),
+            }
+        )
+    source = SAESource(
+        release=args.get("release"),
+        sae_id=args.get("sae_id"),
+        path=args.get("path"),
+        control=control,
+        control_k=control_k,
+        hookpoint=args.get("hookpoint"),
+    )
+    try:
+        ref, ref_info = load_sae(source, device=device, dtype=dtype)
+    except SaeInterpError as err:
+        raise SaeInterpError(f"the reference SAE does not load: {err}") from err
+    if ref_info.d_in != info.d_in:
+        raise SaeInterpError(
+            f"the reference {ref_info.label} reads {ref_info.d_in}-wide activations but the SAE "
+            f"reads {info.d_in}-wide ones, so their directions cannot be compared; pass a "
+            f"reference trained on {info.model_name}"
+        )
+    if ref_info.model_name != info.model_name:
+        raise SaeInterpError(
+            f"the reference {ref_info.label} was trained on {ref_info.model_name}, the SAE on "
+            f"{info.model_name}; pass a reference of the same subject model"
+        )
+    if ref_info.hook_name != info.hook_name and not other_hook:
+        raise SaeInterpError(
+            f"the reference {ref_info.label} reads {ref_info.hook_name} but the SAE reads "
+            f"{info.hook_name}; to compare SAEs at different hooks (layer overlap) pass "
+            "--metadata '{\"reference_other_hook\": true}'"
+        )
+    return ref, ref_info
