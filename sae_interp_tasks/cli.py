@@ -33,7 +33,25 @@ def parser() -> argparse.ArgumentParser:
     add_leaderboard_parser(sub)
     add_export_parser(sub)
     add_compare_parser(sub)
+    add_overlap_parser(sub)
     return top
+
+
+def add_overlap_parser(sub) -> None:
+    ov = sub.add_parser(
+        "overlap", help="the dictionaries' overlap over sae_similarity runs: SAE x reference"
+    )
+    ov.add_argument(
+        "results", nargs="+", help="results_*.json files or lm_eval --output_path folders"
+    )
+    ov.add_argument(
+        "--metric",
+        default="dict_matched_frac",
+        help="the dictionary-wide metric shown (default dict_matched_frac; also dict_mean_mcs, "
+        "dict_frac_mcs_07, dict_frac_mcs_09)",
+    )
+    ov.add_argument("--output", "-o", help="write the markdown table here instead of stdout")
+    ov.add_argument("--heatmap", metavar="PNG", help="also draw the matrix as a heatmap PNG")
 
 
 def add_leaderboard_parser(sub) -> None:
@@ -181,6 +199,23 @@ def run_export(args) -> int:
     return 0
 
 
+def run_overlap(args) -> int:
+    from sae_interp_tasks.reports import overlap
+    from sae_interp_tasks.reports.results_io import read_runs
+
+    matrix = overlap.overlap(read_runs(args.results, load_samples=False), args.metric)
+    outputs: dict = {}
+    text = overlap.markdown(matrix)
+    if args.output:
+        outputs[Path(args.output)] = text
+    if args.heatmap:
+        outputs[Path(args.heatmap)] = overlap.heatmap(matrix)
+    write_outputs(outputs)
+    if not args.output:
+        sys.stdout.write(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     level = (
@@ -198,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_leaderboard(args)
         if args.command == "export":
             return run_export(args)
+        if args.command == "overlap":
+            return run_overlap(args)
         return run_compare(args)
     except SaeInterpError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -4,6 +4,8 @@ and the comparison of an SAE's dictionary with a reference's (sae_similarity).""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -250,6 +252,26 @@ def test_sae_similarity_end_to_end(planted_sae, tiny_model, corpus_file, sae_cac
     assert alone.returncode == 0, alone.stderr[-3000:]
     got = json.loads(result_files(tmp_path / "alone")[0].read_text())["results"]["sae_similarity"]
     assert got["mcs,none"] < 1.0 and got["dict_mean_mcs,none"] < 1.0
+
+    # the pair, never the SAE alone: the leaderboard row and the overlap matrix
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "sae_interp_tasks.cli", *args], capture_output=True, text=True
+        )
+
+    board = cli("leaderboard", str(tmp_path / "ref"))
+    assert board.returncode == 0 and f"{planted_sae.path} vs {copy}" in board.stdout
+    png = tmp_path / "overlap.png"
+    table = cli("overlap", str(tmp_path / "ref"), str(tmp_path / "alone"), "--heatmap", str(png))
+    assert table.returncode == 0, table.stderr
+    header = [ln for ln in table.stdout.splitlines() if ln.startswith("| SAE |")][0]
+    assert str(copy) in header and "itself" in header
+    assert "| 1.000 |" in table.stdout  # every latent matched to its copy
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    mcs = cli("overlap", str(tmp_path / "alone"), "--metric", "dict_mean_mcs")
+    assert mcs.returncode == 0 and "(chance " in mcs.stdout
+    wrong = cli("overlap", str(tmp_path / "ref"), "--metric", "dict_nothing")
+    assert wrong.returncode == 2 and "dict_matched_frac" in wrong.stderr
 
     bad = run("bad", reference="path=/nowhere")
     assert bad.returncode != 0 and not (tmp_path / "bad").exists()

@@ -152,7 +152,9 @@ def _drafts(runs: list[Run]) -> list[dict]:
 def _label(run: Run, runs: list[Run]) -> str:
     fingerprints = {r.fingerprint for r in runs if r.sae == run.sae}
     return (
-        f"{run.sae} [{run.fingerprint}]" if len(fingerprints) > 1 and run.fingerprint else run.sae
+        f"{run.shown_as} [{run.fingerprint}]"
+        if len(fingerprints) > 1 and run.fingerprint
+        else run.shown_as
     )
 
 

@@ -141,10 +141,23 @@ class Run:
     release: str | None = None  # sae_lens's release and sae_id, where the SAE came from one
     sae_id: str | None = None
     epoch_seconds: float = 0.0  # when the results were written
+    # the reference SAEs a similarity task compared this one with (config.sae_references): each
+    # {"label", "fingerprint", "d_sae", "hook_name", "architecture"}, by its reference setting
+    references: dict = field(default_factory=dict)
 
     @property
     def identity(self) -> tuple:
-        return (self.sae, self.fingerprint)
+        refs = tuple(
+            sorted((r.get("label"), r.get("fingerprint")) for r in self.references.values())
+        )
+        return (self.sae, self.fingerprint, *refs)
+
+    @property
+    def shown_as(self) -> str:
+        """The SAE's label, with the references it was compared with ("A vs B"): a similarity
+        number belongs to the pair, never to the SAE alone."""
+        refs = sorted({str(r.get("label")) for r in self.references.values()})
+        return f"{self.sae} vs {', '.join(refs)}" if refs else self.sae
 
     @property
     def is_control(self) -> bool:
@@ -296,6 +309,7 @@ def read_run(path: Path, load_samples: bool = True, data: dict | None = None) ->
         release=args.get("release"),
         sae_id=args.get("sae_id"),
         epoch_seconds=float(data.get("date") or 0.0),
+        references=dict(config.get("sae_references") or {}),
     )
 
 

@@ -1,0 +1,115 @@
+"""`sae-interp overlap`: the dictionaries' overlap over a set of sae_similarity runs, as a matrix
+(SAE x reference: layers, widths, seeds), a markdown table and a heatmap.
+
+A cell is one run's dictionary-wide number (default `dict_matched_frac`, the fraction of the SAE's
+latents matched one-to-one to a reference latent above the match threshold) with its chance level
+beside it where the task reports one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from sae_interp_tasks.errors import SaeInterpError, unknown
+from sae_interp_tasks.reports.results_io import Run
+
+# a task reporting this dictionary-wide metric is a similarity task (whatever its name)
+MARKER = "dict_mean_mcs"
+CHANCE = {"dict_mean_mcs": "dict_mean_mcs_random"}
+for _lv in ("07", "09"):
+    CHANCE[f"dict_frac_mcs_{_lv}"] = f"dict_frac_mcs_{_lv}_random"
+
+
+@dataclass(frozen=True)
+class Overlap:
+    metric: str
+    saes: list[str]
+    references: list[str]
+    cells: dict[tuple[str, str], tuple[float, float | None]]  # (sae, ref) -> (value, chance)
+
+
+def overlap(runs: list[Run], metric: str = "dict_matched_frac") -> Overlap:
+    cells: dict = {}
+    known: set[str] = set()
+    for run in runs:
+        for task in run.tasks.values():
+            if MARKER not in task.metrics:
+                continue
+            known |= set(task.metrics)
+            if metric not in task.metrics:
+                continue
+            ref_setting = task.settings.get("reference")
+            ref = run.references.get(ref_setting, {}).get("label") if ref_setting else "itself"
+            chance = CHANCE.get(metric)
+            cells[(run.sae, ref or str(ref_setting))] = (
+                task.metrics[metric].value,
+                task.metrics[chance].value if chance in task.metrics else None,
+            )
+    if not cells:
+        if known and metric not in known:
+            raise unknown(
+                "overlap metric", metric, sorted(m for m in known if m.startswith("dict"))
+            )
+        raise SaeInterpError(
+            "no sae_similarity results among the files given; run lm_eval --model sae --tasks "
+            'sae_similarity --metadata \'{"reference": "path=DIR"}\' first'
+        )
+    saes = sorted({s for s, _ in cells})
+    refs = sorted({r for _, r in cells})
+    return Overlap(metric, saes, refs, cells)
+
+
+def _fmt(cell) -> str:
+    if cell is None:
+        return ""
+    value, chance = cell
+    return f"{value:.3f}" + (f" (chance {chance:.3f})" if chance is not None else "")
+
+
+def markdown(o: Overlap) -> str:
+    lines = [
+        f"Overlap: `{o.metric}` of each SAE (row) against each reference (column)",
+        "",
+        "| SAE | " + " | ".join(o.references) + " |",
+        "|---|" + "---:|" * len(o.references),
+    ]
+    for sae in o.saes:
+        row = [_fmt(o.cells.get((sae, ref))) for ref in o.references]
+        lines.append(f"| {sae} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def heatmap(o: Overlap) -> bytes:
+    """The matrix as a PNG heatmap (matplotlib's Agg canvas), empty cells blank."""
+    import io
+
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    values = np.full((len(o.saes), len(o.references)), np.nan)
+    for (sae, ref), (value, _) in o.cells.items():
+        values[o.saes.index(sae), o.references.index(ref)] = value
+    fig = Figure(
+        figsize=(2.2 + 1.4 * len(o.references), 1.6 + 0.6 * len(o.saes)),
+        dpi=100,
+        layout="constrained",
+    )
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis")
+    ax.set_xticks(range(len(o.references)), [_short(r) for r in o.references], rotation=30)
+    ax.set_yticks(range(len(o.saes)), [_short(s) for s in o.saes])
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            if not math.isnan(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", color="w")
+    ax.set_xlabel("reference")
+    ax.set_title(o.metric)
+    fig.colorbar(image, ax=ax)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _short(label: str) -> str:
+    return label if len(label) <= 28 else "..." + label[-25:]
