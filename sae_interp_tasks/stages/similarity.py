@@ -9,6 +9,7 @@ matching always exists.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,7 +111,10 @@ def one_to_one(values: np.ndarray, indices: np.ndarray, n_b: int) -> np.ndarray:
 
 
 def random_unit_rows(n: int, d: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
+    """The chance level's random dictionary: n unit rows, from a stream of its own (never the
+    directions another seeded stage, e.g. control=random, draws with the same seed)."""
+    stream = int.from_bytes(hashlib.sha256(f"{seed}:random-reference".encode()).digest()[:8], "big")
+    gen = torch.Generator().manual_seed(stream)
     return unit_rows(torch.randn(n, d, generator=gen))
 
 
