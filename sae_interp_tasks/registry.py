@@ -37,11 +37,16 @@ class TaskKind:
     estimate: Callable | None = (
         None  # (LatentRun without explanations, PromptCounter) -> costs.Estimate of its LLM use
     )
-    explained: bool = True  # latent kinds: whether its scorer reads the run's explanations
+    # latent kinds: whether its scorer reads the run's explanations; a callable decides from the
+    # task's settings (sae_similarity explains only when asked for the semantic overlap)
+    explained: bool | Callable[[Settings], bool] = True
 
     @property
     def headline(self) -> str:
         return self.report.headline
+
+    def reads_explanations(self, settings: Settings) -> bool:
+        return bool(self.explained(settings) if callable(self.explained) else self.explained)
 
 
 _KINDS: dict[str, TaskKind] = {}
@@ -55,7 +60,7 @@ def task_kind(
     report: ReportSpec,
     scorer: Callable | None = None,
     estimate: Callable | None = None,
-    explained: bool = True,
+    explained: bool | Callable[[Settings], bool] = True,
 ):
     """Class decorator declaring a task kind:
     `@task_kind("detection", settings=..., serve=serve_latents, scorer=score_detection,

@@ -79,6 +79,7 @@ def test_shape_classes():
     assert shape_class(skew(two), kurtosis(two), 3.0) == "partition"
 
 
+@pytest.mark.slow  # lm_eval end to end
 def test_sae_logitlens_end_to_end(planted_sae, corpus_file, sae_cache, tmp_path):
     """lm_eval runs the logit lens with no explainer at all (explainer hf would load a model and
     call it: the run must not), logs each latent's promoted tokens, and the planted latents'
@@ -199,10 +200,12 @@ def test_a_dictionary_too_large_for_memory_gb_is_refused():
         check_memory(1_048_576, 1_048_576, 2304, SimilarityConfig(memory_gb=0.5))
 
 
+@pytest.mark.slow  # lm_eval end to end
 def test_sae_similarity_end_to_end(planted_sae, tiny_model, corpus_file, sae_cache, tmp_path):
     """lm_eval: the planted SAE against a permuted copy of itself (every latent matched to its own
-    copy, activations correlated 1) and against itself (no reference); the results file records the
-    reference's identity; bad references are one-line errors and write no results."""
+    copy, activations correlated 1, the two sides' explanations the same) and against itself (no
+    reference); the results file records the reference's identity; bad references are one-line
+    errors and write no results."""
     from sae_lens import SAE
 
     sae = SAE.load_from_disk(str(planted_sae.path))
@@ -233,7 +236,7 @@ def test_sae_similarity_end_to_end(planted_sae, tiny_model, corpus_file, sae_cac
             sae_cache,
         )
 
-    proc = run("ref", reference=f"path={copy}")
+    proc = run("ref", reference=f"path={copy}", semantic_overlap=True, explainer="tokens")
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(result_files(tmp_path / "ref")[0].read_text())
     got = data["results"]["sae_similarity"]
@@ -241,12 +244,18 @@ def test_sae_similarity_end_to_end(planted_sae, tiny_model, corpus_file, sae_cac
     assert got["dict_matched_frac,none"] == 1.0
     assert got["activation_corr,none"] == pytest.approx(1.0, abs=1e-4)
     assert got["mcs_random,none"] < 0.6
+    # the same windows on both sides: the same token-list explanation; a shuffled partner's differs
+    assert got["explanation_sim,none"] == pytest.approx(1.0, abs=1e-4)
+    assert got["explanation_sim_shuffled,none"] < 0.95
+    # a reference as wide as the SAE: no feature splitting is read
+    assert got["dict_split_frac,none"] != got["dict_split_frac,none"]  # NaN
     (ref,) = data["config"]["sae_references"].values()
     assert ref["label"] == str(copy) and ref["d_sae"] == planted_sae.d_sae
     own = torch.argsort(perm).tolist()
     for row in samples(tmp_path / "ref", "sae_similarity"):
         lat = row["doc"]["latent"]
         assert row["response"]["partner"] == own[lat]
+        assert row["response"]["explanation"] == row["response"]["partner_explanation"]
 
     alone = run("alone")
     assert alone.returncode == 0, alone.stderr[-3000:]
@@ -278,3 +287,64 @@ def test_sae_similarity_end_to_end(planted_sae, tiny_model, corpus_file, sae_cac
     assert "the reference SAE does not load" in bad.stderr and "/nowhere" in bad.stderr
     typo = run("typo", reference="relase=x")
     assert typo.returncode != 0 and "'relase=x' is not KEY=VALUE" in typo.stderr
+
+
+def narrower_reference(planted_sae, out):
+    """A 4-latent reference at the same hook: latent 0 a parent that fires on both " cat" and
+    " dog" (decoder between the two planted latents'), latents 1-3 copies of the planted SAE's
+    random latents 2-4."""
+    from sae_lens import SAE, StandardSAE, StandardSAEConfig
+
+    sae = SAE.load_from_disk(str(planted_sae.path))
+    cfg = StandardSAEConfig(d_in=sae.cfg.d_in, d_sae=4, apply_b_dec_to_input=True)
+    cfg.metadata = sae.cfg.metadata
+    ref = StandardSAE(cfg)
+    cat, dog = CAT_LATENT, DOG_LATENT
+    with torch.no_grad():
+        dec = sae.W_dec.detach()
+        parent = dec[cat] / dec[cat].norm() + dec[dog] / dec[dog].norm()
+        ref.W_dec.copy_(torch.cat([parent[None], dec[2:5]]))
+        ref.W_enc.copy_(
+            torch.cat([(sae.W_enc[:, cat] + sae.W_enc[:, dog])[:, None], sae.W_enc[:, 2:5]], 1)
+        )
+        ref.b_enc.copy_(
+            torch.cat([torch.maximum(sae.b_enc[cat], sae.b_enc[dog])[None], sae.b_enc[2:5]])
+        )
+        ref.b_dec.zero_()
+    ref.save_model(out)
+    return out
+
+
+@pytest.mark.slow  # lm_eval end to end
+def test_feature_splitting_against_a_narrower_reference(
+    planted_sae, corpus_file, sae_cache, tmp_path
+):
+    """Known answer: a reference latent that fires on " cat" and " dog" is taken over by the
+    planted SAE's two latents (each fires on its share of the parent's positions): both read
+    it as their parent with 2 children; the copied random latents are taken over one to one."""
+    ref = narrower_reference(planted_sae, tmp_path / "narrow")
+    meta = {**META, "corpus": str(corpus_file), "reference": f"path={ref}"}
+    proc = run_lm_eval(
+        [
+            "--model",
+            "sae",
+            "--model_args",
+            f"path={planted_sae.path},device=cpu",
+            "--tasks",
+            "sae_similarity",
+            "--metadata",
+            json.dumps(meta),
+            "--log_samples",
+            "--output_path",
+            str(tmp_path / "run"),
+        ],
+        sae_cache,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(result_files(tmp_path / "run")[0].read_text())["results"]["sae_similarity"]
+    assert got["split_children,none"] == 2.0
+    assert got["dict_split_frac,none"] == pytest.approx(0.25)  # the parent, of 4
+    assert got["dict_children_mean,none"] > 1.0
+    for row in samples(tmp_path / "run", "sae_similarity"):
+        assert row["response"]["split_parent"] == 0
+        assert row["response"]["split_share"] >= 0.1

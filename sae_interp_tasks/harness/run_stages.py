@@ -382,25 +382,3 @@ def subject_model(ctx: RunContext, name: str):
     return ctx.store.compute_once(
         ("subject-model", name), lambda: load_subject(name, device=ctx.device)
     )
-
-
-def reference(ctx: RunContext, cfg):
-    """The reference SAE a similarity task names (stages.similarity.SimilarityConfig), loaded once
-    per run with the evaluated SAE's checks; its identity is recorded in the results file
-    (`config.sae_references`)."""
-    from sae_interp_tasks.stages.saes import load_reference
-
-    args = cfg.reference_source()
-
-    def load():
-        ref, info = load_reference(args, ctx.sae, ctx.info, cfg.reference_other_hook, ctx.device)
-        ctx.store.notes.setdefault("references", {})[cfg.reference] = {
-            "label": info.label,
-            "fingerprint": info.fingerprint,
-            "d_sae": int(info.d_sae),
-            "hook_name": info.hook_name,
-            "architecture": info.architecture,
-        }
-        return ref, info
-
-    return ctx.store.compute_once(("reference", cfg.reference), load)

@@ -36,7 +36,7 @@ def serve_latents(ctx: RunContext, requests: list[InterpretRequest]) -> list[Res
 
 
 def _answer(ctx: RunContext, r: InterpretRequest, n_slots: int) -> Response:
-    explained = registry.lookup(r.kind).explained
+    explained = registry.lookup(r.kind).reads_explanations(r.settings)
     run = run_stages.latent_run(ctx, r.settings, r.seed, n_slots, r.kind, explained)
     latent, skipped = run.selection.latents[r.slot], run.selection.skipped_before[r.slot]
     if latent is None:
@@ -69,7 +69,9 @@ def estimate_llm_use(ctx: RunContext, requests: list[InterpretRequest], slots: l
         estimate = costs.Estimate()
         spec = registry.lookup(r.kind)
         explanations = group_key(run_stages.explanations_key(s, r.seed))
-        if spec.explained and explanations not in explained:  # the shared explanations, once
+        if (
+            spec.reads_explanations(s) and explanations not in explained
+        ):  # the shared explanations, once
             explained.add(explanations)
             estimate = estimate.add(costs.explainer_estimate(run, counter))
         estimates[r.kind] = estimate.add(spec.estimate(run, counter)) if spec.estimate else estimate

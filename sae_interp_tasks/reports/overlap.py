@@ -48,8 +48,9 @@ def overlap(runs: list[Run], metric: str = "dict_matched_frac") -> Overlap:
             )
     if not cells:
         if known and metric not in known:
+            valid = sorted(m for m in known if m.startswith("dict"))
             raise unknown(
-                "overlap metric", metric, sorted(m for m in known if m.startswith("dict"))
+                "overlap metric", metric, valid, fix=f"pass --metric one of {', '.join(valid)}"
             )
         raise SaeInterpError(
             "no sae_similarity results among the files given; run lm_eval --model sae --tasks "

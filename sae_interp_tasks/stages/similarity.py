@@ -32,6 +32,14 @@ class SimilarityConfig(StageConfig):
     match_threshold: float = option(0.7, min=-1.0, max=1.0)  # a matched pair counts above this
     correlation_tokens: int = option(16384, min=0)  # tokens for matched latents' correlation
     similarity_block: int = positive(1024)  # rows of cosines computed at once
+    # feature splitting (a reference narrower than the SAE at the same hook): a latent takes over
+    # its nearest reference latent above this decoder cosine when it fires on at least
+    # split_min_share of the positions that latent fires on (over correlation_tokens tokens)
+    split_threshold: float = option(0.5, min=-1.0, max=1.0)
+    split_min_share: float = option(0.1, min=0.0, max=1.0)
+    # explain matched partners with the run's explainer and compare the two explanations (it
+    # costs an activation pass over the reference's partners and their explanations)
+    semantic_overlap: bool = False
     memory_gb: float = option(8.0, above=0.0)  # the budget for both dictionaries and one block
 
     def reference_source(self) -> dict | None:
@@ -185,36 +193,3 @@ def compare(
         mcs_random=rand_values[:, 0],
         reference_width=n_b,
     )
-
-
-@torch.no_grad()
-def activation_correlations(
-    contexts: torch.Tensor,
-    read,
-    sae_a,
-    sae_b,
-    pairs: list[tuple[int, int]],
-    n_tokens: int,
-    batch_size: int,
-) -> dict[int, float]:
-    """Pearson correlation over the same tokens of each pair's activations (a latent of sae_a, a
-    latent of sae_b at the same hook); `read(tokens)` gives the hooked activation."""
-    if not pairs or n_tokens <= 0:
-        return {}
-    ia = torch.tensor([p[0] for p in pairs])
-    ib = torch.tensor([p[1] for p in pairs])
-    n_ctx = max(1, min(len(contexts), -(-n_tokens // contexts.shape[1])))
-    sums = torch.zeros(5, len(pairs), dtype=torch.float64)  # x, y, xx, yy, xy
-    count = 0
-    for start in range(0, n_ctx, batch_size):
-        acts = read(contexts[start : min(start + batch_size, n_ctx)].long())
-        flat = acts.reshape(-1, acts.shape[-1])
-        x = sae_a.encode(flat.to(sae_a.W_dec.dtype))[:, ia].double()
-        y = sae_b.encode(flat.to(sae_b.W_dec.dtype))[:, ib].double()
-        sums += torch.stack([x.sum(0), y.sum(0), (x * x).sum(0), (y * y).sum(0), (x * y).sum(0)])
-        count += flat.shape[0]
-    sx, sy, sxx, syy, sxy = sums
-    cov = sxy / count - (sx / count) * (sy / count)
-    var = (sxx / count - (sx / count) ** 2) * (syy / count - (sy / count) ** 2)
-    corr = torch.where(var > 0, cov / var.clamp_min(1e-30).sqrt(), torch.nan)
-    return {a: float(c) for (a, _), c in zip(pairs, corr.tolist(), strict=True)}
