@@ -48,6 +48,16 @@ def test_the_lens_reads_a_planted_token_direction_first(loaded_planted, tiny_mod
         [DOG_LATENT], ExplainerConfig(explainer="neighbours", neighbour_tokens=3), lens
     )
     assert f'"{DOG}"' in near[DOG_LATENT].text
+    # the known-answer planting: a random latent's decoder row set to " dog"'s unembedding (read
+    # back through the final norm's gain) puts " dog" first
+    from sae_interp_tasks.validity.planted_weights import plant_lens
+
+    planted = sae.__class__(sae.cfg)
+    planted.load_state_dict(sae.state_dict())
+    dog = tokenizer.encode(DOG, add_special_tokens=False)[0]
+    plant_lens(planted, tiny_model, {5: dog})
+    lens = WeightLens(tiny_model, planted, tokenizer.decode)
+    assert lens.token_text(top_tokens(lens.logits([5]).numpy()[0], 1)[0]) == DOG
     # a set holding the top of the lens is enriched (rank statistic 1), one at its bottom is not
     w = np.arange(10.0)
     got = enrichment(w, {"top": w >= 8, "bottom": w <= 1, "empty": w > 100})
@@ -122,26 +132,17 @@ def demo():
     return sae, info
 
 
-def permuted_copy(sae, noise: float, seed: int = 0):
-    """The SAE's dictionary with its latents permuted and every row slightly noised, and the
-    permutation (copy row i = original row perm[i])."""
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(sae.cfg.d_sae, generator=gen)
-    dec = sae.W_dec.detach()[perm]
-    enc = sae.W_enc.detach().T[perm]
-    dec = dec + noise * dec.norm(dim=-1, keepdim=True) / dec.shape[1] ** 0.5 * torch.randn(
-        dec.shape, generator=gen
-    )
-    return dec, enc, perm
-
-
 def test_a_permuted_noised_copy_of_the_demo_matches_itself(demo):
     """Known answer: at least 99% of latents matched one-to-one to their own copy, MCS >= 0.95; a
     random reference of the same shape sits at the chance level the task reports."""
+    from sae_interp_tasks.stages.saes import DEMO_SAE_DIR, SAESource, load_sae
     from sae_interp_tasks.stages.similarity import SimilarityConfig, compare
+    from sae_interp_tasks.validity.planted_weights import permuted_copy
 
     sae, _ = demo
-    dec_b, enc_b, perm = permuted_copy(sae, noise=0.2)
+    copy, _ = load_sae(SAESource(path=str(DEMO_SAE_DIR)))
+    perm = permuted_copy(copy, noise=0.2)
+    dec_b, enc_b = copy.W_dec.detach(), copy.W_enc.detach().T
     cfg = SimilarityConfig(similarity_block=512)
     got = compare(sae.W_dec.detach(), sae.W_enc.detach().T, dec_b, enc_b, cfg, seed=0)
     own = torch.argsort(perm).numpy()  # original latent i sits at row own[i] of the copy
@@ -208,12 +209,10 @@ def test_sae_similarity_end_to_end(planted_sae, tiny_model, corpus_file, sae_cac
     errors and write no results."""
     from sae_lens import SAE
 
+    from sae_interp_tasks.validity.planted_weights import permuted_copy
+
     sae = SAE.load_from_disk(str(planted_sae.path))
-    perm = torch.randperm(sae.cfg.d_sae, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        sae.W_dec.copy_(sae.W_dec[perm].clone())
-        sae.W_enc.copy_(sae.W_enc[:, perm].clone())
-        sae.b_enc.copy_(sae.b_enc[perm].clone())
+    perm = permuted_copy(sae, noise=0.0, seed=3)
     copy = tmp_path / "copy"
     sae.save_model(copy)
 
@@ -348,3 +347,44 @@ def test_feature_splitting_against_a_narrower_reference(
     for row in samples(tmp_path / "run", "sae_similarity"):
         assert row["response"]["split_parent"] == 0
         assert row["response"]["split_share"] >= 0.1
+
+
+def test_bad_references_and_models_are_one_line_errors(loaded_planted, planted_sae, tmp_path):
+    """A reference of another width of activation, at another hook, of another subject model, or
+    a subject model with no unembedding: each a one-line error that names the fix."""
+    from types import SimpleNamespace
+
+    from sae_lens import SAE, StandardSAE, StandardSAEConfig
+
+    from sae_interp_tasks.errors import SaeInterpError
+    from sae_interp_tasks.stages.lens import WeightLens
+    from sae_interp_tasks.stages.saes import load_reference
+
+    sae, info = loaded_planted
+    saved = SAE.load_from_disk(str(planted_sae.path))
+    narrow_cfg = StandardSAEConfig(d_in=64, d_sae=8)
+    narrow_cfg.metadata = saved.cfg.metadata
+    StandardSAE(narrow_cfg).save_model(tmp_path / "narrow")
+    with pytest.raises(SaeInterpError, match="reads 64-wide activations .* pass a reference"):
+        load_reference({"path": str(tmp_path / "narrow")}, sae, info, other_hook=False)
+
+    saved.cfg.metadata.hook_name = "blocks.1.hook_resid_pre"
+    saved.save_model(tmp_path / "other_hook")
+    with pytest.raises(SaeInterpError, match='reference_other_hook": true'):
+        load_reference({"path": str(tmp_path / "other_hook")}, sae, info, other_hook=False)
+    ref, ref_info = load_reference(
+        {"path": str(tmp_path / "other_hook")}, sae, info, other_hook=True
+    )
+    assert ref_info.hook_name == "blocks.1.hook_resid_pre"
+
+    saved.cfg.metadata.hook_name = info.hook_name
+    saved.cfg.metadata.model_name = "someone/else"
+    saved.save_model(tmp_path / "other_model")
+    with pytest.raises(SaeInterpError, match="same subject model"):
+        load_reference({"path": str(tmp_path / "other_model")}, sae, info, other_hook=False)
+    with pytest.raises(SaeInterpError, match="unknown reference control 'randm'"):
+        load_reference({"control": "randm"}, sae, info, other_hook=False)
+
+    no_head = SimpleNamespace(cfg=SimpleNamespace(model_name="an-encoder"), W_U=None)
+    with pytest.raises(SaeInterpError, match="has no unembedding .* with an LM head"):
+        WeightLens(no_head, sae, str)

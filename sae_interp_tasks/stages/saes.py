@@ -278,16 +278,12 @@ def load_reference(
 ):
     """A second SAE to compare the evaluated one with, named by --model_args-style `args`, loaded
     and checked like the first: (sae, SAEInfo). `control=random` alone: a random dictionary of the
-    evaluated SAE's own shape."""
+    evaluated SAE's own shape; no keys at all: the embedded demo SAE."""
     control = args.get("control")
     if control is not None and control not in CONTROLS:
         raise unknown("reference control", control, CONTROLS)
     control_k = int(args["control_k"]) if args.get("control_k") else None
-    if not (args.get("release") or args.get("path")):
-        if control is None:
-            raise SaeInterpError(
-                "reference needs release=...,sae_id=..., path=DIR or control=random"
-            )
+    if not (args.get("release") or args.get("path")) and control is not None:
         # seed 1: never the same directions as a `control=random` model (seed 0)
         ref = control_sae(sae, control, k=control_k, seed=1).eval()
         label = f"{info.label}+control={control}"

@@ -25,7 +25,8 @@ MCS_LEVELS = (0.7, 0.9)  # the fractions of latents with a max cosine above thes
 @dataclass(frozen=True)
 class SimilarityConfig(StageConfig):
     # the reference SAE, named as --model_args name an SAE: "release=R,sae_id=I", "path=DIR",
-    # "control=random" (a random dictionary of this SAE's shape); null: this SAE against itself
+    # "control=random" (a random dictionary of this SAE's shape), "demo" (the embedded demo SAE);
+    # null: this SAE against itself
     reference: str | None = None
     reference_other_hook: bool = False  # allow a reference at another hook (layer overlap)
     similarity_top_k: int = positive(8)  # candidates kept per latent for the one-to-one matching
@@ -46,6 +47,8 @@ class SimilarityConfig(StageConfig):
         """The reference's --model_args as a dict; a key --model_args do not take is an error."""
         if not self.reference:
             return None
+        if str(self.reference).strip() == "demo":
+            return {}  # the embedded demo SAE, as --model sae names it with no --model_args
         out = {}
         for part in str(self.reference).split(","):
             key, sep, value = part.partition("=")
