@@ -11,7 +11,7 @@ Builds three SAEs under benchmarks/saes/ (ignored by git; rebuilt when missing):
 Then runs lm_eval (results kept in benchmarks/results/weights/: a run measured once is never paid
 for again), and writes results/weights_known_answers.md and results/overlap.{md,png}.
 
-    python benchmarks/weights.py [--seed1 DIR]
+    python benchmarks/weights.py [--seed1 DIR] [--runs NAME ...]
 """
 
 from __future__ import annotations
@@ -36,17 +36,20 @@ SAES = Path("benchmarks/saes")  # relative: the labels the results carry stay sh
 OUT = HERE / "results" / "weights"
 BIN = Path(sys.executable).parent
 Z95 = stats.z_for(0.95)
+CLASSES = ("prediction", "suppression", "partition")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def build(seed1: str | None) -> None:
+def build(seed1: str | None, with_seed1: bool) -> None:
     SAES.mkdir(parents=True, exist_ok=True)
     planted = [BIN / "python", "-m", "sae_interp_tasks.validity.planted_weights"]
     if not (SAES / "demo_lens").exists():
         subprocess.run([*planted, "lens", str(SAES / "demo_lens")], check=True, env=ENV)
     if not (SAES / "demo_copy").exists():
-        subprocess.run([*planted, "copy", str(SAES / "demo_copy")], check=True, env=ENV)
-    if (SAES / "demo_seed1").exists():
+        subprocess.run(
+            [*planted, "copy", str(SAES / "demo_copy"), "--seed", "0"], check=True, env=ENV
+        )
+    if (SAES / "demo_seed1").exists() or not with_seed1:
         return
     if seed1:
         shutil.copytree(seed1, SAES / "demo_seed1")
@@ -57,22 +60,39 @@ def build(seed1: str | None) -> None:
 
 
 def runs() -> dict[str, tuple[str | None, str, dict, int | None]]:
-    """name -> (SAE folder or None for the demo, tasks, metadata, --limit)."""
+    """name -> (--model_args, None for the demo; tasks; metadata; --limit)."""
     seed1, copy = str(SAES / "demo_seed1"), str(SAES / "demo_copy")
-    lens = {"explainer": "logits", "neighbour_tokens": 1, "n_tokens": 65536}
+    # the demo brings its own defaults (8 latents over 32,768 tokens); the weights tasks are cheap
+    # per latent, so these runs score 64 (the pass's pool is 128 candidates either way), over the
+    # demo's 32,768 tokens for every SAE
+    n64 = {"n_latents": 64, "n_tokens": 32768}
+    lens = {"explainer": "logits", "neighbour_tokens": 1, "n_latents": 16}
     return {
-        "lens": (str(SAES / "demo_lens"), "sae_logitlens,sae_embedding", lens, 16),
-        "demo_itself": (None, "sae_logitlens,sae_similarity", {}, None),
-        "demo_copy": (None, "sae_similarity", {"reference": f"path={copy}"}, None),
-        "demo_random": (None, "sae_similarity", {"reference": "control=random"}, None),
-        "demo_seed1": (None, "sae_similarity", {"reference": f"path={seed1}"}, None),
-        "seed1_demo": (seed1, "sae_similarity", {"reference": "demo"}, None),
-        "seed1_random": (seed1, "sae_similarity", {"reference": "control=random"}, None),
-        "seed1_itself": (seed1, "sae_similarity", {}, None),
+        "lens": (f"path={SAES / 'demo_lens'}", "sae_logitlens,sae_embedding", lens, None),
+        "demo_itself": (None, "sae_logitlens,sae_similarity", n64, None),
+        "demo_copy": (None, "sae_similarity", {**n64, "reference": f"path={copy}"}, None),
+        "demo_random": (None, "sae_similarity", {**n64, "reference": "control=random"}, None),
+        "random_logitlens": ("control=random", "sae_logitlens", n64, None),
+        "neurons_logitlens": ("control=neurons", "sae_logitlens", n64, None),
+        # with the semantic overlap of matched latents, explained by token lists (no LLM)
+        "demo_seed1": (
+            None,
+            "sae_similarity",
+            {**n64, "reference": f"path={seed1}", "semantic_overlap": True, "explainer": "tokens"},
+            None,
+        ),
+        "seed1_demo": (f"path={seed1}", "sae_similarity", {**n64, "reference": "demo"}, None),
+        "seed1_random": (
+            f"path={seed1}",
+            "sae_similarity",
+            {**n64, "reference": "control=random"},
+            None,
+        ),
+        "seed1_itself": (f"path={seed1}", "sae_similarity", n64, None),
     }
 
 
-def run(name: str, sae: str | None, tasks: str, meta: dict, limit: int | None) -> float:
+def run(name: str, model_args: str | None, tasks: str, meta: dict, limit: int | None) -> float:
     folder = OUT / name
     kept = folder / "wall_seconds.txt"
     if kept.exists():
@@ -83,7 +103,7 @@ def run(name: str, sae: str | None, tasks: str, meta: dict, limit: int | None) -
             str(BIN / "lm_eval"),
             "--model",
             "sae",
-            *(["--model_args", f"path={sae}"] if sae else []),
+            *(["--model_args", model_args] if model_args else []),
             "--tasks",
             tasks,
             "--metadata",
@@ -182,6 +202,59 @@ def known_answer_rows() -> tuple[list[str], list[str]]:
     return rows, missed
 
 
+def demo_rows() -> list[str]:
+    """The demo and its controls through the weights tasks."""
+    rows = [
+        "| SAE | logit-lens AUROC (next token) | shuffled lens | kurtosis | prediction / "
+        "suppression / partition |",
+        "|---|---|---|---:|---|",
+    ]
+    for name in ("demo_itself", "random_logitlens", "neurons_logitlens"):
+        results, _ = read(name)
+        got = results["sae_logitlens"]
+        label = {"demo_itself": "demo", "random_logitlens": "control=random"}.get(
+            name, "control=neurons"
+        )
+        classes = " / ".join(f"{got[f'frac_{c},none']:.2f}" for c in CLASSES)
+        rows.append(
+            f"| {label} | {cell(results, 'sae_logitlens', 'auroc')} | "
+            f"{cell(results, 'sae_logitlens', 'auroc_shuffled')} | {got['kurtosis,none']:.2f} | "
+            f"{classes} |"
+        )
+    rows += [
+        "",
+        "| SAE vs reference | MCS (scored latents) | chance | matched fraction (dictionary) | "
+        "activation corr. of matched | explanation similarity | shuffled |",
+        "|---|---|---|---:|---|---|---|",
+    ]
+    for name in ("demo_itself", "demo_copy", "demo_seed1", "demo_random", "seed1_demo"):
+        results, _ = read(name)
+        got = results["sae_similarity"]
+        ref = {
+            "demo_itself": "demo vs itself",
+            "demo_copy": "demo vs permuted noised copy",
+            "demo_seed1": "demo vs demo retrained (seed 1)",
+            "demo_random": "demo vs control=random",
+            "seed1_demo": "demo retrained (seed 1) vs demo",
+        }[name]
+        shown = [
+            "mcs",
+            "mcs_random",
+            "dict_matched_frac",
+            "activation_corr",
+            "explanation_sim",
+            "explanation_sim_shuffled",
+        ]
+        cells = [
+            cell(results, "sae_similarity", m)
+            if got.get(f"{m},none") == got.get(f"{m},none")
+            else ""
+            for m in shown
+        ]
+        rows.append(f"| {ref} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def results_mcs(sim) -> list[float]:
     return [float(r["metrics"]["mcs"]) for _, r in sim]
 
@@ -189,14 +262,19 @@ def results_mcs(sim) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed1", help="an already trained seed-1 demo SAE folder to copy")
+    ap.add_argument("--runs", nargs="+", choices=list(runs()), help="only these runs (no tables)")
     args = ap.parse_args()
     os.chdir(REPO)
-    build(args.seed1)
+    chosen = args.runs or list(runs())
+    build(args.seed1, with_seed1=any("seed1" in name for name in chosen))
     OUT.mkdir(parents=True, exist_ok=True)
     seconds = {}
-    for name, (sae, tasks, meta, limit) in runs().items():
-        seconds[name] = run(name, sae, tasks, meta, limit)
+    for name in chosen:
+        model_args, tasks, meta, limit = runs()[name]
+        seconds[name] = run(name, model_args, tasks, meta, limit)
         print(f"{name}: {seconds[name]:.0f} s", flush=True)
+    if args.runs:
+        return
     rows, missed = known_answer_rows()
     text = [
         f"weights tasks' known answers on the demo SAE; {_common.machine()}",
@@ -211,7 +289,10 @@ def main() -> None:
     ]
     (HERE / "results" / "weights_known_answers.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
-    sims = [str(OUT / n) for n in runs() if n != "lens"]
+    demo = "\n".join(demo_rows()) + "\n"
+    (HERE / "results" / "weights_demo.md").write_text(demo)
+    print(demo)
+    sims = [str(OUT / n) for n, (_, tasks, _, _) in runs().items() if "sae_similarity" in tasks]
     for metric, name in (("dict_matched_frac", "overlap"), ("dict_mean_mcs", "overlap_mcs")):
         subprocess.run(
             [

@@ -136,7 +136,7 @@ def write_outputs(files: dict[Path, str | bytes]) -> None:
 
 
 def run_leaderboard(args) -> int:
-    from sae_interp_tasks.reports import board, html, inputs, plots, tables
+    from sae_interp_tasks.reports import board, html, inputs, overlap, plots, tables
 
     if args.output and Path(args.output).is_dir():
         raise SaeInterpError(f"--output {args.output} is a folder; give a file name")
@@ -145,8 +145,15 @@ def run_leaderboard(args) -> int:
     runs = inputs.read_inputs(args.results)
     built = board.build_board(runs, confidence=args.confidence)
     images = plots.plots(built) if (args.plots or args.format == "html") else {}
+    matrix = overlap.overlap_if_any(runs) if (args.plots or args.format == "html") else None
+    if matrix is not None:
+        images["overlap.png"] = overlap.heatmap(matrix)
     text = (
-        html.html_page(built, images)
+        html.html_page(
+            built,
+            {k: v for k, v in images.items() if k != "overlap.png"},
+            overlap.html_section(matrix, images["overlap.png"]) if matrix else "",
+        )
         if args.format == "html"
         else tables.render(built, args.format)
     )

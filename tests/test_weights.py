@@ -260,6 +260,7 @@ def test_sae_similarity_end_to_end(planted_sae, tiny_model, corpus_file, sae_cac
     assert alone.returncode == 0, alone.stderr[-3000:]
     got = json.loads(result_files(tmp_path / "alone")[0].read_text())["results"]["sae_similarity"]
     assert got["mcs,none"] < 1.0 and got["dict_mean_mcs,none"] < 1.0
+    assert got["dict_matched_frac,none"] != got["dict_matched_frac,none"]  # NaN: nothing matched
 
     # the pair, never the SAE alone: the leaderboard row and the overlap matrix
     def cli(*args):
@@ -269,6 +270,18 @@ def test_sae_similarity_end_to_end(planted_sae, tiny_model, corpus_file, sae_cac
 
     board = cli("leaderboard", str(tmp_path / "ref"))
     assert board.returncode == 0 and f"{planted_sae.path} vs {copy}" in board.stdout
+    page = cli(
+        "leaderboard",
+        str(tmp_path / "ref"),
+        str(tmp_path / "alone"),
+        "--format",
+        "html",
+        "--plots",
+        str(tmp_path / "plots"),
+    )
+    assert page.returncode == 0, page.stderr
+    assert "<h2>Overlap of dictionaries</h2>" in page.stdout and "itself" in page.stdout
+    assert (tmp_path / "plots" / "overlap.png").read_bytes()[:4] == b"\x89PNG"
     png = tmp_path / "overlap.png"
     table = cli("overlap", str(tmp_path / "ref"), str(tmp_path / "alone"), "--heatmap", str(png))
     assert table.returncode == 0, table.stderr

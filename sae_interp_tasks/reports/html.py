@@ -40,7 +40,9 @@ def _sort_value(entry) -> str:
     return str(entry)
 
 
-def html_page(board: Board, images: dict[str, bytes] | None = None) -> str:
+def html_page(board: Board, images: dict[str, bytes] | None = None, extra: str = "") -> str:
+    """The page; `extra` is HTML appended after the groups (the overlap matrix, where the runs
+    hold similarity results)."""
     images = plots(board) if images is None else images
     e = html.escape
     parts = [
@@ -94,6 +96,7 @@ def html_page(board: Board, images: dict[str, bytes] | None = None) -> str:
                     f"src='data:image/png;base64,{data}'></div>"
                 )
         parts.append("</section>")
+    parts.append(extra)
     page = Template(_static("leaderboard.html"))
     return page.substitute(
         style=_static("leaderboard.css"), body="\n".join(parts), script=_static("leaderboard.js")

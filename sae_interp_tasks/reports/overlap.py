@@ -61,10 +61,48 @@ def overlap(runs: list[Run], metric: str = "dict_matched_frac") -> Overlap:
     return Overlap(metric, saes, refs, cells)
 
 
+def overlap_if_any(runs: list[Run], metric: str = "dict_matched_frac") -> Overlap | None:
+    """The matrix of the similarity runs among `runs`, or None where there are none (the
+    leaderboard's HTML page draws it when there is one)."""
+    has = any(MARKER in task.metrics for run in runs for task in run.tasks.values())
+    return overlap(runs, metric) if has else None
+
+
+def html_section(o: Overlap, png: bytes) -> str:
+    """The matrix as the leaderboard page shows it: a table with chance levels, then the
+    heatmap."""
+    import base64
+    import html
+
+    e = html.escape
+    head = "".join(f"<th class='num'>{e(r)}</th>" for r in o.references)
+    rows = "".join(
+        f"<tr><td class='text'>{e(sae)}</td>"
+        + "".join(f"<td class='num'>{e(_fmt(o.cells.get((sae, r))))}</td>" for r in o.references)
+        + "</tr>"
+        for sae in o.saes
+    )
+    data = base64.b64encode(png).decode()
+    return (
+        "<section id='overlap'><h2>Overlap of dictionaries</h2>"
+        f"<p class='note'>{e(o.metric)} of each SAE (row) against each reference (column), "
+        "from the sae_similarity runs; chance from a random dictionary of the reference's "
+        "shape.</p>"
+        f"<table class='board'><thead><tr><th class='text'>SAE</th>{head}</tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+        f"<div><img class='plot' alt='overlap' src='data:image/png;base64,{data}'></div>"
+        "</section>"
+    )
+
+
 def _fmt(cell) -> str:
     if cell is None:
         return ""
     value, chance = cell
+    if (
+        value != value
+    ):  # NaN: the metric does not apply (a dictionary against itself is not matched)
+        return "—"
     return f"{value:.3f}" + (f" (chance {chance:.3f})" if chance is not None else "")
 
 

@@ -91,7 +91,7 @@ def top_cosines(
     for start in range(0, a.shape[0], block):
         sims = a[start : start + block] @ b.T
         if exclude_self:
-            rows = torch.arange(sims.shape[0])
+            rows = torch.arange(sims.shape[0], device=sims.device)
             sims[rows, rows + start] = float("-inf")
         top = torch.topk(sims, k, dim=-1)
         values[start : start + block] = top.values.cpu().numpy()
@@ -142,14 +142,16 @@ class Comparison:
     partner_cos: np.ndarray
     mcs_random: np.ndarray
     reference_width: int
+    against_itself: bool = False
 
     def summary(self, threshold: float) -> dict[str, float]:
+        """Dictionary-wide numbers; against itself a dictionary is not matched (NaN)."""
         matched = (self.partner >= 0) & (self.partner_cos > threshold)
         out = {
             "dict_mean_mcs": float(self.mcs.mean()),
             "dict_mean_mcs_encoder": float(self.mcs_encoder.mean()),
             "dict_mean_mcs_random": float(self.mcs_random.mean()),
-            "dict_matched_frac": float(matched.mean()),
+            "dict_matched_frac": float("nan") if self.against_itself else float(matched.mean()),
         }
         for level in MCS_LEVELS:
             out[f"dict_frac_mcs_{int(level * 10):02d}"] = float((self.mcs > level).mean())
@@ -178,7 +180,7 @@ def compare(
     k, block = cfg.similarity_top_k, cfg.similarity_block
     values, indices = top_cosines(a, b, k, block, exclude_self=own)
     enc_values, _ = top_cosines(ea, eb, 1, block, exclude_self=own)
-    random_b = random_unit_rows(n_b, d, seed)
+    random_b = random_unit_rows(n_b, d, seed).to(a.device)
     rand_values, _ = top_cosines(a, random_b, 1, block)
     if own:
         partner = np.full(a.shape[0], -1, dtype=np.int64)
@@ -195,4 +197,5 @@ def compare(
         partner_cos=partner_cos.astype(np.float32),
         mcs_random=rand_values[:, 0],
         reference_width=n_b,
+        against_itself=own,
     )

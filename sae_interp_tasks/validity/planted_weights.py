@@ -8,7 +8,7 @@
   `sae_similarity` must match each latent to its own copy.
 
     python -m sae_interp_tasks.validity.planted_weights lens OUT [--latents 32]
-    python -m sae_interp_tasks.validity.planted_weights copy OUT [--noise 0.2]
+    python -m sae_interp_tasks.validity.planted_weights copy OUT [--noise 0.2] [--seed 0]
 """
 
 from __future__ import annotations
@@ -89,7 +89,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sae", help="the SAE folder to start from (default: the demo SAE)")
     ap.add_argument("--latents", type=int, default=32, help="lens: latents planted")
     ap.add_argument("--noise", type=float, default=0.2, help="copy: noise x each row's norm")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=1234,
+        help="lens: the run's --seed, whose latent order the planted latents lead (lm-eval's "
+        "default 1234); copy: the permutation's and the noise's seed",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     if args.what == "lens":
