@@ -124,6 +124,8 @@ def run(name: str, model_args: str | None, tasks: str, meta: dict, limit: int | 
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stderr[-2000:]}")
     seconds = time.time() - start
+    for samples in folder.glob("*/samples_*.jsonl"):  # kept gzipped; the readers take .jsonl.gz
+        subprocess.run(["gzip", "-9f", str(samples)], check=True)
     kept.write_text(f"{seconds:.1f}")
     return seconds
 
