@@ -75,3 +75,40 @@ def bar_seconds(log_text: str) -> dict[str, float]:
         total[desc] = total.get(desc, 0) + secs - (previous or 0)
         finished[desc] = secs
     return total
+
+
+def lm_eval_run(
+    folder: Path, log: Path, model_args: str | None, tasks: str, meta: dict, limit: int | None
+) -> float:
+    """One `lm_eval --model sae` run with samples logged into `folder` (stderr into `log`); its
+    wall seconds. A failed run stops the benchmark with the end of its stderr."""
+    import subprocess
+    import sys
+    import time
+
+    start = time.time()
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "lm_eval"),
+            "--model",
+            "sae",
+            *(["--model_args", model_args] if model_args else []),
+            "--tasks",
+            tasks,
+            "--metadata",
+            json.dumps(meta),
+            "--batch_size",
+            "8",
+            "--log_samples",
+            "--output_path",
+            str(folder),
+            *(["--limit", str(limit)] if limit else []),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    log.write_text(proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"{folder.name} failed:\n{proc.stderr[-2000:]}")
+    return time.time() - start

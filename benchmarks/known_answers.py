@@ -17,10 +17,7 @@ import argparse
 import glob
 import json
 import math
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -28,7 +25,6 @@ import _common
 from sae_interp_tasks import stats
 
 HERE = Path(__file__).parent
-LM_EVAL = str(Path(sys.executable).parent / "lm_eval")
 HEADLINES = {
     "sae_embedding": "auroc",
     "sae_detection": "balanced_acc",
@@ -87,34 +83,9 @@ def run(name: str, tasks: str, meta: dict, limit: int | None, sae: Path, out: Pa
     ):  # measured already: the results are kept, never paid for twice
         kept = folder / "wall_seconds.txt"
         return float(kept.read_text()) if kept.exists() else math.nan
-    start = time.time()
-    proc = subprocess.run(
-        [
-            LM_EVAL,
-            "--model",
-            "sae",
-            "--model_args",
-            f"path={sae}",
-            "--tasks",
-            tasks,
-            "--metadata",
-            json.dumps(meta),
-            "--batch_size",
-            "8",
-            "--log_samples",
-            "--output_path",
-            str(folder),
-            *(["--limit", str(limit)] if limit else []),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    (out / f"{name}.log").write_text(proc.stderr)
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{proc.stderr[-2000:]}")
-    (folder / "wall_seconds.txt").write_text(f"{time.time() - start:.1f}")
-    return time.time() - start
+    seconds = _common.lm_eval_run(folder, out / f"{name}.log", f"path={sae}", tasks, meta, limit)
+    (folder / "wall_seconds.txt").write_text(f"{seconds:.1f}")
+    return seconds
 
 
 def read(out: Path, name: str) -> tuple[dict, dict]:

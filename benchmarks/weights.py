@@ -23,7 +23,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -97,33 +96,7 @@ def run(name: str, model_args: str | None, tasks: str, meta: dict, limit: int | 
     kept = folder / "wall_seconds.txt"
     if kept.exists():
         return float(kept.read_text())
-    start = time.time()
-    proc = subprocess.run(
-        [
-            str(BIN / "lm_eval"),
-            "--model",
-            "sae",
-            *(["--model_args", model_args] if model_args else []),
-            "--tasks",
-            tasks,
-            "--metadata",
-            json.dumps(meta),
-            "--batch_size",
-            "8",
-            "--log_samples",
-            "--output_path",
-            str(folder),
-            *(["--limit", str(limit)] if limit else []),
-        ],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        cwd=REPO,
-    )
-    (OUT / f"{name}.log").write_text(proc.stderr)
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{proc.stderr[-2000:]}")
-    seconds = time.time() - start
+    seconds = _common.lm_eval_run(folder, OUT / f"{name}.log", model_args, tasks, meta, limit)
     for samples in folder.glob("*/samples_*.jsonl"):  # kept gzipped; the readers take .jsonl.gz
         subprocess.run(["gzip", "-9f", str(samples)], check=True)
     kept.write_text(f"{seconds:.1f}")

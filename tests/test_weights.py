@@ -29,6 +29,28 @@ META = {
 }
 
 
+def run_planted(planted_sae, corpus_file, sae_cache, out, task: str, **extra):
+    """lm_eval with the planted SAE on the test corpus, META's settings plus `extra`, samples
+    logged under `out`."""
+    meta = {**META, "corpus": str(corpus_file), **extra}
+    return run_lm_eval(
+        [
+            "--model",
+            "sae",
+            "--model_args",
+            f"path={planted_sae.path},device=cpu",
+            "--tasks",
+            task,
+            "--metadata",
+            json.dumps(meta),
+            "--log_samples",
+            "--output_path",
+            str(out),
+        ],
+        sae_cache,
+    )
+
+
 def test_the_lens_reads_a_planted_token_direction_first(loaded_planted, tiny_model, tokenizer):
     """A latent whose decoder row is one token's unembedding (tied embeddings: the planted " cat"
     latent) promotes that token first, and the logits explainer names it."""
@@ -94,22 +116,14 @@ def test_sae_logitlens_end_to_end(planted_sae, corpus_file, sae_cache, tmp_path)
     """lm_eval runs the logit lens with no explainer at all (explainer hf would load a model and
     call it: the run must not), logs each latent's promoted tokens, and the planted latents'
     lenses predict the token after where they fire better than chance."""
-    meta = {**META, "corpus": str(corpus_file), "explainer": "hf", "explainer_model": "nowhere"}
-    proc = run_lm_eval(
-        [
-            "--model",
-            "sae",
-            "--model_args",
-            f"path={planted_sae.path},device=cpu",
-            "--tasks",
-            "sae_logitlens",
-            "--metadata",
-            json.dumps(meta),
-            "--log_samples",
-            "--output_path",
-            str(tmp_path / "run"),
-        ],
+    proc = run_planted(
+        planted_sae,
+        corpus_file,
         sae_cache,
+        tmp_path / "run",
+        "sae_logitlens",
+        explainer="hf",
+        explainer_model="nowhere",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "nowhere" not in proc.stderr  # no explainer was built
@@ -217,22 +231,8 @@ def test_sae_similarity_end_to_end(planted_sae, tiny_model, corpus_file, sae_cac
     sae.save_model(copy)
 
     def run(out: str, **extra):
-        meta = {**META, "corpus": str(corpus_file), **extra}
-        return run_lm_eval(
-            [
-                "--model",
-                "sae",
-                "--model_args",
-                f"path={planted_sae.path},device=cpu",
-                "--tasks",
-                "sae_similarity",
-                "--metadata",
-                json.dumps(meta),
-                "--log_samples",
-                "--output_path",
-                str(tmp_path / out),
-            ],
-            sae_cache,
+        return run_planted(
+            planted_sae, corpus_file, sae_cache, tmp_path / out, "sae_similarity", **extra
         )
 
     proc = run("ref", reference=f"path={copy}", semantic_overlap=True, explainer="tokens")
@@ -335,22 +335,13 @@ def test_feature_splitting_against_a_narrower_reference(
     planted SAE's two latents (each fires on its share of the parent's positions): both read
     it as their parent with 2 children; the copied random latents are taken over one to one."""
     ref = narrower_reference(planted_sae, tmp_path / "narrow")
-    meta = {**META, "corpus": str(corpus_file), "reference": f"path={ref}"}
-    proc = run_lm_eval(
-        [
-            "--model",
-            "sae",
-            "--model_args",
-            f"path={planted_sae.path},device=cpu",
-            "--tasks",
-            "sae_similarity",
-            "--metadata",
-            json.dumps(meta),
-            "--log_samples",
-            "--output_path",
-            str(tmp_path / "run"),
-        ],
+    proc = run_planted(
+        planted_sae,
+        corpus_file,
         sae_cache,
+        tmp_path / "run",
+        "sae_similarity",
+        reference=f"path={ref}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(result_files(tmp_path / "run")[0].read_text())["results"]["sae_similarity"]
