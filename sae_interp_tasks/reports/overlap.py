@@ -40,7 +40,7 @@ def overlap(runs: list[Run], metric: str = "dict_matched_frac") -> Overlap:
             if metric not in task.metrics:
                 continue
             ref_setting = task.settings.get("reference")
-            ref = run.references.get(ref_setting, {}).get("label") if ref_setting else "itself"
+            ref = _column(ref_setting, run.references.get(ref_setting, {}).get("label"))
             chance = CHANCE.get(metric)
             cells[(run.sae, ref or str(ref_setting))] = (
                 task.metrics[metric].value,
@@ -59,6 +59,16 @@ def overlap(runs: list[Run], metric: str = "dict_matched_frac") -> Overlap:
     saes = sorted({s for s, _ in cells})
     refs = sorted({r for _, r in cells})
     return Overlap(metric, saes, refs, cells)
+
+
+def _column(setting: str | None, label: str | None) -> str | None:
+    """A reference's column: its label; one column for each control kind whatever SAE it was
+    drawn for ("control=random"), and "itself" where there was no reference."""
+    if not setting:
+        return "itself"
+    if str(setting).startswith("control="):
+        return str(setting).split(",")[0]
+    return label
 
 
 def overlap_if_any(runs: list[Run], metric: str = "dict_matched_frac") -> Overlap | None:
@@ -130,18 +140,25 @@ def heatmap(o: Overlap) -> bytes:
     for (sae, ref), (value, _) in o.cells.items():
         values[o.saes.index(sae), o.references.index(ref)] = value
     fig = Figure(
-        figsize=(2.2 + 1.4 * len(o.references), 1.6 + 0.6 * len(o.saes)),
+        figsize=(3.0 + 1.2 * len(o.references), 2.4 + 0.5 * len(o.saes)),
         dpi=100,
         layout="constrained",
     )
     ax = fig.add_subplot(1, 1, 1)
-    image = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis")
-    ax.set_xticks(range(len(o.references)), [_short(r) for r in o.references], rotation=30)
+    image = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    ax.set_xticks(
+        range(len(o.references)),
+        [_short(r) for r in o.references],
+        rotation=30,
+        ha="right",
+        rotation_mode="anchor",
+    )
     ax.set_yticks(range(len(o.saes)), [_short(s) for s in o.saes])
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
             if not math.isnan(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", color="w")
+                shade = "k" if values[i, j] > 0.6 else "w"  # legible on viridis' light end
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", color=shade)
     ax.set_xlabel("reference")
     ax.set_title(o.metric)
     fig.colorbar(image, ax=ax)
