@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
 
 def add_overlap_parser(sub) -> None:
     ov = sub.add_parser(
-        "overlap", help="the dictionaries' overlap over sae_similarity runs: SAE x reference"
+        "overlap", help="the dictionaries' overlap over similarity runs: SAE x reference"
     )
     ov.add_argument(
         "results", nargs="+", help="results_*.json files or lm_eval --output_path folders"

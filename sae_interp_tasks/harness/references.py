@@ -58,30 +58,7 @@ def reference_explanations(
     def build() -> dict[int, Explanation]:
         if not wanted:
             return {}
-        chosen = select_latents(
-            ctx.model,
-            ref,
-            info,
-            s.corpus.spec(ctx.info.dataset_path),
-            s.activations,
-            dataclasses.replace(s.selection, latents=wanted),
-            s.examples.min_examples,
-            len(wanted),
-            run.seed,
-            ctx.batch_size_per_gpu,
-            read=ctx.read_activations,
-            forward=ctx.forward_name,
-            group=ctx if ctx.world_size > 1 else None,
-        )
-        hard = s.examples.non_activating == "hard"
-        splits = make_splits(
-            chosen,
-            s.examples,
-            run.seed,
-            ctx.tok_decode,
-            run_stages.embedder(ctx, s.embedding) if hard else None,
-            s.embedding.embedding_batch_size,
-        )
+        splits = _reference_splits(run, ref, info, wanted)
         mine = sorted({partners[lat] for lat in run.owned if partners.get(lat) in splits})
         lens = None
         if s.explainer.explainer in WEIGHT_EXPLAINERS:
@@ -98,3 +75,33 @@ def reference_explanations(
         return run_stages.gathered(ctx, explained)
 
     return ctx.store.compute_once(key, build)
+
+
+def _reference_splits(run: LatentRun, ref, info, wanted: list[int]) -> dict:
+    """The reference latents' example splits from the reference's own activation pass over the
+    run's corpus (the latents named exactly, so a dead one is left out)."""
+    ctx, s = run.context, run.settings
+    chosen = select_latents(
+        ctx.model,
+        ref,
+        info,
+        s.corpus.spec(ctx.info.dataset_path),
+        s.activations,
+        dataclasses.replace(s.selection, latents=wanted),
+        s.examples.min_examples,
+        len(wanted),
+        run.seed,
+        ctx.batch_size_per_gpu,
+        read=ctx.read_activations,
+        forward=ctx.forward_name,
+        group=ctx if ctx.world_size > 1 else None,
+    )
+    hard = s.examples.non_activating == "hard"
+    return make_splits(
+        chosen,
+        s.examples,
+        run.seed,
+        ctx.tok_decode,
+        run_stages.embedder(ctx, s.embedding) if hard else None,
+        s.embedding.embedding_batch_size,
+    )

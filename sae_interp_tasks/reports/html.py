@@ -41,8 +41,7 @@ def _sort_value(entry) -> str:
 
 
 def html_page(board: Board, images: dict[str, bytes] | None = None, extra: str = "") -> str:
-    """The page; `extra` is HTML appended after the groups (the overlap matrix, where the runs
-    hold similarity results)."""
+    """The page; `extra`: HTML after the groups (the overlap matrix of similarity runs)."""
     images = plots(board) if images is None else images
     e = html.escape
     parts = [

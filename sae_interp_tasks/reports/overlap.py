@@ -1,4 +1,4 @@
-"""`sae-interp overlap`: the dictionaries' overlap over a set of sae_similarity runs, as a matrix
+"""`sae-interp overlap`: the dictionaries' overlap over a set of similarity runs, as a matrix
 (SAE x reference: layers, widths, seeds), a markdown table and a heatmap.
 
 A cell is one run's dictionary-wide number (default `dict_matched_frac`, the fraction of the SAE's
@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from sae_interp_tasks.errors import SaeInterpError, unknown
 from sae_interp_tasks.reports.results_io import Run
 
-# a task reporting this dictionary-wide metric is a similarity task (whatever its name)
+# a task reporting this dictionary-wide metric compares dictionaries (whatever its name); the
+# chance level of each metric is the one its recorded report names
 MARKER = "dict_mean_mcs"
-CHANCE = {"dict_mean_mcs": "dict_mean_mcs_random"}
-for _lv in ("07", "09"):
-    CHANCE[f"dict_frac_mcs_{_lv}"] = f"dict_frac_mcs_{_lv}_random"
 
 
 @dataclass(frozen=True)
@@ -41,10 +39,10 @@ def overlap(runs: list[Run], metric: str = "dict_matched_frac") -> Overlap:
                 continue
             ref_setting = task.settings.get("reference")
             ref = _column(ref_setting, run.references.get(ref_setting, {}).get("label"))
-            chance = CHANCE.get(metric)
+            chance = task.chance_of(metric)
             cells[(run.sae, ref or str(ref_setting))] = (
                 task.metrics[metric].value,
-                task.metrics[chance].value if chance in task.metrics else None,
+                task.metrics[chance].value if chance else None,
             )
     if not cells:
         if known and metric not in known:
@@ -53,8 +51,9 @@ def overlap(runs: list[Run], metric: str = "dict_matched_frac") -> Overlap:
                 "overlap metric", metric, valid, fix=f"pass --metric one of {', '.join(valid)}"
             )
         raise SaeInterpError(
-            "no sae_similarity results among the files given; run lm_eval --model sae --tasks "
-            'sae_similarity --metadata \'{"reference": "path=DIR"}\' first'
+            "none of the files given holds dictionary-similarity results (a task reporting "
+            f'{MARKER}); run the similarity task with --metadata \'{{"reference": "path=DIR"}}\' '
+            "first (README, 'Reading SAEs through their weights')"
         )
     saes = sorted({s for s, _ in cells})
     refs = sorted({r for _, r in cells})
@@ -96,8 +95,8 @@ def html_section(o: Overlap, png: bytes) -> str:
     return (
         "<section id='overlap'><h2>Overlap of dictionaries</h2>"
         f"<p class='note'>{e(o.metric)} of each SAE (row) against each reference (column), "
-        "from the sae_similarity runs; chance from a random dictionary of the reference's "
-        "shape.</p>"
+        "from the dictionary-similarity runs; chance from a random dictionary of the "
+        "reference's shape.</p>"
         f"<table class='board'><thead><tr><th class='text'>SAE</th>{head}</tr></thead>"
         f"<tbody>{rows}</tbody></table>"
         f"<div><img class='plot' alt='overlap' src='data:image/png;base64,{data}'></div>"

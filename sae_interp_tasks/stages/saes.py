@@ -208,6 +208,7 @@ def load_sae(source: SAESource, device: str = "cpu", dtype: str = "float32"):
     for p in sae.parameters():
         p.requires_grad_(False)
     meta = sae.cfg.metadata
+    refuse_transcoder(sae, source.label)
     if not meta.hook_name or not meta.model_name:
         raise SaeInterpError(
             f"SAE {source.label} names no hook_name/model_name in its metadata; "
@@ -227,6 +228,23 @@ def load_sae(source: SAESource, device: str = "cpu", dtype: str = "float32"):
         model_from_pretrained_kwargs=dict(meta.model_from_pretrained_kwargs or {}),
     )
     return sae, info
+
+
+def refuse_transcoder(sae, label: str) -> None:
+    """A transcoder reads one hook and writes another; every task here reads an SAE as
+    reconstructing the activation it encodes, so a transcoder would be scored against the wrong
+    activation (sae_core's MSE and CE loss of its input hook). Refused until transcoders are
+    supported, rather than scored wrong without a word."""
+    meta = sae.cfg.metadata
+    out_hook = getattr(meta, "hook_name_out", None)
+    if "transcoder" not in sae.cfg.architecture() and not out_hook:
+        return
+    reads = f"reads {meta.hook_name} and writes {out_hook or 'another activation'}"
+    raise SaeInterpError(
+        f"{label} is a transcoder ({sae.cfg.architecture()}: it {reads}); this package scores "
+        "SAEs that reconstruct the activation they read, so its numbers would measure the wrong "
+        "activation; transcoders are not supported yet: score an SAE of that hook instead"
+    )
 
 
 def weights_fingerprint(sae) -> str:

@@ -227,6 +227,7 @@ def estimate_similarity(run: LatentRun, counter) -> costs.Estimate:
             "mcs": "mcs_random",
             "dict_mean_mcs": "dict_mean_mcs_random",
             "explanation_sim": "explanation_sim_shuffled",
+            **{f"dict_frac_mcs_{lv}": f"dict_frac_mcs_{lv}_random" for lv in LEVELS},
         },
         position=70,
     ),
