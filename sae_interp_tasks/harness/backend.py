@@ -268,11 +268,21 @@ class SAEBackend(SplicedRequests, TemplateLM):
             "sae_hook_name": self.info.hook_name,
             "subject_model": self.subject_name,
             "sae_control": self.source.control,
-            **(
-                {"sae_references": self.store.notes["references"]}
-                if self.store.notes.get("references")
-                else {}
-            ),
+            # what the run compared with (a similarity task's references) and read
+            # (explainer: file's explanations, with their coverage)
+            **{f"sae_{name}": note for name, note in self.store.notes.items() if note},
+        }
+
+    def sae_identity(self) -> dict:
+        """What names the SAE to files that explain it: its label, sae_lens release and id,
+        Neuronpedia id ("model/source", from sae_lens's metadata of a release) and weights
+        fingerprint (None where unknown)."""
+        return {
+            "label": self.info.label,
+            "release": self.source.release,
+            "sae_id": self.source.sae_id,
+            "neuronpedia_id": getattr(self.sae.cfg.metadata, "neuronpedia_id", None),
+            "fingerprint": self.info.fingerprint,
         }
 
     # --- the package's own request type ----------------------------------------------------------

@@ -80,6 +80,10 @@ class RunContext(Protocol):
 
     def read_activations(self, tokens: torch.Tensor) -> torch.Tensor: ...
 
+    def sae_identity(self) -> dict:
+        """What names the SAE to files that explain it (label, release, sae_id, neuronpedia_id,
+        fingerprint)."""
+
     @property
     def forward_name(self) -> str:
         """Which forward reads activations ("hf" or "tl"): part of the activation caches' keys."""

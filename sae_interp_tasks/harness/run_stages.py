@@ -20,6 +20,7 @@ from sae_interp_tasks.config import Settings
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.harness import costs
 from sae_interp_tasks.harness.context import RunContext
+from sae_interp_tasks.harness.explanation_source import explanation_file, file_key
 from sae_interp_tasks.records import ExampleSplit, Explanation, ScoredLatent
 from sae_interp_tasks.scorers.classifier import ScorerConfig
 from sae_interp_tasks.stages.activations import PassConfig
@@ -104,7 +105,9 @@ class LatentRun:
 # --- keys: exactly what determines each stage ---------------------------------------------------
 def selection_key(s: LatentSettings, seed: int) -> tuple:
     # n_latents is left out: tasks asking for different numbers of latents share one pass over
-    # the largest pool, and slot i is the same latent in all of them
+    # the largest pool, and slot i is the same latent in all of them; an explanations file
+    # restricts the draw to the latents it covers
+    covered = file_key(s.explainer) if s.explainer.explainer == "file" else None
     return (
         "selection",
         s.corpus,
@@ -112,6 +115,7 @@ def selection_key(s: LatentSettings, seed: int) -> tuple:
         s.selection.latents,
         s.examples.min_examples,
         seed,
+        *((covered,) if covered else ()),
     )
 
 
@@ -127,6 +131,7 @@ def explanations_key(s: LatentSettings, seed: int) -> tuple:
 # --- the shared stages --------------------------------------------------------------------------
 def selection(ctx: RunContext, s: LatentSettings, seed: int, n_slots: int) -> Selection:
     """The latent selection; the first caller's n_slots (the run's largest) fills the pool."""
+    covered = explanation_file(ctx, s.explainer) if s.explainer.explainer == "file" else None
     return ctx.store.compute_once(
         selection_key(s, seed),
         lambda: select_latents(
@@ -143,6 +148,7 @@ def selection(ctx: RunContext, s: LatentSettings, seed: int, n_slots: int) -> Se
             read=ctx.read_activations,
             forward=ctx.forward_name,
             group=ctx if ctx.world_size > 1 else None,
+            allowed=frozenset(covered.texts) if covered is not None else None,
         ),
     )
 
@@ -212,6 +218,7 @@ def latent_run(
                     explainer_client(ctx, s.explainer),
                     ctx.tok_decode,
                     weight_lens(ctx) if s.explainer.explainer in WEIGHT_EXPLAINERS else None,
+                    explanation_file(ctx, s.explainer) if s.explainer.explainer == "file" else None,
                 ),
             ),
         ),

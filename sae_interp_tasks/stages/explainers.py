@@ -26,9 +26,10 @@ from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.records import Example, ExampleSplit, Explanation
 from sae_interp_tasks.stages.examples import activating_marks, highlight
 
-EXPLAINERS = ("hf", "openai", "tokens", "logits", "neighbours")
-# the explainers that call no LLM (the last two read the SAE's weights through stages.lens)
-LLM_FREE = ("tokens", "logits", "neighbours")
+EXPLAINERS = ("hf", "openai", "tokens", "logits", "neighbours", "file")
+# the explainers that call no LLM (logits and neighbours read the SAE's weights through
+# stages.lens; file reads explanations written elsewhere, stages.explanation_files)
+LLM_FREE = ("tokens", "logits", "neighbours", "file")
 WEIGHT_EXPLAINERS = ("logits", "neighbours")
 Decode = Callable[[list[int]], str]
 
@@ -58,6 +59,20 @@ class ExplainerConfig(StageConfig):
     # (the token-list method of the "definition trees" work)
     neighbour_tokens: int = positive(5)
     neighbour_scale: float = option(1.0, above=0.0)
+    # explainer: file: where the explanations are (a Neuronpedia export, a delphi explanations
+    # folder, a SAEBench autointerp result file, this package's samples files), the delphi module
+    # when the folder holds several, and the Neuronpedia explanation model preferred where a
+    # latent has several records
+    explanations_path: str | None = None
+    explanations_module: str | None = None
+    explanations_model: str | None = None
+
+    def check(self) -> None:
+        if self.explainer == "file" and not self.explanations_path:
+            raise SaeInterpError(
+                'explainer: file needs explanations_path (--metadata \'{"explainer": "file", '
+                '"explanations_path": "..."}\')'
+            )
 
     @property
     def uses_llm(self) -> bool:
@@ -162,9 +177,17 @@ def explain(
     client: LLMClient | None,
     decode: Decode,
     lens=None,
+    given=None,
 ) -> dict[int, Explanation]:
     """One explanation per latent; an LLM answer that cannot be parsed gives the token-list
-    explanation, marked as such. `lens` (stages.lens.WeightLens) serves the weight explainers."""
+    explanation, marked as such. `lens` (stages.lens.WeightLens) serves the weight explainers,
+    `given` (stages.explanation_files.ExplanationFile) the file explainer, whose latents are
+    selected among those it covers."""
+    if cfg.explainer == "file":
+        return {
+            s.latent: Explanation(s.latent, given.texts[s.latent], f"file:{given.layout}")
+            for s in splits
+        }
     if cfg.explainer in WEIGHT_EXPLAINERS:
         if lens is None:
             raise SaeInterpError(f"explainer {cfg.explainer!r} needs the subject model's weights")

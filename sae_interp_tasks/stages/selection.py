@@ -87,11 +87,17 @@ def select_latents(
     read=None,
     forward: str = "tl",
     group=None,
+    allowed: frozenset | None = None,
 ) -> Selection:
     """The first n_slots live latents of a seeded order of all latents (or exactly the named
-    ones)."""
+    ones). `allowed` (the latents an explanations file covers): only those are drawn, and a named
+    latent outside it leaves its slot empty, as a dead one does."""
     order = candidate_order(info.d_sae, cfg.latents, seed)
     explicit = cfg.latents is not None
+    if allowed is not None and not explicit:
+        order = [lat for lat in order if lat in allowed]
+        if not order:
+            raise SaeInterpError("the explanations cover none of the SAE's latents")
     size = len(order) if explicit else min(len(order), max(2 * n_slots, MIN_POOL))
     while True:
         pool = order[:size]
@@ -112,7 +118,7 @@ def select_latents(
         live = {
             int(lat)
             for lat, n in zip(state.latents.tolist(), filled.tolist(), strict=True)
-            if n >= min_examples
+            if n >= min_examples and (allowed is None or int(lat) in allowed)
         }
         if explicit or sum(lat in live for lat in pool) >= n_slots or size == len(order):
             break

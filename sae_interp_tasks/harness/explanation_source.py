@@ -1,0 +1,47 @@
+"""Explanations written elsewhere as a run's explanations (`explainer: file`): read once per run,
+checked against the SAE being scored, their coverage recorded in the results."""
+
+from __future__ import annotations
+
+import logging
+
+from sae_interp_tasks.harness.context import RunContext
+from sae_interp_tasks.stages.explainers import ExplainerConfig
+
+log = logging.getLogger(__name__)
+
+
+def file_key(cfg: ExplainerConfig) -> tuple:
+    """What names an explanations file's reading: part of the selection's key, since the latents
+    drawn are those the file covers."""
+    return (cfg.explanations_path, cfg.explanations_module, cfg.explanations_model)
+
+
+def explanation_file(ctx: RunContext, cfg: ExplainerConfig):
+    """The explanations `explainer: file` reads, once per run, checked against the SAE; how many
+    latents they cover goes into the results (`config.sae_explanations`) and one log line."""
+    from sae_interp_tasks.stages.explanation_files import check_against, read_explanations
+
+    def load():
+        found = read_explanations(
+            cfg.explanations_path, cfg.explanations_module, cfg.explanations_model
+        )
+        check_against(found, ctx.sae_identity(), ctx.info.d_sae)
+        ctx.store.notes.setdefault("explanations", {})[cfg.explanations_path] = {
+            "layout": found.layout,
+            "covered": len(found.texts),
+            "of": int(ctx.info.d_sae),
+            "empty_skipped": found.empty,
+            **found.identity,
+        }
+        log.warning(
+            "explanations from %s (%s): %d of %d latents covered%s; latents are drawn from those",
+            cfg.explanations_path,
+            found.layout,
+            len(found.texts),
+            ctx.info.d_sae,
+            f", {found.empty} empty ones skipped" if found.empty else "",
+        )
+        return found
+
+    return ctx.store.compute_once(("explanation-file", *file_key(cfg)), load)
