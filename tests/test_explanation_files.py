@@ -188,3 +188,76 @@ def test_explanations_round_trip_through_our_samples_and_a_file_covers_the_draw(
     bad = run("bad", explainer="file", explanations_path=str(wrong))
     assert bad.returncode != 0 and not (tmp_path / "bad").exists()
     assert "beyond the width" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.fixture
+def export_bucket():
+    """A loopback stand-in for Neuronpedia's export bucket: an S3 ListObjectsV2 listing over two
+    pages and the gzipped batches it names."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs, urlparse
+
+    prefix = "v1/smollm2-135m/6-res-test/explanations/"
+    batches = {
+        f"{prefix}batch-0.jsonl.gz": [np_record(0, "zero"), np_record(1, "one")],
+        f"{prefix}batch-1.jsonl.gz": [np_record(2, "two")],
+    }
+    ns = "http://s3.amazonaws.com/doc/2006-03-01/"
+    hits = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            url = urlparse(self.path)
+            hits.append(self.path)
+            query = parse_qs(url.query)
+            if url.path == "/" and query.get("list-type") == ["2"]:
+                first = "continuation-token" not in query
+                key = sorted(batches)[0 if first else 1]
+                more = (
+                    "<IsTruncated>true</IsTruncated>"
+                    "<NextContinuationToken>p2</NextContinuationToken>"
+                )
+                body = (
+                    f'<ListBucketResult xmlns="{ns}"><Contents><Key>{key}</Key></Contents>'
+                    f"{more if first else '<IsTruncated>false</IsTruncated>'}</ListBucketResult>"
+                ).encode()
+            elif url.path.lstrip("/") in batches:
+                rows = batches[url.path.lstrip("/")]
+                body = gzip.compress(("\n".join(json.dumps(r) for r in rows) + "\n").encode())
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    server.shutdown()
+
+
+def test_a_neuronpedia_export_is_fetched_once_then_read_from_the_cache(
+    export_bucket, tmp_path, monkeypatch
+):
+    from sae_interp_tasks.stages.neuronpedia_exports import EXPORTS_ENV, fetch_export
+
+    url, hits = export_bucket
+    monkeypatch.setenv("SAE_INTERP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(EXPORTS_ENV, url)
+    folder = fetch_export("smollm2-135m/6-res-test")
+    assert sorted(f.name for f in folder.iterdir()) == ["batch-0.jsonl.gz", "batch-1.jsonl.gz"]
+    got = read_explanations(str(folder))
+    assert got.texts == {0: "zero", 1: "one", 2: "two"}
+    assert got.identity == {"neuronpedia_id": "smollm2-135m/6-res-test"}
+    before = len(hits)
+    monkeypatch.setenv(EXPORTS_ENV, "http://127.0.0.1:9")  # nothing listens: the cache answers
+    assert fetch_export("smollm2-135m/6-res-test") == folder and len(hits) == before
+    with pytest.raises(SaeInterpError, match="cannot fetch .* download s3://neuronpedia-datasets"):
+        fetch_export("smollm2-135m/7-res-test")
+    assert not (tmp_path / "cache" / "neuronpedia" / "smollm2-135m" / "7-res-test").exists()

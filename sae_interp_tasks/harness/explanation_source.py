@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.harness.context import RunContext
 from sae_interp_tasks.stages.explainers import ExplainerConfig
 
@@ -21,11 +22,13 @@ def explanation_file(ctx: RunContext, cfg: ExplainerConfig):
     """The explanations `explainer: file` reads, once per run, checked against the SAE; how many
     latents they cover goes into the results (`config.sae_explanations`) and one log line."""
     from sae_interp_tasks.stages.explanation_files import check_against, read_explanations
+    from sae_interp_tasks.stages.neuronpedia_exports import fetch_export
 
     def load():
-        found = read_explanations(
-            cfg.explanations_path, cfg.explanations_module, cfg.explanations_model
-        )
+        path = cfg.explanations_path
+        if path == "neuronpedia":  # the SAE's own export, fetched once into the cache
+            path = str(fetch_export(neuronpedia_id(ctx)))
+        found = read_explanations(path, cfg.explanations_module, cfg.explanations_model)
         check_against(found, ctx.sae_identity(), ctx.info.d_sae)
         ctx.store.notes.setdefault("explanations", {})[cfg.explanations_path] = {
             "layout": found.layout,
@@ -45,3 +48,13 @@ def explanation_file(ctx: RunContext, cfg: ExplainerConfig):
         return found
 
     return ctx.store.compute_once(("explanation-file", *file_key(cfg)), load)
+
+
+def neuronpedia_id(ctx: RunContext) -> str:
+    found = ctx.sae_identity().get("neuronpedia_id")
+    if not found:
+        raise SaeInterpError(
+            f"{ctx.info.label} names no Neuronpedia id (an sae_lens release with a Neuronpedia "
+            "page does, in its metadata's neuronpedia_id); pass explanations_path=FILE instead"
+        )
+    return str(found)

@@ -60,7 +60,8 @@ class ExplainerConfig(StageConfig):
     neighbour_tokens: int = positive(5)
     neighbour_scale: float = option(1.0, above=0.0)
     # explainer: file: where the explanations are (a Neuronpedia export, a delphi explanations
-    # folder, a SAEBench autointerp result file, this package's samples files), the delphi module
+    # folder, a SAEBench autointerp result file, this package's samples files; "neuronpedia": the
+    # SAE's own Neuronpedia export, fetched once into the cache), the delphi module
     # when the folder holds several, and the Neuronpedia explanation model preferred where a
     # latent has several records
     explanations_path: str | None = None
