@@ -67,6 +67,11 @@ def add_leaderboard_parser(sub) -> None:
     board.add_argument(
         "--confidence", type=float, default=0.95, help="interval level (default 0.95)"
     )
+    board.add_argument(
+        "--scatter",
+        metavar="TASK_A,TASK_B",
+        help="also plot two tasks' per-latent scores against each other (HTML page, --plots)",
+    )
 
 
 def add_export_parser(sub) -> None:
@@ -136,7 +141,7 @@ def write_outputs(files: dict[Path, str | bytes]) -> None:
 
 
 def run_leaderboard(args) -> int:
-    from sae_interp_tasks.reports import board, html, inputs, overlap, plots, tables
+    from sae_interp_tasks.reports import board, extras, html, inputs, plots, tables
 
     if args.output and Path(args.output).is_dir():
         raise SaeInterpError(f"--output {args.output} is a folder; give a file name")
@@ -145,18 +150,14 @@ def run_leaderboard(args) -> int:
     runs = inputs.read_inputs(args.results)
     built = board.build_board(runs, confidence=args.confidence)
     images = plots.plots(built) if (args.plots or args.format == "html") else {}
-    matrix = overlap.overlap_if_any(runs) if (args.plots or args.format == "html") else None
-    if matrix is not None:
-        images["overlap.png"] = overlap.heatmap(matrix)
-    text = (
-        html.html_page(
-            built,
-            {k: v for k, v in images.items() if k != "overlap.png"},
-            overlap.html_section(matrix, images["overlap.png"]) if matrix else "",
-        )
-        if args.format == "html"
-        else tables.render(built, args.format)
-    )
+    more = extras.extras(runs, args.confidence, args.scatter)
+    if args.format == "html":
+        text = html.html_page(built, images, more.html)
+    else:
+        text = tables.render(built, args.format)
+        if args.format == "markdown" and more.markdown:
+            text += "\n" + more.markdown
+    images.update(more.images)
     files = {Path(args.plots) / name: png for name, png in images.items()} if args.plots else {}
     if args.output:
         files[Path(args.output)] = text
