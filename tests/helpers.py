@@ -255,3 +255,18 @@ class OracleEndpoint(JsonEndpoint):
                 else (404, {"error": {"message": f"{path} not found"}})
             )
         )
+
+
+# the pass and splits of the weights and explanation-file tests: seconds on the test corpus
+SMALL_PASS = {
+    "n_tokens": 4096,
+    "context_size": 64,
+    "window": 16,
+    "n_top": 10,
+    "n_sample": 40,
+    "n_random": 64,
+    "min_examples": 5,
+    "n_train": 10,
+    "n_test_per_decile": 1,
+    "n_test_non_activating": 10,
+}

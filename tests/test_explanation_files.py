@@ -13,7 +13,7 @@ import pytest
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.stages.explanation_files import check_against, read_explanations
 from tests.conftest import CAT_LATENT, DOG_LATENT
-from tests.helpers import result_files, run_lm_eval, samples
+from tests.helpers import SMALL_PASS, result_files, run_lm_eval, samples
 
 SAE = {"label": "the-sae", "release": None, "sae_id": None, "neuronpedia_id": None}
 
@@ -112,18 +112,7 @@ def test_unknown_layouts_and_missing_paths_are_one_line_errors(tmp_path):
         ExplainerConfig(explainer="file")
 
 
-META = {
-    "n_tokens": 4096,
-    "context_size": 64,
-    "window": 16,
-    "n_top": 10,
-    "n_sample": 40,
-    "n_random": 64,
-    "min_examples": 5,
-    "n_train": 10,
-    "n_test_per_decile": 1,
-    "n_test_non_activating": 10,
-}
+META = SMALL_PASS
 
 
 @pytest.mark.slow  # lm_eval end to end

@@ -12,21 +12,9 @@ import pytest
 import torch
 
 from tests.conftest import CAT, CAT_LATENT, DOG, DOG_LATENT
-from tests.helpers import result_files, run_lm_eval, samples
+from tests.helpers import SMALL_PASS, result_files, run_lm_eval, samples
 
-META = {
-    "n_tokens": 4096,
-    "context_size": 64,
-    "window": 16,
-    "n_top": 10,
-    "n_sample": 40,
-    "n_random": 64,
-    "latents": [CAT_LATENT, DOG_LATENT],
-    "min_examples": 5,
-    "n_train": 10,
-    "n_test_per_decile": 1,
-    "n_test_non_activating": 10,
-}
+META = {**SMALL_PASS, "latents": [CAT_LATENT, DOG_LATENT]}
 
 
 def run_planted(planted_sae, corpus_file, sae_cache, out, task: str, **extra):

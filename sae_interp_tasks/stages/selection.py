@@ -63,14 +63,23 @@ class Selection:
         return [lat for lat in self.latents if lat is not None]
 
 
-def candidate_order(d_sae: int, latents: list | None, seed: int) -> list[int]:
+def candidate_order(
+    d_sae: int, latents: list | None, seed: int, allowed: frozenset | None = None
+) -> list[int]:
+    """The named latents, or a seeded order of all latents (of those `allowed`, when given)."""
     if latents is not None:
         bad = [lat for lat in latents if not 0 <= lat < d_sae]
         if bad:
             raise SaeInterpError(f"latents {bad} are not latent ids of this SAE (0..{d_sae - 1})")
         return list(latents)
     gen = torch.Generator().manual_seed(seed)
-    return torch.randperm(d_sae, generator=gen).tolist()
+    order = torch.randperm(d_sae, generator=gen).tolist()
+    if allowed is None:
+        return order
+    order = [lat for lat in order if lat in allowed]
+    if not order:
+        raise SaeInterpError("the explanations cover none of the SAE's latents")
+    return order
 
 
 def select_latents(
@@ -92,12 +101,8 @@ def select_latents(
     """The first n_slots live latents of a seeded order of all latents (or exactly the named
     ones). `allowed` (the latents an explanations file covers): only those are drawn, and a named
     latent outside it leaves its slot empty, as a dead one does."""
-    order = candidate_order(info.d_sae, cfg.latents, seed)
+    order = candidate_order(info.d_sae, cfg.latents, seed, allowed)
     explicit = cfg.latents is not None
-    if allowed is not None and not explicit:
-        order = [lat for lat in order if lat in allowed]
-        if not order:
-            raise SaeInterpError("the explanations cover none of the SAE's latents")
     size = len(order) if explicit else min(len(order), max(2 * n_slots, MIN_POOL))
     while True:
         pool = order[:size]
