@@ -380,3 +380,31 @@ def test_bad_references_and_models_are_one_line_errors(loaded_planted, planted_s
     no_head = SimpleNamespace(cfg=SimpleNamespace(model_name="an-encoder"), W_U=None)
     with pytest.raises(SaeInterpError, match="has no unembedding .* with an LM head"):
         WeightLens(no_head, sae, str)
+
+
+def test_the_weights_tasks_draw_the_same_latent_slots_as_detection():
+    """Under one seed and corpus a weights task's selection key is detection's (so slot i names
+    the same latent and `compare` pairs their docs), and it reads no explanations unless the
+    semantic overlap asks; an explanations file changes the draw (only covered latents)."""
+    import sae_interp_tasks.tasks  # noqa: F401 (declares the built-in task kinds)
+    from sae_interp_tasks import registry
+    from sae_interp_tasks.harness.run_stages import selection_key
+
+    meta = {"n_tokens": 4096, "n_latents": 16}
+    settings = {
+        kind: registry.lookup(kind).settings.from_metadata(meta)
+        for kind in ("detection", "logitlens", "similarity")
+    }
+    keys = {kind: selection_key(s, 1234) for kind, s in settings.items()}
+    assert keys["logitlens"] == keys["detection"] == keys["similarity"]
+    similarity = registry.lookup("similarity")
+    assert not registry.lookup("logitlens").reads_explanations(settings["logitlens"])
+    assert not similarity.reads_explanations(settings["similarity"])
+    semantic = similarity.settings.from_metadata(
+        {**meta, "reference": "demo", "semantic_overlap": True}
+    )
+    assert similarity.reads_explanations(semantic)
+    from_file = registry.lookup("detection").settings.from_metadata(
+        {**meta, "explainer": "file", "explanations_path": "x.json"}
+    )
+    assert selection_key(from_file, 1234) != keys["detection"]
