@@ -95,7 +95,7 @@ class Pooled:
     def __call__(self, docs) -> float:
         """lm-eval's aggregation: each doc's value is its statistics (a mapping, or an object with
         them as attributes)."""
-        docs = list(docs)
+        docs = [d for d in docs if d is not None]  # a latent slot left empty has no statistics
         if self._compute is not None:
             return float(self._compute(docs))
         stats = {name: np.array([_stat(d, name) for d in docs], dtype=float) for name in self.stats}

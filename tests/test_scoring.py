@@ -602,6 +602,20 @@ def test_detection_and_fuzzing_share_one_explanation_per_latent(
         assert det["metrics"]["balanced_acc"] >= 0.95 and fuz["metrics"]["balanced_acc"] >= 0.95
         # fuzzing shows marks, detection does not
         assert det["scorer"]["windows"] != fuz["scorer"]["windows"]
+        # the frequency-weighted F1's statistics: F1 x the latent's firing count in the pass
+        firing = det["stats"]["firing_scored"]
+        assert firing >= 1 and det["stats"]["f1_x_firing"] == det["metrics"]["f1"] * firing
+    # delphi's frequency-weighted F1: sum of F1 x firing over the sum of firing
+    from sae_interp_tasks.harness.classifier_run import FREQ_WEIGHTED_F1
+
+    dets = [
+        r.to_json() for p, r in zip(payloads(settings), out, strict=True) if p.kind == "detection"
+    ]
+    weights = [d["stats"]["firing_scored"] for d in dets]
+    expected = sum(d["metrics"]["f1"] * w for d, w in zip(dets, weights, strict=True)) / sum(
+        weights
+    )
+    assert FREQ_WEIGHTED_F1([d["stats"] for d in dets] + [None]) == pytest.approx(expected)
 
     # answering the same docs again on this backend asks nobody anything
     calls = {name: c.n_calls for name, c in fakes.items()}
@@ -693,3 +707,15 @@ def test_explanation_on_the_line_after_its_lead_is_kept():
         )
         == 30
     )
+
+
+def test_a_latent_without_an_f1_weighs_nothing_in_the_frequency_weighted_f1():
+    from sae_interp_tasks.harness.classifier_run import FREQ_WEIGHTED_F1, with_firing
+    from sae_interp_tasks.records import ScoredLatent
+
+    answered = with_firing(ScoredLatent(1, "", [], metrics={"f1": 0.5}), n_firing=30)
+    frequent = with_firing(ScoredLatent(2, "", [], metrics={"f1": 1.0}), n_firing=90)
+    silent = with_firing(ScoredLatent(3, "", [], metrics={"f1": float("nan")}), n_firing=1000)
+    assert silent.stats == {"f1_x_firing": 0.0, "firing_scored": 0.0}
+    got = FREQ_WEIGHTED_F1([answered.stats, frequent.stats, silent.stats])
+    assert got == pytest.approx((0.5 * 30 + 1.0 * 90) / 120)

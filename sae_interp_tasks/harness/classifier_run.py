@@ -5,8 +5,10 @@ that score with a classifier, so none of them imports another's module."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 
+from sae_interp_tasks.aggregations import Pooled
 from sae_interp_tasks.harness import costs, run_stages
 from sae_interp_tasks.harness.run_stages import LatentRun, ScorerSettings
 from sae_interp_tasks.scorers import classifier
@@ -14,12 +16,19 @@ from sae_interp_tasks.validity import scorer_check
 from sae_interp_tasks.validity.scorer_check import CheckResult
 
 CLASSIFIER_CHECK = "scorer_check_balanced_acc"
+# delphi's frequency-weighted F1: the latents' F1 weighted by how often each fired in the pass
+# (the frequent latents are the ones a user of the SAE meets), over the latents with an F1
+FREQ_WEIGHTED_F1 = Pooled("sum(f1_x_firing) / sum(firing_scored)")
 # a window classifier's task metrics: the classifier's own and its known-answer check's
-METRICS = {**classifier.METRICS, **scorer_check.check_metrics(CLASSIFIER_CHECK)}
+METRICS = {
+    **classifier.METRICS,
+    "f1_freq_weighted": (FREQ_WEIGHTED_F1, True),
+    **scorer_check.check_metrics(CLASSIFIER_CHECK),
+}
 # the metrics that mean nothing when the check fails (answered_frac and parse_failures still do)
 CHECKED = {
     m: "scorer_check_passed"
-    for m in classifier.METRICS
+    for m in (*classifier.METRICS, "f1_freq_weighted")
     if m not in ("answered_frac", "parse_failures")
 }
 
@@ -42,7 +51,7 @@ def classify(
     """A window classifier on the run's owned latents (its settings', or `settings`); `explanations`
     defaults to the run's auto-interp explanations."""
     s = settings or run.settings
-    return scorer.score(
+    scored = scorer.score(
         [run.splits[lat] for lat in run.latents],
         explanations or run.explanations,
         s.scorer,
@@ -53,6 +62,20 @@ def classify(
         s.explainer.highlight_threshold,
         set(run.owned),
     )
+    return {lat: with_firing(sc, run.selection.state.n_firing(lat)) for lat, sc in scored.items()}
+
+
+def with_firing(scored, n_firing: int):
+    """The statistics of the frequency-weighted F1: F1 x firing count and the firing count, both 0
+    for a latent without an F1 (no window answered), which then weighs nothing."""
+    f1 = scored.metrics.get("f1", math.nan)
+    ok = math.isfinite(f1)
+    stats = {
+        **(scored.stats or {}),
+        "f1_x_firing": f1 * n_firing if ok else 0.0,
+        "firing_scored": float(n_firing) if ok else 0.0,
+    }
+    return dataclasses.replace(scored, stats=stats)
 
 
 def check_classifier(

@@ -158,6 +158,10 @@ class PassState:
             raise KeyError(f"latent {latent} was not in this pass")
         return int(hits[0, 0])
 
+    def n_firing(self, latent: int) -> int:
+        """Tokens of the pass on which the latent fired."""
+        return int(self.firing[self.index_of(latent)])
+
     def record(self, latent: int) -> LatentRecord:
         """One latent's examples: top windows strongest first, the sample by its keys (ties:
         earlier window)."""
