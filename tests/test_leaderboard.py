@@ -508,6 +508,52 @@ def test_html_page_renders_and_sorts(board_runs, sae_cache, tmp_path, browser):
     assert column("sae")[0] == results_of(board_runs[0])["config"]["sae"]
 
 
+def test_the_page_fits_a_laptop_screen_and_says_each_failed_check_once(
+    sae_cache, tmp_path, browser
+):
+    """Five latent tasks of the known-answer SAE, one group scored with the oracle and one with the
+    bundled scorer (which fails its checks): at 1400 px the group tables need no sideways scroll
+    (chance levels sit under the scores), a reader can hide a column, and each failed check is one
+    footnote per task that names the rows it marks."""
+    from selenium.webdriver.common.by import By
+
+    runs = REPO / "benchmarks" / "results" / "known_answers"
+    page = tmp_path / "board.html"
+    proc = sae_interp(
+        "leaderboard",
+        runs / "tokens_oracle",
+        runs / "tokens_embedding",
+        runs / "tokens_bundled",
+        "--format",
+        "html",
+        "--output",
+        page,
+        cache=sae_cache,
+    )
+    assert proc.returncode == 0, proc.stderr
+    browser.set_window_size(1400, 900)
+    browser.get(page.as_uri())
+    (tmp_path / "board.png").write_bytes(browser.get_screenshot_as_png())
+    assert (tmp_path / "board.png").read_bytes()[:4] == b"\x89PNG"
+    tables = browser.find_elements(By.CSS_SELECTOR, "table.board[id^=board]")
+    assert len(tables) >= 2
+    viewport = browser.execute_script("return document.documentElement.clientWidth")
+    for table in tables:
+        width = browser.execute_script("return arguments[0].getBoundingClientRect().right", table)
+        assert width <= viewport, f"{table.get_attribute('id')} is {width} px wide in {viewport}"
+    assert "chance" in tables[0].text  # under the scores, not in columns of their own
+    notes = [p.text for p in browser.find_elements(By.CSS_SELECTOR, "p.failed")]
+    tasks = [n.split(":")[0] for n in notes]
+    assert notes and len(tasks) == len(set(tasks))  # one footnote per task
+    # hide the second column of the first table
+    table = tables[0]
+    first = table.find_elements(By.CSS_SELECTOR, "thead th")[1]
+    section = table.find_element(By.XPATH, "./ancestor::section")
+    section.find_element(By.CSS_SELECTOR, "details.columns summary").click()
+    section.find_elements(By.CSS_SELECTOR, "details.columns input")[1].click()
+    assert not first.is_displayed()
+
+
 # ------------------------------------------------------------------------------------ compare
 def test_compare_fails_the_damaged_candidate(planted_run, damaged_run, sae_cache, tmp_path):
     summary = tmp_path / "summary.md"

@@ -76,18 +76,22 @@ def check_failed(row: Row, col: Column) -> bool:
 
 
 def check_notes(group: Group, confidence: float) -> list[str]:
-    """One footnote per row and task whose marked cells come from a scorer that failed its check."""
-    notes = {}
+    """One footnote per task whose marked cells come from a scorer that failed its check, naming
+    each row it marks with that row's check statistic."""
+    failed: dict[str, dict[str, str]] = {}
     for row in group.rows:
         for col in columns(group):
-            if col.kind == "cell" and check_failed(row, col) and (row.sae, col.task) not in notes:
-                summary = row.tasks[col.task].check_summary(col.metric, confidence)
-                notes[(row.sae, col.task)] = (
-                    f"{FAILED_MARK} {row.sae}, {col.task}: the scorer failed its known-answer "
-                    f"check ({summary}); the marked numbers cannot tell a right explanation from "
-                    "a wrong one, whatever the SAE. Score with a capable scorer."
-                )
-    return list(notes.values())
+            if col.kind == "cell" and check_failed(row, col):
+                rows = failed.setdefault(col.task, {})
+                if row.sae not in rows:
+                    rows[row.sae] = row.tasks[col.task].check_summary(col.metric, confidence)
+    return [
+        f"{FAILED_MARK} {task}: the scorer failed its known-answer check "
+        + "; ".join(f"({summary}) in {sae}" for sae, summary in rows.items())
+        + ". The marked numbers cannot tell a right explanation from a wrong one, whatever the "
+        "SAE. Score with a capable scorer."
+        for task, rows in failed.items()
+    ]
 
 
 def interval_note(board: Board) -> str:

@@ -18,3 +18,11 @@ document.querySelectorAll('table.board th').forEach(function (th) {
     rows.forEach(function (r) { body.appendChild(r); });
   });
 });
+document.querySelectorAll('details.columns input[type=checkbox]').forEach(function (box) {
+  box.addEventListener('change', function () {
+    var table = document.getElementById(box.dataset.table), col = parseInt(box.dataset.col, 10);
+    Array.prototype.forEach.call(table.rows, function (r) {
+      r.cells[col].style.display = box.checked ? '' : 'none';
+    });
+  });
+});
