@@ -78,19 +78,22 @@ def check_failed(row: Row, col: Column) -> bool:
 def check_notes(group: Group, confidence: float) -> list[str]:
     """One footnote per task whose marked cells come from a scorer that failed its check, naming
     each row it marks with that row's check statistic."""
-    failed: dict[str, dict[str, str]] = {}
+    # task -> the check's statistic -> the rows it marks (rows sharing one check, e.g. an SAE and
+    # its controls scored in one run, are named together)
+    failed: dict[str, dict[str, list[str]]] = {}
     for row in group.rows:
         for col in columns(group):
             if col.kind == "cell" and check_failed(row, col):
-                rows = failed.setdefault(col.task, {})
+                summary = row.tasks[col.task].check_summary(col.metric, confidence)
+                rows = failed.setdefault(col.task, {}).setdefault(summary, [])
                 if row.sae not in rows:
-                    rows[row.sae] = row.tasks[col.task].check_summary(col.metric, confidence)
+                    rows.append(row.sae)
     return [
         f"{FAILED_MARK} {task}: the scorer failed its known-answer check "
-        + "; ".join(f"({summary}) in {sae}" for sae, summary in rows.items())
+        + "; ".join(f"({summary}) in {', '.join(saes)}" for summary, saes in by_check.items())
         + ". The marked numbers cannot tell a right explanation from a wrong one, whatever the "
         "SAE. Score with a capable scorer."
-        for task, rows in failed.items()
+        for task, by_check in failed.items()
     ]
 
 
