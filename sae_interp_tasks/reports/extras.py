@@ -4,12 +4,12 @@ of similarity runs (reports/overlap.py): as markdown, as HTML sections, and thei
 
 from __future__ import annotations
 
-import base64
 import html
 from dataclasses import dataclass, field
 
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.reports import agreement, overlap
+from sae_interp_tasks.reports.html import img_tag
 from sae_interp_tasks.reports.results_io import Run
 
 
@@ -18,12 +18,6 @@ class Extras:
     markdown: str = ""
     html: str = ""
     images: dict = field(default_factory=dict)  # file name -> PNG bytes
-
-
-def _img(name: str, png: bytes) -> str:
-    data = base64.b64encode(png).decode()
-    alt = html.escape(name)
-    return f"<div><img class='plot' alt='{alt}' src='data:image/png;base64,{data}'></div>"
 
 
 def _agreement_html(pairs: list, confidence: float, images: dict) -> str:
@@ -43,7 +37,7 @@ def _agreement_html(pairs: list, confidence: float, images: dict) -> str:
         "<table class='board'><thead><tr><th class='text'>SAE</th><th class='text'>method A</th>"
         "<th class='text'>method B</th><th class='num'>latents</th><th class='num'>ρ</th>"
         f"</tr></thead><tbody>{rows}</tbody></table>"
-        + "".join(_img(n, png) for n, png in images.items())
+        + "".join(img_tag(n, png) for n, png in images.items())
         + "</section>"
     )
 
@@ -70,6 +64,6 @@ def extras(runs: list[Run], confidence: float, scatter: str | None = None) -> Ex
     matrix = overlap.overlap_if_any(runs)
     if matrix is not None:
         png = overlap.heatmap(matrix)
-        out.html += overlap.html_section(matrix, png)
+        out.html += overlap.html_section(matrix, img_tag("overlap", png))
         out.images["overlap.png"] = png
     return out

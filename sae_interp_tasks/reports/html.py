@@ -30,6 +30,15 @@ def _static(name: str) -> str:
     )
 
 
+def img_tag(name: str, png: bytes) -> str:
+    """A PNG embedded in the page (self-contained: nothing fetched at view time)."""
+    data = base64.b64encode(png).decode()
+    return (
+        f"<div><img class='plot' alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
+        "</div>"
+    )
+
+
 def _sort_value(entry) -> str:
     if entry is None:
         return ""
@@ -148,11 +157,7 @@ def html_page(board: Board, images: dict[str, bytes] | None = None, extra: str =
         )
         for name, png in images.items():
             if name.startswith(f"group{group.number}_"):
-                data = base64.b64encode(png).decode()
-                parts.append(
-                    f"<div><img class='plot' alt='{e(name)}' "
-                    f"src='data:image/png;base64,{data}'></div>"
-                )
+                parts.append(img_tag(name, png))
         parts.append("</section>")
     parts.append(extra)
     page = Template(_static("leaderboard.html"))

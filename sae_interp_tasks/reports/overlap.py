@@ -77,10 +77,9 @@ def overlap_if_any(runs: list[Run], metric: str = "dict_matched_frac") -> Overla
     return overlap(runs, metric) if has else None
 
 
-def html_section(o: Overlap, png: bytes) -> str:
-    """The matrix as the leaderboard page shows it: a table with chance levels, then the
-    heatmap."""
-    import base64
+def html_section(o: Overlap, image: str) -> str:
+    """The matrix as the leaderboard page shows it: a table with chance levels, then `image` (the
+    heatmap's embedded img tag)."""
     import html
 
     e = html.escape
@@ -91,16 +90,13 @@ def html_section(o: Overlap, png: bytes) -> str:
         + "</tr>"
         for sae in o.saes
     )
-    data = base64.b64encode(png).decode()
     return (
         "<section id='overlap'><h2>Overlap of dictionaries</h2>"
         f"<p class='note'>{e(o.metric)} of each SAE (row) against each reference (column), "
         "from the dictionary-similarity runs; chance from a random dictionary of the "
         "reference's shape.</p>"
         f"<table class='board'><thead><tr><th class='text'>SAE</th>{head}</tr></thead>"
-        f"<tbody>{rows}</tbody></table>"
-        f"<div><img class='plot' alt='overlap' src='data:image/png;base64,{data}'></div>"
-        "</section>"
+        f"<tbody>{rows}</tbody></table>{image}</section>"
     )
 
 
