@@ -12,15 +12,20 @@ from sae_interp_tasks.stages.explainers import ExplainerConfig
 log = logging.getLogger(__name__)
 
 
-def file_key(cfg: ExplainerConfig) -> tuple:
-    """What names an explanations file's reading: part of the selection's key, since the latents
-    drawn are those the file covers."""
+def file_key(cfg: ExplainerConfig) -> tuple | None:
+    """What names an explanations file's reading (None for other explainers): part of the
+    selection's key, since the latents drawn are those the file covers."""
+    if cfg.explainer != "file":
+        return None
     return (cfg.explanations_path, cfg.explanations_module, cfg.explanations_model)
 
 
 def explanation_file(ctx: RunContext, cfg: ExplainerConfig):
-    """The explanations `explainer: file` reads, once per run, checked against the SAE; how many
-    latents they cover goes into the results (`config.sae_explanations`) and one log line."""
+    """The explanations `explainer: file` reads (None for other explainers), once per run, checked
+    against the SAE; how many latents they cover goes into the results (`config.sae_explanations`)
+    and one log line."""
+    if cfg.explainer != "file":
+        return None
     from sae_interp_tasks.stages.explanation_files import check_against, read_explanations
     from sae_interp_tasks.stages.neuronpedia_exports import fetch_export
 

@@ -12,7 +12,6 @@ from sae_interp_tasks.harness.context import RunContext
 from sae_interp_tasks.harness.run_stages import LatentRun
 from sae_interp_tasks.records import Explanation
 from sae_interp_tasks.stages.explainers import WEIGHT_EXPLAINERS, explain
-from sae_interp_tasks.stages.selection import make_splits, select_latents
 
 
 def reference(ctx: RunContext, cfg):
@@ -81,27 +80,6 @@ def _reference_splits(run: LatentRun, ref, info, wanted: list[int]) -> dict:
     """The reference latents' example splits from the reference's own activation pass over the
     run's corpus (the latents named exactly, so a dead one is left out)."""
     ctx, s = run.context, run.settings
-    chosen = select_latents(
-        ctx.model,
-        ref,
-        info,
-        s.corpus.spec(ctx.info.dataset_path),
-        s.activations,
-        dataclasses.replace(s.selection, latents=wanted),
-        s.examples.min_examples,
-        len(wanted),
-        run.seed,
-        ctx.batch_size_per_gpu,
-        read=ctx.read_activations,
-        forward=ctx.forward_name,
-        group=ctx if ctx.world_size > 1 else None,
-    )
-    hard = s.examples.non_activating == "hard"
-    return make_splits(
-        chosen,
-        s.examples,
-        run.seed,
-        ctx.tok_decode,
-        run_stages.embedder(ctx, s.embedding) if hard else None,
-        s.embedding.embedding_batch_size,
-    )
+    named = dataclasses.replace(s.selection, latents=wanted)
+    chosen = run_stages.select_for(ctx, ref, info, s, named, len(wanted), run.seed)
+    return run_stages.splits_for(ctx, chosen, s, run.seed)

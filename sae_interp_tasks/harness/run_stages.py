@@ -79,8 +79,7 @@ class LatentRun:
     `owned` are the latents whose docs this process answers (all of them in one process; under a
     launcher, those of its share of the slots). A scorer may score only those, with everything else
     of the run at hand (other latents' explanations as shuffled controls); `scores` gathers the
-    rest.
-    """
+    rest."""
 
     context: RunContext
     settings: LatentSettings
@@ -107,7 +106,7 @@ def selection_key(s: LatentSettings, seed: int) -> tuple:
     # n_latents is left out: tasks asking for different numbers of latents share one pass over
     # the largest pool, and slot i is the same latent in all of them; an explanations file
     # restricts the draw to the latents it covers
-    covered = file_key(s.explainer) if s.explainer.explainer == "file" else None
+    covered = file_key(s.explainer)
     return (
         "selection",
         s.corpus,
@@ -131,25 +130,34 @@ def explanations_key(s: LatentSettings, seed: int) -> tuple:
 # --- the shared stages --------------------------------------------------------------------------
 def selection(ctx: RunContext, s: LatentSettings, seed: int, n_slots: int) -> Selection:
     """The latent selection; the first caller's n_slots (the run's largest) fills the pool."""
-    covered = explanation_file(ctx, s.explainer) if s.explainer.explainer == "file" else None
+    covered = explanation_file(ctx, s.explainer)  # draws only latents it covers
+    allowed = frozenset(covered.texts) if covered else None
     return ctx.store.compute_once(
         selection_key(s, seed),
-        lambda: select_latents(
-            ctx.model,
-            ctx.sae,
-            ctx.info,
-            s.corpus.spec(ctx.info.dataset_path),
-            s.activations,
-            s.selection,
-            s.examples.min_examples,
-            n_slots,
-            seed,
-            ctx.batch_size_per_gpu,
-            read=ctx.read_activations,
-            forward=ctx.forward_name,
-            group=ctx if ctx.world_size > 1 else None,
-            allowed=frozenset(covered.texts) if covered is not None else None,
-        ),
+        lambda: select_for(ctx, ctx.sae, ctx.info, s, s.selection, n_slots, seed, allowed),
+    )
+
+
+def select_for(
+    ctx: RunContext, sae, info, s: LatentSettings, chosen, n_slots: int, seed: int, allowed=None
+) -> Selection:
+    """`select_latents` for an SAE of this run (the evaluated one or a reference), `chosen`: a
+    SelectionConfig."""
+    return select_latents(
+        ctx.model,
+        sae,
+        info,
+        s.corpus.spec(ctx.info.dataset_path),
+        s.activations,
+        chosen,
+        s.examples.min_examples,
+        n_slots,
+        seed,
+        ctx.batch_size_per_gpu,
+        read=ctx.read_activations,
+        forward=ctx.forward_name,
+        group=ctx if ctx.world_size > 1 else None,
+        allowed=allowed,
     )
 
 
@@ -179,15 +187,20 @@ def example_splits(
     """The latent selection and every live latent's train/test split."""
     chosen = selection(ctx, s, seed, n_slots)
     return chosen, ctx.store.compute_once(
-        splits_key(s, seed),
-        lambda: make_splits(
-            chosen,
-            s.examples,
-            seed,
-            ctx.tok_decode,
-            embedder(ctx, s.embedding) if s.examples.non_activating == "hard" else None,
-            s.embedding.embedding_batch_size,
-        ),
+        splits_key(s, seed), lambda: splits_for(ctx, chosen, s, seed)
+    )
+
+
+def splits_for(ctx: RunContext, chosen: Selection, s: LatentSettings, seed: int) -> dict:
+    """`make_splits` of a selection of this run (the evaluated SAE's or a reference's)."""
+    hard = s.examples.non_activating == "hard"
+    return make_splits(
+        chosen,
+        s.examples,
+        seed,
+        ctx.tok_decode,
+        embedder(ctx, s.embedding) if hard else None,
+        s.embedding.embedding_batch_size,
     )
 
 
@@ -218,7 +231,7 @@ def latent_run(
                     explainer_client(ctx, s.explainer),
                     ctx.tok_decode,
                     weight_lens(ctx) if s.explainer.explainer in WEIGHT_EXPLAINERS else None,
-                    explanation_file(ctx, s.explainer) if s.explainer.explainer == "file" else None,
+                    explanation_file(ctx, s.explainer),
                 ),
             ),
         ),
@@ -231,9 +244,8 @@ def scores(run: LatentRun, kind: str, settings: Settings | None = None) -> dict[
     defaults to the run's; another kind's task passes its own settings seen as `kind`'s bundle."""
     spec = registry.lookup(kind)
     chosen = settings if settings is not None else run.settings
-    if (
-        type(chosen) is not spec.settings
-    ):  # exactly the kind's bundle, so the key matches its own task's
+    # exactly the kind's bundle, so the key matches its own task's
+    if type(chosen) is not spec.settings:
         chosen = chosen.project(spec.settings)
     key = explanations_key(run.settings, run.seed) + ("score", kind, chosen)
     return run.context.store.compute_once(
@@ -273,8 +285,7 @@ def scorer_check(
     run: LatentRun, key: tuple, compute: Callable[[], CheckResult]
 ) -> CheckResult | None:
     """A scorer's known-answer check, once per run for equal `key` (its scorer and settings); None
-    when
-    `scorer_check` is off."""
+    when `scorer_check` is off."""
     s: ScorerSettings = run.settings
     if not s.check.scorer_check:
         return None
@@ -293,9 +304,8 @@ def _on_rank_zero(ctx: RunContext, compute: Callable):
     if ctx.rank == 0:
         try:
             result = compute()
-        except (
-            Exception
-        ) as err:  # the other ranks wait in the gather below: tell them, then fail here too
+        # the other ranks wait in the gather below: tell them, then fail here too
+        except Exception as err:
             ctx.all_gather_object((None, f"{type(err).__name__}: {err}"))
             raise
     result, failure = ctx.all_gather_object((result, failure))[0]
@@ -325,19 +335,11 @@ def contexts(ctx: RunContext, s: LatentSettings, seed: int):
     from sae_interp_tasks.stages.corpus import token_contexts
 
     def build():
-        spec = s.corpus.spec(ctx.info.dataset_path)
-        return torch.stack(
-            list(
-                token_contexts(
-                    spec,
-                    ctx.tokenizer,
-                    s.activations.n_tokens,
-                    s.activations.context_size,
-                    ctx.info.prepend_bos,
-                    seed,
-                )
-            )
-        ).to(torch.int32)
+        spec, cfg = s.corpus.spec(ctx.info.dataset_path), s.activations
+        found = token_contexts(
+            spec, ctx.tokenizer, cfg.n_tokens, cfg.context_size, ctx.info.prepend_bos, seed
+        )
+        return torch.stack(list(found)).to(torch.int32)
 
     return ctx.store.compute_once(
         ("contexts", s.corpus, s.activations.n_tokens, s.activations.context_size, seed), build

@@ -69,9 +69,8 @@ def estimate_llm_use(ctx: RunContext, requests: list[InterpretRequest], slots: l
         estimate = costs.Estimate()
         spec = registry.lookup(r.kind)
         explanations = group_key(run_stages.explanations_key(s, r.seed))
-        if (
-            spec.reads_explanations(s) and explanations not in explained
-        ):  # the shared explanations, once
+        # the shared explanations are estimated once, by the first kind that reads them
+        if spec.reads_explanations(s) and explanations not in explained:
             explained.add(explanations)
             estimate = estimate.add(costs.explainer_estimate(run, counter))
         estimates[r.kind] = estimate.add(spec.estimate(run, counter)) if spec.estimate else estimate

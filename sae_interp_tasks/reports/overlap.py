@@ -104,9 +104,8 @@ def _fmt(cell) -> str:
     if cell is None:
         return ""
     value, chance = cell
-    if (
-        value != value
-    ):  # NaN: the metric does not apply (a dictionary against itself is not matched)
+    # NaN: the metric does not apply (a dictionary against itself is not matched)
+    if math.isnan(value):
         return "—"
     return f"{value:.3f}" + (f" (chance {chance:.3f})" if chance is not None else "")
 
