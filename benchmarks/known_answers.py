@@ -32,6 +32,7 @@ HEADLINES = {
     "sae_simulation": "correlation",
     "sae_surprisal": "auroc",
     "sae_selfexplain": "retrieval_auroc",
+    "sae_intruder": "accuracy",
 }
 # what counts as recovering the planted meanings, as the README's targets say
 TARGETS = {
@@ -40,6 +41,7 @@ TARGETS = {
     "sae_fuzzing": 0.95,
     "sae_simulation": 0.9,
     "sae_surprisal": 0.95,
+    "sae_intruder": 0.95,
 }
 LLM_TASKS = "sae_detection,sae_fuzzing,sae_simulation,sae_surprisal"
 
@@ -73,6 +75,9 @@ def runs(sae: Path) -> dict[str, tuple[str, dict, int | None]]:
             10,
         ),
         "llm_embedding": ("sae_embedding,sae_selfexplain", {"selfexplain_detection": False}, None),
+        # no explanation read: the scorer picks the window of another kind among a latent's
+        "intruder_oracle": ("sae_intruder", oracle, None),
+        "intruder_bundled": ("sae_intruder", {}, 10),
     }
 
 
@@ -108,14 +113,20 @@ def read(out: Path, name: str) -> tuple[dict, dict]:
 def rows_for(name: str, results: dict, samples: dict, answers: dict) -> list[dict]:
     from sae_interp_tasks.validity.known_answers import names_meaning
 
-    explainer = "token list" if name.startswith("tokens") else "SmolLM2-135M"
+    explainer = (
+        "token list"
+        if name.startswith("tokens")
+        else "none"
+        if name.startswith("intruder")
+        else "SmolLM2-135M"
+    )
     scorer = "oracle" if "oracle" in name else "SmolLM2-135M" if "bundled" in name else ""
     out = []
     first = next(iter(samples.values()), [])
     named = [
         names_meaning(r["explanation"], answers[r["latent"]])
         for r in first
-        if r.get("latent") is not None
+        if r.get("latent") is not None and "explanation" in r
     ]
     if name in ("tokens_embedding", "llm_embedding"):
         out.append(
@@ -157,6 +168,21 @@ def rows_for(name: str, results: dict, samples: dict, answers: dict) -> list[dic
             }
         )
     return out
+
+
+def merged(rows: list[dict], seconds: dict) -> tuple[list[dict], dict]:
+    """These rows and seconds over the last full run's: a row measured again replaces its old
+    one (the same method, explainer and scorer)."""
+    saved = HERE / "results" / "known_answers.json"
+    if not saved.exists():
+        return rows, seconds
+    old = json.loads(saved.read_text())
+
+    def same(r):
+        return (r["method"], r["explainer"], r["scorer"])
+
+    fresh = {same(r) for r in rows}
+    return [r for r in old["rows"] if same(r) not in fresh] + rows, {**old["seconds"], **seconds}
 
 
 def statistic(name: str) -> str:
@@ -213,6 +239,8 @@ def main() -> None:
     for name, (tasks, meta, limit) in chosen.items():
         seconds[name] = run(name, tasks, meta, limit, args.sae, args.out)
         rows += rows_for(name, *read(args.out, name), answers)
+    if args.runs:  # a subset: the other runs' rows and seconds stay as they were
+        rows, seconds = merged(rows, seconds)
     probes = json.loads((args.sae / ka.ANSWERS_FILE).read_text())["latents"]
     text = (
         f"known-answer suite: {len(answers)} latents "

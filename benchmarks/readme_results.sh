@@ -21,7 +21,7 @@ run() {  # name, model_args, tasks, metadata (empty: the YAML's and the SAE's ow
   gzip -9f "$OUT/runs/$name"/*/samples_*.jsonl  # sae-interp reads .jsonl.gz as it reads .jsonl
 }
 
-ALL="core embedding embedding_tokens embedding_tokens_neurons interp agreement intervention headline headline_controls group gate known_answers leaderboard bench tables"
+ALL="core embedding embedding_tokens embedding_tokens_neurons interp agreement intervention headline headline_controls group intruder gate known_answers leaderboard bench tables"
 steps=${*:-$ALL}
 # Sized for a 2-core CPU: 131k tokens a pass; sae_embedding on 128 latents with the LLM explainer
 # and on 512 with the token-list explainer (no LLM, so affordable at that size); the LLM-scored
@@ -70,6 +70,10 @@ for step in $steps; do
     group_random) run group_random "control=random" sae_interp "" ;;
     group_neurons) run group_neurons "control=neurons" sae_interp "" ;;
     group_table) .venv/bin/python benchmarks/group_table.py | tee "$OUT/group_table.md" ;;
+    intruder)  # intruder scoring (no explanation) with every default, demo and both controls
+      run intruder_demo "" sae_intruder ""
+      run intruder_random "control=random" sae_intruder ""
+      run intruder_neurons "control=neurons" sae_intruder "" ;;
     gate)  # the CI gate, demo vs a random-direction SAE, both scored by the bundled scorer: must not pass
       set +e
       .venv/bin/sae-interp compare "$OUT/runs/group_demo" "$OUT/runs/group_random" --metrics sae_detection/balanced_acc \

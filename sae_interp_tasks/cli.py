@@ -76,19 +76,35 @@ def add_leaderboard_parser(sub) -> None:
 
 def add_export_parser(sub) -> None:
     out = sub.add_parser(
-        "export", help="write results in another tool's format (SAEBench's result files)"
+        "export",
+        help="write results in another tool's format (SAEBench's result files, delphi's run "
+        "folder, Neuronpedia's explanation export)",
     )
     out.add_argument(
         "results", nargs="+", help="results_*.json files or lm_eval --output_path folders"
     )
     out.add_argument(
-        "--format", choices=("saebench",), default="saebench", help="default: saebench"
+        "--format",
+        choices=("saebench", "delphi", "neuronpedia"),
+        default="saebench",
+        help="default: saebench (delphi and neuronpedia need the runs' --log_samples files)",
     )
     out.add_argument(
         "--output",
         "-o",
         required=True,
-        help="folder to write <eval_type_id>/<sae>_eval_results.json into",
+        help="folder to write into (saebench: <eval_type_id>/<sae>_eval_results.json; delphi: "
+        "<sae>/explanations, scores; neuronpedia: <model>/<source>/explanations, config)",
+    )
+    out.add_argument(
+        "--neuronpedia-id",
+        metavar="MODEL/SOURCE",
+        help="neuronpedia: the SAE's Neuronpedia id, where sae_lens's metadata names none",
+    )
+    out.add_argument(
+        "--author-id",
+        default="sae-interp-tasks",
+        help="neuronpedia: the user id the rows name as author (a user of the target instance)",
     )
 
 
@@ -196,14 +212,25 @@ def run_compare(args) -> int:
 
 
 def run_export(args) -> int:
-    from sae_interp_tasks.reports import inputs, saebench
+    from sae_interp_tasks.reports import inputs, interop, saebench
 
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise SaeInterpError(f"--output {args.output} is a file; give a folder")
-    files = saebench.export(inputs.read_inputs(args.results))
-    write_outputs({Path(args.output) / name: text for name, text in files.items()})
-    for name in files:
+    if args.neuronpedia_id and args.format != "neuronpedia":
+        raise SaeInterpError("--neuronpedia-id is for --format neuronpedia")
+    runs = inputs.read_inputs(args.results)
+    if args.format == "delphi":
+        files = interop.delphi(runs)
+    elif args.format == "neuronpedia":
+        files = interop.neuronpedia(runs, args.neuronpedia_id, args.author_id)
+    else:
+        files = saebench.export(runs)
+    write_outputs({Path(args.output) / name: content for name, content in files.items()})
+    shown = sorted(files) if len(files) <= 20 else sorted({Path(*n.parts[:2]) for n in files})
+    for name in shown:
         print(Path(args.output) / name)
+    if len(files) > 20:
+        print(f"{len(files)} files under {args.output}", file=sys.stderr)
     return 0
 
 

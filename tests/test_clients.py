@@ -256,6 +256,39 @@ def test_hf_client_constrained_choice_list_always_parses_and_reads_p1_per_digit(
     assert fresh.n_calls == 1 and free[0].choice_probs is None
 
 
+def test_hf_client_constrained_single_choice_names_one_number_with_its_distribution(
+    tmp_path, tiny_model_dir
+):
+    """choice_one=n: the answer is one digit from 1 to n, the likeliest of them, and choice_probs
+    are the softmax over those n digits' logits after the prompt (checked by a plain forward); the
+    constraint is part of the cache key."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = ClientConfig(kind="hf", model=str(tiny_model_dir), batch_size=4)
+    prompts = [
+        ask(text, max_tokens=4, choice_one=n)
+        for text, n in (("Which of three?", 3), ("Pick one of five examples, please.", 5))
+    ]
+    client = make_client(cfg, tmp_path)
+    answers = client.generate(prompts)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    for prompt, answer in zip(prompts, answers, strict=True):
+        n = prompt.choice_one
+        assert answer.text in [str(k) for k in range(1, n + 1)], answer.text
+        assert len(answer.choice_probs) == n and sum(answer.choice_probs) == pytest.approx(1.0)
+        assert int(answer.text) == 1 + max(range(n), key=lambda k: answer.choice_probs[k])
+        ids = tokenizer(client._chat_text(prompt), return_tensors="pt", add_special_tokens=False)
+        digits = tokenizer.convert_tokens_to_ids([str(k) for k in range(1, n + 1)])
+        with torch.no_grad():
+            logits = model(**ids).logits[0, -1, digits]
+        expected = torch.softmax(logits, -1).tolist()
+        assert answer.choice_probs == pytest.approx(expected, abs=2e-4)
+    free = make_client(cfg, tmp_path).generate([replace(prompts[0], choice_one=0)])
+    assert free[0].choice_probs is None
+
+
 # ------------------------------------------------------------------ openai: a real server behind a
 # fault proxy
 

@@ -76,6 +76,8 @@ SUITE = {
     "n_tokens": 65_536,
     "scorer": "oracle",
     "surprisal_scorer": "oracle",
+    # the suite has 4 latents: the intruder's control needs intruder_windows other latents
+    "intruder_windows": 3,
 }
 
 
@@ -91,7 +93,7 @@ def test_the_known_answer_suite_recovers_every_planted_meaning(known_sae, sae_ca
         and json.loads((folder / "cfg.json").read_text())["metadata"]["hook_name"] == ka.HOOK_NAME
     )
     meta = {**SUITE, "scorer_model": str(folder), "surprisal_model": str(folder)}
-    tasks = "sae_embedding,sae_detection,sae_fuzzing,sae_simulation,sae_surprisal"
+    tasks = "sae_embedding,sae_detection,sae_fuzzing,sae_simulation,sae_surprisal,sae_intruder"
     proc = run_lm_eval(
         [
             "--model",
@@ -126,11 +128,13 @@ def test_the_known_answer_suite_recovers_every_planted_meaning(known_sae, sae_ca
         ("sae_fuzzing", "balanced_acc", 0.95),
         ("sae_surprisal", "auroc", 0.95),
         ("sae_simulation", "correlation", 0.9),
+        ("sae_intruder", "accuracy", 0.95),
     ):
         assert got[task][f"{metric},none"] >= best, (task, got[task])
-        chance = 0.0 if metric == "correlation" else 0.5
+        chance = {"correlation": 0.0, "accuracy": 1 / 3}.get(metric, 0.5)
         assert abs(got[task][f"{metric}_shuffled,none"] - chance) <= 0.15, (task, got[task])
         assert got[task]["scorer_check_passed,none"] == 1.0, (task, got[task])
+    assert got["sae_intruder"]["accuracy_chance,none"] == pytest.approx(1 / 3)
     assert "failed its known-answer check" not in proc.stderr
 
 

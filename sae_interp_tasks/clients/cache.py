@@ -76,6 +76,8 @@ class CompletionCache:
             fields.append(prompt.prefill)
         if prompt.choice_list:
             fields.append({"choice_list": prompt.choice_list})
+        if prompt.choice_one:
+            fields.append({"choice_one": prompt.choice_one})
         return cache_key(*fields, length=64)
 
     @staticmethod

@@ -86,7 +86,8 @@ class HFClient(LLMClient):
 
         def sampling(i: int):
             p = prompts[i]
-            return (p.temperature, p.logprobs, p.top_logprobs if p.logprobs else 0, p.choice_list)
+            top = p.top_logprobs if p.logprobs else 0
+            return (p.temperature, p.logprobs, top, p.choice_list, p.choice_one)
 
         # one generate call needs one sampling setup; within it, similar lengths pad least
         order = sorted(
@@ -229,7 +230,7 @@ class HFClient(LLMClient):
             add_special_tokens=False,
         ).to(self.cfg.device)
         prompt_len = encoded["input_ids"].shape[1]
-        template = self._choice_template(first.choice_list) if first.choice_list else None
+        template = self._template_for(first)
         sample = first.temperature > 0
         kwargs = dict(
             max_new_tokens=max(p.max_tokens for p in batch),
@@ -273,10 +274,25 @@ class HFClient(LLMClient):
             completions.append(Completion(text=text, top_logprobs=top))
         return completions
 
-    def _choice_template(self, n: int) -> list[int | None] | None:
-        """The token ids of "d, d, ..., d]" with None at each digit, or None if this tokenizer does
-        not spell 0 and 1 as single tokens apart from the separators (then the answer is generated
-        freely)."""
+    def _template_for(self, prompt: Prompt) -> list | None:
+        """The constrained answer's tokens: an id where the token is fixed, a tuple of the allowed
+        ids at each choice; None when the answer is free (or this tokenizer cannot spell it)."""
+        if prompt.choice_one:
+            return self._one_template(prompt.choice_one)
+        return self._choice_template(prompt.choice_list) if prompt.choice_list else None
+
+    def _one_template(self, n: int) -> list | None:
+        """One digit from 1 to n, when each is a single token of its own."""
+        ids = [self._tokenizer.convert_tokens_to_ids(str(k)) for k in range(1, n + 1)]
+        if n > 9 or any(i is None or i == self._tokenizer.unk_token_id for i in ids):
+            log.warning("%s: cannot constrain a choice of 1..%d; parsed freely", self.name, n)
+            return None
+        return [tuple(ids)]
+
+    def _choice_template(self, n: int) -> list | None:
+        """The token ids of "d, d, ..., d]" with the 0/1 pair at each digit, or None if this
+        tokenizer does not spell 0 and 1 as single tokens apart from the separators (then the
+        answer is generated freely)."""
         if n not in self._templates:
             zeros, ones = (
                 self._tokenizer(", ".join([d] * n) + "]", add_special_tokens=False)["input_ids"]
@@ -290,38 +306,38 @@ class HFClient(LLMClient):
                     and {zeros[i] for i in diff} == {self._digit_ids[0]}
                     and {ones[i] for i in diff} == {self._digit_ids[1]}
                 ):
-                    template = [None if i in diff else tok for i, tok in enumerate(zeros)]
+                    pair = self._digit_ids
+                    template = [pair if i in diff else tok for i, tok in enumerate(zeros)]
             if template is None:
                 log.warning(
                     "%s: the tokenizer does not spell a 0/1 list digit by digit; scorer answers "
-                    "are "
-                    "generated unconstrained and parsed",
+                    "are generated unconstrained and parsed",
                     self.name,
                 )
             self._templates[n] = template
         return self._templates[n]
 
-    def _allowed(self, template: list[int | None], prompt_len: int):
-        digits = list(self._digit_ids)
+    def _allowed(self, template: list, prompt_len: int):
         eos = self._tokenizer.eos_token_id
 
         def allowed(_row: int, ids: torch.Tensor) -> list[int]:
             step = ids.shape[-1] - prompt_len
             if step >= len(template):
                 return [eos]
-            return digits if template[step] is None else [template[step]]
+            slot = template[step]
+            return list(slot) if isinstance(slot, tuple) else [slot]
 
         return allowed
 
     def _choice_completion(
-        self, prompt: Prompt, ids: list[int], logits, row: int, template: list[int | None]
+        self, prompt: Prompt, ids: list[int], logits, row: int, template: list
     ) -> Completion:
-        zero, one = self._digit_ids
+        """A choice list's P(1) at each digit, or a single choice's P(k) for each k."""
         probs = []
         for step, slot in enumerate(template):
-            if slot is None:
-                pair = logits[step][row, [zero, one]].float()
-                probs.append(float(torch.softmax(pair, dim=-1)[1]))
+            if isinstance(slot, tuple):
+                dist = torch.softmax(logits[step][row, list(slot)].float(), dim=-1).tolist()
+                probs += dist if prompt.choice_one else [dist[1]]
         text = prompt.prefill + self._tokenizer.decode(
             ids[: len(template)], skip_special_tokens=True
         )

@@ -50,6 +50,10 @@ class Prompt:
     # that can constrain decoding (hf) allow only that grammar and return each choice's P(1) in
     # Completion.choice_probs, so the answer always parses; endpoint clients ignore it.
     choice_list: int = 0
+    # > 0: the answer is one number from 1 to this (at most 9), one digit after the prefill.
+    # Clients that can constrain decoding (hf) allow only those digits and return P(k) for each
+    # k in Completion.choice_probs; endpoint clients ignore it and the answer is parsed.
+    choice_one: int = 0
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,8 @@ class Completion:
     top_logprobs: list[dict[str, float]] | None = None
     error: str | None = None  # why it failed (no secrets in it)
     cached: bool = False
-    # with Prompt.choice_list: P(1) / (P(0) + P(1)) at each choice, from the unconstrained logits
+    # with Prompt.choice_list: P(1) / (P(0) + P(1)) at each choice, from the unconstrained logits;
+    # with Prompt.choice_one: P(k) for k = 1..n, normalised over the n digits
     choice_probs: list[float] | None = None
 
 

@@ -268,6 +268,7 @@ class SAEBackend(SplicedRequests, TemplateLM):
             "sae_hook_name": self.info.hook_name,
             "subject_model": self.subject_name,
             "sae_control": self.source.control,
+            "sae_neuronpedia_id": self.sae_identity()["neuronpedia_id"],
             # what the run compared with (a similarity task's references) and read
             # (explainer: file's explanations, with their coverage)
             **{f"sae_{name}": note for name, note in self.store.notes.items() if note},
@@ -281,7 +282,9 @@ class SAEBackend(SplicedRequests, TemplateLM):
             "label": self.info.label,
             "release": self.source.release,
             "sae_id": self.source.sae_id,
-            "neuronpedia_id": getattr(self.sae.cfg.metadata, "neuronpedia_id", None),
+            "neuronpedia_id": getattr(
+                getattr(self.sae.cfg, "metadata", None), "neuronpedia_id", None
+            ),
             "fingerprint": self.info.fingerprint,
         }
 

@@ -144,6 +144,7 @@ class Run:
     # the reference SAEs a similarity task compared this one with (config.sae_references): each
     # {"label", "fingerprint", "d_sae", "hook_name", "architecture"}, by its reference setting
     references: dict = field(default_factory=dict)
+    neuronpedia_id: str | None = None  # "model/source" where sae_lens's metadata names one
 
     @property
     def identity(self) -> tuple:
@@ -310,6 +311,7 @@ def read_run(path: Path, load_samples: bool = True, data: dict | None = None) ->
         sae_id=args.get("sae_id"),
         epoch_seconds=float(data.get("date") or 0.0),
         references=dict(config.get("sae_references") or {}),
+        neuronpedia_id=config.get("sae_neuronpedia_id"),
     )
 
 

@@ -72,7 +72,7 @@ def export(runs: list[Run]) -> dict[Path, str]:
             }
             if not mapping:
                 data["eval_result_details"] = _details(result)
-            files[Path(eval_type) / f"{_file_name(run)}_eval_results.json"] = (
+            files[Path(eval_type) / f"{file_name(run)}_eval_results.json"] = (
                 json.dumps(data, indent=1) + "\n"
             )
     return files
@@ -119,7 +119,7 @@ def _details(result: TaskResult) -> list[dict]:
     return rows
 
 
-def _file_name(run: Run) -> str:
+def file_name(run: Run) -> str:
     label = re.sub(r"[^A-Za-z0-9._+-]+", "_", run.sae).strip("_") or "sae"
     return f"{label}_{run.fingerprint}" if run.fingerprint else label
 

@@ -255,6 +255,9 @@ def _read_answers(
                     "label": item.label,
                     "prediction": None if preds is None else preds[i],
                     "probability": None if probs is None else round(probs[i], 4),
+                    # per token, for exports that show windows token by token (delphi's scores)
+                    "str_tokens": [decode([t]) for t in item.example.tokens.tolist()],
+                    "activations": [round(float(a), 4) for a in item.example.acts.tolist()],
                 }
             )
     return judged, detail

@@ -102,6 +102,8 @@ class OracleClient(LLMClient):
                     [top if c else 0 for c in self.carried(cells, self.meaning_of(explanation))]
                 )
             )
+        if user.rstrip().endswith("Which example is the intruder?"):
+            return self._pick_intruder(user)
         if user.rstrip().endswith("Which set?"):
             return Completion(text=str(self._pick_set(user)))
         if user.rstrip().endswith("Same thing?"):
@@ -130,6 +132,12 @@ class OracleClient(LLMClient):
 
     def _marked_ok(self, text: str, meaning: Meaning | None) -> bool:
         """Fuzzing: every marked token carries the meaning."""
+        hits = [any(self.carried([p], meaning)) for p in self._marked_pieces(text)]
+        return bool(hits) and all(hits)
+
+    def _marked_pieces(self, text: str, everything: bool = False) -> list[str]:
+        """The tokens of a text marked <<like this>> (words only); with `everything`, all its
+        tokens when none is marked."""
         plain, marked, inside = "", [], False
         for part in re.split(r"(<<|>>)", text):
             if part in ("<<", ">>"):
@@ -139,13 +147,28 @@ class OracleClient(LLMClient):
                 marked.append((len(plain), len(plain) + len(part)))
             plain += part
         pieces, starts = self.pieces(plain)
-        carries = self.carried(pieces, meaning)
-        hits = [
-            c
-            for p, s, c in zip(pieces, starts, carries, strict=True)
-            if p.strip() and any(a <= s < b for a, b in marked)
+        return [
+            p
+            for p, s in zip(pieces, starts, strict=True)
+            if p.strip() and (any(a <= s < b for a, b in marked) or (everything and not marked))
         ]
-        return bool(hits) and all(hits)
+
+    def _pick_intruder(self, user: str) -> Completion:
+        """The example without the meaning most of the others' marked tokens carry (a planted one
+        first, else a word); with no meaning shared by two examples it cannot tell, and names the
+        first."""
+        texts = re.findall(r"^Example \d+: (.*)$", user, flags=re.M)
+        marked = [self._marked_pieces(t, everything=True) for t in texts]
+        words = {p.strip() for ps in marked for p in ps if _is_word(p)}
+        candidates = self.meanings + [Meaning(w, "word", w, (w,)) for w in sorted(words)]
+        counts = [sum(any(self.carried(ps, m)) for ps in marked) for m in candidates]
+        shared = [i for i, c in enumerate(counts) if 2 <= c < len(texts)]
+        pick = 0
+        if shared:
+            best = candidates[max(shared, key=lambda i: counts[i])]
+            pick = next(i for i, ps in enumerate(marked) if not any(self.carried(ps, best)))
+        probs = [0.9 if i == pick else 0.1 / max(1, len(texts) - 1) for i in range(len(texts))]
+        return Completion(text=str(pick + 1), choice_probs=probs)
 
     def _pick_set(self, user: str) -> int:
         explanation = re.match(r"Description: (.*)\n", user).group(1)
@@ -211,6 +234,10 @@ def _read_table(text: str) -> tuple[str, list[str]]:
     return explanation, [
         c.replace("\\n", "\n").replace("\\t", "\t").replace("\\\\", "\\") for c in cells
     ]
+
+
+def _is_word(piece: str) -> bool:
+    return len(piece.strip()) >= 3 and piece.strip().isalpha()
 
 
 def _same(a: Meaning | None, b: Meaning | None) -> bool:

@@ -100,16 +100,21 @@ def check_metrics(name: str) -> dict:
     return {name: (Shared(), True), name.rsplit("_check_", 1)[0] + "_check_passed": (nanmean, True)}
 
 
-def announce(task: str, scorer: str, result: CheckResult, instead: str) -> None:
+def announce(
+    task: str,
+    scorer: str,
+    result: CheckResult,
+    instead: str,
+    cannot: str = "cannot tell a right explanation from a wrong one",
+) -> None:
     if not result.passed:
         log.warning(
-            "%s: the scorer %s failed its known-answer check (%s): its %s scores cannot tell a "
-            "right "
-            "explanation from a wrong one; %s",
+            "%s: the scorer %s failed its known-answer check (%s): its %s scores %s; %s",
             task,
             scorer,
             result.describe(),
             task,
+            cannot,
             instead,
         )
 
