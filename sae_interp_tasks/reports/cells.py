@@ -91,8 +91,8 @@ def check_notes(group: Group, confidence: float) -> list[str]:
     return [
         f"{FAILED_MARK} {task}: the scorer failed its known-answer check "
         + "; ".join(f"({summary}) in {', '.join(saes)}" for summary, saes in by_check.items())
-        + ". The marked numbers cannot tell a right explanation from a wrong one, whatever the "
-        "SAE. Score with a capable scorer."
+        + ". The marked numbers say nothing about the SAE: this scorer cannot score its own "
+        "known answers. Score with a capable scorer."
         for task, by_check in failed.items()
     ]
 

@@ -9,6 +9,7 @@ reads explanations logs it) and, per task, its scores and the windows its scorer
   latent a JSON list of the windows judged: `str_tokens`, `activations`, `distance` (the window's
   decile; -1 for a non-activating one, as delphi marks random negatives), `activating`,
   `prediction`, `probability`, `correct`), and `run_config.json`. The module is the SAE's hook.
+  Which tasks go there, and as which scorer, each task's report says (`ReportSpec.delphi`).
   delphi's `log/hookpoint_firing_counts.pt` is not written: it holds the firing count of every
   latent of the SAE, and a run logs them for scored latents only; delphi's `load_data` reads the
   folder without it (then it computes no frequency-weighted F1; ours is in the results).
@@ -39,8 +40,8 @@ from sae_interp_tasks.reports.results_io import Run
 from sae_interp_tasks.reports.saebench import file_name
 from sae_interp_tasks.reports.samples_io import samples_path, samples_text
 
-# our task -> delphi's scorer folder
-DELPHI_SCORERS = {"sae_detection": "detection", "sae_fuzzing": "fuzz"}
+# the setting naming the model that scored a task's explanations, first found
+SCORER_KEYS = ("scorer_model", "surprisal_model", "embedding_model")
 BATCH = 1024  # rows per batch file, as Neuronpedia's exports hold
 CREATOR = "sae-interp-tasks"
 EXPLANATION_TYPE = "sae-interp-tasks"
@@ -86,8 +87,9 @@ def delphi(runs: list[Run]) -> dict[Path, bytes]:
         for latent, (text, _) in texts.items():
             files[root / "explanations" / f"{module}_latent{latent}.txt"] = _json(text)
         scorers = []
-        for task, name in DELPHI_SCORERS.items():
-            if task not in run.tasks:
+        for task, result in run.tasks.items():
+            name = result.report.delphi  # delphi's name of the scorer, where delphi has it
+            if not name:
                 continue
             scorers.append(name)
             for row in logged(run, task):
@@ -196,7 +198,7 @@ def _np_scores(run: Run, ids: dict, author: str, config: dict) -> list[dict]:
     """One ExplanationScore row per scored latent of every task that scored explanations."""
     rows = []
     for task, result in run.tasks.items():
-        scorer = str(result.settings.get("scorer_model") or result.settings.get("embedding_model"))
+        scorer = str(next((result.settings[k] for k in SCORER_KEYS if result.settings.get(k)), ""))
         for row in logged(run, task):
             lat, metrics = int(row["latent"]), row.get("metrics") or {}
             value = metrics.get(result.headline)

@@ -42,7 +42,9 @@ class ReportSpec:
     result
       files (`eval_type_id`, the `task` name, `metrics` {category: {their metric: ours}},
       `left_out` {category: [their metrics we do not compute]}); empty: exported under our own eval
-      type (reports/saebench.py).
+      type (reports/saebench.py);
+    - `delphi`: for a window classifier delphi also runs, the name of delphi's scorer (its
+      `scores/<name>/` folder in `export --format delphi`); empty: not exported there.
     """
 
     headline: str
@@ -58,6 +60,7 @@ class ReportSpec:
     position: int = 100
     checks: dict = field(default_factory=dict)
     saebench: dict = field(default_factory=dict)
+    delphi: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "columns", tuple(self.columns) or (self.headline, *self.extra))

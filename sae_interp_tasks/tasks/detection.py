@@ -33,7 +33,7 @@ def score_detection(run: LatentRun):
     serve=serve_latents,
     scorer=score_detection,
     estimate=classifier_estimate(Detection()),
-    report=ReportSpec(headline="balanced_acc", position=10, checks=CHECKED),
+    report=ReportSpec(headline="balanced_acc", position=10, checks=CHECKED, delphi="detection"),
 )
 class SAEDetectionTask(LatentTask):
     """Does the explanation let a scorer tell which held-out windows make the latent fire?"""

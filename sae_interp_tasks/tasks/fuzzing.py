@@ -32,7 +32,7 @@ def score_fuzzing(run: LatentRun):
     serve=serve_latents,
     scorer=score_fuzzing,
     estimate=classifier_estimate(Fuzzing()),
-    report=ReportSpec(headline="balanced_acc", position=20, checks=CHECKED),
+    report=ReportSpec(headline="balanced_acc", position=20, checks=CHECKED, delphi="fuzz"),
 )
 class SAEFuzzingTask(LatentTask):
     """Does the explanation let a scorer tell true activating-token markings from random ones?"""
