@@ -34,7 +34,7 @@ def main() -> None:
 
     import torch
 
-    from sae_interp_tasks.stages import core
+    from sae_interp_tasks.stages import core, core_plain
     from sae_interp_tasks.stages.corpus import CorpusSpec, token_contexts
     from sae_interp_tasks.stages.hf_forward import HFReader
     from sae_interp_tasks.stages.saes import SAESource, load_sae
@@ -57,7 +57,9 @@ def main() -> None:
     rows = {}
     with torch.no_grad():
         rows["plain: three full hooked forwards per chunk (before)"] = timed(
-            lambda: [core.three_forward_chunk_stats(model, sae, hook, c, special) for c in chunks]
+            lambda: [
+                core_plain.three_forward_chunk_stats(model, sae, hook, c, special) for c in chunks
+            ]
         )
         rows["first SAE at a hook: reference + SAE part"] = timed(
             lambda: [

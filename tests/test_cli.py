@@ -16,7 +16,7 @@ import torch
 
 from conftest import HOOK
 from helpers import error_lines, result_files, run_lm_eval, run_python
-from sae_interp_tasks.stages import core, core_metrics
+from sae_interp_tasks.stages import core_metrics, core_plain
 
 LIMIT = 2
 CORE_META = {"n_tokens": 2048, "context_size": 64, "chunk_contexts": 4}
@@ -107,7 +107,7 @@ def test_sae_core_numbers_match_an_in_process_computation(
         )
     )
     stats = [
-        core.three_forward_chunk_stats(
+        core_plain.three_forward_chunk_stats(
             tiny_model, sae, HOOK, contexts[i * per_chunk : (i + 1) * per_chunk]
         )
         for i in range(LIMIT)

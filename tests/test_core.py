@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import HOOK, corpus_lines
-from sae_interp_tasks.stages import core, core_metrics
+from sae_interp_tasks.stages import core, core_metrics, core_plain
 from sae_interp_tasks.stages.core import CoreStats
 
 
@@ -106,6 +106,7 @@ def test_ce_loss_recovered_and_per_chunk_metrics():
         "ce_loss_clean": 1.0,
         "ce_loss_spliced": 1.5,
         "ce_loss_zero_ablation": 3.0,
+        "mse_saebench": 0.125,  # SAEBench's: each token's error over the chunk's 4 tokens
     }
 
 
@@ -258,7 +259,7 @@ def test_fast_path_equals_three_full_forwards(
     tiny_model, loaded_planted, eval_tokens, hf_reader, through_hf
 ):
     sae, _ = loaded_planted
-    slow = core.three_forward_chunk_stats(tiny_model, sae, HOOK, eval_tokens)
+    slow = core_plain.three_forward_chunk_stats(tiny_model, sae, HOOK, eval_tokens)
     fast = fast_stats(tiny_model, sae, eval_tokens, hf_reader if through_hf else None)
     assert fast.n_tokens == slow.n_tokens and fast.l0_sum == slow.l0_sum
     assert np.array_equal(fast.firing, slow.firing)
@@ -266,6 +267,15 @@ def test_fast_path_equals_three_full_forwards(
     assert fast.x_sq_sum == pytest.approx(slow.x_sq_sum, rel=1e-5)
     for name in ("ce_clean", "ce_spliced", "ce_zero"):
         assert getattr(fast, name) == pytest.approx(getattr(slow, name), rel=1e-5), name
+    # the KL divergences from the reference's terms equal those of the full distributions
+    kept = core._keep_mask(eval_tokens, core.special_ids(tiny_model.tokenizer))
+    assert fast.kl_tokens == slow.kl_tokens == int(kept.sum())
+    assert slow.kl_sae_sum > 0 and slow.kl_zero_sum > 0
+    for name in ("kl_sae_sum", "kl_zero_sum", "ev_legacy_sum"):
+        assert getattr(fast, name) == pytest.approx(getattr(slow, name), rel=2e-4), name
+    assert np.array_equal(fast.contexts_firing, slow.contexts_firing)
+    assert (fast.contexts_firing <= eval_tokens.shape[0]).all()
+    assert (fast.contexts_firing <= fast.firing).all() and fast.contexts_firing.sum() > 0
 
 
 def tiny_gpt2():

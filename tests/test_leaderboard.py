@@ -782,34 +782,20 @@ def exported(planted_run, sae_cache, tmp_path_factory) -> Path:
 
 
 def test_sae_core_exports_onto_saebench_core_and_validates_against_its_schema(exported, sae_cache):
-    """The core file validates against the schema the sae-bench package ships, with exactly the
-    fields we do not compute (recorded in the file as left out) relaxed; every number is ours, none
-    is invented."""
+    """The core file validates against the schema the sae-bench package ships, unrelaxed: every
+    metric of SAEBench's core eval and every per-latent row; every number is ours, none is
+    invented."""
     import jsonschema
-
-    from sae_interp_tasks.registry import lookup
 
     (path,) = (exported / "core").glob("*_eval_results.json")
     data = json.loads(path.read_text())
     schema = json.loads((SAEBENCH_SCHEMAS / "core" / "eval_output_schema_core.json").read_text())
-    left_out = data["eval_result_unstructured"]["left_out"]
-    assert (
-        left_out == lookup("core").report.saebench["left_out"]
-        and "model_behavior_preservation" in left_out
-    )
-    defs = schema["$defs"]
-    category_of = {
-        name: defs[ref["$ref"].split("/")[-1]]
-        for name, ref in defs["CoreMetricCategories"]["properties"].items()
-    }
-    for category, fields in left_out.items():
-        category_of[category]["required"] = [
-            f for f in category_of[category]["required"] if f not in fields
-        ]
-        if not category_of[category]["required"]:
-            defs["CoreMetricCategories"]["required"].remove(category)
-            data["eval_result_metrics"].pop(category, None)
+    assert data["eval_result_unstructured"]["left_out"] == {}
     jsonschema.validate(data, schema)
+    details = data["eval_result_details"]
+    assert [row["index"] for row in details] == list(range(data["sae_cfg_dict"]["d_sae"]))
+    assert all(0 <= row["feature_density"] <= 1 for row in details)
+    assert all(-1 <= row["max_decoder_cosine_sim"] <= 1 for row in details)
     ours = {
         k: v["value"]
         for k, v in json.loads(
@@ -829,6 +815,12 @@ def test_sae_core_exports_onto_saebench_core_and_validates_against_its_schema(ex
     assert metrics["sparsity"]["l0"] == pytest.approx(ours["l0"])
     assert metrics["model_performance_preservation"]["ce_loss_score"] == pytest.approx(
         ours["ce_loss_recovered"]
+    )
+    behaviour = metrics["model_behavior_preservation"]
+    assert behaviour["kl_div_score"] == pytest.approx(ours["kl_div_score"])
+    assert 0 <= behaviour["kl_div_with_sae"] < behaviour["kl_div_with_ablation"]
+    assert metrics["misc_metrics"]["average_max_decoder_cosine_sim"] == pytest.approx(
+        sum(row["max_decoder_cosine_sim"] for row in details) / len(details), abs=1e-5
     )
     assert (
         0 < metrics["reconstruction_quality"]["cossim"] <= 1

@@ -145,6 +145,8 @@ class Run:
     # {"label", "fingerprint", "d_sae", "hook_name", "architecture"}, by its reference setting
     references: dict = field(default_factory=dict)
     neuronpedia_id: str | None = None  # "model/source" where sae_lens's metadata names one
+    # task -> SAEBench's per-latent core metrics (sae_core's feature_metrics): name -> [per latent]
+    feature_metrics: dict = field(default_factory=dict)
 
     @property
     def identity(self) -> tuple:
@@ -312,6 +314,7 @@ def read_run(path: Path, load_samples: bool = True, data: dict | None = None) ->
         epoch_seconds=float(data.get("date") or 0.0),
         references=dict(config.get("sae_references") or {}),
         neuronpedia_id=config.get("sae_neuronpedia_id"),
+        feature_metrics=dict(config.get("sae_feature_metrics") or {}),
     )
 
 

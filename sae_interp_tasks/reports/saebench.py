@@ -72,6 +72,8 @@ def export(runs: list[Run]) -> dict[Path, str]:
             }
             if not mapping:
                 data["eval_result_details"] = _details(result)
+            elif mapping.get("details"):
+                data["eval_result_details"] = _feature_details(run, task, mapping["details"])
             files[Path(eval_type) / f"{file_name(run)}_eval_results.json"] = (
                 json.dumps(data, indent=1) + "\n"
             )
@@ -117,6 +119,27 @@ def _details(result: TaskResult) -> list[dict]:
         )
         rows.append(row)
     return rows
+
+
+def _feature_details(run: Run, task: str, source: str) -> list[dict]:
+    """SAEBench's per-latent rows (`eval_result_details`) from what the run recorded under
+    `source` (e.g. sae_core's feature_metrics), NaN written as SAEBench writes it (-1); [] with a
+    warning when the run recorded none (its file then lacks them)."""
+    found = getattr(run, source, {}).get(task)
+    if not found:
+        log.warning(
+            "%s: %s recorded no per-latent metrics (rerun it with feature_metrics: true); its "
+            "SAEBench file has no eval_result_details",
+            run.path,
+            task,
+        )
+        return []
+    names = [name for name in found if isinstance(found[name], list)]
+    width = len(found[names[0]]) if names else 0
+    return [
+        {"index": i, **{n: -1 if found[n][i] is None else found[n][i] for n in names}}
+        for i in range(width)
+    ]
 
 
 def file_name(run: Run) -> str:

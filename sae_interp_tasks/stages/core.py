@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,10 @@ class CoreConfig(StageConfig):
     context_size: int = option(256, min=2)
     chunk_contexts: int = positive(8)
     seed: int | None = option(None, min=0)  # None: the harness's --seed
+    # SAEBench's per-latent metrics (density, consistent activation heuristic, encoder bias and
+    # norm, encoder-decoder cosine, max cosines to the other latents) in the results, for its core
+    # file; the max cosines cost width^2 x d_in: false for very wide SAEs on a CPU
+    feature_metrics: bool = True
 
     @property
     def chunk_tokens(self) -> int:
@@ -62,6 +67,18 @@ class CoreStats:
     ratio_sum: float = 0.0  # |x_hat| / |x|
     xhat_sq_sum: float = 0.0  # |x_hat|^2
     dot_sum: float = 0.0  # x . x_hat
+    # SAEBench's KL divergences of the next-token distribution from the clean one, summed over the
+    # chunk's kept positions (kl_tokens of them): with the SAE spliced in, with the hook zeroed
+    kl_sae_sum: float = 0.0
+    kl_zero_sum: float = 0.0
+    kl_tokens: int = 0
+    # SAEBench's legacy explained variance, per token 1 - |x - x_hat|^2 / |x - mean|^2 with the
+    # chunk's mean (its batch's in SAEBench), summed
+    ev_legacy_sum: float = 0.0
+    # per latent, the contexts of the chunk it fired in (SAEBench's consistent activation
+    # heuristic divides firing tokens by these); like `firing`, not logged
+    contexts_firing: np.ndarray | None = None
+    positions: int = 0  # every position of the chunk, special tokens too (SAEBench's token count)
 
     def to_json(self) -> dict:
         """The sufficient statistics of the pooled metrics, as --log_samples writes them (not
@@ -114,6 +131,14 @@ class ChunkReference:
     x: torch.Tensor  # the hooked activation [B, T, ...] (the subject model's dtype, on the CPU)
     ce_clean: float
     ce_zero: float
+    # what the KL divergences need of the clean next-token distribution p at each position, so no
+    # [B, T, vocab] is kept: sum p log p [B, T], the expected unembedding row p @ W_U^T
+    # [B, T, d_model] and p @ b_U [B, T] (see clean_kl_terms), and the KL to the zero-ablated
+    # distribution [B, T]
+    neg_entropy: torch.Tensor
+    expected_row: torch.Tensor
+    expected_bias: torch.Tensor
+    kl_zero: torch.Tensor
 
 
 _RESID = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
@@ -149,6 +174,33 @@ def _keep_mask(tokens: torch.Tensor, special: list[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
+def clean_kl_terms(
+    logits: torch.Tensor,
+    model,
+    zero_logits: torch.Tensor | None = None,
+    zeroed: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """Per position of the clean logits [B, T, vocab]: sum p log p, the expected unembedding row
+    p @ W_U^T, p @ b_U, and the KL divergence to the zero-ablated distribution (the one row
+    `zero_logits` [vocab], or `zeroed` [B, T, vocab]). For any later forward whose unembedding
+    input is h, KL(p || q) = sum p log p - (h . p W_U^T + p . b_U - logsumexp(h W_U + b_U)):
+    exact, with nothing of vocabulary size kept. One context at a time."""
+    w_u, b_u = model.unembed.W_U.float(), model.unembed.b_U.float()
+    out: list[list[torch.Tensor]] = [[], [], [], []]
+    for b in range(logits.shape[0]):
+        logp = torch.log_softmax(logits[b].float(), -1)
+        p = logp.exp()
+        neg_entropy = (p * logp).sum(-1)
+        if zeroed is not None:
+            kl_zero = neg_entropy - (p * torch.log_softmax(zeroed[b].float(), -1)).sum(-1)
+        else:
+            kl_zero = neg_entropy - p @ torch.log_softmax(zero_logits.float(), -1)
+        for i, value in enumerate((neg_entropy, p @ w_u.T, p @ b_u, kl_zero)):
+            out[i].append(value.cpu())
+    return tuple(torch.stack(values) for values in out)
+
+
+@torch.no_grad()
 def chunk_reference(
     model,
     hook_name: str,
@@ -157,14 +209,16 @@ def chunk_reference(
     reader=None,
     zero_logits: torch.Tensor | None = None,
 ) -> ChunkReference:
-    """The chunk's hooked activation and its clean and zero-ablated losses: one clean forward (the
-    Hugging Face model's when `reader` is given), and no zero-ablated forward for residual hooks."""
+    """The chunk's hooked activation, its clean and zero-ablated losses and what the KL divergences
+    need of its clean distribution: one clean forward (the Hugging Face model's when `reader` is
+    given), and no zero-ablated forward for residual hooks."""
     keep = _keep_mask(tokens, special)
     if reader is not None:
         x, logits = reader.activations_and_logits(tokens)
     else:
         logits, cache = model.run_with_cache(tokens, names_filter=hook_name)
         x = cache[hook_name]
+    zeroed = None
     if zero_logits is not None:
         row = zero_logits.to(tokens.device)
         losses = torch.logsumexp(row, -1) - row[tokens[:, 1:]]
@@ -174,9 +228,39 @@ def chunk_reference(
             tokens, fwd_hooks=[(hook_name, lambda a, hook: torch.zeros_like(a))]
         )
         ce_zero = _next_token_ce(zeroed, tokens, keep)
-    return ChunkReference(
-        x=x.detach().cpu(), ce_clean=_next_token_ce(logits, tokens, keep), ce_zero=ce_zero
+    neg_entropy, expected_row, expected_bias, kl_zero = clean_kl_terms(
+        logits, model, zero_logits, zeroed
     )
+    return ChunkReference(
+        x=x.detach().cpu(),
+        ce_clean=_next_token_ce(logits, tokens, keep),
+        ce_zero=ce_zero,
+        neg_entropy=neg_entropy,
+        expected_row=expected_row,
+        expected_bias=expected_bias,
+        kl_zero=kl_zero,
+    )
+
+
+def _with_unembed_input(model, forward: Callable[[], torch.Tensor]):
+    """(logits, the unembedding's input) of one forward."""
+    seen = {}
+    handle = model.unembed.register_forward_pre_hook(lambda mod, args: seen.update(h=args[0]))
+    try:
+        logits = forward()
+    finally:
+        handle.remove()
+    return logits, seen["h"]
+
+
+def spliced_kl(reference: ChunkReference, logits: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """KL(clean || this forward) per position [B, T], from the reference's terms (clean_kl_terms)
+    and this forward's logits and unembedding input."""
+    dev = logits.device
+    cross = (reference.expected_row.to(dev).double() * h.double()).sum(-1)
+    cross = cross + reference.expected_bias.to(dev).double()
+    log_z = torch.logsumexp(logits.double(), -1)
+    return (reference.neg_entropy.to(dev).double() - cross + log_z).float()
 
 
 @torch.no_grad()
@@ -198,11 +282,15 @@ def chunk_stats(
     spliced = torch.where(mask, recon.to(x.dtype), x)
     start = resid_start(hook_name)
     if start is not None:
-        logits = model(spliced, start_at_layer=start)
+        logits, h = _with_unembed_input(model, lambda: model(spliced, start_at_layer=start))
     else:
-        logits = model.run_with_hooks(
-            tokens, fwd_hooks=[(hook_name, lambda a, hook: spliced.to(a.dtype))]
+        logits, h = _with_unembed_input(
+            model,
+            lambda: model.run_with_hooks(
+                tokens, fwd_hooks=[(hook_name, lambda a, hook: spliced.to(a.dtype))]
+            ),
         )
+    kl_sae = spliced_kl(reference, logits, h)
     return _stats(
         x.to(sae.W_dec.dtype)[keep],
         acts[keep],
@@ -210,7 +298,16 @@ def chunk_stats(
         reference.ce_clean,
         _next_token_ce(logits, tokens, keep),
         reference.ce_zero,
+        kl=(kl_sae[keep], reference.kl_zero.to(keep.device)[keep]),
+        contexts_firing=_contexts_firing(acts, keep),
+        positions=int(tokens.numel()),
     )
+
+
+def _contexts_firing(acts: torch.Tensor, keep: torch.Tensor) -> np.ndarray:
+    """Per latent, the contexts in which it fires at a kept position."""
+    fired = (acts > 0) & keep[..., None]
+    return fired.any(1).sum(0).cpu().numpy().astype(np.int64)
 
 
 def _stats(
@@ -220,11 +317,18 @@ def _stats(
     ce_clean: float,
     ce_spliced: float,
     ce_zero: float,
+    kl: tuple[torch.Tensor, torch.Tensor] | None = None,
+    contexts_firing: np.ndarray | None = None,
+    positions: int = 0,
 ) -> CoreStats:
     """A chunk's statistics from its kept positions' activations [N, d_in], codes and
-    reconstructions."""
+    reconstructions, and the KL divergences at those positions (with the SAE, with the hook
+    zeroed)."""
     xd, rd = x.double(), recon.double()
     norm_in, norm_out = xd.norm(dim=-1), rd.norm(dim=-1)
+    sq_err = ((rd - xd) ** 2).sum(-1)
+    spread = ((xd - xd.mean(0)) ** 2).sum(-1)
+    kl_sae, kl_zero = kl if kl is not None else (torch.zeros(0), torch.zeros(0))
     return CoreStats(
         n_tokens=x.shape[0],
         l0_sum=float((acts > 0).sum()),
@@ -244,44 +348,12 @@ def _stats(
         ),
         xhat_sq_sum=float((rd**2).sum()),
         dot_sum=float((xd * rd).sum()),
-    )
-
-
-@torch.no_grad()
-def three_forward_chunk_stats(
-    model, sae, hook_name: str, tokens: torch.Tensor, special: list[int] | None = None
-) -> CoreStats:
-    """One chunk's statistics from three full hooked forwards (clean, spliced, zero-ablated): the
-    plain method, kept as the reference the tests compare `chunk_stats` with and the benchmark's
-    baseline."""
-    special = special_ids(model.tokenizer) if special is None else special
-    keep = ~torch.isin(tokens, torch.tensor(special, dtype=tokens.dtype, device=tokens.device))
-    captured = {}
-
-    def capture(x, hook):
-        captured["x"] = x.detach()
-        return x
-
-    def splice(x, hook):
-        recon = sae.decode(sae.encode(x.to(sae.W_dec.dtype))).to(x.dtype)
-        return torch.where(keep[..., None], recon, x)
-
-    def zero(x, hook):
-        return torch.zeros_like(x)
-
-    clean = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, capture)])
-    spliced = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, splice)])
-    zeroed = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, zero)])
-
-    x = captured["x"].to(sae.W_dec.dtype)[keep]
-    acts = sae.encode(x)
-    return _stats(
-        x,
-        acts,
-        sae.decode(acts),
-        _next_token_ce(clean, tokens, keep),
-        _next_token_ce(spliced, tokens, keep),
-        _next_token_ce(zeroed, tokens, keep),
+        kl_sae_sum=float(kl_sae.double().sum()),
+        kl_zero_sum=float(kl_zero.double().sum()),
+        kl_tokens=int(kl_sae.numel()),
+        ev_legacy_sum=float((1 - sq_err / spread).sum()),
+        contexts_firing=contexts_firing,
+        positions=positions,
     )
 
 
@@ -294,4 +366,9 @@ EXTRA_SUMS = (
     "ratio_sum",
     "xhat_sq_sum",
     "dot_sum",
+    "kl_sae_sum",
+    "kl_zero_sum",
+    "kl_tokens",
+    "ev_legacy_sum",
+    "positions",
 )

@@ -21,8 +21,9 @@ from sae_interp_tasks.stages.saved import atomic_save
 from sae_interp_tasks.stages.subject import model_fingerprint
 
 log = logging.getLogger(__name__)
-# chunk entries are saved as plain dicts (no pickled classes); 3: SAEBench's extra sums
-CACHE_FORMAT = 3
+# chunk entries are saved as plain dicts (no pickled classes); 3: SAEBench's extra sums; 4: its KL
+# divergences, legacy explained variance and per-latent context counts; 5: positions read
+CACHE_FORMAT = 5
 
 
 def chunk_statistics(

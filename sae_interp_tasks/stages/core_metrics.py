@@ -22,6 +22,9 @@ def per_chunk_metrics(s: CoreStats) -> dict[str, float]:
         "ce_loss_clean": s.ce_clean,
         "ce_loss_spliced": s.ce_spliced,
         "ce_loss_zero_ablation": s.ce_zero,
+        # SAEBench's mse: each token's squared error divided by its batch's token count (here the
+        # chunk is the batch), averaged; it scales with 1 / tokens per batch
+        "mse_saebench": s.sq_err_sum / n / n,
     }
 
 
@@ -77,4 +80,13 @@ l2_norm_in = Pooled("sum(norm_in_sum) / sum(n_tokens)")
 l2_norm_out = Pooled("sum(norm_out_sum) / sum(n_tokens)")
 l2_ratio = Pooled("sum(ratio_sum) / sum(n_tokens)")
 relative_reconstruction_bias = Pooled("sum(xhat_sq_sum) / sum(dot_sum)")
-tokens = Pooled("sum(n_tokens)")
+tokens = Pooled("sum(n_tokens)")  # the kept tokens the statistics are over
+tokens_read = Pooled("sum(positions)")  # every position read, special tokens too (SAEBench's count)
+# SAEBench's KL divergences of the next-token distribution from the clean model's, per token over
+# the kept positions: with the SAE spliced in, with the hook zero-ablated, and the score
+# (1 - KL with the SAE / KL with the hook zeroed)
+kl_div_with_sae = Pooled("sum(kl_sae_sum) / sum(kl_tokens)")
+kl_div_with_ablation = Pooled("sum(kl_zero_sum) / sum(kl_tokens)")
+kl_div_score = Pooled("(sum(kl_zero_sum) - sum(kl_sae_sum)) / sum(kl_zero_sum)")
+# its legacy explained variance: the per-token ratio, about each chunk's (batch's) mean, averaged
+explained_variance_legacy = Pooled("sum(ev_legacy_sum) / sum(n_tokens)")
