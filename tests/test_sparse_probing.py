@@ -6,6 +6,7 @@ end through lm_eval."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -172,3 +173,72 @@ def test_sparse_probing_end_to_end(planted_sae, sae_cache, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     second = json.loads(result_files(tmp_path / "again")[0].read_text())["results"]
     assert second["sae_sparse_probing"] == task
+    check_saebench_files(tmp_path, task)
+
+
+def sae_interp(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sae_interp_tasks.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def check_saebench_files(tmp_path, task: dict) -> None:
+    """Our run exported in SAEBench's sparse_probing layout validates against the schema sae-bench
+    ships, unrelaxed; a file SAEBench's own output classes write reads as a leaderboard row beside
+    ours, with its numbers."""
+    if not (PEER / "sae_bench").is_dir():
+        pytest.skip("the sae-bench peer is not installed (bash scripts/setup.sh installs it)")
+    import jsonschema
+
+    out = tmp_path / "saebench"
+    proc = sae_interp("export", str(tmp_path / "run"), "--format", "saebench", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    (path,) = (out / "sparse_probing").glob("*_eval_results.json")
+    data = json.loads(path.read_text())
+    schema_path = PEER / "sae_bench/evals/sparse_probing/eval_output_schema_sparse_probing.json"
+    jsonschema.validate(data, json.loads(schema_path.read_text()))
+    metrics = data["eval_result_metrics"]
+    assert metrics["sae"]["sae_top_1_test_accuracy"] == pytest.approx(
+        task["sae_top_1_test_accuracy,none"]
+    )
+    assert set(metrics["sae"]) == {"sae_top_1_test_accuracy", "sae_top_2_test_accuracy"}
+    assert data["eval_result_details"][0]["dataset_name"] == "stdlib"
+    assert data["eval_result_unstructured"]["left_out"] == {"sae": ["sae_test_accuracy"]}
+
+    sys.path.insert(0, str(PEER))
+    try:
+        from sae_bench.evals.sparse_probing import eval_config
+        from sae_bench.evals.sparse_probing import eval_output as eo
+    finally:
+        sys.path.remove(str(PEER))
+    theirs = eo.SparseProbingEvalOutput(
+        eval_config=eval_config.SparseProbingEvalConfig(model_name="smollm2"),
+        eval_id="their-run",
+        datetime_epoch_millis=1,
+        eval_result_metrics=eo.SparseProbingMetricCategories(
+            llm=eo.SparseProbingLlmMetrics(llm_test_accuracy=0.91, llm_top_1_test_accuracy=0.6),
+            sae=eo.SparseProbingSaeMetrics(sae_top_1_test_accuracy=0.73),
+        ),
+        eval_result_details=[],
+        sae_bench_commit_hash="abc",
+        sae_lens_id="layer_6",
+        sae_lens_release_id="their-release",
+        sae_lens_version="6.0",
+        sae_cfg_dict={"d_sae": 64, "d_in": 64, "hook_name": "blocks.6.hook_resid_post"},
+    )
+    theirs.to_json_file(str(tmp_path / "theirs_eval_results.json"))
+    board = sae_interp(
+        "leaderboard",
+        str(tmp_path / "run"),
+        str(tmp_path / "theirs_eval_results.json"),
+        "--format",
+        "json",
+    )
+    assert board.returncode == 0, board.stderr
+    rows = [r for g in json.loads(board.stdout)["groups"] for r in g["rows"]]
+    saebench_row = next(r for r in rows if "(SAEBench)" in r["sae"])
+    cell = saebench_row["tasks"]["sae_sparse_probing"]["metrics"]["sae_top_1_test_accuracy"]
+    assert cell["value"] == pytest.approx(0.73)

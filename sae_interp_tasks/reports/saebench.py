@@ -72,6 +72,8 @@ def export(runs: list[Run]) -> dict[Path, str]:
             }
             if not mapping:
                 data["eval_result_details"] = _details(result)
+            elif mapping.get("details") == "dataset":  # one row: the run's dataset
+                data["eval_result_details"] = [_dataset_row(result, mapping)]
             elif mapping.get("details"):
                 data["eval_result_details"] = _feature_details(run, task, mapping["details"])
             files[Path(eval_type) / f"{file_name(run)}_eval_results.json"] = (
@@ -81,9 +83,13 @@ def export(runs: list[Run]) -> dict[Path, str]:
 
 
 def _metrics(task: str, result: TaskResult, mapping: dict) -> dict:
-    if mapping:
+    if mapping:  # the metrics this run computed (a probing run's k, say), by their names
         return {
-            category: {theirs: _value(result, ours) for theirs, ours in names.items()}
+            category: {
+                theirs: _value(result, ours)
+                for theirs, ours in names.items()
+                if ours in result.metrics
+            }
             for category, names in mapping["metrics"].items()
         }
     return {task: {m: _value(result, m) for m in result.metrics}}
@@ -119,6 +125,15 @@ def _details(result: TaskResult) -> list[dict]:
         )
         rows.append(row)
     return rows
+
+
+def _dataset_row(result: TaskResult, mapping: dict) -> dict:
+    """The per-dataset detail row (e.g. sparse probing's): the dataset and the run's mapped
+    metrics over it."""
+    row = {"dataset_name": str(result.settings.get("probe_dataset", result.task))}
+    for names in mapping["metrics"].values():
+        row.update({t: _value(result, o) for t, o in names.items() if o in result.metrics})
+    return row
 
 
 def _feature_details(run: Run, task: str, source: str) -> list[dict]:

@@ -23,7 +23,7 @@ from sae_interp_tasks.records import Response
 from sae_interp_tasks.registry import ReportSpec, task_kind
 from sae_interp_tasks.stages import probe_cache, probing
 from sae_interp_tasks.stages.core import special_ids
-from sae_interp_tasks.stages.probe_data import ProbeConfig, load_probe_data
+from sae_interp_tasks.stages.probe_data import K_CHOICES, ProbeConfig, load_probe_data
 
 log = logging.getLogger(__name__)
 KIND = "sparse_probing"
@@ -104,6 +104,24 @@ def _score_all(ctx: RunContext, cfg: ProbeConfig, seed: int):
     return data, scores
 
 
+# SAEBench's sparse_probing result files: its metrics are ours by name (every k it knows; a run
+# writes those of its probe_k), one detail row per dataset; its probe on every latent
+# (sae_test_accuracy) is not computed here
+SAEBENCH = {
+    "eval_type_id": "sparse_probing",
+    "task": "sae_sparse_probing",
+    "metrics": {
+        "llm": {
+            "llm_test_accuracy": "llm_test_accuracy",
+            **{f"llm_top_{k}_test_accuracy": f"llm_top_{k}_test_accuracy" for k in K_CHOICES},
+        },
+        "sae": {f"sae_top_{k}_test_accuracy": f"sae_top_{k}_test_accuracy" for k in K_CHOICES},
+    },
+    "left_out": {"sae": ["sae_test_accuracy"]},
+    "details": "dataset",
+}
+
+
 @task_kind(
     KIND,
     settings=ProbingSettings,
@@ -115,6 +133,7 @@ def _score_all(ctx: RunContext, cfg: ProbeConfig, seed: int):
         doc_id="probe_class",
         pair_on="probe_class",
         position=70,
+        saebench=SAEBENCH,
     ),
 )
 class SAESparseProbingTask(SAETask):
