@@ -180,7 +180,7 @@ class SAECoreTask(SAETask):
         "tokens_read": (core_metrics.tokens_read, True),
         "kl_div_score": (core_metrics.kl_div_score, True),
         "kl_div_with_sae": (core_metrics.kl_div_with_sae, False),
-        "kl_div_with_ablation": (core_metrics.kl_div_with_ablation, True),
+        "kl_div_with_ablation": (core_metrics.kl_div_with_ablation, False),
         "explained_variance_legacy": (core_metrics.explained_variance_legacy, True),
         "mse_saebench": (mean, False),
         # over the latents, from the weights (every chunk carries the same value)
