@@ -54,16 +54,6 @@ SHARED = {  # SAEBench category/metric -> ours: every metric of its core eval
     ("misc_metrics", "average_max_decoder_cosine_sim"): "average_max_decoder_cosine_sim",
     ("misc_metrics", "frac_alive"): "frac_alive",
 }
-# the per-latent metrics, compared latent by latent
-FEATURES = (
-    "feature_density",
-    "consistent_activation_heuristic",
-    "encoder_bias",
-    "encoder_norm",
-    "encoder_decoder_cosine_sim",
-    "max_decoder_cosine_sim",
-    "max_encoder_cosine_sim",
-)
 
 
 class Contexts:
@@ -245,7 +235,9 @@ def main() -> None:
     print("\n| per-latent metric | latents | largest difference from SAEBench's |")
     print("|---|---:|---:|")
     per_latent = {}
-    for name in FEATURES:
+    from sae_interp_tasks.stages.core_features import NAMES
+
+    for name in NAMES:  # the per-latent metrics, compared latent by latent
         a = np.array(features[name], dtype=float)
         b = np.array(their_features[name], dtype=float)
         both = np.isfinite(a) & np.isfinite(b)

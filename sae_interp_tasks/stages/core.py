@@ -188,14 +188,17 @@ def clean_kl_terms(
     w_u, b_u = model.unembed.W_U.float(), model.unembed.b_U.float()
     out: list[list[torch.Tensor]] = [[], [], [], []]
     for b in range(logits.shape[0]):
-        logp = torch.log_softmax(logits[b].float(), -1)
+        # the sums over the vocabulary in float64: the same to the last digit however many threads
+        # reduce them (a run split over processes must equal one process's)
+        logp = torch.log_softmax(logits[b].double(), -1)
         p = logp.exp()
         neg_entropy = (p * logp).sum(-1)
         if zeroed is not None:
-            kl_zero = neg_entropy - (p * torch.log_softmax(zeroed[b].float(), -1)).sum(-1)
+            kl_zero = neg_entropy - (p * torch.log_softmax(zeroed[b].double(), -1)).sum(-1)
         else:
-            kl_zero = neg_entropy - p @ torch.log_softmax(zero_logits.float(), -1)
-        for i, value in enumerate((neg_entropy, p @ w_u.T, p @ b_u, kl_zero)):
+            kl_zero = neg_entropy - p @ torch.log_softmax(zero_logits.double(), -1)
+        row = p.float() @ w_u.T
+        for i, value in enumerate((neg_entropy, row, p @ b_u.double(), kl_zero)):
             out[i].append(value.cpu())
     return tuple(torch.stack(values) for values in out)
 

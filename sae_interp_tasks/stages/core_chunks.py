@@ -22,8 +22,9 @@ from sae_interp_tasks.stages.subject import model_fingerprint
 
 log = logging.getLogger(__name__)
 # chunk entries are saved as plain dicts (no pickled classes); 3: SAEBench's extra sums; 4: its KL
-# divergences, legacy explained variance and per-latent context counts; 5: positions read
-CACHE_FORMAT = 5
+# divergences, legacy explained variance and per-latent context counts; 5: positions read; 6: the
+# KL terms summed over the vocabulary in float64
+CACHE_FORMAT = 6
 
 
 def chunk_statistics(
