@@ -846,12 +846,45 @@ def test_our_other_tasks_export_under_their_own_eval_types(exported):
     )
 
 
+def absorption_file(path: Path) -> None:
+    """An absorption result file as SAEBench's own output classes write it."""
+    sys.path.insert(0, str(SAEBENCH_SCHEMAS.parent.parent))
+    try:
+        from sae_bench.evals.absorption import eval_config
+        from sae_bench.evals.absorption import eval_output as eo
+    finally:
+        sys.path.pop(0)
+    path.parent.mkdir(parents=True)
+    eo.AbsorptionEvalOutput(
+        eval_config=eval_config.AbsorptionEvalConfig(model_name="gemma-2-2b"),
+        eval_id="their-absorption",
+        datetime_epoch_millis=1,
+        eval_result_metrics=eo.AbsorptionMetricCategories(
+            mean=eo.AbsorptionMeanMetrics(
+                mean_absorption_fraction_score=0.125,
+                mean_full_absorption_score=0.05,
+                mean_num_split_features=1.5,
+                std_dev_absorption_fraction_score=0.1,
+                std_dev_full_absorption_score=0.04,
+                std_dev_num_split_features=0.5,
+            )
+        ),
+        eval_result_details=[],
+        sae_bench_commit_hash="abc",
+        sae_lens_id="layer_12/width_16k",
+        sae_lens_release_id="gemma-scope-2b-pt-res",
+        sae_lens_version="6.0",
+        sae_cfg_dict={"d_sae": 16384, "d_in": 2304, "hook_name": "blocks.12.hook_resid_post"},
+    ).to_json_file(str(path))
+
+
 def test_saebench_files_join_the_leaderboard_as_their_own_rows(
     exported, planted_run, sae_cache, tmp_path
 ):
     """A published-style SAEBench core file beside our results: its own row, marked, in its own
-    group; a file of an eval type nothing maps is skipped with a note; a truncated file is one line
-    and exit 2."""
+    group; an absorption file written by SAEBench's own output classes (an eval type nothing here
+    computes) a row of its own task with SAEBench's numbers; a file with no number is skipped with a
+    note; a truncated file is one line and exit 2."""
     core = next((exported / "core").glob("*_eval_results.json"))
     published = json.loads(core.read_text())
     published.update(
@@ -860,22 +893,27 @@ def test_saebench_files_join_the_leaderboard_as_their_own_rows(
         eval_config={"model_name": "gpt2", "dataset": "Skylion007/openwebtext"},
     )
     (tmp_path / "published_eval_results.json").write_text(json.dumps(published))
-    (tmp_path / "absorption_eval_results.json").write_text(
-        json.dumps(
-            {"eval_type_id": "absorption_first_letter", "eval_result_metrics": {"mean": {"x": 1.0}}}
-        )
+    absorption_file(tmp_path / "absorption" / "absorption_eval_results.json")
+    (tmp_path / "empty_eval_results.json").write_text(
+        json.dumps({"eval_type_id": "unlearning", "eval_result_metrics": {"unlearning": {}}})
     )
     board = sae_interp(
         "leaderboard", str(planted_run), str(tmp_path), "--format", "json", cache=sae_cache
     )
     assert board.returncode == 0, board.stderr
-    assert "absorption_first_letter' has no counterpart here; skipped" in board.stderr
+    assert "'unlearning' holds no number to read; skipped" in board.stderr
     groups = json.loads(board.stdout)["groups"]
     saebench_rows = [r for g in groups for r in g["rows"] if r["sae"].endswith("(SAEBench)")]
-    assert [r["sae"] for r in saebench_rows] == [
-        "gpt2-small-res-jb/blocks.8.hook_resid_pre (SAEBench)"
+    assert sorted(r["sae"] for r in saebench_rows) == [
+        "gemma-scope-2b-pt-res/layer_12/width_16k (SAEBench)",
+        "gpt2-small-res-jb/blocks.8.hook_resid_pre (SAEBench)",
     ]
-    assert len(groups) == 2  # SAEBench's settings are its own group
+    absorbed = next(r for r in saebench_rows if r["sae"].startswith("gemma"))
+    cells = absorbed["tasks"]["saebench_absorption_first_letter"]["metrics"]
+    assert cells["mean_absorption_fraction_score"]["value"] == pytest.approx(0.125)
+    assert cells["mean_num_split_features"]["value"] == pytest.approx(1.5)
+    saebench_rows = [r for r in saebench_rows if r["sae"].startswith("gpt2")]
+    assert len(groups) == 2  # SAEBench's files form a group of their own
     assert saebench_rows[0]["tasks"]["sae_core"]["metrics"]["explained_variance"][
         "value"
     ] == pytest.approx(

@@ -12,8 +12,9 @@ passed off as SAEBench's. Standard errors and chance levels go into `eval_result
 
 In (`sae-interp leaderboard` / `compare` given SAEBench files): each file becomes a run of one task,
 marked as SAEBench's (`source` in its settings, so it forms its own settings group), with the
-metrics that mean the same thing as ours; a file of an eval type nothing here maps is skipped with
-a note.
+metrics that mean the same thing as ours; a file of an eval type nothing here computes (absorption,
+say) becomes a task of its own, `saebench_<eval type>`, with SAEBench's numbers as it wrote them;
+a file with no number at all is skipped with a note.
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ def read_saebench(path: Path, data: dict) -> Run | None:
     eval_type = str(data.get("eval_type_id"))
     task, report, metrics = _mapped(eval_type, data.get("eval_result_metrics") or {})
     if task is None:
-        log.warning("%s: SAEBench eval type %r has no counterpart here; skipped", path, eval_type)
+        log.warning("%s: SAEBench eval type %r holds no number to read; skipped", path, eval_type)
         return None
     cfg = data.get("sae_cfg_dict") or {}
     release, sae_id = data.get("sae_lens_release_id"), data.get("sae_lens_id")
@@ -249,7 +250,29 @@ def _mapped(eval_type: str, categories: dict) -> tuple[str | None, ReportSpec | 
                 if isinstance(v, (int, float))
             },
         )
-    return None, None, {}
+    return _their_own(eval_type, categories)
+
+
+def _their_own(eval_type: str, categories: dict) -> tuple[str | None, ReportSpec | None, dict]:
+    """An eval type with no counterpart here (absorption, say): its numbers as a task of its own,
+    `saebench_<eval type>`, as SAEBench wrote them (no per-doc scores, intervals or directions);
+    headline: the first number of its first category. None when it holds no number."""
+    numbers = {
+        name: float(value)
+        for values in categories.values()
+        if isinstance(values, dict)
+        for name, value in values.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+    if not numbers:
+        return None, None, {}
+    names = list(numbers)
+    report = ReportSpec(headline=names[0], columns=tuple(names[:3]), position=900)
+    return (
+        f"saebench_{eval_type}",
+        report,
+        {m: Metric(m, v, None, None) for m, v in numbers.items()},
+    )
 
 
 def _int(value) -> int | None:
