@@ -38,7 +38,7 @@ from pathlib import Path
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.reports.results_io import Run
 from sae_interp_tasks.reports.saebench import file_name
-from sae_interp_tasks.reports.samples_io import samples_path, samples_text
+from sae_interp_tasks.reports.samples_io import sample_rows, samples_path
 
 # the setting naming the model that scored a task's explanations, first found
 SCORER_KEYS = ("scorer_model", "surprisal_model", "embedding_model")
@@ -52,13 +52,7 @@ def logged(run: Run, task: str) -> list[dict]:
     path = samples_path(run.path, task)
     if path is None:
         return []
-    rows = []
-    for line in samples_text(path).splitlines():
-        if line.strip():
-            response = json.loads(json.loads(line)["resps"][0][0])
-            if response.get("latent") is not None:
-                rows.append(response)
-    return rows
+    return [response for _, response in sample_rows(path) if response.get("latent") is not None]
 
 
 def explanations(run: Run) -> dict[int, tuple[str, str]]:

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,10 +95,9 @@ def samples_text(path: Path) -> str:
     return gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
 
 
-def read_samples(path: Path, report: ReportSpec, metric_names: list[str]) -> DocScores:
-    """Per-doc scores of one samples file, keyed by the report's doc id; the statistics of its
-    pooled metrics and its pairing field where the responses carry them."""
-    keys, rows, stats, pairs, unfilled = [], [], [], [], 0
+def sample_rows(path: Path) -> Iterator[tuple[dict, dict]]:
+    """Each row of a samples file with the response it logged (this package's Response, as JSON);
+    a file or row that is not one is a one-line error naming the fix."""
     try:
         lines = samples_text(path).splitlines()
     except (OSError, EOFError, UnicodeDecodeError) as err:
@@ -115,6 +115,14 @@ def read_samples(path: Path, report: ReportSpec, metric_names: list[str]) -> Doc
                 f"{path} line {number} is not a samples row of this package "
                 f"({type(err).__name__}); re-run lm_eval with --log_samples"
             ) from err
+        yield row, response
+
+
+def read_samples(path: Path, report: ReportSpec, metric_names: list[str]) -> DocScores:
+    """Per-doc scores of one samples file, keyed by the report's doc id; the statistics of its
+    pooled metrics and its pairing field where the responses carry them."""
+    keys, rows, stats, pairs, unfilled = [], [], [], [], 0
+    for row, response in sample_rows(path):
         doc = row.get("doc") or {}
         # the doc names its latent (LatentTask.process_results); older files only the response
         named = doc if report.doc_id in doc else response

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sae_interp_tasks.errors import SaeInterpError
+from sae_interp_tasks.reports.samples_io import sample_rows
 
 LAYOUTS = ("neuronpedia", "delphi", "saebench", "samples")
 _DELPHI_FILE = re.compile(r"^(?P<module>.+)_latent(?P<index>\d+)\.txt$")
@@ -136,8 +137,7 @@ def read_samples(files: list[Path], path: str) -> ExplanationFile:
     file beside them names the SAE's weights fingerprint."""
     seen: dict[int, tuple[str, str]] = {}
     for file in files:
-        for row in _jsonl(file):
-            response = json.loads(row["resps"][0][0])
+        for _, response in sample_rows(file):
             latent, text = response.get("latent"), response.get("explanation")
             if latent is None or text is None:
                 continue
