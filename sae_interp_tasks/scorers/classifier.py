@@ -157,7 +157,7 @@ class WindowClassifier:
             f"written [{', '.join(['x'] * n)}] with each x replaced by 1 (yes) or 0 (no), and "
             "nothing else."
         )
-        lines = [f"Example {i}: {_text(item, decode)}" for i, item in enumerate(batch, 1)]
+        lines = [f"Example {i}: {shown_text(item, decode)}" for i, item in enumerate(batch, 1)]
         user = (
             f"Explanation: {explanation}\n\n" + "\n".join(lines) + f"\n\nYour list of {n} numbers:"
         )
@@ -211,7 +211,8 @@ class WindowClassifier:
         }
 
 
-def _text(item: Shown, decode: Decode) -> str:
+def shown_text(item: Shown, decode: Decode) -> str:
+    """A shown window's text, its marked tokens <<like this>> where it has marks."""
     return (
         highlight(item.example.tokens, item.marks, decode)
         if item.marks is not None
@@ -249,7 +250,7 @@ def _read_answers(
         for i, item in enumerate(batch):
             d["windows"].append(
                 {
-                    "text": _text(item, decode),
+                    "text": shown_text(item, decode),
                     "max_act": round(item.example.max_act, 4),
                     "decile": item.example.decile,
                     "label": item.label,

@@ -26,8 +26,8 @@ from sae_interp_tasks.aggregations import nanmean, total
 from sae_interp_tasks.clients import Completion, Prompt
 from sae_interp_tasks.config import StageConfig, option, positive
 from sae_interp_tasks.records import Example, ExampleSplit, ScoredLatent
-from sae_interp_tasks.scorers.classifier import Decode, Shown
-from sae_interp_tasks.stages.examples import activating_marks, highlight
+from sae_interp_tasks.scorers.classifier import Decode, Shown, shown_text
+from sae_interp_tasks.stages.examples import activating_marks
 
 INTRUDER_SOURCES = ("non_activating", "other_latent")
 QUESTION = "Which example is the intruder?"
@@ -93,11 +93,11 @@ def questions(
     if len(split.test_activating) < need:
         return []
     groups = bands(split.test_activating, cfg.intruder_quantiles, need)
-    pool = sorted(lat for lat in others if others[lat].test_activating)
+    pool = sorted(lat for lat in others if others[lat].test_activating)  # latents to draw from
     if shuffled and len(pool) < cfg.intruder_windows:
         return []
     out = []
-    for i, intruder in enumerate(_intruders(split, others, cfg, rng)):
+    for i, intruder in enumerate(_intruders(split, others, pool, cfg, rng)):
         if shuffled:
             picks = [
                 rng.choice(others[lat].test_activating)
@@ -110,13 +110,13 @@ def questions(
     return out
 
 
-def _intruders(split: ExampleSplit, others: dict, cfg: IntruderConfig, rng: random.Random):
-    """The intruder window of each question (their number is the number of questions)."""
+def _intruders(split: ExampleSplit, others: dict, donors: list, cfg: IntruderConfig, rng):
+    """The intruder window of each question (their number is the number of questions); `donors`:
+    the other latents with activating windows."""
     if cfg.intruder_source == "non_activating":
         pool = list(split.test_non_activating)
         rng.shuffle(pool)
         return pool[: cfg.intruder_questions]
-    donors = sorted(lat for lat in others if others[lat].test_activating)
     return [
         rng.choice(others[rng.choice(donors)].test_activating)
         for _ in range(cfg.intruder_questions if donors else 0)
@@ -160,12 +160,7 @@ def prompt(question: Question, decode: Decode, max_tokens: int, constrained: boo
 
 
 def _text(item: Shown, decode: Decode) -> str:
-    text = (
-        highlight(item.example.tokens, item.marks, decode)
-        if item.marks is not None
-        else decode(item.example.tokens.tolist())
-    )
-    return " ".join(text.split())  # one line per example
+    return " ".join(shown_text(item, decode).split())  # one line per example
 
 
 _NUMBER = re.compile(r"\d+")

@@ -44,12 +44,10 @@ class IntruderSettings(ScorerSettings):
             )
 
 
-def ask(run: LatentRun, splits, owned, stream: str, cfg: IntruderConfig, shuffled: bool = True):
-    """Every owned latent's questions (and the control's), asked in one batched call: latent ->
-    (real, shuffled), each a list of (question, completion, reading)."""
-    s: IntruderSettings = run.settings
-    threshold = s.explainer.highlight_threshold
-    jobs = []  # (latent, variant, question)
+def _questions(run: LatentRun, splits, owned, stream: str, cfg: IntruderConfig, shuffled: bool):
+    """(latent, variant, question) of every owned latent, the control's too when `shuffled`, each
+    drawn from the seeded stream of its latent and variant."""
+    threshold = run.settings.explainer.highlight_threshold
     for split in splits:
         if split.latent not in owned:
             continue
@@ -57,7 +55,14 @@ def ask(run: LatentRun, splits, owned, stream: str, cfg: IntruderConfig, shuffle
         for variant in ("real", "shuffled") if shuffled else ("real",):
             rng = random.Random(f"{run.seed}:{stream}:{variant}:{split.latent}")
             for q in intruder.questions(split, others, cfg, threshold, rng, variant == "shuffled"):
-                jobs.append((split.latent, variant, q))
+                yield split.latent, variant, q
+
+
+def ask(run: LatentRun, splits, owned, stream: str, cfg: IntruderConfig, shuffled: bool = True):
+    """Every owned latent's questions (and the control's), asked in one batched call: latent ->
+    (real, shuffled), each a list of (question, completion, reading)."""
+    s: IntruderSettings = run.settings
+    jobs = list(_questions(run, splits, owned, stream, cfg, shuffled))
     constrained = s.scorer.constrained
     prompts = [
         intruder.prompt(q, run.decode, s.scorer.scorer_max_tokens, constrained) for *_, q in jobs
@@ -110,27 +115,18 @@ def _check_config(s: IntruderSettings) -> IntruderConfig:
 
 
 def estimate_intruder(run: LatentRun, counter: costs.PromptCounter) -> costs.Estimate:
-    """Its prompts, built as the scorer builds them (the control's as many again), and the
-    check's."""
+    """Its prompts, the very ones the scorer asks (the control's and the check's included)."""
     s: IntruderSettings = run.settings
-    total = costs.Estimate()
     splits = [run.splits[lat] for lat in run.latents]
-    sets = [(splits, set(run.owned), s.intruder, s.scorer.shuffled_control)]
+    sets = [(splits, set(run.owned), KIND, s.intruder, s.scorer.shuffled_control)]
     if s.check.scorer_check:
         check = run_stages.check_set(run)[0]
-        sets.append((check, {sp.latent for sp in check}, _check_config(s), False))
-    for group, owned, cfg, shuffled in sets:
-        for split in group:
-            if split.latent not in owned:
-                continue
-            others = {o.latent: o for o in group if o.latent != split.latent}
-            rng = random.Random(0)
-            for variant in (False, True) if shuffled else (False,):
-                for q in intruder.questions(
-                    split, others, cfg, s.explainer.highlight_threshold, rng, variant
-                ):
-                    p = intruder.prompt(q, run.decode, s.scorer.scorer_max_tokens, False)
-                    total = total.add(counter.prompt(p, 1))
+        sets.append((check, {sp.latent for sp in check}, f"{KIND} check", _check_config(s), False))
+    total = costs.Estimate()
+    for group in sets:
+        for *_, q in _questions(run, *group):
+            p = intruder.prompt(q, run.decode, s.scorer.scorer_max_tokens, False)
+            total = total.add(counter.prompt(p, 1))
     return total
 
 
