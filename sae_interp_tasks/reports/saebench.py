@@ -132,8 +132,8 @@ def _dataset_row(result: TaskResult, mapping: dict) -> dict:
     """The per-dataset detail row (e.g. sparse probing's): the dataset and the run's mapped
     metrics over it."""
     row = {"dataset_name": str(result.settings.get("probe_dataset", result.task))}
-    for names in mapping["metrics"].values():
-        row.update({t: _value(result, o) for t, o in names.items() if o in result.metrics})
+    for values in _metrics(result.task, result, mapping).values():
+        row.update(values)
     return row
 
 

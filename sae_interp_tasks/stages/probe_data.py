@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import sysconfig
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,7 +159,3 @@ def _hf_texts(cfg: ProbeConfig) -> dict[str, list[str]]:
         if text:
             out[names[label] if names else str(label)].append(text)
     return dict(out)
-
-
-def class_counts(data: ProbeData) -> Counter:
-    return Counter({c: len(data.train[c]) + len(data.test[c]) for c in data.classes})
