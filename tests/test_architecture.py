@@ -19,7 +19,7 @@ import pytest
 
 import sae_interp_tasks.tasks  # noqa: F401  (declares the built-in task kinds)
 from conftest import REPO
-from helpers import error_lines, result_files, run_lm_eval, samples
+from helpers import SMALL_PASS, error_lines, result_files, run_lm_eval, samples
 from sae_interp_tasks import registry
 from sae_interp_tasks.harness.task import included_metadata
 
@@ -501,19 +501,7 @@ def toy_dir(tmp_path_factory) -> Path:
     return folder
 
 
-TINY_LATENTS = {
-    "n_tokens": 4096,
-    "context_size": 64,
-    "window": 16,
-    "n_top": 10,
-    "n_sample": 40,
-    "n_random": 64,
-    "latents": [0, 1],
-    "min_examples": 5,
-    "n_train": 10,
-    "n_test_per_decile": 1,
-    "n_test_non_activating": 10,
-}
+TINY_LATENTS = {**SMALL_PASS, "latents": [0, 1]}
 
 
 @pytest.mark.slow  # runs lm_eval end to end

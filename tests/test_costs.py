@@ -16,24 +16,15 @@ import sys
 import pytest
 
 from conftest import REPO
-from helpers import OracleEndpoint, error_lines, result_files, run_lm_eval, words
+from helpers import SMALL_PASS, OracleEndpoint, error_lines, result_files, run_lm_eval, words
 from sae_interp_tasks.records import USAGE_METRICS
 
 # every test here runs lm_eval end to end (a minute or more): outside the fast subset
 pytestmark = pytest.mark.slow
 
 META = {
-    "n_tokens": 4096,
-    "context_size": 64,
-    "window": 16,
-    "n_top": 10,
-    "n_sample": 40,
-    "n_random": 64,
+    **SMALL_PASS,
     "n_latents": 2,
-    "min_examples": 5,
-    "n_train": 10,
-    "n_test_per_decile": 1,
-    "n_test_non_activating": 10,
     "explainer": "tokens",
     "scorer": "openai",
     "scorer_model": "oracle",

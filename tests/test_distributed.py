@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from conftest import CAT_LATENT, DOG_LATENT, REPO, subprocess_env
-from helpers import FAST_DRIVER, OracleEndpoint, result_files, run_lm_eval
+from helpers import FAST_DRIVER, SMALL_PASS, OracleEndpoint, result_files, run_lm_eval
 from sae_interp_tasks.records import USAGE_METRICS
 from servers import free_port
 
@@ -26,17 +26,8 @@ pytestmark = pytest.mark.slow
 
 TASKS = "sae_core,sae_detection,sae_fuzzing,sae_embedding"
 META = {
-    "n_tokens": 4096,
-    "context_size": 64,
-    "window": 16,
-    "n_top": 10,
-    "n_sample": 40,
-    "n_random": 64,
+    **SMALL_PASS,
     "n_latents": 5,
-    "min_examples": 5,
-    "n_train": 10,
-    "n_test_per_decile": 1,
-    "n_test_non_activating": 10,
     "explainer": "tokens",
     "scorer": "openai",
     "scorer_model": "oracle",

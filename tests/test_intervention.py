@@ -33,7 +33,15 @@ from conftest import (
     build_planted_sae,
     token_id,
 )
-from helpers import JsonEndpoint, chat_completion, error_lines, result_files, run_lm_eval, samples
+from helpers import (
+    SMALL_PASS,
+    JsonEndpoint,
+    chat_completion,
+    error_lines,
+    result_files,
+    run_lm_eval,
+    samples,
+)
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.stages import steering as iv
 
@@ -460,18 +468,6 @@ def oracle_logprobs(prompt: str):
     return ["<prefix>", "<claim>"], [None, math.log((1 + n) / (4 + n))], [0, len(head) + len(lead)]
 
 
-TINY_PASS = {
-    "n_tokens": 4096,
-    "context_size": 64,
-    "window": 16,
-    "n_top": 10,
-    "n_sample": 40,
-    "n_random": 64,
-    "min_examples": 5,
-    "n_train": 10,
-    "n_test_per_decile": 1,
-    "n_test_non_activating": 10,
-}
 TINY_INTERVENTION = {
     "n_intervention_prompts": 8,
     "n_output_prompts": 2,
@@ -493,7 +489,7 @@ def oracle_run(world, corpus_file, tmp_path_factory):
     )
     meta = {
         "corpus": str(corpus_file),
-        **TINY_PASS,
+        **SMALL_PASS,
         **TINY_INTERVENTION,
         "latents": [CAT_LATENT, DOG_LATENT],
         "surprisal_base_url": server.url,
@@ -567,7 +563,7 @@ def test_the_oracle_explanation_beats_its_shuffled_control(oracle_run):
         # an empty prompt pool: the one latent asked for has fewer windows than its prompts need
         (
             {
-                **TINY_PASS,
+                **SMALL_PASS,
                 "n_tokens": 512,
                 "latents": [CAT_LATENT],
                 "explainer": "tokens",
@@ -607,7 +603,7 @@ def test_a_surprisal_endpoint_without_logprobs_stops_the_run(
     server = CompletionsServer(lambda prompt: ([], [], []), with_logprobs=False)
     meta = {
         "corpus": str(corpus_file),
-        **TINY_PASS,
+        **SMALL_PASS,
         **TINY_INTERVENTION,
         "latents": [CAT_LATENT],
         "surprisal_base_url": server.url,
@@ -691,7 +687,7 @@ def test_the_judge_picks_the_steered_set_on_a_generation_only_endpoint(
     planted = list(words)
     meta = {
         "corpus": str(corpus_file),
-        **TINY_PASS,
+        **SMALL_PASS,
         **TINY_INTERVENTION,
         "latents": planted,
         "intervention_scorers": ["judge"],
