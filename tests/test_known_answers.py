@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import result_files, run_lm_eval, samples
+from helpers import SMALL_PASS, result_files, run_lm_eval, samples
 from sae_interp_tasks.validity import known_answers as ka
 from sae_interp_tasks.validity import scorer_check
 
@@ -199,18 +199,9 @@ def test_a_failed_check_is_marked_in_the_leaderboard_and_never_gated(
     every leaderboard format marks the task's numbers, and compare reports them not gated and exits
     2."""
     meta = {
+        **SMALL_PASS,
         "corpus": str(corpus_file),
-        "n_tokens": 4096,
-        "context_size": 64,
-        "window": 16,
-        "n_top": 10,
-        "n_sample": 40,
-        "n_random": 64,
         "latents": [0, 1],
-        "min_examples": 5,
-        "n_train": 10,
-        "n_test_per_decile": 1,
-        "n_test_non_activating": 10,
         "explainer": "tokens",
         "scorer_model": str(tiny_model_dir),
         "scorer_max_tokens": 8,

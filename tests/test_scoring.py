@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import CAT_LATENT, DOG_LATENT
-from helpers import read_scorer_prompt, verdicts
+from helpers import SMALL_PASS, read_scorer_prompt, verdicts
 from sae_interp_tasks import clients as clients_mod
 from sae_interp_tasks.clients import ClientConfig, Completion, LLMClient, Prompt
 from sae_interp_tasks.clients.cache import CompletionCache
@@ -494,18 +494,10 @@ def test_hard_negatives_are_quiet_windows_nearest_the_top_windows(planted_pass, 
 # pipeline: sharing and caching
 def interp_settings(corpus_file, explainer_model, scorer_model, **extra) -> dict:
     return {
+        **SMALL_PASS,
         "corpus": str(corpus_file),
-        "n_tokens": 4096,
-        "context_size": 64,
-        "window": 16,
-        "n_top": 10,
-        "n_sample": 40,
-        "n_random": 64,
         "latents": [CAT_LATENT, DOG_LATENT],
-        "min_examples": 5,
-        "n_train": 10,
         "n_test_per_decile": 2,
-        "n_test_non_activating": 10,
         "explainer": "hf",
         "explainer_model": explainer_model,
         "scorer": "hf",
