@@ -57,6 +57,13 @@ def total(values) -> float:
     return float(sum(values))
 
 
+def spread(values) -> float:
+    """The sample standard deviation over docs that have a value (NaN: left unscored), as
+    SAEBench's statistics.stdev over its letters; NaN with fewer than two values."""
+    finite = [float(v) for v in values if np.isfinite(v)]
+    return float(np.std(finite, ddof=1)) if len(finite) > 1 else float("nan")
+
+
 # --- pooled metrics ------------------------------------------------------------------------------
 _FUNCTIONS = ("sum", "sqnorm")
 _OPS = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.divide}

@@ -75,6 +75,8 @@ def export(runs: list[Run]) -> dict[Path, str]:
                 data["eval_result_details"] = _details(result)
             elif mapping.get("details") == "dataset":  # one row: the run's dataset
                 data["eval_result_details"] = [_dataset_row(result, mapping)]
+            elif mapping.get("details") == "letters":  # one row per scored letter
+                data["eval_result_details"] = _letter_rows(run, result)
             elif mapping.get("details"):
                 data["eval_result_details"] = _feature_details(run, task, mapping["details"])
             files[Path(eval_type) / f"{file_name(run)}_eval_results.json"] = (
@@ -135,6 +137,38 @@ def _dataset_row(result: TaskResult, mapping: dict) -> dict:
     for values in _metrics(result.task, result, mapping).values():
         row.update(values)
     return row
+
+
+LETTER_ROW = {  # SAEBench's per-letter absorption field -> (our per-doc metric, integer?)
+    "mean_absorption_fraction": ("absorption_fraction", False),
+    "full_absorption_rate": ("full_absorption_rate", False),
+    "num_full_absorption": ("num_full_absorption", True),
+    "num_probe_true_positives": ("num_probe_true_positives", True),
+    "num_split_features": ("num_split_features", True),
+}
+
+
+def _letter_rows(run: Run, result: TaskResult) -> list[dict]:
+    """Absorption's per-letter rows from the samples (letters left unscored have none); [] with a
+    warning when the run logged no samples (its file then lacks them)."""
+    samples = result.samples
+    if samples is None:
+        log.warning(
+            "%s: %s logged no samples (rerun it with --log_samples); its SAEBench file has no "
+            "per-letter eval_result_details",
+            run.path,
+            result.task,
+        )
+        return []
+    rows = []
+    for i, letter in enumerate(samples.keys):
+        values = {theirs: samples.values[ours][i] for theirs, (ours, _) in LETTER_ROW.items()}
+        if all(math.isfinite(float(v)) for v in values.values()):
+            rows.append(
+                {"first_letter": str(letter)}
+                | {k: int(v) if LETTER_ROW[k][1] else float(v) for k, v in values.items()}
+            )
+    return rows
 
 
 def _feature_details(run: Run, task: str, source: str) -> list[dict]:
