@@ -21,7 +21,7 @@ run() {  # name, model_args, tasks, metadata (empty: the YAML's and the SAE's ow
   gzip -9f "$OUT/runs/$name"/*/samples_*.jsonl  # sae-interp reads .jsonl.gz as it reads .jsonl
 }
 
-ALL="core embedding embedding_tokens embedding_tokens_neurons interp agreement intervention headline headline_controls group intruder probing gate known_answers leaderboard bench tables"
+ALL="core embedding embedding_tokens embedding_tokens_neurons interp agreement intervention headline headline_controls group intruder probing absorption gate known_answers leaderboard bench tables"
 steps=${*:-$ALL}
 # Sized for a 2-core CPU: 131k tokens a pass; sae_embedding on 128 latents with the LLM explainer
 # and on 512 with the token-list explainer (no LLM, so affordable at that size); the LLM-scored
@@ -78,6 +78,10 @@ for step in $steps; do
       run probing_demo "" sae_sparse_probing ""
       run probing_random "control=random" sae_sparse_probing ""
       run probing_neurons "control=neurons" sae_sparse_probing "" ;;
+    absorption)  # SAEBench's first-letter absorption with every default, demo and both controls (one forward, shared)
+      run absorption_demo "" sae_absorption ""
+      run absorption_random "control=random" sae_absorption ""
+      run absorption_neurons "control=neurons" sae_absorption "" ;;
     gate)  # the CI gate, demo vs a random-direction SAE, both scored by the bundled scorer: must not pass
       set +e
       .venv/bin/sae-interp compare "$OUT/runs/group_demo" "$OUT/runs/group_random" --metrics sae_detection/balanced_acc \
