@@ -882,9 +882,10 @@ def test_saebench_files_join_the_leaderboard_as_their_own_rows(
     exported, planted_run, sae_cache, tmp_path
 ):
     """A published-style SAEBench core file beside our results: its own row, marked, in its own
-    group; an absorption file written by SAEBench's own output classes (an eval type nothing here
-    computes) a row of its own task with SAEBench's numbers; a file with no number is skipped with a
-    note; a truncated file is one line and exit 2."""
+    group; an absorption file written by SAEBench's own output classes a row of sae_absorption with
+    SAEBench's numbers under our names; a file of an eval type nothing here computes (SCR) a task of
+    its own with SAEBench's numbers; a file with no number is skipped with a note; a truncated file
+    is one line and exit 2."""
     core = next((exported / "core").glob("*_eval_results.json"))
     published = json.loads(core.read_text())
     published.update(
@@ -894,6 +895,9 @@ def test_saebench_files_join_the_leaderboard_as_their_own_rows(
     )
     (tmp_path / "published_eval_results.json").write_text(json.dumps(published))
     absorption_file(tmp_path / "absorption" / "absorption_eval_results.json")
+    scr = json.loads((tmp_path / "absorption" / "absorption_eval_results.json").read_text())
+    scr.update(eval_type_id="scr", eval_result_metrics={"scr_metrics": {"scr_top_5_metric": 0.2}})
+    (tmp_path / "scr_eval_results.json").write_text(json.dumps(scr))
     (tmp_path / "empty_eval_results.json").write_text(
         json.dumps({"eval_type_id": "unlearning", "eval_result_metrics": {"unlearning": {}}})
     )
@@ -909,9 +913,12 @@ def test_saebench_files_join_the_leaderboard_as_their_own_rows(
         "gpt2-small-res-jb/blocks.8.hook_resid_pre (SAEBench)",
     ]
     absorbed = next(r for r in saebench_rows if r["sae"].startswith("gemma"))
-    cells = absorbed["tasks"]["saebench_absorption_first_letter"]["metrics"]
-    assert cells["mean_absorption_fraction_score"]["value"] == pytest.approx(0.125)
-    assert cells["mean_num_split_features"]["value"] == pytest.approx(1.5)
+    cells = absorbed["tasks"]["sae_absorption"]["metrics"]
+    assert cells["absorption_fraction"]["value"] == pytest.approx(0.125)
+    assert cells["num_split_features"]["value"] == pytest.approx(1.5)
+    assert cells["absorption_fraction_std"]["value"] == pytest.approx(0.1)
+    scr_cells = absorbed["tasks"]["saebench_scr"]["metrics"]
+    assert scr_cells["scr_top_5_metric"]["value"] == pytest.approx(0.2)
     saebench_rows = [r for r in saebench_rows if r["sae"].startswith("gpt2")]
     assert len(groups) == 2  # SAEBench's files form a group of their own
     assert saebench_rows[0]["tasks"]["sae_core"]["metrics"]["explained_variance"][

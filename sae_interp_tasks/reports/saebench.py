@@ -12,7 +12,7 @@ passed off as SAEBench's. Standard errors and chance levels go into `eval_result
 
 In (`sae-interp leaderboard` / `compare` given SAEBench files): each file becomes a run of one task,
 marked as SAEBench's (`source` in its settings, so it forms its own settings group), with the
-metrics that mean the same thing as ours; a file of an eval type nothing here computes (absorption,
+metrics that mean the same thing as ours; a file of an eval type nothing here computes (SCR,
 say) becomes a task of its own, `saebench_<eval type>`, with SAEBench's numbers as it wrote them;
 a file with no number at all is skipped with a note.
 """
@@ -288,7 +288,7 @@ def _mapped(eval_type: str, categories: dict) -> tuple[str | None, ReportSpec | 
 
 
 def _their_own(eval_type: str, categories: dict) -> tuple[str | None, ReportSpec | None, dict]:
-    """An eval type with no counterpart here (absorption, say): its numbers as a task of its own,
+    """An eval type with no counterpart here (SCR, say): its numbers as a task of its own,
     `saebench_<eval type>`, as SAEBench wrote them (no per-doc scores, intervals or directions);
     headline: the first number of its first category. None when it holds no number."""
     numbers = {

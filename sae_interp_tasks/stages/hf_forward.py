@@ -63,6 +63,9 @@ def hook_module(hf_model, hook_name: str) -> tuple[torch.nn.Module, str] | None:
     return (sub, "output") if sub is not None else None
 
 
+PROBE_SENTENCE = "The reader checks one probe sentence, token by token."
+
+
 class HFReader:
     """Reads the hooked activation (and, when asked, the logits) from the Hugging Face model."""
 

@@ -88,20 +88,30 @@ def plant_absorber(sae, data: WordActivations, letter: int, carve: bool = True) 
 
 
 def _build(source: str | None, out: Path, letter: str, seed: int, carve: bool) -> None:
-    from sae_interp_tasks.stages.absorption_data import read_word_activations
+    """Plant on the word activations a run with every default reads (through the run's own
+    forward and its cache), so the run scores exactly the activations the SAE was built on."""
+    from types import SimpleNamespace
+
+    from sae_interp_tasks.stages.absorption_data import cached_word_activations
     from sae_interp_tasks.stages.activations import hook_activations
+    from sae_interp_tasks.stages.hf_forward import PROBE_SENTENCE, HFReader
     from sae_interp_tasks.stages.saes import SAESource, load_sae
     from sae_interp_tasks.stages.subject import load_subject
 
     sae, info = load_sae(SAESource(path=source))
-    model = load_subject(info.model_name)
-    data = read_word_activations(
-        lambda tokens: hook_activations(model, info.hook_name, tokens),
-        model.tokenizer,
-        AbsorptionConfig(),
-        seed,
-        info.prepend_bos,
+    model, hf_model = load_subject(info.model_name, keep_hf=True)
+    probe = torch.tensor([model.tokenizer.encode(PROBE_SENTENCE)])
+    reader = HFReader.check(hf_model, model, info.hook_name, probe)
+    run = SimpleNamespace(  # what the task's cache reads of a run
+        model=model,
+        info=info,
+        tokenizer=model.tokenizer,
+        forward_name="hf" if reader else "tl",
+        read_activations=reader.activations
+        if reader
+        else lambda tokens: hook_activations(model, info.hook_name, tokens),
     )
+    data = cached_word_activations(run, AbsorptionConfig(), seed)
     planted = plant_absorber(sae, data, LETTERS.index(letter), carve)
     sae.save_model(out)
     (out / PLANTED_FILE).write_text(json.dumps(planted, indent=1))
