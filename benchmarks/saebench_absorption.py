@@ -4,7 +4,7 @@ model.
 The words and their activations are ours (`stages/absorption_data`, the task's defaults and seed);
 then, per letter:
 
-- ours: `stages/absorption.score_letter`, as sae_absorption scores it;
+- ours: `stages/absorption.score_letters`, as sae_absorption scores it;
 - SAEBench: its ground-truth probe trainer (`train_linear_probe_for_task`, 50 Adam epochs), its
   k-sparse probes (`train_k_sparse_probes`, the L1 probe over the SAE codes, then scikit-learn),
   its metrics and feature-split rule (`eval_probe_and_sae_k_sparse_raw_scores`, `build_metrics_df`,
@@ -36,13 +36,10 @@ import _common
 PEER = Path(sys.prefix) / "peers" / "sae-bench"
 
 
-def ours(data, codes, sae, cfg):
+def ours(data, codes, sae, cfg, seed: int):
     from sae_interp_tasks.stages import absorption
 
-    return {
-        int(i): absorption.score_letter(data, codes, sae, int(i), cfg)
-        for i in sorted(set(data.labels.tolist()))
-    }
+    return absorption.score_letters(data, codes, sae, cfg, seed)
 
 
 def theirs(model, sae, data, layer: int):
@@ -157,7 +154,7 @@ def main_() -> None:
     forward_s = time.perf_counter() - start
     start = time.perf_counter()
     codes = absorption.encode_sparse(sae, data.acts)
-    mine = ours(data, codes, sae, cfg)
+    mine = ours(data, codes, sae, cfg, args.seed)
     ours_s = time.perf_counter() - start
     sys.path.insert(0, str(PEER))
     start = time.perf_counter()

@@ -148,7 +148,7 @@ class PlantedSAE:
         return CAT_LATENT
 
 
-def _metadata(model_dir: Path, hook: str) -> dict:
+def sae_metadata(model_dir: Path, hook: str) -> dict:
     return {
         "model_name": str(model_dir),
         "hook_name": hook,
@@ -176,7 +176,7 @@ def build_planted_sae(
     gen = torch.Generator().manual_seed(seed)
     d_in = W_E.shape[1]
     cfg = StandardSAEConfig(d_in=d_in, d_sae=d_sae, apply_b_dec_to_input=True)
-    cfg.metadata = SAEMetadata(**_metadata(model_dir, hook))
+    cfg.metadata = SAEMetadata(**sae_metadata(model_dir, hook))
     sae = StandardSAE(cfg)
     W_enc = torch.zeros(d_in, d_sae)
     b_enc = torch.zeros(d_sae)
@@ -220,7 +220,7 @@ def build_exact_sae(d_in: int, model_dir: Path, out: Path, hook: str = HOOK) -> 
     from sae_lens.saes.sae import SAEMetadata
 
     cfg = StandardSAEConfig(d_in=d_in, d_sae=2 * d_in, apply_b_dec_to_input=True)
-    cfg.metadata = SAEMetadata(**_metadata(model_dir, hook))
+    cfg.metadata = SAEMetadata(**sae_metadata(model_dir, hook))
     sae = StandardSAE(cfg)
     eye = torch.eye(d_in)
     with torch.no_grad():

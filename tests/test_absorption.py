@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import HOOK, REPO
+from conftest import HOOK, REPO, sae_metadata
 from helpers import result_files, run_lm_eval, samples
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.stages import absorption
@@ -178,6 +178,34 @@ def test_split_latents_equal_saebench_feature_splits():
             assert ours == list(theirs)
 
 
+def test_selection_probe_equals_saebench_train_sparse_multi_probe():
+    """SAEBench's L1 multi-probe trainer and ours from the same start on the same sparse codes (one
+    batch an epoch, so no shuffling between them): the same weights, hence the same latents."""
+    _, k_sparse_probing, _ = peer()
+    from scipy import sparse
+
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(4), 30)
+    dense = rng.exponential(size=(120, 50)) * (rng.random((120, 50)) < 0.1)
+    dense[np.arange(120), labels] += 2.0  # latent c carries letter c
+    torch.manual_seed(0)
+    start = k_sparse_probing.LinearProbe(50, 4)
+    init = (start.weights.detach().clone(), start.biases.detach().clone())
+    torch.manual_seed(0)
+    with torch.enable_grad():
+        theirs = k_sparse_probing.train_sparse_multi_probe(
+            torch.tensor(dense, dtype=torch.float32),
+            torch.nn.functional.one_hot(torch.tensor(labels)),
+            device=torch.device("cpu"),
+            show_progress=False,
+        )
+    spec = {**absorption.SELECTION, "l1": 0.01}
+    ours = absorption.train_probes(sparse.csr_matrix(dense), labels, spec, 0, init=init)
+    np.testing.assert_allclose(ours.weight, theirs.weights.detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(ours.bias, theirs.biases.detach().numpy(), atol=1e-5)
+    assert (ours.weight[np.arange(4), np.arange(4)] > 0).all()  # each letter's latent is drawn up
+
+
 @pytest.fixture(scope="module")
 def tiny_words(tiny_model):
     cfg = AbsorptionConfig(**SMALL, absorption_min_letters=1)
@@ -186,7 +214,29 @@ def tiny_words(tiny_model):
     )
 
 
-def test_planted_absorber_reads_as_absorbed(loaded_planted, tiny_words):
+@pytest.fixture(scope="module")
+def quiet_sae(tiny_model_dir):
+    """A StandardSAE of 512 latents at the tiny model's hook, every latent silent (random unit
+    decoder rows, zero encoder, negative bias): the planted latents are the only ones that fire,
+    and at this width SAEBench's 50-step selection probe moves a latent that carries the letter
+    further than its random start (1/sqrt(512))."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    cfg = StandardSAEConfig(d_in=128, d_sae=512, apply_b_dec_to_input=True)
+    cfg.metadata = SAEMetadata(**sae_metadata(tiny_model_dir, HOOK))
+    sae = StandardSAE(cfg)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        dec = torch.randn(512, 128, generator=gen)
+        sae.W_dec.copy_(dec / dec.norm(dim=-1, keepdim=True))
+        sae.W_enc.zero_()
+        sae.b_enc.fill_(-1.0)
+        sae.b_dec.zero_()
+    return sae
+
+
+def test_planted_absorber_reads_as_absorbed(quiet_sae, tiny_words):
     """The carved word is fully absorbed by the absorber with the letter latent among the split
     latents; in the uncarved twin the same word is not absorbed at all."""
     cfg = AbsorptionConfig(**SMALL, absorption_min_letters=1, absorption_min_probe_f1=0.0)
@@ -194,10 +244,10 @@ def test_planted_absorber_reads_as_absorbed(loaded_planted, tiny_words):
     letter = 0
     read = {}
     for carve in (True, False):
-        sae = copy.deepcopy(loaded_planted[0])
-        planted = plant_absorber(sae, tiny_words, letter, carve=carve)
+        sae = copy.deepcopy(quiet_sae)
+        planted = plant_absorber(sae, tiny_words, letter, 0, carve=carve)
         codes = absorption.encode_sparse(sae, tiny_words.acts)
-        result = absorption.score_letter(tiny_words, codes, sae, letter, cfg)
+        result = absorption.score_letters(tiny_words, codes, sae, cfg, 0)[letter]
         assert MAIN in result["split_latents"], result
         (row,) = [r for r in result["absorbed_words"] if r["word"] == planted["word"]]
         read[carve] = (row, result["absorption_fraction"])
@@ -218,9 +268,9 @@ def sae_interp(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow  # lm_eval end to end
-def test_absorption_end_to_end(loaded_planted, planted_sae, tiny_words, sae_cache, tmp_path):
-    sae = copy.deepcopy(loaded_planted[0])
-    planted = plant_absorber(sae, tiny_words, 0)
+def test_absorption_end_to_end(quiet_sae, tiny_words, sae_cache, tmp_path):
+    sae = copy.deepcopy(quiet_sae)
+    planted = plant_absorber(sae, tiny_words, 0, 0)
     sae.save_model(tmp_path / "sae")
     meta = {**SMALL, "absorption_min_probe_f1": 0.0, "absorption_min_letters": 3}
     args = [

@@ -2,15 +2,18 @@
 "Feature absorption"), per letter L:
 
 1. The ground-truth probe: a logistic probe for "starts with L" on the hooked activations of the
-   train words (one against the rest, positives weighted by negatives/positives as SAEBench's
-   BCE `pos_weight`, L2 as its weight decay of 1e-4 on a 26-letter probe). Its test F1 (logit > 0)
-   says whether the model carries the letter at all; below `absorption_min_probe_f1` the letter is
-   skipped and counted.
-2. The latents that carry L: an L1 logistic probe on the SAE codes of the train words (strength
-   `absorption_l1`: SAEBench's loss, minimised exactly by scikit-learn where SAEBench takes 50 Adam
-   steps), its largest positive weights ranked; for k = 1..`absorption_max_k` a logistic probe on
-   the top k (scikit-learn, balanced classes, SAEBench's); the split latents are the top k up to
-   the last k whose test F1 rose by more than `absorption_f1_jump` over the previous one.
+   train words, one output per letter trained together as SAEBench trains its multi-probe
+   (`train_probes`: binary cross-entropy with positives weighted by negatives/positives, Adam with
+   weight decay 1e-4, 50 epochs of batches of 64, the learning rate decaying from 1e-2 to 1e-5).
+   Its test F1 (logit > 0) says whether the model carries the letter at all; at or below
+   `absorption_min_probe_f1` the letter is skipped and counted.
+2. The latents that carry L: the same training on the SAE codes with an L1 term `absorption_l1`
+   (batches of 4,096, weight decay 1e-6: SAEBench's k-sparse selection probe), its largest positive
+   weights ranked; for k = 1..`absorption_max_k` a scikit-learn logistic probe on the top k
+   (balanced classes, 500 iterations: SAEBench's); the split latents are the top k up to the last
+   k whose test F1 rose by more than `absorption_f1_jump` over the previous one kept. Like
+   SAEBench's, 50 Adam steps from a random start do not reach the L1 optimum: the ranking is
+   SAEBench's, seeded by the run's seed.
 3. Per test word of L that the ground-truth probe calls L (a probe true positive), with the unit
    probe direction p, the activation a and the SAE code c, each latent's projection onto p is
    c_i cos(d_i, p) (d_i its decoder row). The absorption fraction is the share of a.p that latents
@@ -36,8 +39,10 @@ from scipy import sparse
 from sae_interp_tasks.stages.absorption_data import LETTERS, AbsorptionConfig, WordActivations
 
 MAX_BATCH_FLOATS = 2**25  # a batch of codes [words, width] stays under 128 MB
-GT_WEIGHT_DECAY = 1e-4  # SAEBench's ground-truth probe
-GT_OUTPUTS = 26  # ... a multi-probe whose loss is a mean over its 26 letters
+END_LR = 1e-5  # SAEBench's probes: the learning rate decays to this over the epochs
+# SAEBench's two probe trainings (its train_and_save_probes and train_k_sparse_probes defaults)
+GROUND_TRUTH = {"epochs": 50, "batch": 64, "lr": 1e-2, "weight_decay": 1e-4, "l1": 0.0}
+SELECTION = {"epochs": 50, "batch": 4096, "lr": 1e-2, "weight_decay": 1e-6}
 FULL_COS = 0.025  # full absorption: the top projecting latent's cos with the probe, at least
 FRACTION_COS = 0.1  # absorption fraction: each absorbing latent's cos with the probe, at least
 PROJECTION_SHARE = 0.4  # both: the absorbing latents' share of the probe projection, at least
@@ -47,12 +52,21 @@ SILENT = 1e-8  # a split latent below this activation is silent
 
 
 @dataclass(frozen=True)
-class Probe:
-    weight: np.ndarray
-    bias: float
+class Probes:
+    """One logistic probe per letter (rows of `weight`, in `letters` order), as SAEBench trains its
+    multi-probe."""
 
-    def scores(self, x) -> np.ndarray:
-        return np.asarray(x @ self.weight).ravel() + self.bias
+    letters: list[int]
+    weight: np.ndarray  # [letters, d]
+    bias: np.ndarray  # [letters]
+
+    def scores(self, x, letter: int) -> np.ndarray:
+        row = self.letters.index(letter)
+        return np.asarray(x @ self.weight[row]).ravel() + self.bias[row]
+
+    def direction(self, letter: int) -> np.ndarray:
+        w = self.weight[self.letters.index(letter)].astype(np.float64)
+        return w / np.linalg.norm(w)
 
 
 @torch.no_grad()
@@ -69,31 +83,50 @@ def encode_sparse(sae, acts: np.ndarray) -> sparse.csr_matrix:
     return sparse.vstack(rows).tocsr() if rows else sparse.csr_matrix((0, sae.cfg.d_sae))
 
 
-def _pos_weight(y: np.ndarray) -> dict:
-    return {0: 1.0, 1: float((y == 0).sum()) / max(1, int(y.sum()))}
+def _rows(x, idx: np.ndarray) -> torch.Tensor:
+    if sparse.issparse(x):
+        coo = x[idx].tocoo()
+        indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+        return torch.sparse_coo_tensor(indices, torch.from_numpy(coo.data).float(), coo.shape)
+    return torch.from_numpy(np.ascontiguousarray(x[idx])).float()
 
 
-def ground_truth_probe(x: np.ndarray, y: np.ndarray) -> Probe:
-    from sklearn.linear_model import LogisticRegression
-
-    c = 1.0 / (GT_OUTPUTS * GT_WEIGHT_DECAY * len(y))
-    fit = LogisticRegression(C=c, class_weight=_pos_weight(y), max_iter=2000).fit(x, y)
-    return Probe(fit.coef_[0].astype(np.float64), float(fit.intercept_[0]))
-
-
-def selection_weights(codes: sparse.csr_matrix, y: np.ndarray, l1: float) -> np.ndarray:
-    """The L1 probe's weight per latent (zero for most)."""
-    from sklearn.linear_model import LogisticRegression
-
-    fit = LogisticRegression(
-        l1_ratio=1.0,
-        solver="liblinear",
-        C=1.0 / (len(y) * l1),
-        class_weight=_pos_weight(y),
-        intercept_scaling=100.0,
-        max_iter=2000,
-    ).fit(codes, y)
-    return fit.coef_[0]
+def train_probes(x, labels: np.ndarray, spec: dict, seed: int, init=None) -> Probes:
+    """SAEBench's `train_multi_probe`: one output per letter present, initialised as torch's
+    nn.Linear, binary cross-entropy with positives weighted by negatives/positives, an L1 term
+    `spec["l1"]` x the mean over letters of the summed |weights|, Adam (weight decay
+    `spec["weight_decay"]`) over `spec["epochs"]` epochs of shuffled batches of `spec["batch"]`,
+    the learning rate decaying exponentially from `spec["lr"]` to 1e-5. `x` dense or sparse;
+    `init` (weight, bias) replaces the seeded start."""
+    letters = sorted(set(labels.tolist()))
+    gen = torch.Generator().manual_seed(seed)
+    n, d = x.shape
+    bound = 1 / math.sqrt(d)
+    weight = (torch.rand(len(letters), d, generator=gen) * 2 - 1) * bound
+    bias = (torch.rand(len(letters), generator=gen) * 2 - 1) * bound
+    if init is not None:
+        weight, bias = (torch.as_tensor(t, dtype=torch.float32).clone() for t in init)
+    weight.requires_grad_()
+    bias.requires_grad_()
+    target = torch.from_numpy(labels[:, None] == np.array(letters)[None, :]).float()
+    positives = target.sum(0).clamp_min(1)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=(n - positives) / positives)
+    opt = torch.optim.Adam([weight, bias], lr=spec["lr"], weight_decay=spec["weight_decay"])
+    decay = math.exp(math.log(END_LR / spec["lr"]) / spec["epochs"])
+    schedule = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=decay)
+    with torch.enable_grad():
+        for _ in range(spec["epochs"]):
+            order = torch.randperm(n, generator=gen).numpy()
+            for start in range(0, n, spec["batch"]):
+                idx = order[start : start + spec["batch"]]
+                batch = _rows(x, idx)
+                logits = batch @ weight.T + bias
+                loss = loss_fn(logits, target[idx]) + spec["l1"] * weight.abs().sum(-1).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            schedule.step()
+    return Probes(letters, weight.detach().numpy(), bias.detach().numpy())
 
 
 def f1(y: np.ndarray, predicted: np.ndarray) -> float:
@@ -169,12 +202,25 @@ def decoder_cos(sae, direction: np.ndarray) -> np.ndarray:
         return (dec @ d / (dec.norm(dim=-1) * d.norm()).clamp_min(1e-12)).numpy()
 
 
-def score_letter(data: WordActivations, codes, sae, letter: int, cfg: AbsorptionConfig) -> dict:
-    """One letter's probes, split latents and absorption; `skip` names why it is not scored."""
+def score_letters(data: WordActivations, codes, sae, cfg: AbsorptionConfig, seed: int) -> dict:
+    """Every letter present: {letter index: its result}. The two multi-probes (ground truth on the
+    activations, selection on the codes) are trained once, over all letters, as SAEBench does."""
+    train = data.train
+    truth = train_probes(data.acts[train], data.labels[train], GROUND_TRUTH, seed)
+    selection = train_probes(
+        codes[train], data.labels[train], {**SELECTION, "l1": cfg.absorption_l1}, seed
+    )
+    return {
+        letter: score_letter(data, codes, sae, letter, cfg, truth, selection)
+        for letter in truth.letters
+    }
+
+
+def score_letter(data, codes, sae, letter: int, cfg: AbsorptionConfig, truth, selection) -> dict:
+    """One letter's probe F1, split latents and absorption; `skip` names why it is not scored."""
     y = (data.labels == letter).astype(int)
     train = data.train
-    probe = ground_truth_probe(data.acts[train], y[train])
-    test_scores = probe.scores(data.acts[~train])
+    test_scores = truth.scores(data.acts[~train], letter)
     out: dict = {
         "letter": LETTERS[letter],
         "probe_f1": f1(y[~train], test_scores > 0),
@@ -186,7 +232,7 @@ def score_letter(data: WordActivations, codes, sae, letter: int, cfg: Absorption
             f"{cfg.absorption_min_probe_f1}"
         )
         return out
-    weights = selection_weights(codes[train], y[train], cfg.absorption_l1)
+    weights = selection.weight[selection.letters.index(letter)]
     f1s = k_sparse_f1s(codes, y, train, weights, cfg.absorption_max_k)
     main = split_latents(f1s, cfg.absorption_f1_jump)
     out["k_sparse_f1"] = [score for _, score in f1s]
@@ -196,7 +242,7 @@ def score_letter(data: WordActivations, codes, sae, letter: int, cfg: Absorption
     if not len(positives):
         out["skip"] = f"no test word of {LETTERS[letter]!r} is a probe true positive"
         return out
-    direction = probe.weight / np.linalg.norm(probe.weight)
+    direction = truth.direction(letter)
     cos = decoder_cos(sae, direction)
     rows = []
     for i in positives:

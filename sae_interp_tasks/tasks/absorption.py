@@ -84,8 +84,8 @@ def _score_all(ctx: RunContext, cfg: AbsorptionConfig, seed: int) -> dict[str, d
     present = sorted(set(data.labels.tolist()))
     if present:
         codes = absorption.encode_sparse(ctx.sae, data.acts)
-        for index in present:
-            results[LETTERS[index]] = absorption.score_letter(data, codes, ctx.sae, index, cfg)
+        scored = absorption.score_letters(data, codes, ctx.sae, cfg, seed)
+        results.update({LETTERS[index]: result for index, result in scored.items()})
     skipped = {k: r["skip"] for k, r in results.items() if "skip" in r}
     if skipped:
         log.warning(

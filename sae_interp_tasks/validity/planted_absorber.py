@@ -35,15 +35,18 @@ MAIN, ABSORBER = 0, 1
 SCALE = 10.0  # the letter latent's activation, in multiples of the probe projection
 
 
-def choose_word(data: WordActivations, letter: int) -> tuple[int, np.ndarray, np.ndarray, dict]:
-    """(the carved word's row, p, the centre, the probe) : the letter's test true positive whose own
-    centred direction sets it furthest apart from every other word."""
+def choose_word(data: WordActivations, letter: int, seed: int):
+    """(the carved word's row, p, the centre, the probe): the letter's test true positive whose own
+    centred direction sets it furthest apart from every other word. The probe is the task's own
+    (the same training on the same words with the same seed)."""
     y = (data.labels == letter).astype(int)
-    probe = absorption.ground_truth_probe(data.acts[data.train], y[data.train])
-    p = probe.weight / np.linalg.norm(probe.weight)
+    truth = absorption.train_probes(
+        data.acts[data.train], data.labels[data.train], absorption.GROUND_TRUTH, seed
+    )
+    p = truth.direction(letter)
     centre = data.acts.mean(0)
     centred = data.acts - centre
-    scores = probe.scores(data.acts)
+    scores = truth.scores(data.acts, letter)
     candidates = np.flatnonzero((y == 1) & ~data.train & (scores > 0) & (data.acts @ p > 0))
     if not len(candidates):
         raise ValueError(f"no test word of {LETTERS[letter]!r} is a probe true positive")
@@ -56,13 +59,14 @@ def choose_word(data: WordActivations, letter: int) -> tuple[int, np.ndarray, np
             best, best_gap = int(i), gap
     if best_gap <= 0.05:
         raise ValueError(f"no word of {LETTERS[letter]!r} stands apart from the others")
-    return best, p, centre, {"weight": probe.weight, "bias": probe.bias}
+    row = truth.letters.index(letter)
+    return best, p, centre, {"weight": truth.weight[row], "bias": float(truth.bias[row])}
 
 
 @torch.no_grad()
-def plant_absorber(sae, data: WordActivations, letter: int, carve: bool = True) -> dict:
+def plant_absorber(sae, data: WordActivations, letter: int, seed: int, carve: bool = True) -> dict:
     """Overwrite latents MAIN and ABSORBER in place; returns what was planted."""
-    w, p, centre, probe = choose_word(data, letter)
+    w, p, centre, probe = choose_word(data, letter, seed)
     centred = data.acts - centre
     e = centred[w] / np.linalg.norm(centred[w])
     along = centred @ e
@@ -112,7 +116,7 @@ def _build(source: str | None, out: Path, letter: str, seed: int, carve: bool) -
         else lambda tokens: hook_activations(model, info.hook_name, tokens),
     )
     data = cached_word_activations(run, AbsorptionConfig(), seed)
-    planted = plant_absorber(sae, data, LETTERS.index(letter), carve)
+    planted = plant_absorber(sae, data, LETTERS.index(letter), seed, carve)
     sae.save_model(out)
     (out / PLANTED_FILE).write_text(json.dumps(planted, indent=1))
 
