@@ -1,8 +1,9 @@
 """Our feature absorption against SAEBench's own absorption code, on the demo SAE and the bundled
 model.
 
-The words and their activations are ours (`stages/absorption_data`, the task's defaults and seed);
-then, per letter:
+The words and their activations are those sae_absorption reads with every default and the seed
+(read from its cache, or computed there: `validity.planted_absorber.default_run_words`); then, per
+letter:
 
 - ours: `stages/absorption.score_letters`, as sae_absorption scores it;
 - SAEBench: its ground-truth probe trainer (`train_linear_probe_for_task`, 50 Adam epochs), its
@@ -17,7 +18,7 @@ then, per letter:
 Each letter's numbers with our standard error over its words; the means over the letters both
 score with ours' standard error over letters. sae-bench 0.6.0 (the peer install, --no-deps).
 
-    python benchmarks/saebench_absorption.py [--words-per-letter 100]
+    python benchmarks/saebench_absorption.py [--seed 1234]
 """
 
 from __future__ import annotations
@@ -132,25 +133,17 @@ def _se(values) -> float:
 
 def main_() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--words-per-letter", type=int, default=100)
     ap.add_argument("--seed", type=int, default=1234)
     args = ap.parse_args()
     if not (PEER / "sae_bench").is_dir():
         sys.exit("error: the sae-bench peer is not installed; run bash scripts/setup.sh")
     from sae_interp_tasks.stages import absorption
-    from sae_interp_tasks.stages.absorption_data import (
-        LETTERS,
-        AbsorptionConfig,
-        read_word_activations,
-    )
-    from sae_interp_tasks.stages.activations import hook_activations
+    from sae_interp_tasks.stages.absorption_data import LETTERS, AbsorptionConfig
+    from sae_interp_tasks.validity.planted_absorber import default_run_words
 
-    model, sae, info = _common.demo()
-    cfg = AbsorptionConfig(absorption_words_per_letter=args.words_per_letter)
+    cfg = AbsorptionConfig()
     start = time.perf_counter()
-    data = read_word_activations(
-        lambda t: hook_activations(model, info.hook_name, t), model.tokenizer, cfg, args.seed, True
-    )
+    sae, info, model, data = default_run_words(None, args.seed)
     forward_s = time.perf_counter() - start
     start = time.perf_counter()
     codes = absorption.encode_sparse(sae, data.acts)
@@ -219,8 +212,8 @@ def report(rows, forward_s, ours_s, theirs_s, n_words) -> None:
     same_split = sum(r["split"][0] == r["split"][1] for r in rows)
     lines.append(f"letters with the same split latents: {same_split}/{len(rows)}")
     lines.append(
-        f"{n_words} words; forward {forward_s:.0f} s; ours {ours_s:.1f} s; SAEBench's code "
-        f"{theirs_s:.1f} s; {_common.machine()}"
+        f"{n_words} words; model and words (cached or forward) {forward_s:.0f} s; ours "
+        f"{ours_s:.1f} s; SAEBench's code {theirs_s:.1f} s; {_common.machine()}"
     )
     text = "\n".join(lines)
     print(text)

@@ -91,9 +91,10 @@ def plant_absorber(sae, data: WordActivations, letter: int, seed: int, carve: bo
     return {"letter": LETTERS[letter], "word": data.words[w], "main": MAIN, "absorber": ABSORBER}
 
 
-def _build(source: str | None, out: Path, letter: str, seed: int, carve: bool) -> None:
-    """Plant on the word activations a run with every default reads (through the run's own
-    forward and its cache), so the run scores exactly the activations the SAE was built on."""
+def default_run_words(source: str | None, seed: int):
+    """(sae, info, model, the word activations) a run of sae_absorption with every default reads
+    for this SAE: through the forward the backend would choose (HFReader.check) and from its cache,
+    computed and cached there when absent."""
     from types import SimpleNamespace
 
     from sae_interp_tasks.stages.absorption_data import cached_word_activations
@@ -115,7 +116,13 @@ def _build(source: str | None, out: Path, letter: str, seed: int, carve: bool) -
         if reader
         else lambda tokens: hook_activations(model, info.hook_name, tokens),
     )
-    data = cached_word_activations(run, AbsorptionConfig(), seed)
+    return sae, info, model, cached_word_activations(run, AbsorptionConfig(), seed)
+
+
+def _build(source: str | None, out: Path, letter: str, seed: int, carve: bool) -> None:
+    """Plant on the word activations a run with every default reads, so the run scores exactly the
+    activations the SAE was built on."""
+    sae, _, _, data = default_run_words(source, seed)
     planted = plant_absorber(sae, data, LETTERS.index(letter), seed, carve)
     sae.save_model(out)
     (out / PLANTED_FILE).write_text(json.dumps(planted, indent=1))
