@@ -108,26 +108,6 @@ def test_sae_without_hook_in_its_metadata(planted_sae, tmp_path):
 
 # --- the subject model
 # -----------------------------------------------------------------------------
-def test_a_transcoder_is_refused_not_scored_at_its_input_hook(tiny_model_dir, tmp_path):
-    """A sae_lens transcoder (reads one hook, writes another) would be scored as an SAE of its
-    input hook; it is a one-line error naming both hooks instead."""
-    from sae_lens.saes.sae import SAEMetadata
-    from sae_lens.saes.transcoder import Transcoder, TranscoderConfig
-
-    cfg = TranscoderConfig(d_in=16, d_sae=8, d_out=16, apply_b_dec_to_input=False)
-    cfg.metadata = SAEMetadata(
-        model_name=str(tiny_model_dir),
-        hook_name="blocks.0.ln2.hook_normalized",
-        hook_name_out="blocks.0.hook_mlp_out",
-    )
-    Transcoder(cfg).save_model(tmp_path / "tc")
-    with pytest.raises(SaeInterpError) as err:
-        load_sae(SAESource(path=str(tmp_path / "tc")))
-    message = str(err.value)
-    assert "is a transcoder" in message and "\n" not in message
-    assert "blocks.0.ln2.hook_normalized" in message and "blocks.0.hook_mlp_out" in message
-
-
 def test_unknown_dtype(tiny_model_dir):
     from sae_interp_tasks.stages.subject import load_subject
 

@@ -278,6 +278,26 @@ def test_fast_path_equals_three_full_forwards(
     assert (fast.contexts_firing <= fast.firing).all() and fast.contexts_firing.sum() > 0
 
 
+def test_a_wide_sae_is_encoded_in_blocks_with_the_same_statistics(
+    tiny_model, loaded_planted, eval_tokens, monkeypatch
+):
+    """Above MAX_CODE_FLOATS code entries a chunk is encoded a block of positions at a time: the
+    same statistics as in one piece (the legacy explained variance still about the chunk's mean,
+    contexts counted across blocks)."""
+    import dataclasses
+
+    sae, _ = loaded_planted
+    special = core.special_ids(tiny_model.tokenizer)
+    reference = core.chunk_reference(tiny_model, HOOK, eval_tokens, special)
+    whole = core.chunk_stats(tiny_model, sae, HOOK, eval_tokens, reference, special)
+    monkeypatch.setattr(core, "MAX_CODE_FLOATS", 7 * sae.cfg.d_sae)  # 7 positions a block
+    blocked = core.chunk_stats(tiny_model, sae, HOOK, eval_tokens, reference, special)
+    for field in dataclasses.fields(CoreStats):
+        mine, theirs = getattr(blocked, field.name), getattr(whole, field.name)
+        assert np.allclose(mine, theirs, rtol=1e-6, atol=1e-9), field.name
+    assert whole.contexts_firing.sum() > 0 and whole.ev_legacy_sum != 0
+
+
 def tiny_gpt2():
     """A 3-layer GPT-2-style model (LayerNorm with biases, learned positions, biased attention and
     MLP)."""

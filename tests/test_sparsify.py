@@ -94,10 +94,8 @@ def test_no_subject_model_and_unsupported_variants_are_one_line(tmp_path):
         load_sae(SAESource(path=str(tmp_path / "a"), hookpoint="layers.1"))[1].model_name
         == "EleutherAI/pythia-70m"
     )
-    save_coder(tmp_path / "b", "layers.1", d_in=16, transcode=True)
-    with pytest.raises(
-        SaeInterpError, match="has a transcoder .* which this package does not score"
-    ):
+    save_coder(tmp_path / "b", "layers.1", d_in=16, activation="groupmax")
+    with pytest.raises(SaeInterpError, match="has the groupmax activation"):
         load_sae(SAESource(path=str(tmp_path / "b"), hookpoint="layers.1", model="m"))
     save_coder(tmp_path / "c", "layers.1", d_in=16, skip_connection=True)
     with pytest.raises(SaeInterpError, match="has a skip connection"):

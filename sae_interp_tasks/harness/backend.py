@@ -29,8 +29,16 @@ from sae_interp_tasks.harness.context import RunStore
 from sae_interp_tasks.harness.costs import UsageLedger
 from sae_interp_tasks.harness.request import read_request
 from sae_interp_tasks.harness.spliced import SplicedRequests
-from sae_interp_tasks.stages.saes import CONTROLS, SAEInfo, SAESource, check_source, load_sae
-from sae_interp_tasks.stages.subject import DTYPES, check_hook, load_subject
+from sae_interp_tasks.stages.saes import (
+    CONTROLS,
+    SAEInfo,
+    SAESource,
+    check_source,
+    load_sae,
+    reconstruct,
+)
+from sae_interp_tasks.stages.sparsify_saes import fold_input_norm
+from sae_interp_tasks.stages.subject import DTYPES, check_hook, check_widths, load_subject
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +217,10 @@ class SAEBackend(SplicedRequests, TemplateLM):
             from_pretrained_kwargs=None if override else info.model_from_pretrained_kwargs,
         )
         check_hook(model, info.hook_name)
-        _check_width(model, info)
+        fold_input_norm(sae, model)  # a sparsify transcoder of an MLP reads its norm's output
+        if info.hook_name_out:
+            check_hook(model, info.hook_name_out)
+        check_widths(model, info, sae)
         return Loaded(sae=sae, info=info, model=model, hf_model=hf_model)
 
     @property
@@ -264,6 +275,7 @@ class SAEBackend(SplicedRequests, TemplateLM):
             "sae_d_in": int(self.info.d_in),
             "sae_architecture": self.info.architecture,
             "sae_hook_name": self.info.hook_name,
+            "sae_hook_name_out": self.info.hook_name_out,
             "subject_model": self.subject_name,
             "sae_control": self.source.control,
             "sae_neuronpedia_id": self.sae_identity()["neuronpedia_id"],
@@ -320,8 +332,21 @@ class SAEBackend(SplicedRequests, TemplateLM):
 
     def spliced(self):
         """Context manager: the subject model with the SAE's reconstruction in place of the hooked
-        activation."""
-        return self.model.hooks(fwd_hooks=[(self.info.hook_name, self._splice)])
+        activation (a transcoder's prediction, from its input hook, in place of its output hook's
+        activation)."""
+        if not self.info.hook_name_out:
+            return self.model.hooks(fwd_hooks=[(self.info.hook_name, self._splice)])
+        seen = {}
+
+        def read(x, hook):
+            seen["x"] = x.to(self.sae.W_dec.dtype)
+
+        def write(y, hook):
+            x = seen.pop("x")
+            return reconstruct(self.sae, x, self.sae.encode(x)).to(y.dtype)
+
+        hooks = [(self.info.hook_name, read), (self.info.hook_name_out, write)]
+        return self.model.hooks(fwd_hooks=hooks)
 
     @property
     def tokenizer(self):
@@ -356,15 +381,3 @@ class SAEBackend(SplicedRequests, TemplateLM):
 
     def tok_decode(self, tokens) -> str:
         return self.tokenizer.decode(tokens)
-
-
-def _check_width(model, info) -> None:
-    from sae_interp_tasks.stages.activations import hook_activations
-
-    probe = torch.tensor([[model.tokenizer.bos_token_id or 0, 1]], device=model.cfg.device)
-    width = hook_activations(model, info.hook_name, probe).shape[-1]
-    if width != info.d_in:
-        raise SaeInterpError(
-            f"the SAE reads {info.d_in}-wide activations but {info.hook_name} of "
-            f"{model.cfg.model_name} is {width}-wide; pick the subject model the SAE was trained on"
-        )

@@ -147,6 +147,7 @@ class Run:
     neuronpedia_id: str | None = None  # "model/source" where sae_lens's metadata names one
     # task -> SAEBench's per-latent core metrics (sae_core's feature_metrics): name -> [per latent]
     feature_metrics: dict = field(default_factory=dict)
+    hook_name_out: str | None = None  # a transcoder's output hook (it reads hook_name)
 
     @property
     def identity(self) -> tuple:
@@ -160,7 +161,10 @@ class Run:
         """The SAE's label, with the references it was compared with ("A vs B"): a similarity
         number belongs to the pair, never to the SAE alone."""
         refs = sorted({str(r.get("label")) for r in self.references.values()})
-        return f"{self.sae} vs {', '.join(refs)}" if refs else self.sae
+        label = f"{self.sae} vs {', '.join(refs)}" if refs else self.sae
+        if self.hook_name_out:  # a transcoder: which activation it reads and which it writes
+            label += f" (transcoder {self.hook_name} -> {self.hook_name_out})"
+        return label
 
     @property
     def is_control(self) -> bool:
@@ -305,6 +309,7 @@ def read_run(path: Path, load_samples: bool = True, data: dict | None = None) ->
         d_in=_int_or_none(config.get("sae_d_in")),
         architecture=config.get("sae_architecture"),
         hook_name=config.get("sae_hook_name"),
+        hook_name_out=config.get("sae_hook_name_out"),
         subject_model=config.get("subject_model"),
         control=config.get("sae_control") or args.get("control"),
         seed=_int_or_none(seed),

@@ -12,15 +12,17 @@ predicted from them are dropped. Zero ablation covers every position.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from sae_interp_tasks.config import StageConfig, option, positive
+from sae_interp_tasks.stages.core_kl import _with_unembed_input, clean_kl_terms, spliced_kl
+from sae_interp_tasks.stages.saes import reconstruct
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +141,7 @@ class ChunkReference:
     expected_row: torch.Tensor
     expected_bias: torch.Tensor
     kl_zero: torch.Tensor
+    y: torch.Tensor | None = None  # a transcoder's output-hook activation (its target), else None
 
 
 _RESID = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
@@ -174,36 +177,6 @@ def _keep_mask(tokens: torch.Tensor, special: list[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def clean_kl_terms(
-    logits: torch.Tensor,
-    model,
-    zero_logits: torch.Tensor | None = None,
-    zeroed: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, ...]:
-    """Per position of the clean logits [B, T, vocab]: sum p log p, the expected unembedding row
-    p @ W_U^T, p @ b_U, and the KL divergence to the zero-ablated distribution (the one row
-    `zero_logits` [vocab], or `zeroed` [B, T, vocab]). For any later forward whose unembedding
-    input is h, KL(p || q) = sum p log p - (h . p W_U^T + p . b_U - logsumexp(h W_U + b_U)):
-    exact, with nothing of vocabulary size kept. One context at a time."""
-    w_u, b_u = model.unembed.W_U.float(), model.unembed.b_U.float()
-    out: list[list[torch.Tensor]] = [[], [], [], []]
-    for b in range(logits.shape[0]):
-        # the sums over the vocabulary in float64: the same to the last digit however many threads
-        # reduce them (a run split over processes must equal one process's)
-        logp = torch.log_softmax(logits[b].double(), -1)
-        p = logp.exp()
-        neg_entropy = (p * logp).sum(-1)
-        if zeroed is not None:
-            kl_zero = neg_entropy - (p * torch.log_softmax(zeroed[b].double(), -1)).sum(-1)
-        else:
-            kl_zero = neg_entropy - p @ torch.log_softmax(zero_logits.double(), -1)
-        row = p.float() @ w_u.T
-        for i, value in enumerate((neg_entropy, row, p @ b_u.double(), kl_zero)):
-            out[i].append(value.cpu())
-    return tuple(torch.stack(values) for values in out)
-
-
-@torch.no_grad()
 def chunk_reference(
     model,
     hook_name: str,
@@ -211,16 +184,20 @@ def chunk_reference(
     special: list[int],
     reader=None,
     zero_logits: torch.Tensor | None = None,
+    out_hook: str | None = None,
 ) -> ChunkReference:
     """The chunk's hooked activation, its clean and zero-ablated losses and what the KL divergences
     need of its clean distribution: one clean forward (the Hugging Face model's when `reader` is
-    given), and no zero-ablated forward for residual hooks."""
+    given), and no zero-ablated forward for residual hooks. A transcoder's (`out_hook`): its output
+    hook's activation too, and the losses with that hook zeroed."""
     keep = _keep_mask(tokens, special)
+    y = None
     if reader is not None:
         x, logits = reader.activations_and_logits(tokens)
     else:
-        logits, cache = model.run_with_cache(tokens, names_filter=hook_name)
-        x = cache[hook_name]
+        names = [hook_name, out_hook] if out_hook else [hook_name]
+        logits, cache = model.run_with_cache(tokens, names_filter=names)
+        x, y = cache[hook_name], cache[out_hook] if out_hook else None
     zeroed = None
     if zero_logits is not None:
         row = zero_logits.to(tokens.device)
@@ -228,7 +205,7 @@ def chunk_reference(
         ce_zero = float(losses[keep[:, :-1]].mean())
     else:
         zeroed = model.run_with_hooks(
-            tokens, fwd_hooks=[(hook_name, lambda a, hook: torch.zeros_like(a))]
+            tokens, fwd_hooks=[(out_hook or hook_name, lambda a, hook: torch.zeros_like(a))]
         )
         ce_zero = _next_token_ce(zeroed, tokens, keep)
     neg_entropy, expected_row, expected_bias, kl_zero = clean_kl_terms(
@@ -242,28 +219,8 @@ def chunk_reference(
         expected_row=expected_row,
         expected_bias=expected_bias,
         kl_zero=kl_zero,
+        y=None if y is None else y.detach().cpu(),
     )
-
-
-def _with_unembed_input(model, forward: Callable[[], torch.Tensor]):
-    """(logits, the unembedding's input) of one forward."""
-    seen = {}
-    handle = model.unembed.register_forward_pre_hook(lambda mod, args: seen.update(h=args[0]))
-    try:
-        logits = forward()
-    finally:
-        handle.remove()
-    return logits, seen["h"]
-
-
-def spliced_kl(reference: ChunkReference, logits: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """KL(clean || this forward) per position [B, T], from the reference's terms (clean_kl_terms)
-    and this forward's logits and unembedding input."""
-    dev = logits.device
-    cross = (reference.expected_row.to(dev).double() * h.double()).sum(-1)
-    cross = cross + reference.expected_bias.to(dev).double()
-    log_z = torch.logsumexp(logits.double(), -1)
-    return (reference.neg_entropy.to(dev).double() - cross + log_z).float()
 
 
 @torch.no_grad()
@@ -274,15 +231,40 @@ def chunk_stats(
     tokens: torch.Tensor,
     reference: ChunkReference,
     special: list[int] | None = None,
+    out_hook: str | None = None,
 ) -> CoreStats:
-    """One chunk's statistics for one SAE: one encode, and the spliced forward from the hook on."""
+    """One chunk's statistics for one SAE: one encode, and the spliced forward from the hook on. A
+    transcoder (`out_hook`) is measured against its output hook's activation, spliced in there."""
     special = special_ids(model.tokenizer) if special is None else special
     keep = _keep_mask(tokens, special)
     x = reference.x.to(tokens.device)
+    target = x if reference.y is None else reference.y.to(tokens.device)
+    if keep.numel() * sae.cfg.d_sae > MAX_CODE_FLOATS and x.dim() == 3:
+        return _blocked_stats(model, sae, hook_name, tokens, reference, keep, out_hook)
     acts = sae.encode(x.to(sae.W_dec.dtype))
-    recon = sae.decode(acts)
-    mask = keep.view(*keep.shape, *([1] * (x.dim() - 2)))
-    spliced = torch.where(mask, recon.to(x.dtype), x)
+    recon = reconstruct(sae, x.to(sae.W_dec.dtype), acts)
+    logits, kl_sae = _spliced(model, hook_name, tokens, reference, keep, recon, out_hook)
+    return _stats(
+        target.to(sae.W_dec.dtype)[keep],
+        acts[keep],
+        recon[keep],
+        reference.ce_clean,
+        _next_token_ce(logits, tokens, keep),
+        reference.ce_zero,
+        kl=(kl_sae[keep], reference.kl_zero.to(keep.device)[keep]),
+        contexts_firing=_contexts_firing(acts, keep),
+        positions=int(tokens.numel()),
+    )
+
+
+def _spliced(model, hook_name, tokens, reference, keep, recon, out_hook):
+    """(logits, KL from the clean distribution [B, T]) with `recon` spliced in at the kept positions
+    of the hook the dictionary writes, the model run from there on."""
+    target = reference.x if reference.y is None else reference.y
+    target = target.to(tokens.device)
+    mask = keep.view(*keep.shape, *([1] * (target.dim() - 2)))
+    spliced = torch.where(mask, recon.to(target.dtype), target)
+    hook_name = out_hook or hook_name
     start = resid_start(hook_name)
     if start is not None:
         logits, h = _with_unembed_input(model, lambda: model(spliced, start_at_layer=start))
@@ -293,16 +275,48 @@ def chunk_stats(
                 tokens, fwd_hooks=[(hook_name, lambda a, hook: spliced.to(a.dtype))]
             ),
         )
-    kl_sae = spliced_kl(reference, logits, h)
-    return _stats(
-        x.to(sae.W_dec.dtype)[keep],
-        acts[keep],
-        recon[keep],
-        reference.ce_clean,
-        _next_token_ce(logits, tokens, keep),
-        reference.ce_zero,
-        kl=(kl_sae[keep], reference.kl_zero.to(keep.device)[keep]),
-        contexts_firing=_contexts_firing(acts, keep),
+    return logits, spliced_kl(reference, logits, h)
+
+
+def _blocked_stats(model, sae, hook_name, tokens, reference, keep, out_hook) -> CoreStats:
+    """chunk_stats for a wide SAE: encoded `MAX_CODE_FLOATS // width` positions at a time, so no
+    [positions, width] code outlives its block; the block sums add up to the chunk's (the legacy
+    explained variance centred on the chunk's mean, as in one piece)."""
+    b, t = keep.shape
+    dtype = sae.W_dec.dtype
+    x = reference.x.reshape(b * t, -1).to(dtype)
+    target = (reference.x if reference.y is None else reference.y).reshape(b * t, -1).to(dtype)
+    flat_keep = keep.reshape(-1).cpu()
+    mean = target[flat_keep].double().mean(0)
+    recon = torch.empty_like(target)
+    fired = torch.zeros(b, sae.cfg.d_sae, dtype=torch.bool)
+    step, parts = max(1, MAX_CODE_FLOATS // sae.cfg.d_sae), []
+    for start in range(0, b * t, step):
+        rows = torch.arange(start, min(start + step, b * t))
+        acts = sae.encode(x[rows])
+        recon[rows] = reconstruct(sae, x[rows], acts)
+        kept = flat_keep[rows]
+        for context in (rows // t).unique().tolist():
+            fired[context] |= (acts[kept & (rows // t == context)] > 0).any(0)
+        parts.append(_stats(target[rows][kept], acts[kept], recon[rows][kept], 0, 0, 0, mean=mean))
+    logits, kl_sae = _spliced(
+        model, hook_name, tokens, reference, keep, recon.reshape(b, t, -1), out_hook
+    )
+    sums = {
+        f.name: sum(getattr(p, f.name) for p in parts)
+        for f in dataclasses.fields(CoreStats)
+        if f.name in BLOCK_SUMS
+    }
+    return dataclasses.replace(
+        parts[0],
+        **sums,
+        ce_clean=reference.ce_clean,
+        ce_spliced=_next_token_ce(logits, tokens, keep),
+        ce_zero=reference.ce_zero,
+        kl_sae_sum=float(kl_sae[keep].double().sum()),
+        kl_zero_sum=float(reference.kl_zero.to(keep.device)[keep].double().sum()),
+        kl_tokens=int(keep.sum()),
+        contexts_firing=fired.sum(0).numpy().astype(np.int64),
         positions=int(tokens.numel()),
     )
 
@@ -323,14 +337,15 @@ def _stats(
     kl: tuple[torch.Tensor, torch.Tensor] | None = None,
     contexts_firing: np.ndarray | None = None,
     positions: int = 0,
+    mean: torch.Tensor | None = None,
 ) -> CoreStats:
     """A chunk's statistics from its kept positions' activations [N, d_in], codes and
     reconstructions, and the KL divergences at those positions (with the SAE, with the hook
-    zeroed)."""
+    zeroed); the legacy explained variance about `mean` (default: these positions')."""
     xd, rd = x.double(), recon.double()
     norm_in, norm_out = xd.norm(dim=-1), rd.norm(dim=-1)
     sq_err = ((rd - xd) ** 2).sum(-1)
-    spread = ((xd - xd.mean(0)) ** 2).sum(-1)
+    spread = ((xd - (xd.mean(0) if mean is None else mean)) ** 2).sum(-1)
     kl_sae, kl_zero = kl if kl is not None else (torch.zeros(0), torch.zeros(0))
     return CoreStats(
         n_tokens=x.shape[0],
@@ -359,6 +374,13 @@ def _stats(
         positions=positions,
     )
 
+
+MAX_CODE_FLOATS = 2**25  # above this many code entries a chunk, it is encoded in blocks (128 MB)
+# what a chunk's blocks add up (the rest is the chunk's own: losses, KL, contexts, positions)
+BLOCK_SUMS = frozenset(
+    {"n_tokens", "l0_sum", "sq_err_sum", "x_sum", "x_sq_sum", "firing", "l1_sum", "cos_sum"}
+    | {"norm_in_sum", "norm_out_sum", "ratio_sum", "xhat_sq_sum", "dot_sum", "ev_legacy_sum"}
+)
 
 # the per-token sums SAEBench's extra metrics pool (stages.core_metrics)
 EXTRA_SUMS = (

@@ -69,12 +69,20 @@ def chunk_statistics(
             reference = _load(ref_folder / f"chunk{chunk}.pt", ChunkReference)
             if reference is None:
                 if not zero:
-                    zero.append(core.zero_ablation_logits(model, info.hook_name))
+                    zero.append(core.zero_ablation_logits(model, info.write_hook))
                 reference = core.chunk_reference(
-                    model, info.hook_name, tokens, special, reader, zero[0]
+                    model,
+                    info.hook_name,
+                    tokens,
+                    special,
+                    None if info.hook_name_out else reader,  # it reads one hook
+                    zero[0],
+                    out_hook=info.hook_name_out,
                 )
                 atomic_save(dataclasses.asdict(reference), ref_folder / f"chunk{chunk}.pt")
-            stats = core.chunk_stats(model, sae, info.hook_name, tokens, reference, special)
+            stats = core.chunk_stats(
+                model, sae, info.hook_name, tokens, reference, special, info.hook_name_out
+            )
             atomic_save(dataclasses.asdict(stats), sae_folder / f"chunk{chunk}.pt")
         out[chunk] = (stats, tokens_sha256(batch))
         bar.update(1)
@@ -96,6 +104,7 @@ def _folders(model, info, forward_name: str, spec, cfg, seed: int) -> tuple[Path
         "seed": seed,
         "forward": forward_name,
         "format": CACHE_FORMAT,
+        **({"hook_out": info.hook_name_out} if info.hook_name_out else {}),
     }
     return _folder("core_reference", where), _folder(
         "core_stats", {**where, "sae": info.fingerprint}

@@ -46,7 +46,9 @@ def feature_metrics(sae, stats: list[CoreStats]) -> dict[str, list]:
         "consistent_activation_heuristic": cah.tolist(),
         "encoder_bias": bias.tolist(),
         "encoder_norm": w_enc.norm(dim=0).tolist(),
-        "encoder_decoder_cosine_sim": (enc * dec).sum(-1).tolist(),
+        "encoder_decoder_cosine_sim": (enc * dec).sum(-1).tolist()
+        if "transcoder" not in sae.cfg.architecture() and enc.shape == dec.shape
+        else [float("nan")] * dec.shape[0],
         "max_decoder_cosine_sim": top_cosines(dec, dec, 1, BLOCK, exclude_self=True)[0][:, 0]
         .astype(float)
         .tolist(),

@@ -41,6 +41,18 @@ class SAEInfo:
     architecture: str
     fingerprint: str  # hash of the weights: part of every cache key
     model_from_pretrained_kwargs: dict
+    # a transcoder's output hook (it reads hook_name and writes this one); None for an SAE
+    hook_name_out: str | None = None
+
+    @property
+    def write_hook(self) -> str:
+        """Where the dictionary's output lives: the output hook of a transcoder, else the hook."""
+        return self.hook_name_out or self.hook_name
+
+    @property
+    def hooks_label(self) -> str:
+        """ "hook" for an SAE, "hook -> output hook" for a transcoder."""
+        return f"{self.hook_name} -> {self.hook_name_out}" if self.hook_name_out else self.hook_name
 
 
 def instrument_defaults(
@@ -202,13 +214,19 @@ def load_sae(source: SAESource, device: str = "cpu", dtype: str = "float32"):
             raise _release_error(source, err) from err
     else:
         sae = _load_from_disk(source.path or str(DEMO_SAE_DIR), device, dtype)
+    if source.control and is_transcoder(sae):
+        raise SaeInterpError(
+            f"control={source.control} is defined for SAEs (directions that reconstruct the "
+            "activation they read); a transcoder has no control here: drop control=, or compare "
+            "it with another transcoder"
+        )
     if source.control:
         sae = control_sae(sae, source.control, k=source.control_k, seed=0)
     sae.eval()
     for p in sae.parameters():
         p.requires_grad_(False)
     meta = sae.cfg.metadata
-    refuse_transcoder(sae, source.label)
+    hook_out = transcoder_output_hook(sae, source.label)
     if not meta.hook_name or not meta.model_name:
         raise SaeInterpError(
             f"SAE {source.label} names no hook_name/model_name in its metadata; "
@@ -226,25 +244,43 @@ def load_sae(source: SAESource, device: str = "cpu", dtype: str = "float32"):
         architecture=sae.cfg.architecture(),
         fingerprint=weights_fingerprint(sae),
         model_from_pretrained_kwargs=dict(meta.model_from_pretrained_kwargs or {}),
+        hook_name_out=hook_out,
     )
     return sae, info
 
 
-def refuse_transcoder(sae, label: str) -> None:
-    """A transcoder reads one hook and writes another; every task here reads an SAE as
-    reconstructing the activation it encodes, so a transcoder would be scored against the wrong
-    activation (sae_core's MSE and CE loss of its input hook). Refused until transcoders are
-    supported, rather than scored wrong without a word."""
-    meta = sae.cfg.metadata
-    out_hook = getattr(meta, "hook_name_out", None)
-    if "transcoder" not in sae.cfg.architecture() and not out_hook:
-        return
-    reads = f"reads {meta.hook_name} and writes {out_hook or 'another activation'}"
-    raise SaeInterpError(
-        f"{label} is a transcoder ({sae.cfg.architecture()}: it {reads}); this package scores "
-        "SAEs that reconstruct the activation they read, so its numbers would measure the wrong "
-        "activation; transcoders are not supported yet: score an SAE of that hook instead"
-    )
+def is_transcoder(sae) -> bool:
+    return "transcoder" in sae.cfg.architecture()
+
+
+def transcoder_output_hook(sae, label: str) -> str | None:
+    """A transcoder's output hook (its metadata's `hook_name_out`), None for an SAE. A transcoder
+    that names none, or an SAE that names one, is refused: which activation it writes decides what
+    every task measures."""
+    out_hook = getattr(sae.cfg.metadata, "hook_name_out", None)
+    if is_transcoder(sae) and not out_hook:
+        raise SaeInterpError(
+            f"{label} is a transcoder ({sae.cfg.architecture()}) but its metadata names no "
+            "hook_name_out (the activation it writes); set cfg.metadata.hook_name_out (e.g. "
+            "blocks.6.hook_mlp_out) and save it again"
+        )
+    if out_hook and not is_transcoder(sae):
+        raise SaeInterpError(
+            f"{label} names hook_name_out={out_hook!r} but is a {sae.cfg.architecture()} SAE, "
+            "which reconstructs the activation it reads; save it as a sae_lens Transcoder (or "
+            "drop hook_name_out)"
+        )
+    return out_hook
+
+
+def reconstruct(sae, x: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+    """The dictionary's output for input `x` with code `acts`: the reconstruction of `x` for an
+    SAE, the prediction of the output hook for a transcoder (its skip connection included)."""
+    out = sae.decode(acts)
+    skip = getattr(sae, "W_skip", None)
+    if skip is not None:
+        out = out + x.to(skip.dtype) @ skip.T
+    return out
 
 
 def weights_fingerprint(sae) -> str:

@@ -67,7 +67,7 @@ def score_intervention(run: LatentRun) -> dict[int, ScoredLatent]:
     mine, skipped_mine = steer_all(
         ctx.model,
         ctx.sae,
-        ctx.info.hook_name,
+        ctx.info.write_hook,  # a transcoder's decoder directions live at its output hook
         list(run.owned),
         run.selection.state.record,
         lambda c: contexts[c].numpy(),
