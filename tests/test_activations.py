@@ -146,6 +146,22 @@ def test_subset_encoder_is_exact(loaded_planted):
     assert activations.subset_encoder(sae, torch.arange(sae.cfg.d_sae)) == sae.encode
 
 
+def test_a_wide_topk_subset_is_encoded_in_blocks_with_the_same_codes(loaded_planted, monkeypatch):
+    """A TopK SAE's subset needs its full encode; over MAX_CODE_FLOATS entries it runs a block of
+    positions at a time, giving the same codes."""
+    from sae_interp_tasks.stages.saes import control_sae
+
+    topk = control_sae(loaded_planted[0], "random", k=4)
+    x = torch.randn(3, 5, topk.cfg.d_in)
+    latents = torch.tensor([3, 0, 11])
+    whole = activations.subset_encoder(topk, latents)(x)
+    monkeypatch.setattr(activations, "MAX_CODE_FLOATS", 2 * topk.cfg.d_sae)  # 2 positions a block
+    blocked = activations.subset_encoder(topk, latents)(x)
+    assert blocked.shape == whole.shape == (3, 5, 3)
+    assert torch.allclose(blocked, whole, atol=1e-6)  # the matmul rounds per block size
+    assert torch.allclose(whole, topk.encode(x)[..., latents], atol=1e-6) and (whole > 0).any()
+
+
 def test_second_call_is_served_from_cache(tiny_model, loaded_planted, spec, tmp_path, monkeypatch):
     sae, info = loaded_planted
     first = run(tiny_model, sae, info, spec, cache_dir=tmp_path)

@@ -52,6 +52,21 @@ SUBSET_EXACT = {"standard", "jumprelu", "gated"}
 
 
 # --- encoding only some latents ---------------------------------------------------------------
+MAX_CODE_FLOATS = 2**25  # a full encode's block of codes [positions, width] stays under 128 MB
+
+
+def _in_blocks(encode, x: torch.Tensor, width: int) -> torch.Tensor:
+    """`encode` ([positions, ...] -> [positions, kept columns]) of x [B, T, ...], a block of
+    positions at a time, so a wide SAE's full code never exists for more than one block (each
+    position encodes alone: the same codes, to the matmul's rounding)."""
+    flat = x.reshape(-1, *x.shape[2:])
+    step = max(1, MAX_CODE_FLOATS // width)
+    if flat.shape[0] <= step:
+        return encode(x)
+    out = torch.cat([encode(flat[i : i + step]) for i in range(0, flat.shape[0], step)])
+    return out.reshape(*x.shape[:2], -1)
+
+
 def subset_encoder(sae, latents: torch.Tensor):
     """A function x -> acts[..., len(latents)], exact for the SAE's architecture.
 
@@ -67,7 +82,7 @@ def subset_encoder(sae, latents: torch.Tensor):
         return sae.encode
     if sae.cfg.architecture() not in SUBSET_EXACT:
         idx = latents.to(sae.W_dec.device)
-        return lambda x: sae.encode(x)[..., idx]
+        return lambda x: _in_blocks(lambda rows: sae.encode(rows)[..., idx], x, d_sae)
     import copy
 
     sliced = copy.deepcopy(sae)
