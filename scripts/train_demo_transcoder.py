@@ -78,7 +78,9 @@ def main() -> None:
     start = time.perf_counter()
     Trainer(cfg, dataset, model).fit()
     seconds = time.perf_counter() - start
-    (out / "config.json").write_text(json.dumps({"model": BUNDLED_MODEL, "trained_by": __file__}))
+    run_config = out / "config.json"  # sparsify's run config, with the subject model it lacks
+    saved = json.loads(run_config.read_text()) if run_config.exists() else {}
+    run_config.write_text(json.dumps({**saved, "model": BUNDLED_MODEL}, indent=1))
     log.info("trained on %d contexts in %.0f s; saved to %s", len(rows), seconds, out)
 
 
