@@ -29,6 +29,7 @@ from sae_interp_tasks.harness.context import RunStore
 from sae_interp_tasks.harness.costs import UsageLedger
 from sae_interp_tasks.harness.request import read_request
 from sae_interp_tasks.harness.spliced import SplicedRequests
+from sae_interp_tasks.stages.activations import check_widths
 from sae_interp_tasks.stages.saes import (
     CONTROLS,
     SAEInfo,
@@ -38,7 +39,7 @@ from sae_interp_tasks.stages.saes import (
     reconstruct,
 )
 from sae_interp_tasks.stages.sparsify_saes import fold_input_norm
-from sae_interp_tasks.stages.subject import DTYPES, check_hook, check_widths, load_subject
+from sae_interp_tasks.stages.subject import DTYPES, check_hook, load_subject
 
 log = logging.getLogger(__name__)
 

@@ -148,24 +148,3 @@ def stop_layer(hook_name: str) -> int | None:
     """`stop_at_layer` that runs the model just far enough to compute `hook_name`."""
     layer = hook_layer(hook_name)
     return None if layer is None else layer + 1
-
-
-def check_widths(model, info, sae) -> None:
-    """The SAE reads (and a transcoder writes) activations as wide as the model's hooks."""
-    from sae_interp_tasks.stages.activations import hook_activations
-
-    probe = torch.tensor([[model.tokenizer.bos_token_id or 0, 1]], device=model.cfg.device)
-    width = hook_activations(model, info.hook_name, probe).shape[-1]
-    if width != info.d_in:
-        raise SaeInterpError(
-            f"the SAE reads {info.d_in}-wide activations but {info.hook_name} of "
-            f"{model.cfg.model_name} is {width}-wide; pick the subject model the SAE was trained on"
-        )
-    if info.hook_name_out:
-        out = hook_activations(model, info.hook_name_out, probe).shape[-1]
-        if out != sae.W_dec.shape[-1]:
-            raise SaeInterpError(
-                f"the transcoder writes {sae.W_dec.shape[-1]}-wide activations but "
-                f"{info.hook_name_out} of {model.cfg.model_name} is {out}-wide; fix its "
-                "metadata's hook_name_out or pick the model it was trained on"
-            )
