@@ -108,6 +108,24 @@ def test_sae_without_hook_in_its_metadata(planted_sae, tmp_path):
 
 # --- the subject model
 # -----------------------------------------------------------------------------
+def test_an_sae_bigger_than_the_free_memory_is_one_line_before_loading(monkeypatch):
+    """Sized from the safetensors header: the demo's 2 x 576 x 2,304 float32 weights (10.1 MiB)
+    against 1 MiB free; in bfloat16 half of it, and a device with room passes."""
+    from sae_interp_tasks.stages import sae_memory
+
+    monkeypatch.setattr(sae_memory, "available_memory", lambda device: 2**20)
+    with pytest.raises(SaeInterpError) as err:
+        load_sae(SAESource())
+    message = str(err.value)
+    assert "\n" not in message
+    assert "demo's weights need 10.1 MiB in float32 but cpu has 1.0 MiB free" in message
+    assert "pass dtype=bfloat16 (half of it), device=cuda" in message
+    with pytest.raises(SaeInterpError, match="need 5.1 MiB in bfloat16 .* pass device=cuda"):
+        load_sae(SAESource(), dtype="bfloat16")
+    monkeypatch.setattr(sae_memory, "available_memory", lambda device: 2**30)
+    assert load_sae(SAESource())[1].d_sae == 2304
+
+
 def test_unknown_dtype(tiny_model_dir):
     from sae_interp_tasks.stages.subject import load_subject
 

@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from sae_interp_tasks.errors import SaeInterpError, unknown
 from sae_interp_tasks.records import SAESource
 from sae_interp_tasks.stages import sparsify_saes
+from sae_interp_tasks.stages.sae_memory import check_fits
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,8 @@ def load_sae(source: SAESource, device: str = "cpu", dtype: str = "float32"):
     from sae_lens import SAE
 
     check_source(source)
+    if not source.release:
+        check_fits(Path(source.path or DEMO_SAE_DIR), source.hookpoint, source.label, device, dtype)
     if _sparsify_release(source) or (source.path and sparsify_saes.is_sparsify(Path(source.path))):
         sae = _load_sparsify(source, device, dtype)
     elif source.release:
