@@ -66,6 +66,37 @@ def run_lm_eval(
     )
 
 
+def sae_interp(*args, cache: Path | None = None) -> subprocess.CompletedProcess:
+    """`sae-interp ARGS` in a subprocess (offline, with `cache` as its cache where given)."""
+    return subprocess.run(
+        [sys.executable, "-m", "sae_interp_tasks.cli", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=subprocess_env(cache) if cache is not None else None,
+    )
+
+
+# what every hand-written SAEBench result file here says of its run and SAE
+SAEBENCH_RUN = {
+    "eval_id": "their-run",
+    "datetime_epoch_millis": 1,
+    "eval_result_details": [],
+    "sae_bench_commit_hash": "abc",
+    "sae_lens_release_id": "their-release",
+    "sae_lens_version": "6.0",
+}
+
+
+def saebench_row(*files: Path) -> dict:
+    """The leaderboard row (its JSON) of the SAEBench file among `files` (our runs beside it)."""
+    board = sae_interp("leaderboard", *files, "--format", "json")
+    assert board.returncode == 0, board.stderr
+    rows = [r for g in json.loads(board.stdout)["groups"] for r in g["rows"]]
+    return next(r for r in rows if "(SAEBench)" in r["sae"])
+
+
 def run_python(code: str, cache: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", code],

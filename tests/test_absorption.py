@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 import sys
 import types
 
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 from conftest import HOOK, REPO, sae_metadata
-from helpers import result_files, run_lm_eval, samples
+from helpers import SAEBENCH_RUN, result_files, run_lm_eval, sae_interp, saebench_row, samples
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.stages import absorption
 from sae_interp_tasks.stages import absorption_data as ad
@@ -258,15 +257,6 @@ def test_planted_absorber_reads_as_absorbed(quiet_sae, tiny_words):
     assert carved[1] > plain[1]
 
 
-def sae_interp(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sae_interp_tasks.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow  # lm_eval end to end
 def test_absorption_end_to_end(quiet_sae, tiny_words, sae_cache, tmp_path):
     sae = copy.deepcopy(quiet_sae)
@@ -333,25 +323,14 @@ def check_saebench_files(tmp_path, task: dict, scored: list) -> None:
     theirs = eo.AbsorptionEvalOutput(
         eval_type_id=eo.EVAL_TYPE_ID_ABSORPTION,
         eval_config=eval_config.AbsorptionEvalConfig(model_name="gemma-2-2b"),
-        eval_id="their-run",
-        datetime_epoch_millis=1,
         eval_result_metrics=eo.AbsorptionMetricCategories(
             mean=eo.AbsorptionMeanMetrics(**{**metrics, "mean_absorption_fraction_score": 0.27})
         ),
-        eval_result_details=[],
-        sae_bench_commit_hash="abc",
         sae_lens_id="layer_12",
-        sae_lens_release_id="their-release",
-        sae_lens_version="6.0",
         sae_cfg_dict={"d_sae": 16384, "d_in": 2304, "hook_name": "blocks.12.hook_resid_post"},
+        **SAEBENCH_RUN,
     )
     theirs.to_json_file(str(tmp_path / "theirs_eval_results.json"))
-    board = sae_interp(
-        "leaderboard", str(tmp_path / "run"), str(tmp_path / "theirs_eval_results.json"),
-        "--format", "json",
-    )  # fmt: skip
-    assert board.returncode == 0, board.stderr
-    rows = [r for g in json.loads(board.stdout)["groups"] for r in g["rows"]]
-    saebench_row = next(r for r in rows if "(SAEBench)" in r["sae"])
-    cell = saebench_row["tasks"]["sae_absorption"]["metrics"]["absorption_fraction"]
+    row = saebench_row(tmp_path / "run", tmp_path / "theirs_eval_results.json")
+    cell = row["tasks"]["sae_absorption"]["metrics"]["absorption_fraction"]
     assert cell["value"] == pytest.approx(0.27)

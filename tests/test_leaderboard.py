@@ -34,7 +34,7 @@ import pytest
 import torch
 
 from conftest import D_MODEL, REPO, build_planted_sae, corpus_lines, subprocess_env
-from helpers import WITHOUT_BUILTIN_TASKS, error_lines, result_files
+from helpers import WITHOUT_BUILTIN_TASKS, error_lines, result_files, sae_interp
 
 TASKS = "sae_core,sae_embedding"
 META = {
@@ -240,17 +240,6 @@ def fewer_tokens_run(runs) -> Path:
 def results_of(folder: Path) -> dict:
     (path,) = result_files(folder)
     return json.loads(path.read_text())
-
-
-def sae_interp(*args: str, cache: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sae_interp_tasks.cli", *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=subprocess_env(cache),
-    )
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ end through lm_eval."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 from scipy import sparse
 
 from conftest import REPO
-from helpers import result_files, run_lm_eval, samples
+from helpers import SAEBENCH_RUN, result_files, run_lm_eval, sae_interp, saebench_row, samples
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.stages import probe_data, probing
 from sae_interp_tasks.stages.probe_data import ProbeConfig
@@ -176,15 +175,6 @@ def test_sparse_probing_end_to_end(planted_sae, sae_cache, tmp_path):
     check_saebench_files(tmp_path, task)
 
 
-def sae_interp(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sae_interp_tasks.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def check_saebench_files(tmp_path, task: dict) -> None:
     """Our run exported in SAEBench's sparse_probing layout validates against the schema sae-bench
     ships, unrelaxed; a file SAEBench's own output classes write reads as a leaderboard row beside
@@ -216,29 +206,15 @@ def check_saebench_files(tmp_path, task: dict) -> None:
         sys.path.remove(str(PEER))
     theirs = eo.SparseProbingEvalOutput(
         eval_config=eval_config.SparseProbingEvalConfig(model_name="smollm2"),
-        eval_id="their-run",
-        datetime_epoch_millis=1,
         eval_result_metrics=eo.SparseProbingMetricCategories(
             llm=eo.SparseProbingLlmMetrics(llm_test_accuracy=0.91, llm_top_1_test_accuracy=0.6),
             sae=eo.SparseProbingSaeMetrics(sae_top_1_test_accuracy=0.73),
         ),
-        eval_result_details=[],
-        sae_bench_commit_hash="abc",
         sae_lens_id="layer_6",
-        sae_lens_release_id="their-release",
-        sae_lens_version="6.0",
         sae_cfg_dict={"d_sae": 64, "d_in": 64, "hook_name": "blocks.6.hook_resid_post"},
+        **SAEBENCH_RUN,
     )
     theirs.to_json_file(str(tmp_path / "theirs_eval_results.json"))
-    board = sae_interp(
-        "leaderboard",
-        str(tmp_path / "run"),
-        str(tmp_path / "theirs_eval_results.json"),
-        "--format",
-        "json",
-    )
-    assert board.returncode == 0, board.stderr
-    rows = [r for g in json.loads(board.stdout)["groups"] for r in g["rows"]]
-    saebench_row = next(r for r in rows if "(SAEBench)" in r["sae"])
-    cell = saebench_row["tasks"]["sae_sparse_probing"]["metrics"]["sae_top_1_test_accuracy"]
+    row = saebench_row(tmp_path / "run", tmp_path / "theirs_eval_results.json")
+    cell = row["tasks"]["sae_sparse_probing"]["metrics"]["sae_top_1_test_accuracy"]
     assert cell["value"] == pytest.approx(0.73)

@@ -8,14 +8,12 @@ results and the leaderboard, and bad input is one line."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from conftest import sae_metadata
-from helpers import SMALL_PASS, error_lines, result_files, run_lm_eval
+from helpers import SMALL_PASS, error_lines, result_files, run_lm_eval, sae_interp
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.records import SAESource
 from sae_interp_tasks.stages import core
@@ -150,15 +148,6 @@ def test_a_sparsify_transcoder_reads_the_hooks_as_the_library_reads_the_module(
     assert torch.allclose(ours, dense, atol=1e-4)
     assert torch.allclose(
         sae.decode(ours), coder.decode(theirs.top_acts, theirs.top_indices), atol=1e-4
-    )
-
-
-def sae_interp(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sae_interp_tasks.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
 
 
