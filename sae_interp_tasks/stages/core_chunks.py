@@ -57,6 +57,7 @@ def chunk_statistics(
         seed,
     )
     zero: list = []  # the zero-ablated logits, computed once when a chunk needs them
+    one_hook = None if info.hook_name_out else reader  # the reader reads one hook
     out = {}
     bar = tqdm(total=len(wanted), unit="chunks", desc=desc)
     for chunk in range(max(wanted) + 1):
@@ -71,13 +72,7 @@ def chunk_statistics(
                 if not zero:
                     zero.append(core.zero_ablation_logits(model, info.write_hook))
                 reference = core.chunk_reference(
-                    model,
-                    info.hook_name,
-                    tokens,
-                    special,
-                    None if info.hook_name_out else reader,  # it reads one hook
-                    zero[0],
-                    out_hook=info.hook_name_out,
+                    model, info.hook_name, tokens, special, one_hook, zero[0], info.hook_name_out
                 )
                 atomic_save(dataclasses.asdict(reference), ref_folder / f"chunk{chunk}.pt")
             stats = core.chunk_stats(

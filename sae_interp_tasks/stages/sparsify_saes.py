@@ -157,23 +157,7 @@ def load(
 
     coder = SparseCoder.load_from_disk(checkpoint, device="cpu")
     cfg = coder.cfg
-    refused = [
-        what
-        for what, present in (
-            (
-                "a skip connection (skip_connection: true)",
-                cfg.skip_connection and not cfg.transcode,
-            ),
-            (f"the {cfg.activation} activation", cfg.activation != "topk"),
-        )
-        if present
-    ]
-    if refused:
-        raise SaeInterpError(
-            f"sparsify checkpoint {checkpoint} has {' and '.join(refused)}, which this package "
-            "does not score (it reads TopK SAEs that reconstruct the activation they encode, and "
-            "TopK transcoders)"
-        )
+    _refuse_unsupported(checkpoint, cfg)
     if cfg.transcode:
         sae, meta = _transcoder(coder, hookpoint, dtype, device)
     else:
@@ -203,6 +187,27 @@ def load(
         }
     )
     return sae.to(device)
+
+
+def _refuse_unsupported(checkpoint: Path, cfg) -> None:
+    """One line naming what sae_lens has no equal of: an SAE's skip connection, GroupMax."""
+    refused = [
+        what
+        for what, present in (
+            (
+                "a skip connection (skip_connection: true)",
+                cfg.skip_connection and not cfg.transcode,
+            ),
+            (f"the {cfg.activation} activation", cfg.activation != "topk"),
+        )
+        if present
+    ]
+    if refused:
+        raise SaeInterpError(
+            f"sparsify checkpoint {checkpoint} has {' and '.join(refused)}, which this package "
+            "does not score (it reads TopK SAEs that reconstruct the activation they encode, and "
+            "TopK transcoders)"
+        )
 
 
 def _transcoder(coder, hookpoint: str, dtype: str, device: str):
