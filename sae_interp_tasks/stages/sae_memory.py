@@ -30,7 +30,7 @@ def check_fits(folder: Path, hookpoint: str | None, label: str, device: str, dty
     """A folder SAE whose weights, in `dtype`, need more memory than `device` has free: one line
     saying how much and what to pass, before anything is loaded. Read from the safetensors
     header (shapes only)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     if sparsify_saes.is_sparsify(folder):
         folder, _ = sparsify_saes.checkpoint_folder(folder, hookpoint, label)
@@ -41,8 +41,11 @@ def check_fits(folder: Path, hookpoint: str | None, label: str, device: str, dty
     ]
     if not files:
         return
-    with safe_open(str(files[0]), "pt") as weights:
-        entries = sum(int(np.prod(weights.get_slice(k).get_shape())) for k in weights.keys())
+    try:
+        with safe_open(str(files[0]), "pt") as weights:
+            entries = sum(int(np.prod(weights.get_slice(k).get_shape())) for k in weights.keys())
+    except (SafetensorError, OSError):  # a malformed file: the loader's own error says so
+        return
     itemsize = torch.empty(0, dtype=getattr(torch, str(dtype), torch.float32)).element_size()
     need, free = entries * itemsize, available_memory(device)
     if free is not None and need > free:
