@@ -89,6 +89,25 @@ SAEBENCH_RUN = {
 }
 
 
+SAEBENCH_PEER = REPO / ".venv" / "peers" / "sae-bench"  # scripts/setup.sh installs it, --no-deps
+
+
+def saebench(*modules: str) -> list:
+    """SAEBench's modules from the peer install (`evals.absorption.main`, ...); the calling test is
+    skipped where the peer is not installed."""
+    import importlib
+
+    import pytest
+
+    if not (SAEBENCH_PEER / "sae_bench").is_dir():
+        pytest.skip("the sae-bench peer is not installed (bash scripts/setup.sh installs it)")
+    sys.path.insert(0, str(SAEBENCH_PEER))
+    try:
+        return [importlib.import_module(f"sae_bench.{name}") for name in modules]
+    finally:
+        sys.path.remove(str(SAEBENCH_PEER))
+
+
 def saebench_row(*files: Path) -> dict:
     """The leaderboard row (its JSON) of the SAEBench file among `files` (our runs beside it)."""
     board = sae_interp("leaderboard", *files, "--format", "json")

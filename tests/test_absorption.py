@@ -7,15 +7,23 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 import types
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import HOOK, REPO, sae_metadata
-from helpers import SAEBENCH_RUN, result_files, run_lm_eval, sae_interp, saebench_row, samples
+from conftest import HOOK, sae_metadata
+from helpers import (
+    SAEBENCH_PEER,
+    SAEBENCH_RUN,
+    result_files,
+    run_lm_eval,
+    sae_interp,
+    saebench,
+    saebench_row,
+    samples,
+)
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.stages import absorption
 from sae_interp_tasks.stages import absorption_data as ad
@@ -23,20 +31,15 @@ from sae_interp_tasks.stages.absorption_data import AbsorptionConfig
 from sae_interp_tasks.stages.activations import hook_activations
 from sae_interp_tasks.validity.planted_absorber import ABSORBER, MAIN, plant_absorber
 
-PEER = REPO / ".venv" / "peers" / "sae-bench"
 SMALL = {"absorption_letters": "abc", "absorption_words_per_letter": 30}
 
 
 def peer():
-    if not (PEER / "sae_bench").is_dir():
-        pytest.skip("the sae-bench peer is not installed (bash scripts/setup.sh installs it)")
-    sys.path.insert(0, str(PEER))
-    try:
-        from sae_bench.evals.absorption import feature_absorption_calculator as calc
-        from sae_bench.evals.absorption import k_sparse_probing, main
-    finally:
-        sys.path.remove(str(PEER))
-    return calc, k_sparse_probing, main
+    return saebench(
+        "evals.absorption.feature_absorption_calculator",
+        "evals.absorption.k_sparse_probing",
+        "evals.absorption.main",
+    )
 
 
 def test_settings_words_and_prompts(tokenizer):
@@ -303,7 +306,9 @@ def check_saebench_files(tmp_path, task: dict, scored: list) -> None:
     assert proc.returncode == 0, proc.stderr
     (path,) = (out / "absorption_first_letter").glob("*_eval_results.json")
     data = json.loads(path.read_text())
-    schema = PEER / "sae_bench/evals/absorption/eval_output_schema_absorption_first_letter.json"
+    schema = (
+        SAEBENCH_PEER / "sae_bench/evals/absorption/eval_output_schema_absorption_first_letter.json"
+    )
     jsonschema.validate(data, json.loads(schema.read_text()))
     mean = data["eval_result_metrics"]["mean"]
     assert mean["mean_absorption_fraction_score"] == pytest.approx(task["absorption_fraction,none"])
@@ -313,12 +318,7 @@ def check_saebench_files(tmp_path, task: dict, scored: list) -> None:
             np.std([r["absorption_fraction"] for r in scored], ddof=1)
         )
 
-    sys.path.insert(0, str(PEER))
-    try:
-        from sae_bench.evals.absorption import eval_config
-        from sae_bench.evals.absorption import eval_output as eo
-    finally:
-        sys.path.remove(str(PEER))
+    eval_config, eo = saebench("evals.absorption.eval_config", "evals.absorption.eval_output")
     metrics = dict.fromkeys(eo.AbsorptionMeanMetrics.__dataclass_fields__, 0.1)
     theirs = eo.AbsorptionEvalOutput(
         eval_type_id=eo.EVAL_TYPE_ID_ABSORPTION,

@@ -6,19 +6,24 @@ end through lm_eval."""
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 from scipy import sparse
 
-from conftest import REPO
-from helpers import SAEBENCH_RUN, result_files, run_lm_eval, sae_interp, saebench_row, samples
+from helpers import (
+    SAEBENCH_PEER,
+    SAEBENCH_RUN,
+    result_files,
+    run_lm_eval,
+    sae_interp,
+    saebench,
+    saebench_row,
+    samples,
+)
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.stages import probe_data, probing
 from sae_interp_tasks.stages.probe_data import ProbeConfig
-
-PEER = REPO / ".venv" / "peers" / "sae-bench"
 
 
 def synthetic(n_classes=4, per_class=(60, 20), width=300, seed=0) -> probing.ProbeActivations:
@@ -66,15 +71,9 @@ def test_top_k_is_the_same_on_sparse_and_dense_and_finds_the_planted_latent():
 def test_accuracies_equal_saebench_sparse_probing_functions_on_the_same_activations():
     """SAEBench's top-k mean-difference mask and its scikit-learn probe, on the train and test sets
     our binary task draws: the same latents and the same test accuracy for every k and class."""
-    if not (PEER / "sae_bench").is_dir():
-        pytest.skip("the sae-bench peer is not installed (bash scripts/setup.sh installs it)")
+    (theirs,) = saebench("evals.sparse_probing.probe_training")
     import torch
 
-    sys.path.insert(0, str(PEER))
-    try:
-        from sae_bench.evals.sparse_probing import probe_training as theirs
-    finally:
-        sys.path.remove(str(PEER))
     acts = synthetic(width=200)
     ks = [1, 2, 5]
     for positive in range(4):
@@ -179,8 +178,7 @@ def check_saebench_files(tmp_path, task: dict) -> None:
     """Our run exported in SAEBench's sparse_probing layout validates against the schema sae-bench
     ships, unrelaxed; a file SAEBench's own output classes write reads as a leaderboard row beside
     ours, with its numbers."""
-    if not (PEER / "sae_bench").is_dir():
-        pytest.skip("the sae-bench peer is not installed (bash scripts/setup.sh installs it)")
+    saebench()  # skips without the peer
     import jsonschema
 
     out = tmp_path / "saebench"
@@ -188,7 +186,9 @@ def check_saebench_files(tmp_path, task: dict) -> None:
     assert proc.returncode == 0, proc.stderr
     (path,) = (out / "sparse_probing").glob("*_eval_results.json")
     data = json.loads(path.read_text())
-    schema_path = PEER / "sae_bench/evals/sparse_probing/eval_output_schema_sparse_probing.json"
+    schema_path = (
+        SAEBENCH_PEER / "sae_bench/evals/sparse_probing/eval_output_schema_sparse_probing.json"
+    )
     jsonschema.validate(data, json.loads(schema_path.read_text()))
     metrics = data["eval_result_metrics"]
     assert metrics["sae"]["sae_top_1_test_accuracy"] == pytest.approx(
@@ -198,12 +198,9 @@ def check_saebench_files(tmp_path, task: dict) -> None:
     assert data["eval_result_details"][0]["dataset_name"] == "stdlib"
     assert data["eval_result_unstructured"]["left_out"] == {"sae": ["sae_test_accuracy"]}
 
-    sys.path.insert(0, str(PEER))
-    try:
-        from sae_bench.evals.sparse_probing import eval_config
-        from sae_bench.evals.sparse_probing import eval_output as eo
-    finally:
-        sys.path.remove(str(PEER))
+    eval_config, eo = saebench(
+        "evals.sparse_probing.eval_config", "evals.sparse_probing.eval_output"
+    )
     theirs = eo.SparseProbingEvalOutput(
         eval_config=eval_config.SparseProbingEvalConfig(model_name="smollm2"),
         eval_result_metrics=eo.SparseProbingMetricCategories(

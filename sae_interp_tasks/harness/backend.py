@@ -233,10 +233,9 @@ class SAEBackend(SplicedRequests, TemplateLM):
     def reader(self):
         """Reads the hooked activation through the Hugging Face forward where it gives
         TransformerLens's numbers (faster on a CPU); None: read it through TransformerLens."""
-        from sae_interp_tasks.stages.hf_forward import PROBE_SENTENCE, HFReader
+        from sae_interp_tasks.stages.hf_forward import HFReader
 
-        probe = torch.tensor([self.tokenizer.encode(PROBE_SENTENCE)])
-        return HFReader.check(self._loaded.hf_model, self.model, self.info.hook_name, probe)
+        return HFReader.for_run(self._loaded.hf_model, self.model, self.info.hook_name)
 
     def read_activations(self, tokens: torch.Tensor) -> torch.Tensor:
         """The hooked activation [B, T, d] of `tokens`, by the fastest forward that gives it

@@ -37,8 +37,8 @@ import torch
 from scipy import sparse
 
 from sae_interp_tasks.stages.absorption_data import LETTERS, AbsorptionConfig, WordActivations
+from sae_interp_tasks.stages.saes import MAX_CODE_FLOATS
 
-MAX_BATCH_FLOATS = 2**25  # a batch of codes [words, width] stays under 128 MB
 END_LR = 1e-5  # SAEBench's probes: the learning rate decays to this over the epochs
 # SAEBench's two probe trainings (its train_and_save_probes and train_k_sparse_probes defaults)
 GROUND_TRUTH = {"epochs": 50, "batch": 64, "lr": 1e-2, "weight_decay": 1e-4, "l1": 0.0}
@@ -72,7 +72,7 @@ class Probes:
 @torch.no_grad()
 def encode_sparse(sae, acts: np.ndarray) -> sparse.csr_matrix:
     """The SAE codes of the activations, as a sparse [words, width] matrix."""
-    step = max(1, MAX_BATCH_FLOATS // sae.cfg.d_sae)
+    step = max(1, MAX_CODE_FLOATS // sae.cfg.d_sae)
     dtype = sae.W_dec.dtype
     rows = [
         sparse.csr_matrix(

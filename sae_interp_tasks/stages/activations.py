@@ -31,6 +31,7 @@ from sae_interp_tasks.caching import cache_key, cache_root
 from sae_interp_tasks.errors import SaeInterpError
 from sae_interp_tasks.stages import corpus as corpus_mod
 from sae_interp_tasks.stages.pass_state import PassConfig, PassState
+from sae_interp_tasks.stages.saes import MAX_CODE_FLOATS
 from sae_interp_tasks.stages.saved import atomic_save
 from sae_interp_tasks.stages.subject import stop_layer
 
@@ -52,9 +53,6 @@ SUBSET_EXACT = {"standard", "jumprelu", "gated"}
 
 
 # --- encoding only some latents ---------------------------------------------------------------
-MAX_CODE_FLOATS = 2**25  # a full encode's block of codes [positions, width] stays under 128 MB
-
-
 def _in_blocks(encode, x: torch.Tensor, width: int) -> torch.Tensor:
     """`encode` ([positions, ...] -> [positions, kept columns]) of x [B, T, ...], a block of
     positions at a time, so a wide SAE's full code never exists for more than one block (each

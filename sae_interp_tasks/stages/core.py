@@ -22,7 +22,7 @@ import torch
 
 from sae_interp_tasks.config import StageConfig, option, positive
 from sae_interp_tasks.stages.core_kl import _with_unembed_input, clean_kl_terms, spliced_kl
-from sae_interp_tasks.stages.saes import reconstruct
+from sae_interp_tasks.stages.saes import MAX_CODE_FLOATS, reconstruct
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +375,6 @@ def _stats(
     )
 
 
-MAX_CODE_FLOATS = 2**25  # above this many code entries a chunk, it is encoded in blocks (128 MB)
 # what a chunk's blocks add up (the rest is the chunk's own: losses, KL, contexts, positions)
 BLOCK_SUMS = frozenset(
     {"n_tokens", "l0_sum", "sq_err_sum", "x_sum", "x_sq_sum", "firing", "l1_sum", "cos_sum"}

@@ -113,6 +113,12 @@ class HFReader:
         return self._run(tokens, stop=False)
 
     @classmethod
+    def for_run(cls, hf_model, tl_model, hook_name: str) -> HFReader | None:
+        """The reader a run uses (None: TransformerLens), checked on PROBE_SENTENCE."""
+        probe = torch.tensor([tl_model.tokenizer.encode(PROBE_SENTENCE)])
+        return cls.check(hf_model, tl_model, hook_name, probe)
+
+    @classmethod
     def check(cls, hf_model, tl_model, hook_name: str, probe: torch.Tensor) -> HFReader | None:
         """A reader when the Hugging Face model gives TransformerLens's activation and logits on
         `probe`."""

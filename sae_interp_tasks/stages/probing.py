@@ -28,8 +28,7 @@ from scipy import sparse
 from tqdm.auto import tqdm
 
 from sae_interp_tasks.stages.probe_data import ProbeConfig, ProbeData
-
-MAX_BATCH_FLOATS = 2**25  # a batch's codes [texts, tokens, width] stay under 128 MB
+from sae_interp_tasks.stages.saes import MAX_CODE_FLOATS
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ def probe_activations(
             train += [split] * len(source[c])
     ids = tokenize(tokenizer, texts, cfg.probe_context, bos)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    per_batch = max(1, MAX_BATCH_FLOATS // (cfg.probe_context * sae.cfg.d_sae))
+    per_batch = max(1, MAX_CODE_FLOATS // (cfg.probe_context * sae.cfg.d_sae))
     llm, codes = [], []
     step = min(per_batch, 32)
     for start in tqdm(range(0, len(ids), step), desc="sparse probing: texts", unit="batches"):

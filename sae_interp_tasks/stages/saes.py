@@ -276,6 +276,11 @@ def transcoder_output_hook(sae, label: str) -> str | None:
     return out_hook
 
 
+# the codes a stage holds at once, [positions (or texts, words), width]: 2^25 floats (128 MB); a
+# wider batch is encoded a block at a time (sae_core, the pass's subset, probing, absorption)
+MAX_CODE_FLOATS = 2**25
+
+
 def reconstruct(sae, x: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
     """The dictionary's output for input `x` with code `acts`: the reconstruction of `x` for an
     SAE, the prediction of the output hook for a transcoder (its skip connection included)."""

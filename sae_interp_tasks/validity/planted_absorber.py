@@ -93,20 +93,19 @@ def plant_absorber(sae, data: WordActivations, letter: int, seed: int, carve: bo
 
 def default_run_words(source: str | None, seed: int):
     """(sae, info, model, the word activations) a run of sae_absorption with every default reads
-    for this SAE: through the forward the backend would choose (HFReader.check) and from its cache,
-    computed and cached there when absent."""
+    for this SAE: through the forward the backend would choose (HFReader.for_run) and from its
+    cache, computed and cached there when absent."""
     from types import SimpleNamespace
 
     from sae_interp_tasks.stages.absorption_data import cached_word_activations
     from sae_interp_tasks.stages.activations import hook_activations
-    from sae_interp_tasks.stages.hf_forward import PROBE_SENTENCE, HFReader
+    from sae_interp_tasks.stages.hf_forward import HFReader
     from sae_interp_tasks.stages.saes import SAESource, load_sae
     from sae_interp_tasks.stages.subject import load_subject
 
     sae, info = load_sae(SAESource(path=source))
     model, hf_model = load_subject(info.model_name, keep_hf=True)
-    probe = torch.tensor([model.tokenizer.encode(PROBE_SENTENCE)])
-    reader = HFReader.check(hf_model, model, info.hook_name, probe)
+    reader = HFReader.for_run(hf_model, model, info.hook_name)
     run = SimpleNamespace(  # what the task's cache reads of a run
         model=model,
         info=info,
